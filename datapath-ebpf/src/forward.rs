@@ -1,0 +1,76 @@
+//! Forwarding decisions for traffic leaving a container.
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT,
+    helpers::bpf_redirect_peer,
+    programs::TcContext,
+};
+use datapath_common::{iface_flags, Counter, IpKey};
+
+use crate::{
+    arp,
+    counters::{count, drop_packet, to_host},
+    maps::{ENDPOINTS, IFACES},
+    packet::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
+};
+
+#[inline(always)]
+pub fn from_container(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` points at the program's context for the whole run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let Some(iface) = (unsafe { IFACES.get(&ifindex) }) else {
+        return drop_packet(Counter::DropUnknownIface);
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop_packet(Counter::DropMalformed);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_ARP.to_be() {
+        return arp::handle(ctx, eth, iface, ifindex);
+    }
+    if ether_type != ETH_P_IP.to_be() {
+        return drop_packet(Counter::DropUnsupportedProtocol);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+        return drop_packet(Counter::DropMalformed);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    if saddr != iface.ipv4 {
+        return drop_packet(Counter::DropSpoofedSource);
+    }
+    if daddr == iface.gateway_ipv4 {
+        return to_host();
+    }
+
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(daddr)) }) else {
+        if iface.flags & iface_flags::INTERNAL != 0 {
+            return drop_packet(Counter::DropInternal);
+        }
+        return to_host();
+    };
+    if dest.network_id != iface.network_id {
+        return drop_packet(Counter::DropIsolation);
+    }
+    if iface.flags & iface_flags::ICC_DISABLED != 0 {
+        return drop_packet(Counter::DropIcc);
+    }
+
+    // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
+    // may have addressed the gateway), straight into the receiver's namespace.
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe {
+        (*eth).dst = dest.mac;
+        (*eth).src = iface.mac;
+    }
+    // SAFETY: helper call with plain integer arguments.
+    let verdict = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
+    if verdict == TC_ACT_REDIRECT as i64 {
+        count(Counter::Redirected);
+        verdict as i32
+    } else {
+        drop_packet(Counter::DropRedirectFailed)
+    }
+}

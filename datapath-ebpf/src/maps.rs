@@ -1,0 +1,18 @@
+//! The datapath's maps. Layouts come from `datapath-common`; the daemon pins and fills them.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use datapath_common::{Counter, EndpointInfo, IfaceInfo, IpKey, MAX_ENDPOINTS};
+
+/// Endpoint IP -> where to deliver it.
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<IpKey, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Host-side veth ifindex -> the endpoint (and its network's options) sending on it.
+#[map(name = "IFACES")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// What happened to packets, one slot per [`Counter`], per CPU (no atomics on bpfel).
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -1,0 +1,130 @@
+//! Requests and responses of the daemon's HTTP/JSON API, shared by the server and the CLI.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Default unix socket of the API.
+pub const DEFAULT_SOCKET: &str = "/run/bpfnet/bpfnet.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
+    /// `-o key=value` options, e.g. `icc=false`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connect {
+    /// A name under /run/netns, a path to a namespace file, or a PID.
+    pub netns: String,
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub netns: String,
+}
+
+/// One line of `network ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub internal: bool,
+    pub icc: bool,
+    pub endpoints: usize,
+}
+
+/// `network inspect`, shaped like `docker network inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInspect {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: String,
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    pub internal: bool,
+    pub attachable: bool,
+    pub containers: BTreeMap<String, ContainerEndpoint>,
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipam {
+    pub driver: String,
+    pub options: BTreeMap<String, String>,
+    pub config: Vec<IpamConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfig {
+    pub subnet: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerEndpoint {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+    /// bpfnet extras: where the endpoint lives.
+    pub interface: String,
+    pub host_interface: String,
+    pub netns: String,
+    pub aliases: Vec<String>,
+}
+
+/// The answer to `network connect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointCreated {
+    pub endpoint_id: String,
+    pub network: String,
+    pub interface: String,
+    pub host_interface: String,
+    pub ipv4_address: String,
+    pub mac_address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CounterValue {
+    pub name: String,
+    pub drop: bool,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub counters: Vec<CounterValue>,
+    pub networks: usize,
+    pub endpoints: usize,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

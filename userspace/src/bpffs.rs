@@ -1,0 +1,82 @@
+//! The BPF filesystem where the daemon pins maps and links so that they outlive it.
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn mount_bpffs(dir: &Path) -> Result<()> {
+    let target = CString::new(dir.as_os_str().as_bytes())?;
+    let kind = CString::new("bpf")?;
+    // SAFETY: plain mount(2) call with valid C strings.
+    let rc = unsafe {
+        libc::mount(kind.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mounting bpffs on {}", dir.display()));
+    }
+    Ok(())
+}
+
+/// Makes `dir` a directory on a BPF filesystem: creates it on an existing bpffs, or mounts one.
+/// The standard `/sys/fs/bpf` is mounted when it is not yet (as systemd would have done).
+pub fn ensure(dir: &Path) -> Result<()> {
+    if dir.exists() && is_bpffs(dir) {
+        return Ok(());
+    }
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && !is_bpffs(sys) {
+        mount_bpffs(sys)?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        mount_bpffs(dir)?;
+    }
+    if !is_bpffs(dir) {
+        bail!("{} is not on a BPF filesystem", dir.display());
+    }
+    Ok(())
+}
+
+pub fn maps_dir(root: &Path) -> PathBuf {
+    root.join("maps")
+}
+
+pub fn links_dir(root: &Path) -> PathBuf {
+    root.join("links")
+}
+
+/// Removes everything bpfnet pinned under `root`, and the mount if bpfnet made `root` one.
+pub fn remove_all(root: &Path) -> Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    for sub in [maps_dir(root), links_dir(root)] {
+        if let Ok(entries) = fs::read_dir(&sub) {
+            for entry in entries.flatten() {
+                fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
+            }
+            fs::remove_dir(&sub).ok();
+        }
+    }
+    let is_mount_point = root.parent().is_some_and(|p| !is_bpffs(p)) && is_bpffs(root);
+    if is_mount_point {
+        let c = CString::new(root.as_os_str().as_bytes())?;
+        // SAFETY: umount2 with a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    fs::remove_dir(root).ok();
+    Ok(())
+}

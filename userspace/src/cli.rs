@@ -1,0 +1,275 @@
+//! Command line: `bpfnet daemon ...` runs the daemon; every other command is a client of its API.
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{api, client::Client, daemon::Config, netns, server};
+
+#[derive(Parser)]
+#[command(
+    name = "bpfnet",
+    version,
+    about = "Container networks forwarded by eBPF instead of a Linux bridge and iptables",
+    long_about = "bpfnet creates container networks and attaches network namespaces (\"containers\") to \
+them. Packets between containers are forwarded by TC eBPF programs and BPF maps programmed by one \
+privileged daemon: no bridge, no iptables rule.\n\nStart the daemon, then create networks and connect \
+namespaces:\n  bpfnet daemon &\n  bpfnet network create backend --subnet 10.10.0.0/24\n  ip netns add con1\n  \
+bpfnet network connect backend con1\n  bpfnet network inspect backend"
+)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "BPFNET_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the privileged daemon that owns the datapath (or remove everything it made, --cleanup).
+    Daemon(DaemonArgs),
+    /// Manage networks and connect namespaces to them.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Show what the datapath did with packets: forwarded, answered, and drops by reason.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Network namespace to run in (a name under /run/netns, a path, or a PID); all networks,
+    /// gateways and host-side interfaces live there. Default: the daemon's own namespace.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Where the desired state is stored.
+    #[arg(long, default_value = "/var/lib/bpfnet")]
+    state_dir: PathBuf,
+    /// BPF filesystem directory for pinned maps and links (mounted if it is not bpffs yet).
+    #[arg(long, default_value = "/sys/fs/bpf/bpfnet")]
+    bpffs: PathBuf,
+    /// Remove everything bpfnet created (interfaces, pinned maps and links, state) and exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a network. Without --subnet a free /16 is taken from 172.17-31.0.0 (then
+    /// 192.168.0.0/20 blocks), as Docker does; the gateway defaults to the first address.
+    Create {
+        name: String,
+        /// IPv4 subnet in CIDR form, e.g. 10.10.0.0/24.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (owned by the host) inside the subnet.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// No traffic leaves the network except to its gateway.
+        #[arg(long)]
+        internal: bool,
+        /// Driver options as KEY=VALUE; supported: icc=false (containers of the network cannot
+        /// talk to each other, only to the gateway).
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show networks in detail, as JSON shaped like `docker network inspect`.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while containers are connected).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Connect a network namespace to a network: it gets a new interface (eth0, eth1, ... in join
+    /// order), an address, and, for its first network, a default route via the gateway.
+    Connect {
+        network: String,
+        /// A name under /run/netns, a path to a namespace file, or a PID.
+        netns: String,
+        /// Address to use instead of the next free one.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Another name for the container on this network (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Print the new endpoint as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a network namespace from a network, removing its interface.
+    Disconnect { network: String, netns: String },
+}
+
+pub fn main() -> ExitCode {
+    // Like other CLIs, end quietly when the reader of our output goes away (`bpfnet stats | head`).
+    // SAFETY: restoring the default disposition of one signal before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Daemon(args) => run_daemon(args, cli.socket),
+        command => runtime().and_then(|rt| rt.block_on(run_client(command, cli.socket))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
+    // Enter the namespace before any thread exists, so every thread the runtime starts is in it.
+    if let Some(ns) = &args.netns {
+        netns::enter(&netns::resolve(ns)?.path)?;
+    }
+    let config = Config { state_dir: args.state_dir, bpffs: args.bpffs, socket };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if args.cleanup {
+        rt.block_on(server::cleanup(config))?;
+        eprintln!("bpfnet: removed every interface, pinned object and state file bpfnet created");
+        Ok(())
+    } else {
+        rt.block_on(server::run(config))
+    }
+}
+
+/// Percent-encodes a path segment (names are validated by the daemon; this keeps odd input intact).
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn parse_options(options: &[String]) -> Result<BTreeMap<String, String>> {
+    options
+        .iter()
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid option {o:?}: expected KEY=VALUE, e.g. -o icc=false"),
+        })
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows as left-aligned columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", text.join("   ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
+    let client = Client::new(&socket);
+    match command {
+        Command::Daemon(_) => unreachable!("handled by main"),
+        Command::Stats { json } => {
+            let stats: api::Stats = client.get("/stats").await?;
+            if json {
+                return print_json(&stats);
+            }
+            println!("{} networks, {} endpoints", stats.networks, stats.endpoints);
+            let rows: Vec<Vec<String>> = stats
+                .counters
+                .iter()
+                .map(|c| vec![c.name.clone(), if c.drop { "drop" } else { "pass" }.into(), c.packets.to_string()])
+                .collect();
+            print_table(&["COUNTER", "KIND", "PACKETS"], &rows);
+        }
+        Command::Network(cmd) => match cmd {
+            NetworkCommand::Create { name, subnet, gateway, internal, options } => {
+                let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)? };
+                let net: api::NetworkInspect = client.post("/networks", &req).await?;
+                println!("{}", net.id);
+            }
+            NetworkCommand::Ls { json } => {
+                let nets: Vec<api::NetworkSummary> = client.get("/networks").await?;
+                if json {
+                    return print_json(&nets);
+                }
+                let rows: Vec<Vec<String>> = nets
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id[..12].to_string(),
+                            n.name.clone(),
+                            n.driver.clone(),
+                            n.subnet.clone(),
+                            n.gateway.clone(),
+                            if n.internal { "yes" } else { "no" }.into(),
+                            if n.icc { "yes" } else { "no" }.into(),
+                            n.endpoints.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ICC", "ENDPOINTS"], &rows);
+            }
+            NetworkCommand::Inspect { names } => {
+                let mut out = Vec::new();
+                for name in &names {
+                    let net: api::NetworkInspect = client.get(&format!("/networks/{}", segment(name))).await?;
+                    out.push(net);
+                }
+                print_json(&out)?;
+            }
+            NetworkCommand::Rm { names } => {
+                for name in &names {
+                    let _: serde_json::Value = client.delete(&format!("/networks/{}", segment(name))).await?;
+                    println!("{name}");
+                }
+            }
+            NetworkCommand::Connect { network, netns, ip, aliases, json } => {
+                let req = api::Connect { netns: netns.clone(), ip, aliases };
+                let ep: api::EndpointCreated =
+                    client.post(&format!("/networks/{}/connect", segment(&network)), &req).await?;
+                if json {
+                    return print_json(&ep);
+                }
+                println!(
+                    "{netns} joined {}: {} {} mac {} (host side {})",
+                    ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
+                );
+            }
+            NetworkCommand::Disconnect { network, netns } => {
+                let req = api::Disconnect { netns };
+                let _: serde_json::Value =
+                    client.post(&format!("/networks/{}/disconnect", segment(&network)), &req).await?;
+            }
+        },
+    }
+    Ok(())
+}

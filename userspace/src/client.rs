@@ -1,0 +1,59 @@
+//! The CLI's side of the API: one HTTP/1.1 request per call over the daemon's unix socket.
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::api::ErrorBody;
+
+pub struct Client<'a> {
+    socket: &'a Path,
+}
+
+impl<'a> Client<'a> {
+    pub fn new(socket: &'a Path) -> Self {
+        Self { socket }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+        let stream = tokio::net::UnixStream::connect(self.socket).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the bpfnet daemon at {}: {e}\n(is `bpfnet daemon` running? set --socket or BPFNET_SOCKET to its socket)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "bpfnet")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender.send_request(request).await.context("sending the request to the daemon")?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(err) => bail!("{}", err.error),
+                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        serde_json::from_slice(&bytes).context("parsing the daemon's answer")
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::DELETE, path, None).await
+    }
+}

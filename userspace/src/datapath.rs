@@ -1,0 +1,200 @@
+//! Loading the eBPF datapath, attaching it to interfaces, and the typed writers of its maps.
+//!
+//! Maps are pinned under `<bpffs>/maps` and every TCX attachment is a link pinned under
+//! `<bpffs>/links/<interface>`, so forwarding goes on while the daemon is stopped. A daemon that
+//! starts again re-opens the pinned maps and swaps its freshly loaded program into the pinned
+//! links atomically (`bpf_link_update`), which also upgrades the datapath code.
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use datapath_common::{map_names, program_names, Counter, EndpointInfo, IfaceInfo, IpKey};
+
+use crate::bpffs;
+
+/// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/bpf/bpfel-unknown-none/release/bpfnet-datapath"
+));
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Root of the pins; `None` for a private, unpinned instance (datapath tests).
+    pins: Option<PathBuf>,
+}
+
+pub fn ipv4_key(ip: Ipv4Addr) -> IpKey {
+    IpKey::from_ipv4_octets(ip.octets())
+}
+
+impl Datapath {
+    /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
+    pub fn load_pinned(root: &Path) -> Result<Self> {
+        bpffs::ensure(root)?;
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root)] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, bpffs::maps_dir(root).join(name));
+        }
+        let ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        Self::with_programs_loaded(ebpf, Some(root.to_path_buf()))
+    }
+
+    /// Loads a private instance whose maps nobody else sees: for running programs on test packets.
+    pub fn load_unpinned() -> Result<Self> {
+        let ebpf = EbpfLoader::new().load(OBJECT).context("loading the eBPF object")?;
+        Self::with_programs_loaded(ebpf, None)
+    }
+
+    fn with_programs_loaded(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Self> {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program_names::FROM_CONTAINER)
+            .context("the eBPF object has no from_container program")?
+            .try_into()?;
+        prog.load().context("the kernel refused the from_container program")?;
+        Ok(Self { ebpf, pins })
+    }
+
+    fn link_pin(&self, ifname: &str) -> Option<PathBuf> {
+        self.pins.as_ref().map(|root| bpffs::links_dir(root).join(ifname))
+    }
+
+    fn program(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(program_names::FROM_CONTAINER)
+            .context("from_container program missing")?
+            .try_into()?)
+    }
+
+    /// File descriptor of the from_container program (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&mut self) -> Result<RawFd> {
+        Ok(self.program()?.fd()?.as_fd().as_raw_fd())
+    }
+
+    /// Attaches from_container at TCX ingress of `ifname`, or, when a pinned link for it exists
+    /// already, swaps this instance's program into that link. Idempotent.
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(ifname).context("attach needs a pinned datapath")?;
+        let existing = PinnedLink::from_pin(&pin).ok();
+        let prog = self.program()?;
+        match existing {
+            Some(pinned) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .with_context(|| format!("pinned link {} is not a TCX link", pin.display()))?;
+                let id = prog.attach_to_link(link).with_context(|| format!("updating the program on {ifname}"))?;
+                // The pin keeps the link; dropping our handle only closes a file descriptor.
+                drop(prog.take_link(id)?);
+            }
+            None => {
+                let id = prog
+                    .attach(ifname, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching the datapath to {ifname}"))?;
+                let link: FdLink = prog.take_link(id)?.try_into()?;
+                link.pin(&pin).with_context(|| format!("pinning the link of {ifname}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the pinned link of `ifname` (detaching it if the interface still exists).
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        if let Some(pin) = self.link_pin(ifname) {
+            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                pinned.unpin()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces that have a pinned link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let Some(root) = &self.pins else { return vec![] };
+        std::fs::read_dir(bpffs::links_dir(root))
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::ENDPOINTS).context("ENDPOINTS map missing")?)?)
+    }
+
+    fn ifaces(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceInfo>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::IFACES).context("IFACES map missing")?)?)
+    }
+
+    pub fn set_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
+        self.endpoints()?.insert(ipv4_key(ip), info, 0).context("writing ENDPOINTS")?;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        remove_ignoring_missing(self.endpoints()?.remove(&ipv4_key(ip)))
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<()> {
+        self.ifaces()?.insert(ifindex, info, 0).context("writing IFACES")?;
+        Ok(())
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        remove_ignoring_missing(self.ifaces()?.remove(&ifindex))
+    }
+
+    pub fn endpoint_entries(&mut self) -> Result<Vec<(IpKey, EndpointInfo)>> {
+        Ok(self.endpoints()?.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn iface_entries(&mut self) -> Result<Vec<(u32, IfaceInfo)>> {
+        Ok(self.ifaces()?.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).
+    pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>) -> Result<()> {
+        let stale: Vec<IpKey> = self.endpoint_entries()?.into_iter().map(|(k, _)| k).filter(|k| !endpoints.contains(k)).collect();
+        let mut map = self.endpoints()?;
+        for key in stale {
+            remove_ignoring_missing(map.remove(&key))?;
+        }
+        let stale: Vec<u32> = self.iface_entries()?.into_iter().map(|(k, _)| k).filter(|k| !ifaces.contains(k)).collect();
+        let mut map = self.ifaces()?;
+        for key in stale {
+            remove_ignoring_missing(map.remove(&key))?;
+        }
+        Ok(())
+    }
+
+    /// Every counter summed over CPUs.
+    pub fn counters(&mut self) -> Result<Vec<(Counter, u64)>> {
+        let map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
+        Counter::ALL
+            .iter()
+            .map(|c| Ok((*c, map.get(&(*c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
+fn remove_ignoring_missing(result: Result<(), aya::maps::MapError>) -> Result<()> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,275 @@
+//! Address management and validation of what users ask for: names, subnets, gateways, addresses.
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
+use ipnetwork::Ipv4Network;
+
+use crate::state::State;
+
+/// Docker's default address pools: 172.17-31.0.0/16, then 192.168.0.0/16 cut into /20s.
+pub fn default_pool() -> impl Iterator<Item = Ipv4Network> {
+    let wide = (17u8..=31).map(|b| Ipv4Network::new(Ipv4Addr::new(172, b, 0, 0), 16).unwrap());
+    let narrow = (0u8..16).map(|i| Ipv4Network::new(Ipv4Addr::new(192, 168, i * 16, 0), 20).unwrap());
+    wide.chain(narrow)
+}
+
+pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Docker's rule for object names.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if name.is_empty() || !ok_first || !ok_rest || name.len() > 64 {
+        bail!("invalid {what} name {name:?}: use 1-64 characters [a-zA-Z0-9_.-], starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Parses and checks a user-given subnet.
+pub fn parse_subnet(text: &str) -> Result<Ipv4Network> {
+    if text.contains(':') {
+        bail!("invalid subnet {text:?}: IPv6 networks are not supported yet");
+    }
+    let Ok(net) = text.parse::<Ipv4Network>() else {
+        bail!("invalid subnet {text:?}: expected an IPv4 CIDR such as 10.10.0.0/24");
+    };
+    if !text.contains('/') {
+        bail!("invalid subnet {text:?}: give a prefix length, e.g. {text}/24");
+    }
+    if net.ip() != net.network() {
+        bail!("invalid subnet {text:?}: host bits are set; did you mean {}/{}?", net.network(), net.prefix());
+    }
+    if net.prefix() > 30 {
+        bail!("invalid subnet {text:?}: too small, a network needs at least a /30 (a gateway and one container)");
+    }
+    if net.prefix() < 8 {
+        bail!("invalid subnet {text:?}: too large, use a prefix of /8 or longer");
+    }
+    Ok(net)
+}
+
+pub fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr> {
+    text.parse::<Ipv4Addr>()
+        .map_err(|_| anyhow::anyhow!("invalid {what} {text:?}: expected an IPv4 address such as 10.10.0.5"))
+}
+
+/// An address a host may use in `net`: inside it, not its network or broadcast address.
+pub fn check_host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Network) -> Result<()> {
+    if !net.contains(ip) {
+        bail!("{what} {ip} is outside the subnet {net}");
+    }
+    if ip == net.network() || ip == net.broadcast() {
+        bail!("{what} {ip} is the network or broadcast address of {net}");
+    }
+    Ok(())
+}
+
+/// Picks the subnet for a new network: the user's (checked against every other network), or the
+/// first free one of the default pool.
+pub fn choose_subnet(state: &State, requested: Option<&str>) -> Result<Ipv4Network> {
+    match requested {
+        Some(text) => {
+            let net = parse_subnet(text)?;
+            if let Some(other) = state.networks.iter().find(|n| overlaps(&n.subnet, &net)) {
+                bail!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet);
+            }
+            Ok(net)
+        }
+        None => default_pool()
+            .find(|candidate| !state.networks.iter().any(|n| overlaps(&n.subnet, candidate)))
+            .ok_or_else(|| anyhow::anyhow!("the default address pool is exhausted: give --subnet")),
+    }
+}
+
+/// The network's gateway: the user's, or the first host address.
+pub fn choose_gateway(net: &Ipv4Network, requested: Option<&str>) -> Result<Ipv4Addr> {
+    match requested {
+        Some(text) => {
+            let gw = parse_ipv4("gateway", text)?;
+            check_host_address("gateway", gw, net)?;
+            Ok(gw)
+        }
+        None => Ok(Ipv4Addr::from(u32::from(net.network()) + 1)),
+    }
+}
+
+/// Picks an endpoint's address: the user's (checked), or the lowest free one.
+pub fn choose_address(
+    state: &State,
+    network_id: &str,
+    requested: Option<&str>,
+) -> Result<Ipv4Addr> {
+    let net = state.network_by_id(network_id).expect("caller checked the network");
+    let used = |ip: Ipv4Addr| ip == net.gateway || state.endpoints_of(network_id).any(|e| e.ipv4 == ip);
+    match requested {
+        Some(text) => {
+            let ip = parse_ipv4("address", text)?;
+            check_host_address("address", ip, &net.subnet)?;
+            if ip == net.gateway {
+                bail!("address {ip} is the gateway of network {:?}", net.name);
+            }
+            if let Some(e) = state.endpoints_of(network_id).find(|e| e.ipv4 == ip) {
+                bail!("address {ip} is already in use in network {:?} by {}", net.name, e.container_name);
+            }
+            Ok(ip)
+        }
+        None => {
+            let first = u32::from(net.subnet.network()) + 1;
+            let last = u32::from(net.subnet.broadcast()) - 1;
+            (first..=last)
+                .map(Ipv4Addr::from)
+                .find(|ip| !used(*ip))
+                .ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet))
+        }
+    }
+}
+
+/// Stable MAC for an address, as Docker does: 02:42 followed by the four address bytes.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses `-o` options. Known: `icc` (or Docker's `com.docker.network.bridge.enable_icc`).
+/// Returns whether inter-container communication is enabled.
+pub fn parse_options(options: &std::collections::BTreeMap<String, String>) -> Result<bool> {
+    let mut icc = true;
+    for (key, value) in options {
+        match key.as_str() {
+            "icc" | "com.docker.network.bridge.enable_icc" => {
+                icc = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("invalid value {value:?} for option {key}: expected true or false"),
+                }
+            }
+            _ => bail!("unknown network option {key:?}: supported options are icc=true|false"),
+        }
+    }
+    Ok(icc)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::state::{Endpoint, Network};
+
+    fn state_with(subnet: &str) -> State {
+        let subnet: Ipv4Network = subnet.parse().unwrap();
+        State {
+            version: 1,
+            networks: vec![Network {
+                id: "n1".into(),
+                name: "backend".into(),
+                subnet,
+                gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
+                internal: false,
+                icc: true,
+                options: BTreeMap::new(),
+                datapath_id: 1,
+                created: String::new(),
+            }],
+            endpoints: vec![],
+        }
+    }
+
+    fn endpoint(ip: &str) -> Endpoint {
+        Endpoint {
+            id: "e".into(),
+            network_id: "n1".into(),
+            container_id: "c".into(),
+            container_name: "con".into(),
+            netns_path: "/run/netns/x".into(),
+            netns_dev: 0,
+            netns_inode: 0,
+            interface: "eth0".into(),
+            host_interface: "bnx".into(),
+            ipv4: ip.parse().unwrap(),
+            mac: [0; 6],
+            aliases: vec![],
+            default_route: true,
+        }
+    }
+
+    #[test]
+    fn subnet_validation() {
+        assert!(parse_subnet("10.0.0.0/24").is_ok());
+        for (bad, why) in [
+            ("10.0.0.1/24", "host bits"),
+            ("10.0.0.0", "prefix length"),
+            ("10.0.0.0/31", "too small"),
+            ("10.0.0.0/33", "expected an IPv4 CIDR"),
+            ("banana", "expected an IPv4 CIDR"),
+            ("fd00::/64", "IPv6"),
+            ("10.0.0.0/4", "too large"),
+        ] {
+            let err = parse_subnet(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn overlapping_subnet_is_refused_and_default_pool_skips_used() {
+        let s = state_with("172.17.0.0/16");
+        let err = choose_subnet(&s, Some("172.17.5.0/24")).unwrap_err().to_string();
+        assert!(err.contains("overlaps with network \"backend\""), "{err}");
+        let err = choose_subnet(&s, Some("172.0.0.0/8")).unwrap_err().to_string();
+        assert!(err.contains("overlaps"), "{err}");
+        assert_eq!(choose_subnet(&s, None).unwrap().to_string(), "172.18.0.0/16");
+    }
+
+    #[test]
+    fn gateway_rules() {
+        let net: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(choose_gateway(&net, None).unwrap(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(choose_gateway(&net, Some("10.0.0.254")).unwrap(), Ipv4Addr::new(10, 0, 0, 254));
+        assert!(choose_gateway(&net, Some("10.0.1.1")).unwrap_err().to_string().contains("outside"));
+        assert!(choose_gateway(&net, Some("10.0.0.255")).unwrap_err().to_string().contains("broadcast"));
+        assert!(choose_gateway(&net, Some("10.0.0")).unwrap_err().to_string().contains("invalid gateway"));
+    }
+
+    #[test]
+    fn address_allocation() {
+        let mut s = state_with("10.0.0.0/30"); // .1 gateway, .2 the only host
+        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        s.endpoints.push(endpoint("10.0.0.2"));
+        let err = choose_address(&s, "n1", None).unwrap_err().to_string();
+        assert!(err.contains("no free address"), "{err}");
+        let err = choose_address(&s, "n1", Some("10.0.0.2")).unwrap_err().to_string();
+        assert!(err.contains("already in use"), "{err}");
+        let err = choose_address(&s, "n1", Some("10.0.0.1")).unwrap_err().to_string();
+        assert!(err.contains("gateway"), "{err}");
+        let err = choose_address(&s, "n1", Some("10.9.0.1")).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn names_and_options() {
+        assert!(validate_name("network", "front-end_1.x").is_ok());
+        assert!(validate_name("network", "-x").is_err());
+        assert!(validate_name("network", "a b").is_err());
+        assert!(validate_name("network", "").is_err());
+        let mut o = BTreeMap::new();
+        assert!(parse_options(&o).unwrap());
+        o.insert("icc".into(), "false".into());
+        assert!(!parse_options(&o).unwrap());
+        o.insert("icc".into(), "maybe".into());
+        assert!(parse_options(&o).is_err());
+        let mut o = BTreeMap::new();
+        o.insert("mtu".into(), "1400".into());
+        assert!(parse_options(&o).unwrap_err().to_string().contains("unknown network option"));
+    }
+
+    #[test]
+    fn mac_is_derived_from_ip() {
+        assert_eq!(format_mac(&mac_for(Ipv4Addr::new(172, 17, 0, 2))), "02:42:ac:11:00:02");
+    }
+}

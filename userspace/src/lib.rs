@@ -1,0 +1,19 @@
+//! bpfnet: container networks forwarded by eBPF instead of a Linux bridge and iptables.
+//!
+//! Layers (see README.md): the CLI talks HTTP/JSON over a unix socket to the daemon's `server`;
+//! the `daemon` validates requests against the desired `state` (with `ipam`), applies them through
+//! `plumbing` (rtnetlink: veths, addresses, routes) and `datapath` (eBPF programs and maps), rolls
+//! back on failure, persists, and reconciles at start-up.
+pub mod api;
+pub mod bpffs;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod datapath;
+pub mod ids;
+pub mod ipam;
+pub mod netns;
+pub mod plumbing;
+pub mod server;
+pub mod state;
+pub mod test_run;

@@ -1,0 +1,196 @@
+//! Kernel network objects through rtnetlink: veth pairs, the gateway device, addresses, routes and
+//! neighbours. Every call is idempotent where the kernel allows (`replace`), so the reconciler can
+//! run it again.
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoKind, InfoVeth},
+        neighbour::NeighbourState,
+        route::RouteScope,
+    },
+    Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+
+/// A netlink connection bound to the namespace of the thread that opened it.
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// The errno of a netlink error, if it is one.
+pub fn errno(err: &anyhow::Error) -> Option<i32> {
+    err.chain().find_map(|e| match e.downcast_ref::<rtnetlink::Error>() {
+        Some(rtnetlink::Error::NetlinkError(msg)) => msg.code.map(|c| -c.get()),
+        _ => None,
+    })
+}
+
+impl Netlink {
+    /// Must be called inside a tokio runtime: the connection task is spawned on it.
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if errno(&e) == Some(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e.context(format!("looking up interface {name}")))
+                }
+            }
+        }
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_netns` (so it
+    /// never exists in the host's namespace under a temporary name), each with its MAC.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        host_mac: [u8; 6],
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_netns: &File,
+    ) -> Result<u32> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(peer_mac.to_vec())
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .address(host_mac.to_vec())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host} / {peer}"))?;
+        self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await
+            .with_context(|| format!("setting interface {index} up"))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle.link().del(index).execute().await.with_context(|| format!("deleting interface {index}"))
+    }
+
+    /// Deletes the interface `name` if it exists.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<()> {
+        if let Some(index) = self.link_index(name).await? {
+            match self.delete_link(index).await {
+                Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.handle.address().add(index, IpAddr::V4(ip), prefix).replace().execute().await
+            .with_context(|| format!("adding address {ip}/{prefix}"))
+    }
+
+    /// Adds `ip/32` to `lo` with `label` (e.g. `lo:bpfnet`), so the address is local to the host
+    /// and recognisable as bpfnet's in `ip addr` and when sweeping.
+    pub async fn add_labelled_local_address(&self, lo_index: u32, ip: Ipv4Addr, label: &str) -> Result<()> {
+        let mut req = self.handle.address().add(lo_index, IpAddr::V4(ip), 32).replace();
+        req.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
+        req.execute().await.with_context(|| format!("adding gateway address {ip}"))
+    }
+
+    /// Deletes addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
+    pub async fn delete_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<()> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut doomed = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            let ip_ok = ip.is_none_or(|ip| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)));
+            let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
+            if ip_ok && label_ok {
+                doomed.push(msg);
+            }
+        }
+        for msg in doomed {
+            self.handle.address().del(msg).execute().await.context("deleting an address")?;
+        }
+        Ok(())
+    }
+
+    /// `ip route replace IP/32 dev INDEX scope link src GATEWAY`: how the host reaches an endpoint;
+    /// the host speaks to it from its network's gateway address.
+    pub async fn replace_host_route(&self, ip: Ipv4Addr, index: u32, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .pref_source(gateway)
+            .build();
+        self.handle.route().add(msg).replace().execute().await.with_context(|| format!("adding route to {ip}"))
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`: the host never needs to ARP.
+    pub async fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(&mac)
+            .state(NeighbourState::Permanent).replace().execute().await
+            .with_context(|| format!("adding neighbour entry for {ip}"))
+    }
+
+    /// Adds a default route via `gateway`. Returns false if the namespace already has one.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<bool> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if errno(&e) == Some(libc::EEXIST) { Ok(false) } else { Err(e.context(format!("adding default route via {gateway}"))) }
+            }
+        }
+    }
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("setting sysctl {path}"))
+}
+
+/// Configures the container's side of an endpoint. Runs inside the container's namespace.
+/// Returns whether the default route now goes through this endpoint.
+pub async fn configure_container_side(
+    ifname: String,
+    ip: Ipv4Addr,
+    prefix: u8,
+    default_gateway: Option<Ipv4Addr>,
+) -> Result<bool> {
+    let nl = Netlink::connect()?;
+    let index = nl.link_index(&ifname).await?.with_context(|| format!("{ifname} missing in the namespace"))?;
+    // No IPv6 on the endpoint yet: the datapath forwards IPv4 and ARP only.
+    write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok();
+    nl.add_address(index, ip, prefix).await?;
+    nl.set_up(index).await?;
+    if let Some(lo) = nl.link_index("lo").await? {
+        nl.set_up(lo).await?;
+    }
+    match default_gateway {
+        Some(gw) => nl.add_default_route(gw).await,
+        None => Ok(false),
+    }
+}
+
+/// Points the namespace's default route at `gateway` (used when the endpoint that had it leaves).
+pub async fn set_container_default_route(gateway: Ipv4Addr) -> Result<bool> {
+    Netlink::connect()?.add_default_route(gateway).await
+}

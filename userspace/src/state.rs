@@ -1,0 +1,188 @@
+//! The daemon's desired state: networks and endpoints, persisted atomically as JSON.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub internal: bool,
+    /// Containers of the network may talk to each other (`-o icc=false` turns it off).
+    pub icc: bool,
+    /// The options as the user gave them, shown by inspect.
+    pub options: BTreeMap<String, String>,
+    /// Small integer the datapath compares for isolation.
+    pub datapath_id: u32,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub network_id: String,
+    /// Stable id of the namespace ("container"); shared by its endpoints.
+    pub container_id: String,
+    /// The namespace as the user named it (name, path or PID).
+    pub container_name: String,
+    pub netns_path: PathBuf,
+    /// (st_dev, st_ino) of the namespace: tells a gone or replaced namespace from a live one.
+    pub netns_dev: u64,
+    pub netns_inode: u64,
+    /// Interface name inside the namespace (eth0, eth1, ... in join order).
+    pub interface: String,
+    /// Host-side veth, where the datapath program is attached.
+    pub host_interface: String,
+    pub ipv4: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub aliases: Vec<String>,
+    /// The namespace's default route goes through this endpoint's gateway.
+    pub default_route: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct State {
+    pub version: u32,
+    pub networks: Vec<Network>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl State {
+    pub fn network_by_name(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    pub fn network_by_id(&self, id: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+
+    pub fn endpoints_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints.iter().filter(move |e| e.network_id == network_id)
+    }
+
+    pub fn endpoints_in_netns(&self, dev: u64, inode: u64) -> impl Iterator<Item = &Endpoint> + '_ {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.netns_dev == dev && e.netns_inode == inode)
+    }
+
+    /// The lowest datapath id no network uses (0 is never used).
+    pub fn free_datapath_id(&self) -> u32 {
+        (1..).find(|id| !self.networks.iter().any(|n| n.datapath_id == *id)).unwrap()
+    }
+}
+
+/// Where the state lives on disk.
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    pub fn load(&self) -> Result<State> {
+        let path = self.path();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let state: State = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                anyhow::ensure!(
+                    state.version == FORMAT_VERSION,
+                    "{} has format version {}, this bpfnet reads {FORMAT_VERSION}",
+                    path.display(),
+                    state.version
+                );
+                Ok(state)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(State { version: FORMAT_VERSION, ..State::default() })
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the state so that a crash leaves either the old or the new file, never a mix:
+    /// write a temporary file, fsync it, rename it over the old one, fsync the directory.
+    pub fn save(&self, state: &State) -> Result<()> {
+        let path = self.path();
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let mut state = state.clone();
+        state.version = FORMAT_VERSION;
+        let bytes = serde_json::to_vec_pretty(&state)?;
+        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_file(self.path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            version: FORMAT_VERSION,
+            networks: vec![Network {
+                id: "n1".into(),
+                name: "backend".into(),
+                subnet: "10.1.0.0/24".parse().unwrap(),
+                gateway: "10.1.0.1".parse().unwrap(),
+                internal: false,
+                icc: true,
+                options: BTreeMap::new(),
+                datapath_id: 1,
+                created: "2026-01-01T00:00:00Z".into(),
+            }],
+            endpoints: vec![],
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dir = std::env::temp_dir().join(format!("bpfnet-state-test-{}", std::process::id()));
+        let store = Store::new(&dir).unwrap();
+        assert_eq!(store.load().unwrap().networks.len(), 0, "no file means empty state");
+        store.save(&sample()).unwrap();
+        assert_eq!(store.load().unwrap(), sample());
+        assert!(!dir.join("state.json.tmp").exists(), "temporary file renamed away");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn free_datapath_id_skips_used() {
+        let mut s = sample();
+        assert_eq!(s.free_datapath_id(), 2);
+        s.networks[0].datapath_id = 2;
+        assert_eq!(s.free_datapath_id(), 1);
+    }
+}
