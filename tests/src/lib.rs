@@ -1,1 +1,10 @@
+//! Sandboxes for bpfnet's end-to-end tests, demo and benchmark: private network namespaces (a
+//! "host" where the daemon runs, "containers"), a daemon with private state, socket and bpffs,
+//! and cleanup that runs on drop (also when a test fails) plus a sweep by name prefix.
+pub mod bench;
+pub mod demo;
+pub mod netns;
+pub mod sandbox;
+pub mod traffic;
 
+pub use sandbox::Sandbox;

@@ -1,0 +1,67 @@
+//! `bpfnet-lab`: the demo, the benchmark, traffic tools and the sweep, for sandboxes only.
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use bpfnet_lab::{bench, demo, sandbox, traffic};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bpfnet-lab", about = "Sandboxed demo, benchmark and traffic tools for bpfnet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reference scenario in a sandbox, connectivity matrix (expected vs observed), short benchmark.
+    Demo,
+    /// bpfnet vs a direct veth pair vs a Docker-style bridge with iptables, side by side.
+    Bench(bench::Options),
+    /// Remove namespaces, processes, mounts and files left by interrupted sandboxes.
+    Sweep,
+    /// Traffic tools, run inside namespaces by the benchmark.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+#[derive(Subcommand)]
+enum NetCommand {
+    /// Benchmark server (echo or sink, chosen by the client's first byte).
+    Serve {
+        #[arg(long)]
+        port: u16,
+    },
+    /// One measurement; prints the rate per second.
+    Client {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum)]
+        mode: traffic::Mode,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    let result: Result<()> = match Cli::parse().command {
+        Command::Demo => demo::run(),
+        Command::Bench(opts) => bench::run(&opts).map(|_| ()),
+        Command::Sweep => sandbox::sweep().map(|n| {
+            if n > 0 {
+                eprintln!("bpfnet-lab: removed {n} leftover namespaces");
+            }
+        }),
+        Command::Net(NetCommand::Serve { port }) => traffic::serve(port),
+        Command::Net(NetCommand::Client { to, mode, seconds }) => {
+            traffic::client(to, mode, Duration::from_secs_f64(seconds)).map(|rate| println!("{rate:.1}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

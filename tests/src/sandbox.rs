@@ -1,0 +1,269 @@
+//! A private world for one test, demo or benchmark run.
+//!
+//! Every namespace is named `bpfnetlab-<run>-<role>` and every file lives under
+//! `/tmp/bpfnetlab/<run>`, so `sweep()` can remove what an interrupted run left behind. Nothing is
+//! created in the machine's own namespace: links are made inside the sandbox's namespaces.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Prefix of every namespace, process argument and directory a sandbox creates.
+pub const PREFIX: &str = "bpfnetlab";
+pub const WORK_DIR: &str = "/tmp/bpfnetlab";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Repository root (this crate lives in `<root>/tests`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `bpfnet` binary under test (built by `cargo xtask build`).
+pub fn bpfnet_bin() -> PathBuf {
+    std::env::var_os("BPFNET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/bpfnet"))
+}
+
+pub struct Sandbox {
+    /// Unique run name: `bpfnetlab-<tag>-<pid>-<n>`.
+    pub name: String,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    daemon: Option<Child>,
+}
+
+/// Output of a command, with stdout/stderr as text.
+#[derive(Debug)]
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Self {
+        Ran {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Result<Ran> {
+    let program = program.as_ref();
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program:?}"))?;
+    Ok(out.into())
+}
+
+/// Runs a command that must succeed, returning its stdout.
+pub fn run_ok(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Result<String> {
+    let program = program.as_ref();
+    let r = run(program, args)?;
+    if !r.ok {
+        bail!("{program:?} {args:?} failed: {}{}", r.stderr, r.stdout);
+    }
+    Ok(r.stdout)
+}
+
+impl Sandbox {
+    /// A new sandbox with its "host" namespace (where the daemon runs) already created.
+    pub fn new(tag: &str) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{PREFIX}-{tag}-{}-{n}", std::process::id());
+        let dir = Path::new(WORK_DIR).join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let mut sb = Sandbox { name, dir, namespaces: vec![], daemon: None };
+        sb.add_netns("host")?;
+        Ok(sb)
+    }
+
+    /// Full name of the namespace with role `role`.
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    pub fn host(&self) -> String {
+        self.ns("host")
+    }
+
+    /// Creates namespace `role` with loopback up; returns its full name.
+    pub fn add_netns(&mut self, role: &str) -> Result<String> {
+        let ns = self.ns(role);
+        run_ok("ip", &["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        run_ok("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn delete_netns(&mut self, role: &str) -> Result<()> {
+        let ns = self.ns(role);
+        run_ok("ip", &["netns", "del", &ns])?;
+        self.namespaces.retain(|n| n != &ns);
+        Ok(())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bpfnet.sock")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Starts `bpfnet daemon` inside the host namespace and waits until its API answers.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("daemon already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.daemon_log())?;
+        let child = Command::new(bpfnet_bin())
+            .args(["daemon", "--netns", &self.host()])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .arg("--socket")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting bpfnet daemon")?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.bpfnet(&["network", "ls"])?.ok {
+                return Ok(());
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait()? {
+                self.daemon = None;
+                bail!("daemon exited with {status}: {}", std::fs::read_to_string(self.daemon_log()).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not answer within 20 s: {}", std::fs::read_to_string(self.daemon_log()).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (or SIGKILL, as a crash) and waits for it.
+    pub fn stop_daemon(&mut self, signal: i32) -> Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let status = child.wait()?;
+            if signal == libc::SIGTERM && !status.success() {
+                bail!("daemon exited with {status} on SIGTERM: {}", std::fs::read_to_string(self.daemon_log()).unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the CLI against this sandbox's daemon.
+    pub fn bpfnet(&self, args: &[&str]) -> Result<Ran> {
+        let out = Command::new(bpfnet_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running bpfnet")?;
+        Ok(out.into())
+    }
+
+    /// Runs the CLI and requires success; returns stdout.
+    pub fn bpfnet_ok(&self, args: &[&str]) -> Result<String> {
+        let r = self.bpfnet(args)?;
+        if !r.ok {
+            bail!("bpfnet {args:?} failed: {}", r.stderr);
+        }
+        Ok(r.stdout)
+    }
+
+    /// `ip netns exec NS ARGS...`
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Ran> {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// One ping with a 1 s timeout.
+    pub fn ping(&self, ns: &str, ip: &str) -> Result<bool> {
+        Ok(self.exec(ns, &["ping", "-c", "1", "-W", "1", "-q", ip])?.ok)
+    }
+
+    /// Tears everything down; also run by `Drop`. Safe to call twice.
+    pub fn cleanup(&mut self) {
+        self.stop_daemon(libc::SIGKILL).ok();
+        if self.state_dir().exists() {
+            let _ = Command::new(bpfnet_bin())
+                .args(["daemon", "--netns", &self.host(), "--cleanup"])
+                .arg("--state-dir")
+                .arg(self.state_dir())
+                .arg("--bpffs")
+                .arg(self.bpffs())
+                .arg("--socket")
+                .arg(self.socket())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    let prefix = dir.to_string_lossy().into_owned();
+    for line in mounts.lines() {
+        if let Some(target) = line.split_whitespace().nth(1) {
+            if target.starts_with(&prefix) {
+                let _ = run("umount", &["-l", target]);
+            }
+        }
+    }
+}
+
+/// Removes whatever interrupted runs left: daemons and tools started for sandboxes, their
+/// namespaces, mounts and files. Touches only names with the sandbox prefix.
+pub fn sweep() -> Result<usize> {
+    let _ = run("pkill", &["-KILL", "-f", &format!("--netns {PREFIX}-")]);
+    let _ = run("pkill", &["-KILL", "-f", "bpfnet-lab net "]);
+    let mut removed = 0;
+    let list = run_ok("ip", &["netns", "list"])?;
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&format!("{PREFIX}-")) {
+            run("ip", &["netns", "del", ns])?;
+            removed += 1;
+        }
+    }
+    unmount_below(Path::new(WORK_DIR));
+    let _ = std::fs::remove_dir_all(WORK_DIR);
+    Ok(removed)
+}

@@ -1,0 +1,186 @@
+//! Real traffic between namespaces.
+//!
+//! - For tests: servers and clients whose sockets are created inside a namespace (see `netns`).
+//! - For the benchmark: `serve` and `client`, run as processes (`bpfnet-lab net ...`) pinned to a
+//!   core. The first byte of a benchmark connection picks the server's behaviour: `E` echo (for
+//!   request/response), `S` sink (for streaming; the server answers the byte count at EOF).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns;
+
+/// Starts a TCP echo server bound to `addr` inside `ns`; it runs until the process ends.
+pub fn tcp_echo_server(ns: &str, addr: SocketAddr) -> Result<()> {
+    let listener = netns::within(ns, move || Ok(TcpListener::bind(addr)?))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || echo(conn));
+        }
+    });
+    Ok(())
+}
+
+fn echo(mut conn: TcpStream) {
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Starts a UDP echo server bound to `addr` inside `ns`.
+pub fn udp_echo_server(ns: &str, addr: SocketAddr) -> Result<()> {
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(addr)?))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    Ok(())
+}
+
+/// Connects from inside `ns` (the socket stays in `ns`).
+pub fn tcp_connect(ns: &str, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = netns::within(ns, move || {
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Sends `payload` on `stream` and reads back as many bytes.
+pub fn tcp_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Result<Vec<u8>> {
+    stream.write_all(payload)?;
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).context("reading the echo")?;
+    Ok(back)
+}
+
+/// Connects from `ns` to an echo server, sends `payload`, returns what came back.
+pub fn tcp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    let mut stream = tcp_connect(ns, to, timeout)?;
+    tcp_round_trip(&mut stream, payload)
+}
+
+/// Sends one datagram from `ns` to a UDP echo server and returns the reply.
+pub fn udp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    let socket = netns::within(ns, || Ok(UdpSocket::bind("0.0.0.0:0")?))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(payload, to)?;
+    let mut buf = [0u8; 65536];
+    let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("no UDP reply from {to}"))?;
+    if from != to {
+        bail!("UDP reply from {from}, expected {to}");
+    }
+    Ok(buf[..n].to_vec())
+}
+
+/// A payload whose bytes depend on `seed`, so a mix-up between flows is noticed.
+pub fn payload(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+// ---- benchmark tools ----
+
+/// Benchmark server: serves every connection on its own thread until the process is killed.
+pub fn serve(port: u16) -> Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let mut conn = conn?;
+        conn.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut mode = [0u8; 1];
+            if conn.read_exact(&mut mode).is_err() {
+                return;
+            }
+            match mode[0] {
+                b'E' => echo(conn),
+                b'S' => sink(conn),
+                _ => {}
+            }
+        });
+    }
+    Ok(())
+}
+
+fn sink(mut conn: TcpStream) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total: u64 = 0;
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let _ = conn.write_all(&total.to_be_bytes());
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Transactions per second: 1-byte request and response on one connection (netperf TCP_RR).
+    Rr,
+    /// New connections per second: connect, 1-byte request and response, close (TCP_CRR).
+    Crr,
+    /// Throughput of one TCP stream, in bits per second (TCP_STREAM).
+    Stream,
+}
+
+/// Runs one benchmark measurement for `duration` and returns the rate per second.
+pub fn client(to: SocketAddr, mode: Mode, duration: Duration) -> Result<f64> {
+    let start = Instant::now();
+    match mode {
+        Mode::Rr => {
+            let mut conn = TcpStream::connect(to)?;
+            conn.set_nodelay(true)?;
+            conn.write_all(b"E")?;
+            let mut byte = [0u8; 1];
+            let mut count = 0u64;
+            while start.elapsed() < duration {
+                conn.write_all(b"x")?;
+                conn.read_exact(&mut byte)?;
+                count += 1;
+            }
+            Ok(count as f64 / start.elapsed().as_secs_f64())
+        }
+        Mode::Crr => {
+            let mut byte = [0u8; 1];
+            let mut count = 0u64;
+            while start.elapsed() < duration {
+                let mut conn = TcpStream::connect(to)?;
+                conn.set_nodelay(true)?;
+                conn.write_all(b"Ex")?;
+                conn.read_exact(&mut byte)?;
+                count += 1;
+            }
+            Ok(count as f64 / start.elapsed().as_secs_f64())
+        }
+        Mode::Stream => {
+            let mut conn = TcpStream::connect(to)?;
+            conn.write_all(b"S")?;
+            let buf = vec![0x5au8; 128 * 1024];
+            let mut sent = 0u64;
+            while start.elapsed() < duration {
+                conn.write_all(&buf)?;
+                sent += buf.len() as u64;
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut total = [0u8; 8];
+            conn.read_exact(&mut total)?;
+            let received = u64::from_be_bytes(total);
+            if received != sent {
+                bail!("server received {received} bytes of {sent}");
+            }
+            Ok(received as f64 * 8.0 / start.elapsed().as_secs_f64())
+        }
+    }
+}
