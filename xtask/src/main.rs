@@ -70,10 +70,6 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn succeeds(cmd: &mut Command) -> bool {
-    cmd.output().map(|o| o.status.success()).unwrap_or(false)
-}
-
 fn cargo_home_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
