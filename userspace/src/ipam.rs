@@ -209,7 +209,7 @@ mod tests {
             ("10.0.0.0/33", "expected an IPv4 CIDR"),
             ("banana", "expected an IPv4 CIDR"),
             ("fd00::/64", "IPv6"),
-            ("10.0.0.0/4", "too large"),
+            ("0.0.0.0/4", "too large"),
         ] {
             let err = parse_subnet(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
