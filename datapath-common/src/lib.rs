@@ -4,7 +4,7 @@
 //! padding (explicit `_pad` fields instead) and its size is asserted below, so the two sides can
 //! never disagree silently. Addresses and ports are stored in network byte order, exactly as they
 //! appear in packets, so the datapath compares them without swapping.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Map names: the names in the eBPF object, and the file names under the daemon's bpffs directory.
 pub mod map_names {
@@ -31,22 +31,29 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 pub const GATEWAY_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
 
 /// An IP address as a map key: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so IPv6 can later use
-/// the same maps without a layout change.
+/// the same maps without a layout change. Stored as four words holding the address bytes in wire
+/// order, so the datapath builds a key with four word stores (a byte array compiles to a memset
+/// and byte copies in eBPF).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct IpKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
 }
 
 impl IpKey {
     /// `octets` is the address as it appears on the wire (a.b.c.d).
     #[inline(always)]
     pub const fn from_ipv4_octets(octets: [u8; 4]) -> Self {
-        Self {
-            addr: [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-            ],
+        Self { addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(octets)] }
+    }
+
+    /// The address bytes in wire order.
+    pub fn octets(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, word) in self.addr.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
+        out
     }
 }
 
@@ -155,6 +162,25 @@ impl Counter {
 
     pub const fn is_drop(self) -> bool {
         !matches!(self, Counter::Redirected | Counter::ToHost | Counter::ArpReplied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_keys_are_ipv4_mapped_in_wire_order() {
+        let key = IpKey::from_ipv4_octets([10, 1, 2, 3]);
+        assert_eq!(key.octets(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+    }
+
+    #[test]
+    fn counter_table_is_complete() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "Counter::ALL is in index order");
+        }
+        assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
     }
 }
 

@@ -10,7 +10,7 @@ use crate::{
     arp,
     counters::{count, drop_packet, to_host},
     maps::{ENDPOINTS, IFACES},
-    packet::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
+    packet::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
 };
 
 #[inline(always)]
@@ -62,8 +62,8 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     // may have addressed the gateway), straight into the receiver's namespace.
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe {
-        (*eth).dst = dest.mac;
-        (*eth).src = iface.mac;
+        write_mac(&raw mut (*eth).dst, &dest.mac);
+        write_mac(&raw mut (*eth).src, &iface.mac);
     }
     // SAFETY: helper call with plain integer arguments.
     let verdict = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };

@@ -52,3 +52,17 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// Writes a MAC address into packet memory as one 4-byte and one 2-byte store (a `[u8; 6]`
+/// assignment compiles to a call into a byte-copy subprogram).
+///
+/// # Safety
+/// `dst` must point at 6 writable bytes inside the packet (bounds-checked by the caller).
+#[inline(always)]
+pub unsafe fn write_mac(dst: *mut [u8; 6], mac: &[u8; 6]) {
+    let d = dst as *mut u8;
+    unsafe {
+        (d as *mut u32).write_unaligned(u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
+        (d.add(4) as *mut u16).write_unaligned(u16::from_ne_bytes([mac[4], mac[5]]));
+    }
+}
