@@ -145,6 +145,31 @@ fn icc_false_blocks_containers_but_not_the_gateway() {
 }
 
 #[test]
+fn internal_network_reaches_only_its_own_members_and_gateway() {
+    let mut sb = Sandbox::new("int").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    let o = sb.add_netns("o").unwrap();
+    sb.bpfnet_ok(&["network", "create", "inner", "--subnet", "10.210.0.0/24", "--internal"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "outer", "--subnet", "10.211.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "inner", &a]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "inner", &b]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "outer", &o]).unwrap();
+    let routes = sb.exec(&a, &["ip", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.trim().is_empty(), "an internal network gives no default route: {routes}");
+    assert!(sb.ping(&a, "10.210.0.3").unwrap(), "members talk to each other");
+    assert!(sb.ping(&a, "10.210.0.1").unwrap(), "and to their gateway");
+    // Leaving the network (here: another network's gateway, a host address) is dropped.
+    sb.exec(&a, &["ip", "route", "add", "10.211.0.0/24", "via", "10.210.0.1"]).unwrap();
+    assert!(!sb.ping(&a, "10.211.0.1").unwrap());
+    assert!(counter(&sb, "drop_internal") >= 1);
+    // A non-internal network may reach host addresses, as with Docker.
+    sb.exec(&o, &["ip", "route", "add", "10.210.0.0/24", "via", "10.211.0.1"]).unwrap();
+    assert!(sb.ping(&o, "10.210.0.1").unwrap());
+}
+
+#[test]
 fn disconnect_and_reconnect() {
     let mut sb = Sandbox::new("dis").unwrap();
     sb.start_daemon().unwrap();

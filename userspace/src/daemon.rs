@@ -121,6 +121,12 @@ impl Daemon {
         for net in self.state.networks.clone() {
             self.netlink.add_labelled_local_address(self.gateway_ifindex, net.gateway, GATEWAY_LABEL).await?;
         }
+        // Gateways of networks that no longer exist (a crash between saving and removing).
+        for ip in self.netlink.labelled_addresses(self.gateway_ifindex, GATEWAY_LABEL).await? {
+            if !self.state.networks.iter().any(|n| n.gateway == ip) {
+                self.netlink.delete_addresses(self.gateway_ifindex, Some(ip), Some(GATEWAY_LABEL)).await?;
+            }
+        }
         self.collect_gone_endpoints().await?;
 
         let mut desired_endpoints = HashSet::new();
@@ -327,12 +333,14 @@ impl Daemon {
             Ok(()) => {}
             Err(e) => {
                 self.teardown_endpoint(&ep).await.ok();
-                let message = if plumbing::errno(&e) == Some(libc::EEXIST) {
-                    format!("cannot create {} in {}: an interface of that name exists there already", ep.interface, req.netns)
+                return Err(if plumbing::errno(&e) == Some(libc::EEXIST) {
+                    ApiError::conflict(format!(
+                        "cannot create {} in {}: an interface of that name exists there already",
+                        ep.interface, req.netns
+                    ))
                 } else {
-                    format!("{e:#}")
-                };
-                return Err(ApiError { status: 500, message });
+                    ApiError::internal(e)
+                });
             }
         }
         self.state.endpoints.push(ep.clone());

@@ -113,6 +113,21 @@ impl Netlink {
         req.execute().await.with_context(|| format!("adding gateway address {ip}"))
     }
 
+    /// IPv4 addresses of interface `index` that carry `label`.
+    pub async fn labelled_addresses(&self, index: u32, label: &str) -> Result<Vec<Ipv4Addr>> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == label)) {
+                found.extend(msg.attributes.iter().filter_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(found)
+    }
+
     /// Deletes addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
     pub async fn delete_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<()> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
