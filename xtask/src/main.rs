@@ -43,7 +43,7 @@ enum Task {
     /// Run the whole test suite: unit, datapath (BPF_PROG_TEST_RUN) and end-to-end tests.
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The demo: reference scenario in a sandbox, connectivity matrix, short benchmark.
@@ -51,7 +51,7 @@ enum Task {
     /// Benchmark bpfnet against a direct veth pair and a Docker-style bridge with iptables.
     Bench {
         /// Arguments for the benchmark (see `target/release/bpfnet-lab bench --help`).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Remove namespaces, mounts and files left by interrupted tests, demos or benchmarks.
