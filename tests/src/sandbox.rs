@@ -126,20 +126,27 @@ impl Sandbox {
         self.dir.join("daemon.log")
     }
 
+    /// `bpfnet daemon` in the host namespace with this sandbox's private paths.
+    fn daemon_command(&self) -> Command {
+        let mut cmd = Command::new(bpfnet_bin());
+        cmd.args(["daemon", "--netns", &self.host()])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpffs")
+            .arg(self.bpffs())
+            .arg("--socket")
+            .arg(self.socket());
+        cmd
+    }
+
     /// Starts `bpfnet daemon` inside the host namespace and waits until its API answers.
     pub fn start_daemon(&mut self) -> Result<()> {
         if self.daemon.is_some() {
             bail!("daemon already running");
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.daemon_log())?;
-        let child = Command::new(bpfnet_bin())
-            .args(["daemon", "--netns", &self.host()])
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--bpffs")
-            .arg(self.bpffs())
-            .arg("--socket")
-            .arg(self.socket())
+        let child = self
+            .daemon_command()
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -173,6 +180,11 @@ impl Sandbox {
             }
         }
         Ok(())
+    }
+
+    /// `bpfnet daemon --cleanup` for this sandbox (the daemon must be stopped).
+    pub fn daemon_cleanup(&self) -> Result<Ran> {
+        Ok(self.daemon_command().arg("--cleanup").stdin(Stdio::null()).output()?.into())
     }
 
     /// Runs the CLI against this sandbox's daemon.
@@ -212,17 +224,7 @@ impl Sandbox {
     pub fn cleanup(&mut self) {
         self.stop_daemon(libc::SIGKILL).ok();
         if self.state_dir().exists() {
-            let _ = Command::new(bpfnet_bin())
-                .args(["daemon", "--netns", &self.host(), "--cleanup"])
-                .arg("--state-dir")
-                .arg(self.state_dir())
-                .arg("--bpffs")
-                .arg(self.bpffs())
-                .arg("--socket")
-                .arg(self.socket())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = self.daemon_cleanup();
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = run("ip", &["netns", "del", &ns]);

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bpfnet_lab::{
-    sandbox::{run, run_ok},
+    sandbox::run_ok,
     traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
     Sandbox,
 };
@@ -121,6 +121,40 @@ fn reference_scenario_forwards_tcp_udp_and_isolates_networks() {
     // No bridge and no iptables rule anywhere in the sandbox's host namespace.
     let links = sb.exec(&sb.host(), &["ip", "-d", "link"]).unwrap().stdout;
     assert!(!links.contains("bridge"), "{links}");
+}
+
+#[test]
+fn namespaces_can_be_named_by_pid_or_path_and_the_api_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut sb = Sandbox::new("pid").unwrap();
+    sb.start_daemon().unwrap();
+    let mode = std::fs::metadata(sb.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "API socket mode");
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    // A process living in namespace b, named by its PID.
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &b, "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    sb.bpfnet_ok(&["network", "create", "n", "--subnet", "10.212.0.0/24"]).unwrap();
+    let path = format!("/run/netns/{a}");
+    sb.bpfnet_ok(&["network", "connect", "n", &path]).unwrap();
+    // `ip netns exec` setns()es before exec: wait until the PID's namespace is b's.
+    let b_ino = std::fs::metadata(format!("/run/netns/{b}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() != Some(b_ino) {
+        assert!(Instant::now() < deadline, "sleeper never entered {b}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sb.bpfnet_ok(&["network", "connect", "n", &pid]).unwrap();
+    assert!(sb.ping(&a, "10.212.0.3").unwrap(), "path-named a reaches PID-named b");
+    // Disconnect by another name of the same namespace.
+    sb.bpfnet_ok(&["network", "disconnect", "n", &b]).unwrap();
+    assert!(!sb.ping(&a, "10.212.0.3").unwrap());
+    sleeper.kill().ok();
+    sleeper.wait().ok();
 }
 
 #[test]
@@ -334,18 +368,8 @@ fn endpoints_of_a_deleted_namespace_are_removed() {
 fn cleanup_removes_everything_bpfnet_created() {
     let Reference { mut sb, con1, .. } = reference("cln");
     sb.stop_daemon(libc::SIGTERM).unwrap();
-    let bin = bpfnet_lab::sandbox::bpfnet_bin();
-    let (state, bpffs, socket) = (sb.state_dir(), sb.bpffs(), sb.socket());
-    let r = run(
-        &bin,
-        &[
-            "daemon", "--netns", &sb.host(), "--cleanup",
-            "--state-dir", state.to_str().unwrap(),
-            "--bpffs", bpffs.to_str().unwrap(),
-            "--socket", socket.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let (state, bpffs) = (sb.state_dir(), sb.bpffs());
+    let r = sb.daemon_cleanup().unwrap();
     assert!(r.ok, "{}", r.stderr);
     let links = sb.exec(&sb.host(), &["ip", "-br", "link"]).unwrap().stdout;
     assert_eq!(links.lines().count(), 1, "only lo is left: {links}");
