@@ -62,6 +62,7 @@ enum NetworkCommand {
     /// Create a network. Without --subnet a free /16 is taken from 172.17-31.0.0 (then
     /// 192.168.0.0/20 blocks), as Docker does; the gateway defaults to the first address.
     Create {
+        /// Network name: letters, digits, '_', '.', '-'.
         name: String,
         /// IPv4 subnet in CIDR form, e.g. 10.10.0.0/24.
         #[arg(long)]
@@ -86,18 +87,21 @@ enum NetworkCommand {
     },
     /// Show networks in detail, as JSON shaped like `docker network inspect`.
     Inspect {
+        /// Networks to show.
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Remove networks (refused while containers are connected).
     #[command(alias = "remove")]
     Rm {
+        /// Networks to remove.
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Connect a network namespace to a network: it gets a new interface (eth0, eth1, ... in join
     /// order), an address, and, for its first network, a default route via the gateway.
     Connect {
+        /// Network to join.
         network: String,
         /// A name under /run/netns, a path to a namespace file, or a PID.
         netns: String,
@@ -112,7 +116,12 @@ enum NetworkCommand {
         json: bool,
     },
     /// Disconnect a network namespace from a network, removing its interface.
-    Disconnect { network: String, netns: String },
+    Disconnect {
+        /// Network to leave.
+        network: String,
+        /// The namespace as given to connect, or any other name of it (name, path or PID).
+        netns: String,
+    },
 }
 
 pub fn main() -> ExitCode {
