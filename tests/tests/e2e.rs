@@ -7,7 +7,7 @@ use std::{
 };
 
 use bpfnet_lab::{
-    sandbox::run_ok,
+    sandbox::{run, run_ok},
     traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
     Sandbox,
 };
@@ -332,9 +332,14 @@ fn daemon_restart_keeps_open_connections_and_state() {
     assert_eq!(tcp_round_trip(&mut conn, b"after restart").unwrap(), b"after restart");
     assert_eq!(sb.bpfnet_ok(&["network", "inspect", "keep"]).unwrap(), inspect_before, "state survived");
 
-    // A crash (SIGKILL) and restart: the reconciler converges and the connection lives on.
+    // A crash (SIGKILL) and restart: the reconciler converges and the connection lives on. A crash
+    // in the middle of a connect would leave an unrecorded endpoint veth: fake one; it must go.
     sb.stop_daemon(libc::SIGKILL).unwrap();
+    let host = sb.host();
+    run_ok("ip", &["-n", &host, "link", "add", "bnorphan", "type", "veth", "peer", "name", "bnorphan-p"]).unwrap();
+    run_ok("ip", &["-n", &host, "link", "set", "bnorphan", "alias", "bpfnet:0000orphan"]).unwrap();
     sb.start_daemon().unwrap();
+    assert!(!run("ip", &["-n", &host, "link", "show", "bnorphan"]).unwrap().ok, "orphan endpoint veth removed");
     assert_eq!(tcp_round_trip(&mut conn, b"after crash").unwrap(), b"after crash");
     let c = sb.add_netns("c").unwrap();
     sb.bpfnet_ok(&["network", "connect", "keep", &c]).unwrap();

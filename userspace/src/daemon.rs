@@ -25,6 +25,9 @@ pub const GATEWAY_DEVICE: &str = "lo";
 pub const GATEWAY_LABEL: &str = "lo:bpfnet";
 /// Prefix of host-side veth names (followed by the endpoint id's first hex digits).
 pub const HOST_VETH_PREFIX: &str = "bn";
+/// Interface alias of every host-side veth (followed by the endpoint id): how the reconciler
+/// recognises a veth bpfnet made but never recorded (a crash in the middle of a connect).
+pub const HOST_VETH_ALIAS: &str = "bpfnet:";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -128,6 +131,13 @@ impl Daemon {
             }
         }
         self.collect_gone_endpoints().await?;
+        for (index, name) in self.netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await? {
+            if !self.state.endpoints.iter().any(|e| e.host_interface == name) {
+                eprintln!("bpfnet: removing {name}, an endpoint interface with no record (left by a crash)");
+                self.datapath.detach(&name)?;
+                self.netlink.delete_link(index).await?;
+            }
+        }
 
         let mut desired_endpoints = HashSet::new();
         let mut desired_ifaces = HashSet::new();
@@ -364,7 +374,14 @@ impl Daemon {
         let netns_file = File::open(&ep.netns_path)?;
         let index = self
             .netlink
-            .create_veth(&ep.host_interface, GATEWAY_MAC, &ep.interface, ep.mac, &netns_file)
+            .create_veth(
+                &ep.host_interface,
+                &format!("{HOST_VETH_ALIAS}{}", ep.id),
+                GATEWAY_MAC,
+                &ep.interface,
+                ep.mac,
+                &netns_file,
+            )
             .await?;
         plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
         // Maps before the program: the first packet must find its entries.
@@ -454,6 +471,10 @@ pub async fn cleanup(config: &Config) -> Result<()> {
     let netlink = Netlink::connect()?;
     for ep in &state.endpoints {
         netlink.delete_link_by_name(&ep.host_interface).await?;
+    }
+    // Also endpoint interfaces the state never recorded (a crash in the middle of a connect).
+    for (index, _) in netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await? {
+        netlink.delete_link(index).await.ok();
     }
     if let Some(lo) = netlink.link_index(GATEWAY_DEVICE).await? {
         netlink.delete_addresses(lo, None, Some(GATEWAY_LABEL)).await?;

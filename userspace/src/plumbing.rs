@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
         neighbour::NeighbourState,
         route::RouteScope,
     },
@@ -56,11 +56,30 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_netns` (so it
-    /// never exists in the host's namespace under a temporary name), each with its MAC.
+    /// Interfaces whose alias starts with `prefix`: (index, name).
+    pub async fn links_with_alias_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>> {
+        let mut links = self.handle.link().get().execute();
+        let mut found = Vec::new();
+        while let Some(msg) = links.try_next().await.context("listing interfaces")? {
+            let alias_matches = msg.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x.starts_with(prefix)));
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let (true, Some(name)) = (alias_matches, name) {
+                found.push((msg.header.index, name));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates a veth pair: `host` here (marked with `alias`), `peer` directly inside the namespace
+    /// `peer_netns` (so it never exists in the host's namespace under a temporary name), each with
+    /// its MAC.
     pub async fn create_veth(
         &self,
         host: &str,
+        alias: &str,
         host_mac: [u8; 6],
         peer: &str,
         peer_mac: [u8; 6],
@@ -73,6 +92,7 @@ impl Netlink {
             .build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
+            .alias(alias)
             .address(host_mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
