@@ -6,6 +6,10 @@
 //! appear in packets, so the datapath compares them without swapping.
 #![cfg_attr(not(test), no_std)]
 
+/// Version of the map layouts below. Bump it with any change to a key, a value or a map's size:
+/// the daemon pins maps per version, so it never reuses maps of another layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Map names: the names in the eBPF object, and the file names under the daemon's bpffs directory.
 pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -122,7 +126,8 @@ pub enum Counter {
     DropArpUnknownTarget = 9,
     /// Drop: an ethertype the datapath does not forward (IPv6 for now).
     DropUnsupportedProtocol = 10,
-    /// Drop: the redirect helper refused the packet.
+    /// Drop: the redirect helper refused the packet (it only does for invalid flags). A packet for
+    /// a target whose veth just vanished is dropped later by the kernel and not counted here.
     DropRedirectFailed = 11,
 }
 
@@ -196,10 +201,4 @@ mod user {
     unsafe impl aya::Pod for IpKey {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for IfaceInfo {}
-    unsafe impl bytemuck::Zeroable for IpKey {}
-    unsafe impl bytemuck::Pod for IpKey {}
-    unsafe impl bytemuck::Zeroable for EndpointInfo {}
-    unsafe impl bytemuck::Pod for EndpointInfo {}
-    unsafe impl bytemuck::Zeroable for IfaceInfo {}
-    unsafe impl bytemuck::Pod for IfaceInfo {}
 }

@@ -1,11 +1,11 @@
 //! ARP responder: with no bridge there is nobody to flood a request to, so the datapath answers
 //! for every address the sender may reach on its network (the gateway and the network's
 //! containers) by turning the request into a reply in place and sending it back out.
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use datapath_common::{Counter, IfaceInfo, IpKey, GATEWAY_MAC};
 
 use crate::{
-    counters::{count, drop_packet},
+    counters::{count, drop_packet, to_host},
     maps::ENDPOINTS,
     packet::{ptr_at, ArpHdr, EthHdr, ETH_HDR_LEN, ETH_P_IP},
 };
@@ -31,7 +31,7 @@ pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32
     }
     if arp.op != ARP_OP_REQUEST.to_be() {
         // Replies (to the host's own requests) and anything else go to the host.
-        return TC_ACT_OK as i32;
+        return to_host();
     }
     if arp.spa != iface.ipv4 {
         return drop_packet(Counter::DropSpoofedSource);

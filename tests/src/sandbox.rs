@@ -141,12 +141,18 @@ impl Sandbox {
 
     /// Starts `bpfnet daemon` inside the host namespace and waits until its API answers.
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_with_env(&[])
+    }
+
+    /// Like `start_daemon`, with extra environment (test hooks such as BPFNET_TEST_CRASH_AFTER).
+    pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         if self.daemon.is_some() {
             bail!("daemon already running");
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.daemon_log())?;
         let child = self
             .daemon_command()
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -167,6 +173,12 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits for a daemon that is expected to exit by itself (a test hook crashed it).
+    pub fn wait_daemon_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.daemon.take().context("no daemon running")?;
+        Ok(child.wait()?)
     }
 
     /// Stops the daemon with SIGTERM (or SIGKILL, as a crash) and waits for it.

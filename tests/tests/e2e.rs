@@ -7,7 +7,7 @@ use std::{
 };
 
 use bpfnet_lab::{
-    sandbox::{run, run_ok},
+    sandbox::run_ok,
     traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
     Sandbox,
 };
@@ -121,6 +121,8 @@ fn reference_scenario_forwards_tcp_udp_and_isolates_networks() {
     // No bridge and no iptables rule anywhere in the sandbox's host namespace.
     let links = sb.exec(&sb.host(), &["ip", "-d", "link"]).unwrap().stdout;
     assert!(!links.contains("bridge"), "{links}");
+    let rules = sb.exec(&sb.host(), &["iptables-save"]).unwrap().stdout;
+    assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
 }
 
 #[test]
@@ -239,17 +241,29 @@ fn disconnect_and_reconnect() {
     assert!(!lo.contains("10.203.0.1"), "gateway address removed with the network: {lo}");
 }
 
+/// The contents of the pinned ENDPOINTS and IFACES maps, as bpftool prints them.
+fn map_dumps(sb: &Sandbox) -> String {
+    let maps_dir = std::fs::read_dir(sb.bpffs())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("maps-v"))
+        .expect("pinned maps directory");
+    let mut out = String::new();
+    for name in ["ENDPOINTS", "IFACES"] {
+        let pin = maps_dir.join(name);
+        out += &format!("{name}:\n{}", run_ok("bpftool", &["map", "dump", "pinned", pin.to_str().unwrap()]).unwrap());
+    }
+    out
+}
+
 /// Everything observable that a request could leave behind.
 fn snapshot(sb: &Sandbox) -> String {
     let host = sb.host();
     let links = run_ok("ip", &["-n", &host, "-br", "link"]).unwrap();
     let addrs = run_ok("ip", &["-n", &host, "-br", "addr"]).unwrap();
     let routes = run_ok("ip", &["-n", &host, "route"]).unwrap();
-    let mut maps = String::new();
-    for name in ["ENDPOINTS", "IFACES"] {
-        let pin = sb.bpffs().join("maps").join(name);
-        maps += &run_ok("bpftool", &["map", "dump", "pinned", pin.to_str().unwrap()]).unwrap();
-    }
+    let maps = map_dumps(sb);
     let links_pinned: Vec<_> = std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
     let state = std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap_or_default();
     format!("{links}\n{addrs}\n{routes}\n{maps}\n{links_pinned:?}\n{state}")
@@ -332,14 +346,27 @@ fn daemon_restart_keeps_open_connections_and_state() {
     assert_eq!(tcp_round_trip(&mut conn, b"after restart").unwrap(), b"after restart");
     assert_eq!(sb.bpfnet_ok(&["network", "inspect", "keep"]).unwrap(), inspect_before, "state survived");
 
-    // A crash (SIGKILL) and restart: the reconciler converges and the connection lives on. A crash
-    // in the middle of a connect would leave an unrecorded endpoint veth: fake one; it must go.
-    sb.stop_daemon(libc::SIGKILL).unwrap();
+    // A crash in the middle of a connect (right after the veth is made, before anything is
+    // recorded): the next start removes the unrecorded veth, and the connection lives on.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon_with_env(&[("BPFNET_TEST_CRASH_AFTER", "veth")]).unwrap();
+    let d = sb.add_netns("d").unwrap();
+    assert!(!sb.bpfnet(&["network", "connect", "keep", &d]).unwrap().ok, "the daemon dies mid-request");
+    assert!(!sb.wait_daemon_exit().unwrap().success());
     let host = sb.host();
-    run_ok("ip", &["-n", &host, "link", "add", "bnorphan", "type", "veth", "peer", "name", "bnorphan-p"]).unwrap();
-    run_ok("ip", &["-n", &host, "link", "set", "bnorphan", "alias", "bpfnet:0000orphan"]).unwrap();
+    let host_links = || run_ok("ip", &["-n", &host, "-br", "link"]).unwrap();
+    assert_eq!(host_links().lines().count(), 4, "lo, two endpoints and the orphan: {}", host_links());
+    assert!(sb.exec(&d, &["ip", "link", "show", "eth0"]).unwrap().ok, "the crash left d's eth0");
     sb.start_daemon().unwrap();
-    assert!(!run("ip", &["-n", &host, "link", "show", "bnorphan"]).unwrap().ok, "orphan endpoint veth removed");
+    assert_eq!(host_links().lines().count(), 3, "orphan removed: {}", host_links());
+    assert!(!sb.exec(&d, &["ip", "link", "show", "eth0"]).unwrap().ok, "and its container side");
+    assert_eq!(tcp_round_trip(&mut conn, b"after a crash").unwrap(), b"after a crash");
+    // d can connect now (eth0 is free again).
+    sb.bpfnet_ok(&["network", "connect", "keep", &d]).unwrap();
+
+    // A plain crash (SIGKILL) and restart: the reconciler converges and the connection lives on.
+    sb.stop_daemon(libc::SIGKILL).unwrap();
+    sb.start_daemon().unwrap();
     assert_eq!(tcp_round_trip(&mut conn, b"after crash").unwrap(), b"after crash");
     let c = sb.add_netns("c").unwrap();
     sb.bpfnet_ok(&["network", "connect", "keep", &c]).unwrap();
@@ -363,6 +390,9 @@ fn endpoints_of_a_deleted_namespace_are_removed() {
         assert!(Instant::now() < deadline, "endpoint not collected: {inspect}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Nothing of it is left in the datapath's maps.
+    let maps = map_dumps(&sb);
+    assert_eq!(maps, "ENDPOINTS:\nFound 0 elements\nIFACES:\nFound 0 elements\n", "{maps}");
     // Its address is free again.
     let b = sb.add_netns("b").unwrap();
     let created = json(&sb.bpfnet_ok(&["network", "connect", "n", &b, "--json"]).unwrap());

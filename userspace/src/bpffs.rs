@@ -50,29 +50,34 @@ pub fn ensure(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Pinned maps live in a directory named after the map layout version: a daemon with another
+/// layout creates fresh maps instead of misreading old ones (its program is swapped into the links).
 pub fn maps_dir(root: &Path) -> PathBuf {
-    root.join("maps")
+    root.join(format!("maps-v{}", datapath_common::LAYOUT_VERSION))
 }
 
 pub fn links_dir(root: &Path) -> PathBuf {
     root.join("links")
 }
 
-/// Removes everything bpfnet pinned under `root`, and the mount if bpfnet made `root` one.
+/// Removes everything bpfnet pinned under `root` (every maps version and the links), and the mount
+/// if `root` is a bpffs mount point of its own (never the system's /sys/fs/bpf).
 pub fn remove_all(root: &Path) -> Result<()> {
     if !root.exists() {
         return Ok(());
     }
-    for sub in [maps_dir(root), links_dir(root)] {
-        if let Ok(entries) = fs::read_dir(&sub) {
-            for entry in entries.flatten() {
-                fs::remove_file(entry.path()).with_context(|| format!("unpinning {}", entry.path().display()))?;
-            }
-            fs::remove_dir(&sub).ok();
+    for entry in fs::read_dir(root)?.flatten() {
+        let sub = entry.path();
+        if !sub.is_dir() {
+            continue;
         }
+        for pin in fs::read_dir(&sub)?.flatten() {
+            fs::remove_file(pin.path()).with_context(|| format!("unpinning {}", pin.path().display()))?;
+        }
+        fs::remove_dir(&sub).ok();
     }
-    let is_mount_point = root.parent().is_some_and(|p| !is_bpffs(p)) && is_bpffs(root);
-    if is_mount_point {
+    let is_own_mount = root != Path::new("/sys/fs/bpf") && root.parent().is_some_and(|p| !is_bpffs(p)) && is_bpffs(root);
+    if is_own_mount {
         let c = CString::new(root.as_os_str().as_bytes())?;
         // SAFETY: umount2 with a valid C string.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };

@@ -162,6 +162,16 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     }
 }
 
+/// The daemon resolves namespace arguments itself: a relative path must not be read relative to
+/// the daemon's working directory.
+fn absolute_netns(arg: String) -> Result<String> {
+    if arg.contains('/') && !arg.starts_with('/') {
+        Ok(std::env::current_dir()?.join(&arg).to_string_lossy().into_owned())
+    } else {
+        Ok(arg)
+    }
+}
+
 /// Percent-encodes a path segment (names are validated by the daemon; this keeps odd input intact).
 fn segment(name: &str) -> String {
     name.bytes()
@@ -262,7 +272,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 }
             }
             NetworkCommand::Connect { network, netns, ip, aliases, json } => {
-                let req = api::Connect { netns: netns.clone(), ip, aliases };
+                let req = api::Connect { netns: absolute_netns(netns.clone())?, ip, aliases };
                 let ep: api::EndpointCreated =
                     client.post(&format!("/networks/{}/connect", segment(&network)), &req).await?;
                 if json {
@@ -274,7 +284,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 );
             }
             NetworkCommand::Disconnect { network, netns } => {
-                let req = api::Disconnect { netns };
+                let req = api::Disconnect { netns: absolute_netns(netns)? };
                 let _: serde_json::Value =
                     client.post(&format!("/networks/{}/disconnect", segment(&network)), &req).await?;
             }

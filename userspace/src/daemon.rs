@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use datapath_common::{iface_flags, EndpointInfo, IfaceInfo, GATEWAY_MAC};
 
 use crate::{
-    api, bpffs,
+    api,
     datapath::{ipv4_key, Datapath},
     ids, ipam, netns,
     plumbing::{self, Netlink},
@@ -58,7 +58,26 @@ impl ApiError {
     }
 }
 
-type ApiResult<T> = std::result::Result<T, ApiError>;
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// The container already has an interface with the name its new endpoint was to get.
+#[derive(Debug)]
+struct InterfaceExists;
+
+impl std::fmt::Display for InterfaceExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an interface of that name exists in the namespace")
+    }
+}
+
+/// Test hook: `BPFNET_TEST_CRASH_AFTER=veth` makes the daemon die right after creating an
+/// endpoint's veth, so tests can check that the next start cleans up what a crash leaves.
+fn crash_point(name: &str) {
+    if std::env::var("BPFNET_TEST_CRASH_AFTER").is_ok_and(|v| v == name) {
+        eprintln!("bpfnet: BPFNET_TEST_CRASH_AFTER={name}: aborting");
+        std::process::abort();
+    }
+}
 
 pub struct Daemon {
     state: State,
@@ -131,27 +150,23 @@ impl Daemon {
             }
         }
         self.collect_gone_endpoints().await?;
-        for (index, name) in self.netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await? {
-            if !self.state.endpoints.iter().any(|e| e.host_interface == name) {
-                eprintln!("bpfnet: removing {name}, an endpoint interface with no record (left by a crash)");
-                self.datapath.detach(&name)?;
-                self.netlink.delete_link(index).await?;
-            }
+        let recorded: HashSet<String> = self.state.endpoints.iter().map(|e| e.host_interface.clone()).collect();
+        for name in remove_unrecorded_veths(&self.netlink, &recorded).await? {
+            eprintln!("bpfnet: removed {name}, an endpoint interface with no record (left by a crash)");
+            self.datapath.detach(&name)?;
         }
 
         let mut desired_endpoints = HashSet::new();
         let mut desired_ifaces = HashSet::new();
         for ep in self.state.endpoints.clone() {
             let net = self.state.network_by_id(&ep.network_id).context("endpoint of a missing network")?.clone();
-            let index = self.netlink.link_index(&ep.host_interface).await?.context("endpoint veth vanished")?;
-            self.datapath.set_iface(index, iface_info(&net, &ep))?;
-            self.datapath.set_endpoint(ep.ipv4, endpoint_info(&net, &ep, index))?;
-            self.datapath.attach(&ep.host_interface)?;
-            self.netlink.set_up(index).await?;
-            self.netlink.replace_host_route(ep.ipv4, index, net.gateway).await?;
-            self.netlink.replace_neighbour(index, ep.ipv4, ep.mac).await?;
+            let Some(index) = self.netlink.link_index(&ep.host_interface).await? else { continue };
             desired_endpoints.insert(ipv4_key(ep.ipv4));
             desired_ifaces.insert(index);
+            // One broken endpoint must not keep the daemon (and every other endpoint) down.
+            if let Err(e) = self.program_endpoint(&net, &ep, index).await {
+                eprintln!("bpfnet: could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);
+            }
         }
         self.datapath.retain(&desired_endpoints, &desired_ifaces)?;
         let wanted: HashSet<&str> = self.state.endpoints.iter().map(|e| e.host_interface.as_str()).collect();
@@ -163,20 +178,25 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes endpoints whose namespace or host-side veth has gone (a container that exited).
+    /// Removes endpoints whose namespace has gone (a container that exited). The kernel destroys a
+    /// veth pair with the namespace of either end, so a missing host-side veth is the sign; the
+    /// namespace's name is not (a namespace lives on without its name while a process holds it).
     pub async fn collect_gone_endpoints(&mut self) -> Result<Vec<String>> {
         let mut gone = Vec::new();
         for ep in &self.state.endpoints {
-            let alive = netns::still_there(&ep.netns_path, ep.netns_dev, ep.netns_inode)
-                && self.netlink.link_index(&ep.host_interface).await?.is_some();
-            if !alive {
+            if self.netlink.link_index(&ep.host_interface).await?.is_none() {
                 gone.push(ep.clone());
             }
         }
         for ep in &gone {
             eprintln!("bpfnet: namespace of endpoint {} ({} on {}) is gone; removing it", &ep.id[..12], ep.container_name, ep.interface);
-            self.teardown_endpoint(ep).await?;
+            if let Err(e) = self.teardown_endpoint(ep).await {
+                eprintln!("bpfnet: cleaning up endpoint {}: {e:#}", &ep.id[..12]);
+            }
             self.state.endpoints.retain(|e| e.id != ep.id);
+            if ep.default_route {
+                self.move_default_route(ep).await;
+            }
         }
         if !gone.is_empty() {
             self.store.save(&self.state)?;
@@ -231,7 +251,10 @@ impl Daemon {
             self.state = before;
             return Err(ApiError::internal(e));
         }
-        self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await.map_err(ApiError::internal)?;
+        // Committed: a failure from here on is the reconciler's to finish, not the user's error.
+        if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await {
+            eprintln!("bpfnet: removing gateway {} of network {name}: {e:#}", net.gateway);
+        }
         Ok(())
     }
 
@@ -342,8 +365,10 @@ impl Daemon {
         match self.apply_endpoint(&net, &mut ep, wants_default_route).await {
             Ok(()) => {}
             Err(e) => {
-                self.teardown_endpoint(&ep).await.ok();
-                return Err(if plumbing::errno(&e) == Some(libc::EEXIST) {
+                if let Err(undo) = self.teardown_endpoint(&ep).await {
+                    eprintln!("bpfnet: undoing the failed connect of {}: {undo:#}", req.netns);
+                }
+                return Err(if e.downcast_ref::<InterfaceExists>().is_some() {
                     ApiError::conflict(format!(
                         "cannot create {} in {}: an interface of that name exists there already",
                         ep.interface, req.netns
@@ -356,7 +381,9 @@ impl Daemon {
         self.state.endpoints.push(ep.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.endpoints.pop();
-            self.teardown_endpoint(&ep).await.ok();
+            if let Err(undo) = self.teardown_endpoint(&ep).await {
+                eprintln!("bpfnet: undoing the unsaved connect of {}: {undo:#}", req.netns);
+            }
             return Err(ApiError::internal(e));
         }
         Ok(api::EndpointCreated {
@@ -382,15 +409,11 @@ impl Daemon {
                 ep.mac,
                 &netns_file,
             )
-            .await?;
+            .await
+            .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
+        crash_point("veth");
         plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
-        // Maps before the program: the first packet must find its entries.
-        self.datapath.set_iface(index, iface_info(net, ep))?;
-        self.datapath.set_endpoint(ep.ipv4, endpoint_info(net, ep, index))?;
-        self.datapath.attach(&ep.host_interface)?;
-        self.netlink.set_up(index).await?;
-        self.netlink.replace_host_route(ep.ipv4, index, net.gateway).await?;
-        self.netlink.replace_neighbour(index, ep.ipv4, ep.mac).await?;
+        self.program_endpoint(net, ep, index).await?;
         let (ifname, ip, prefix) = (ep.interface.clone(), ep.ipv4, net.subnet.prefix());
         let gateway = wants_default_route.then_some(net.gateway);
         ep.default_route = in_netns(&ep.netns_path, move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
@@ -399,25 +422,72 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes everything an endpoint has in the kernel. Idempotent; tolerates half-made endpoints.
+    /// The host side of an endpoint whose veth exists: maps, program, link up, route, neighbour.
+    /// Idempotent (used by connect and by the reconciler).
+    async fn program_endpoint(&mut self, net: &Network, ep: &Endpoint, index: u32) -> Result<()> {
+        // Maps before the program: the first packet must find its entries.
+        self.datapath.set_iface(index, iface_info(net, ep))?;
+        self.datapath.set_endpoint(ep.ipv4, endpoint_info(net, ep, index))?;
+        self.datapath.attach(&ep.host_interface)?;
+        self.netlink.set_up(index).await?;
+        self.netlink.replace_host_route(ep.ipv4, index, net.gateway).await?;
+        self.netlink.replace_neighbour(index, ep.ipv4, ep.mac).await?;
+        Ok(())
+    }
+
+    /// Removes everything an endpoint has in the kernel. Idempotent; tolerates half-made endpoints;
+    /// tries every step even when one fails, and reports all failures.
     async fn teardown_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        if let Some(index) = self.netlink.link_index(&ep.host_interface).await? {
-            self.datapath.remove_iface(index)?;
+        let mut errors: Vec<anyhow::Error> = Vec::new();
+        // IFACES is keyed by the host veth's ifindex: take it from the veth, or, when the veth died
+        // with its namespace, from the endpoint's ENDPOINTS entry.
+        let mut indexes = Vec::new();
+        match self.netlink.link_index(&ep.host_interface).await {
+            Ok(found) => indexes.extend(found),
+            Err(e) => errors.push(e),
+        }
+        match self.datapath.endpoint(ep.ipv4) {
+            Ok(Some(info)) if info.mac == ep.mac => indexes.push(info.host_ifindex),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+        for index in indexes {
+            match self.datapath.iface(index) {
+                Ok(Some(info)) if info.ipv4 == ep.ipv4.octets() => {
+                    if let Err(e) = self.datapath.remove_iface(index) {
+                        errors.push(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
         }
         // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
         if !self.state.endpoints.iter().any(|o| o.id != ep.id && o.ipv4 == ep.ipv4) {
-            self.datapath.remove_endpoint(ep.ipv4)?;
+            if let Err(e) = self.datapath.remove_endpoint(ep.ipv4) {
+                errors.push(e);
+            }
         }
-        self.datapath.detach(&ep.host_interface)?;
+        if let Err(e) = self.datapath.detach(&ep.host_interface) {
+            errors.push(e);
+        }
         // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
-        self.netlink.delete_link_by_name(&ep.host_interface).await?;
-        Ok(())
+        if let Err(e) = self.netlink.delete_link_by_name(&ep.host_interface).await {
+            errors.push(e);
+        }
+        match errors.len() {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!(errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))),
+        }
     }
 
     pub async fn disconnect(&mut self, network: &str, req: api::Disconnect) -> ApiResult<()> {
         let net = self.network(network)?.clone();
         let ep = self.find_endpoint(&net, &req.netns)?;
-        self.teardown_endpoint(&ep).await.map_err(ApiError::internal)?;
+        if let Err(e) = self.teardown_endpoint(&ep).await {
+            // Whatever is left carries the bpfnet alias: the next start removes it as unrecorded.
+            eprintln!("bpfnet: disconnecting {}: {e:#}", req.netns);
+        }
         self.state.endpoints.retain(|e| e.id != ep.id);
         if ep.default_route {
             self.move_default_route(&ep).await;
@@ -473,14 +543,25 @@ pub async fn cleanup(config: &Config) -> Result<()> {
         netlink.delete_link_by_name(&ep.host_interface).await?;
     }
     // Also endpoint interfaces the state never recorded (a crash in the middle of a connect).
-    for (index, _) in netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await? {
-        netlink.delete_link(index).await.ok();
-    }
+    remove_unrecorded_veths(&netlink, &HashSet::new()).await?;
     if let Some(lo) = netlink.link_index(GATEWAY_DEVICE).await? {
         netlink.delete_addresses(lo, None, Some(GATEWAY_LABEL)).await?;
     }
-    bpffs::remove_all(&config.bpffs)?;
     store.remove()?;
     std::fs::remove_file(&config.socket).ok();
     Ok(())
+}
+
+/// Deletes host-side veths carrying bpfnet's alias whose name is not in `recorded`; returns their names.
+async fn remove_unrecorded_veths(netlink: &Netlink, recorded: &HashSet<String>) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (index, name) in netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await? {
+        if !recorded.contains(&name) {
+            match netlink.delete_link(index).await {
+                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => return Err(e),
+                _ => removed.push(name),
+            }
+        }
+    }
+    Ok(removed)
 }

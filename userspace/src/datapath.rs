@@ -144,6 +144,14 @@ impl Datapath {
         Ok(())
     }
 
+    pub fn endpoint(&mut self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>> {
+        found_or_none(self.endpoints()?.get(&ipv4_key(ip), 0))
+    }
+
+    pub fn iface(&mut self, ifindex: u32) -> Result<Option<IfaceInfo>> {
+        found_or_none(self.ifaces()?.get(&ifindex, 0))
+    }
+
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         remove_ignoring_missing(self.endpoints()?.remove(&ipv4_key(ip)))
     }
@@ -188,6 +196,14 @@ impl Datapath {
             .iter()
             .map(|c| Ok((*c, map.get(&(*c as u32), 0)?.iter().sum())))
             .collect()
+    }
+}
+
+fn found_or_none<T>(result: Result<T, aya::maps::MapError>) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -13,6 +13,15 @@ pub fn default_pool() -> impl Iterator<Item = Ipv4Network> {
     wide.chain(narrow)
 }
 
+/// Ranges no container network may use.
+const RESERVED: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local addresses"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "future use and broadcast"),
+];
+
 pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
@@ -46,6 +55,12 @@ pub fn parse_subnet(text: &str) -> Result<Ipv4Network> {
     }
     if net.prefix() < 8 {
         bail!("invalid subnet {text:?}: too large, use a prefix of /8 or longer");
+    }
+    for (reserved, what) in RESERVED {
+        let reserved: Ipv4Network = reserved.parse().unwrap();
+        if overlaps(&reserved, &net) {
+            bail!("invalid subnet {text:?}: it overlaps {reserved}, which is reserved for {what}");
+        }
     }
     Ok(net)
 }
@@ -210,6 +225,9 @@ mod tests {
             ("banana", "expected an IPv4 CIDR"),
             ("fd00::/64", "IPv6"),
             ("0.0.0.0/4", "too large"),
+            ("127.0.0.0/16", "loopback"),
+            ("169.254.0.0/24", "link-local"),
+            ("224.0.0.0/8", "multicast"),
         ] {
             let err = parse_subnet(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");

@@ -50,11 +50,6 @@ pub fn current() -> Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
-/// Whether `path` still names the namespace with this identity.
-pub fn still_there(path: &Path, dev: u64, inode: u64) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == inode)
-}
-
 /// Moves the calling thread into the namespace at `path`.
 pub fn enter(path: &Path) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;

@@ -97,7 +97,11 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host} / {peer}"))?;
-        self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))
+        let index = self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))?;
+        // The kernel ignores IFLA_IFALIAS when it creates a link: set it on the new link.
+        self.handle.link().set(LinkUnspec::new_with_index(index).alias(alias).build()).execute().await
+            .with_context(|| format!("marking {host}"))?;
+        Ok(index)
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

@@ -18,7 +18,7 @@ use axum::{
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
 use crate::{
-    api,
+    api, bpffs,
     daemon::{self, ApiError, Config, Daemon},
 };
 
@@ -33,31 +33,43 @@ impl IntoResponse for ApiError {
 
 type Reply<T> = std::result::Result<Json<T>, ApiError>;
 
+/// Runs a request on its own task: if the client goes away (Ctrl-C on the CLI), hyper drops the
+/// handler, but a change half-way through must still finish or roll back.
+async fn to_completion<T: Send + 'static>(
+    request: impl std::future::Future<Output = daemon::ApiResult<T>> + Send + 'static,
+) -> Reply<T> {
+    match tokio::spawn(request).await {
+        Ok(result) => result.map(Json),
+        Err(e) => Err(ApiError::internal(anyhow::anyhow!("request task failed: {e}"))),
+    }
+}
+
 async fn list(State(d): State<Shared>) -> Json<Vec<api::NetworkSummary>> {
     Json(d.lock().await.list_networks())
 }
 async fn create(State(d): State<Shared>, Json(req): Json<api::CreateNetwork>) -> Reply<api::NetworkInspect> {
-    d.lock().await.create_network(req).await.map(Json)
+    to_completion(async move { d.lock_owned().await.create_network(req).await }).await
 }
 async fn inspect(State(d): State<Shared>, UrlPath(name): UrlPath<String>) -> Reply<api::NetworkInspect> {
     d.lock().await.inspect(&name).map(Json)
 }
 async fn remove(State(d): State<Shared>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
-    d.lock().await.remove_network(&name).await.map(|()| Json(serde_json::json!({})))
+    to_completion(async move { d.lock_owned().await.remove_network(&name).await.map(|()| serde_json::json!({})) }).await
 }
 async fn connect(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Json(req): Json<api::Connect>,
 ) -> Reply<api::EndpointCreated> {
-    d.lock().await.connect(&name, req).await.map(Json)
+    to_completion(async move { d.lock_owned().await.connect(&name, req).await }).await
 }
 async fn disconnect(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Json(req): Json<api::Disconnect>,
 ) -> Reply<serde_json::Value> {
-    d.lock().await.disconnect(&name, req).await.map(|()| Json(serde_json::json!({})))
+    to_completion(async move { d.lock_owned().await.disconnect(&name, req).await.map(|()| serde_json::json!({})) })
+        .await
 }
 async fn stats(State(d): State<Shared>) -> Reply<api::Stats> {
     d.lock().await.stats().map(Json)
@@ -73,15 +85,24 @@ pub fn router(daemon: Shared) -> Router {
         .with_state(daemon)
 }
 
-/// Holds an exclusive lock on the state directory for the daemon's lifetime.
-fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = std::fs::File::create(dir.join("lock"))?;
+/// Holds an exclusive lock on a directory (flock on the directory itself) while it is kept.
+/// The daemon locks its state directory and its bpffs directory: two daemons sharing either would
+/// undo each other's work (each reconciles the pinned maps to its own state).
+fn lock_dir(dir: &Path, what: &str) -> Result<std::fs::File> {
+    let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another bpfnet daemon is using the state directory {}", dir.display());
+        bail!("another bpfnet daemon is using the {what} {}", dir.display());
     }
     Ok(file)
+}
+
+fn lock_dirs(config: &Config) -> Result<(std::fs::File, std::fs::File)> {
+    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let state = lock_dir(&config.state_dir, "state directory")?;
+    bpffs::ensure(&config.bpffs)?;
+    let pins = lock_dir(&config.bpffs, "bpffs directory")?;
+    Ok((state, pins))
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener> {
@@ -101,7 +122,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 
 /// Runs the daemon until SIGTERM or SIGINT. The caller has already entered the right namespace.
 pub async fn run(config: Config) -> Result<()> {
-    let _lock = lock_state_dir(&config.state_dir)?;
+    let _locks = lock_dirs(&config)?;
     let daemon = Arc::new(Mutex::new(Daemon::start(&config).await?));
     let listener = bind_socket(&config.socket)?;
     eprintln!("bpfnet: daemon ready, API on {}", config.socket.display());
@@ -129,19 +150,22 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     axum::serve(listener, router(daemon.clone())).with_graceful_shutdown(shutdown).await?;
+    // Requests run to completion on their own tasks; taking the lock waits for the last one, and
+    // stops the collector between two rounds, never inside one.
+    let guard = daemon.lock().await;
     collector.abort();
-    // Wait for an in-flight request to finish before the state is dropped.
-    let _ = daemon.lock().await;
+    drop(guard);
     std::fs::remove_file(&config.socket).ok();
     eprintln!("bpfnet: daemon stopped; the datapath stays attached and keeps forwarding");
     Ok(())
 }
 
 pub async fn cleanup(config: Config) -> Result<()> {
-    let lock = lock_state_dir(&config.state_dir)?;
+    let locks = lock_dirs(&config)?;
     daemon::cleanup(&config).await?;
-    drop(lock);
-    std::fs::remove_file(config.state_dir.join("lock")).ok();
+    drop(locks);
+    std::fs::remove_file(config.state_dir.join("lock")).ok(); // left by earlier versions
     std::fs::remove_dir(&config.state_dir).ok(); // only if nothing else lives there
+    bpffs::remove_all(&config.bpffs)?;
     Ok(())
 }
