@@ -280,8 +280,13 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     sb.bpfnet_ok(&["network", "create", "big", "--subnet", "10.205.0.0/24"]).unwrap();
     sb.bpfnet_ok(&["network", "connect", "tiny", &a]).unwrap(); // takes the only address, .2
     sb.bpfnet_ok(&["network", "connect", "big", &a, "--ip", "10.205.0.9"]).unwrap();
-    // c already has an eth0 of its own: connecting it fails half-way, after the host side exists.
+    // c already has an eth0 of its own: creating the endpoint's veth pair fails.
     run_ok("ip", &["-n", &c, "link", "add", "eth0", "type", "veth", "peer", "name", "other0"]).unwrap();
+    // The host namespace already routes 10.99.0.0/16 (say, to a VPN): no network may take it.
+    let host = sb.host();
+    run_ok("ip", &["-n", &host, "link", "add", "vpn0", "type", "veth", "peer", "name", "vpn1"]).unwrap();
+    run_ok("ip", &["-n", &host, "link", "set", "vpn0", "up"]).unwrap();
+    run_ok("ip", &["-n", &host, "route", "add", "10.99.0.0/16", "dev", "vpn0"]).unwrap();
 
     let before = snapshot(&sb);
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -289,6 +294,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (vec!["network", "create", "x", "--subnet", "10.206.0.1/24"], "host bits are set"),
         (vec!["network", "create", "x", "--subnet", "300.1.0.0/16"], "invalid subnet"),
         (vec!["network", "create", "x", "--subnet", "10.205.0.128/25"], "overlaps with network \"big\""),
+        (vec!["network", "create", "x", "--subnet", "10.99.0.0/16"], "which the host already routes"),
+        (vec!["network", "create", "x", "--subnet", "127.1.0.0/16"], "reserved for loopback"),
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "--gateway", "10.207.0.1"], "outside the subnet"),
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "-o", "icc=maybe"], "invalid value"),
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "-o", "mtu=1400"], "unknown network option"),

@@ -266,9 +266,19 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 print_json(&out)?;
             }
             NetworkCommand::Rm { names } => {
+                // Like docker: remove what can be removed, report the others, fail if any failed.
+                let mut failed = 0;
                 for name in &names {
-                    let _: serde_json::Value = client.delete(&format!("/networks/{}", segment(name))).await?;
-                    println!("{name}");
+                    match client.delete::<serde_json::Value>(&format!("/networks/{}", segment(name))).await {
+                        Ok(_) => println!("{name}"),
+                        Err(e) => {
+                            eprintln!("Error: {e:#}");
+                            failed += 1;
+                        }
+                    }
+                }
+                if failed > 0 {
+                    bail!("{failed} of {} networks could not be removed", names.len());
                 }
             }
             NetworkCommand::Connect { network, netns, ip, aliases, json } => {

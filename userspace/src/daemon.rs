@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs::File,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -211,7 +212,9 @@ impl Daemon {
         if self.state.network_by_name(&req.name).is_some() {
             return Err(ApiError::conflict(format!("network with name {:?} already exists", req.name)));
         }
-        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref()).map_err(ApiError::bad_request)?;
+        let ours: Vec<Ipv4Addr> = self.state.endpoints.iter().map(|e| e.ipv4).collect();
+        let routes = self.netlink.routed_prefixes(&ours).await.map_err(ApiError::internal)?;
+        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &routes).map_err(ApiError::bad_request)?;
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(ApiError::bad_request)?;
         let icc = ipam::parse_options(&req.options).map_err(ApiError::bad_request)?;
         let net = Network {
@@ -338,7 +341,7 @@ impl Daemon {
             ipam::validate_name("alias", alias).map_err(ApiError::bad_request)?;
         }
         let ip = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(|e| {
-            if e.to_string().contains("already in use") { ApiError::conflict(e) } else { ApiError::bad_request(e) }
+            if e.downcast_ref::<ipam::AddressInUse>().is_some() { ApiError::conflict(e) } else { ApiError::bad_request(e) }
         })?;
         let interface = (0..)
             .map(|n| format!("eth{n}"))

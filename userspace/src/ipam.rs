@@ -81,22 +81,38 @@ pub fn check_host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Network) -> Result
     Ok(())
 }
 
-/// Picks the subnet for a new network: the user's (checked against every other network), or the
-/// first free one of the default pool.
-pub fn choose_subnet(state: &State, requested: Option<&str>) -> Result<Ipv4Network> {
+/// Picks the subnet for a new network: the user's (checked against every other network and
+/// against `routes`, the prefixes the host already routes, as Docker does), or the first free one
+/// of the default pool.
+pub fn choose_subnet(state: &State, requested: Option<&str>, routes: &[Ipv4Network]) -> Result<Ipv4Network> {
     match requested {
         Some(text) => {
             let net = parse_subnet(text)?;
             if let Some(other) = state.networks.iter().find(|n| overlaps(&n.subnet, &net)) {
                 bail!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet);
             }
+            if let Some(route) = routes.iter().find(|r| overlaps(r, &net)) {
+                bail!("subnet {net} overlaps with {route}, which the host already routes");
+            }
             Ok(net)
         }
         None => default_pool()
-            .find(|candidate| !state.networks.iter().any(|n| overlaps(&n.subnet, candidate)))
+            .find(|c| !state.networks.iter().any(|n| overlaps(&n.subnet, c)) && !routes.iter().any(|r| overlaps(r, c)))
             .ok_or_else(|| anyhow::anyhow!("the default address pool is exhausted: give --subnet")),
     }
 }
+
+/// An address that another endpoint of the network holds (a conflict, not bad input).
+#[derive(Debug)]
+pub struct AddressInUse(pub String);
+
+impl std::fmt::Display for AddressInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AddressInUse {}
 
 /// The network's gateway: the user's, or the first host address.
 pub fn choose_gateway(net: &Ipv4Network, requested: Option<&str>) -> Result<Ipv4Addr> {
@@ -126,7 +142,8 @@ pub fn choose_address(
                 bail!("address {ip} is the gateway of network {:?}", net.name);
             }
             if let Some(e) = state.endpoints_of(network_id).find(|e| e.ipv4 == ip) {
-                bail!("address {ip} is already in use in network {:?} by {}", net.name, e.container_name);
+                let msg = format!("address {ip} is already in use in network {:?} by {}", net.name, e.container_name);
+                return Err(AddressInUse(msg).into());
             }
             Ok(ip)
         }
@@ -237,11 +254,20 @@ mod tests {
     #[test]
     fn overlapping_subnet_is_refused_and_default_pool_skips_used() {
         let s = state_with("172.17.0.0/16");
-        let err = choose_subnet(&s, Some("172.17.5.0/24")).unwrap_err().to_string();
+        let err = choose_subnet(&s, Some("172.17.5.0/24"), &[]).unwrap_err().to_string();
         assert!(err.contains("overlaps with network \"backend\""), "{err}");
-        let err = choose_subnet(&s, Some("172.0.0.0/8")).unwrap_err().to_string();
+        let err = choose_subnet(&s, Some("172.0.0.0/8"), &[]).unwrap_err().to_string();
         assert!(err.contains("overlaps"), "{err}");
-        assert_eq!(choose_subnet(&s, None).unwrap().to_string(), "172.18.0.0/16");
+        assert_eq!(choose_subnet(&s, None, &[]).unwrap().to_string(), "172.18.0.0/16");
+    }
+
+    #[test]
+    fn subnets_the_host_already_routes_are_avoided() {
+        let s = state_with("172.17.0.0/16");
+        let routes: Vec<Ipv4Network> = vec!["172.18.0.0/16".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        assert_eq!(choose_subnet(&s, None, &routes).unwrap().to_string(), "172.19.0.0/16");
+        let err = choose_subnet(&s, Some("10.5.0.0/24"), &routes).unwrap_err().to_string();
+        assert!(err.contains("overlaps with 10.0.0.0/8, which the host already routes"), "{err}");
     }
 
     #[test]
@@ -261,8 +287,9 @@ mod tests {
         s.endpoints.push(endpoint("10.0.0.2"));
         let err = choose_address(&s, "n1", None).unwrap_err().to_string();
         assert!(err.contains("no free address"), "{err}");
-        let err = choose_address(&s, "n1", Some("10.0.0.2")).unwrap_err().to_string();
-        assert!(err.contains("already in use"), "{err}");
+        let err = choose_address(&s, "n1", Some("10.0.0.2")).unwrap_err();
+        assert!(err.downcast_ref::<AddressInUse>().is_some(), "a typed conflict: {err}");
+        assert!(err.to_string().contains("already in use"), "{err}");
         let err = choose_address(&s, "n1", Some("10.0.0.1")).unwrap_err().to_string();
         assert!(err.contains("gateway"), "{err}");
         let err = choose_address(&s, "n1", Some("10.9.0.1")).unwrap_err().to_string();

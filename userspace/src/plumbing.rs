@@ -14,7 +14,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
         neighbour::NeighbourState,
-        route::RouteScope,
+        route::{RouteAddress, RouteAttribute, RouteScope},
     },
     Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
@@ -198,6 +198,34 @@ impl Netlink {
                 if errno(&e) == Some(libc::EEXIST) { Ok(false) } else { Err(e.context(format!("adding default route via {gateway}"))) }
             }
         }
+    }
+}
+
+impl Netlink {
+    /// Destinations of the main routing table's IPv4 routes, except default routes and the /32
+    /// routes bpfnet adds for its own endpoints (`ours`): what a new subnet must not overlap.
+    pub async fn routed_prefixes(&self, ours: &[Ipv4Addr]) -> Result<Vec<ipnetwork::Ipv4Network>> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            let prefix = msg.header.destination_prefix_length;
+            if msg.header.table != libc::RT_TABLE_MAIN || prefix == 0 {
+                continue;
+            }
+            let dest = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(dest) = dest {
+                if prefix == 32 && ours.contains(&dest) {
+                    continue;
+                }
+                if let Ok(net) = ipnetwork::Ipv4Network::new(dest, prefix) {
+                    found.push(net);
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
