@@ -183,12 +183,11 @@ impl Daemon {
     /// veth pair with the namespace of either end, so a missing host-side veth is the sign; the
     /// namespace's name is not (a namespace lives on without its name while a process holds it).
     pub async fn collect_gone_endpoints(&mut self) -> Result<Vec<String>> {
-        let mut gone = Vec::new();
-        for ep in &self.state.endpoints {
-            if self.netlink.link_index(&ep.host_interface).await?.is_none() {
-                gone.push(ep.clone());
-            }
-        }
+        // One dump per round, not a request per endpoint: every recorded veth carries the alias.
+        let present: HashSet<String> =
+            self.netlink.links_with_alias_prefix(HOST_VETH_ALIAS).await?.into_iter().map(|(_, name)| name).collect();
+        let gone: Vec<Endpoint> =
+            self.state.endpoints.iter().filter(|ep| !present.contains(&ep.host_interface)).cloned().collect();
         for ep in &gone {
             eprintln!("bpfnet: namespace of endpoint {} ({} on {}) is gone; removing it", &ep.id[..12], ep.container_name, ep.interface);
             if let Err(e) = self.teardown_endpoint(ep).await {
