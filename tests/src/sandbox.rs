@@ -267,7 +267,8 @@ fn unmount_below(dir: &Path) {
 /// Removes whatever interrupted runs left: daemons and tools started for sandboxes, their
 /// namespaces, mounts and files. Touches only names with the sandbox prefix.
 pub fn sweep() -> Result<usize> {
-    let _ = run("pkill", &["-KILL", "-f", &format!("--netns {PREFIX}-")]);
+    // The pattern must not start with '-' (pkill would take it for an option).
+    let _ = run("pkill", &["-KILL", "-f", &format!("daemon --netns {PREFIX}-")]);
     let _ = run("pkill", &["-KILL", "-f", "bpfnet-lab net "]);
     let mut removed = 0;
     let list = run_ok("ip", &["netns", "list"])?;
