@@ -178,6 +178,18 @@ fn icc_false_blocks_containers_but_not_the_gateway() {
     assert!(sb.ping(&b, "10.202.0.1").unwrap());
     let ls = json(&sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap());
     assert_eq!(ls[0]["icc"], false);
+
+    // Without --subnet: the first free /16 of Docker's default pool, gateway on its first address.
+    sb.bpfnet_ok(&["network", "create", "auto1"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "auto2", "--internal"]).unwrap();
+    for (name, subnet, gateway) in [("auto1", "172.17.0.0/16", "172.17.0.1"), ("auto2", "172.18.0.0/16", "172.18.0.1")] {
+        let net = json(&sb.bpfnet_ok(&["network", "inspect", name]).unwrap());
+        assert_eq!(net[0]["IPAM"]["Config"][0]["Subnet"], subnet);
+        assert_eq!(net[0]["IPAM"]["Config"][0]["Gateway"], gateway);
+    }
+    let c = sb.add_netns("c").unwrap();
+    sb.bpfnet_ok(&["network", "connect", "auto1", &c]).unwrap();
+    assert!(sb.ping(&c, "172.17.0.1").unwrap());
 }
 
 #[test]
