@@ -165,27 +165,10 @@ impl Datapath {
         remove_ignoring_missing(self.ifaces()?.remove(&ifindex))
     }
 
-    pub fn endpoint_entries(&mut self) -> Result<Vec<(IpKey, EndpointInfo)>> {
-        Ok(self.endpoints()?.iter().collect::<Result<_, _>>()?)
-    }
-
-    pub fn iface_entries(&mut self) -> Result<Vec<(u32, IfaceInfo)>> {
-        Ok(self.ifaces()?.iter().collect::<Result<_, _>>()?)
-    }
-
     /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).
     pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>) -> Result<()> {
-        let stale: Vec<IpKey> = self.endpoint_entries()?.into_iter().map(|(k, _)| k).filter(|k| !endpoints.contains(k)).collect();
-        let mut map = self.endpoints()?;
-        for key in stale {
-            remove_ignoring_missing(map.remove(&key))?;
-        }
-        let stale: Vec<u32> = self.iface_entries()?.into_iter().map(|(k, _)| k).filter(|k| !ifaces.contains(k)).collect();
-        let mut map = self.ifaces()?;
-        for key in stale {
-            remove_ignoring_missing(map.remove(&key))?;
-        }
-        Ok(())
+        retain_keys(&mut self.endpoints()?, endpoints)?;
+        retain_keys(&mut self.ifaces()?, ifaces)
     }
 
     /// Every counter summed over CPUs.
@@ -197,6 +180,19 @@ impl Datapath {
             .map(|c| Ok((*c, map.get(&(*c as u32), 0)?.iter().sum())))
             .collect()
     }
+}
+
+/// Deletes every key of `map` not in `keep`.
+fn retain_keys<K, V>(map: &mut HashMap<&mut MapData, K, V>, keep: &HashSet<K>) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let stale: Vec<K> = map.keys().collect::<Result<Vec<_>, _>>()?.into_iter().filter(|k| !keep.contains(k)).collect();
+    for key in stale {
+        remove_ignoring_missing(map.remove(&key))?;
+    }
+    Ok(())
 }
 
 fn found_or_none<T>(result: Result<T, aya::maps::MapError>) -> Result<Option<T>> {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
         neighbour::NeighbourState,
         route::{RouteAddress, RouteAttribute, RouteScope},
@@ -137,33 +137,28 @@ impl Netlink {
         req.execute().await.with_context(|| format!("adding gateway address {ip}"))
     }
 
-    /// IPv4 addresses of interface `index` that carry `label`.
-    pub async fn labelled_addresses(&self, index: u32, label: &str) -> Result<Vec<Ipv4Addr>> {
+    /// Addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
+    async fn matching_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<Vec<AddressMessage>> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         let mut found = Vec::new();
-        while let Some(msg) = addrs.try_next().await? {
-            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == label)) {
-                found.extend(msg.attributes.iter().filter_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                }));
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let ip_ok = ip.is_none_or(|ip| ipv4_of(&msg) == Some(ip));
+            let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
+            if ip_ok && label_ok {
+                found.push(msg);
             }
         }
         Ok(found)
     }
 
+    /// IPv4 addresses of interface `index` that carry `label`.
+    pub async fn labelled_addresses(&self, index: u32, label: &str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.matching_addresses(index, None, Some(label)).await?.iter().filter_map(ipv4_of).collect())
+    }
+
     /// Deletes addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
     pub async fn delete_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<()> {
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
-        let mut doomed = Vec::new();
-        while let Some(msg) = addrs.try_next().await? {
-            let ip_ok = ip.is_none_or(|ip| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)));
-            let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
-            if ip_ok && label_ok {
-                doomed.push(msg);
-            }
-        }
-        for msg in doomed {
+        for msg in self.matching_addresses(index, ip, label).await? {
             self.handle.address().del(msg).execute().await.context("deleting an address")?;
         }
         Ok(())
@@ -227,6 +222,13 @@ impl Netlink {
         }
         Ok(found)
     }
+}
+
+fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    })
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
