@@ -1,5 +1,5 @@
 //! Command line: `bpfnet daemon ...` runs the daemon; every other command is a client of its API.
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +55,13 @@ struct DaemonArgs {
     /// Remove everything bpfnet created (interfaces, pinned maps and links, state) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Most API connections open at once; one more is answered 503 (busy) and closed.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// How long a client may take to send a request's head, then its body; idle connections are
+    /// closed after it too. Examples: 10s, 500ms.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    client_timeout: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -136,7 +143,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "Error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -147,18 +155,27 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
+    // A daemon outlives its clients and its log reader: a write to a closed socket or pipe must be
+    // an error to handle, never a signal that kills it (main() set SIGPIPE's default for the CLI).
+    // SAFETY: setting one signal's disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .format_target(false)
+        .init();
     // Enter the namespace before any thread exists, so every thread the runtime starts is in it.
     if let Some(ns) = &args.netns {
-        netns::enter(&netns::resolve(ns)?.path)?;
+        netns::enter(&netns::resolve(ns)?.file)?;
     }
     let config = Config { state_dir: args.state_dir, bpffs: args.bpffs, socket };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {
         rt.block_on(server::cleanup(config))?;
-        eprintln!("bpfnet: removed every interface, pinned object and state file bpfnet created");
+        log::info!("removed every interface, pinned object and state file bpfnet created");
         Ok(())
     } else {
-        rt.block_on(server::run(config))
+        let limits = server::Limits { max_connections: args.max_connections as usize, client_timeout: args.client_timeout };
+        rt.block_on(server::run(config, limits))
     }
 }
 

@@ -88,10 +88,11 @@ impl Datapath {
         Ok(self.program()?.fd()?.as_fd().as_raw_fd())
     }
 
-    /// Attaches from_container at TCX ingress of `ifname`, or, when a pinned link for it exists
-    /// already, swaps this instance's program into that link. Idempotent.
-    pub fn attach(&mut self, ifname: &str) -> Result<()> {
-        let pin = self.link_pin(ifname).context("attach needs a pinned datapath")?;
+    /// Attaches from_container at TCX ingress of `ifname` and pins the link as `pin_name` (the
+    /// interface's name at creation, which a rename does not change), or, when that pinned link
+    /// exists already, swaps this instance's program into it. Idempotent.
+    pub fn attach(&mut self, pin_name: &str, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(pin_name).context("attach needs a pinned datapath")?;
         let existing = PinnedLink::from_pin(&pin).ok();
         let prog = self.program()?;
         match existing {
@@ -175,11 +176,29 @@ impl Datapath {
     pub fn counters(&mut self) -> Result<Vec<(Counter, u64)>> {
         let map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
-        Counter::ALL
-            .iter()
-            .map(|c| Ok((*c, map.get(&(*c as u32), 0)?.iter().sum())))
-            .collect()
+        sum_counters(&map)
     }
+}
+
+/// A second handle on the pinned counters, so that `stats` reads them without waiting for the
+/// daemon's lock.
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    /// Opens the counters the datapath pinned under `root` (load the datapath first).
+    pub fn open(root: &Path) -> Result<Self> {
+        let pin = bpffs::maps_dir(root).join(map_names::COUNTERS);
+        let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        Ok(Self(PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?))
+    }
+
+    pub fn read(&self) -> Result<Vec<(Counter, u64)>> {
+        sum_counters(&self.0)
+    }
+}
+
+fn sum_counters<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Vec<(Counter, u64)>> {
+    Counter::ALL.iter().map(|c| Ok((*c, map.get(&(*c as u32), 0)?.iter().sum()))).collect()
 }
 
 /// Deletes every key of `map` not in `keep`.

@@ -81,26 +81,61 @@ pub fn check_host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Network) -> Result
     Ok(())
 }
 
+/// An address one of the host's interfaces holds (up or down), which no container may be given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostAddress {
+    pub ip: Ipv4Addr,
+    pub interface: String,
+}
+
+/// What a new network's subnet must stay clear of besides other networks: the prefixes the host
+/// already routes, and the addresses its interfaces hold (a down interface has no route).
+#[derive(Debug, Default)]
+pub struct HostNetworks {
+    pub routes: Vec<Ipv4Network>,
+    pub addresses: Vec<HostAddress>,
+}
+
+/// Why `net` cannot be used on this host, if it cannot.
+fn host_clash(net: &Ipv4Network, host: &HostNetworks) -> Option<String> {
+    if let Some(a) = host.addresses.iter().find(|a| net.contains(a.ip)) {
+        return Some(format!("subnet {net} contains {}, an address of the host's interface {}", a.ip, a.interface));
+    }
+    host.routes.iter().find(|r| overlaps(r, net)).map(|r| format!("subnet {net} overlaps with {r}, which the host already routes"))
+}
+
 /// Picks the subnet for a new network: the user's (checked against every other network and
-/// against `routes`, the prefixes the host already routes, as Docker does), or the first free one
-/// of the default pool.
-pub fn choose_subnet(state: &State, requested: Option<&str>, routes: &[Ipv4Network]) -> Result<Ipv4Network> {
+/// against the host's routes and addresses, as Docker does), or the first free one of the default
+/// pool. A clash with the host is a [`SubnetInUse`] conflict.
+pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks) -> Result<Ipv4Network> {
     match requested {
         Some(text) => {
             let net = parse_subnet(text)?;
             if let Some(other) = state.networks.iter().find(|n| overlaps(&n.subnet, &net)) {
-                bail!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet);
+                return Err(SubnetInUse(format!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet)).into());
             }
-            if let Some(route) = routes.iter().find(|r| overlaps(r, &net)) {
-                bail!("subnet {net} overlaps with {route}, which the host already routes");
+            if let Some(why) = host_clash(&net, host) {
+                return Err(SubnetInUse(why).into());
             }
             Ok(net)
         }
         None => default_pool()
-            .find(|c| !state.networks.iter().any(|n| overlaps(&n.subnet, c)) && !routes.iter().any(|r| overlaps(r, c)))
+            .find(|c| !state.networks.iter().any(|n| overlaps(&n.subnet, c)) && host_clash(c, host).is_none())
             .ok_or_else(|| anyhow::anyhow!("the default address pool is exhausted: give --subnet")),
     }
 }
+
+/// A subnet that another network, a host route or a host address already takes.
+#[derive(Debug)]
+pub struct SubnetInUse(pub String);
+
+impl std::fmt::Display for SubnetInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SubnetInUse {}
 
 /// An address that another endpoint of the network holds (a conflict, not bad input).
 #[derive(Debug)]
@@ -210,6 +245,7 @@ mod tests {
                 created: String::new(),
             }],
             endpoints: vec![],
+            connecting: vec![],
         }
     }
 
@@ -224,6 +260,7 @@ mod tests {
             netns_inode: 0,
             interface: "eth0".into(),
             host_interface: "bnx".into(),
+            host_ifindex: 0,
             ipv4: ip.parse().unwrap(),
             mac: [0; 6],
             aliases: vec![],
@@ -254,20 +291,26 @@ mod tests {
     #[test]
     fn overlapping_subnet_is_refused_and_default_pool_skips_used() {
         let s = state_with("172.17.0.0/16");
-        let err = choose_subnet(&s, Some("172.17.5.0/24"), &[]).unwrap_err().to_string();
-        assert!(err.contains("overlaps with network \"backend\""), "{err}");
-        let err = choose_subnet(&s, Some("172.0.0.0/8"), &[]).unwrap_err().to_string();
+        let err = choose_subnet(&s, Some("172.17.5.0/24"), &HostNetworks::default()).unwrap_err();
+        assert!(err.downcast_ref::<SubnetInUse>().is_some(), "a typed conflict: {err}");
+        assert!(err.to_string().contains("overlaps with network \"backend\""), "{err}");
+        let err = choose_subnet(&s, Some("172.0.0.0/8"), &HostNetworks::default()).unwrap_err().to_string();
         assert!(err.contains("overlaps"), "{err}");
-        assert_eq!(choose_subnet(&s, None, &[]).unwrap().to_string(), "172.18.0.0/16");
+        assert_eq!(choose_subnet(&s, None, &HostNetworks::default()).unwrap().to_string(), "172.18.0.0/16");
     }
 
     #[test]
     fn subnets_the_host_already_routes_are_avoided() {
         let s = state_with("172.17.0.0/16");
-        let routes: Vec<Ipv4Network> = vec!["172.18.0.0/16".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
-        assert_eq!(choose_subnet(&s, None, &routes).unwrap().to_string(), "172.19.0.0/16");
-        let err = choose_subnet(&s, Some("10.5.0.0/24"), &routes).unwrap_err().to_string();
+        let host = HostNetworks {
+            routes: vec!["172.18.0.0/16".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+            addresses: vec![HostAddress { ip: "172.19.0.1".parse().unwrap(), interface: "vpn0".into() }],
+        };
+        assert_eq!(choose_subnet(&s, None, &host).unwrap().to_string(), "172.20.0.0/16", "skips routes and addresses");
+        let err = choose_subnet(&s, Some("10.5.0.0/24"), &host).unwrap_err().to_string();
         assert!(err.contains("overlaps with 10.0.0.0/8, which the host already routes"), "{err}");
+        let err = choose_subnet(&s, Some("172.19.0.0/24"), &host).unwrap_err().to_string();
+        assert_eq!(err, "subnet 172.19.0.0/24 contains 172.19.0.1, an address of the host's interface vpn0");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
         neighbour::NeighbourState,
         route::{RouteAddress, RouteAttribute, RouteScope},
     },
@@ -56,30 +56,34 @@ impl Netlink {
         }
     }
 
-    /// Interfaces whose alias starts with `prefix`: (index, name).
-    pub async fn links_with_alias_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>> {
+    /// Every interface of the namespace, in one dump.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let mut links = self.handle.link().get().execute();
         let mut found = Vec::new();
         while let Some(msg) = links.try_next().await.context("listing interfaces")? {
-            let alias_matches = msg.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x.starts_with(prefix)));
-            let name = msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
-            if let (true, Some(name)) = (alias_matches, name) {
-                found.push((msg.header.index, name));
-            }
+            found.push(LinkInfo::from(&msg));
         }
         Ok(found)
     }
 
-    /// Creates a veth pair: `host` here (marked with `alias`), `peer` directly inside the namespace
-    /// `peer_netns` (so it never exists in the host's namespace under a temporary name), each with
-    /// its MAC.
+    /// The interface with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(LinkInfo::from)),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if errno(&e) == Some(libc::ENODEV) { Ok(None) } else { Err(e.context(format!("looking up interface {index}"))) }
+            }
+        }
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_netns` (so it
+    /// never exists in the host's namespace under a temporary name), each with its MAC. Returns
+    /// the host side's index.
     pub async fn create_veth(
         &self,
         host: &str,
-        alias: &str,
         host_mac: [u8; 6],
         peer: &str,
         peer_mac: [u8; 6],
@@ -92,16 +96,18 @@ impl Netlink {
             .build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
-            .alias(alias)
             .address(host_mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host} / {peer}"))?;
-        let index = self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))?;
-        // The kernel ignores IFLA_IFALIAS when it creates a link: set it on the new link.
+        self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))
+    }
+
+    /// Sets the interface alias (`ip link set ... alias`). The kernel ignores IFLA_IFALIAS when it
+    /// creates a link, so marking a new link is a second request.
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
         self.handle.link().set(LinkUnspec::new_with_index(index).alias(alias).build()).execute().await
-            .with_context(|| format!("marking {host}"))?;
-        Ok(index)
+            .with_context(|| format!("marking interface {index} with alias {alias}"))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
@@ -146,6 +152,24 @@ impl Netlink {
             let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
             if ip_ok && label_ok {
                 found.push(msg);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every IPv4 address of every interface (up or down) except those labelled `except_label`,
+    /// with the interface (label) that holds it.
+    pub async fn host_addresses(&self, except_label: &str) -> Result<Vec<crate::ipam::HostAddress>> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut found = Vec::new();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let label = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Label(l) => Some(l.clone()),
+                _ => None,
+            });
+            let label = label.unwrap_or_else(|| format!("#{}", msg.header.index));
+            if let (Some(ip), false) = (ipv4_of(&msg), label == except_label) {
+                found.push(crate::ipam::HostAddress { ip, interface: label });
             }
         }
         Ok(found)
@@ -221,6 +245,28 @@ impl Netlink {
             }
         }
         Ok(found)
+    }
+}
+
+/// What the daemon needs to know of an interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+}
+
+impl From<&LinkMessage> for LinkInfo {
+    fn from(msg: &LinkMessage) -> Self {
+        let mut info = LinkInfo { index: msg.header.index, name: String::new(), alias: None };
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::IfAlias(x) => info.alias = Some(x.clone()),
+                _ => {}
+            }
+        }
+        info
     }
 }
 

@@ -44,8 +44,13 @@ pub struct Endpoint {
     pub netns_inode: u64,
     /// Interface name inside the namespace (eth0, eth1, ... in join order).
     pub interface: String,
-    /// Host-side veth, where the datapath program is attached.
+    /// Host-side veth, where the datapath program is attached, as it was named at creation (also
+    /// the name of its pinned link). The kernel may rename it; the veth is found by its alias
+    /// `bpfnet:<id>` or by `host_ifindex`, which do not change.
     pub host_interface: String,
+    /// Interface index of the host-side veth (0 in records written before it was kept).
+    #[serde(default)]
+    pub host_ifindex: u32,
     pub ipv4: Ipv4Addr,
     pub mac: [u8; 6],
     pub aliases: Vec<String>,
@@ -58,9 +63,18 @@ pub struct State {
     pub version: u32,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
+    /// Write-ahead records of endpoints being connected: saved before the first kernel change and
+    /// replaced by the endpoint's record when the connect completes. One still here at start-up
+    /// is a connect a crash interrupted; the reconciler removes whatever it had made.
+    #[serde(default)]
+    pub connecting: Vec<Endpoint>,
 }
 
 impl State {
+    pub fn empty() -> Self {
+        Self { version: FORMAT_VERSION, ..Self::default() }
+    }
+
     pub fn network_by_name(&self, name: &str) -> Option<&Network> {
         self.networks.iter().find(|n| n.name == name)
     }
@@ -100,23 +114,27 @@ impl Store {
         self.dir.join(STATE_FILE)
     }
 
-    pub fn load(&self) -> Result<State> {
+    /// The stored state, or `None` when there is no state file.
+    pub fn load(&self) -> Result<Option<State>> {
         let path = self.path();
         match fs::read(&path) {
             Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("parsing {}", path.display()))?;
+                let state: State = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} is damaged; restore it from a backup, or remove everything bpfnet made with \
+                         `bpfnet daemon --cleanup` and start afresh",
+                        path.display()
+                    )
+                })?;
                 anyhow::ensure!(
                     state.version == FORMAT_VERSION,
                     "{} has format version {}, this bpfnet reads {FORMAT_VERSION}",
                     path.display(),
                     state.version
                 );
-                Ok(state)
+                Ok(Some(state))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(State { version: FORMAT_VERSION, ..State::default() })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
@@ -164,6 +182,7 @@ mod tests {
                 created: "2026-01-01T00:00:00Z".into(),
             }],
             endpoints: vec![],
+            connecting: vec![],
         }
     }
 
@@ -171,9 +190,12 @@ mod tests {
     fn save_then_load_round_trips() {
         let dir = std::env::temp_dir().join(format!("bpfnet-state-test-{}", std::process::id()));
         let store = Store::new(&dir).unwrap();
-        assert_eq!(store.load().unwrap().networks.len(), 0, "no file means empty state");
+        assert_eq!(store.load().unwrap(), None, "no file is told apart from an empty state");
         store.save(&sample()).unwrap();
-        assert_eq!(store.load().unwrap(), sample());
+        assert_eq!(store.load().unwrap(), Some(sample()));
+        fs::write(store.path(), b"{\"version\": 1, \"networks\": [").unwrap();
+        let err = format!("{:#}", store.load().unwrap_err());
+        assert!(err.contains("is damaged") && err.contains("--cleanup"), "{err}");
         assert!(!dir.join("state.json.tmp").exists(), "temporary file renamed away");
         fs::remove_dir_all(&dir).unwrap();
     }

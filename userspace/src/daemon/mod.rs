@@ -1,0 +1,134 @@
+//! The daemon's operations, one file per concern: `networks` (create, remove), `endpoints`
+//! (connect, disconnect: the endpoint lifecycle), `reconcile` (start-up, crash recovery, removing
+//! endpoints whose namespace has gone, `--cleanup`), `views` (what reads show). Every change is
+//! validated against the desired state, applied to the kernel (plumbing + datapath), persisted,
+//! and undone if any step fails; [`Error`] says what went wrong in the user's terms.
+//!
+//! Changes are serialized by the caller (one `Daemon` behind a lock); reads never take that lock:
+//! they are served from [`Published`], the last committed state.
+mod endpoints;
+mod error;
+mod networks;
+mod reconcile;
+pub mod views;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::{Context, Result};
+
+pub use error::{Error, Result as DaemonResult};
+pub use reconcile::{cleanup, collect_gone_endpoints};
+
+use crate::{
+    datapath::Datapath,
+    plumbing::Netlink,
+    state::{State, Store},
+};
+
+/// Every network's gateway address is a /32 on the loopback device of the daemon's namespace,
+/// labelled so that it is recognisable (this kernel has no dummy driver, and lo needs none).
+pub const GATEWAY_DEVICE: &str = "lo";
+pub const GATEWAY_LABEL: &str = "lo:bpfnet";
+/// Prefix of host-side veth names (followed by the endpoint id's first hex digits).
+pub const HOST_VETH_PREFIX: &str = "bn";
+/// Interface alias of every host-side veth (followed by the endpoint id): the endpoint's identity
+/// in the kernel, which survives a rename of the interface.
+pub const HOST_VETH_ALIAS: &str = "bpfnet:";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// The last committed state, shared with readers that must not wait for a change in progress.
+#[derive(Clone, Default)]
+pub struct Published(Arc<RwLock<Arc<State>>>);
+
+impl Published {
+    pub fn get(&self) -> Arc<State> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, state: State) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+    }
+}
+
+/// Test hook: `BPFNET_TEST_CRASH_AFTER=<point>` makes the daemon die at that point of a connect
+/// (`veth-unlabelled`: the veth pair exists, unmarked; `veth`: marked, nothing else done yet), so
+/// tests can check that every crash point is recovered.
+fn crash_point(name: &str) {
+    if std::env::var("BPFNET_TEST_CRASH_AFTER").is_ok_and(|v| v == name) {
+        log::error!("BPFNET_TEST_CRASH_AFTER={name}: aborting");
+        std::process::abort();
+    }
+}
+
+pub struct Daemon {
+    state: State,
+    store: Store,
+    datapath: Datapath,
+    netlink: Netlink,
+    gateway_ifindex: u32,
+    published: Published,
+}
+
+/// The alias that marks the host-side veth of endpoint `id`.
+pub fn endpoint_alias(id: &str) -> String {
+    format!("{HOST_VETH_ALIAS}{id}")
+}
+
+/// Runs container-side netlink work in the namespace `ns`, off the async worker threads.
+async fn in_netns<T, F, Fut>(ns: Arc<std::fs::File>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    tokio::task::spawn_blocking(move || crate::netns::run_in(ns, f)).await?
+}
+
+impl Daemon {
+    /// Opens the stored state and the pinned datapath, then reconciles the kernel with the state.
+    /// Refuses to start when the state file is missing but the kernel still holds bpfnet's
+    /// endpoints: starting empty would tear every container's network down.
+    pub async fn start(config: &Config) -> Result<Self> {
+        let store = Store::new(&config.state_dir)?;
+        let netlink = Netlink::connect()?;
+        let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
+        let state = match store.load()? {
+            Some(state) => state,
+            None => {
+                reconcile::refuse_if_datapath_exists(&netlink, gateway_ifindex, &config.bpffs, &store.path()).await?;
+                // From now on the file exists: a missing one always means a lost one.
+                let state = State::empty();
+                store.save(&state)?;
+                state
+            }
+        };
+        let datapath = Datapath::load_pinned(&config.bpffs)?;
+        netlink.set_up(gateway_ifindex).await?;
+        let published = Published::default();
+        published.set(state.clone());
+        let mut daemon = Self { state, store, datapath, netlink, gateway_ifindex, published };
+        daemon.reconcile().await?;
+        Ok(daemon)
+    }
+
+    /// The handle readers use to see the last committed state.
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    /// Persists the state and shows it to readers.
+    fn commit(&mut self) -> Result<()> {
+        self.store.save(&self.state)?;
+        self.published.set(self.state.clone());
+        Ok(())
+    }
+}

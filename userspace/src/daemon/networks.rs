@@ -1,0 +1,81 @@
+//! Creating and removing networks.
+use std::net::Ipv4Addr;
+
+use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
+use crate::{
+    api, ids,
+    ipam::{self, HostNetworks},
+    state::Network,
+};
+
+impl Daemon {
+    pub async fn create_network(&mut self, req: api::CreateNetwork) -> DaemonResult<api::NetworkInspect> {
+        ipam::validate_name("network", &req.name).map_err(Error::invalid)?;
+        if self.state.network_by_name(&req.name).is_some() {
+            return Err(Error::conflict(format!("network with name {:?} already exists", req.name)));
+        }
+        let ours: Vec<Ipv4Addr> = self.state.endpoints.iter().map(|e| e.ipv4).collect();
+        let host = HostNetworks {
+            routes: self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?,
+            addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)?,
+        };
+        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(|e| {
+            if e.downcast_ref::<ipam::SubnetInUse>().is_some() { Error::conflict(e) } else { Error::invalid(e) }
+        })?;
+        let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
+        let icc = ipam::parse_options(&req.options).map_err(Error::invalid)?;
+        let net = Network {
+            id: ids::random_id(),
+            name: req.name,
+            subnet,
+            gateway,
+            internal: req.internal,
+            icc,
+            options: req.options,
+            datapath_id: self.state.free_datapath_id(),
+            created: ids::now_rfc3339(),
+        };
+
+        // The address first: a crash before the save leaves a labelled gateway of no network,
+        // which the reconciler removes.
+        self.netlink
+            .add_labelled_local_address(self.gateway_ifindex, gateway, GATEWAY_LABEL)
+            .await
+            .map_err(Error::internal)?;
+        self.state.networks.push(net.clone());
+        if let Err(e) = self.commit() {
+            self.state.networks.pop();
+            self.netlink.delete_addresses(self.gateway_ifindex, Some(gateway), Some(GATEWAY_LABEL)).await.ok();
+            return Err(Error::internal(e));
+        }
+        log::info!("network {} created: subnet {subnet}, gateway {gateway} (id {})", net.name, &net.id[..12]);
+        Ok(views::inspect_network(&self.state, &net))
+    }
+
+    pub async fn remove_network(&mut self, name: &str) -> DaemonResult<()> {
+        let net = self.network(name)?.clone();
+        let users: Vec<&str> = self.state.endpoints_of(&net.id).map(|e| e.container_name.as_str()).collect();
+        if !users.is_empty() {
+            return Err(Error::conflict(format!(
+                "network {name:?} has active endpoints ({}): disconnect them first",
+                users.join(", ")
+            )));
+        }
+        let before = self.state.clone();
+        self.state.networks.retain(|n| n.id != net.id);
+        if let Err(e) = self.commit() {
+            self.state = before;
+            return Err(Error::internal(e));
+        }
+        // Committed: a failure from here on is the reconciler's to finish, not the user's error.
+        if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await {
+            log::warn!("network {name}: removing its gateway {}: {e:#} (retried at the next start)", net.gateway);
+        }
+        log::info!("network {name} removed (id {})", &net.id[..12]);
+        Ok(())
+    }
+
+    pub(super) fn network(&self, name: &str) -> DaemonResult<&Network> {
+        self.state.network_by_name(name).ok_or_else(|| Error::not_found(format!("network {name:?} not found")))
+    }
+}

@@ -1,0 +1,68 @@
+//! What reads show, rendered from a committed state (never from a change in progress).
+use std::collections::BTreeMap;
+
+use super::{DaemonResult, Error};
+use crate::{
+    api, ipam,
+    state::{Network, State},
+};
+
+pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
+    state
+        .networks
+        .iter()
+        .map(|n| api::NetworkSummary {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: "bpfnet".into(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway.to_string(),
+            internal: n.internal,
+            icc: n.icc,
+            endpoints: state.endpoints_of(&n.id).count(),
+        })
+        .collect()
+}
+
+pub fn inspect(state: &State, name: &str) -> DaemonResult<api::NetworkInspect> {
+    let net = state.network_by_name(name).ok_or_else(|| Error::not_found(format!("network {name:?} not found")))?;
+    Ok(inspect_network(state, net))
+}
+
+/// `network inspect`, shaped like `docker network inspect`.
+pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
+    let containers = state
+        .endpoints_of(&net.id)
+        .map(|e| {
+            (e.container_id.clone(), api::ContainerEndpoint {
+                name: e.container_name.clone(),
+                endpoint_id: e.id.clone(),
+                mac_address: ipam::format_mac(&e.mac),
+                ipv4_address: format!("{}/{}", e.ipv4, net.subnet.prefix()),
+                ipv6_address: String::new(),
+                interface: e.interface.clone(),
+                host_interface: e.host_interface.clone(),
+                netns: e.netns_path.display().to_string(),
+                aliases: e.aliases.clone(),
+            })
+        })
+        .collect();
+    api::NetworkInspect {
+        name: net.name.clone(),
+        id: net.id.clone(),
+        created: net.created.clone(),
+        scope: "local".into(),
+        driver: "bpfnet".into(),
+        enable_ipv6: false,
+        ipam: api::Ipam {
+            driver: "default".into(),
+            options: BTreeMap::new(),
+            config: vec![api::IpamConfig { subnet: net.subnet.to_string(), gateway: net.gateway.to_string() }],
+        },
+        internal: net.internal,
+        attachable: true,
+        containers,
+        options: net.options.clone(),
+        labels: BTreeMap::new(),
+    }
+}

@@ -1,0 +1,217 @@
+//! The daemon process: takes its locks, starts the `Daemon`, serves the HTTP/JSON API on a unix
+//! socket (mode 0600), collects endpoints whose namespace has gone, and stops on SIGTERM/SIGINT
+//! leaving the datapath up. `socket` binds the API socket without ever taking over another
+//! daemon's or destroying a file; `limits` keeps hostile or broken clients from starving others.
+//!
+//! This is the only place where a daemon [`Error`] becomes an HTTP status code.
+mod limits;
+mod socket;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use axum::{
+    extract::{Path as UrlPath, State},
+    http::{Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use tokio::{signal::unix::SignalKind, sync::Mutex};
+
+pub use limits::Limits;
+
+use crate::{
+    api, bpffs,
+    daemon::{self, views, Config, Daemon, DaemonResult, Error, Published},
+    datapath::Counters,
+    netns,
+    plumbing::Netlink,
+};
+
+/// How often the collector looks for endpoints whose namespace has gone.
+const COLLECT_EVERY: Duration = Duration::from_secs(2);
+
+/// What every handler reaches: the daemon for changes (one at a time), and what reads need
+/// without waiting for a change in progress.
+#[derive(Clone)]
+struct App {
+    daemon: Arc<Mutex<Daemon>>,
+    published: Published,
+    counters: Arc<Counters>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Internal(e) => {
+                log::error!("request failed: {e:#}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(api::ErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+type Reply<T> = std::result::Result<Json<T>, Error>;
+
+/// Runs a change on its own task: if the client goes away (Ctrl-C on the CLI), hyper drops the
+/// handler, but a change half-way through must still finish or roll back.
+async fn to_completion<T: Send + 'static>(
+    request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
+) -> Reply<T> {
+    match tokio::spawn(request).await {
+        Ok(result) => result.map(Json),
+        Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
+    }
+}
+
+async fn list(State(app): State<App>) -> Json<Vec<api::NetworkSummary>> {
+    Json(views::list_networks(&app.published.get()))
+}
+async fn inspect(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<api::NetworkInspect> {
+    views::inspect(&app.published.get(), &name).map(Json)
+}
+async fn stats(State(app): State<App>) -> Reply<api::Stats> {
+    let counters = app.counters.read().map_err(Error::internal)?;
+    let state = app.published.get();
+    Ok(Json(api::Stats {
+        counters: counters
+            .into_iter()
+            .map(|(c, packets)| api::CounterValue { name: c.name().into(), drop: c.is_drop(), packets })
+            .collect(),
+        networks: state.networks.len(),
+        endpoints: state.endpoints.len(),
+    }))
+}
+async fn create(State(app): State<App>, Json(req): Json<api::CreateNetwork>) -> Reply<api::NetworkInspect> {
+    to_completion(async move { app.daemon.lock_owned().await.create_network(req).await }).await
+}
+async fn remove(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
+    to_completion(async move { app.daemon.lock_owned().await.remove_network(&name).await.map(|()| serde_json::json!({})) })
+        .await
+}
+async fn connect(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<api::Connect>,
+) -> Reply<api::EndpointCreated> {
+    // Opening the namespace is the user's input meeting the filesystem: done before the lock.
+    let ns = netns::resolve(&req.netns).map_err(Error::invalid)?;
+    to_completion(async move { app.daemon.lock_owned().await.connect(&name, ns, req).await }).await
+}
+async fn disconnect(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<api::Disconnect>,
+) -> Reply<serde_json::Value> {
+    let identity = netns::resolve(&req.netns).ok().map(|ns| (ns.dev, ns.inode));
+    to_completion(async move {
+        app.daemon.lock_owned().await.disconnect(&name, &req.netns, identity).await.map(|()| serde_json::json!({}))
+    })
+    .await
+}
+
+async fn no_such_route(method: Method, uri: Uri) -> Error {
+    Error::not_found(format!("the API has no {method} {}", uri.path()))
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/networks", get(list).post(create))
+        .route("/networks/{name}", get(inspect).delete(remove))
+        .route("/networks/{name}/connect", post(connect))
+        .route("/networks/{name}/disconnect", post(disconnect))
+        .route("/stats", get(stats))
+        .fallback(no_such_route)
+        .with_state(app)
+}
+
+/// Holds an exclusive lock on a directory (flock on the directory itself) while it is kept.
+/// The daemon locks its state directory and its bpffs directory: two daemons sharing either would
+/// undo each other's work (each reconciles the pinned maps to its own state).
+fn lock_dir(dir: &std::path::Path, what: &str) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!("another bpfnet daemon is using the {what} {}", dir.display());
+    }
+    Ok(file)
+}
+
+fn lock_dirs(config: &Config) -> Result<(std::fs::File, std::fs::File)> {
+    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let state = lock_dir(&config.state_dir, "state directory")?;
+    bpffs::ensure(&config.bpffs)?;
+    let pins = lock_dir(&config.bpffs, "bpffs directory")?;
+    Ok((state, pins))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. The caller has already entered the right namespace.
+pub async fn run(config: Config, limits: Limits) -> Result<()> {
+    limits::raise_fd_limit();
+    let _locks = lock_dirs(&config)?;
+    // Checked before touching anything, so a refused start changes nothing.
+    socket::check_free(&config.socket)?;
+    let daemon = Daemon::start(&config).await?;
+    let published = daemon.published();
+    let counters = Arc::new(Counters::open(&config.bpffs)?);
+    let daemon = Arc::new(Mutex::new(daemon));
+    let bound = socket::bind(&config.socket)?;
+    log::info!(
+        "daemon ready, API on {} (at most {} connections, {} s per request head or body)",
+        config.socket.display(),
+        limits.max_connections,
+        limits.client_timeout.as_secs_f32()
+    );
+
+    // A container that exits takes its namespace and veth with it: notice and free its address.
+    let collector = {
+        let (daemon, published) = (daemon.clone(), published.clone());
+        let netlink = Netlink::connect()?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COLLECT_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = daemon::collect_gone_endpoints(&daemon, &published, &netlink).await {
+                    log::warn!("checking endpoints failed: {e:#}");
+                }
+            }
+        })
+    };
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let app = App { daemon: daemon.clone(), published, counters };
+    limits::serve(bound.listener, router(app), &limits, shutdown).await;
+    // Changes run to completion on their own tasks; taking the lock waits for the one in progress
+    // (those queued behind it never start), and stops the collector between two batches. Idle
+    // client connections are simply dropped with the process.
+    let guard = daemon.lock().await;
+    collector.abort();
+    socket::remove_if_ours(&config.socket, bound.inode);
+    drop(guard);
+    log::info!("daemon stopped; the datapath stays attached and keeps forwarding");
+    Ok(())
+}
+
+pub async fn cleanup(config: Config) -> Result<()> {
+    let locks = lock_dirs(&config)?;
+    daemon::cleanup(&config).await?;
+    drop(locks);
+    socket::remove_if_stale(&config.socket);
+    std::fs::remove_file(config.state_dir.join("lock")).ok(); // left by earlier versions
+    std::fs::remove_dir(&config.state_dir).ok(); // only if nothing else lives there
+    bpffs::remove_all(&config.bpffs)?;
+    Ok(())
+}
