@@ -2,6 +2,7 @@
 //! "host" where the daemon runs, "containers"), a daemon with private state, socket and bpffs,
 //! and cleanup that runs on drop (also when a test fails) plus a sweep by name prefix.
 pub mod bench;
+pub mod checks;
 pub mod demo;
 pub mod netns;
 pub mod sandbox;

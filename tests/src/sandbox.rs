@@ -4,6 +4,7 @@
 //! `/tmp/bpfnetlab/<run>`, so `sweep()` can remove what an interrupted run left behind. Nothing is
 //! created in the machine's own namespace: links are made inside the sandbox's namespaces.
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -28,6 +29,39 @@ pub fn bpfnet_bin() -> PathBuf {
     std::env::var_os("BPFNET_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/bpfnet"))
+}
+
+/// How a test wants the daemon started.
+#[derive(Default)]
+pub struct DaemonOptions<'a> {
+    /// Extra environment (test hooks such as BPFNET_TEST_CRASH_AFTER).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Extra daemon arguments.
+    pub args: &'a [&'a str],
+    /// Soft limit on open files, as a service manager might set it (systemd: 1024).
+    pub nofile_soft: Option<u64>,
+    /// Stderr is a pipe whose reader has gone (`bpfnet daemon 2>&1 | head -1`).
+    pub stderr_closed: bool,
+}
+
+/// Runs `cmd` to its end, killing it after `limit`; a killed run is `ok: false` with a note.
+pub fn run_with_limit(mut cmd: Command, limit: Duration) -> Result<Ran> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            let out: Ran = child.wait_with_output()?.into();
+            return Ok(Ran { ok: false, stderr: format!("(killed after {limit:?}) {}", out.stderr), ..out });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child.wait_with_output()?.into())
 }
 
 pub struct Sandbox {
@@ -141,23 +175,42 @@ impl Sandbox {
 
     /// Starts `bpfnet daemon` inside the host namespace and waits until its API answers.
     pub fn start_daemon(&mut self) -> Result<()> {
-        self.start_daemon_with_env(&[])
+        self.start_daemon_with(&DaemonOptions::default())
     }
 
     /// Like `start_daemon`, with extra environment (test hooks such as BPFNET_TEST_CRASH_AFTER).
     pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.start_daemon_with(&DaemonOptions { env, ..Default::default() })
+    }
+
+    /// Starts the daemon with `options` and waits until its API answers.
+    pub fn start_daemon_with(&mut self, options: &DaemonOptions) -> Result<()> {
         if self.daemon.is_some() {
             bail!("daemon already running");
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.daemon_log())?;
-        let child = self
-            .daemon_command()
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting bpfnet daemon")?;
+        let mut cmd = self.daemon_command();
+        cmd.args(options.args).envs(options.env.iter().copied()).stdin(Stdio::null()).stdout(log.try_clone()?);
+        if options.stderr_closed {
+            cmd.stderr(Stdio::piped());
+        } else {
+            cmd.stderr(log);
+        }
+        if let Some(soft) = options.nofile_soft {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting bpfnet daemon")?;
+        // The reader goes away at once: every line the daemon logs meets a closed pipe.
+        drop(child.stderr.take());
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -173,6 +226,32 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// PID of the running daemon.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the daemon this sandbox started is still running.
+    pub fn daemon_alive(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs another `bpfnet daemon` in the host namespace with exactly `args` after `--netns`,
+    /// expecting it to exit by itself (a refused start); it is killed after `limit`.
+    pub fn run_daemon_to_exit(&self, args: &[&std::ffi::OsStr], limit: Duration) -> Result<Ran> {
+        let mut cmd = Command::new(bpfnet_bin());
+        cmd.args(["daemon", "--netns", &self.host()]).args(args);
+        run_with_limit(cmd, limit)
+    }
+
+    /// Runs the CLI against this sandbox's daemon, killing it after `limit`
+    /// (a call that hangs is reported as a failure, not waited for).
+    pub fn bpfnet_within(&self, args: &[&str], limit: Duration) -> Result<Ran> {
+        let mut cmd = Command::new(bpfnet_bin());
+        cmd.arg("--socket").arg(self.socket()).args(args);
+        run_with_limit(cmd, limit)
     }
 
     /// Waits for a daemon that is expected to exit by itself (a test hook crashed it).

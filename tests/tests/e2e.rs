@@ -1,34 +1,18 @@
 //! End-to-end tests: the real daemon in a private "host" namespace, containers as namespaces,
 //! real TCP/UDP/ICMP traffic. Each test builds its own sandbox; its Drop removes it, also when the
 //! test fails. Needs root.
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bpfnet_lab::{
+    checks::{addr, counter, json, map_dumps, snapshot},
     sandbox::run_ok,
     traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
     Sandbox,
 };
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(2);
 /// How long to wait for traffic that must NOT arrive.
 const BLOCKED: Duration = Duration::from_millis(700);
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn counter(sb: &Sandbox, name: &str) -> u64 {
-    let stats = json(&sb.bpfnet_ok(&["stats", "--json"]).unwrap());
-    stats["counters"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["packets"].as_u64().unwrap()
-}
 
 /// The reference scenario: backend {con1, con2}, frontend {con3, con2 (eth1)}.
 struct Reference {
@@ -251,34 +235,6 @@ fn disconnect_and_reconnect() {
     assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap().trim(), "[]");
     let lo = sb.exec(&sb.host(), &["ip", "-4", "addr", "show", "dev", "lo"]).unwrap().stdout;
     assert!(!lo.contains("10.203.0.1"), "gateway address removed with the network: {lo}");
-}
-
-/// The contents of the pinned ENDPOINTS and IFACES maps, as bpftool prints them.
-fn map_dumps(sb: &Sandbox) -> String {
-    let maps_dir = std::fs::read_dir(sb.bpffs())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("maps-v"))
-        .expect("pinned maps directory");
-    let mut out = String::new();
-    for name in ["ENDPOINTS", "IFACES"] {
-        let pin = maps_dir.join(name);
-        out += &format!("{name}:\n{}", run_ok("bpftool", &["map", "dump", "pinned", pin.to_str().unwrap()]).unwrap());
-    }
-    out
-}
-
-/// Everything observable that a request could leave behind.
-fn snapshot(sb: &Sandbox) -> String {
-    let host = sb.host();
-    let links = run_ok("ip", &["-n", &host, "-br", "link"]).unwrap();
-    let addrs = run_ok("ip", &["-n", &host, "-br", "addr"]).unwrap();
-    let routes = run_ok("ip", &["-n", &host, "route"]).unwrap();
-    let maps = map_dumps(sb);
-    let links_pinned: Vec<_> = std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
-    let state = std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap_or_default();
-    format!("{links}\n{addrs}\n{routes}\n{maps}\n{links_pinned:?}\n{state}")
 }
 
 #[test]

@@ -17,7 +17,7 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::{io::AsyncWriteExt, net::UnixListener, sync::Semaphore};
+use tokio::{io::{AsyncReadExt, AsyncWriteExt}, net::UnixListener, sync::Semaphore};
 
 use crate::api::ErrorBody;
 
@@ -69,32 +69,35 @@ async fn buffer_body(timeout: Duration, req: Request, next: Next) -> Response {
 /// Turns every error response that is not JSON yet (axum's rejections: 400, 405, 413, 415, 422)
 /// into `{"error": <its text>}`.
 async fn json_errors(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let response = next.run(req).await;
     let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status().is_success() || is_json {
         return response;
     }
-    let status = response.status();
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let bytes = response.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().to_string();
-    let message = match (text.is_empty(), status) {
+    let message = match (text.is_empty(), parts.status) {
         (false, _) => text,
-        (true, StatusCode::METHOD_NOT_ALLOWED) => format!(
-            "method not allowed here; allowed: {}",
-            allow.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("none")
-        ),
-        (true, _) => status.canonical_reason().unwrap_or("request refused").to_string(),
+        (true, StatusCode::METHOD_NOT_ALLOWED) => format!("method {method} is not allowed on {path}"),
+        (true, status) => status.canonical_reason().unwrap_or("request refused").to_string(),
     };
-    let mut out = json_error(status, message);
-    if let Some(allow) = allow {
-        out.headers_mut().insert(header::ALLOW, allow);
+    let mut out = json_error(parts.status, message);
+    // Keep what the rejection said besides its body (Allow on a 405, for one).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
     }
     out
 }
 
-/// Answers a connection over the cap with a JSON 503 and closes it.
+/// Answers a connection over the cap with a JSON 503 and closes it. Its request is read first
+/// (briefly), so the client is not cut off while still writing it.
 async fn refuse_busy(mut stream: tokio::net::UnixStream, max: usize) {
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head)).await;
     let body = serde_json::to_string(&ErrorBody {
         error: format!("the daemon is serving its maximum of {max} connections; try again shortly"),
     })
@@ -103,7 +106,11 @@ async fn refuse_busy(mut stream: tokio::net::UnixStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, within `limits`.

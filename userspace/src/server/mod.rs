@@ -17,7 +17,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use tokio::{signal::unix::SignalKind, sync::Mutex};
+use tokio::{runtime::Handle, signal::unix::SignalKind, sync::Mutex};
 
 pub use limits::Limits;
 
@@ -32,13 +32,28 @@ use crate::{
 /// How often the collector looks for endpoints whose namespace has gone.
 const COLLECT_EVERY: Duration = Duration::from_secs(2);
 
-/// What every handler reaches: the daemon for changes (one at a time), and what reads need
-/// without waiting for a change in progress.
+/// What every handler reaches: the daemon for changes (one at a time, run on the worker), and
+/// what reads need without waiting for a change in progress.
 #[derive(Clone)]
 struct App {
     daemon: Arc<Mutex<Daemon>>,
+    worker: Handle,
     published: Published,
     counters: Arc<Counters>,
+}
+
+/// Starts the worker: a thread of its own running a single-threaded runtime, where every change
+/// and the collector run. Kernel work can block a thread for seconds (detaching a TCX program
+/// waits for the RTNL lock, which the kernel holds while it destroys many namespaces); on the
+/// worker it delays only other changes, never the threads that answer reads.
+fn start_worker() -> Result<Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("bpfnet-worker".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .context("starting the worker thread")?;
+    Ok(handle)
 }
 
 impl IntoResponse for Error {
@@ -58,12 +73,13 @@ impl IntoResponse for Error {
 
 type Reply<T> = std::result::Result<Json<T>, Error>;
 
-/// Runs a change on its own task: if the client goes away (Ctrl-C on the CLI), hyper drops the
-/// handler, but a change half-way through must still finish or roll back.
+/// Runs a change on its own task on the worker: if the client goes away (Ctrl-C on the CLI),
+/// hyper drops the handler, but a change half-way through must still finish or roll back.
 async fn to_completion<T: Send + 'static>(
+    worker: &Handle,
     request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
 ) -> Reply<T> {
-    match tokio::spawn(request).await {
+    match worker.spawn(request).await {
         Ok(result) => result.map(Json),
         Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
     }
@@ -88,11 +104,14 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
     }))
 }
 async fn create(State(app): State<App>, Json(req): Json<api::CreateNetwork>) -> Reply<api::NetworkInspect> {
-    to_completion(async move { app.daemon.lock_owned().await.create_network(req).await }).await
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.create_network(req).await }).await
 }
 async fn remove(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
-    to_completion(async move { app.daemon.lock_owned().await.remove_network(&name).await.map(|()| serde_json::json!({})) })
-        .await
+    let worker = app.worker.clone();
+    to_completion(&worker, async move {
+        app.daemon.lock_owned().await.remove_network(&name).await.map(|()| serde_json::json!({}))
+    })
+    .await
 }
 async fn connect(
     State(app): State<App>,
@@ -101,7 +120,7 @@ async fn connect(
 ) -> Reply<api::EndpointCreated> {
     // Opening the namespace is the user's input meeting the filesystem: done before the lock.
     let ns = netns::resolve(&req.netns).map_err(Error::invalid)?;
-    to_completion(async move { app.daemon.lock_owned().await.connect(&name, ns, req).await }).await
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.connect(&name, ns, req).await }).await
 }
 async fn disconnect(
     State(app): State<App>,
@@ -109,7 +128,8 @@ async fn disconnect(
     Json(req): Json<api::Disconnect>,
 ) -> Reply<serde_json::Value> {
     let identity = netns::resolve(&req.netns).ok().map(|ns| (ns.dev, ns.inode));
-    to_completion(async move {
+    let worker = app.worker.clone();
+    to_completion(&worker, async move {
         app.daemon.lock_owned().await.disconnect(&name, &req.netns, identity).await.map(|()| serde_json::json!({}))
     })
     .await
@@ -154,10 +174,14 @@ fn lock_dirs(config: &Config) -> Result<(std::fs::File, std::fs::File)> {
 /// Runs the daemon until SIGTERM or SIGINT. The caller has already entered the right namespace.
 pub async fn run(config: Config, limits: Limits) -> Result<()> {
     limits::raise_fd_limit();
-    let _locks = lock_dirs(&config)?;
     // Checked before touching anything, so a refused start changes nothing.
     socket::check_free(&config.socket)?;
-    let daemon = Daemon::start(&config).await?;
+    let _locks = lock_dirs(&config)?;
+    let worker = start_worker()?;
+    let daemon = {
+        let config = config.clone();
+        worker.spawn(async move { Daemon::start(&config).await }).await??
+    };
     let published = daemon.published();
     let counters = Arc::new(Counters::open(&config.bpffs)?);
     let daemon = Arc::new(Mutex::new(daemon));
@@ -172,8 +196,11 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     // A container that exits takes its namespace and veth with it: notice and free its address.
     let collector = {
         let (daemon, published) = (daemon.clone(), published.clone());
-        let netlink = Netlink::connect()?;
-        tokio::spawn(async move {
+        worker.spawn(async move {
+            let netlink = match Netlink::connect() {
+                Ok(netlink) => netlink,
+                Err(e) => return log::error!("the collector cannot open netlink: {e:#}"),
+            };
             let mut tick = tokio::time::interval(COLLECT_EVERY);
             loop {
                 tick.tick().await;
@@ -192,7 +219,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
             _ = int.recv() => {}
         }
     };
-    let app = App { daemon: daemon.clone(), published, counters };
+    let app = App { daemon: daemon.clone(), worker, published, counters };
     limits::serve(bound.listener, router(app), &limits, shutdown).await;
     // Changes run to completion on their own tasks; taking the lock waits for the one in progress
     // (those queued behind it never start), and stops the collector between two batches. Idle
