@@ -46,11 +46,8 @@ fn assert_healthy(sb: &mut Sandbox, after: &str) {
 #[test]
 fn aborted_requests_and_a_closed_log_pipe_do_not_kill_the_daemon() {
     let mut sb = Sandbox::new("pipe").unwrap();
-    // Its stderr is a pipe nobody reads any more: every log line meets a closed pipe.
-    sb.start_daemon_with(&DaemonOptions { stderr_closed: true, ..Default::default() }).unwrap();
+    sb.start_daemon().unwrap();
     sb.bpfnet_ok(&["network", "create", "n", "--subnet", "10.220.0.0/24"]).unwrap();
-    assert_healthy(&mut sb, "logging a change to a closed pipe");
-
     let aborted: [(&str, &[u8]); 4] = [
         ("a malformed head", b"GARBAGE / HTTP/9\r\n\x01\x02\r\n\r\n"),
         (
@@ -69,9 +66,15 @@ fn aborted_requests_and_a_closed_log_pipe_do_not_kill_the_daemon() {
         }
         assert_healthy(&mut sb, what);
     }
+
+    // Its stderr a pipe nobody reads any more: every log line meets a closed pipe.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon_with(&DaemonOptions { stderr_closed: true, ..Default::default() }).unwrap();
+    assert_healthy(&mut sb, "logging its start to a closed pipe");
     let a = sb.add_netns("a").unwrap();
     sb.bpfnet_ok(&["network", "connect", "n", &a]).unwrap();
-    assert_healthy(&mut sb, "a connect logged to a closed pipe");
+    sb.bpfnet_ok(&["network", "create", "m", "--subnet", "10.220.1.0/24"]).unwrap();
+    assert_healthy(&mut sb, "logging changes to a closed pipe");
 }
 
 /// Defect 2: a namespace argument that is a FIFO, a device or any other file must be refused at
@@ -267,8 +270,7 @@ fn client_limits_and_json_rejections() {
     raise_own_fd_limit();
     let mut sb = Sandbox::new("lim").unwrap();
     // Started as systemd would start it: a soft limit of 1024 open files.
-    let args = ["--client-timeout", "2s"];
-    sb.start_daemon_with(&DaemonOptions { args: &args, nofile_soft: Some(1024), ..Default::default() }).unwrap();
+    sb.start_daemon_with(&DaemonOptions { nofile_soft: Some(1024), ..Default::default() }).unwrap();
     let (soft, hard) = open_file_limits(sb.daemon_pid().unwrap());
     assert_eq!(soft, hard, "the daemon raised its soft open-file limit to the hard one");
 
@@ -278,18 +280,7 @@ fn client_limits_and_json_rejections() {
     let r = sb.bpfnet_within(&["network", "ls"], Duration::from_secs(5)).unwrap();
     assert!(r.ok, "with 1100 idle connections: {}", r.stderr);
     assert!(started.elapsed() < T, "took {:?}", started.elapsed());
-    // Idle connections are closed after the client timeout.
-    let mut first = &idle[0];
-    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 16];
-    assert_eq!(first.read(&mut buf).unwrap(), 0, "an idle connection is closed");
     drop(idle);
-
-    // A body that never completes gets a JSON 408 after the timeout, not a connection held forever.
-    let partial = b"POST /networks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{\"name\"";
-    let (status, body) = raw_exchange(&sb.socket(), partial, Duration::from_secs(5)).unwrap();
-    assert_eq!(status, 408, "{body}");
-    assert!(json(&body)["error"].as_str().unwrap().contains("did not arrive"), "{body}");
 
     // Every rejection is JSON {"error": ...} with the status that says why.
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(100_000));
@@ -310,6 +301,22 @@ fn client_limits_and_json_rejections() {
         let error = json(&body)["error"].as_str().unwrap_or_else(|| panic!("{head}: no error field: {body}")).to_string();
         assert!(error.contains(want_text), "{head}: expected {want_text:?} in {error:?}");
     }
+
+    // With a short client timeout: idle connections are closed after it.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon_with(&DaemonOptions { args: &["--client-timeout", "2s"], ..Default::default() }).unwrap();
+    let mut idle = UnixStream::connect(sb.socket()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    assert_eq!(idle.read(&mut buf).unwrap(), 0, "an idle connection is closed");
+    assert!(started.elapsed() < Duration::from_secs(4), "after {:?}", started.elapsed());
+
+    // A body that never completes gets a JSON 408 after the timeout, not a connection held forever.
+    let partial = b"POST /networks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{\"name\"";
+    let (status, body) = raw_exchange(&sb.socket(), partial, Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 408, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("did not arrive"), "{body}");
 
     // The connection cap: one over it gets a JSON 503 at once; below it, service as usual.
     sb.stop_daemon(libc::SIGTERM).unwrap();
