@@ -106,16 +106,16 @@ fn host_clash(net: &Ipv4Network, host: &HostNetworks) -> Option<String> {
 
 /// Picks the subnet for a new network: the user's (checked against every other network and
 /// against the host's routes and addresses, as Docker does), or the first free one of the default
-/// pool. A clash with the host is a [`SubnetInUse`] conflict.
+/// pool. A clash with the host is a [`InUse`] conflict.
 pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks) -> Result<Ipv4Network> {
     match requested {
         Some(text) => {
             let net = parse_subnet(text)?;
             if let Some(other) = state.networks.iter().find(|n| overlaps(&n.subnet, &net)) {
-                return Err(SubnetInUse(format!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet)).into());
+                return Err(InUse(format!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet)).into());
             }
             if let Some(why) = host_clash(&net, host) {
-                return Err(SubnetInUse(why).into());
+                return Err(InUse(why).into());
             }
             Ok(net)
         }
@@ -125,29 +125,18 @@ pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks
     }
 }
 
-/// A subnet that another network, a host route or a host address already takes.
+/// What the request asks for is taken: a subnet another network, a host route or a host address
+/// uses, an address another endpoint holds (a conflict, not bad input).
 #[derive(Debug)]
-pub struct SubnetInUse(pub String);
+pub struct InUse(pub String);
 
-impl std::fmt::Display for SubnetInUse {
+impl std::fmt::Display for InUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for SubnetInUse {}
-
-/// An address that another endpoint of the network holds (a conflict, not bad input).
-#[derive(Debug)]
-pub struct AddressInUse(pub String);
-
-impl std::fmt::Display for AddressInUse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for AddressInUse {}
+impl std::error::Error for InUse {}
 
 /// The network's gateway: the user's, or the first host address.
 pub fn choose_gateway(net: &Ipv4Network, requested: Option<&str>) -> Result<Ipv4Addr> {
@@ -178,7 +167,7 @@ pub fn choose_address(
             }
             if let Some(e) = state.endpoints_of(network_id).find(|e| e.ipv4 == ip) {
                 let msg = format!("address {ip} is already in use in network {:?} by {}", net.name, e.container_name);
-                return Err(AddressInUse(msg).into());
+                return Err(InUse(msg).into());
             }
             Ok(ip)
         }
@@ -292,7 +281,7 @@ mod tests {
     fn overlapping_subnet_is_refused_and_default_pool_skips_used() {
         let s = state_with("172.17.0.0/16");
         let err = choose_subnet(&s, Some("172.17.5.0/24"), &HostNetworks::default()).unwrap_err();
-        assert!(err.downcast_ref::<SubnetInUse>().is_some(), "a typed conflict: {err}");
+        assert!(err.downcast_ref::<InUse>().is_some(), "a typed conflict: {err}");
         assert!(err.to_string().contains("overlaps with network \"backend\""), "{err}");
         let err = choose_subnet(&s, Some("172.0.0.0/8"), &HostNetworks::default()).unwrap_err().to_string();
         assert!(err.contains("overlaps"), "{err}");
@@ -331,7 +320,7 @@ mod tests {
         let err = choose_address(&s, "n1", None).unwrap_err().to_string();
         assert!(err.contains("no free address"), "{err}");
         let err = choose_address(&s, "n1", Some("10.0.0.2")).unwrap_err();
-        assert!(err.downcast_ref::<AddressInUse>().is_some(), "a typed conflict: {err}");
+        assert!(err.downcast_ref::<InUse>().is_some(), "a typed conflict: {err}");
         assert!(err.to_string().contains("already in use"), "{err}");
         let err = choose_address(&s, "n1", Some("10.0.0.1")).unwrap_err().to_string();
         assert!(err.contains("gateway"), "{err}");

@@ -67,9 +67,7 @@ impl Daemon {
         for alias in &req.aliases {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
-        let ip = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(|e| {
-            if e.downcast_ref::<ipam::AddressInUse>().is_some() { Error::conflict(e) } else { Error::invalid(e) }
-        })?;
+        let ip = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
         let interface = (0..).map(|n| format!("eth{n}")).find(|name| !in_ns.iter().any(|e| &e.interface == name)).unwrap();
         let wants_default_route = !net.internal && !in_ns.iter().any(|e| e.default_route);
         let id = ids::random_id();

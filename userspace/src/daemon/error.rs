@@ -27,6 +27,10 @@ impl Error {
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         Self::Internal(e.into())
     }
+    /// A refusal by `ipam`: a conflict when what was asked for is taken, bad input otherwise.
+    pub fn refused(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<crate::ipam::InUse>().is_some() { Self::conflict(e) } else { Self::invalid(e) }
+    }
 }
 
 impl fmt::Display for Error {

@@ -19,9 +19,7 @@ impl Daemon {
             routes: self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?,
             addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)?,
         };
-        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(|e| {
-            if e.downcast_ref::<ipam::SubnetInUse>().is_some() { Error::conflict(e) } else { Error::invalid(e) }
-        })?;
+        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
         let icc = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let net = Network {
