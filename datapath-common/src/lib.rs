@@ -25,6 +25,12 @@ pub mod program_names {
     pub const FROM_CONTAINER: &str = "from_container";
 }
 
+/// Globals of the eBPF object that the daemon sets when it loads the program.
+pub mod global_names {
+    /// `u8`, non-zero: log every packet's outcome through aya-log (`bpfnet daemon --trace`).
+    pub const TRACE: &str = "TRACE";
+}
+
 /// Default sizes; the daemon can override them when it creates the maps.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 

@@ -17,7 +17,7 @@ const ARP_HTYPE_ETHERNET: u16 = 1;
 #[inline(always)]
 pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32) -> i32 {
     let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HDR_LEN) else {
-        return drop_packet(Counter::DropMalformed);
+        return drop_packet(ctx, Counter::DropMalformed);
     };
     // SAFETY: `arp` and `eth` were bounds-checked against the packet by `ptr_at`.
     let arp = unsafe { &mut *arp };
@@ -27,14 +27,14 @@ pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32
         || arp.hlen != 6
         || arp.plen != 4
     {
-        return drop_packet(Counter::DropMalformed);
+        return drop_packet(ctx, Counter::DropMalformed);
     }
     if arp.op != ARP_OP_REQUEST.to_be() {
         // Replies (to the host's own requests) and anything else go to the host.
-        return to_host();
+        return to_host(ctx);
     }
     if arp.spa != iface.ipv4 {
-        return drop_packet(Counter::DropSpoofedSource);
+        return drop_packet(ctx, Counter::DropSpoofedSource);
     }
 
     let target = arp.tpa;
@@ -44,7 +44,7 @@ pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32
         // SAFETY: read-only lookup of a plain-old-data value.
         match unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(target)) } {
             Some(ep) if ep.network_id == iface.network_id => ep.mac,
-            _ => return drop_packet(Counter::DropArpUnknownTarget),
+            _ => return drop_packet(ctx, Counter::DropArpUnknownTarget),
         }
     };
 
@@ -57,7 +57,7 @@ pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32
     arp.sha = answer_mac;
     arp.spa = target;
 
-    count(Counter::ArpReplied);
+    count(ctx, Counter::ArpReplied);
     // Out of the same host-side veth, i.e. back into the asking container.
     // SAFETY: helper call with plain integer arguments.
     unsafe { bpf_redirect(ifindex, 0) as i32 }

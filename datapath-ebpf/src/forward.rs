@@ -19,10 +19,10 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only lookup of a plain-old-data value.
     let Some(iface) = (unsafe { IFACES.get(&ifindex) }) else {
-        return drop_packet(Counter::DropUnknownIface);
+        return drop_packet(ctx, Counter::DropUnknownIface);
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return drop_packet(Counter::DropMalformed);
+        return drop_packet(ctx, Counter::DropMalformed);
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let ether_type = unsafe { (*eth).ether_type };
@@ -30,32 +30,32 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         return arp::handle(ctx, eth, iface, ifindex);
     }
     if ether_type != ETH_P_IP.to_be() {
-        return drop_packet(Counter::DropUnsupportedProtocol);
+        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
-        return drop_packet(Counter::DropMalformed);
+        return drop_packet(ctx, Counter::DropMalformed);
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
     if saddr != iface.ipv4 {
-        return drop_packet(Counter::DropSpoofedSource);
+        return drop_packet(ctx, Counter::DropSpoofedSource);
     }
     if daddr == iface.gateway_ipv4 {
-        return to_host();
+        return to_host(ctx);
     }
 
     // SAFETY: read-only lookup of a plain-old-data value.
     let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(daddr)) }) else {
         if iface.flags & iface_flags::INTERNAL != 0 {
-            return drop_packet(Counter::DropInternal);
+            return drop_packet(ctx, Counter::DropInternal);
         }
-        return to_host();
+        return to_host(ctx);
     };
     if dest.network_id != iface.network_id {
-        return drop_packet(Counter::DropIsolation);
+        return drop_packet(ctx, Counter::DropIsolation);
     }
     if iface.flags & iface_flags::ICC_DISABLED != 0 {
-        return drop_packet(Counter::DropIcc);
+        return drop_packet(ctx, Counter::DropIcc);
     }
 
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
@@ -68,9 +68,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     // SAFETY: helper call with plain integer arguments.
     let verdict = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
     if verdict == TC_ACT_REDIRECT as i64 {
-        count(Counter::Redirected);
+        count(ctx, Counter::Redirected);
         verdict as i32
     } else {
-        drop_packet(Counter::DropRedirectFailed)
+        drop_packet(ctx, Counter::DropRedirectFailed)
     }
 }

@@ -12,6 +12,7 @@ mod counters;
 mod forward;
 mod maps;
 mod packet;
+mod trace;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bpfnet_lab::{
     checks::{addr, counter, json, map_dumps, snapshot},
-    sandbox::run_ok,
+    sandbox::{run_ok, DaemonOptions},
     traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
     Sandbox,
 };
@@ -388,4 +388,44 @@ fn cleanup_removes_everything_bpfnet_created() {
     assert!(!sb.exec(&con1, &["ip", "link", "show", "eth0"]).unwrap().ok, "container side removed");
     assert!(!bpffs.exists(), "pins and bpffs mount removed");
     assert!(!state.exists(), "state removed");
+}
+
+#[test]
+fn the_daemon_logs_every_change_and_with_trace_every_packets_fate() {
+    let mut sb = Sandbox::new("log").unwrap();
+    sb.start_daemon_with(&DaemonOptions { args: &["--trace"], ..Default::default() }).unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    let c = sb.add_netns("c").unwrap();
+    sb.bpfnet_ok(&["network", "create", "n1", "--subnet", "10.228.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "n2", "--subnet", "10.228.1.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n1", &a]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n1", &b]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n2", &c]).unwrap();
+    assert!(sb.ping(&a, "10.228.0.3").unwrap());
+    assert!(!sb.ping(&a, "10.228.1.2").unwrap());
+    sb.bpfnet_ok(&["network", "disconnect", "n1", &b]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    for expected in [
+        "network n1 created: subnet 10.228.0.0/24, gateway 10.228.0.1",
+        &format!("connected: {a} eth0 10.228.0.2/24 on network n1"),
+        &format!("disconnected: {b} eth0 10.228.0.3 from network n1"),
+        ": 10.228.0.2 -> 10.228.0.3 protocol 1",
+        ": 10.228.0.3 -> 10.228.0.2 protocol 1",
+        ": 10.228.0.2 -> 10.228.1.2 protocol 1",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in the log:\n{log}");
+    }
+    assert!(log.lines().any(|l| l.contains("datapath: redirected on ifindex") && l.contains("10.228.0.2 -> 10.228.0.3")), "{log}");
+    assert!(log.lines().any(|l| l.contains("datapath: drop_isolation on ifindex") && l.contains("10.228.0.2 -> 10.228.1.2")), "{log}");
+
+    // Off by default: the same traffic logs nothing.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    let traced = |sb: &Sandbox| std::fs::read_to_string(sb.daemon_log()).unwrap().matches("datapath:").count();
+    let before = traced(&sb);
+    assert!(!sb.ping(&a, "10.228.1.2").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(traced(&sb), before, "no trace without --trace");
 }

@@ -55,6 +55,10 @@ struct DaemonArgs {
     /// Remove everything bpfnet created (interfaces, pinned maps and links, state) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Log one line per packet the datapath handles: what it did (forwarded, answered, dropped and
+    /// why), on which interface, between which addresses. For debugging: it costs throughput.
+    #[arg(long)]
+    trace: bool,
     /// Most API connections open at once; one more is answered 503 (busy) and closed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -167,7 +171,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     if let Some(ns) = &args.netns {
         netns::enter(&netns::resolve(ns)?.file)?;
     }
-    let config = Config { state_dir: args.state_dir, bpffs: args.bpffs, socket };
+    let config = Config { state_dir: args.state_dir, bpffs: args.bpffs, socket, trace: args.trace };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {
         rt.block_on(server::cleanup(config))?;

@@ -21,7 +21,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use datapath_common::{map_names, program_names, Counter, EndpointInfo, IfaceInfo, IpKey};
+use datapath_common::{global_names, map_names, program_names, Counter, EndpointInfo, IfaceInfo, IpKey};
 
 use crate::bpffs;
 
@@ -43,7 +43,8 @@ pub fn ipv4_key(ip: Ipv4Addr) -> IpKey {
 
 impl Datapath {
     /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
-    pub fn load_pinned(root: &Path) -> Result<Self> {
+    /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
+    pub fn load_pinned(root: &Path, trace: bool) -> Result<Self> {
         bpffs::ensure(root)?;
         for dir in [bpffs::maps_dir(root), bpffs::links_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -52,14 +53,39 @@ impl Datapath {
         for name in map_names::ALL {
             loader.map_pin_path(name, bpffs::maps_dir(root).join(name));
         }
-        let ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        let ebpf = loader.override_global(global_names::TRACE, &u8::from(trace), true).load(OBJECT).context("loading the eBPF object")?;
         Self::with_programs_loaded(ebpf, Some(root.to_path_buf()))
     }
 
     /// Loads a private instance whose maps nobody else sees: for running programs on test packets.
-    pub fn load_unpinned() -> Result<Self> {
-        let ebpf = EbpfLoader::new().load(OBJECT).context("loading the eBPF object")?;
+    pub fn load_unpinned(trace: bool) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .override_global(global_names::TRACE, &u8::from(trace), true)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
         Self::with_programs_loaded(ebpf, None)
+    }
+
+    /// The reader of the packet trace, writing to `logger` whenever it is flushed.
+    pub fn trace_reader<T: log::Log>(&mut self, logger: T) -> Result<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).context("opening the datapath's trace buffer")
+    }
+
+    /// Forwards the packet trace of a datapath loaded with `trace` into the `log` crate's logger
+    /// (the daemon's log), from a task on the current tokio runtime.
+    pub fn forward_trace(&mut self) -> Result<()> {
+        let logger = self.trace_reader(log::logger())?;
+        // SAFETY: the AsyncFd owns the logger, which owns the ring buffer's fd: the fd stays open
+        // for as long as it is registered.
+        let mut logger = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)? };
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = logger.readable_mut().await else { return };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
     }
 
     fn with_programs_loaded(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Self> {

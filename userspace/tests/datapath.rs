@@ -23,7 +23,11 @@ const OTHER_NET_MAC: [u8; 6] = [0x02, 0x42, 10, 1, 0, 2];
 
 /// A datapath with: the sender on network 1 (ifindex 1), a peer on network 1, one on network 2.
 fn datapath(flags: u32) -> Datapath {
-    let mut dp = Datapath::load_unpinned().expect("loading the datapath (run as root)");
+    datapath_traced(flags, false)
+}
+
+fn datapath_traced(flags: u32, trace: bool) -> Datapath {
+    let mut dp = Datapath::load_unpinned(trace).expect("loading the datapath (run as root)");
     dp.set_iface(
         TEST_IFINDEX,
         IfaceInfo { network_id: 1, ipv4: SENDER_IP, gateway_ipv4: GATEWAY_IP, flags, mac: SENDER_MAC, _pad: [0; 2] },
@@ -207,4 +211,47 @@ fn malformed_unsupported_and_unknown_interface_are_dropped() {
     dp.remove_iface(TEST_IFINDEX).unwrap();
     assert_eq!(run_tc(fd, &tcp_packet(PEER_MAC, SENDER_IP, PEER_IP)).unwrap().verdict, DROP);
     assert_eq!(counter(&mut dp, Counter::DropUnknownIface), 1);
+}
+
+/// Collects the trace records a datapath writes.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Collected {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn the_trace_tells_each_packets_outcome_and_addresses_and_is_silent_when_off() {
+    let records = Collected::default();
+    let mut dp = datapath_traced(0, true);
+    let mut reader = dp.trace_reader(records.clone()).unwrap();
+    let fd = dp.program_fd().unwrap();
+    assert_eq!(run_tc(fd, &tcp_packet(GATEWAY_MAC, SENDER_IP, OTHER_NET_IP)).unwrap().verdict, DROP);
+    assert_eq!(run_tc(fd, &tcp_packet(GATEWAY_MAC, SENDER_IP, PEER_IP)).unwrap().verdict, REDIRECT);
+    assert_eq!(run_tc(fd, &arp_request(SENDER_MAC, SENDER_IP, GATEWAY_IP)).unwrap().verdict, REDIRECT);
+    reader.flush();
+    assert_eq!(
+        *records.0.lock().unwrap(),
+        [
+            "datapath: drop_isolation on ifindex 1: 10.0.0.2 -> 10.1.0.2 protocol 6",
+            "datapath: redirected on ifindex 1: 10.0.0.2 -> 10.0.0.3 protocol 6",
+            // Logged after the request became the reply: from the gateway, for the asker.
+            "datapath: arp_replied on ifindex 1: arp from 10.0.0.1 for 10.0.0.2",
+        ]
+    );
+
+    let quiet = Collected::default();
+    let mut dp = datapath(0);
+    let mut reader = dp.trace_reader(quiet.clone()).unwrap();
+    let fd = dp.program_fd().unwrap();
+    assert_eq!(run_tc(fd, &tcp_packet(GATEWAY_MAC, SENDER_IP, OTHER_NET_IP)).unwrap().verdict, DROP);
+    reader.flush();
+    assert!(quiet.0.lock().unwrap().is_empty(), "no trace when off: {:?}", quiet.0.lock().unwrap());
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
+    /// Log every packet's outcome (`--trace`).
+    pub trace: bool,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.
@@ -111,7 +113,11 @@ impl Daemon {
                 state
             }
         };
-        let datapath = Datapath::load_pinned(&config.bpffs)?;
+        let mut datapath = Datapath::load_pinned(&config.bpffs, config.trace)?;
+        if config.trace {
+            datapath.forward_trace()?;
+            log::warn!("datapath trace on: one log line per packet (for debugging; it costs throughput)");
+        }
         netlink.set_up(gateway_ifindex).await?;
         let published = Published::default();
         published.set(state.clone());
