@@ -1,0 +1,81 @@
+//! `COUNTERS`: what the datapath did with each packet, one per-CPU slot per [`Counter`].
+//!
+//! The table is written once, in the `counters!` invocation below: the enum, its index order,
+//! its names for display and which counters are drops all come from that one list.
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident = $index:literal, $name:literal, $kind:ident;)+) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant = $index,)+
+        }
+
+        impl Counter {
+            pub const COUNT: u32 = [$($index),+].len() as u32;
+            /// Every counter, in index order.
+            pub const ALL: [Counter; Self::COUNT as usize] = [$(Counter::$variant),+];
+
+            /// The name `bpfnet stats` and the trace show.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+
+            /// Whether the packet was dropped.
+            pub const fn is_drop(self) -> bool {
+                match self {
+                    $(Counter::$variant => counters!(@is_drop $kind),)+
+                }
+            }
+        }
+    };
+    (@is_drop pass) => { false };
+    (@is_drop drop) => { true };
+}
+
+counters! {
+    /// Delivered to another container with `bpf_redirect_peer`.
+    Redirected = 0, "redirected", pass;
+    /// Passed to the host stack (gateway, host addresses).
+    ToHost = 1, "to_host", pass;
+    /// ARP request answered by the datapath.
+    ArpReplied = 2, "arp_replied", pass;
+    /// Packet too short or malformed headers.
+    DropMalformed = 3, "drop_malformed", drop;
+    /// Arrived on an interface the datapath does not know (being set up or torn down).
+    DropUnknownIface = 4, "drop_unknown_iface", drop;
+    /// Source IP is not the sending endpoint's address.
+    DropSpoofedSource = 5, "drop_spoofed_source", drop;
+    /// Destination is an endpoint of another network.
+    DropIsolation = 6, "drop_isolation", drop;
+    /// Network has `icc=false` and the destination is a container of the same network.
+    DropIcc = 7, "drop_icc", drop;
+    /// Network is internal and the destination is outside it.
+    DropInternal = 8, "drop_internal", drop;
+    /// ARP request for an address that has no owner in the sender's network.
+    DropArpUnknownTarget = 9, "drop_arp_unknown_target", drop;
+    /// An ethertype the datapath does not forward (IPv6 for now).
+    DropUnsupportedProtocol = 10, "drop_unsupported_protocol", drop;
+    /// The redirect helper refused the packet (it only does for invalid flags). A packet for a
+    /// target whose veth just vanished is dropped later by the kernel and not counted here.
+    DropRedirectFailed = 11, "drop_redirect_failed", drop;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_table_is_complete() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "Counter::ALL is in index order");
+        }
+        assert_eq!(Counter::COUNT, 12);
+        assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
+        assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
+        let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
+        assert_eq!(drops, 9);
+    }
+}

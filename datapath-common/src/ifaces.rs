@@ -1,0 +1,34 @@
+//! `IFACES`: ifindex of an endpoint's host-side veth -> who sends on it.
+use bytemuck::{Pod, Zeroable};
+
+/// MAC address the host-side veth of every endpoint carries, and that the datapath answers ARP
+/// with for a network's gateway. Every host-side veth gets the same one (as Calico does): they are
+/// point-to-point links, so one address is unambiguous, and the datapath never needs a lookup to
+/// know the gateway's MAC.
+pub const GATEWAY_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
+
+/// Flags of [`IfaceInfo::flags`]: options of the network the interface belongs to.
+pub mod iface_flags {
+    /// `-o icc=false`: containers of the network may not talk to each other (the gateway is fine).
+    pub const ICC_DISABLED: u32 = 1 << 0;
+    /// `--internal`: nothing leaves the network but traffic to the gateway.
+    pub const INTERNAL: u32 = 1 << 1;
+}
+
+/// The network's options are copied in so that the hot path needs one lookup per side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
+pub struct IfaceInfo {
+    pub network_id: u32,
+    /// The endpoint's IPv4 address (network order): anything else from it is spoofed.
+    pub ipv4: [u8; 4],
+    /// The network's gateway, owned by the host.
+    pub gateway_ipv4: [u8; 4],
+    /// [`iface_flags`].
+    pub flags: u32,
+    /// MAC address of the container's interface.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 24);
