@@ -2,8 +2,9 @@
 //!
 //! - For tests: servers and clients whose sockets are created inside a namespace (see `netns`).
 //! - For the benchmark: `serve` and `client`, run as processes (`bpfnet-lab net ...`) pinned to a
-//!   core. The first byte of a benchmark connection picks the server's behaviour: `E` echo (for
-//!   request/response), `S` sink (for streaming; the server answers the byte count at EOF).
+//!   core. The first byte of a benchmark connection picks the server's behaviour: `C` one
+//!   transaction in the accept loop (connect/request/response/close), `E` echo (request/response
+//!   on one connection), `S` sink (for streaming; the server answers the byte count at EOF).
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -90,7 +91,10 @@ pub fn payload(seed: u8, len: usize) -> Vec<u8> {
 
 // ---- benchmark tools ----
 
-/// Benchmark server: serves every connection on its own thread until the process is killed.
+/// Benchmark server, until the process is killed. The first byte of a connection says what it
+/// wants: `C` one transaction served right in the accept loop, as netserver serves TCP_CRR (a
+/// thread per connection would cost more than the datapath being measured); `E` echo and `S` sink
+/// on a thread of their own.
 pub fn serve(port: u16) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;
     println!("listening");
@@ -98,17 +102,25 @@ pub fn serve(port: u16) -> Result<()> {
     for conn in listener.incoming() {
         let mut conn = conn?;
         conn.set_nodelay(true)?;
-        std::thread::spawn(move || {
-            let mut mode = [0u8; 1];
-            if conn.read_exact(&mut mode).is_err() {
-                return;
+        let mut mode = [0u8; 1];
+        if conn.read_exact(&mut mode).is_err() {
+            continue;
+        }
+        match mode[0] {
+            b'C' => {
+                let mut byte = [0u8; 1];
+                if conn.read_exact(&mut byte).is_ok() {
+                    let _ = conn.write_all(&byte);
+                }
             }
-            match mode[0] {
-                b'E' => echo(conn),
-                b'S' => sink(conn),
-                _ => {}
+            b'E' => {
+                std::thread::spawn(move || echo(conn));
             }
-        });
+            b'S' => {
+                std::thread::spawn(move || sink(conn));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -158,7 +170,7 @@ pub fn client(to: SocketAddr, mode: Mode, duration: Duration) -> Result<f64> {
             while start.elapsed() < duration {
                 let mut conn = TcpStream::connect(to)?;
                 conn.set_nodelay(true)?;
-                conn.write_all(b"Ex")?;
+                conn.write_all(b"Cx")?;
                 conn.read_exact(&mut byte)?;
                 count += 1;
             }
