@@ -158,6 +158,13 @@ fn a_lost_state_file_stops_the_daemon_not_the_containers() {
     std::fs::write(&state_file, &good).unwrap();
     sb.start_daemon().unwrap();
     assert_eq!(tcp_round_trip(&mut conn, b"repaired").unwrap(), b"repaired");
+
+    // And the cleanup both refusals recommend works with a damaged file too.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    std::fs::write(&state_file, b"{").unwrap();
+    let r = sb.daemon_cleanup().unwrap();
+    assert!(r.ok, "{}", r.stderr);
+    assert!(host_links(&sb).is_empty(), "{:?}", host_links(&sb));
 }
 
 /// Host-side links other than lo.

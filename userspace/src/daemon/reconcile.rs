@@ -178,7 +178,12 @@ pub async fn collect_gone_endpoints(daemon: &Mutex<Daemon>, published: &Publishe
 /// the caller removes the pins.
 pub async fn cleanup(config: &Config) -> Result<()> {
     let store = Store::new(&config.state_dir)?;
-    let state = store.load()?.unwrap_or_default();
+    // A damaged file must not stop the cleanup it recommends: what it cannot say, the aliases do.
+    let state = store.load().unwrap_or_else(|e| {
+        log::warn!("{e:#}; removing what the kernel shows instead");
+        None
+    });
+    let state = state.unwrap_or_default();
     let netlink = Netlink::connect()?;
     let links = netlink.links().await?;
     // Recorded endpoints and interrupted connects (which may not carry the alias yet).
