@@ -2,6 +2,7 @@
 //! behind in the sandbox, and raw HTTP exchanges with the API socket (for requests the CLI would
 //! never send).
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::SocketAddr,
     os::unix::net::UnixStream,
@@ -108,3 +109,76 @@ pub fn http_request(method: &str, path: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Everything the state says, and everything the kernel and the datapath hold, side by side: they
+/// must agree exactly (after a crash and a restart, say). `containers` are the namespaces to check
+/// for interfaces bpfnet made.
+pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
+    let state = json(&std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap());
+    assert_eq!(state["connecting"], serde_json::json!([]), "no interrupted connect is left");
+    let endpoints = state["endpoints"].as_array().unwrap();
+    let networks = state["networks"].as_array().unwrap();
+
+    // Host-side veths, by their mark, and their ifindexes.
+    let links = json(&run_ok("ip", &["-n", &sb.host(), "-j", "-d", "link"]).unwrap());
+    let marked: BTreeSet<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifalias"].as_str().and_then(|a| a.strip_prefix("bpfnet:")).map(str::to_string))
+        .collect();
+    let non_lo = links.as_array().unwrap().iter().filter(|l| l["ifname"] != "lo").count();
+    let ids: BTreeSet<String> = endpoints.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(marked, ids, "one marked veth per endpoint, no other");
+    assert_eq!(non_lo, ids.len(), "no unmarked interface is left");
+
+    // Gateways on lo: exactly the networks'.
+    let lo = run_ok("ip", &["-n", &sb.host(), "-4", "-o", "addr", "show", "dev", "lo"]).unwrap();
+    let gateways: BTreeSet<String> =
+        lo.lines().filter(|l| l.contains("lo:bpfnet")).map(|l| l.split_whitespace().nth(3).unwrap().trim_end_matches("/32").to_string()).collect();
+    let wanted: BTreeSet<String> = networks.iter().map(|n| n["gateway"].as_str().unwrap().to_string()).collect();
+    assert_eq!(gateways, wanted, "gateway addresses");
+
+    // Datapath maps: ENDPOINTS by address, IFACES by host ifindex.
+    let maps_dir = std::fs::read_dir(sb.bpffs()).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("maps-v")).unwrap();
+    let dump = |name: &str| -> Vec<Vec<u8>> {
+        let out = json(&run_ok("bpftool", &["-j", "map", "dump", "pinned", maps_dir.join(name).to_str().unwrap()]).unwrap());
+        out.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_array().unwrap().iter().map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()).collect())
+            .collect()
+    };
+    let map_ips: BTreeSet<String> = dump("ENDPOINTS").iter().map(|k| format!("{}.{}.{}.{}", k[12], k[13], k[14], k[15])).collect();
+    let ips: BTreeSet<String> = endpoints.iter().map(|e| e["ipv4"].as_str().unwrap().to_string()).collect();
+    assert_eq!(map_ips, ips, "ENDPOINTS entries");
+    let map_ifindexes: BTreeSet<u64> = dump("IFACES").iter().map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u64).collect();
+    let ifindexes: BTreeSet<u64> = endpoints.iter().map(|e| e["host_ifindex"].as_u64().unwrap()).collect();
+    assert_eq!(map_ifindexes, ifindexes, "IFACES entries");
+
+    // Pinned links: one per endpoint.
+    let pins: BTreeSet<String> =
+        std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: BTreeSet<String> = endpoints.iter().map(|e| e["host_interface"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pins, names, "pinned links");
+
+    // Container sides: every ethN belongs to an endpoint of that namespace, with its address.
+    for ns in containers {
+        let addrs = run_ok("ip", &["-n", ns, "-4", "-o", "addr"]).unwrap();
+        let theirs: BTreeSet<String> = addrs
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|i| i.starts_with("eth")))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {}", f[1], f[3].split('/').next().unwrap())
+            })
+            .collect();
+        let recorded: BTreeSet<String> = endpoints
+            .iter()
+            .filter(|e| e["container_name"] == ns.as_str())
+            .map(|e| format!("{} {}", e["interface"].as_str().unwrap(), e["ipv4"].as_str().unwrap()))
+            .collect();
+        assert_eq!(theirs, recorded, "interfaces of {ns}");
+    }
+}
+

@@ -215,6 +215,49 @@ fn a_crash_before_the_veth_is_marked_is_recovered() {
     assert!(!sb.exec(&d, &["ip", "link", "show", "eth0"]).unwrap().ok, "including the unmarked one's container side");
 }
 
+/// Every crash point of a change (the daemon aborts there, as in a power cut) is recovered by the
+/// next start: state, kernel and maps agree exactly, and the change can be made again.
+#[test]
+fn every_crash_point_of_a_change_is_recovered() {
+    let mut sb = Sandbox::new("crash").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let d = sb.add_netns("d").unwrap();
+    sb.bpfnet_ok(&["network", "create", "n", "--subnet", "10.232.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n", &a]).unwrap();
+    let containers = [a.clone(), d.clone()];
+    let connect_d = ["network", "connect", "n", d.as_str()];
+    let create_m = ["network", "create", "m", "--subnet", "10.232.1.0/24"];
+    let remove_m = ["network", "rm", "m"];
+    let points: [(&str, &[&str], Option<&[&str]>); 6] = [
+        ("veth-unlabelled", &connect_d, Some(&["network", "disconnect", "n", &d])),
+        ("veth", &connect_d, Some(&["network", "disconnect", "n", &d])),
+        ("programmed", &connect_d, Some(&["network", "disconnect", "n", &d])),
+        ("configured", &connect_d, Some(&["network", "disconnect", "n", &d])),
+        ("gateway-added", &create_m, Some(&remove_m)),
+        ("network-forgotten", &remove_m, None),
+    ];
+    for (point, change, undo) in points {
+        if point == "network-forgotten" {
+            sb.bpfnet_ok(&create_m).unwrap();
+        }
+        sb.stop_daemon(libc::SIGTERM).unwrap();
+        sb.start_daemon_with_env(&[("BPFNET_TEST_CRASH_AFTER", point)]).unwrap();
+        assert!(!sb.bpfnet(change).unwrap().ok, "{point}: the daemon dies mid-change");
+        assert!(!sb.wait_daemon_exit().unwrap().success(), "{point}");
+        sb.start_daemon().unwrap_or_else(|e| panic!("{point}: restart failed: {e:#}"));
+        bpfnet_lab::checks::assert_consistent(&sb, &containers);
+        if let Some(undo) = undo {
+            sb.bpfnet_ok(change).unwrap_or_else(|e| panic!("{point}: the change fails after recovery: {e:#}"));
+            if change == connect_d {
+                assert!(sb.ping(&d, "10.232.0.2").unwrap(), "{point}: d reaches a after reconnecting");
+            }
+            sb.bpfnet_ok(undo).unwrap();
+        }
+        assert!(sb.ping(&a, "10.232.0.1").unwrap(), "{point}: a keeps its network");
+    }
+}
+
 /// Defect 5: the API socket of a running daemon is never taken over, and `--socket` never
 /// destroys a file or a directory.
 #[test]

@@ -95,6 +95,7 @@ impl Daemon {
             return Err(Error::internal(e));
         }
         let applied = self.apply_endpoint(&net, &ns, &mut ep, wants_default_route).await;
+        crash_point("configured");
         self.state.connecting.retain(|c| c.id != ep.id);
         if let Err(e) = applied {
             self.undo_connect(&ep).await;
@@ -171,6 +172,7 @@ impl Daemon {
         plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
         let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
         self.program_endpoint(net, ep, &host_side).await?;
+        crash_point("programmed");
         let (ifname, ip, prefix) = (ep.interface.clone(), ep.ipv4, net.subnet.prefix());
         let gateway = wants_default_route.then_some(net.gateway);
         ep.default_route =

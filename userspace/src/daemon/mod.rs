@@ -61,9 +61,11 @@ impl Published {
     }
 }
 
-/// Test hook: `BPFNET_TEST_CRASH_AFTER=<point>` makes the daemon die at that point of a connect
-/// (`veth-unlabelled`: the veth pair exists, unmarked; `veth`: marked, nothing else done yet), so
-/// tests can check that every crash point is recovered.
+/// Test hook: `BPFNET_TEST_CRASH_AFTER=<point>` makes the daemon die at that point, so tests can
+/// check that every crash point is recovered. Connect: `veth-unlabelled` (the veth pair exists,
+/// unmarked), `veth` (marked), `programmed` (maps, program, routes in place), `configured` (the
+/// container side too, nothing committed). Network create: `gateway-added`; remove:
+/// `network-forgotten` (committed, gateway address still there).
 fn crash_point(name: &str) {
     if std::env::var("BPFNET_TEST_CRASH_AFTER").is_ok_and(|v| v == name) {
         log::error!("BPFNET_TEST_CRASH_AFTER={name}: aborting");

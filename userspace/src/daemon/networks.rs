@@ -40,6 +40,7 @@ impl Daemon {
             .add_labelled_local_address(self.gateway_ifindex, gateway, GATEWAY_LABEL)
             .await
             .map_err(Error::internal)?;
+        super::crash_point("gateway-added");
         self.state.networks.push(net.clone());
         if let Err(e) = self.commit() {
             self.state.networks.pop();
@@ -65,6 +66,7 @@ impl Daemon {
             self.state = before;
             return Err(Error::internal(e));
         }
+        super::crash_point("network-forgotten");
         // Committed: a failure from here on is the reconciler's to finish, not the user's error.
         if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await {
             log::warn!("network {name}: removing its gateway {}: {e:#} (retried at the next start)", net.gateway);
