@@ -229,7 +229,9 @@ fn every_crash_point_of_a_change_is_recovered() {
     let connect_d = ["network", "connect", "n", d.as_str()];
     let create_m = ["network", "create", "m", "--subnet", "10.232.1.0/24"];
     let remove_m = ["network", "rm", "m"];
-    let points: [(&str, &[&str], Option<&[&str]>); 6] = [
+    // (crash point, the change that dies there, how to undo it once it succeeds)
+    type Step<'a> = (&'a str, &'a [&'a str], Option<&'a [&'a str]>);
+    let points: [Step; 6] = [
         ("veth-unlabelled", &connect_d, Some(&["network", "disconnect", "n", &d])),
         ("veth", &connect_d, Some(&["network", "disconnect", "n", &d])),
         ("programmed", &connect_d, Some(&["network", "disconnect", "n", &d])),
