@@ -278,13 +278,10 @@ fn the_api_socket_is_never_taken_over_or_clobbered() {
             socket.as_os_str(),
         ];
         let r = sb.run_daemon_to_exit(&args, Duration::from_secs(10)).unwrap();
-        let _ = std::process::Command::new(bpfnet_lab::sandbox::bpfnet_bin())
-            .args(["daemon", "--netns", &sb.host(), "--cleanup"])
-            .args(&args)
-            .output();
+        // A refused start makes nothing: no state directory, no bpffs mount.
+        assert!(!state.exists() && !bpffs.exists(), "the refused daemon left its directories behind");
         r
     };
-
     let r = other(&sb.socket());
     assert!(!r.ok && r.stderr.contains("another daemon is serving the API socket"), "{}", r.stderr);
     assert!(sb.bpfnet_within(&["network", "inspect", "n"], T).unwrap().ok, "the first daemon is still reachable");
