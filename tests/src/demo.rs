@@ -1,6 +1,7 @@
 //! The demo: the reference scenario through the CLI in a private sandbox, a connectivity matrix
 //! (expected vs observed, with real TCP and UDP payloads), icc=false, a daemon restart under
-//! traffic, the datapath counters, and a short side-by-side benchmark. Exits non-zero if anything
+//! traffic, failure behaviour (kill -9, a lost state file, a bad argument, a container exiting),
+//! the datapath counters, and a short side-by-side benchmark. Exits non-zero if anything
 //! observed differs from what is expected.
 use std::{net::SocketAddr, time::Duration};
 
@@ -36,6 +37,69 @@ fn reachable(from: &str, ip: &str) -> bool {
     let tcp = tcp_exchange(from, addr(ip, 7000), &data, WAIT).is_ok_and(|back| back == data);
     let udp = udp_exchange(from, addr(ip, 7001), &data, WAIT).is_ok_and(|back| back == data);
     tcp && udp
+}
+
+/// What users rely on when things go wrong (each has a test in tests/tests/hardening.rs).
+fn failure_behaviour(sb: &mut Sandbox, conn: &mut std::net::TcpStream) -> Result<()> {
+    let mut round_trip = |label: &str| -> Result<()> {
+        let ok = tcp_round_trip(conn, label.as_bytes()).is_ok_and(|b| b == label.as_bytes());
+        println!("open connection con1 -> con2, {label:<32} {}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            bail!("the connection broke: {label}");
+        }
+        Ok(())
+    };
+
+    println!("kill -9 the daemon, then start it again:");
+    sb.stop_daemon(libc::SIGKILL)?;
+    round_trip("daemon killed")?;
+    sb.start_daemon()?;
+    round_trip("daemon restarted")?;
+
+    println!("\nthe state file goes missing; the daemon refuses to start rather than tear containers down:");
+    sb.stop_daemon(libc::SIGTERM)?;
+    let state = sb.state_dir().join("state.json");
+    let moved = sb.dir.join("state.json.moved");
+    std::fs::rename(&state, &moved)?;
+    match sb.start_daemon() {
+        Ok(()) => bail!("the daemon started without its state file"),
+        Err(e) => {
+            let text = format!("{e:#}");
+            let why = text.lines().find(|l| l.contains("is missing")).unwrap_or(&text);
+            println!("  {}", why.trim());
+        }
+    }
+    round_trip("state file missing")?;
+    std::fs::rename(&moved, &state)?;
+    sb.start_daemon()?;
+    round_trip("file back, daemon started")?;
+
+    println!("\na namespace argument that is not a namespace is refused at once:");
+    println!("$ bpfnet network connect backend /dev/zero");
+    let r = sb.bpfnet(&["network", "connect", "backend", "/dev/zero"])?;
+    print!("{}", r.stderr);
+    if r.ok || !r.stderr.contains("is a device") {
+        bail!("/dev/zero was not refused as a device");
+    }
+
+    println!("\ncon4 joins frontend, then exits (its namespace is deleted); its endpoint and address are freed:");
+    let con4 = sb.add_netns("con4")?;
+    cli(sb, &["network", "connect", "frontend", &con4])?;
+    let endpoints = |sb: &Sandbox| -> Result<usize> {
+        let nets: serde_json::Value = serde_json::from_str(&sb.bpfnet_ok(&["network", "ls", "--json"])?)?;
+        Ok(nets.as_array().into_iter().flatten().map(|n| n["endpoints"].as_u64().unwrap_or(0) as usize).sum())
+    };
+    let before = endpoints(sb)?;
+    sb.delete_netns("con4")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while endpoints(sb)? == before {
+        if std::time::Instant::now() > deadline {
+            bail!("the endpoint of the deleted namespace was not collected");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("endpoints: {before} before, {} after (collected within the 2 s collector period)", endpoints(sb)?);
+    Ok(())
 }
 
 pub fn run() -> Result<()> {
@@ -127,6 +191,11 @@ pub fn run() -> Result<()> {
     let after = check("after restart");
     if !(before && during && after) {
         failures.push("connection did not survive the restart".into());
+    }
+
+    step("Failure behaviour: a crash, a lost state file, a bad argument, a container that exits");
+    if let Err(e) = failure_behaviour(&mut sb, &mut conn) {
+        failures.push(format!("failure behaviour: {e:#}"));
     }
 
     step("Datapath counters");
