@@ -1,25 +1,16 @@
-//! Running code inside a network namespace: a thread that `setns`es, so sockets it creates belong
-//! to that namespace while the rest of the process stays where it is.
-use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+//! Running code inside a network namespace: a thread that enters it (with bpfnet's own namespace
+//! handling), so sockets it creates belong to that namespace while the rest of the process stays
+//! where it is.
+use anyhow::Result;
 
-use anyhow::{bail, Context, Result};
-
-pub fn path(name: &str) -> PathBuf {
-    PathBuf::from("/run/netns").join(name)
-}
-
-/// Runs `f` on a fresh thread inside namespace `name` and returns its result. Sockets created by
-/// `f` stay in that namespace when handed back.
+/// Runs `f` on a fresh thread inside namespace `name` (a name under /run/netns, a path or a PID)
+/// and returns its result. Sockets created by `f` stay in that namespace when handed back.
 pub fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let p = path(name);
+    let ns = bpfnet::netns::resolve(name)?;
     std::thread::spawn(move || {
-        let file = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-        // SAFETY: setns on an fd we own; affects only this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", p.display(), std::io::Error::last_os_error());
-        }
+        bpfnet::netns::enter(&ns.file)?;
         f()
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
+    .map_err(|_| anyhow::anyhow!("thread in a namespace panicked"))?
 }
