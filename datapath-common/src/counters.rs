@@ -61,6 +61,18 @@ counters! {
     /// The redirect helper refused the packet (it only does for invalid flags). A packet for a
     /// target whose veth just vanished is dropped later by the kernel and not counted here.
     DropRedirectFailed = 11, "drop_redirect_failed", drop;
+    /// A container's packet masqueraded and sent out of an uplink.
+    NatOut = 12, "nat_out", pass;
+    /// A reply from outside translated back and delivered into its container.
+    NatIn = 13, "nat_in", pass;
+    /// An ICMP error about a masqueraded connection translated and delivered to its container.
+    NatIcmpError = 14, "nat_icmp_error", pass;
+    /// A packet on an uplink that belongs to no tracked connection: the host's own traffic.
+    UplinkToHost = 15, "uplink_to_host", pass;
+    /// Every masquerade source port for that destination was taken (after several tries).
+    DropNatNoPort = 16, "drop_nat_no_port", drop;
+    /// The connection table refused a new entry.
+    DropCtInsertFailed = 17, "drop_ct_insert_failed", drop;
 }
 
 #[cfg(test)]
@@ -72,10 +84,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 12);
+        assert_eq!(Counter::COUNT, 18);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 9);
+        assert_eq!(drops, 11);
     }
 }

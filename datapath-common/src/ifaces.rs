@@ -13,6 +13,8 @@ pub mod iface_flags {
     pub const ICC_DISABLED: u32 = 1 << 0;
     /// `--internal`: nothing leaves the network but traffic to the gateway.
     pub const INTERNAL: u32 = 1 << 1;
+    /// Traffic to the outside leaves with the uplink's address (`-o masquerade=false` clears it).
+    pub const MASQUERADE: u32 = 1 << 2;
 }
 
 /// The network's options are copied in so that the hot path needs one lookup per side.

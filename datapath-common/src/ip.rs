@@ -18,6 +18,18 @@ impl IpKey {
         Self { addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(octets)] }
     }
 
+    /// `word` holds the address bytes in wire order (as loaded from a packet).
+    #[inline(always)]
+    pub const fn from_ipv4_word(word: u32) -> Self {
+        Self { addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), word] }
+    }
+
+    /// The IPv4 address as the wire-order word, if this is an IPv4-mapped key.
+    #[inline(always)]
+    pub const fn ipv4_word(&self) -> u32 {
+        self.addr[3]
+    }
+
     /// The address bytes in wire order.
     pub fn octets(&self) -> [u8; 16] {
         let mut out = [0u8; 16];

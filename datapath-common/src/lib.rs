@@ -2,6 +2,7 @@
 //!
 //! This is the one definition of every map layout, one module per map family: [`ip`] (address
 //! keys), [`endpoints`] (where to deliver), [`ifaces`] (who sends on a host-side veth),
+//! [`uplinks`] (where traffic leaves the host), [`conntrack`] (connections and their NAT),
 //! [`counters`] (what happened to packets), and [`names`] (how maps, programs and globals are
 //! called). Every key and value is `#[repr(C)]` and derives `bytemuck::Pod`, which refuses to
 //! compile a layout with implicit padding; sizes are asserted too, so the two sides can never
@@ -9,21 +10,25 @@
 //! appear in packets, so the datapath compares them without swapping.
 #![cfg_attr(not(test), no_std)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod endpoints;
 pub mod ifaces;
 pub mod ip;
 pub mod names;
+pub mod uplinks;
 
+pub use conntrack::{ct_action, ct_state, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
 pub use counters::Counter;
 pub use endpoints::{EndpointInfo, MAX_ENDPOINTS};
 pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
+pub use uplinks::{UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
 /// daemon pins maps per version, so it never reuses maps of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[cfg(feature = "user")]
 mod user {
@@ -33,4 +38,10 @@ mod user {
     unsafe impl aya::Pod for IpKey {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for UplinkInfo {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtConfig {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
 }

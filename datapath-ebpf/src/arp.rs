@@ -7,7 +7,7 @@ use datapath_common::{Counter, IfaceInfo, IpKey, GATEWAY_MAC};
 use crate::{
     counters::{count, drop_packet, to_host},
     maps::ENDPOINTS,
-    packet::{ptr_at, ArpHdr, EthHdr, ETH_HDR_LEN, ETH_P_IP},
+    headers::{ptr_at, ArpHdr, EthHdr, ETH_HDR_LEN, ETH_P_IP},
 };
 
 const ARP_OP_REQUEST: u16 = 1;

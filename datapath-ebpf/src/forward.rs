@@ -1,4 +1,5 @@
-//! Forwarding decisions for traffic leaving a container.
+//! Forwarding decisions for traffic leaving a container: ARP, isolation, delivery to a container
+//! of the same network, and everything else to NAT or the host.
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
     helpers::bpf_redirect_peer,
@@ -8,9 +9,10 @@ use datapath_common::{iface_flags, Counter, IpKey};
 
 use crate::{
     arp,
+    nat,
     counters::{count, drop_packet, to_host},
     maps::{ENDPOINTS, IFACES},
-    packet::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
+    headers::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
 };
 
 #[inline(always)]
@@ -49,7 +51,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         if iface.flags & iface_flags::INTERNAL != 0 {
             return drop_packet(ctx, Counter::DropInternal);
         }
-        return to_host(ctx);
+        return nat::from_container(ctx, iface, ifindex, iface.flags & iface_flags::MASQUERADE != 0);
     };
     if dest.network_id != iface.network_id {
         return drop_packet(ctx, Counter::DropIsolation);

@@ -1,9 +1,10 @@
-//! The datapath's maps. Layouts come from `datapath-common`; the daemon pins and fills them.
+//! The forwarding maps (connection tracking keeps its own, in `conntrack`). Layouts come from
+//! `datapath-common`; the daemon pins and fills them.
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use datapath_common::{Counter, EndpointInfo, IfaceInfo, IpKey, MAX_ENDPOINTS};
+use datapath_common::{Counter, EndpointInfo, IfaceInfo, IpKey, UplinkInfo, MAX_ENDPOINTS, MAX_UPLINKS};
 
 /// Endpoint IP -> where to deliver it.
 #[map(name = "ENDPOINTS")]
@@ -16,3 +17,7 @@ pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_ENDPO
 /// What happened to packets, one slot per [`Counter`], per CPU (no atomics on bpfel).
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Uplink ifindex -> the address masquerade gives traffic leaving by it.
+#[map(name = "UPLINKS")]
+pub static UPLINKS: HashMap<u32, UplinkInfo> = HashMap::with_max_entries(MAX_UPLINKS, 0);

@@ -7,7 +7,7 @@ use aya_ebpf::{programs::TcContext, Global};
 use aya_log_ebpf::info;
 use datapath_common::Counter;
 
-use crate::packet::{ptr_at, ArpHdr, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP};
+use crate::headers::{ptr_at, ArpHdr, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP};
 
 /// Named by `datapath_common::global_names::TRACE`.
 #[unsafe(no_mangle)]

@@ -64,6 +64,19 @@ pub fn run_with_limit(mut cmd: Command, limit: Duration) -> Result<Ran> {
     Ok(child.wait_with_output()?.into())
 }
 
+/// The namespaces behind the uplink (see [`Sandbox::add_outside`]).
+pub struct Outside {
+    /// The router right behind the uplink.
+    pub ext: String,
+    /// A server one small-MTU hop further.
+    pub far: String,
+}
+
+/// The uplink's address: what masqueraded traffic carries as its source.
+pub const UPLINK_IP: &str = "192.0.2.1";
+/// The server behind the outside router.
+pub const FAR_IP: &str = "198.51.100.7";
+
 pub struct Sandbox {
     /// Unique run name: `bpfnetlab-<tag>-<pid>-<n>`.
     pub name: String,
@@ -304,6 +317,37 @@ impl Sandbox {
         let mut all = vec!["netns", "exec", ns];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+
+    /// The outside world behind an uplink (call before starting the daemon, which takes the
+    /// default route's interface as its uplink):
+    /// ```text
+    /// host up0 192.0.2.1/24 ── ext eth0 192.0.2.2/24 (a router)
+    ///                           ext eth1 198.51.100.1/24 ── far eth0 198.51.100.7/24 (a server)
+    /// ```
+    /// The host's default route goes via 192.0.2.2. Neither outside namespace has a route to any
+    /// container subnet: only masqueraded traffic can be answered. ext reaches far through a route
+    /// whose MTU is locked at 1280, the "small hop" path-MTU discovery must learn about.
+    pub fn add_outside(&mut self) -> Result<Outside> {
+        let ext = self.add_netns("ext")?;
+        let far = self.add_netns("far")?;
+        let host = self.host();
+        run_ok("ip", &["-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &ext])?;
+        run_ok("ip", &["-n", &ext, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far])?;
+        for (ns, dev, addr) in [
+            (&host, "up0", "192.0.2.1/24"),
+            (&ext, "eth0", "192.0.2.2/24"),
+            (&ext, "eth1", "198.51.100.1/24"),
+            (&far, "eth0", "198.51.100.7/24"),
+        ] {
+            run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
+            run_ok("ip", &["-n", ns, "link", "set", dev, "up"])?;
+        }
+        run_ok("ip", &["-n", &host, "route", "add", "default", "via", "192.0.2.2"])?;
+        run_ok("ip", &["-n", &far, "route", "add", "default", "via", "198.51.100.1"])?;
+        run_ok("ip", &["-n", &ext, "route", "replace", "198.51.100.0/24", "dev", "eth1", "src", "198.51.100.1", "mtu", "lock", "1280"])?;
+        run_ok("ip", &["netns", "exec", &ext, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(Outside { ext, far })
     }
 
     /// One ping with a 1 s timeout.

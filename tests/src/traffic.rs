@@ -47,6 +47,49 @@ pub fn udp_echo_server(ns: &str, addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Starts a TCP server in `ns` that answers every connection with the client's address as it
+/// sees it (`ip:port`) and closes it.
+pub fn tcp_whoami_server(ns: &str, addr: SocketAddr) -> Result<()> {
+    let listener = netns::within(ns, move || Ok(TcpListener::bind(addr)?))?;
+    std::thread::spawn(move || {
+        for (mut conn, peer) in listener.incoming().flatten().filter_map(|c| c.peer_addr().ok().map(|p| (c, p))) {
+            let _ = conn.write_all(peer.to_string().as_bytes());
+        }
+    });
+    Ok(())
+}
+
+/// Starts a UDP server in `ns` that answers every datagram with its sender's address.
+pub fn udp_whoami_server(ns: &str, addr: SocketAddr) -> Result<()> {
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(addr)?))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(from.to_string().as_bytes(), from);
+        }
+    });
+    Ok(())
+}
+
+/// Asks a TCP whoami server from `ns` which address it sees.
+pub fn tcp_whoami(ns: &str, to: SocketAddr, timeout: Duration) -> Result<SocketAddr> {
+    let mut stream = tcp_connect(ns, to, timeout)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    text.parse().with_context(|| format!("whoami answered {text:?}"))
+}
+
+/// Asks a UDP whoami server from `ns`, sending from local port `from_port` (0: any).
+pub fn udp_whoami(ns: &str, from_port: u16, to: SocketAddr, timeout: Duration) -> Result<SocketAddr> {
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(("0.0.0.0", from_port))?))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"who am i", to)?;
+    let mut buf = [0u8; 256];
+    let (n, _) = socket.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.parse().with_context(|| format!("whoami answered {text:?}"))
+}
+
 /// Connects from inside `ns` (the socket stays in `ns`).
 pub fn tcp_connect(ns: &str, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     let stream = netns::within(ns, move || {

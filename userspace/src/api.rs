@@ -42,6 +42,8 @@ pub struct NetworkSummary {
     pub gateway: String,
     pub internal: bool,
     pub icc: bool,
+    #[serde(default)]
+    pub masquerade: bool,
     pub endpoints: usize,
 }
 
@@ -121,6 +123,57 @@ pub struct Stats {
     pub counters: Vec<CounterValue>,
     pub networks: usize,
     pub endpoints: usize,
+    pub conntrack: ConntrackUsage,
+    pub uplinks: Vec<Uplink>,
+}
+
+/// How full the connection table is (two entries per connection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConntrackUsage {
+    pub entries: u64,
+    pub max_entries: u64,
+    pub pressure_percent: f64,
+}
+
+/// An interface traffic to the outside leaves by, and the address masquerade gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Uplink {
+    pub interface: String,
+    pub address: String,
+}
+
+/// One direction of a connection: `address:port` (ICMP: the address, and the echo identifier).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tuple {
+    pub src: String,
+    pub dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+/// One line of `conntrack ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub protocol: String,
+    /// As the initiator sent it.
+    pub original: Tuple,
+    /// As the answers arrive (after translation of the original, reversed).
+    pub reply: Tuple,
+    /// `masquerade` or `dnat`.
+    pub nat: String,
+    /// SYN_SENT, ESTABLISHED, CLOSING (TCP); UNREPLIED, REPLIED (UDP, ICMP).
+    pub state: String,
+    pub expires_in_s: u64,
+    pub original_packets: u64,
+    pub original_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// The answer to `conntrack flush`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flushed {
+    pub connections: usize,
 }
 
 /// Body of every error response.

@@ -60,6 +60,30 @@ pub fn links_dir(root: &Path) -> PathBuf {
     root.join("links")
 }
 
+/// Links of the uplink program, one per uplink.
+pub fn uplinks_dir(root: &Path) -> PathBuf {
+    root.join("uplinks")
+}
+
+/// Removes the pinned maps of other layout versions (left by an older bpfnet): once this version's
+/// programs are attached nothing uses them.
+pub fn remove_other_layouts(root: &Path) {
+    let current = maps_dir(root);
+    let Ok(entries) = fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path != current && name.starts_with("maps-v") {
+            for pin in fs::read_dir(&path).into_iter().flatten().flatten() {
+                fs::remove_file(pin.path()).ok();
+            }
+            if fs::remove_dir(&path).is_ok() {
+                log::info!("removed the maps of an older datapath layout ({name})");
+            }
+        }
+    }
+}
+
 /// Removes everything bpfnet pinned under `root` (every maps version and the links), and the mount
 /// if `root` is a bpffs mount point of its own (never the system's /sys/fs/bpf).
 pub fn remove_all(root: &Path) -> Result<()> {

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{api, client::Client, daemon::Config, netns, server};
+use crate::{api, client::Client, daemon::Config, datapath::LoadOptions, netns, server};
 
 #[derive(Parser)]
 #[command(
@@ -32,12 +32,31 @@ enum Command {
     /// Manage networks and connect namespaces to them.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// Show what the datapath did with packets: forwarded, answered, and drops by reason.
+    /// Show what the datapath did with packets: forwarded, answered, and drops by reason; how
+    /// full the connection table is; the uplinks.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// The connections the datapath tracks for NAT (masquerade): list or flush them.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// List tracked connections: tuple as sent, tuple of the replies (after NAT), state, seconds
+    /// left, and packets/bytes each way.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget every tracked connection. Masqueraded connections in progress break: their replies
+    /// no longer find their container.
+    Flush,
 }
 
 #[derive(Args)]
@@ -66,6 +85,43 @@ struct DaemonArgs {
     /// closed after it too. Examples: 10s, 500ms.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     client_timeout: std::time::Duration,
+    /// Interface that traffic to the outside leaves by (repeatable). Containers' connections
+    /// leave with its address (masquerade). Default: the interface of the default route.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
+    /// Size of the connection table in entries; each connection takes two. Applies when the
+    /// table is created (a pinned table keeps its size across restarts).
+    #[arg(long, default_value_t = datapath_common::conntrack::DEFAULT_CT_ENTRIES, value_parser = clap::value_parser!(u32).range(64..))]
+    ct_max: u32,
+    /// Lifetime of an idle established TCP connection.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    ct_timeout_tcp: std::time::Duration,
+    /// Lifetime of a TCP connection that has not been answered yet.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ct_timeout_tcp_syn: std::time::Duration,
+    /// Lifetime of a TCP connection after its FIN or RST.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ct_timeout_tcp_close: std::time::Duration,
+    /// Lifetime of an idle UDP flow.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ct_timeout_udp: std::time::Duration,
+    /// Lifetime of an ICMP echo exchange.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ct_timeout_icmp: std::time::Duration,
+    /// Source ports (and ICMP identifiers) masquerade picks from, as MIN-MAX. The default stays
+    /// above Linux's ephemeral ports (32768-60999), which the host's own connections use.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    nat_ports: (u16, u16),
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 61000-65535"))?;
+    let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{p:?} is not a port (1-65535)"));
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        return Err(format!("{s:?}: MIN is above MAX"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Subcommand)]
@@ -85,7 +141,8 @@ enum NetworkCommand {
         #[arg(long)]
         internal: bool,
         /// Driver options as KEY=VALUE; supported: icc=false (containers of the network cannot
-        /// talk to each other, only to the gateway).
+        /// talk to each other, only to the gateway), masquerade=false (containers' traffic to the
+        /// outside keeps their own address instead of leaving with the uplink's).
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
@@ -171,7 +228,24 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     if let Some(ns) = &args.netns {
         netns::enter(&netns::resolve(ns)?.file)?;
     }
-    let config = Config { state_dir: args.state_dir, bpffs: args.bpffs, socket, trace: args.trace };
+    let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+    let ct_config = datapath_common::CtConfig {
+        tcp_syn_ns: ns(args.ct_timeout_tcp_syn),
+        tcp_established_ns: ns(args.ct_timeout_tcp),
+        tcp_closing_ns: ns(args.ct_timeout_tcp_close),
+        udp_ns: ns(args.ct_timeout_udp),
+        icmp_ns: ns(args.ct_timeout_icmp),
+        nat_port_min: args.nat_ports.0,
+        nat_port_max: args.nat_ports.1,
+        _pad: [0; 4],
+    };
+    let config = Config {
+        state_dir: args.state_dir,
+        bpffs: args.bpffs,
+        socket,
+        datapath: LoadOptions { trace: args.trace, ct_entries: args.ct_max, ct_config },
+        uplinks: args.uplinks,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {
         rt.block_on(server::cleanup(config))?;
@@ -243,12 +317,46 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 return print_json(&stats);
             }
             println!("{} networks, {} endpoints", stats.networks, stats.endpoints);
+            let ct = &stats.conntrack;
+            println!("connection table: {} of {} entries in use ({}%)", ct.entries, ct.max_entries, ct.pressure_percent);
+            let uplinks: Vec<String> = stats.uplinks.iter().map(|u| format!("{} ({})", u.interface, u.address)).collect();
+            println!("uplinks: {}", if uplinks.is_empty() { "none".to_string() } else { uplinks.join(", ") });
             let rows: Vec<Vec<String>> = stats
                 .counters
                 .iter()
                 .map(|c| vec![c.name.clone(), if c.drop { "drop" } else { "pass" }.into(), c.packets.to_string()])
                 .collect();
             print_table(&["COUNTER", "KIND", "PACKETS"], &rows);
+        }
+        Command::Conntrack(ConntrackCommand::Ls { json }) => {
+            let conns: Vec<api::Connection> = client.get("/conntrack").await?;
+            if json {
+                return print_json(&conns);
+            }
+            let tuple = |t: &api::Tuple| match t.id {
+                Some(id) => format!("{} -> {} id {id}", t.src, t.dst),
+                None => format!("{} -> {}", t.src, t.dst),
+            };
+            let rows: Vec<Vec<String>> = conns
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.protocol.clone(),
+                        tuple(&c.original),
+                        tuple(&c.reply),
+                        c.nat.clone(),
+                        c.state.clone(),
+                        format!("{}s", c.expires_in_s),
+                        format!("{}/{}", c.original_packets, c.reply_packets),
+                        format!("{}/{}", c.original_bytes, c.reply_bytes),
+                    ]
+                })
+                .collect();
+            print_table(&["PROTO", "ORIGINAL", "REPLY", "NAT", "STATE", "EXPIRES", "PACKETS (ORIG/REPLY)", "BYTES (ORIG/REPLY)"], &rows);
+        }
+        Command::Conntrack(ConntrackCommand::Flush) => {
+            let flushed: api::Flushed = client.delete("/conntrack").await?;
+            println!("{} connections flushed", flushed.connections);
         }
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create { name, subnet, gateway, internal, options } => {

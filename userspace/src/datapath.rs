@@ -1,7 +1,8 @@
 //! Loading the eBPF datapath, attaching it to interfaces, and the typed writers of its maps.
 //!
-//! Maps are pinned under `<bpffs>/maps` and every TCX attachment is a link pinned under
-//! `<bpffs>/links/<interface>`, so forwarding goes on while the daemon is stopped. A daemon that
+//! Maps are pinned under `<bpffs>/maps-v<layout>`, and every TCX attachment is a link pinned under
+//! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>`, so forwarding and
+//! tracked connections go on while the daemon is stopped. A daemon that
 //! starts again re-opens the pinned maps and swaps its freshly loaded program into the pinned
 //! links atomically (`bpf_link_update`), which also upgrades the datapath code.
 use std::{
@@ -21,7 +22,10 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use datapath_common::{global_names, map_names, program_names, Counter, EndpointInfo, IfaceInfo, IpKey};
+use datapath_common::{
+    global_names, map_names, program_names, Counter, CtConfig, EndpointInfo, IfaceInfo, IpKey, UplinkInfo,
+    conntrack::DEFAULT_CT_ENTRIES,
+};
 
 use crate::bpffs;
 
@@ -41,29 +45,56 @@ pub fn ipv4_key(ip: Ipv4Addr) -> IpKey {
     IpKey::from_ipv4_octets(ip.octets())
 }
 
+/// What is fixed when the datapath is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Log every packet's outcome (see [`Datapath::forward_trace`]).
+    pub trace: bool,
+    /// Size of the connection table, in entries (two per connection). A pinned table keeps the
+    /// size it was created with.
+    pub ct_entries: u32,
+    /// Connection lifetimes and the masquerade port range.
+    pub ct_config: CtConfig,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { trace: false, ct_entries: DEFAULT_CT_ENTRIES, ct_config: CtConfig::DEFAULT }
+    }
+}
+
+/// The datapath's programs, each with where its links are pinned.
+const PROGRAMS: [&str; 2] = [program_names::FROM_CONTAINER, program_names::FROM_UPLINK];
+
 impl Datapath {
     /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
     /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
-    pub fn load_pinned(root: &Path, trace: bool) -> Result<Self> {
+    pub fn load_pinned(root: &Path, options: &LoadOptions) -> Result<Self> {
         bpffs::ensure(root)?;
-        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root)] {
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut loader = EbpfLoader::new();
         for name in map_names::ALL {
             loader.map_pin_path(name, bpffs::maps_dir(root).join(name));
         }
-        let ebpf = loader.override_global(global_names::TRACE, &u8::from(trace), true).load(OBJECT).context("loading the eBPF object")?;
-        Self::with_programs_loaded(ebpf, Some(root.to_path_buf()))
+        let ebpf = Self::configure(&mut loader, options).load(OBJECT).context("loading the eBPF object")?;
+        let datapath = Self::with_programs_loaded(ebpf, Some(root.to_path_buf()))?;
+        bpffs::remove_other_layouts(root);
+        Ok(datapath)
     }
 
     /// Loads a private instance whose maps nobody else sees: for running programs on test packets.
-    pub fn load_unpinned(trace: bool) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
-            .override_global(global_names::TRACE, &u8::from(trace), true)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+    pub fn load_unpinned(options: &LoadOptions) -> Result<Self> {
+        let ebpf = Self::configure(&mut EbpfLoader::new(), options).load(OBJECT).context("loading the eBPF object")?;
         Self::with_programs_loaded(ebpf, None)
+    }
+
+    fn configure<'a, 'b>(loader: &'a mut EbpfLoader<'b>, options: &'b LoadOptions) -> &'a mut EbpfLoader<'b> {
+        loader
+            .override_global(global_names::TRACE, if options.trace { &1u8 } else { &0u8 }, true)
+            .override_global(global_names::CT_CONFIG, &options.ct_config, true)
+            .map_max_entries(map_names::CONNTRACK, options.ct_entries)
     }
 
     /// The reader of the packet trace, writing to `logger` whenever it is flushed.
@@ -89,38 +120,46 @@ impl Datapath {
     }
 
     fn with_programs_loaded(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Self> {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program_names::FROM_CONTAINER)
-            .context("the eBPF object has no from_container program")?
-            .try_into()?;
-        prog.load().context("the kernel refused the from_container program")?;
+        for name in PROGRAMS {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
+            prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
+        }
         Ok(Self { ebpf, pins })
     }
 
-    fn link_pin(&self, ifname: &str) -> Option<PathBuf> {
-        self.pins.as_ref().map(|root| bpffs::links_dir(root).join(ifname))
-    }
-
-    fn program(&mut self) -> Result<&mut SchedClassifier> {
-        Ok(self
-            .ebpf
-            .program_mut(program_names::FROM_CONTAINER)
-            .context("from_container program missing")?
-            .try_into()?)
+    fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?)
     }
 
     /// File descriptor of the from_container program (for BPF_PROG_TEST_RUN).
     pub fn program_fd(&mut self) -> Result<RawFd> {
-        Ok(self.program()?.fd()?.as_fd().as_raw_fd())
+        self.program_fd_of(program_names::FROM_CONTAINER)
     }
 
-    /// Attaches from_container at TCX ingress of `ifname` and pins the link as `pin_name` (the
-    /// interface's name at creation, which a rename does not change), or, when that pinned link
-    /// exists already, swaps this instance's program into it. Idempotent.
+    /// File descriptor of program `name` (for BPF_PROG_TEST_RUN).
+    pub fn program_fd_of(&mut self, name: &str) -> Result<RawFd> {
+        Ok(self.program(name)?.fd()?.as_fd().as_raw_fd())
+    }
+
+    /// Attaches from_container at TCX ingress of an endpoint's host-side veth `ifname` and pins
+    /// the link as `pin_name` (the interface's name at creation, which a rename does not change),
+    /// or, when that pinned link exists already, swaps this instance's program into it. Idempotent.
     pub fn attach(&mut self, pin_name: &str, ifname: &str) -> Result<()> {
-        let pin = self.link_pin(pin_name).context("attach needs a pinned datapath")?;
+        let pin = self.pins.as_ref().map(|root| bpffs::links_dir(root).join(pin_name));
+        self.attach_program(program_names::FROM_CONTAINER, pin, ifname)
+    }
+
+    /// Attaches from_uplink at TCX ingress of the uplink `ifname` (same rules as [`Self::attach`]).
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(ifname));
+        self.attach_program(program_names::FROM_UPLINK, pin, ifname)
+    }
+
+    fn attach_program(&mut self, program: &str, pin: Option<PathBuf>, ifname: &str) -> Result<()> {
+        let pin = pin.context("attach needs a pinned datapath")?;
         let existing = PinnedLink::from_pin(&pin).ok();
-        let prog = self.program()?;
+        let prog = self.program(program)?;
         match existing {
             Some(pinned) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(pinned))
@@ -140,22 +179,49 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets the pinned link of `ifname` (detaching it if the interface still exists).
+    /// Forgets the pinned link of endpoint interface `ifname` (detaching it if the interface
+    /// still exists).
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        if let Some(pin) = self.link_pin(ifname) {
-            if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-                pinned.unpin()?;
-            }
-        }
-        Ok(())
+        unpin(self.pins.as_ref().map(|root| bpffs::links_dir(root).join(ifname)))
     }
 
-    /// Interfaces that have a pinned link.
+    /// Forgets the pinned link of uplink `ifname`.
+    pub fn detach_uplink(&mut self, ifname: &str) -> Result<()> {
+        unpin(self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(ifname)))
+    }
+
+    /// Endpoint interfaces that have a pinned link.
     pub fn pinned_links(&self) -> Vec<String> {
-        let Some(root) = &self.pins else { return vec![] };
-        std::fs::read_dir(bpffs::links_dir(root))
-            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default()
+        self.pins.as_ref().map(|root| pin_names(&bpffs::links_dir(root))).unwrap_or_default()
+    }
+
+    /// Uplinks that have a pinned link.
+    pub fn pinned_uplinks(&self) -> Vec<String> {
+        self.pins.as_ref().map(|root| pin_names(&bpffs::uplinks_dir(root))).unwrap_or_default()
+    }
+
+    fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, UplinkInfo>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::UPLINKS).context("UPLINKS map missing")?)?)
+    }
+
+    /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address).
+    pub fn set_uplinks(&mut self, uplinks: &[(u32, Ipv4Addr)]) -> Result<()> {
+        let mut map = self.uplinks()?;
+        for (index, addr) in uplinks {
+            map.insert(index, UplinkInfo { addr: ipv4_key(*addr) }, 0).context("writing UPLINKS")?;
+        }
+        let keep: HashSet<u32> = uplinks.iter().map(|(i, _)| *i).collect();
+        retain_keys(&mut map, &keep)
+    }
+
+    /// Size of the pinned connection table, which may differ from the one asked for.
+    pub fn ct_entries(&self) -> Result<u32> {
+        let map = self.ebpf.map(map_names::CONNTRACK).context("CONNTRACK map missing")?;
+        let data: &MapData = match map {
+            aya::maps::Map::LruHashMap(d) => d,
+            _ => anyhow::bail!("CONNTRACK is not an LRU hash"),
+        };
+        Ok(data.info()?.max_entries())
     }
 
     fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
@@ -204,6 +270,21 @@ impl Datapath {
             PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
         sum_counters(&map)
     }
+}
+
+fn unpin(pin: Option<PathBuf>) -> Result<()> {
+    if let Some(pin) = pin {
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            pinned.unpin()?;
+        }
+    }
+    Ok(())
+}
+
+fn pin_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 /// A second handle on the pinned counters, so that `stats` reads them without waiting for the

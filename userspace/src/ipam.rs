@@ -192,23 +192,30 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Parses `-o` options. Known: `icc` (or Docker's `com.docker.network.bridge.enable_icc`).
-/// Returns whether inter-container communication is enabled.
-pub fn parse_options(options: &std::collections::BTreeMap<String, String>) -> Result<bool> {
-    let mut icc = true;
+/// A network's `-o` options, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkOptions {
+    pub icc: bool,
+    pub masquerade: bool,
+}
+
+/// Parses `-o` options. Known: `icc` and `masquerade` (or Docker's
+/// `com.docker.network.bridge.enable_icc` and `com.docker.network.bridge.enable_ip_masquerade`).
+pub fn parse_options(options: &std::collections::BTreeMap<String, String>) -> Result<NetworkOptions> {
+    let mut parsed = NetworkOptions { icc: true, masquerade: true };
     for (key, value) in options {
-        match key.as_str() {
-            "icc" | "com.docker.network.bridge.enable_icc" => {
-                icc = match value.as_str() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => bail!("invalid value {value:?} for option {key}: expected true or false"),
-                }
-            }
-            _ => bail!("unknown network option {key:?}: supported options are icc=true|false"),
-        }
+        let flag = match key.as_str() {
+            "icc" | "com.docker.network.bridge.enable_icc" => &mut parsed.icc,
+            "masquerade" | "com.docker.network.bridge.enable_ip_masquerade" => &mut parsed.masquerade,
+            _ => bail!("unknown network option {key:?}: supported options are icc=true|false and masquerade=true|false"),
+        };
+        *flag = match value.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => bail!("invalid value {value:?} for option {key}: expected true or false"),
+        };
     }
-    Ok(icc)
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -229,6 +236,7 @@ mod tests {
                 gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
                 internal: false,
                 icc: true,
+                masquerade: true,
                 options: BTreeMap::new(),
                 datapath_id: 1,
                 created: String::new(),
@@ -335,9 +343,12 @@ mod tests {
         assert!(validate_name("network", "a b").is_err());
         assert!(validate_name("network", "").is_err());
         let mut o = BTreeMap::new();
-        assert!(parse_options(&o).unwrap());
+        assert!(parse_options(&o).unwrap().icc);
         o.insert("icc".into(), "false".into());
-        assert!(!parse_options(&o).unwrap());
+        assert!(!parse_options(&o).unwrap().icc);
+        assert!(parse_options(&o).unwrap().masquerade);
+        o.insert("com.docker.network.bridge.enable_ip_masquerade".into(), "false".into());
+        assert_eq!(parse_options(&o).unwrap(), NetworkOptions { icc: false, masquerade: false });
         o.insert("icc".into(), "maybe".into());
         assert!(parse_options(&o).is_err());
         let mut o = BTreeMap::new();

@@ -8,6 +8,7 @@ pub mod api;
 pub mod bpffs;
 pub mod cli;
 pub mod client;
+pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
 pub mod ids;

@@ -221,6 +221,30 @@ impl Netlink {
 }
 
 impl Netlink {
+    /// Interfaces of the main table's IPv4 default routes: where traffic to the outside leaves.
+    pub async fn default_route_interfaces(&self) -> Result<Vec<u32>> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.table != libc::RT_TABLE_MAIN || msg.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for a in &msg.attributes {
+                if let RouteAttribute::Oif(index) = a {
+                    if !found.contains(index) {
+                        found.push(*index);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The IPv4 addresses of interface `index`, primary first.
+    pub async fn interface_ipv4(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.matching_addresses(index, None, None).await?.iter().filter_map(ipv4_of).collect())
+    }
+
     /// Destinations of the main routing table's IPv4 routes, except default routes and the /32
     /// routes bpfnet adds for its own endpoints (`ours`): what a new subnet must not overlap.
     pub async fn routed_prefixes(&self, ours: &[Ipv4Addr]) -> Result<Vec<ipnetwork::Ipv4Network>> {

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 const STATE_FILE: &str = "state.json";
 const FORMAT_VERSION: u32 = 1;
 
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Network {
     pub id: String,
@@ -23,6 +27,9 @@ pub struct Network {
     pub internal: bool,
     /// Containers of the network may talk to each other (`-o icc=false` turns it off).
     pub icc: bool,
+    /// Traffic to the outside leaves with the uplink's address (`-o masquerade=false` turns it off).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
     /// The options as the user gave them, shown by inspect.
     pub options: BTreeMap<String, String>,
     /// Small integer the datapath compares for isolation.
@@ -177,6 +184,7 @@ mod tests {
                 gateway: "10.1.0.1".parse().unwrap(),
                 internal: false,
                 icc: true,
+                masquerade: true,
                 options: BTreeMap::new(),
                 datapath_id: 1,
                 created: "2026-01-01T00:00:00Z".into(),

@@ -4,7 +4,10 @@
 //! written under ifindex 1. Needs root (CAP_BPF).
 use std::net::Ipv4Addr;
 
-use bpfnet::{datapath::Datapath, test_run::run_tc};
+use bpfnet::{
+    datapath::{Datapath, LoadOptions},
+    test_run::run_tc,
+};
 use datapath_common::{iface_flags, Counter, EndpointInfo, IfaceInfo, GATEWAY_MAC};
 
 const PASS: u32 = 0; // TC_ACT_OK: to the host stack
@@ -27,7 +30,8 @@ fn datapath(flags: u32) -> Datapath {
 }
 
 fn datapath_traced(flags: u32, trace: bool) -> Datapath {
-    let mut dp = Datapath::load_unpinned(trace).expect("loading the datapath (run as root)");
+    let options = LoadOptions { trace, ct_entries: 4096, ..Default::default() };
+    let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
     dp.set_iface(
         TEST_IFINDEX,
         IfaceInfo { network_id: 1, ipv4: SENDER_IP, gateway_ipv4: GATEWAY_IP, flags, mac: SENDER_MAC, _pad: [0; 2] },

@@ -38,6 +38,9 @@ fn iface_info(net: &Network, ep: &Endpoint) -> IfaceInfo {
     if net.internal {
         flags |= iface_flags::INTERNAL;
     }
+    if net.masquerade && !net.internal {
+        flags |= iface_flags::MASQUERADE;
+    }
     IfaceInfo {
         network_id: net.datapath_id,
         ipv4: ep.ipv4.octets(),
@@ -213,7 +216,7 @@ impl Daemon {
         }
         indexes.sort_unstable();
         indexes.dedup();
-        for index in indexes {
+        for &index in &indexes {
             match self.datapath.iface(index) {
                 Ok(Some(info)) if info.ipv4 == ep.ipv4.octets() => {
                     if let Err(e) = self.datapath.remove_iface(index) {
@@ -232,6 +235,13 @@ impl Daemon {
         }
         if let Err(e) = self.datapath.detach(&ep.host_interface) {
             errors.push(e);
+        }
+        // Its connections: a later endpoint with the same address must not inherit them.
+        for index in &indexes {
+            self.conntrack.forget_endpoint(*index, ep.ipv4);
+        }
+        if indexes.is_empty() {
+            self.conntrack.forget_endpoint(0, ep.ipv4);
         }
         // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
         if let Some(link) = link {

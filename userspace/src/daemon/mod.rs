@@ -10,6 +10,7 @@ mod endpoints;
 mod error;
 mod networks;
 mod reconcile;
+mod uplinks;
 pub mod views;
 
 use std::{
@@ -23,7 +24,9 @@ pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 
 use crate::{
-    datapath::Datapath,
+    api,
+    conntrack::Conntrack,
+    datapath::{Datapath, LoadOptions},
     plumbing::Netlink,
     state::{State, Store},
 };
@@ -43,8 +46,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
-    /// Log every packet's outcome (`--trace`).
-    pub trace: bool,
+    /// What is fixed when the datapath loads: `--trace`, the connection table's size and
+    /// lifetimes, the masquerade port range.
+    pub datapath: LoadOptions,
+    /// `--uplink`: interfaces traffic to the outside leaves by. Empty: the interface(s) of the
+    /// namespace's default route.
+    pub uplinks: Vec<String>,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.
@@ -80,6 +87,8 @@ pub struct Daemon {
     netlink: Netlink,
     gateway_ifindex: u32,
     published: Published,
+    conntrack: Conntrack,
+    uplinks: Vec<api::Uplink>,
 }
 
 /// The alias that marks the host-side veth of endpoint `id`.
@@ -105,6 +114,7 @@ impl Daemon {
         let store = Store::new(&config.state_dir)?;
         let netlink = Netlink::connect()?;
         let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
+        let found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
         let state = match store.load()? {
             Some(state) => state,
             None => {
@@ -115,17 +125,32 @@ impl Daemon {
                 state
             }
         };
-        let mut datapath = Datapath::load_pinned(&config.bpffs, config.trace)?;
-        if config.trace {
+        let mut datapath = Datapath::load_pinned(&config.bpffs, &config.datapath)?;
+        let ct_entries = datapath.ct_entries()?;
+        if ct_entries != config.datapath.ct_entries {
+            log::warn!(
+                "the pinned connection table holds {ct_entries} entries, not the {} asked for: a table keeps \
+                 its size while connections live in it (`bpfnet daemon --cleanup` starts afresh)",
+                config.datapath.ct_entries
+            );
+        }
+        let conntrack = Conntrack::open(&config.bpffs)?;
+        if config.datapath.trace {
             datapath.forward_trace()?;
             log::warn!("datapath trace on: one log line per packet (for debugging; it costs throughput)");
         }
         netlink.set_up(gateway_ifindex).await?;
         let published = Published::default();
         published.set(state.clone());
-        let mut daemon = Self { state, store, datapath, netlink, gateway_ifindex, published };
+        let uplinks = uplinks::attach(&mut datapath, &found_uplinks)?;
+        let mut daemon = Self { state, store, datapath, netlink, gateway_ifindex, published, conntrack, uplinks };
         daemon.reconcile().await?;
         Ok(daemon)
+    }
+
+    /// The interfaces masquerade leaves by.
+    pub fn uplinks(&self) -> Vec<api::Uplink> {
+        self.uplinks.clone()
     }
 
     /// The handle readers use to see the last committed state.

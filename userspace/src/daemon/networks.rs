@@ -21,14 +21,15 @@ impl Daemon {
         };
         let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
-        let icc = ipam::parse_options(&req.options).map_err(Error::invalid)?;
+        let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let net = Network {
             id: ids::random_id(),
             name: req.name,
             subnet,
             gateway,
             internal: req.internal,
-            icc,
+            icc: options.icc,
+            masquerade: options.masquerade,
             options: req.options,
             datapath_id: self.state.free_datapath_id(),
             created: ids::now_rfc3339(),

@@ -19,6 +19,7 @@ pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
             gateway: n.gateway.to_string(),
             internal: n.internal,
             icc: n.icc,
+            masquerade: n.masquerade && !n.internal,
             endpoints: state.endpoints_of(&n.id).count(),
         })
         .collect()

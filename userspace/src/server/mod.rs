@@ -24,6 +24,7 @@ pub use limits::Limits;
 use crate::{
     api, bpffs,
     daemon::{self, views, Config, Daemon, DaemonResult, Error, Published},
+    conntrack::{self, Conntrack},
     datapath::Counters,
     netns,
     plumbing::Netlink,
@@ -31,6 +32,8 @@ use crate::{
 
 /// How often the collector looks for endpoints whose namespace has gone.
 const COLLECT_EVERY: Duration = Duration::from_secs(2);
+/// How often expired connections are removed from the connection table.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 /// What every handler reaches: the daemon for changes (one at a time, run on the worker), and
 /// what reads need without waiting for a change in progress.
@@ -40,6 +43,8 @@ struct App {
     worker: Handle,
     published: Published,
     counters: Arc<Counters>,
+    conntrack: Arc<std::sync::Mutex<Conntrack>>,
+    uplinks: Arc<Vec<api::Uplink>>,
 }
 
 /// Starts the worker: a thread of its own running a single-threaded runtime, where every change
@@ -101,7 +106,25 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
             .collect(),
         networks: state.networks.len(),
         endpoints: state.endpoints.len(),
+        conntrack: with_conntrack(&app, |ct| ct.usage()).await?,
+        uplinks: app.uplinks.as_ref().clone(),
     }))
+}
+
+/// Runs `f` on the connection table off the async threads (a full table takes a while to walk).
+async fn with_conntrack<T: Send + 'static>(app: &App, f: impl FnOnce(&mut Conntrack) -> T + Send + 'static) -> Result<T, Error> {
+    let ct = app.conntrack.clone();
+    tokio::task::spawn_blocking(move || f(&mut ct.lock().unwrap_or_else(|e| e.into_inner())))
+        .await
+        .map_err(|e| Error::internal(anyhow::anyhow!("connection table task: {e}")))
+}
+async fn conntrack_list(State(app): State<App>) -> Reply<Vec<api::Connection>> {
+    with_conntrack(&app, |ct| ct.connections()).await.map(Json)
+}
+async fn conntrack_flush(State(app): State<App>) -> Reply<api::Flushed> {
+    let connections = with_conntrack(&app, |ct| ct.flush()).await?;
+    log::info!("connection table flushed: {connections} connections");
+    Ok(Json(api::Flushed { connections }))
 }
 async fn create(State(app): State<App>, Json(req): Json<api::CreateNetwork>) -> Reply<api::NetworkInspect> {
     to_completion(&app.worker, async move { app.daemon.lock_owned().await.create_network(req).await }).await
@@ -146,6 +169,7 @@ fn router(app: App) -> Router {
         .route("/networks/{name}/connect", post(connect))
         .route("/networks/{name}/disconnect", post(disconnect))
         .route("/stats", get(stats))
+        .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
         .fallback(no_such_route)
         .with_state(app)
 }
@@ -183,7 +207,9 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         worker.spawn(async move { Daemon::start(&config).await }).await??
     };
     let published = daemon.published();
+    let uplinks = Arc::new(daemon.uplinks());
     let counters = Arc::new(Counters::open(&config.bpffs)?);
+    let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
     let daemon = Arc::new(Mutex::new(daemon));
     let bound = socket::bind(&config.socket)?;
     log::info!(
@@ -211,6 +237,26 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         })
     };
 
+    // The datapath stamps deadlines; removing connections past theirs is the daemon's job.
+    let expirer = {
+        let ct = conntrack.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRE_EVERY);
+            loop {
+                tick.tick().await;
+                let ct = ct.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    ct.lock().unwrap_or_else(|e| e.into_inner()).expire(conntrack::now_ns())
+                })
+                .await
+                .unwrap_or(0);
+                if removed > 0 {
+                    log::debug!("connection table: {removed} expired entries removed");
+                }
+            }
+        })
+    };
+
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let shutdown = async move {
@@ -219,13 +265,14 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
             _ = int.recv() => {}
         }
     };
-    let app = App { daemon: daemon.clone(), worker, published, counters };
+    let app = App { daemon: daemon.clone(), worker, published, counters, conntrack, uplinks };
     limits::serve(bound.listener, router(app), &limits, shutdown).await;
     // Changes run to completion on their own tasks; taking the lock waits for the one in progress
     // (those queued behind it never start), and stops the collector between two batches. Idle
     // client connections are simply dropped with the process.
     let guard = daemon.lock().await;
     collector.abort();
+    expirer.abort();
     socket::remove_if_ours(&config.socket, bound.inode);
     drop(guard);
     log::info!("daemon stopped; the datapath stays attached and keeps forwarding");

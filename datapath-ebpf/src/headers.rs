@@ -1,4 +1,4 @@
-//! Header layouts and bounds-checked access to packet bytes (direct packet access).
+//! Header layouts, field offsets and bounds-checked access to packet bytes (direct packet access).
 use aya_ebpf::programs::TcContext;
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -41,6 +41,36 @@ pub struct Ipv4Hdr {
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
 }
+
+/// Where the IPv4 header starts (after an untagged Ethernet header) and its fields' offsets.
+pub const IP_OFF: usize = ETH_HDR_LEN;
+pub const IP_TTL_OFF: usize = 8;
+pub const IP_CSUM_OFF: usize = 10;
+pub const IP_SADDR_OFF: usize = 12;
+pub const IP_DADDR_OFF: usize = 16;
+/// `frag_off` bits (host order): more fragments follow; the fragment's offset.
+pub const IPV4_MF: u16 = 0x2000;
+pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// Offsets inside the L4 headers.
+pub const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+pub const ICMP_CSUM_OFF: usize = 2;
+pub const ICMP_ID_OFF: usize = 4;
+/// An ICMP error quotes the offending packet's IP header after its own 8 bytes.
+pub const ICMP_ERROR_QUOTE_OFF: usize = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// A pointer to a `T` at `offset` in the packet, or `None` if the packet is too short.
 #[inline(always)]

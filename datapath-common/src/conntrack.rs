@@ -1,0 +1,175 @@
+//! `CONNTRACK`: bpfnet's own connection tracking, which also holds every NAT translation, and
+//! `FRAGMENTS`, the ports of fragmented datagrams.
+//!
+//! A tracked connection is a pair of entries in one LRU hash, one per direction, each keyed by
+//! the tuple exactly as the datapath sees packets of that direction arrive (before translation):
+//! - the *original* entry, keyed by what the initiator sends, says how to rewrite its packets;
+//! - the *reply* entry, keyed by what comes back, says how to rewrite replies and where the
+//!   container that gets them lives.
+//! So every packet of a known connection costs one lookup, whichever side it arrives on, and a
+//! NAT source port is claimed by inserting the reply entry with `BPF_NOEXIST` (two containers
+//! can never be given the same reply tuple). Each entry names its peer, which lets the datapath
+//! share TCP state across directions and the daemon list, flush and expire whole pairs.
+use bytemuck::{Pod, Zeroable};
+
+use crate::IpKey;
+
+/// Default size of `CONNTRACK` in entries (two per connection), as Cilium's CT tables.
+pub const DEFAULT_CT_ENTRIES: u32 = 524_288;
+/// Size of `FRAGMENTS`: datagrams being fragmented at once.
+pub const FRAGMENT_ENTRIES: u32 = 8_192;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A direction of a connection as the datapath sees it arrive. Ports are in network order; for
+/// ICMP echo the identifier is the source "port" of requests and the destination "port" of
+/// replies (the other port is 0), so the reply tuple is the request tuple reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr: IpKey,
+    pub daddr: IpKey,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+impl CtKey {
+    /// The tuple of the other direction.
+    pub const fn reversed(&self) -> Self {
+        Self { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+    }
+}
+
+/// [`CtEntry::action`]: what to rewrite in packets matching the entry.
+pub mod ct_action {
+    /// Source address and port become `nat_addr`/`nat_port` (masquerade, reverse DNAT).
+    pub const REWRITE_SRC: u8 = 1 << 0;
+    /// Destination address and port become `nat_addr`/`nat_port` (reverse masquerade, DNAT).
+    pub const REWRITE_DST: u8 = 1 << 1;
+}
+
+/// [`CtEntry::state`] bits, shared by both entries of a connection.
+pub mod ct_state {
+    /// The entry is the reply direction of its connection.
+    pub const REPLY: u8 = 1 << 0;
+    /// A packet came back: the connection is established (TCP) or answered.
+    pub const SEEN_REPLY: u8 = 1 << 1;
+    /// A FIN or RST was seen: the connection is closing.
+    pub const CLOSING: u8 = 1 << 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
+pub struct CtEntry {
+    /// The address written into matching packets ([`ct_action`] says which side).
+    pub nat_addr: IpKey,
+    /// The entry of the other direction.
+    pub peer: CtKey,
+    /// CLOCK_MONOTONIC deadline in ns: the daemon removes a pair once both entries are past it.
+    pub expires_ns: u64,
+    /// Packets and bytes seen in this direction (updated without atomics: approximate under
+    /// concurrent use from several CPUs).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Host-side veth of the container that receives matching packets (0: routed out through
+    /// the FIB to an uplink).
+    pub ifindex: u32,
+    /// The port written into matching packets (network order).
+    pub nat_port: u16,
+    /// MAC of the receiving container (when `ifindex` is set).
+    pub mac: [u8; 6],
+    /// [`ct_action`].
+    pub action: u8,
+    /// [`ct_state`].
+    pub state: u8,
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 96);
+
+/// Lifetimes and the masquerade port range, fixed when the datapath is loaded
+/// (`global_names::CT_CONFIG`); `bpfnet daemon --ct-timeout-*` and `--nat-ports` set them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtConfig {
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+    pub icmp_ns: u64,
+    /// Source ports (and ICMP identifiers) masquerade picks from, inclusive, host order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub _pad: [u8; 4],
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+impl CtConfig {
+    /// Cilium's lifetimes: SYN 60 s, established 6 h, closing 10 s, UDP 60 s, ICMP 30 s. The
+    /// ports sit above Linux's default ephemeral range (32768-60999), so a masqueraded
+    /// connection never takes the tuple of one the host itself opens.
+    pub const DEFAULT: Self = Self {
+        tcp_syn_ns: 60 * SECOND,
+        tcp_established_ns: 6 * 3600 * SECOND,
+        tcp_closing_ns: 10 * SECOND,
+        udp_ns: 60 * SECOND,
+        icmp_ns: 30 * SECOND,
+        nat_port_min: 61_000,
+        nat_port_max: 65_535,
+        _pad: [0; 4],
+    };
+}
+
+impl Default for CtConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A datagram being fragmented: only its first fragment carries the ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: IpKey,
+    pub daddr: IpKey,
+    /// The IPv4 identification field (network order), widened.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversing_swaps_both_sides() {
+        let k = CtKey {
+            saddr: IpKey::from_ipv4_octets([10, 0, 0, 2]),
+            daddr: IpKey::from_ipv4_octets([192, 0, 2, 7]),
+            sport: 1234u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let r = k.reversed();
+        assert_eq!((r.saddr, r.daddr, r.sport, r.dport), (k.daddr, k.saddr, k.dport, k.sport));
+        assert_eq!(r.reversed(), k);
+    }
+}

@@ -1,0 +1,70 @@
+//! Rewriting addresses and ports in place with the kernel's checksum helpers.
+//!
+//! The helpers, not hand-written arithmetic, because they know the skb's checksum state: a
+//! container's TCP/UDP packet on a veth is usually CHECKSUM_PARTIAL (the L4 field holds only the
+//! pseudo-header sum, finished by the device that sends it), a packet from a NIC may carry
+//! CHECKSUM_COMPLETE; `bpf_l4_csum_replace` keeps each of them right.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use datapath_common::conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::headers::{ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF};
+
+/// Where a protocol's L4 checksum sits and the flags its updates need: UDP's 0 means "no
+/// checksum" and must stay 0 (BPF_F_MARK_MANGLED_0); ICMP's has no pseudo-header.
+#[inline(always)]
+fn l4_csum(proto: u8) -> Option<(usize, u64, bool)> {
+    match proto {
+        IPPROTO_TCP => Some((TCP_CSUM_OFF, 0, true)),
+        IPPROTO_UDP => Some((UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64, true)),
+        IPPROTO_ICMP => Some((ICMP_CSUM_OFF, 0, false)),
+        _ => None,
+    }
+}
+
+/// Replaces the IPv4 address at `addr_off` (source or destination) with `new` (wire order),
+/// updating the IP checksum and, unless the packet is a later fragment (`l4_off` is `None`), the
+/// L4 checksum whose pseudo-header covers it.
+#[inline(always)]
+pub fn set_ipv4_addr(ctx: &TcContext, addr_off: usize, new: u32, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
+    let old: u32 = ctx.load(addr_off)?;
+    if old == new {
+        return Ok(());
+    }
+    if let (Some(l4_off), Some((csum_off, flags, true))) = (l4_off, l4_csum(proto)) {
+        ctx.l4_csum_replace(l4_off + csum_off, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+    }
+    ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 4)?;
+    ctx.store(addr_off, &new, 0)
+}
+
+/// Replaces the 16-bit L4 field at `field_off` (a port, or an ICMP echo identifier) with `new`
+/// (wire order), updating the L4 checksum.
+#[inline(always)]
+pub fn set_l4_u16(ctx: &TcContext, field_off: usize, new: u16, proto: u8, l4_off: usize) -> Result<(), i64> {
+    let old: u16 = ctx.load(field_off)?;
+    if old == new {
+        return Ok(());
+    }
+    if let Some((csum_off, flags, _)) = l4_csum(proto) {
+        ctx.l4_csum_replace(l4_off + csum_off, old as u64, new as u64, flags | 2)?;
+    }
+    ctx.store(field_off, &new, 0)
+}
+
+/// Decrements the TTL of a packet the datapath routes, as a router does. `false` when it would
+/// reach zero: the caller hands the packet to the host stack, which answers "time exceeded".
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext) -> bool {
+    // The TTL shares its checksummed 16-bit word with the protocol.
+    let Ok(old) = ctx.load::<[u8; 2]>(IP_OFF + IP_TTL_OFF) else { return false };
+    if old[0] <= 1 {
+        return false;
+    }
+    let new = [old[0] - 1, old[1]];
+    let (old, new) = (u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+    ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 2).is_ok()
+        && ctx.store(IP_OFF + IP_TTL_OFF, &new, 0).is_ok()
+}

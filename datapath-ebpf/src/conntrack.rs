@@ -1,0 +1,247 @@
+//! Connection tracking: the tuple of a packet, the `CONNTRACK` and `FRAGMENTS` maps, state and
+//! lifetimes, and creating a connection's pair of entries (see `datapath_common::conntrack`).
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+    programs::TcContext,
+    Global,
+};
+use datapath_common::{
+    conntrack::{DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey,
+};
+
+use crate::headers::{
+    ptr_at, Ipv4Hdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF, TCP_ACK,
+    TCP_FIN, TCP_FLAGS_OFF, TCP_RST, TCP_SYN,
+};
+
+/// Both directions of every tracked connection. The daemon sizes it (`--ct-max`).
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(DEFAULT_CT_ENTRIES, 0);
+
+/// First fragment's ports, for the later fragments of the same datagram (which carry none).
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
+
+/// A new connection's two entries are built here, not on the 512-byte stack.
+pub struct NewConnection {
+    pub original: CtEntry,
+    pub reply: CtEntry,
+    pub reply_key: CtKey,
+}
+
+/// Per-CPU scratch space for [`NewConnection`] (internal: not pinned, not read by the daemon).
+#[map(name = "CT_SCRATCH")]
+static CT_SCRATCH: PerCpuArray<NewConnection> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch [`NewConnection`], zeroed.
+#[inline(always)]
+pub fn new_connection() -> Option<&'static mut NewConnection> {
+    let slot = CT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let slot = unsafe { &mut *slot };
+    slot.original = CtEntry::default();
+    slot.reply = CtEntry::default();
+    Some(slot)
+}
+
+/// Named by `datapath_common::global_names::CT_CONFIG`; set by the daemon at load.
+#[unsafe(no_mangle)]
+static CT_CONFIG: Global<CtConfig> = Global::new(CtConfig::DEFAULT);
+
+/// How many random masquerade ports are tried before giving up on a new connection.
+const NAT_PORT_TRIES: u32 = 16;
+const EEXIST: i32 = 17;
+
+/// What the datapath knows of an IPv4 packet's connection.
+pub struct Flow {
+    /// The tuple as the packet arrived.
+    pub key: CtKey,
+    /// Where the L4 header starts.
+    pub l4_off: usize,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// The ICMP type (0 for other protocols).
+    pub icmp_type: u8,
+    /// A fragment after the first: no L4 header, ports taken from `FRAGMENTS`.
+    pub later_fragment: bool,
+}
+
+impl Flow {
+    /// ICMP other than echo, which has no tuple of its own.
+    #[inline(always)]
+    pub fn is_icmp_non_echo(&self) -> bool {
+        self.key.proto == IPPROTO_ICMP && self.icmp_type != ICMP_ECHO_REQUEST && self.icmp_type != ICMP_ECHO_REPLY
+    }
+
+    /// An ICMP error, matched by the packet it quotes.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.key.proto == IPPROTO_ICMP
+            && matches!(self.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+    }
+}
+
+/// Reads the tuple of the IPv4 packet in `ctx`. `None` for a header the datapath cannot track:
+/// a malformed one, or a later fragment of a datagram whose first fragment it did not see.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<Flow> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, IP_OFF)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (version_ihl, frag_off, id, proto, saddr, daddr) =
+        unsafe { ((*ip).version_ihl, u16::from_be((*ip).frag_off), (*ip).id, (*ip).protocol, (*ip).saddr, (*ip).daddr) };
+    let ihl = (version_ihl & 0x0f) as usize;
+    if version_ihl >> 4 != 4 || ihl < 5 {
+        return None;
+    }
+    let mut flow = Flow {
+        key: CtKey {
+            saddr: IpKey::from_ipv4_octets(saddr),
+            daddr: IpKey::from_ipv4_octets(daddr),
+            sport: 0,
+            dport: 0,
+            proto,
+            _pad: [0; 3],
+        },
+        l4_off: IP_OFF + ihl * 4,
+        tcp_flags: 0,
+        icmp_type: 0,
+        later_fragment: false,
+    };
+    let fragment = FragKey { saddr: flow.key.saddr, daddr: flow.key.daddr, id: id as u32, proto, _pad: [0; 3] };
+    if frag_off & IPV4_OFFSET_MASK != 0 {
+        // SAFETY: read-only lookup of a plain-old-data value.
+        let ports = unsafe { FRAGMENTS.get(&fragment) }?;
+        flow.key.sport = ports.sport;
+        flow.key.dport = ports.dport;
+        flow.later_fragment = true;
+        return Some(flow);
+    }
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(flow.l4_off).ok()?;
+            flow.key.sport = ports[0];
+            flow.key.dport = ports[1];
+            if proto == IPPROTO_TCP {
+                flow.tcp_flags = ctx.load(flow.l4_off + TCP_FLAGS_OFF).ok()?;
+            }
+        }
+        IPPROTO_ICMP => {
+            flow.icmp_type = ctx.load(flow.l4_off).ok()?;
+            if flow.icmp_type == ICMP_ECHO_REQUEST {
+                flow.key.sport = ctx.load(flow.l4_off + ICMP_ID_OFF).ok()?;
+            } else if flow.icmp_type == ICMP_ECHO_REPLY {
+                flow.key.dport = ctx.load(flow.l4_off + ICMP_ID_OFF).ok()?;
+            }
+        }
+        _ => {}
+    }
+    if frag_off & IPV4_MF != 0 {
+        let ports = FragPorts { sport: flow.key.sport, dport: flow.key.dport };
+        // A full table only costs the later fragments of this datagram their translation.
+        let _ = FRAGMENTS.insert(&fragment, &ports, 0);
+    }
+    Some(flow)
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn lifetime(config: &CtConfig, proto: u8, state: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP if state & ct_state::CLOSING != 0 => config.tcp_closing_ns,
+        IPPROTO_TCP if state & ct_state::SEEN_REPLY != 0 => config.tcp_established_ns,
+        IPPROTO_TCP => config.tcp_syn_ns,
+        IPPROTO_UDP => config.udp_ns,
+        _ => config.icmp_ns,
+    }
+}
+
+/// Accounts a packet that matched `entry`: counters, state, lifetime, and the peer's state and
+/// lifetime when the connection's state changed (first reply, FIN/RST, a reused tuple).
+#[inline(always)]
+pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
+    let config = CT_CONFIG.load();
+    let now = now_ns();
+    // SAFETY: `entry` points at a map value; concurrent updates only blur the statistics.
+    let e = unsafe { &mut *entry };
+    let old = e.state;
+    let mut state = old;
+    if flow.key.proto == IPPROTO_TCP {
+        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            state |= ct_state::CLOSING;
+        } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && state & ct_state::CLOSING != 0 {
+            // A new connection on the tuple of one that is closing starts afresh.
+            state &= ct_state::REPLY;
+        }
+    }
+    if state & ct_state::REPLY != 0 {
+        state |= ct_state::SEEN_REPLY;
+    }
+    e.state = state;
+    e.expires_ns = now + lifetime(&config, flow.key.proto, state);
+    e.packets += 1;
+    e.bytes += len as u64;
+    if (old ^ state) & (ct_state::SEEN_REPLY | ct_state::CLOSING) != 0 {
+        let peer_key = e.peer;
+        if let Some(peer) = CONNTRACK.get_ptr_mut(&peer_key) {
+            // SAFETY: as above.
+            let peer = unsafe { &mut *peer };
+            peer.state = (peer.state & ct_state::REPLY) | (state & !ct_state::REPLY);
+            peer.expires_ns = now + lifetime(&config, flow.key.proto, peer.state);
+        }
+    }
+}
+
+/// Tracks a new connection whose first packet is `flow`: `new.original` rewrites the
+/// initiator's packets, `new.reply` (keyed by `new.reply_key`) the answers. With
+/// `allocate_port`, the reply tuple's destination port is drawn from the masquerade range until
+/// one is free, and the original entry writes it as the new source port.
+#[inline(always)]
+pub fn track(flow: &Flow, new: &mut NewConnection, allocate_port: bool, len: u32) -> Result<(), Counter> {
+    let config = CT_CONFIG.load();
+    let expires = now_ns() + lifetime(&config, flow.key.proto, 0);
+    new.reply.peer = flow.key;
+    new.reply.state = ct_state::REPLY;
+    new.reply.expires_ns = expires;
+    if allocate_port {
+        let span = (config.nat_port_max as u32).saturating_sub(config.nat_port_min as u32) + 1;
+        let mut claimed = false;
+        for _ in 0..NAT_PORT_TRIES {
+            // SAFETY: helper without arguments.
+            let port = (config.nat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16;
+            new.reply_key.dport = port.to_be();
+            match CONNTRACK.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {
+                Ok(()) => {
+                    claimed = true;
+                    break;
+                }
+                Err(e) if e as i32 == -EEXIST => continue,
+                Err(_) => return Err(Counter::DropCtInsertFailed),
+            }
+        }
+        if !claimed {
+            return Err(Counter::DropNatNoPort);
+        }
+        new.original.nat_port = new.reply_key.dport;
+    } else if CONNTRACK.insert(&new.reply_key, &new.reply, 0).is_err() {
+        return Err(Counter::DropCtInsertFailed);
+    }
+    new.original.peer = new.reply_key;
+    new.original.state = 0;
+    new.original.expires_ns = expires;
+    new.original.packets = 1;
+    new.original.bytes = len as u64;
+    if CONNTRACK.insert(&flow.key, &new.original, 0).is_err() {
+        let _ = CONNTRACK.remove(&new.reply_key);
+        return Err(Counter::DropCtInsertFailed);
+    }
+    Ok(())
+}

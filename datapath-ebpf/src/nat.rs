@@ -1,0 +1,212 @@
+//! NAT on bpfnet's own connection tracking: masquerade of containers' connections to the
+//! outside, translation of their replies, and of ICMP errors about them.
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext};
+use datapath_common::{
+    conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    ct_action, Counter, CtEntry, CtKey, IfaceInfo, IpKey,
+};
+
+use crate::{
+    checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
+    conntrack::{self, observe, Flow, CONNTRACK},
+    counters::{count, drop_packet, to_host},
+    headers::{ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    maps::UPLINKS,
+    route,
+};
+
+/// Writes `entry`'s translation into the packet of `flow`.
+#[inline(always)]
+fn apply(ctx: &TcContext, flow: &Flow, entry: &CtEntry) -> Result<(), i64> {
+    let proto = flow.key.proto;
+    let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off) };
+    let src = entry.action & ct_action::REWRITE_SRC != 0;
+    let addr_off = IP_OFF + if src { IP_SADDR_OFF } else { IP_DADDR_OFF };
+    set_ipv4_addr(ctx, addr_off, entry.nat_addr.ipv4_word(), proto, l4_off)?;
+    if let Some(l4_off) = l4_off {
+        let port_off = match proto {
+            IPPROTO_TCP | IPPROTO_UDP => Some(l4_off + if src { 0 } else { 2 }),
+            // Echo requests carry the identifier as their source "port", replies as their
+            // destination: either way it is the same field.
+            IPPROTO_ICMP => Some(l4_off + ICMP_ID_OFF),
+            _ => None,
+        };
+        if let Some(port_off) = port_off {
+            set_l4_u16(ctx, port_off, entry.nat_port, proto, l4_off)?;
+        }
+    }
+    Ok(())
+}
+
+/// A packet of a container whose destination is neither on its network nor the host: part of
+/// a tracked connection, or the start of one to masquerade (`masquerade`), or the host's.
+#[inline(always)]
+pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquerade: bool) -> i32 {
+    let Some(flow) = conntrack::parse(ctx) else { return to_host(ctx) };
+    if flow.is_icmp_non_echo() {
+        return to_host(ctx);
+    }
+    let len = ctx.len();
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+        // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
+        let translation = unsafe { *entry };
+        if translation.ifindex != 0 {
+            // Not a connection that leaves by an uplink (a later issue's hairpin).
+            return to_host(ctx);
+        }
+        let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
+        if !decrement_ttl(ctx) {
+            return to_host(ctx);
+        }
+        observe(entry, &flow, len);
+        return send_out(ctx, &flow, &translation, &route);
+    }
+    // Only echo requests start an ICMP connection; a later fragment belongs to its first.
+    if !masquerade || flow.later_fragment || flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST {
+        return to_host(ctx);
+    }
+    // Masquerade only what the kernel would route out of an uplink; the rest is the host's.
+    let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let Some(uplink) = (unsafe { UPLINKS.get(&route.ifindex) }) else { return to_host(ctx) };
+    if !decrement_ttl(ctx) {
+        return to_host(ctx);
+    }
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    new.original.action = ct_action::REWRITE_SRC;
+    new.original.nat_addr = uplink.addr;
+    new.reply.action = ct_action::REWRITE_DST;
+    new.reply.nat_addr = flow.key.saddr;
+    new.reply.nat_port = flow.key.sport;
+    new.reply.ifindex = ifindex;
+    new.reply.mac = iface.mac;
+    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
+    if let Err(reason) = conntrack::track(&flow, new, true, len) {
+        return drop_packet(ctx, reason);
+    }
+    send_out(ctx, &flow, &new.original, &route)
+}
+
+#[inline(always)]
+fn send_out(ctx: &TcContext, flow: &Flow, translation: &CtEntry, route: &route::Route) -> i32 {
+    if apply(ctx, flow, translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    if route::send(ctx, route) {
+        count(ctx, Counter::NatOut);
+        TC_ACT_REDIRECT as i32
+    } else {
+        drop_packet(ctx, Counter::DropRedirectFailed)
+    }
+}
+
+/// A packet arriving on an uplink: a reply of a tracked connection is translated and delivered
+/// straight into its container; an ICMP error about one likewise; the rest is the host's.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext) -> i32 {
+    let Some(flow) = conntrack::parse(ctx) else { return count_uplink_to_host(ctx) };
+    if flow.is_icmp_error() {
+        return icmp_error_from_uplink(ctx, &flow);
+    }
+    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else { return count_uplink_to_host(ctx) };
+    // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
+    let translation = unsafe { *entry };
+    if translation.ifindex == 0 || !decrement_ttl(ctx) {
+        return count_uplink_to_host(ctx);
+    }
+    observe(entry, &flow, ctx.len());
+    if apply(ctx, &flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, Counter::NatIn)
+}
+
+#[inline(always)]
+fn count_uplink_to_host(ctx: &TcContext) -> i32 {
+    count(ctx, Counter::UplinkToHost);
+    aya_ebpf::bindings::TC_ACT_OK as i32
+}
+
+/// Into the container of `translation`, as its gateway would send it.
+#[inline(always)]
+fn deliver(ctx: &TcContext, translation: &CtEntry, counter: Counter) -> i32 {
+    if route::set_macs_for_container(ctx, &translation.mac).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    // SAFETY: helper call with plain integer arguments.
+    let verdict = unsafe { bpf_redirect_peer(translation.ifindex, 0) };
+    if verdict == TC_ACT_REDIRECT as i64 {
+        count(ctx, counter);
+        verdict as i32
+    } else {
+        drop_packet(ctx, Counter::DropRedirectFailed)
+    }
+}
+
+/// An ICMP error (unreachable, fragmentation needed, time exceeded) quotes the packet that
+/// caused it: a masqueraded packet, with the uplink's address and port as its source. The reply
+/// entry of that connection says whose it is; the error's destination and the quoted source
+/// are translated back, so the container's stack sees an error about its own packet (path-MTU
+/// discovery, "connection refused").
+#[inline(always)]
+fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
+    match translate_icmp_error(ctx, flow) {
+        Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
+        None => count_uplink_to_host(ctx),
+    }
+}
+
+#[inline(always)]
+fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<CtEntry> {
+    if flow.later_fragment {
+        return None;
+    }
+    let quote = flow.l4_off + ICMP_ERROR_QUOTE_OFF;
+    let version_ihl: u8 = ctx.load(quote).ok()?;
+    let ihl = (version_ihl & 0x0f) as usize;
+    if version_ihl >> 4 != 4 || ihl < 5 {
+        return None;
+    }
+    let proto: u8 = ctx.load(quote + 9).ok()?;
+    let quoted_src: u32 = ctx.load(quote + IP_SADDR_OFF).ok()?;
+    let quoted_dst: u32 = ctx.load(quote + IP_DADDR_OFF).ok()?;
+    let quoted_l4 = quote + ihl * 4;
+    // The quoted packet left the host; a reply to it would be its tuple reversed.
+    let (port_off, reply_sport, reply_dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(quoted_l4).ok()?;
+            (quoted_l4, ports[1], ports[0])
+        }
+        IPPROTO_ICMP => (quoted_l4 + ICMP_ID_OFF, 0, ctx.load(quoted_l4 + ICMP_ID_OFF).ok()?),
+        _ => return None,
+    };
+    let key = CtKey {
+        saddr: IpKey::from_ipv4_word(quoted_dst),
+        daddr: IpKey::from_ipv4_word(quoted_src),
+        sport: reply_sport,
+        dport: reply_dport,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only lookup of a plain-old-data value, copied out.
+    let translation = unsafe { *CONNTRACK.get(&key)? };
+    if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
+        return None;
+    }
+    let container = translation.nat_addr.ipv4_word();
+    // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).
+    set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, container, IPPROTO_ICMP, None).ok()?;
+    // The quoted source and its header checksum, both covered by the ICMP checksum.
+    let icmp_csum = flow.l4_off + ICMP_CSUM_OFF;
+    let old_quote_csum: u16 = ctx.load(quote + IP_CSUM_OFF).ok()?;
+    ctx.l3_csum_replace(quote + IP_CSUM_OFF, quoted_src as u64, container as u64, 4).ok()?;
+    let new_quote_csum: u16 = ctx.load(quote + IP_CSUM_OFF).ok()?;
+    ctx.store(quote + IP_SADDR_OFF, &container, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, quoted_src as u64, container as u64, 4).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_quote_csum as u64, new_quote_csum as u64, 2).ok()?;
+    // The quoted source port (or echo identifier).
+    let old_port: u16 = ctx.load(port_off).ok()?;
+    ctx.store(port_off, &translation.nat_port, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_port as u64, translation.nat_port as u64, 2).ok()?;
+    Some(translation)
+}

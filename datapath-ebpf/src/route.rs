@@ -1,0 +1,79 @@
+//! Routed delivery: the kernel's FIB tells where a translated packet leaves and to which
+//! neighbour, and the packet is redirected there without a pass through the host stack.
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+
+use crate::conntrack::Flow;
+
+const AF_INET: u8 = 2;
+
+/// Where the FIB sends a packet, when it leaves by an interface.
+pub struct Route {
+    pub ifindex: u32,
+    /// The neighbour is resolved: `smac`/`dmac` are the MACs to write.
+    resolved: bool,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// Looks up the route of `flow`'s destination as the kernel would forward it, entering by the
+/// interface the packet arrived on. `None` when the kernel would not forward it (a local
+/// address, no route, forwarding off): the host stack then decides.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = flow.key.proto;
+    params.sport = flow.key.sport;
+    params.dport = flow.key.dport;
+    // tot_len stays 0: no MTU check here, as a GSO super-packet is longer than any MTU; the
+    // device segments it.
+    // SAFETY: `skb` points at the program's context for the whole run.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = flow.key.saddr.ipv4_word();
+    params.__bindgen_anon_4.ipv4_dst = flow.key.daddr.ipv4_word();
+    // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size given.
+    let rc = unsafe {
+        fib_lookup(ctx.skb.skb as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    Some(Route { ifindex: params.ifindex, resolved, smac: params.smac, dmac: params.dmac })
+}
+
+/// Sends the packet out along `route`: with the neighbour's MAC when the FIB knew it, otherwise
+/// through the kernel's neighbour resolution. `true` when the redirect was accepted.
+#[inline(always)]
+pub fn send(ctx: &TcContext, route: &Route) -> bool {
+    let verdict = if route.resolved {
+        let (Ok(()), Ok(())) = (store_mac(ctx, 0, &route.dmac), store_mac(ctx, 6, &route.smac)) else {
+            return false;
+        };
+        // SAFETY: helper call with plain integer arguments.
+        unsafe { bpf_redirect(route.ifindex, 0) }
+    } else {
+        // SAFETY: no parameters: the kernel finds the next hop from the packet's destination.
+        unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) }
+    };
+    verdict == TC_ACT_REDIRECT as i64
+}
+
+#[inline(always)]
+fn store_mac(ctx: &TcContext, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
+    ctx.store(offset, mac, 0)
+}
+
+/// Rewrites the Ethernet header of a packet delivered into a container: from the gateway to
+/// the container's MAC.
+#[inline(always)]
+pub fn set_macs_for_container(ctx: &TcContext, container_mac: &[u8; 6]) -> Result<(), i64> {
+    store_mac(ctx, 0, container_mac)?;
+    store_mac(ctx, 6, &datapath_common::GATEWAY_MAC)
+}
+

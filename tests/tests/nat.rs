@@ -1,0 +1,224 @@
+//! End-to-end NAT: the daemon in a sandbox whose host namespace has an uplink to a private
+//! "outside" (a router namespace and a server behind it) that has no route to any container
+//! subnet, so only traffic bpfnet masquerades can be answered. Needs root.
+use std::time::Duration;
+
+use bpfnet_lab::{
+    checks::{addr, counter, json},
+    sandbox::{Outside, FAR_IP, UPLINK_IP},
+    traffic::{
+        payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, tcp_whoami, tcp_whoami_server,
+        udp_echo_server, udp_exchange, udp_whoami, udp_whoami_server,
+    },
+    Sandbox,
+};
+
+const T: Duration = Duration::from_secs(3);
+/// How long to wait for traffic that must NOT arrive.
+const BLOCKED: Duration = Duration::from_millis(800);
+
+/// A sandbox with the outside world, servers on `far`, and the daemon started.
+fn with_outside(tag: &str, daemon_args: &[&str]) -> (Sandbox, Outside) {
+    let mut sb = Sandbox::new(tag).unwrap();
+    let outside = sb.add_outside().unwrap();
+    tcp_whoami_server(&outside.far, addr(FAR_IP, 8000)).unwrap();
+    udp_whoami_server(&outside.far, addr(FAR_IP, 8001)).unwrap();
+    tcp_echo_server(&outside.far, addr(FAR_IP, 7000)).unwrap();
+    udp_echo_server(&outside.far, addr(FAR_IP, 7001)).unwrap();
+    sb.start_daemon_with(&bpfnet_lab::sandbox::DaemonOptions { args: daemon_args, ..Default::default() }).unwrap();
+    (sb, outside)
+}
+
+#[test]
+fn containers_reach_the_outside_with_the_uplink_address() {
+    let (mut sb, outside) = with_outside("masq", &[]);
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    assert!(log.contains("uplink up0 (192.0.2.1)"), "the default route's interface is the uplink, said at start:\n{log}");
+    let con1 = sb.add_netns("con1").unwrap();
+    let con2 = sb.add_netns("con2").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.210.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con1]).unwrap(); // 10.210.0.2
+    sb.bpfnet_ok(&["network", "connect", "web", &con2]).unwrap(); // 10.210.0.3
+
+    // TCP and UDP: the server sees the uplink's address, with a port from the masquerade range.
+    let seen = tcp_whoami(&con1, addr(FAR_IP, 8000), T).unwrap();
+    assert_eq!(seen.ip().to_string(), UPLINK_IP);
+    assert!((61000..=65535).contains(&seen.port()), "{seen}");
+    let seen = udp_whoami(&con1, 0, addr(FAR_IP, 8001), T).unwrap();
+    assert_eq!(seen.ip().to_string(), UPLINK_IP);
+    // Real payloads both ways.
+    let data = payload(1, 20_000);
+    assert_eq!(tcp_exchange(&con1, addr(FAR_IP, 7000), &data, T).unwrap(), data);
+    let data = payload(2, 1000);
+    assert_eq!(udp_exchange(&con2, addr(FAR_IP, 7001), &data, T).unwrap(), data);
+    // Ping: the outside has no route to 10.210.0.0/24, so a reply proves the source was translated.
+    assert!(sb.ping(&con1, FAR_IP).unwrap(), "ping through masquerade");
+    assert!(sb.ping(&con2, "192.0.2.2").unwrap(), "ping the router right behind the uplink");
+
+    // Two containers sending from the same port to the same server never share a reply tuple.
+    let a = udp_whoami(&con1, 40000, addr(FAR_IP, 8001), T).unwrap();
+    let b = udp_whoami(&con2, 40000, addr(FAR_IP, 8001), T).unwrap();
+    assert_ne!(a, b, "both answered, from distinct translated ports");
+
+    // conntrack ls shows the connections with their translation, and stats the table's use.
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    let conns = conns.as_array().unwrap();
+    let tcp = conns
+        .iter()
+        .find(|c| c["protocol"] == "tcp" && c["original"]["dst"] == format!("{FAR_IP}:8000"))
+        .expect("the TCP connection is tracked");
+    assert!(tcp["original"]["src"].as_str().unwrap().starts_with("10.210.0.2:"), "{tcp}");
+    let reply_dst = tcp["reply"]["dst"].as_str().unwrap();
+    assert!(reply_dst.starts_with(&format!("{UPLINK_IP}:")), "replies come to the uplink address: {tcp}");
+    assert_eq!(tcp["nat"], "masquerade");
+    assert!(["CLOSING", "ESTABLISHED"].contains(&tcp["state"].as_str().unwrap()), "{tcp}");
+    assert!(tcp["original_packets"].as_u64().unwrap() >= 3 && tcp["reply_packets"].as_u64().unwrap() >= 2, "{tcp}");
+    assert!(conns.iter().any(|c| c["protocol"] == "icmp" && c["original"]["src"] == "10.210.0.2"), "ping tracked");
+    let table = sb.bpfnet_ok(&["conntrack", "ls"]).unwrap();
+    assert!(table.contains("masquerade") && table.contains(&format!("{FAR_IP}:8000")), "{table}");
+    let stats = json(&sb.bpfnet_ok(&["stats", "--json"]).unwrap());
+    assert!(stats["conntrack"]["entries"].as_u64().unwrap() >= 2 * conns.len() as u64 - 2, "{stats}");
+    assert_eq!(stats["uplinks"][0]["interface"], "up0");
+    assert!(counter(&sb, "nat_out") > 0 && counter(&sb, "nat_in") > 0);
+
+    // Flush forgets them all.
+    let flushed = sb.bpfnet_ok(&["conntrack", "flush"]).unwrap();
+    assert!(flushed.contains("connections flushed"), "{flushed}");
+    let after = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert_eq!(after.as_array().unwrap().len(), 0, "{after}");
+
+    // Disconnecting an endpoint forgets its connections.
+    udp_whoami(&con2, 0, addr(FAR_IP, 8001), T).unwrap();
+    sb.bpfnet_ok(&["network", "disconnect", "web", &con2]).unwrap();
+    let left = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert!(
+        !left.as_array().unwrap().iter().any(|c| c["original"]["src"].as_str().unwrap().starts_with("10.210.0.3")),
+        "{left}"
+    );
+    drop(outside);
+    sb.cleanup();
+}
+
+#[test]
+fn internal_and_unmasqueraded_networks_do_not_reach_the_outside() {
+    let (mut sb, _outside) = with_outside("nomasq", &[]);
+    let plain = sb.add_netns("plain").unwrap();
+    let internal = sb.add_netns("internal").unwrap();
+    sb.bpfnet_ok(&["network", "create", "plain", "--subnet", "10.211.0.0/24", "-o", "masquerade=false"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "sealed", "--subnet", "10.212.0.0/24", "--internal"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "plain", &plain]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "sealed", &internal]).unwrap();
+    let inspect = json(&sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap());
+    let plain_net = inspect.as_array().unwrap().iter().find(|n| n["name"] == "plain").unwrap();
+    assert_eq!(plain_net["masquerade"], false);
+
+    // masquerade=false: the packet leaves untranslated and the outside cannot answer it.
+    assert!(tcp_connect(&plain, addr(FAR_IP, 8000), BLOCKED).is_err(), "no masquerade, no answer");
+    assert_eq!(counter(&sb, "nat_out"), 0);
+    // --internal: the container gets no default route; one that adds its own is dropped at its
+    // veth.
+    let routes = sb.exec(&internal, &["ip", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.trim().is_empty(), "{routes}");
+    sb.exec(&internal, &["ip", "route", "add", "default", "via", "10.212.0.1"]).unwrap();
+    let before = counter(&sb, "drop_internal");
+    assert!(tcp_connect(&internal, addr(FAR_IP, 8000), BLOCKED).is_err());
+    assert!(!sb.ping(&internal, FAR_IP).unwrap());
+    assert!(counter(&sb, "drop_internal") > before);
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert_eq!(conns.as_array().unwrap().len(), 0, "nothing tracked: {conns}");
+}
+
+#[test]
+fn path_mtu_discovery_and_fragmented_datagrams_work_through_masquerade() {
+    let (sb, outside) = with_outside("pmtu", &[]);
+    let mut sb = sb;
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.213.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con]).unwrap();
+
+    // Full-size TCP segments with DF meet the 1280-byte hop: the router's "fragmentation
+    // needed" must reach the container's stack, or this transfer stalls.
+    let data = payload(3, 200_000);
+    assert_eq!(tcp_exchange(&con, addr(FAR_IP, 7000), &data, Duration::from_secs(10)).unwrap(), data);
+    assert!(counter(&sb, "nat_icmp_error") > 0, "the ICMP error was translated");
+    let route = sb.exec(&con, &["ip", "route", "get", FAR_IP]).unwrap().stdout;
+    assert!(route.contains("mtu 1280"), "the container learnt the path MTU: {route}");
+
+    // A 4000-byte datagram leaves as fragments and comes back as fragments.
+    let data = payload(4, 4000);
+    assert_eq!(udp_exchange(&con, addr(FAR_IP, 7001), &data, T).unwrap(), data);
+
+    // Time exceeded from the router reaches the container (traceroute through NAT).
+    let out = sb.exec(&con, &["ping", "-c", "1", "-W", "1", "-t", "1", FAR_IP]).unwrap();
+    assert!(out.stdout.contains("Time to live exceeded") || out.stdout.contains("Time exceeded"), "{}", out.stdout);
+    drop(outside);
+}
+
+#[test]
+fn masqueraded_connections_survive_daemon_restarts_and_crashes() {
+    let (mut sb, _outside) = with_outside("ctrestart", &[]);
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.214.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con]).unwrap();
+    let mut stream = tcp_connect(&con, addr(FAR_IP, 7000), T).unwrap();
+    let data = payload(5, 5000);
+    assert_eq!(tcp_round_trip(&mut stream, &data).unwrap(), data);
+
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    assert_eq!(tcp_round_trip(&mut stream, &data).unwrap(), data, "while the daemon is stopped");
+    sb.start_daemon().unwrap();
+    assert_eq!(tcp_round_trip(&mut stream, &data).unwrap(), data, "after a restart");
+    sb.stop_daemon(libc::SIGKILL).unwrap();
+    sb.start_daemon().unwrap();
+    assert_eq!(tcp_round_trip(&mut stream, &data).unwrap(), data, "after a crash and a restart");
+    // The connection is still the one tracked before the restarts.
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    let c = conns.as_array().unwrap().iter().find(|c| c["original"]["dst"] == format!("{FAR_IP}:7000")).unwrap();
+    assert!(c["original_packets"].as_u64().unwrap() >= 8, "{c}");
+}
+
+#[test]
+fn expired_connections_are_removed_and_the_uplink_can_be_named() {
+    // --uplink names the interface; a short UDP lifetime lets the daemon expire a flow.
+    let (sb, _outside) = with_outside("expire", &["--uplink", "up0", "--ct-timeout-udp", "2s", "--ct-max", "4096"]);
+    let mut sb = sb;
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.215.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con]).unwrap();
+    udp_whoami(&con, 0, addr(FAR_IP, 8001), T).unwrap();
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    let udp = conns.as_array().unwrap().iter().find(|c| c["protocol"] == "udp").expect("tracked").clone();
+    assert!(udp["expires_in_s"].as_u64().unwrap() <= 2, "{udp}");
+    assert_eq!(udp["state"], "REPLIED");
+    let stats = json(&sb.bpfnet_ok(&["stats", "--json"]).unwrap());
+    assert_eq!(stats["conntrack"]["max_entries"], 4096);
+    // The expirer runs every 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+        if conns.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the flow was never expired: {conns}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A misnamed uplink stops the start with a clear error.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    let out = sb
+        .run_daemon_to_exit(
+            &[
+                "--uplink".as_ref(),
+                "nosuch0".as_ref(),
+                "--state-dir".as_ref(),
+                sb.state_dir().as_os_str(),
+                "--bpffs".as_ref(),
+                sb.bpffs().as_os_str(),
+                "--socket".as_ref(),
+                sb.socket().as_os_str(),
+            ],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--uplink nosuch0: there is no interface nosuch0"), "{}", out.stderr);
+}

@@ -1,0 +1,75 @@
+//! Uplinks: the interfaces traffic to the outside leaves by. The daemon turns on forwarding in
+//! its namespace (the FIB lookups of the datapath need it), attaches the uplink program to each
+//! uplink and tells the datapath the address masquerade gives traffic leaving by it.
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{api, datapath::Datapath, plumbing::{self, Netlink}};
+
+/// An uplink found, not yet attached.
+pub(super) struct Found {
+    name: String,
+    index: u32,
+    addr: Ipv4Addr,
+}
+
+/// Finds the uplinks: `names`, or the interfaces of the default route. Touches nothing, so a
+/// wrong `--uplink` stops the start before anything changes.
+pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Found>> {
+    let mut chosen: Vec<(String, u32)> = Vec::new();
+    if names.is_empty() {
+        let links = netlink.links().await?;
+        for index in netlink.default_route_interfaces().await? {
+            if let Some(link) = links.iter().find(|l| l.index == index) {
+                chosen.push((link.name.clone(), index));
+            }
+        }
+    } else {
+        for name in names {
+            let index = netlink
+                .link_index(name)
+                .await?
+                .with_context(|| format!("--uplink {name}: there is no interface {name} in the daemon's namespace"))?;
+            chosen.push((name.clone(), index));
+        }
+    }
+    let mut found = Vec::new();
+    for (name, index) in chosen {
+        let Some(addr) = netlink.interface_ipv4(index).await?.first().copied() else {
+            if names.is_empty() {
+                log::warn!("uplink {name} has no IPv4 address: masquerade cannot use it");
+                continue;
+            }
+            bail!("--uplink {name}: the interface has no IPv4 address for masquerade to use");
+        };
+        found.push(Found { name, index, addr });
+    }
+    Ok(found)
+}
+
+/// Attaches the datapath to the uplinks `found` and forgets those of an earlier run that are no
+/// longer wanted.
+pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api::Uplink>> {
+    let mut uplinks = Vec::new();
+    for f in found {
+        datapath.attach_uplink(&f.name)?;
+        uplinks.push(api::Uplink { interface: f.name.clone(), address: f.addr.to_string() });
+    }
+    datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr)).collect::<Vec<_>>())?;
+    for pinned in datapath.pinned_uplinks() {
+        if !found.iter().any(|f| f.name == pinned) {
+            datapath.detach_uplink(&pinned)?;
+        }
+    }
+    if uplinks.is_empty() {
+        log::warn!("no uplink (no default route here and no --uplink): containers cannot reach the outside");
+    } else {
+        // The datapath routes through the FIB, which answers only where forwarding is on.
+        plumbing::write_sysctl("net/ipv4/ip_forward", "1")?;
+        for u in &uplinks {
+            log::info!("uplink {} ({}): masqueraded traffic leaves by it", u.interface, u.address);
+        }
+    }
+    Ok(uplinks)
+}
