@@ -48,10 +48,12 @@ impl CtKey {
 
 /// [`CtEntry::action`]: what to rewrite in packets matching the entry.
 pub mod ct_action {
-    /// Source address and port become `nat_addr`/`nat_port` (masquerade, reverse DNAT).
+    /// Source address and port become `src`/`src_port` (masquerade, reverse DNAT).
     pub const REWRITE_SRC: u8 = 1 << 0;
-    /// Destination address and port become `nat_addr`/`nat_port` (reverse masquerade, DNAT).
+    /// Destination address and port become `dst`/`dst_port` (reverse masquerade, DNAT).
     pub const REWRITE_DST: u8 = 1 << 1;
+    /// The connection was made to a published port (shown by `conntrack ls`).
+    pub const PUBLISHED: u8 = 1 << 2;
 }
 
 /// [`CtEntry::state`] bits, shared by both entries of a connection.
@@ -67,8 +69,10 @@ pub mod ct_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct CtEntry {
-    /// The address written into matching packets ([`ct_action`] says which side).
-    pub nat_addr: IpKey,
+    /// The source address written into matching packets (with `REWRITE_SRC`).
+    pub src: IpKey,
+    /// The destination address written into matching packets (with `REWRITE_DST`).
+    pub dst: IpKey,
     /// The entry of the other direction.
     pub peer: CtKey,
     /// CLOCK_MONOTONIC deadline in ns: the daemon removes a pair once both entries are past it.
@@ -80,18 +84,18 @@ pub struct CtEntry {
     /// Host-side veth of the container that receives matching packets (0: routed out through
     /// the FIB to an uplink).
     pub ifindex: u32,
-    /// The port written into matching packets (network order).
-    pub nat_port: u16,
+    /// The ports written with `src` and `dst` (network order).
+    pub src_port: u16,
+    pub dst_port: u16,
     /// MAC of the receiving container (when `ifindex` is set).
     pub mac: [u8; 6],
     /// [`ct_action`].
     pub action: u8,
     /// [`ct_state`].
     pub state: u8,
-    pub _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 96);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 112);
 
 /// Lifetimes and the masquerade port range, fixed when the datapath is loaded
 /// (`global_names::CT_CONFIG`); `bpfnet daemon --ct-timeout-*` and `--nat-ports` set them.

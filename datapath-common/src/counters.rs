@@ -73,6 +73,9 @@ counters! {
     DropNatNoPort = 16, "drop_nat_no_port", drop;
     /// The connection table refused a new entry.
     DropCtInsertFailed = 17, "drop_ct_insert_failed", drop;
+    /// A container's packet to a published port (through a host address) delivered into the
+    /// publishing container, or the answer delivered back.
+    Hairpin = 18, "hairpin", pass;
 }
 
 #[cfg(test)]
@@ -84,7 +87,7 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 18);
+        assert_eq!(Counter::COUNT, 19);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();

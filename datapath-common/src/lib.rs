@@ -2,7 +2,7 @@
 //!
 //! This is the one definition of every map layout, one module per map family: [`ip`] (address
 //! keys), [`endpoints`] (where to deliver), [`ifaces`] (who sends on a host-side veth),
-//! [`uplinks`] (where traffic leaves the host), [`conntrack`] (connections and their NAT),
+//! [`uplinks`] (where traffic leaves the host), [`ports`] (published ports), [`conntrack`] (connections and their NAT),
 //! [`counters`] (what happened to packets), and [`names`] (how maps, programs and globals are
 //! called). Every key and value is `#[repr(C)]` and derives `bytemuck::Pod`, which refuses to
 //! compile a layout with implicit padding; sizes are asserted too, so the two sides can never
@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod ifaces;
 pub mod ip;
 pub mod names;
+pub mod ports;
 pub mod uplinks;
 
 pub use conntrack::{ct_action, ct_state, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
@@ -24,6 +25,7 @@ pub use endpoints::{EndpointInfo, MAX_ENDPOINTS};
 pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
+pub use ports::{PortKey, PortTarget, MAX_PUBLISHED_PORTS};
 pub use uplinks::{UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
@@ -44,4 +46,6 @@ mod user {
     unsafe impl aya::Pod for CtConfig {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortTarget {}
 }

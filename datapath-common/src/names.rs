@@ -8,8 +8,9 @@ pub mod map_names {
     pub const UPLINKS: &str = "UPLINKS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const PORTS: &str = "PORTS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 6] = [ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS];
+    pub const ALL: [&str; 7] = [ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS];
 }
 
 pub mod program_names {

@@ -203,7 +203,7 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
 /// Tracks a new connection whose first packet is `flow`: `new.original` rewrites the
 /// initiator's packets, `new.reply` (keyed by `new.reply_key`) the answers. With
 /// `allocate_port`, the reply tuple's destination port is drawn from the masquerade range until
-/// one is free, and the original entry writes it as the new source port.
+/// one is free, and the original entry writes it as the new source port (`src_port`).
 #[inline(always)]
 pub fn track(flow: &Flow, new: &mut NewConnection, allocate_port: bool, len: u32) -> Result<(), Counter> {
     let config = CT_CONFIG.load();
@@ -230,7 +230,7 @@ pub fn track(flow: &Flow, new: &mut NewConnection, allocate_port: bool, len: u32
         if !claimed {
             return Err(Counter::DropNatNoPort);
         }
-        new.original.nat_port = new.reply_key.dport;
+        new.original.src_port = new.reply_key.dport;
     } else if CONNTRACK.insert(&new.reply_key, &new.reply, 0).is_err() {
         return Err(Counter::DropCtInsertFailed);
     }

@@ -10,7 +10,7 @@ use datapath_common::{iface_flags, Counter, IpKey};
 use crate::{
     arp,
     nat,
-    counters::{count, drop_packet, to_host},
+    counters::{count, drop_packet},
     maps::{ENDPOINTS, IFACES},
     headers::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
 };
@@ -43,7 +43,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         return drop_packet(ctx, Counter::DropSpoofedSource);
     }
     if daddr == iface.gateway_ipv4 {
-        return to_host(ctx);
+        // The host, or a published port through the gateway's address, or the answer to a
+        // container that reached this one through a published port.
+        return nat::from_container(ctx, iface, ifindex, nat::Destination::Gateway);
     }
 
     // SAFETY: read-only lookup of a plain-old-data value.
@@ -51,7 +53,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         if iface.flags & iface_flags::INTERNAL != 0 {
             return drop_packet(ctx, Counter::DropInternal);
         }
-        return nat::from_container(ctx, iface, ifindex, iface.flags & iface_flags::MASQUERADE != 0);
+        return nat::from_container(ctx, iface, ifindex, nat::Destination::Elsewhere);
     };
     if dest.network_id != iface.network_id {
         return drop_packet(ctx, Counter::DropIsolation);

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use datapath_common::{Counter, EndpointInfo, IfaceInfo, IpKey, UplinkInfo, MAX_ENDPOINTS, MAX_UPLINKS};
+use datapath_common::{
+    Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, UplinkInfo, MAX_ENDPOINTS, MAX_PUBLISHED_PORTS, MAX_UPLINKS,
+};
 
 /// Endpoint IP -> where to deliver it.
 #[map(name = "ENDPOINTS")]
@@ -21,3 +23,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// Uplink ifindex -> the address masquerade gives traffic leaving by it.
 #[map(name = "UPLINKS")]
 pub static UPLINKS: HashMap<u32, UplinkInfo> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+/// Published ports: (host address or any, port, protocol) -> container address and port.
+#[map(name = "PORTS")]
+pub static PORTS: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(MAX_PUBLISHED_PORTS, 0);

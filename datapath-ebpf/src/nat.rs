@@ -1,9 +1,10 @@
 //! NAT on bpfnet's own connection tracking: masquerade of containers' connections to the
-//! outside, translation of their replies, and of ICMP errors about them.
+//! outside, published ports (DNAT from outside, hairpin from containers), translation of replies,
+//! and of ICMP errors about tracked connections.
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, Counter, CtEntry, CtKey, IfaceInfo, IpKey,
+    ct_action, iface_flags, Counter, CtEntry, CtKey, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
@@ -11,7 +12,7 @@ use crate::{
     conntrack::{self, observe, Flow, CONNTRACK},
     counters::{count, drop_packet, to_host},
     headers::{ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
-    maps::UPLINKS,
+    maps::{ENDPOINTS, IFACES, PORTS, UPLINKS},
     route,
 };
 
@@ -20,28 +21,44 @@ use crate::{
 fn apply(ctx: &TcContext, flow: &Flow, entry: &CtEntry) -> Result<(), i64> {
     let proto = flow.key.proto;
     let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off) };
-    let src = entry.action & ct_action::REWRITE_SRC != 0;
-    let addr_off = IP_OFF + if src { IP_SADDR_OFF } else { IP_DADDR_OFF };
-    set_ipv4_addr(ctx, addr_off, entry.nat_addr.ipv4_word(), proto, l4_off)?;
-    if let Some(l4_off) = l4_off {
-        let port_off = match proto {
-            IPPROTO_TCP | IPPROTO_UDP => Some(l4_off + if src { 0 } else { 2 }),
-            // Echo requests carry the identifier as their source "port", replies as their
-            // destination: either way it is the same field.
-            IPPROTO_ICMP => Some(l4_off + ICMP_ID_OFF),
-            _ => None,
-        };
-        if let Some(port_off) = port_off {
-            set_l4_u16(ctx, port_off, entry.nat_port, proto, l4_off)?;
-        }
+    if entry.action & ct_action::REWRITE_SRC != 0 {
+        set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, entry.src.ipv4_word(), proto, l4_off)?;
+        set_port(ctx, proto, l4_off, true, entry.src_port)?;
+    }
+    if entry.action & ct_action::REWRITE_DST != 0 {
+        set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, entry.dst.ipv4_word(), proto, l4_off)?;
+        set_port(ctx, proto, l4_off, false, entry.dst_port)?;
     }
     Ok(())
 }
 
-/// A packet of a container whose destination is neither on its network nor the host: part of
-/// a tracked connection, or the start of one to masquerade (`masquerade`), or the host's.
 #[inline(always)]
-pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquerade: bool) -> i32 {
+fn set_port(ctx: &TcContext, proto: u8, l4_off: Option<usize>, source: bool, port: u16) -> Result<(), i64> {
+    let Some(l4_off) = l4_off else { return Ok(()) };
+    let field = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => l4_off + if source { 0 } else { 2 },
+        // Echo requests carry the identifier as their source "port", replies as their
+        // destination: either way it is the same field.
+        IPPROTO_ICMP => l4_off + ICMP_ID_OFF,
+        _ => return Ok(()),
+    };
+    set_l4_u16(ctx, field, port, proto, l4_off)
+}
+
+/// Where a container's packet that is not for a container of its network is going.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Its network's gateway (the host).
+    Gateway,
+    /// Any other address: the host's, or outside.
+    Elsewhere,
+}
+
+/// A container's packet whose destination is not on its network: part of a tracked connection,
+/// or a new connection to a published port through a host address (hairpin), or a new one to the
+/// outside (masquerade, where the network has it), or the host's.
+#[inline(always)]
+pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destination) -> i32 {
     let Some(flow) = conntrack::parse(ctx) else { return to_host(ctx) };
     if flow.is_icmp_non_echo() {
         return to_host(ctx);
@@ -51,8 +68,12 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquera
         // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
         let translation = unsafe { *entry };
         if translation.ifindex != 0 {
-            // Not a connection that leaves by an uplink (a later issue's hairpin).
-            return to_host(ctx);
+            // Between two containers through a published port: one host hop, no routing.
+            observe(entry, &flow, len);
+            if apply(ctx, &flow, &translation).is_err() {
+                return drop_packet(ctx, Counter::DropMalformed);
+            }
+            return deliver(ctx, &translation, Counter::Hairpin);
         }
         let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
         if !decrement_ttl(ctx) {
@@ -61,8 +82,15 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquera
         observe(entry, &flow, len);
         return send_out(ctx, &flow, &translation, &route);
     }
+    if let Some(target) = published_target(ctx, &flow, dest == Destination::Gateway) {
+        return hairpin(ctx, &flow, iface, ifindex, &target, len);
+    }
     // Only echo requests start an ICMP connection; a later fragment belongs to its first.
-    if !masquerade || flow.later_fragment || flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST {
+    if dest == Destination::Gateway
+        || iface.flags & iface_flags::MASQUERADE == 0
+        || flow.later_fragment
+        || flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST
+    {
         return to_host(ctx);
     }
     // Masquerade only what the kernel would route out of an uplink; the rest is the host's.
@@ -74,10 +102,10 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquera
     }
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     new.original.action = ct_action::REWRITE_SRC;
-    new.original.nat_addr = uplink.addr;
+    new.original.src = uplink.addr;
     new.reply.action = ct_action::REWRITE_DST;
-    new.reply.nat_addr = flow.key.saddr;
-    new.reply.nat_port = flow.key.sport;
+    new.reply.dst = flow.key.saddr;
+    new.reply.dst_port = flow.key.sport;
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
@@ -85,6 +113,56 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, masquera
         return drop_packet(ctx, reason);
     }
     send_out(ctx, &flow, &new.original, &route)
+}
+
+/// The container a new connection to a published port goes to: the port published on the exact
+/// address, or on every address when the destination is one of the host's (`local`: known to be).
+#[inline(always)]
+fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTarget> {
+    if flow.later_fragment || (flow.key.proto != IPPROTO_TCP && flow.key.proto != IPPROTO_UDP) {
+        return None;
+    }
+    let exact = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
+    // SAFETY: read-only lookups of plain-old-data values, copied out.
+    if let Some(target) = unsafe { PORTS.get(&exact) } {
+        return Some(*target);
+    }
+    let target = *unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto)) }?;
+    (local || route::is_local(ctx, flow)).then_some(target)
+}
+
+/// A container reaching a published port through a host address: translated to the publishing
+/// container, and from the address of that container's gateway, so that its answers come back
+/// through the datapath (a container reaching its own port, too).
+#[inline(always)]
+fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, len: u32) -> i32 {
+    // SAFETY: read-only lookups of plain-old-data values, copied out.
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
+    let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
+    let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | ct_action::PUBLISHED;
+    new.original.action = both;
+    new.original.src = gateway;
+    new.original.dst = target.addr;
+    new.original.dst_port = target.port;
+    new.original.ifindex = server.host_ifindex;
+    new.original.mac = server.mac;
+    new.reply.action = both;
+    new.reply.src = flow.key.daddr;
+    new.reply.src_port = flow.key.dport;
+    new.reply.dst = flow.key.saddr;
+    new.reply.dst_port = flow.key.sport;
+    new.reply.ifindex = ifindex;
+    new.reply.mac = iface.mac;
+    new.reply_key = CtKey { saddr: target.addr, daddr: gateway, sport: target.port, dport: 0, proto: flow.key.proto, _pad: [0; 3] };
+    if let Err(reason) = conntrack::track(flow, new, true, len) {
+        return drop_packet(ctx, reason);
+    }
+    if apply(ctx, flow, &new.original).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &new.original, Counter::Hairpin)
 }
 
 #[inline(always)]
@@ -100,25 +178,60 @@ fn send_out(ctx: &TcContext, flow: &Flow, translation: &CtEntry, route: &route::
     }
 }
 
-/// A packet arriving on an uplink: a reply of a tracked connection is translated and delivered
-/// straight into its container; an ICMP error about one likewise; the rest is the host's.
+/// A packet arriving on an uplink: a reply of a tracked connection, or a packet of a connection
+/// to a published port, is translated and delivered straight into its container; an ICMP error
+/// about a tracked connection likewise; the rest is the host's.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> i32 {
     let Some(flow) = conntrack::parse(ctx) else { return count_uplink_to_host(ctx) };
     if flow.is_icmp_error() {
         return icmp_error_from_uplink(ctx, &flow);
     }
-    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else { return count_uplink_to_host(ctx) };
+    let len = ctx.len();
+    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
+        return match published_target(ctx, &flow, false) {
+            Some(target) => publish(ctx, &flow, &target, len),
+            None => count_uplink_to_host(ctx),
+        };
+    };
     // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
     let translation = unsafe { *entry };
     if translation.ifindex == 0 || !decrement_ttl(ctx) {
         return count_uplink_to_host(ctx);
     }
-    observe(entry, &flow, ctx.len());
+    observe(entry, &flow, len);
     if apply(ctx, &flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
     deliver(ctx, &translation, Counter::NatIn)
+}
+
+/// A new connection from outside to a published port: to the container, keeping the client's
+/// address (no proxy, no source NAT); the answers leave with the host address the client used.
+#[inline(always)]
+fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
+    // SAFETY: read-only lookup of a plain-old-data value, copied out.
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return count_uplink_to_host(ctx) };
+    if !decrement_ttl(ctx) {
+        return count_uplink_to_host(ctx);
+    }
+    let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
+    new.original.action = ct_action::REWRITE_DST | ct_action::PUBLISHED;
+    new.original.dst = target.addr;
+    new.original.dst_port = target.port;
+    new.original.ifindex = server.host_ifindex;
+    new.original.mac = server.mac;
+    new.reply.action = ct_action::REWRITE_SRC | ct_action::PUBLISHED;
+    new.reply.src = flow.key.daddr;
+    new.reply.src_port = flow.key.dport;
+    new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
+    if let Err(reason) = conntrack::track(flow, new, false, len) {
+        return drop_packet(ctx, reason);
+    }
+    if apply(ctx, flow, &new.original).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &new.original, Counter::NatIn)
 }
 
 #[inline(always)]
@@ -193,7 +306,7 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<CtEntry> {
     if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
         return None;
     }
-    let container = translation.nat_addr.ipv4_word();
+    let container = translation.dst.ipv4_word();
     // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).
     set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, container, IPPROTO_ICMP, None).ok()?;
     // The quoted source and its header checksum, both covered by the ICMP checksum.
@@ -206,7 +319,7 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<CtEntry> {
     ctx.l4_csum_replace(icmp_csum, old_quote_csum as u64, new_quote_csum as u64, 2).ok()?;
     // The quoted source port (or echo identifier).
     let old_port: u16 = ctx.load(port_off).ok()?;
-    ctx.store(port_off, &translation.nat_port, 0).ok()?;
-    ctx.l4_csum_replace(icmp_csum, old_port as u64, translation.nat_port as u64, 2).ok()?;
+    ctx.store(port_off, &translation.dst_port, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_port as u64, translation.dst_port as u64, 2).ok()?;
     Some(translation)
 }

@@ -1,7 +1,7 @@
 //! Routed delivery: the kernel's FIB tells where a translated packet leaves and to which
 //! neighbour, and the packet is redirected there without a pass through the host stack.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -24,6 +24,16 @@ pub struct Route {
 /// address, no route, forwarding off): the host stack then decides.
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
+    let (rc, params) = fib(ctx, flow);
+    let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    Some(Route { ifindex: params.ifindex, resolved, smac: params.smac, dmac: params.dmac })
+}
+
+#[inline(always)]
+fn fib(ctx: &TcContext, flow: &Flow) -> (i64, bpf_fib_lookup) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -40,11 +50,14 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
     let rc = unsafe {
         fib_lookup(ctx.skb.skb as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
-    let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
-    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return None;
-    }
-    Some(Route { ifindex: params.ifindex, resolved, smac: params.smac, dmac: params.dmac })
+    (rc, params)
+}
+
+/// Whether the kernel would deliver `flow` locally: its destination is one of the host's
+/// addresses.
+#[inline(always)]
+pub fn is_local(ctx: &TcContext, flow: &Flow) -> bool {
+    fib(ctx, flow).0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
 }
 
 /// Sends the packet out along `route`: with the neighbour's MAC when the FIB knew it, otherwise

@@ -29,7 +29,7 @@ pub fn counter(sb: &Sandbox, name: &str) -> u64 {
     stats["counters"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["packets"].as_u64().unwrap()
 }
 
-/// The contents of the pinned ENDPOINTS and IFACES maps, as bpftool prints them.
+/// The contents of the pinned ENDPOINTS, IFACES and PORTS maps, as bpftool prints them.
 pub fn map_dumps(sb: &Sandbox) -> String {
     let maps_dir = std::fs::read_dir(sb.bpffs())
         .unwrap()
@@ -38,7 +38,7 @@ pub fn map_dumps(sb: &Sandbox) -> String {
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("maps-v"))
         .expect("pinned maps directory");
     let mut out = String::new();
-    for name in ["ENDPOINTS", "IFACES"] {
+    for name in ["ENDPOINTS", "IFACES", "PORTS"] {
         let pin = maps_dir.join(name);
         out += &format!("{name}:\n{}", run_ok("bpftool", &["map", "dump", "pinned", pin.to_str().unwrap()]).unwrap());
     }

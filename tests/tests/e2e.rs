@@ -367,7 +367,7 @@ fn endpoints_of_a_deleted_namespace_are_removed() {
     }
     // Nothing of it is left in the datapath's maps.
     let maps = map_dumps(&sb);
-    assert_eq!(maps, "ENDPOINTS:\nFound 0 elements\nIFACES:\nFound 0 elements\n", "{maps}");
+    assert_eq!(maps, "ENDPOINTS:\nFound 0 elements\nIFACES:\nFound 0 elements\nPORTS:\nFound 0 elements\n", "{maps}");
     // Its address is free again.
     let b = sb.add_netns("b").unwrap();
     let created = json(&sb.bpfnet_ok(&["network", "connect", "n", &b, "--json"]).unwrap());

@@ -518,5 +518,5 @@ fn reads_do_not_wait_while_many_gone_endpoints_are_collected() {
         assert!(took < Duration::from_millis(2500), "a create waited {took:?} for the collector");
     }
     let maps = bpfnet_lab::checks::map_dumps(&sb);
-    assert_eq!(maps, "ENDPOINTS:\nFound 0 elements\nIFACES:\nFound 0 elements\n", "{maps}");
+    assert_eq!(maps, "ENDPOINTS:\nFound 0 elements\nIFACES:\nFound 0 elements\nPORTS:\nFound 0 elements\n", "{maps}");
 }

@@ -222,3 +222,83 @@ fn expired_connections_are_removed_and_the_uplink_can_be_named() {
     assert!(!out.ok);
     assert!(out.stderr.contains("--uplink nosuch0: there is no interface nosuch0"), "{}", out.stderr);
 }
+
+#[test]
+fn published_ports_reach_containers_from_outside_and_from_other_containers() {
+    let (mut sb, outside) = with_outside("publish", &[]);
+    let web = sb.add_netns("web").unwrap();
+    let other = sb.add_netns("other").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.216.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "other", "--subnet", "10.217.0.0/24"]).unwrap();
+    let out = sb.bpfnet_ok(&["network", "connect", "web", &web, "-p", "8080:80", "-p", "8081:81", "--publish", "5353:53/udp"]).unwrap();
+    assert!(out.contains("published 0.0.0.0:8080->80/tcp"), "{out}");
+    sb.bpfnet_ok(&["network", "connect", "other", &other]).unwrap();
+    tcp_whoami_server(&web, addr("10.216.0.2", 80)).unwrap();
+    tcp_echo_server(&web, addr("10.216.0.2", 81)).unwrap();
+    udp_whoami_server(&web, addr("10.216.0.2", 53)).unwrap();
+
+    // From outside: the container sees the client's own address.
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP, "no proxy, no source NAT");
+    let seen = udp_whoami(&outside.far, 0, addr(UPLINK_IP, 5353), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP);
+    let data = payload(6, 50_000);
+    assert_eq!(tcp_exchange(&outside.far, addr(UPLINK_IP, 8081), &data, T).unwrap(), data);
+
+    // From a container of another network, through the uplink's address and its own gateway;
+    // and the publishing container through the host to itself.
+    for (from, to) in [(&other, UPLINK_IP), (&other, "10.217.0.1"), (&web, UPLINK_IP), (&web, "10.216.0.1")] {
+        let seen = tcp_whoami(from, addr(to, 8080), T).unwrap_or_else(|e| panic!("{from} -> {to}:8080: {e:#}"));
+        assert_eq!(seen.ip().to_string(), "10.216.0.1", "hairpin arrives from the publisher's gateway");
+        assert_eq!(tcp_exchange(from, addr(to, 8081), &data, T).unwrap(), data);
+    }
+    assert!(counter(&sb, "hairpin") > 0);
+
+    // port ls, inspect and conntrack ls show them.
+    let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
+    let ports = ports.as_array().unwrap();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert!(ports.iter().any(|p| p["host"] == "0.0.0.0:5353" && p["protocol"] == "udp" && p["container"] == "10.216.0.2:53"));
+    let table = sb.bpfnet_ok(&["port", "ls"]).unwrap();
+    assert!(table.contains("0.0.0.0:8080") && table.contains("10.216.0.2:80"), "{table}");
+    let inspect = json(&sb.bpfnet_ok(&["network", "inspect", "web"]).unwrap());
+    let endpoint = inspect[0]["Containers"].as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(endpoint["Ports"][0], "0.0.0.0:8080->80/tcp");
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert!(
+        conns.as_array().unwrap().iter().any(|c| c["nat"] == "published" && c["original"]["src"].as_str().unwrap().starts_with(FAR_IP)),
+        "{conns}"
+    );
+
+    // Clashes and bad specs are refused with a clear error, and change nothing.
+    let third = sb.add_netns("third").unwrap();
+    let before = bpfnet_lab::checks::snapshot(&sb);
+    for (args, says) in [
+        (vec!["-p", "8080:9"], "is already published by"),
+        (vec!["-p", "8000-8090:1000-1090"], "0.0.0.0:8080->80/tcp is already published by"),
+        (vec!["-p", "0:80"], "ports are 1-65535"),
+        (vec!["-p", "70000:80"], "ports are 1-65535"),
+        (vec!["-p", "9000-9001:80-82"], "2 host ports but 3 container ports"),
+        (vec!["-p", "9000:80/sctp"], "unknown protocol \"sctp\""),
+        (vec!["-p", "10.9.9.9:9000:80"], "10.9.9.9 is not an address of the daemon's namespace"),
+        (vec!["-p", "9000:80", "-p", "9000:81"], "overlaps 0.0.0.0:9000->80/tcp"),
+    ] {
+        let mut full = vec!["network", "connect", "other", third.as_str()];
+        full.extend(args.iter().copied());
+        let r = sb.bpfnet(&full).unwrap();
+        assert!(!r.ok && r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    }
+    let held = sb.bpfnet(&["network", "connect", "other", &third, "-p", "8080:9"]).unwrap();
+    assert!(held.stderr.contains(&web), "the error names the holder: {}", held.stderr);
+    assert_eq!(bpfnet_lab::checks::snapshot(&sb), before, "a refused connect leaves nothing behind");
+    // The same port on UDP, or on one specific address, is another port.
+    sb.bpfnet_ok(&["network", "connect", "other", &third, "-p", "8080:9/udp", "-p", "192.0.2.1:6000:9"]).unwrap();
+
+    // Disconnecting removes the ports and their connections.
+    sb.bpfnet_ok(&["network", "disconnect", "web", &web]).unwrap();
+    let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
+    assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
+    assert!(tcp_connect(&outside.far, addr(UPLINK_IP, 8080), BLOCKED).is_err(), "the port is gone");
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert!(!conns.to_string().contains("10.216.0.2"), "{conns}");
+}

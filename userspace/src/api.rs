@@ -25,6 +25,9 @@ pub struct Connect {
     pub ip: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `-p` values: `[HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`.
+    #[serde(default)]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +101,23 @@ pub struct ContainerEndpoint {
     pub host_interface: String,
     pub netns: String,
     pub aliases: Vec<String>,
+    /// Published ports, as `HOST_IP:PORT->PORT/PROTO`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// One line of `port ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// `HOST_IP:PORT` (`0.0.0.0`: every address of the host).
+    pub host: String,
+    pub protocol: String,
+    /// `CONTAINER_IP:PORT`.
+    pub container: String,
+    pub network: String,
+    /// The namespace as connected.
+    pub netns: String,
+    pub endpoint_id: String,
 }
 
 /// The answer to `network connect`.
@@ -109,6 +129,9 @@ pub struct EndpointCreated {
     pub host_interface: String,
     pub ipv4_address: String,
     pub mac_address: String,
+    /// Published ports, as `HOST_IP:PORT->PORT/PROTO`.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,7 +182,7 @@ pub struct Connection {
     pub original: Tuple,
     /// As the answers arrive (after translation of the original, reversed).
     pub reply: Tuple,
-    /// `masquerade` or `dnat`.
+    /// `masquerade` (a container's connection out) or `published` (to a published port).
     pub nat: String,
     /// SYN_SENT, ESTABLISHED, CLOSING (TCP); UNREPLIED, REPLIED (UDP, ICMP).
     pub state: String,

@@ -39,9 +39,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The connections the datapath tracks for NAT (masquerade): list or flush them.
+    /// The connections the datapath tracks for NAT (masquerade, published ports): list or
+    /// flush them.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Published ports (`network connect ... -p HOST_PORT:CONTAINER_PORT`).
+    #[command(subcommand)]
+    Port(PortCommand),
+}
+
+#[derive(Subcommand)]
+enum PortCommand {
+    /// List published ports: host address and port, protocol, container address and port.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +194,13 @@ enum NetworkCommand {
         /// Another name for the container on this network (repeatable).
         #[arg(long = "alias")]
         aliases: Vec<String>,
+        /// Publish a container port on the host (repeatable), as docker run -p:
+        /// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]. Without HOST_IP the port is
+        /// published on every address of the daemon's namespace; tcp is the default. Clients
+        /// outside reach the container through the uplink, other containers through any host
+        /// address; the container sees the client's real address.
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
         /// Print the new endpoint as JSON.
         #[arg(long)]
         json: bool,
@@ -354,6 +376,17 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 .collect();
             print_table(&["PROTO", "ORIGINAL", "REPLY", "NAT", "STATE", "EXPIRES", "PACKETS (ORIG/REPLY)", "BYTES (ORIG/REPLY)"], &rows);
         }
+        Command::Port(PortCommand::Ls { json }) => {
+            let ports: Vec<api::PortMapping> = client.get("/ports").await?;
+            if json {
+                return print_json(&ports);
+            }
+            let rows: Vec<Vec<String>> = ports
+                .iter()
+                .map(|p| vec![p.host.clone(), p.protocol.clone(), p.container.clone(), p.netns.clone(), p.network.clone()])
+                .collect();
+            print_table(&["HOST", "PROTO", "CONTAINER", "NAMESPACE", "NETWORK"], &rows);
+        }
         Command::Conntrack(ConntrackCommand::Flush) => {
             let flushed: api::Flushed = client.delete("/conntrack").await?;
             println!("{} connections flushed", flushed.connections);
@@ -410,8 +443,8 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                     bail!("{failed} of {} networks could not be removed", names.len());
                 }
             }
-            NetworkCommand::Connect { network, netns, ip, aliases, json } => {
-                let req = api::Connect { netns: absolute_netns(netns.clone())?, ip, aliases };
+            NetworkCommand::Connect { network, netns, ip, aliases, publish, json } => {
+                let req = api::Connect { netns: absolute_netns(netns.clone())?, ip, aliases, publish };
                 let ep: api::EndpointCreated =
                     client.post(&format!("/networks/{}/connect", segment(&network)), &req).await?;
                 if json {
@@ -421,6 +454,9 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                     "{netns} joined {}: {} {} mac {} (host side {})",
                     ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
                 );
+                for port in &ep.ports {
+                    println!("published {port}");
+                }
             }
             NetworkCommand::Disconnect { network, netns } => {
                 let req = api::Disconnect { netns: absolute_netns(netns)? };

@@ -108,7 +108,7 @@ impl Conntrack {
                     protocol: protocol_name(key.proto),
                     original: tuple(key),
                     reply: tuple(&e.peer),
-                    nat: if e.action & ct_action::REWRITE_SRC != 0 { "masquerade" } else { "dnat" }.into(),
+                    nat: if e.action & ct_action::PUBLISHED != 0 { "published" } else { "masquerade" }.into(),
                     state: state_name(key.proto, e.state).into(),
                     expires_in_s: expires.saturating_sub(now) / 1_000_000_000,
                     original_packets: e.packets,
@@ -152,7 +152,7 @@ impl Conntrack {
         let key = crate::datapath::ipv4_key(addr);
         let mut doomed = HashSet::new();
         for (k, e) in self.entries() {
-            if (ifindex != 0 && e.ifindex == ifindex) || e.nat_addr == key || k.saddr == key || k.daddr == key {
+            if (ifindex != 0 && e.ifindex == ifindex) || e.src == key || e.dst == key || k.saddr == key || k.daddr == key {
                 doomed.insert(k);
                 doomed.insert(e.peer);
             }

@@ -23,7 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    global_names, map_names, program_names, Counter, CtConfig, EndpointInfo, IfaceInfo, IpKey, UplinkInfo,
+    global_names, map_names, program_names, Counter, CtConfig, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    UplinkInfo,
     conntrack::DEFAULT_CT_ENTRIES,
 };
 
@@ -258,10 +259,35 @@ impl Datapath {
         remove_ignoring_missing(self.ifaces()?.remove(&ifindex))
     }
 
+    fn ports(&mut self) -> Result<HashMap<&mut MapData, PortKey, PortTarget>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::PORTS).context("PORTS map missing")?)?)
+    }
+
+    pub fn set_port(&mut self, key: PortKey, target: PortTarget) -> Result<()> {
+        self.ports()?.insert(key, target, 0).context("writing PORTS")?;
+        Ok(())
+    }
+
+    /// Removes the published port `key` if it still leads to `target`.
+    pub fn remove_port_if(&mut self, key: PortKey, target: PortTarget) -> Result<()> {
+        let mut ports = self.ports()?;
+        match ports.get(&key, 0) {
+            Ok(current) if current == target => remove_ignoring_missing(ports.remove(&key)),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every published port in the map.
+    pub fn port_entries(&mut self) -> Result<Vec<(PortKey, PortTarget)>> {
+        Ok(self.ports()?.iter().collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).
-    pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>) -> Result<()> {
+    pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>, ports: &HashSet<PortKey>) -> Result<()> {
         retain_keys(&mut self.endpoints()?, endpoints)?;
-        retain_keys(&mut self.ifaces()?, ifaces)
+        retain_keys(&mut self.ifaces()?, ifaces)?;
+        retain_keys(&mut self.ports()?, ports)
     }
 
     /// Every counter summed over CPUs.

@@ -262,6 +262,7 @@ mod tests {
             mac: [0; 6],
             aliases: vec![],
             default_route: true,
+            ports: vec![],
         }
     }
 

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod ipam;
 pub mod netns;
 pub mod plumbing;
+pub mod ports;
 pub mod server;
 pub mod state;
 pub mod test_run;

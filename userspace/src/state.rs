@@ -63,6 +63,9 @@ pub struct Endpoint {
     pub aliases: Vec<String>,
     /// The namespace's default route goes through this endpoint's gateway.
     pub default_route: bool,
+    /// Published ports (`-p`).
+    #[serde(default)]
+    pub ports: Vec<crate::ports::PublishedPort>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

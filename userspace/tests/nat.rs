@@ -13,7 +13,9 @@ use bpfnet::{
     netns,
     test_run::{run_tc, TestRunResult},
 };
-use datapath_common::{iface_flags, program_names, Counter, IfaceInfo, GATEWAY_MAC};
+use datapath_common::{
+    iface_flags, program_names, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC,
+};
 
 const PASS: u32 = 0;
 const DROP: u32 = 2;
@@ -31,6 +33,12 @@ const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
 const ROUTER_IP: [u8; 4] = [192, 0, 2, 254];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0xfe];
 const SERVER_IP: [u8; 4] = [198, 51, 100, 7];
+const CLIENT_IP: [u8; 4] = [203, 0, 113, 9];
+/// Another network's container, publishing a port (its host-side veth is not the test one).
+const PUBLISHER_IP: [u8; 4] = [10, 1, 0, 5];
+const PUBLISHER_MAC: [u8; 6] = [0x02, 0x42, 10, 1, 0, 5];
+const PUBLISHER_GATEWAY: [u8; 4] = [10, 1, 0, 1];
+const PUBLISHER_IFINDEX: u32 = 42;
 const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 const TCP: u8 = 6;
@@ -53,6 +61,7 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
+#[derive(Clone, Copy)]
 struct Ip {
     src: [u8; 4],
     dst: [u8; 4],
@@ -230,6 +239,20 @@ impl Lab {
     }
     fn from_uplink(&self, p: &[u8]) -> TestRunResult {
         run_tc(self.uplink, p).unwrap()
+    }
+    /// Publishes `host_port` (on every address, or on `on`) to `to`:`container_port`.
+    fn publish(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16) {
+        let addr = on.map_or(IpKey { addr: [0; 4] }, IpKey::from_ipv4_octets);
+        let key = PortKey { addr, port: host_port.to_be(), proto, _pad: 0 };
+        let target = PortTarget { addr: IpKey::from_ipv4_octets(to), port: container_port.to_be(), _pad: 0 };
+        self.dp.set_port(key, target).unwrap();
+    }
+    /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
+    fn add_container(&mut self, ip: [u8; 4], mac: [u8; 6], ifindex: u32, network_id: u32, gateway: [u8; 4]) {
+        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2] };
+        self.dp.set_endpoint(Ipv4Addr::from(ip), info).unwrap();
+        let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2] };
+        self.dp.set_iface(ifindex, iface).unwrap();
     }
     fn counter(&mut self, which: Counter) -> u64 {
         self.dp.counters().unwrap().into_iter().find(|(c, _)| *c == which).unwrap().1
@@ -428,5 +451,91 @@ fn an_expiring_ttl_is_left_to_the_host_to_answer() {
         let out = lab.from_container(&p);
         assert_eq!(out.verdict, PASS, "the host sends 'time exceeded'");
         assert_eq!(lab.counter(Counter::NatOut), 0);
+    });
+}
+
+#[test]
+fn a_published_port_takes_outside_clients_to_the_container_with_their_own_address() {
+    TestNetns::new("dnat").run(MASQ, |lab| {
+        // 10.0.0.2 (on the test interface) publishes 8080 -> 80 on every address.
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
+        lab.publish(None, 8080, TCP, CONTAINER_IP, 80);
+        let client = Ip { src: CLIENT_IP, dst: UPLINK_IP, proto: TCP, ttl: 55, id: 9, frag: 0x4000 };
+        let syn = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5555, 8080, 0x02, b""));
+        let out = lab.from_uplink(&syn);
+        assert_eq!(out.verdict, REDIRECT, "delivered into the container");
+        let expected = packet(
+            CONTAINER_MAC,
+            GATEWAY_MAC,
+            Ip { dst: CONTAINER_IP, ttl: 54, ..Ip { src: CLIENT_IP, dst: UPLINK_IP, proto: TCP, ttl: 55, id: 9, frag: 0x4000 } },
+            tcp_segment(5555, 80, 0x02, b""),
+        );
+        assert_eq!(out.packet, expected, "only the destination changes: the container sees the client");
+
+        // The container's answer leaves from the address and port the client used.
+        let answer = packet(GATEWAY_MAC, CONTAINER_MAC, Ip { src: CONTAINER_IP, dst: CLIENT_IP, proto: TCP, ttl: 64, id: 4, frag: 0x4000 }, tcp_segment(80, 5555, 0x12, b""));
+        let out = lab.from_container(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, dst: CLIENT_IP, proto: TCP, ttl: 63, id: 4, frag: 0x4000 }, tcp_segment(8080, 5555, 0x12, b""));
+        assert_eq!(out.packet, expected);
+
+        // UDP is published separately; a port published on another address does not match.
+        let dgram = packet(UPLINK_MAC, ROUTER_MAC, Ip { proto: UDP, ..client }, udp_datagram(5555, 8080, b"x"));
+        assert_eq!(lab.from_uplink(&dgram).verdict, PASS, "8080/udp is not published");
+        lab.publish(Some([192, 0, 2, 99]), 9090, TCP, CONTAINER_IP, 90);
+        let other = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5556, 9090, 0x02, b""));
+        assert_eq!(lab.from_uplink(&other).verdict, PASS, "9090 is published on 192.0.2.99 only");
+        // A port published on the uplink's own address matches it.
+        lab.publish(Some(UPLINK_IP), 9091, UDP, CONTAINER_IP, 91);
+        let out = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, Ip { proto: UDP, ..client }, udp_datagram(5557, 9091, b"y")));
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { dst: CONTAINER_IP, ttl: 54, ..Ip { proto: UDP, ..client } }, udp_datagram(5557, 91, b"y"));
+        assert_eq!(out.packet, expected);
+    });
+}
+
+#[test]
+fn containers_reach_published_ports_through_host_addresses() {
+    TestNetns::new("hairpin").run(MASQ, |lab| {
+        // 10.1.0.5 on another network publishes 8080 -> 80; the test container reaches it through
+        // its own gateway's address.
+        lab.add_container(PUBLISHER_IP, PUBLISHER_MAC, PUBLISHER_IFINDEX, 2, PUBLISHER_GATEWAY);
+        lab.publish(None, 8080, TCP, PUBLISHER_IP, 80);
+        lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+        let to_gateway = Ip { src: CONTAINER_IP, dst: GATEWAY_IP, proto: TCP, ttl: 64, id: 1, frag: 0x4000 };
+        let syn = packet(GATEWAY_MAC, CONTAINER_MAC, to_gateway, tcp_segment(41000, 8080, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert_eq!(out.verdict, REDIRECT);
+        let gw_port = port_at(&out.packet, L4);
+        assert!(NAT_PORTS.contains(&gw_port));
+        // Into the publisher, from its own gateway (so that its answers come back through here).
+        let expected = packet(
+            PUBLISHER_MAC,
+            GATEWAY_MAC,
+            Ip { src: PUBLISHER_GATEWAY, dst: PUBLISHER_IP, ..to_gateway },
+            tcp_segment(gw_port, 80, 0x02, b""),
+        );
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::Hairpin), 1);
+
+        // The publisher answers its gateway; the answer reaches the client from the address and
+        // port it connected to.
+        lab.send_as(PUBLISHER_IP, PUBLISHER_MAC);
+        let answer = packet(GATEWAY_MAC, PUBLISHER_MAC, Ip { src: PUBLISHER_IP, dst: PUBLISHER_GATEWAY, proto: TCP, ttl: 64, id: 2, frag: 0x4000 }, tcp_segment(80, gw_port, 0x12, b"hi"));
+        let out = lab.from_container(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 64, id: 2, frag: 0x4000 }, tcp_segment(8080, 41000, 0x12, b"hi"));
+        assert_eq!(out.packet, expected);
+
+        // Through the uplink's address too (a local address: the FIB says so).
+        lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+        let to_uplink = Ip { dst: UPLINK_IP, ..to_gateway };
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_uplink, tcp_segment(41001, 8080, 0x02, b"")));
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(&out.packet[0..6], &PUBLISHER_MAC);
+        // A port nobody published, on the gateway: the host's.
+        let p = packet(GATEWAY_MAC, CONTAINER_MAC, to_gateway, tcp_segment(41002, 22, 0x02, b""));
+        let out = lab.from_container(&p);
+        assert_eq!((out.verdict, out.packet), (PASS, p));
     });
 }

@@ -13,6 +13,7 @@ use crate::{
     api, ids, ipam,
     netns::{self, NetnsRef},
     plumbing::{self, LinkInfo},
+    ports::{self, PublishedPort},
     state::{Endpoint, Network},
 };
 
@@ -70,6 +71,7 @@ impl Daemon {
         for alias in &req.aliases {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
+        let ports = self.check_ports(&net, &req.publish).await?;
         let ip = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
         let interface = (0..).map(|n| format!("eth{n}")).find(|name| !in_ns.iter().any(|e| &e.interface == name)).unwrap();
         let wants_default_route = !net.internal && !in_ns.iter().any(|e| e.default_route);
@@ -89,6 +91,7 @@ impl Daemon {
             mac: ipam::mac_for(ip),
             aliases: req.aliases.clone(),
             default_route: false,
+            ports,
         };
 
         // Write ahead: from here on a crash leaves a record of what this connect made.
@@ -134,7 +137,49 @@ impl Daemon {
             host_interface: ep.host_interface.clone(),
             ipv4_address: format!("{}/{}", ep.ipv4, net.subnet.prefix()),
             mac_address: ipam::format_mac(&ep.mac),
+            ports: ep.ports.iter().map(|p| p.to_string()).collect(),
         })
+    }
+
+    /// Parses `-p` values and refuses what cannot be published: bad specs, a host address that
+    /// is not the daemon's, a port another endpoint (or this request) already holds.
+    async fn check_ports(&self, net: &Network, specs: &[String]) -> DaemonResult<Vec<PublishedPort>> {
+        if specs.is_empty() {
+            return Ok(vec![]);
+        }
+        if net.internal {
+            return Err(Error::invalid(format!(
+                "network {:?} is internal: nothing reaches its containers from outside, so they cannot publish ports",
+                net.name
+            )));
+        }
+        let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
+        let mut ports: Vec<PublishedPort> = Vec::new();
+        for spec in specs {
+            let port = ports::parse(spec).map_err(Error::invalid)?;
+            if let Some(ip) = port.host_ip {
+                if !local.iter().any(|a| a.ip == ip) {
+                    return Err(Error::invalid(format!(
+                        "cannot publish {spec:?}: {ip} is not an address of the daemon's namespace"
+                    )));
+                }
+            }
+            if let Some(other) = ports.iter().find(|q| q.overlaps(&port)) {
+                return Err(Error::invalid(format!("{spec:?} overlaps {other}, published by the same request")));
+            }
+            for ep in &self.state.endpoints {
+                if let Some(held) = ep.ports.iter().find(|q| q.overlaps(&port)) {
+                    let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
+                    return Err(Error::conflict(format!(
+                        "cannot publish {spec:?}: {held} is already published by {} (network {network:?}, endpoint {})",
+                        ep.container_name,
+                        &ep.id[..12]
+                    )));
+                }
+            }
+            ports.push(port);
+        }
+        Ok(ports)
     }
 
     /// Removes what a failed connect made and its write-ahead record. If that fails, the record
@@ -191,6 +236,11 @@ impl Daemon {
         // Maps before the program: the first packet must find its entries.
         self.datapath.set_iface(link.index, iface_info(net, ep))?;
         self.datapath.set_endpoint(ep.ipv4, endpoint_info(net, ep, link.index))?;
+        for port in &ep.ports {
+            for (key, target) in port.entries(ep.ipv4) {
+                self.datapath.set_port(key, target)?;
+            }
+        }
         self.datapath.attach(&ep.host_interface, &link.name)?;
         self.netlink.set_up(link.index).await?;
         self.netlink.replace_host_route(ep.ipv4, link.index, net.gateway).await?;
@@ -235,6 +285,13 @@ impl Daemon {
         }
         if let Err(e) = self.datapath.detach(&ep.host_interface) {
             errors.push(e);
+        }
+        for port in &ep.ports {
+            for (key, target) in port.entries(ep.ipv4) {
+                if let Err(e) = self.datapath.remove_port_if(key, target) {
+                    errors.push(e);
+                }
+            }
         }
         // Its connections: a later endpoint with the same address must not inherit them.
         for index in &indexes {

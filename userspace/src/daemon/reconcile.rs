@@ -100,6 +100,7 @@ impl Daemon {
         let links = self.netlink.links().await?;
         let mut desired_endpoints = HashSet::new();
         let mut desired_ifaces = HashSet::new();
+        let mut desired_ports = HashSet::new();
         for i in 0..self.state.endpoints.len() {
             let ep = self.state.endpoints[i].clone();
             let net = self.state.network_by_id(&ep.network_id).context("endpoint of a missing network")?.clone();
@@ -112,12 +113,13 @@ impl Daemon {
             }
             desired_endpoints.insert(ipv4_key(ep.ipv4));
             desired_ifaces.insert(link.index);
+            desired_ports.extend(ep.ports.iter().flat_map(|p| p.entries(ep.ipv4)).map(|(key, _)| key));
             // One broken endpoint must not keep the daemon (and every other endpoint) down.
             if let Err(e) = self.program_endpoint(&net, &ep, &link).await {
                 log::error!("could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);
             }
         }
-        self.datapath.retain(&desired_endpoints, &desired_ifaces)?;
+        self.datapath.retain(&desired_endpoints, &desired_ifaces, &desired_ports)?;
         let wanted: HashSet<&str> = self.state.endpoints.iter().map(|e| e.host_interface.as_str()).collect();
         for pin in self.datapath.pinned_links() {
             if !wanted.contains(pin.as_str()) {

@@ -45,6 +45,7 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
                 host_interface: e.host_interface.clone(),
                 netns: e.netns_path.display().to_string(),
                 aliases: e.aliases.clone(),
+                ports: e.ports.iter().map(|p| p.to_string()).collect(),
             })
         })
         .collect();
@@ -66,4 +67,25 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
         options: net.options.clone(),
         labels: BTreeMap::new(),
     }
+}
+
+/// `port ls`: one line per published host port.
+pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
+    let mut out = Vec::new();
+    for ep in &state.endpoints {
+        let network = state.network_by_id(&ep.network_id).map_or_else(String::new, |n| n.name.clone());
+        for p in &ep.ports {
+            for i in 0..p.count {
+                out.push(api::PortMapping {
+                    host: format!("{}:{}", p.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string()), p.host_port + i),
+                    protocol: p.protocol.to_string(),
+                    container: format!("{}:{}", ep.ipv4, p.container_port + i),
+                    network: network.clone(),
+                    netns: ep.container_name.clone(),
+                    endpoint_id: ep.id.clone(),
+                });
+            }
+        }
+    }
+    out
 }

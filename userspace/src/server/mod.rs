@@ -96,6 +96,9 @@ async fn list(State(app): State<App>) -> Json<Vec<api::NetworkSummary>> {
 async fn inspect(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<api::NetworkInspect> {
     views::inspect(&app.published.get(), &name).map(Json)
 }
+async fn ports(State(app): State<App>) -> Json<Vec<api::PortMapping>> {
+    Json(views::list_ports(&app.published.get()))
+}
 async fn stats(State(app): State<App>) -> Reply<api::Stats> {
     let counters = app.counters.read().map_err(Error::internal)?;
     let state = app.published.get();
@@ -170,6 +173,7 @@ fn router(app: App) -> Router {
         .route("/networks/{name}/disconnect", post(disconnect))
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
+        .route("/ports", get(ports))
         .fallback(no_such_route)
         .with_state(app)
 }
