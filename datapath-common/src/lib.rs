@@ -2,7 +2,7 @@
 //!
 //! This is the one definition of every map layout, one module per map family: [`ip`] (address
 //! keys), [`endpoints`] (where to deliver), [`ifaces`] (who sends on a host-side veth),
-//! [`uplinks`] (where traffic leaves the host), [`ports`] (published ports), [`conntrack`] (connections and their NAT),
+//! [`uplinks`] (where traffic leaves the host), [`ports`] (published ports), [`sockets`] (host-local access to them), [`conntrack`] (connections and their NAT),
 //! [`counters`] (what happened to packets), and [`names`] (how maps, programs and globals are
 //! called). Every key and value is `#[repr(C)]` and derives `bytemuck::Pod`, which refuses to
 //! compile a layout with implicit padding; sizes are asserted too, so the two sides can never
@@ -17,6 +17,7 @@ pub mod ifaces;
 pub mod ip;
 pub mod names;
 pub mod ports;
+pub mod sockets;
 pub mod uplinks;
 
 pub use conntrack::{ct_action, ct_state, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
@@ -26,6 +27,7 @@ pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
 pub use ports::{PortKey, PortTarget, MAX_PUBLISHED_PORTS};
+pub use sockets::{SockRevKey, SockRevValue};
 pub use uplinks::{UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
@@ -48,4 +50,6 @@ mod user {
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
 }

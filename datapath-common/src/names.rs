@@ -9,8 +9,10 @@ pub mod map_names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const PORTS: &str = "PORTS";
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 7] = [ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS];
+    pub const ALL: [&str; 9] = [ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT];
 }
 
 pub mod program_names {
@@ -18,6 +20,13 @@ pub mod program_names {
     pub const FROM_CONTAINER: &str = "from_container";
     /// TC ingress on every uplink: replies to masqueraded connections and ICMP errors about them.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// cgroup socket programs at the cgroup root, acting only on sockets of the daemon's
+    /// namespace: a published port reached from the host itself.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const SOCKET_PROGRAMS: [&str; 4] = [SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
 }
 
 /// Globals of the eBPF object that the daemon sets when it loads the program.
@@ -26,4 +35,7 @@ pub mod global_names {
     pub const TRACE: &str = "TRACE";
     /// [`crate::CtConfig`]: connection lifetimes and the masquerade port range.
     pub const CT_CONFIG: &str = "CT_CONFIG";
+    /// `u64`: the cookie of the daemon's network namespace; the socket programs act on sockets
+    /// of that namespace only (0: on none).
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
 }

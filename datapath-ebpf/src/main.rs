@@ -10,8 +10,11 @@
 //! `from_uplink` runs at TC ingress of every uplink: replies to masqueraded connections, and ICMP
 //! errors about them, are translated back and delivered straight into their container.
 //!
+//! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
+//! for sockets of the daemon's namespace only: a process of the host reaching a published port.
+//!
 //! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `arp`,
-//! `conntrack` (tuples, state, the CT maps), `nat`, `route` (FIB and redirects), `forward`
+//! `conntrack` (tuples, state, the CT maps), `nat`, `route` (FIB and redirects), `socket`, `forward`
 //! (container-side decisions), `counters` and `trace`.
 #![no_std]
 #![no_main]
@@ -25,9 +28,13 @@ mod headers;
 mod maps;
 mod nat;
 mod route;
+mod socket;
 mod trace;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -37,6 +44,26 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     nat::from_uplink(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    socket::to_published(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    socket::to_published(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    socket::from_published(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    socket::from_published(&ctx)
 }
 
 #[cfg(not(test))]

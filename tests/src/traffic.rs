@@ -85,7 +85,10 @@ pub fn udp_whoami(ns: &str, from_port: u16, to: SocketAddr, timeout: Duration) -
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"who am i", to)?;
     let mut buf = [0u8; 256];
-    let (n, _) = socket.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
+    let (n, from) = socket.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
+    if from != to {
+        bail!("UDP answer from {from}, expected {to}");
+    }
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     text.parse().with_context(|| format!("whoami answered {text:?}"))
 }

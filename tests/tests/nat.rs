@@ -302,3 +302,48 @@ fn published_ports_reach_containers_from_outside_and_from_other_containers() {
     let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
     assert!(!conns.to_string().contains("10.216.0.2"), "{conns}");
 }
+
+#[test]
+fn processes_of_the_host_reach_published_ports_and_only_in_the_daemons_namespace() {
+    let (mut sb, outside) = with_outside("hostlocal", &[]);
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    assert!(log.contains("socket programs attached at"), "{log}");
+    let web = sb.add_netns("web").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.218.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &web, "-p", "8080:80", "-p", "8081:81", "-p", "5353:53/udp"]).unwrap();
+    tcp_whoami_server(&web, addr("10.218.0.2", 80)).unwrap();
+    tcp_echo_server(&web, addr("10.218.0.2", 81)).unwrap();
+    udp_whoami_server(&web, addr("10.218.0.2", 53)).unwrap();
+    let host = sb.host();
+
+    // TCP to loopback, the uplink's address and a gateway: the container answers, and sees the
+    // host by the address the host speaks to it from (its network's gateway).
+    for to in ["127.0.0.1", UPLINK_IP, "10.218.0.1"] {
+        let seen = tcp_whoami(&host, addr(to, 8080), T).unwrap_or_else(|e| panic!("host -> {to}:8080: {e:#}"));
+        assert_eq!(seen.ip().to_string(), "10.218.0.1", "host -> {to}");
+    }
+    // The application sees the address it connected to (getpeername), and real payloads pass.
+    let mut stream = tcp_connect(&host, addr("127.0.0.1", 8081), T).unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), addr("127.0.0.1", 8081));
+    let data = payload(7, 30_000);
+    assert_eq!(tcp_round_trip(&mut stream, &data).unwrap(), data);
+    // UDP: the answer comes from the address the datagram was sent to (recvmsg).
+    let seen = udp_whoami(&host, 0, addr("127.0.0.1", 5353), T).unwrap();
+    assert_eq!(seen.ip().to_string(), "10.218.0.1");
+
+    // Nothing else changes: a port nobody published, and the same port in another namespace.
+    assert!(tcp_connect(&host, addr("127.0.0.1", 8082), BLOCKED).is_err());
+    assert!(tcp_connect(&outside.ext, addr("127.0.0.1", 8080), BLOCKED).is_err(), "other namespaces are untouched");
+    assert!(tcp_connect(&outside.ext, addr("192.0.2.2", 8080), BLOCKED).is_err());
+
+    // A restart replaces the socket programs' links (never two of each) and keeps them working.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    let pins: Vec<String> =
+        std::fs::read_dir(sb.bpffs().join("sockets")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(pins.len(), 4, "{pins:?}");
+    assert_eq!(tcp_whoami(&host, addr("127.0.0.1", 8080), T).unwrap().ip().to_string(), "10.218.0.1");
+    // Disconnecting unpublishes for the host too.
+    sb.bpfnet_ok(&["network", "disconnect", "web", &web]).unwrap();
+    assert!(tcp_connect(&host, addr("127.0.0.1", 8080), BLOCKED).is_err());
+}

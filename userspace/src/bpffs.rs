@@ -65,6 +65,11 @@ pub fn uplinks_dir(root: &Path) -> PathBuf {
     root.join("uplinks")
 }
 
+/// Links of the socket programs at the cgroup root.
+pub fn sockets_dir(root: &Path) -> PathBuf {
+    root.join("sockets")
+}
+
 /// Removes the pinned maps of other layout versions (left by an older bpfnet): once this version's
 /// programs are attached nothing uses them.
 pub fn remove_other_layouts(root: &Path) {

@@ -127,6 +127,11 @@ struct DaemonArgs {
     /// above Linux's ephemeral ports (32768-60999), which the host's own connections use.
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     nat_ports: (u16, u16),
+    /// cgroup v2 directory where the socket programs attach (they let processes of the daemon's
+    /// namespace reach published ports, and act on that namespace's sockets only). Default: the
+    /// root of the mounted cgroup v2 hierarchy.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -265,8 +270,9 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         state_dir: args.state_dir,
         bpffs: args.bpffs,
         socket,
-        datapath: LoadOptions { trace: args.trace, ct_entries: args.ct_max, ct_config },
+        datapath: LoadOptions { trace: args.trace, ct_entries: args.ct_max, ct_config, netns_cookie: netns::cookie()? },
         uplinks: args.uplinks,
+        cgroup_root: args.cgroup_root,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {

@@ -18,7 +18,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
-        SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
@@ -56,11 +56,14 @@ pub struct LoadOptions {
     pub ct_entries: u32,
     /// Connection lifetimes and the masquerade port range.
     pub ct_config: CtConfig,
+    /// The cookie of the daemon's network namespace: the socket programs act only on sockets
+    /// of that namespace (0: on none).
+    pub netns_cookie: u64,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { trace: false, ct_entries: DEFAULT_CT_ENTRIES, ct_config: CtConfig::DEFAULT }
+        Self { trace: false, ct_entries: DEFAULT_CT_ENTRIES, ct_config: CtConfig::DEFAULT, netns_cookie: 0 }
     }
 }
 
@@ -72,7 +75,7 @@ impl Datapath {
     /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
     pub fn load_pinned(root: &Path, options: &LoadOptions) -> Result<Self> {
         bpffs::ensure(root)?;
-        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root)] {
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::sockets_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut loader = EbpfLoader::new();
@@ -95,6 +98,7 @@ impl Datapath {
         loader
             .override_global(global_names::TRACE, if options.trace { &1u8 } else { &0u8 }, true)
             .override_global(global_names::CT_CONFIG, &options.ct_config, true)
+            .override_global(global_names::NETNS_COOKIE, &options.netns_cookie, true)
             .map_max_entries(map_names::CONNTRACK, options.ct_entries)
     }
 
@@ -126,7 +130,53 @@ impl Datapath {
                 ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
             prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
         }
+        for name in program_names::SOCKET_PROGRAMS {
+            let prog: &mut CgroupSockAddr =
+                ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
+            prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
+        }
         Ok(Self { ebpf, pins })
+    }
+
+    /// Attaches the socket programs to the cgroup `root` (they act only on sockets of the
+    /// namespace whose cookie the datapath was loaded with), pinned under `<bpffs>/sockets`.
+    /// Links of an earlier run are replaced: the new one is attached before the old one goes, and
+    /// the two never translate twice (the old one sees an address that is no longer published).
+    pub fn attach_sockets(&mut self, cgroup_root: &Path) -> Result<()> {
+        let dir = bpffs::sockets_dir(self.pins.as_ref().context("attach needs a pinned datapath")?);
+        let cgroup = std::fs::File::open(cgroup_root).with_context(|| format!("opening the cgroup {}", cgroup_root.display()))?;
+        // bpffs refuses names with a '.'.
+        let generation = format!("{}-{}", std::process::id(), crate::conntrack::now_ns());
+        for name in program_names::SOCKET_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self.ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+            let id = prog
+                // A link (bpf_link_create) is always one of many on its cgroup; it takes no flags.
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup {}", cgroup_root.display()))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            let pin = dir.join(format!("{name}-{generation}"));
+            link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+            for old in pin_names(&dir) {
+                if old.starts_with(&format!("{name}-")) && !old.ends_with(&generation) {
+                    unpin(Some(dir.join(old)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn host_addrs(&mut self) -> Result<HashMap<&mut MapData, IpKey, u8>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::HOST_ADDRS).context("HOST_ADDRS map missing")?)?)
+    }
+
+    /// Makes `HOST_ADDRS` hold exactly `addrs`: where a port published on every address answers.
+    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        let mut map = self.host_addrs()?;
+        for addr in addrs {
+            map.insert(ipv4_key(*addr), 1, 0).context("writing HOST_ADDRS")?;
+        }
+        let keep: HashSet<IpKey> = addrs.iter().map(|a| ipv4_key(*a)).collect();
+        retain_keys(&mut map, &keep)
     }
 
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
@@ -153,7 +203,7 @@ impl Datapath {
 
     /// Attaches from_uplink at TCX ingress of the uplink `ifname` (same rules as [`Self::attach`]).
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
-        let pin = self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(ifname));
+        let pin = self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(uplink_pin_name(ifname)));
         self.attach_program(program_names::FROM_UPLINK, pin, ifname)
     }
 
@@ -188,7 +238,7 @@ impl Datapath {
 
     /// Forgets the pinned link of uplink `ifname`.
     pub fn detach_uplink(&mut self, ifname: &str) -> Result<()> {
-        unpin(self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(ifname)))
+        unpin(self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(uplink_pin_name(ifname))))
     }
 
     /// Endpoint interfaces that have a pinned link.
@@ -198,7 +248,8 @@ impl Datapath {
 
     /// Uplinks that have a pinned link.
     pub fn pinned_uplinks(&self) -> Vec<String> {
-        self.pins.as_ref().map(|root| pin_names(&bpffs::uplinks_dir(root))).unwrap_or_default()
+        let pins = self.pins.as_ref().map(|root| pin_names(&bpffs::uplinks_dir(root))).unwrap_or_default();
+        pins.into_iter().map(|p| p.replace(':', ".")).collect()
     }
 
     fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, UplinkInfo>> {
@@ -296,6 +347,11 @@ impl Datapath {
             PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
         sum_counters(&map)
     }
+}
+
+/// bpffs refuses names with a '.' (VLAN interfaces have one); interface names never hold a ':'.
+fn uplink_pin_name(ifname: &str) -> String {
+    ifname.replace('.', ":")
 }
 
 fn unpin(pin: Option<PathBuf>) -> Result<()> {

@@ -137,3 +137,33 @@ where
     .join()
     .map_err(|_| anyhow::anyhow!("thread working in namespace panicked"))?
 }
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), as BPF programs see
+/// it (`bpf_get_netns_cookie`).
+pub fn cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("opening a socket to read the namespace cookie")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading the network namespace cookie");
+    }
+    Ok(cookie)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (the first cgroup2 mount), if it is.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        // "<id> <parent> <major:minor> <root> <mount point> <options> ... - <fstype> <source> ..."
+        let (before, after) = line.split_once(" - ")?;
+        if after.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(before.split_whitespace().nth(4)?.replace("\\040", " ")))
+    })
+}

@@ -52,6 +52,8 @@ pub struct Config {
     /// `--uplink`: interfaces traffic to the outside leaves by. Empty: the interface(s) of the
     /// namespace's default route.
     pub uplinks: Vec<String>,
+    /// `--cgroup-root`: where the socket programs attach. `None`: the cgroup v2 mount.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.
@@ -143,9 +145,27 @@ impl Daemon {
         let published = Published::default();
         published.set(state.clone());
         let uplinks = uplinks::attach(&mut datapath, &found_uplinks)?;
+        match config.cgroup_root.clone().or_else(crate::netns::cgroup2_root) {
+            Some(root) => {
+                datapath.attach_sockets(&root)?;
+                log::info!("socket programs attached at {} (acting on this namespace's sockets only)", root.display());
+            }
+            None => log::warn!(
+                "no cgroup v2 hierarchy is mounted: processes of this namespace cannot reach published ports \
+                 (containers and the outside can); mount one or name it with --cgroup-root"
+            ),
+        }
         let mut daemon = Self { state, store, datapath, netlink, gateway_ifindex, published, conntrack, uplinks };
         daemon.reconcile().await?;
+        daemon.refresh_host_addresses().await?;
         Ok(daemon)
+    }
+
+    /// Tells the socket programs the namespace's addresses (where a port published on every
+    /// address answers). Run at start and when a network's gateway comes or goes.
+    async fn refresh_host_addresses(&mut self) -> Result<()> {
+        let addrs: Vec<std::net::Ipv4Addr> = self.netlink.host_addresses("").await?.into_iter().map(|a| a.ip).collect();
+        self.datapath.set_host_addrs(&addrs)
     }
 
     /// The interfaces masquerade leaves by.

@@ -48,6 +48,9 @@ impl Daemon {
             self.netlink.delete_addresses(self.gateway_ifindex, Some(gateway), Some(GATEWAY_LABEL)).await.ok();
             return Err(Error::internal(e));
         }
+        if let Err(e) = self.refresh_host_addresses().await {
+            log::warn!("telling the socket programs about gateway {gateway}: {e:#}");
+        }
         log::info!("network {} created: subnet {subnet}, gateway {gateway} (id {})", net.name, &net.id[..12]);
         Ok(views::inspect_network(&self.state, &net))
     }
@@ -71,6 +74,9 @@ impl Daemon {
         // Committed: a failure from here on is the reconciler's to finish, not the user's error.
         if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await {
             log::warn!("network {name}: removing its gateway {}: {e:#} (retried at the next start)", net.gateway);
+        }
+        if let Err(e) = self.refresh_host_addresses().await {
+            log::warn!("telling the socket programs that gateway {} is gone: {e:#}", net.gateway);
         }
         log::info!("network {name} removed (id {})", &net.id[..12]);
         Ok(())
