@@ -347,3 +347,72 @@ fn processes_of_the_host_reach_published_ports_and_only_in_the_daemons_namespace
     sb.bpfnet_ok(&["network", "disconnect", "web", &web]).unwrap();
     assert!(tcp_connect(&host, addr("127.0.0.1", 8080), BLOCKED).is_err());
 }
+
+/// Lets this process hold a few thousand sockets (clients and the echo servers' ends).
+fn raise_open_files() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(65_536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_connections_each_way_deliver_their_exact_payloads() {
+    raise_open_files();
+    let (mut sb, outside) = with_outside("thousand", &[]);
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.219.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con, "-p", "8081:81"]).unwrap();
+    tcp_echo_server(&con, addr("10.219.0.2", 81)).unwrap();
+    const N: usize = 1000;
+    // All open at once: 1000 masqueraded out, 1000 to the published port in.
+    let mut streams = Vec::with_capacity(2 * N);
+    for i in 0..N {
+        streams.push(tcp_connect(&con, addr(FAR_IP, 7000), T).unwrap_or_else(|e| panic!("outbound {i}: {e:#}")));
+        streams.push(tcp_connect(&outside.far, addr(UPLINK_IP, 8081), T).unwrap_or_else(|e| panic!("inbound {i}: {e:#}")));
+    }
+    let conns = json(&sb.bpfnet_ok(&["conntrack", "ls", "--json"]).unwrap());
+    assert!(conns.as_array().unwrap().len() >= 2 * N, "every connection is tracked: {}", conns.as_array().unwrap().len());
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let data = payload(i as u8, 100 + i % 1400);
+        let back = tcp_round_trip(stream, &data).unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(back, data, "connection {i} got its own bytes back");
+    }
+    assert_eq!(counter(&sb, "drop_nat_no_port") + counter(&sb, "drop_ct_insert_failed"), 0);
+}
+
+#[test]
+fn established_connections_survive_a_flood_that_overfills_the_connection_table() {
+    // 4096 entries: room for 2048 connections; the flood makes 6000.
+    let (mut sb, outside) = with_outside("flood", &["--ct-max", "4096"]);
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.220.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con, "-p", "8081:81"]).unwrap();
+    tcp_echo_server(&con, addr("10.220.0.2", 81)).unwrap();
+    let mut out = tcp_connect(&con, addr(FAR_IP, 7000), T).unwrap();
+    let mut inbound = tcp_connect(&outside.far, addr(UPLINK_IP, 8081), T).unwrap();
+    let data = payload(9, 2000);
+    // A flood of new UDP flows from the container, each from its own port.
+    for round in 0..60 {
+        let sockets: Vec<std::net::UdpSocket> = (0..100)
+            .map(|_| bpfnet_lab::netns::within(&con, || Ok(std::net::UdpSocket::bind("0.0.0.0:0")?)).unwrap())
+            .collect();
+        for s in &sockets {
+            s.send_to(b"flood", addr(FAR_IP, 9999)).unwrap();
+        }
+        // The established connections are in use all along, as live connections are.
+        assert_eq!(tcp_round_trip(&mut out, &data).unwrap(), data, "outbound, round {round}");
+        assert_eq!(tcp_round_trip(&mut inbound, &data).unwrap(), data, "inbound, round {round}");
+    }
+    let stats = json(&sb.bpfnet_ok(&["stats", "--json"]).unwrap());
+    let ct = &stats["conntrack"];
+    assert_eq!(ct["max_entries"], 4096);
+    assert!(ct["entries"].as_u64().unwrap() <= 4096, "{ct}");
+    assert!(ct["pressure_percent"].as_f64().unwrap() > 50.0, "the flood filled the table: {ct}");
+    assert!(counter(&sb, "nat_out") >= 6000, "every flood flow was masqueraded");
+    let shown = sb.bpfnet_ok(&["stats"]).unwrap();
+    assert!(shown.contains("connection table:"), "{shown}");
+}
