@@ -1,8 +1,8 @@
 //! Connection tracking: the tuple of a packet, the `CONNTRACK` and `FRAGMENTS` maps, state and
 //! lifetimes, and creating a connection's pair of entries (see `datapath_common::conntrack`).
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -47,6 +47,10 @@ pub fn new_connection() -> Option<&'static mut NewConnection> {
     slot.reply = CtEntry::default();
     Some(slot)
 }
+
+/// The socket lookup's tuple (internal scratch space, off the stack).
+#[map(name = "SOCK_TUPLE")]
+static SOCK_TUPLE: PerCpuArray<bpf_sock_tuple> = PerCpuArray::with_max_entries(1, 0);
 
 /// Named by `datapath_common::global_names::CT_CONFIG`; set by the daemon at load.
 #[unsafe(no_mangle)]
@@ -200,24 +204,74 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
     }
 }
 
+/// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the
+/// host's address and port): a port the host itself uses there is no port for NAT.
+#[inline(always)]
+fn host_socket_owns(ctx: &TcContext, key: &CtKey) -> bool {
+    let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let tuple = unsafe { &mut *slot };
+    // SAFETY: writing the IPv4 member of the union.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.saddr = key.saddr.ipv4_word();
+        t.daddr = key.daddr.ipv4_word();
+        t.sport = key.sport;
+        t.dport = key.dport;
+    }
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let ctx_ptr = ctx.skb.skb as *mut core::ffi::c_void;
+    // SAFETY: helpers with a valid tuple of the given size; a found socket is released at once.
+    unsafe {
+        let sk = match key.proto {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
+            _ => return false,
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk as *mut core::ffi::c_void);
+        true
+    }
+}
+
+/// How the reply tuple's destination port of a new connection is chosen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// As given in the reply key (no translation of the port).
+    Fixed,
+    /// The port translated to: `preferred` (network order) if it is free, as iptables keeps a
+    /// connection's source port when it can (a client that reuses its ports then reuses its
+    /// translations), else one drawn from the masquerade range. A port is free when no tracked
+    /// connection and no socket of the host has the reply tuple.
+    Allocate { preferred: u16 },
+}
+
 /// Tracks a new connection whose first packet is `flow`: `new.original` rewrites the
 /// initiator's packets, `new.reply` (keyed by `new.reply_key`) the answers. With
-/// `allocate_port`, the reply tuple's destination port is drawn from the masquerade range until
-/// one is free, and the original entry writes it as the new source port (`src_port`).
+/// [`Port::Allocate`], the original entry writes the chosen port as the new source port.
 #[inline(always)]
-pub fn track(flow: &Flow, new: &mut NewConnection, allocate_port: bool, len: u32) -> Result<(), Counter> {
+pub fn track(ctx: &TcContext, flow: &Flow, new: &mut NewConnection, port: Port, len: u32) -> Result<(), Counter> {
     let config = CT_CONFIG.load();
     let expires = now_ns() + lifetime(&config, flow.key.proto, 0);
     new.reply.peer = flow.key;
     new.reply.state = ct_state::REPLY;
     new.reply.expires_ns = expires;
-    if allocate_port {
+    if let Port::Allocate { preferred } = port {
         let span = (config.nat_port_max as u32).saturating_sub(config.nat_port_min as u32) + 1;
         let mut claimed = false;
-        for _ in 0..NAT_PORT_TRIES {
-            // SAFETY: helper without arguments.
-            let port = (config.nat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16;
-            new.reply_key.dport = port.to_be();
+        for attempt in 0..NAT_PORT_TRIES {
+            let candidate = if attempt == 0 && preferred != 0 {
+                preferred
+            } else {
+                // SAFETY: helper without arguments.
+                ((config.nat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
+            };
+            new.reply_key.dport = candidate;
+            if host_socket_owns(ctx, &new.reply_key) {
+                continue;
+            }
             match CONNTRACK.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {
                 Ok(()) => {
                     claimed = true;

@@ -9,7 +9,7 @@ use datapath_common::{
 
 use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
-    conntrack::{self, observe, Flow, CONNTRACK},
+    conntrack::{self, observe, Flow, Port, CONNTRACK},
     counters::{count, drop_packet, to_host},
     headers::{ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     maps::{ENDPOINTS, IFACES, PORTS, UPLINKS},
@@ -109,7 +109,9 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
-    if let Err(reason) = conntrack::track(&flow, new, true, len) {
+    // Keep the container's port (an echo's identifier) where it is free.
+    let port = Port::Allocate { preferred: flow.key.sport };
+    if let Err(reason) = conntrack::track(ctx, &flow, new, port, len) {
         return drop_packet(ctx, reason);
     }
     send_out(ctx, &flow, &new.original, &route)
@@ -156,7 +158,7 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: target.addr, daddr: gateway, sport: target.port, dport: 0, proto: flow.key.proto, _pad: [0; 3] };
-    if let Err(reason) = conntrack::track(flow, new, true, len) {
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport }, len) {
         return drop_packet(ctx, reason);
     }
     if apply(ctx, flow, &new.original).is_err() {
@@ -225,7 +227,7 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
     new.reply.src = flow.key.daddr;
     new.reply.src_port = flow.key.dport;
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
-    if let Err(reason) = conntrack::track(flow, new, false, len) {
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
     if apply(ctx, flow, &new.original).is_err() {

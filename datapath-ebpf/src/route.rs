@@ -3,6 +3,8 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
@@ -19,12 +21,16 @@ pub struct Route {
     dmac: [u8; 6],
 }
 
+/// The FIB request and answer live here, not on the 512-byte stack.
+#[map(name = "FIB_SCRATCH")]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
 /// Looks up the route of `flow`'s destination as the kernel would forward it, entering by the
 /// interface the packet arrived on. `None` when the kernel would not forward it (a local
 /// address, no route, forwarding off): the host stack then decides.
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
-    let (rc, params) = fib(ctx, flow);
+    let (rc, params) = fib(ctx, flow)?;
     let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
     if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return None;
@@ -33,9 +39,12 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
 }
 
 #[inline(always)]
-fn fib(ctx: &TcContext, flow: &Flow) -> (i64, bpf_fib_lookup) {
+fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
+    let slot = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let params = unsafe { &mut *slot };
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    *params = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = flow.key.proto;
     params.sport = flow.key.sport;
@@ -48,16 +57,16 @@ fn fib(ctx: &TcContext, flow: &Flow) -> (i64, bpf_fib_lookup) {
     params.__bindgen_anon_4.ipv4_dst = flow.key.daddr.ipv4_word();
     // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size given.
     let rc = unsafe {
-        fib_lookup(ctx.skb.skb as *mut _, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(ctx.skb.skb as *mut _, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
-    (rc, params)
+    Some((rc, params))
 }
 
 /// Whether the kernel would deliver `flow` locally: its destination is one of the host's
 /// addresses.
 #[inline(always)]
 pub fn is_local(ctx: &TcContext, flow: &Flow) -> bool {
-    fib(ctx, flow).0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+    fib(ctx, flow).is_some_and(|(rc, _)| rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64)
 }
 
 /// Sends the packet out along `route`: with the neighbour's MAC when the FIB knew it, otherwise

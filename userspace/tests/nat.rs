@@ -270,7 +270,7 @@ fn tcp_is_masqueraded_out_of_the_uplink_and_replies_are_translated_back() {
         let out = lab.from_container(&syn);
         assert_eq!(out.verdict, REDIRECT, "sent out of the uplink");
         let nat_port = port_at(&out.packet, L4);
-        assert!(NAT_PORTS.contains(&nat_port), "source port {nat_port} is from the masquerade range");
+        assert_eq!(nat_port, 40000, "the container's port is kept where it is free, as iptables does");
         let expected = packet(
             ROUTER_MAC,
             UPLINK_MAC,
@@ -306,10 +306,17 @@ fn tcp_is_masqueraded_out_of_the_uplink_and_replies_are_translated_back() {
         assert_eq!(out.verdict, REDIRECT);
         let other_port = port_at(&out.packet, L4);
         assert_ne!(other_port, nat_port, "two connections never share a reply tuple");
+        assert!(NAT_PORTS.contains(&other_port), "the next one comes from the masquerade range: {other_port}");
         let reply = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 8, frag: 0 }, tcp_segment(80, other_port, 0x12, b""));
         let out = lab.from_uplink(&reply);
         assert_eq!(&out.packet[0..6], &OTHER_CONTAINER_MAC, "the reply reaches the other container");
         assert_eq!(&out.packet[14 + 16..14 + 20], &OTHER_CONTAINER_IP);
+
+        // A port a socket of the host holds is never taken.
+        let _listener = std::net::TcpListener::bind("0.0.0.0:40001").unwrap();
+        let syn = packet(GATEWAY_MAC, OTHER_CONTAINER_MAC, from_container(OTHER_CONTAINER_IP, TCP, 64), tcp_segment(40001, 80, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert!(NAT_PORTS.contains(&port_at(&out.packet, L4)), "not 40001, where the host listens");
 
         // An unknown reply is the host's.
         let stray = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 9, frag: 0 }, tcp_segment(80, 1234, 0x12, b""));
@@ -382,7 +389,7 @@ fn ping_is_masqueraded_by_its_identifier() {
         let out = lab.from_container(&request);
         assert_eq!(out.verdict, REDIRECT);
         let nat_id = port_at(&out.packet, L4 + 4);
-        assert!(NAT_PORTS.contains(&nat_id));
+        assert_eq!(nat_id, 0x4242, "the identifier is kept where it is free");
         let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, ttl: 63, ..from_container(CONTAINER_IP, ICMP, 64) }, icmp_echo(8, nat_id, 1));
         assert_eq!(out.packet, expected);
 
@@ -507,7 +514,7 @@ fn containers_reach_published_ports_through_host_addresses() {
         let out = lab.from_container(&syn);
         assert_eq!(out.verdict, REDIRECT);
         let gw_port = port_at(&out.packet, L4);
-        assert!(NAT_PORTS.contains(&gw_port));
+        assert_eq!(gw_port, 41000, "the client's port is kept where it is free");
         // Into the publisher, from its own gateway (so that its answers come back through here).
         let expected = packet(
             PUBLISHER_MAC,
