@@ -28,7 +28,7 @@ pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
 pub use ports::{PortKey, PortTarget, MAX_PUBLISHED_PORTS};
 pub use sockets::{SockRevKey, SockRevValue};
-pub use uplinks::{UplinkInfo, MAX_UPLINKS};
+pub use uplinks::{uplink_flags, UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
 /// daemon pins maps per version, so it never reuses maps of another layout.

@@ -6,9 +6,21 @@ use crate::IpKey;
 
 pub const MAX_UPLINKS: u32 = 64;
 
+/// [`UplinkInfo::flags`].
+pub mod uplink_flags {
+    /// The uplink is a veth: a packet for it is handed to its peer directly
+    /// (`bpf_redirect_peer`), which is what transmitting on it amounts to, without a second pass
+    /// through the receive backlog (a physical uplink costs the host no such pass either).
+    pub const VETH: u32 = 1 << 0;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct UplinkInfo {
     /// The source address of masqueraded traffic leaving by this interface.
     pub addr: IpKey,
+    /// [`uplink_flags`].
+    pub flags: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 20);

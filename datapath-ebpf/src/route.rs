@@ -2,13 +2,15 @@
 //! neighbour, and the packet is redirected there without a pass through the host stack.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
 };
 
-use crate::conntrack::Flow;
+use datapath_common::uplink_flags;
+
+use crate::{conntrack::Flow, maps::UPLINKS};
 
 const AF_INET: u8 = 2;
 
@@ -77,8 +79,16 @@ pub fn send(ctx: &TcContext, route: &Route) -> bool {
         let (Ok(()), Ok(())) = (store_mac(ctx, 0, &route.dmac), store_mac(ctx, 6, &route.smac)) else {
             return false;
         };
-        // SAFETY: helper call with plain integer arguments.
-        unsafe { bpf_redirect(route.ifindex, 0) }
+        // SAFETY: read-only lookup of a plain-old-data value.
+        let veth = unsafe { UPLINKS.get(&route.ifindex) }.is_some_and(|u| u.flags & uplink_flags::VETH != 0);
+        // SAFETY: helper calls with plain integer arguments.
+        if veth {
+            // Transmitting on a veth means arriving at its peer: go there directly (we run at
+            // ingress, where bpf_redirect_peer is allowed).
+            unsafe { bpf_redirect_peer(route.ifindex, 0) }
+        } else {
+            unsafe { bpf_redirect(route.ifindex, 0) }
+        }
     } else {
         // SAFETY: no parameters: the kernel finds the next hop from the packet's destination.
         unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) }

@@ -1,7 +1,8 @@
-//! Side-by-side benchmark, container to container: bpfnet against a direct veth pair between two
-//! namespaces (the limit) and Docker's default datapath (a Linux bridge, br_netfilter and the
-//! iptables rules dockerd 20.10 installs for one user-defined bridge network). See
-//! docs/BENCHMARKS.md for the method and the latest results.
+//! Side-by-side benchmark of three paths — container to container, container to the outside
+//! (masquerade) and outside to a published port (`-p`) — for bpfnet and Docker's default datapath
+//! (a Linux bridge, br_netfilter and the iptables rules dockerd 20.10 installs for one user-defined
+//! bridge network, with its MASQUERADE and DNAT rules), each against a direct veth pair between
+//! two namespaces (the limit). See docs/BENCHMARKS.md for the method and the latest results.
 //!
 //! Everything is built inside one [`Sandbox`] (namespaces `bpfnetlab-bench-...`); nothing on the
 //! machine's own namespace is touched. Per repetition every mode is measured on every configuration,
@@ -34,8 +35,9 @@ pub struct Options {
     /// Repetitions; configurations are interleaved within each and their order rotated.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// What to measure, comma-separated: rr (TCP_RR), crr (TCP_CRR), stream (one TCP stream).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Rr, Mode::Crr, Mode::Stream])]
+    /// What to measure, comma-separated: rr (TCP_RR), crr (TCP_CRR), stream (one TCP stream,
+    /// container to container only), udp (64-byte UDP_RR).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Rr, Mode::Crr, Mode::Stream, Mode::Udp])]
     pub modes: Vec<Mode>,
     /// Seconds of discarded warm-up traffic per configuration before each mode's measurements.
     #[arg(long, default_value_t = 1.0)]
@@ -50,6 +52,9 @@ pub struct Options {
     /// noise of the method itself.
     #[arg(long)]
     pub control: bool,
+    /// Container to container only (no masquerade or published-port paths).
+    #[arg(long)]
+    pub c2c_only: bool,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -68,10 +73,11 @@ impl Default for Options {
         Options {
             seconds: 5.0,
             reps: 3,
-            modes: vec![Mode::Rr, Mode::Crr, Mode::Stream],
+            modes: vec![Mode::Rr, Mode::Crr, Mode::Stream, Mode::Udp],
             warmup: 1.0,
             slice: 0.5,
             control: false,
+            c2c_only: false,
             json: false,
             markdown_out: None,
             quiet: false,
@@ -87,11 +93,15 @@ impl Options {
 }
 
 /// The configurations, in their order in tables (the order of measurement rotates).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     Direct,
     Bridge,
     Bpfnet,
+    BridgeOut,
+    BpfnetOut,
+    BridgeIn,
+    BpfnetIn,
     Control,
 }
 
@@ -101,16 +111,28 @@ impl Config {
             Config::Direct => "direct",
             Config::Bridge => "bridge+iptables",
             Config::Bpfnet => "bpfnet",
+            Config::BridgeOut => "out: bridge+iptables MASQUERADE",
+            Config::BpfnetOut => "out: bpfnet masquerade",
+            Config::BridgeIn => "in: bridge+iptables DNAT",
+            Config::BpfnetIn => "in: bpfnet -p",
             Config::Control => "direct again (A/A control)",
         }
     }
     fn describe(self) -> &'static str {
         match self {
-            Config::Direct => "veth pair directly between the two namespaces (the limit)",
-            Config::Bridge => "Linux bridge, br_netfilter, Docker 20.10's iptables rules for one bridge network",
-            Config::Bpfnet => "bpfnet daemon, one network, both namespaces connected with `bpfnet network connect`",
+            Config::Direct => "veth pair directly between the two namespaces (the limit, for every path)",
+            Config::Bridge => "container to container: Linux bridge, br_netfilter, Docker 20.10's iptables rules for one bridge network",
+            Config::Bpfnet => "container to container: bpfnet daemon, one network, both namespaces connected with `bpfnet network connect`",
+            Config::BridgeOut => "container to a server behind the host's uplink: bridge, forwarding, Docker's MASQUERADE rule",
+            Config::BpfnetOut => "container to a server behind the host's uplink: bpfnet masquerade",
+            Config::BridgeIn => "a client behind the uplink to a published port (-p 8080:5201): Docker's DNAT rule, no userland proxy",
+            Config::BpfnetIn => "a client behind the uplink to a published port: `bpfnet network connect ... -p 8080:5201`",
             Config::Control => "a second veth pair built like direct: the method's own noise",
         }
+    }
+    /// The bulk stream is measured container to container only (it does not separate datapaths).
+    fn measures(self, mode: Mode) -> bool {
+        mode != Mode::Stream || matches!(self, Config::Direct | Config::Bridge | Config::Bpfnet | Config::Control)
     }
 }
 
@@ -123,6 +145,7 @@ fn mode_title(mode: Mode) -> &'static str {
         Mode::Rr => "TCP_RR",
         Mode::Crr => "TCP_CRR",
         Mode::Stream => "TCP_STREAM",
+        Mode::Udp => "UDP_RR 64 B",
     }
 }
 
@@ -131,6 +154,7 @@ fn mode_unit(mode: Mode) -> &'static str {
         Mode::Rr => "tr/s",
         Mode::Crr => "conn/s",
         Mode::Stream => "Gb/s",
+        Mode::Udp => "tr/s",
     }
 }
 
@@ -212,6 +236,7 @@ fn median(values: &[f64]) -> f64 {
 
 impl ConfigResult {
     fn new(config: &str, rates: Vec<f64>, direct: &[f64]) -> Self {
+        let rates: Vec<f64> = rates.into_iter().filter(|r| !r.is_nan()).collect();
         let ratios: Vec<f64> = rates.iter().zip(direct).map(|(r, d)| r / d).collect();
         ConfigResult {
             config: config.to_string(),
@@ -288,8 +313,8 @@ impl Report {
             .map(|info| {
                 let mut row = vec![info.name.clone()];
                 for m in &self.results {
-                    let c = m.configs.iter().find(|c| c.config == info.name);
-                    row.push(c.map(|c| m.cell(c)).unwrap_or_default());
+                    let c = m.configs.iter().find(|c| c.config == info.name && !c.rates.is_empty());
+                    row.push(c.map(|c| m.cell(c)).unwrap_or_else(|| "-".into()));
                 }
                 row
             })
@@ -303,7 +328,7 @@ impl Report {
         header.extend((1..=self.reps).map(|r| format!("rep {r}")));
         let mut rows = vec![];
         for m in &self.results {
-            for c in &m.configs {
+            for c in m.configs.iter().filter(|c| !c.rates.is_empty()) {
                 let mut row = vec![format!("{} ({})", m.title, m.table_unit()), c.config.clone()];
                 row.extend(
                     c.rates.iter().zip(&c.ratios).map(|(r, x)| format!("{} ({x:.2}x)", format_rate(&m.mode, *r))),
@@ -537,8 +562,46 @@ fn docker_rules() -> Vec<Vec<&'static str>> {
     rules.iter().map(|r| r.to_vec()).collect()
 }
 
+/// The uplink of a host namespace `host` to a new "outside" namespace `role`: host 192.0.2.1/24,
+/// outside 192.0.2.2/24, the host's default route through it. The outside has no route to any
+/// container subnet. Returns the outside namespace, set up to run clients and servers.
+fn uplink_to_outside(sb: &mut Sandbox, host: &str, role: &str) -> Result<String> {
+    let ext = container_ns(sb, role)?;
+    ip(host, &["link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &ext])?;
+    ip(host, &["addr", "add", "192.0.2.1/24", "dev", "up0"])?;
+    ip(host, &["link", "set", "up0", "up"])?;
+    ip(&ext, &["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    ip(&ext, &["link", "set", "eth0", "up"])?;
+    ip(host, &["route", "add", "default", "via", "192.0.2.2"])?;
+    Ok(ext)
+}
+
+/// The server behind the uplink, and the published port clients behind it use.
+const OUTSIDE_SERVER: [u8; 4] = [192, 0, 2, 2];
+const UPLINK: [u8; 4] = [192, 0, 2, 1];
+const PUBLISHED_PORT: u16 = 8080;
+
+/// Docker's rules for `-p 8080:5201` (tcp and udp) on the bridge container 10.202.0.3, with
+/// `userland-proxy: false`.
+fn docker_publish_rules() -> Vec<Vec<String>> {
+    let mut rules = vec![];
+    for proto in ["tcp", "udp"] {
+        let line = format!(
+            "-t nat -A DOCKER ! -i {BRIDGE} -p {proto} -m {proto} --dport {PUBLISHED_PORT} -j DNAT --to-destination 10.202.0.3:{PORT}"
+        );
+        rules.push(line.split_whitespace().map(String::from).collect());
+        let line = format!(
+            "-t filter -A DOCKER -d 10.202.0.3/32 ! -i {BRIDGE} -o {BRIDGE} -p {proto} -m {proto} --dport {PORT} -j ACCEPT"
+        );
+        rules.push(line.split_whitespace().map(String::from).collect());
+    }
+    rules
+}
+
 /// (b) Docker's default datapath: a bridge in a host namespace with bridged traffic through iptables.
-fn build_bridge(sb: &mut Sandbox) -> Result<(Pair, String)> {
+/// With `nat`, also an uplink to an outside namespace and a published port: pairs for
+/// masquerade (container to outside) and DNAT (outside to the published port).
+fn build_bridge(sb: &mut Sandbox, nat: bool) -> Result<(Vec<Pair>, String)> {
     let host = sb.add_netns("bridge-host")?;
     base_sysctls(&host, true)?;
     // Built into this kernel and per namespace: bridged IPv4 goes through iptables, as on a Docker host.
@@ -569,20 +632,59 @@ fn build_bridge(sb: &mut Sandbox) -> Result<(Pair, String)> {
     }
     let server_ns = containers.pop().unwrap();
     let client_ns = containers.pop().unwrap();
-    let pair = Pair { config: Config::Bridge, client_ns, server_ns, server: SocketAddr::from(([10, 202, 0, 3], PORT)) };
-    Ok((pair, host))
+    let mut pairs = vec![Pair {
+        config: Config::Bridge,
+        client_ns: client_ns.clone(),
+        server_ns: server_ns.clone(),
+        server: SocketAddr::from(([10, 202, 0, 3], PORT)),
+    }];
+    if nat {
+        let ext = uplink_to_outside(sb, &host, "bridge-ext")?;
+        for rule in docker_publish_rules() {
+            let mut args = vec!["netns", "exec", &host, "iptables", "-w"];
+            args.extend(rule.iter().map(String::as_str));
+            run_ok("ip", &args)?;
+        }
+        pairs.push(Pair {
+            config: Config::BridgeOut,
+            client_ns,
+            server_ns: ext.clone(),
+            server: SocketAddr::from((OUTSIDE_SERVER, PORT)),
+        });
+        pairs.push(Pair { config: Config::BridgeIn, client_ns: ext, server_ns, server: SocketAddr::from((UPLINK, PUBLISHED_PORT)) });
+    }
+    Ok((pairs, host))
 }
 
-/// (c) bpfnet: the daemon in the sandbox's host namespace, one network, two containers.
-fn build_bpfnet(sb: &mut Sandbox) -> Result<Pair> {
-    base_sysctls(&sb.host(), true)?;
+/// (c) bpfnet: the daemon in the sandbox's host namespace, one network, two containers; with
+/// `nat`, an uplink to an outside namespace and `-p 8080:5201` (tcp and udp) on the server.
+fn build_bpfnet(sb: &mut Sandbox, nat: bool) -> Result<Vec<Pair>> {
+    let host = sb.host();
+    base_sysctls(&host, true)?;
+    // The uplink before the daemon starts: it takes the default route's interface.
+    let ext = if nat { Some(uplink_to_outside(sb, &host, "bpfnet-ext")?) } else { None };
     sb.start_daemon()?;
     let c1 = container_ns(sb, "bpfnet-c1")?;
     let c2 = container_ns(sb, "bpfnet-c2")?;
     sb.bpfnet_ok(&["network", "create", "bench", "--subnet", "10.201.0.0/24"])?;
     sb.bpfnet_ok(&["network", "connect", "bench", &c1, "--ip", "10.201.0.2"])?;
-    sb.bpfnet_ok(&["network", "connect", "bench", &c2, "--ip", "10.201.0.3"])?;
-    Ok(Pair { config: Config::Bpfnet, client_ns: c1, server_ns: c2, server: SocketAddr::from(([10, 201, 0, 3], PORT)) })
+    let publish = [format!("{PUBLISHED_PORT}:{PORT}"), format!("{PUBLISHED_PORT}:{PORT}/udp")];
+    let mut args = vec!["network", "connect", "bench", c2.as_str(), "--ip", "10.201.0.3"];
+    if nat {
+        args.extend(["-p", publish[0].as_str(), "-p", publish[1].as_str()]);
+    }
+    sb.bpfnet_ok(&args)?;
+    let mut pairs = vec![Pair {
+        config: Config::Bpfnet,
+        client_ns: c1.clone(),
+        server_ns: c2.clone(),
+        server: SocketAddr::from(([10, 201, 0, 3], PORT)),
+    }];
+    if let Some(ext) = ext {
+        pairs.push(Pair { config: Config::BpfnetOut, client_ns: c1, server_ns: ext.clone(), server: SocketAddr::from((OUTSIDE_SERVER, PORT)) });
+        pairs.push(Pair { config: Config::BpfnetIn, client_ns: ext, server_ns: c2, server: SocketAddr::from((UPLINK, PUBLISHED_PORT)) });
+    }
+    Ok(pairs)
 }
 
 fn wait_for_ping(sb: &Sandbox, pair: &Pair) -> Result<()> {
@@ -771,6 +873,64 @@ fn bpfnet_counters(sb: &Sandbox) -> Option<(u64, u64)> {
     Some((redirected, dropped))
 }
 
+#[derive(Default)]
+struct NatCounters {
+    masquerade: u64,
+    dnat: u64,
+    bpfnet_out: u64,
+    bpfnet_in: u64,
+}
+
+/// Packets through the bridge host's MASQUERADE and DNAT rules, and bpfnet's NAT counters.
+fn nat_counters(sb: &Sandbox, bridge_host: &str) -> NatCounters {
+    let mut c = NatCounters::default();
+    if let Ok(out) = run_ok("ip", &["netns", "exec", bridge_host, "iptables", "-w", "-t", "nat", "-L", "-n", "-v", "-x"]) {
+        for line in out.lines() {
+            let packets: u64 = line.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if line.contains("MASQUERADE") {
+                c.masquerade += packets;
+            } else if line.contains("DNAT") {
+                c.dnat += packets;
+            }
+        }
+    }
+    if let Some(json) = sb.bpfnet_ok(&["stats", "--json"]).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        for counter in json["counters"].as_array().into_iter().flatten() {
+            let packets = counter["packets"].as_u64().unwrap_or(0);
+            match counter["name"].as_str() {
+                Some("nat_out") => c.bpfnet_out += packets,
+                Some("nat_in") => c.bpfnet_in += packets,
+                _ => {}
+            }
+        }
+    }
+    c
+}
+
+/// The memory of bpfnet's pinned maps, as the kernel charges it (bpftool's `bytes_memlock`).
+fn bpfnet_map_memory(sb: &Sandbox) -> Option<String> {
+    let dir = std::fs::read_dir(sb.bpffs()).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps-v"))
+    })?;
+    let mut total = 0u64;
+    let mut parts = vec![];
+    let mut pins: Vec<PathBuf> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
+    pins.sort();
+    for pin in pins {
+        let out = run_ok("bpftool", &["-j", "map", "show", "pinned", pin.to_str()?]).ok()?;
+        let info: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let bytes = info["bytes_memlock"].as_u64().unwrap_or(0);
+        total += bytes;
+        parts.push(format!(
+            "{} {:.1} MiB ({} entries)",
+            pin.file_name()?.to_string_lossy(),
+            bytes as f64 / (1 << 20) as f64,
+            info["max_entries"].as_u64().unwrap_or(0)
+        ));
+    }
+    Some(format!("bpfnet map memory: {:.1} MiB in all: {}", total as f64 / (1 << 20) as f64, parts.join(", ")))
+}
+
 // ---- the run ----
 
 /// Builds the three configurations, measures them and returns the report; prints progress on
@@ -794,27 +954,42 @@ pub fn run(opts: &Options) -> Result<Report> {
     // Declared before the servers, so the servers (dropped first) are killed before the namespaces go.
     let mut sb = Sandbox::new("bench")?;
     eprintln!("bench: building the configurations in namespaces {}-*", sb.name);
+    let nat = !opts.c2c_only;
     let mut pairs = vec![build_direct(&mut sb, Config::Direct, "direct", 203)?];
-    let (bridge, bridge_host) = build_bridge(&mut sb)?;
-    pairs.push(bridge);
-    pairs.push(build_bpfnet(&mut sb)?);
+    let (bridge, bridge_host) = build_bridge(&mut sb, nat)?;
+    pairs.extend(bridge);
+    pairs.extend(build_bpfnet(&mut sb, nat)?);
     if opts.control {
         pairs.push(build_direct(&mut sb, Config::Control, "control", 204)?);
     }
+    // Table order; direct first (every ratio is to it).
+    pairs.sort_by_key(|p| p.config);
     for pair in &pairs {
         wait_for_ping(&sb, pair)?;
     }
     let mut servers = vec![];
+    let mut serving: Vec<&str> = vec![];
     for pair in &pairs {
-        servers.push(Server::start(&lab, &pair.server_ns, cpu, PORT)?);
+        if !serving.contains(&pair.server_ns.as_str()) {
+            servers.push(Server::start(&lab, &pair.server_ns, cpu, PORT)?);
+            serving.push(&pair.server_ns);
+        }
     }
+    let nat_before = nat_counters(&sb, &bridge_host);
     let bridge_packets_before = docker_user_packets(&bridge_host).unwrap_or(0);
     let bpfnet_before = bpfnet_counters(&sb).unwrap_or((0, 0));
 
     // One piece of traffic; conntrack of the bridge's host is flushed before every one, so no
     // configuration ever pays for another's entries (TCP_CRR leaves thousands in TIME_WAIT).
+    // bpfnet's own table is flushed likewise before each of its NAT measurements.
     let measure = |pair: &Pair, mode: Mode, seconds: f64, what: &str| {
+        if !pair.config.measures(mode) {
+            return Ok(f64::NAN);
+        }
         flush_conntrack(&bridge_host);
+        if matches!(pair.config, Config::BpfnetOut | Config::BpfnetIn) {
+            sb.bpfnet_ok(&["conntrack", "flush"])?;
+        }
         client(&lab, &pair.client_ns, cpu, pair.server, mode, seconds)
             .with_context(|| format!("{what} of {} on {}", mode_title(mode), pair.config.name()))
     };
@@ -843,6 +1018,9 @@ pub fn run(opts: &Options) -> Result<Report> {
                 }
             }
             for c in order(0) {
+                if !pairs[c].config.measures(mode) {
+                    continue;
+                }
                 // Slices are equally long: the rate over the whole measurement is their mean.
                 let rate = sums[c] / slices as f64;
                 rates[m][c][rep] = rate;
@@ -873,6 +1051,23 @@ pub fn run(opts: &Options) -> Result<Report> {
             redirected.saturating_sub(bpfnet_before.0),
             dropped.saturating_sub(bpfnet_before.1)
         ));
+    }
+    if nat {
+        let after = nat_counters(&sb, &bridge_host);
+        checks.push(format!(
+            "bridge+iptables NAT: {} packets matched MASQUERADE, {} DNAT (nat table counters; only a connection's first \
+             packet passes the nat table)",
+            after.masquerade.saturating_sub(nat_before.masquerade),
+            after.dnat.saturating_sub(nat_before.dnat)
+        ));
+        checks.push(format!(
+            "bpfnet NAT: {} packets translated out of the uplink, {} translated into containers, during the run",
+            after.bpfnet_out.saturating_sub(nat_before.bpfnet_out),
+            after.bpfnet_in.saturating_sub(nat_before.bpfnet_in)
+        ));
+    }
+    if let Some(memory) = bpfnet_map_memory(&sb) {
+        checks.push(memory);
     }
     drop(servers);
     drop(sb);

@@ -1,7 +1,8 @@
 //! The demo: the reference scenario through the CLI in a private sandbox, a connectivity matrix
-//! (expected vs observed, with real TCP and UDP payloads), icc=false, a daemon restart under
-//! traffic, failure behaviour (kill -9, a lost state file, a bad argument, a container exiting),
-//! the datapath counters, and a short side-by-side benchmark. Exits non-zero if anything
+//! (expected vs observed, with real TCP and UDP payloads), icc=false, the outside world
+//! (masquerade, a published port reached from outside, from the host and from another network),
+//! a daemon restart under traffic, failure behaviour (kill -9, a lost state file, a bad argument,
+//! a container exiting), the datapath counters, and a short side-by-side benchmark. Exits non-zero if anything
 //! observed differs from what is expected.
 use std::{net::SocketAddr, time::Duration};
 
@@ -9,7 +10,11 @@ use anyhow::{bail, Result};
 
 use crate::{
     bench,
-    traffic::{payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, udp_echo_server, udp_exchange},
+    sandbox::{Outside, FAR_IP, UPLINK_IP},
+    traffic::{
+        payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, tcp_whoami, tcp_whoami_server, udp_echo_server,
+        udp_exchange,
+    },
     Sandbox,
 };
 
@@ -102,10 +107,48 @@ fn failure_behaviour(sb: &mut Sandbox, conn: &mut std::net::TcpStream) -> Result
     Ok(())
 }
 
+/// Masquerade and published ports, observed from both ends. Returns what differed.
+fn outside_world(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
+    let mut failures = vec![];
+    tcp_whoami_server(&outside.far, addr(FAR_IP, 8000))?;
+    println!("outside: a router (ext, 192.0.2.2) behind the host's uplink up0 (192.0.2.1), and a server far");
+    println!("({FAR_IP}) behind it; neither has a route to any container subnet.");
+    let con1 = sb.ns("con1");
+    let seen = tcp_whoami(&con1, addr(FAR_IP, 8000), WAIT)?;
+    println!("con1 (10.210.1.2) connects to {FAR_IP}:8000; the server sees the client as {seen}");
+    if seen.ip().to_string() != UPLINK_IP {
+        failures.push(format!("masquerade: the server saw {seen}, not the uplink's address"));
+    }
+    let web = sb.add_netns("web")?;
+    cli(sb, &["network", "connect", "backend", &web, "-p", "8080:80"])?;
+    tcp_whoami_server(&web, addr("10.210.1.4", 80))?;
+    let host = sb.host();
+    for (who, ns, to, expect) in [
+        ("far", &outside.far, UPLINK_IP, FAR_IP),
+        ("the host itself", &host, "127.0.0.1", "10.210.1.1"),
+        ("con3 (frontend)", &sb.ns("con3"), UPLINK_IP, "10.210.1.1"),
+    ] {
+        match tcp_whoami(ns, addr(to, 8080), WAIT) {
+            Ok(seen) => {
+                println!("{who} connects to {to}:8080; web sees the client as {seen}");
+                if seen.ip().to_string() != expect {
+                    failures.push(format!("published port from {who}: web saw {seen}, expected {expect}"));
+                }
+            }
+            Err(e) => failures.push(format!("published port from {who} through {to}: {e:#}")),
+        }
+    }
+    cli(sb, &["port", "ls"])?;
+    cli(sb, &["conntrack", "ls"])?;
+    Ok(failures)
+}
+
 pub fn run() -> Result<()> {
     println!("bpfnet demo: containers are network namespaces, the daemon runs in a private \"host\"");
     println!("namespace; nothing on this machine's own network is touched.");
     let mut sb = Sandbox::new("demo")?;
+    // The uplink first: the daemon takes the interface of the default route.
+    let outside = sb.add_outside()?;
     sb.start_daemon()?;
     let con1 = sb.add_netns("con1")?;
     let con2 = sb.add_netns("con2")?;
@@ -177,6 +220,12 @@ pub fn run() -> Result<()> {
         failures.push("icc=false behaves wrongly".into());
     }
 
+    step("The outside: masquerade, and a published port (-p 8080:80) reached from outside, the host and another network");
+    match outside_world(&mut sb, &outside) {
+        Ok(f) => failures.extend(f),
+        Err(e) => failures.push(format!("outside world: {e:#}")),
+    }
+
     step("Daemon restart: an open TCP connection con1 -> con2 keeps working while it is down");
     let mut conn = tcp_connect(&con1, addr("10.210.1.3", 7000), WAIT)?;
     let mut check = |label: &str| {
@@ -201,7 +250,7 @@ pub fn run() -> Result<()> {
     step("Datapath counters");
     cli(&sb, &["stats"])?;
 
-    step("Short benchmark (2 s per measurement, 1 repetition; `cargo xtask bench` for the full one)");
+    step("Short benchmark: container to container, to the outside, to a published port (2 s per measurement, 1 repetition; `cargo xtask bench` for the full one)");
     let opts = bench::Options::quick();
     match bench::run(&opts) {
         Ok(report) => println!("{}", report.markdown()),

@@ -143,6 +143,14 @@ pub fn payload(seed: u8, len: usize) -> Vec<u8> {
 /// on a thread of their own.
 pub fn serve(port: u16) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;
+    // UDP_RR: every datagram is sent back to its sender, from the same port.
+    let udp = UdpSocket::bind(("0.0.0.0", port))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
     println!("listening");
     std::io::stdout().flush()?;
     for conn in listener.incoming() {
@@ -191,7 +199,12 @@ pub enum Mode {
     Crr,
     /// Throughput of one TCP stream, in bits per second (TCP_STREAM).
     Stream,
+    /// Small-packet UDP: 64-byte request and response datagrams per second (netperf UDP_RR).
+    Udp,
 }
+
+/// Payload of a UDP_RR datagram (small packets: what separates datapaths).
+const UDP_RR_BYTES: usize = 64;
 
 /// Runs one benchmark measurement for `duration` and returns the rate per second.
 pub fn client(to: SocketAddr, mode: Mode, duration: Duration) -> Result<f64> {
@@ -219,6 +232,28 @@ pub fn client(to: SocketAddr, mode: Mode, duration: Duration) -> Result<f64> {
                 conn.write_all(b"Cx")?;
                 conn.read_exact(&mut byte)?;
                 count += 1;
+            }
+            Ok(count as f64 / start.elapsed().as_secs_f64())
+        }
+        Mode::Udp => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(to)?;
+            // A datagram lost in the middle of a measurement is sent again after this long.
+            socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let request = [0x5au8; UDP_RR_BYTES];
+            let mut reply = [0u8; 2048];
+            let mut count = 0u64;
+            while start.elapsed() < duration {
+                socket.send(&request)?;
+                match socket.recv(&mut reply) {
+                    Ok(n) if n == UDP_RR_BYTES => count += 1,
+                    Ok(_) => bail!("UDP reply of the wrong size"),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if count == 0 {
+                bail!("no UDP reply from {to}");
             }
             Ok(count as f64 / start.elapsed().as_secs_f64())
         }

@@ -256,13 +256,14 @@ impl Datapath {
         Ok(HashMap::try_from(self.ebpf.map_mut(map_names::UPLINKS).context("UPLINKS map missing")?)?)
     }
 
-    /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address).
-    pub fn set_uplinks(&mut self, uplinks: &[(u32, Ipv4Addr)]) -> Result<()> {
+    /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address, is a veth).
+    pub fn set_uplinks(&mut self, uplinks: &[(u32, Ipv4Addr, bool)]) -> Result<()> {
         let mut map = self.uplinks()?;
-        for (index, addr) in uplinks {
-            map.insert(index, UplinkInfo { addr: ipv4_key(*addr) }, 0).context("writing UPLINKS")?;
+        for (index, addr, veth) in uplinks {
+            let flags = if *veth { datapath_common::uplink_flags::VETH } else { 0 };
+            map.insert(index, UplinkInfo { addr: ipv4_key(*addr), flags }, 0).context("writing UPLINKS")?;
         }
-        let keep: HashSet<u32> = uplinks.iter().map(|(i, _)| *i).collect();
+        let keep: HashSet<u32> = uplinks.iter().map(|(i, _, _)| *i).collect();
         retain_keys(&mut map, &keep)
     }
 

@@ -240,6 +240,18 @@ impl Netlink {
         Ok(found)
     }
 
+    /// Whether interface `index` is a veth.
+    pub async fn is_veth(&self, index: u32) -> Result<bool> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let Some(msg) = links.try_next().await.context("looking up an interface")? else { return Ok(false) };
+        Ok(msg.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => {
+                infos.iter().any(|i| matches!(i, rtnetlink::packet_route::link::LinkInfo::Kind(InfoKind::Veth)))
+            }
+            _ => false,
+        }))
+    }
+
     /// The IPv4 addresses of interface `index`, primary first.
     pub async fn interface_ipv4(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
         Ok(self.matching_addresses(index, None, None).await?.iter().filter_map(ipv4_of).collect())

@@ -203,7 +203,7 @@ impl TestNetns {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
             let options = LoadOptions { ct_entries: 4096, ..Default::default() };
             let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
-            dp.set_uplinks(&[(uplink_index, Ipv4Addr::from(UPLINK_IP))])?;
+            dp.set_uplinks(&[(uplink_index, Ipv4Addr::from(UPLINK_IP), false)])?;
             let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
             let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
             let mut lab = Lab { dp, container, uplink, flags };

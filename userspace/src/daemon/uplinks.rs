@@ -12,6 +12,7 @@ pub(super) struct Found {
     name: String,
     index: u32,
     addr: Ipv4Addr,
+    veth: bool,
 }
 
 /// Finds the uplinks: `names`, or the interfaces of the default route. Touches nothing, so a
@@ -43,7 +44,8 @@ pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Foun
             }
             bail!("--uplink {name}: the interface has no IPv4 address for masquerade to use");
         };
-        found.push(Found { name, index, addr });
+        let veth = netlink.is_veth(index).await?;
+        found.push(Found { name, index, addr, veth });
     }
     Ok(found)
 }
@@ -56,7 +58,7 @@ pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api
         datapath.attach_uplink(&f.name)?;
         uplinks.push(api::Uplink { interface: f.name.clone(), address: f.addr.to_string() });
     }
-    datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr)).collect::<Vec<_>>())?;
+    datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr, f.veth)).collect::<Vec<_>>())?;
     for pinned in datapath.pinned_uplinks() {
         if !found.iter().any(|f| f.name == pinned) {
             datapath.detach_uplink(&pinned)?;
