@@ -93,9 +93,23 @@ pub struct CtEntry {
     pub action: u8,
     /// [`ct_state`].
     pub state: u8,
+    /// For a routed entry (`ifindex` 0): where the FIB last sent it, so that the packets of an
+    /// established connection skip the lookup; re-checked when older than
+    /// [`ROUTE_RECHECK_NS`]. `route_ifindex` 0: not known yet.
+    pub route_ifindex: u32,
+    /// When the route was last looked up, in units of 2^20 ns (about 1 ms), wrapping.
+    pub route_checked: u32,
+    /// Next hop's MAC, then the egress interface's.
+    pub route_dmac: [u8; 6],
+    pub route_smac: [u8; 6],
+    pub _pad: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 112);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 136);
+
+/// How long a connection's cached route is trusted before the FIB is asked again (a route or
+/// neighbour change reaches established connections within this time).
+pub const ROUTE_RECHECK_NS: u64 = 1_000_000_000;
 
 /// Lifetimes and the masquerade port range, fixed when the datapath is loaded
 /// (`global_names::CT_CONFIG`); `bpfnet daemon --ct-timeout-*` and `--nat-ports` set them.

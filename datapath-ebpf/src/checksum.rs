@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use datapath_common::conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::headers::{ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF};
+use crate::headers::{read_at, write_at, ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF};
 
 /// Where a protocol's L4 checksum sits and the flags its updates need: UDP's 0 means "no
 /// checksum" and must stay 0 (BPF_F_MARK_MANGLED_0); ICMP's has no pseudo-header.
@@ -26,10 +26,13 @@ fn l4_csum(proto: u8) -> Option<(usize, u64, bool)> {
 
 /// Replaces the IPv4 address at `addr_off` (source or destination) with `new` (wire order),
 /// updating the IP checksum and, unless the packet is a later fragment (`l4_off` is `None`), the
-/// L4 checksum whose pseudo-header covers it.
+/// L4 checksum whose pseudo-header covers it. `addr_off` must be a constant offset: the address
+/// is read and written by direct packet access (cheaper than the load/store helpers), which the
+/// verifier only follows at constant offsets; fields at variable offsets (ports after an IP
+/// header of any length) use the helpers.
 #[inline(always)]
 pub fn set_ipv4_addr(ctx: &TcContext, addr_off: usize, new: u32, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
-    let old: u32 = ctx.load(addr_off)?;
+    let old: u32 = read_at(ctx, addr_off)?;
     if old == new {
         return Ok(());
     }
@@ -37,7 +40,7 @@ pub fn set_ipv4_addr(ctx: &TcContext, addr_off: usize, new: u32, proto: u8, l4_o
         ctx.l4_csum_replace(l4_off + csum_off, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
     }
     ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 4)?;
-    ctx.store(addr_off, &new, 0)
+    write_at(ctx, addr_off, new)
 }
 
 /// Replaces the 16-bit L4 field at `field_off` (a port, or an ICMP echo identifier) with `new`
@@ -59,12 +62,12 @@ pub fn set_l4_u16(ctx: &TcContext, field_off: usize, new: u16, proto: u8, l4_off
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext) -> bool {
     // The TTL shares its checksummed 16-bit word with the protocol.
-    let Ok(old) = ctx.load::<[u8; 2]>(IP_OFF + IP_TTL_OFF) else { return false };
+    let Ok(old) = read_at::<[u8; 2]>(ctx, IP_OFF + IP_TTL_OFF) else { return false };
     if old[0] <= 1 {
         return false;
     }
     let new = [old[0] - 1, old[1]];
     let (old, new) = (u16::from_ne_bytes(old), u16::from_ne_bytes(new));
     ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 2).is_ok()
-        && ctx.store(IP_OFF + IP_TTL_OFF, &new, 0).is_ok()
+        && write_at(ctx, IP_OFF + IP_TTL_OFF, new).is_ok()
 }

@@ -96,3 +96,21 @@ pub unsafe fn write_mac(dst: *mut [u8; 6], mac: &[u8; 6]) {
         (d.add(4) as *mut u16).write_unaligned(u16::from_ne_bytes([mac[4], mac[5]]));
     }
 }
+
+/// Reads a `T` at `offset` in the packet by direct packet access (no helper call).
+#[inline(always)]
+pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
+    let p = ptr_at::<T>(ctx, offset).ok_or(-1i64)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// Writes a `T` at `offset` in the packet by direct packet access (no helper call). Checksums
+/// are the caller's (see `checksum`).
+#[inline(always)]
+pub fn write_at<T: Copy>(ctx: &TcContext, offset: usize, value: T) -> Result<(), i64> {
+    let p = ptr_at::<T>(ctx, offset).ok_or(-1i64)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe { p.write_unaligned(value) };
+    Ok(())
+}

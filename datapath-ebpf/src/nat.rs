@@ -75,7 +75,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             }
             return deliver(ctx, &translation, Counter::Hairpin);
         }
-        let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
+        let Some(route) = route::cached_lookup(ctx, &flow, entry) else { return to_host(ctx) };
         if !decrement_ttl(ctx) {
             return to_host(ctx);
         }

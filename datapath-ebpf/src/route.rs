@@ -8,9 +8,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use datapath_common::uplink_flags;
+use datapath_common::{conntrack::ROUTE_RECHECK_NS, uplink_flags, CtEntry};
 
-use crate::{conntrack::Flow, maps::UPLINKS};
+use crate::{
+    conntrack::Flow,
+    headers::write_at,
+    maps::UPLINKS,
+};
 
 const AF_INET: u8 = 2;
 
@@ -21,6 +25,33 @@ pub struct Route {
     resolved: bool,
     smac: [u8; 6],
     dmac: [u8; 6],
+}
+
+/// The coarse clock of cached routes: units of 2^20 ns.
+#[inline(always)]
+fn route_clock(now_ns: u64) -> u32 {
+    (now_ns >> 20) as u32
+}
+
+/// The route of a routed connection's packet: the one cached in its entry while it is fresh,
+/// else the FIB's answer, cached when the neighbour was resolved.
+#[inline(always)]
+pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry) -> Option<Route> {
+    // SAFETY: a map value; concurrent refreshes write the same answer.
+    let e = unsafe { &mut *entry };
+    let now = route_clock(crate::conntrack::now_ns());
+    let max_age = route_clock(ROUTE_RECHECK_NS);
+    if e.route_ifindex != 0 && now.wrapping_sub(e.route_checked) < max_age {
+        return Some(Route { ifindex: e.route_ifindex, resolved: true, smac: e.route_smac, dmac: e.route_dmac });
+    }
+    let route = lookup(ctx, flow)?;
+    if route.resolved {
+        e.route_ifindex = route.ifindex;
+        e.route_smac = route.smac;
+        e.route_dmac = route.dmac;
+        e.route_checked = now;
+    }
+    Some(route)
 }
 
 /// The FIB request and answer live here, not on the 512-byte stack.
@@ -98,7 +129,7 @@ pub fn send(ctx: &TcContext, route: &Route) -> bool {
 
 #[inline(always)]
 fn store_mac(ctx: &TcContext, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
-    ctx.store(offset, mac, 0)
+    write_at(ctx, offset, *mac)
 }
 
 /// Rewrites the Ethernet header of a packet delivered into a container: from the gateway to

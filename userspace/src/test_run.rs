@@ -37,6 +37,29 @@ pub struct TestRunResult {
     pub packet: Vec<u8>,
 }
 
+/// Runs the TC program `prog_fd` on `packet` `repeat` times and returns the kernel's mean time
+/// per run in ns (the program alone: no device, no redirect is carried out).
+pub fn time_tc(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: as in `run_tc`.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>() as u32)
+    };
+    if rc != 0 {
+        bail!("BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(attr.duration)
+}
+
 /// Runs the TC program `prog_fd` on `packet`. In a test run the skb's device is the loopback
 /// device of the caller's namespace (ifindex 1), and redirects are reported, not performed.
 pub fn run_tc(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {

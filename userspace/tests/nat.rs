@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, process::Command, sync::Arc};
 use bpfnet::{
     datapath::{Datapath, LoadOptions},
     netns,
-    test_run::{run_tc, TestRunResult},
+    test_run::{run_tc, time_tc, TestRunResult},
 };
 use datapath_common::{
     iface_flags, program_names, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC,
@@ -544,5 +544,32 @@ fn containers_reach_published_ports_through_host_addresses() {
         let p = packet(GATEWAY_MAC, CONTAINER_MAC, to_gateway, tcp_segment(41002, 22, 0x02, b""));
         let out = lab.from_container(&p);
         assert_eq!((out.verdict, out.packet), (PASS, p));
+    });
+}
+
+/// Not a test: how long the programs take per packet on each path (`cargo test --release -p bpfnet
+/// --test nat -- --ignored --nocapture`), for docs/BENCHMARKS.md. Each packet is run once per
+/// call (a repeated run would see its own rewrites), 100,000 calls per path, after a first run
+/// that created the connection.
+#[test]
+#[ignore]
+fn program_time_per_packet() {
+    TestNetns::new("timing").run(MASQ, |lab| {
+        const N: u32 = 100_000;
+        lab.add_container(PUBLISHER_IP, PUBLISHER_MAC, PUBLISHER_IFINDEX, 1, GATEWAY_IP);
+        let c2c = packet(GATEWAY_MAC, CONTAINER_MAC, Ip { dst: PUBLISHER_IP, ..from_container(CONTAINER_IP, TCP, 64) }, tcp_segment(40000, 80, 0x10, b"x"));
+        let out = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, TCP, 64), tcp_segment(40000, 80, 0x10, b"x"));
+        lab.from_container(&out);
+        let reply = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 7, frag: 0 }, tcp_segment(80, 40000, 0x10, b"x"));
+        let stray = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 7, frag: 0 }, tcp_segment(80, 1234, 0x10, b"x"));
+        for (what, fd, p) in [
+            ("container to container (same network)", lab.container, &c2c),
+            ("masqueraded, existing connection, out", lab.container, &out),
+            ("masqueraded, existing connection, reply in", lab.uplink, &reply),
+            ("uplink packet for the host (no connection)", lab.uplink, &stray),
+        ] {
+            let total: u64 = (0..N).map(|_| time_tc(fd, p, 1).unwrap() as u64).sum();
+            println!("{what:<45} {:>4} ns per packet", total / N as u64);
+        }
     });
 }
