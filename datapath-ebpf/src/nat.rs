@@ -109,6 +109,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
+    route::cache(&mut new.original, &route);
     // Keep the container's port (an echo's identifier) where it is free.
     let port = Port::Allocate { preferred: flow.key.sport };
     if let Err(reason) = conntrack::track(ctx, &flow, new, port, len) {

@@ -33,6 +33,17 @@ fn route_clock(now_ns: u64) -> u32 {
     (now_ns >> 20) as u32
 }
 
+/// Caches `route` in a new connection's entry, when the neighbour was resolved.
+#[inline(always)]
+pub fn cache(entry: &mut CtEntry, route: &Route) {
+    if route.resolved {
+        entry.route_ifindex = route.ifindex;
+        entry.route_smac = route.smac;
+        entry.route_dmac = route.dmac;
+        entry.route_checked = route_clock(crate::conntrack::now_ns());
+    }
+}
+
 /// The route of a routed connection's packet: the one cached in its entry while it is fresh,
 /// else the FIB's answer, cached when the neighbour was resolved.
 #[inline(always)]

@@ -40,6 +40,17 @@ pub struct TestRunResult {
 /// Runs the TC program `prog_fd` on `packet` `repeat` times and returns the kernel's mean time
 /// per run in ns (the program alone: no device, no redirect is carried out).
 pub fn time_tc(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
+    Ok(test_run(prog_fd, packet, repeat)?.1)
+}
+
+/// Runs the TC program `prog_fd` on `packet`. In a test run the skb's device is the loopback
+/// device of the caller's namespace (ifindex 1), and redirects are reported, not performed.
+pub fn run_tc(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {
+    Ok(test_run(prog_fd, packet, 1)?.0)
+}
+
+/// BPF_PROG_TEST_RUN: the verdict and packet of the last run, and the mean time per run.
+fn test_run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<(TestRunResult, u32)> {
     let mut out = vec![0u8; packet.len() + 256];
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
@@ -48,29 +59,6 @@ pub fn time_tc(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat,
-        ..Default::default()
-    };
-    // SAFETY: as in `run_tc`.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>() as u32)
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
-    }
-    Ok(attr.duration)
-}
-
-/// Runs the TC program `prog_fd` on `packet`. In a test run the skb's device is the loopback
-/// device of the caller's namespace (ifindex 1), and redirects are reported, not performed.
-pub fn run_tc(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
         ..Default::default()
     };
     // SAFETY: attr points at valid buffers that outlive the call; the size is the struct's.
@@ -86,5 +74,5 @@ pub fn run_tc(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {
         bail!("BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
     }
     out.truncate(attr.data_size_out as usize);
-    Ok(TestRunResult { verdict: attr.retval, packet: out })
+    Ok((TestRunResult { verdict: attr.retval, packet: out }, attr.duration))
 }
