@@ -62,8 +62,10 @@ pub mod ct_state {
     pub const REPLY: u8 = 1 << 0;
     /// A packet came back: the connection is established (TCP) or answered.
     pub const SEEN_REPLY: u8 = 1 << 1;
-    /// A FIN or RST was seen: the connection is closing.
+    /// A RST, or a FIN from both directions, was seen: the connection is closing.
     pub const CLOSING: u8 = 1 << 2;
+    /// This entry's direction sent a FIN (per direction, not shared).
+    pub const FIN_SENT: u8 = 1 << 3;
 }
 
 #[repr(C)]

@@ -76,6 +76,9 @@ counters! {
     /// A container's packet to a published port (through a host address) delivered into the
     /// publishing container, or the answer delivered back.
     Hairpin = 18, "hairpin", pass;
+    /// A reply for a container whose TTL ran out on the way in (dropped rather than answered by
+    /// the host, which would reset the container's connection).
+    DropTtlExpired = 19, "drop_ttl_expired", drop;
 }
 
 #[cfg(test)]
@@ -87,10 +90,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 19);
+        assert_eq!(Counter::COUNT, 20);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 11);
+        assert_eq!(drops, 12);
     }
 }

@@ -169,21 +169,34 @@ fn lifetime(config: &CtConfig, proto: u8, state: u8) -> u64 {
 }
 
 /// Accounts a packet that matched `entry`: counters, state, lifetime, and the peer's state and
-/// lifetime when the connection's state changed (first reply, FIN/RST, a reused tuple).
+/// lifetime when the connection's shared state changed (first reply, both FINs, RST, a reused
+/// tuple). FINs are per direction: a half-closed connection keeps the established lifetime.
 #[inline(always)]
 pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
+    const SHARED: u8 = ct_state::SEEN_REPLY | ct_state::CLOSING;
     let config = CT_CONFIG.load();
     let now = now_ns();
     // SAFETY: `entry` points at a map value; concurrent updates only blur the statistics.
     let e = unsafe { &mut *entry };
     let old = e.state;
     let mut state = old;
+    let mut reopened = false;
     if flow.key.proto == IPPROTO_TCP {
-        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if flow.tcp_flags & TCP_RST != 0 {
             state |= ct_state::CLOSING;
-        } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && state & ct_state::CLOSING != 0 {
+        } else if flow.tcp_flags & TCP_FIN != 0 {
+            state |= ct_state::FIN_SENT;
+            let peer_key = e.peer;
+            // SAFETY: read-only look at the peer's state.
+            if unsafe { CONNTRACK.get(&peer_key) }.is_some_and(|p| p.state & ct_state::FIN_SENT != 0) {
+                state |= ct_state::CLOSING;
+            }
+        } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && state & (ct_state::CLOSING | ct_state::FIN_SENT) != 0
+        {
             // A new connection on the tuple of one that is closing starts afresh.
             state &= ct_state::REPLY;
+            reopened = true;
         }
     }
     if state & ct_state::REPLY != 0 {
@@ -193,12 +206,13 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
     e.expires_ns = now + lifetime(&config, flow.key.proto, state);
     e.packets += 1;
     e.bytes += len as u64;
-    if (old ^ state) & (ct_state::SEEN_REPLY | ct_state::CLOSING) != 0 {
+    if reopened || (old ^ state) & SHARED != 0 {
         let peer_key = e.peer;
         if let Some(peer) = CONNTRACK.get_ptr_mut(&peer_key) {
             // SAFETY: as above.
             let peer = unsafe { &mut *peer };
-            peer.state = (peer.state & ct_state::REPLY) | (state & !ct_state::REPLY);
+            let own = if reopened { ct_state::REPLY } else { ct_state::REPLY | ct_state::FIN_SENT };
+            peer.state = (peer.state & own) | (state & SHARED);
             peer.expires_ns = now + lifetime(&config, flow.key.proto, peer.state);
         }
     }
@@ -207,7 +221,7 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
 /// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the
 /// host's address and port): a port the host itself uses there is no port for NAT.
 #[inline(always)]
-fn host_socket_owns(ctx: &TcContext, key: &CtKey) -> bool {
+pub fn host_socket_owns(ctx: &TcContext, key: &CtKey) -> bool {
     let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let tuple = unsafe { &mut *slot };

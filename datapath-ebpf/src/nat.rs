@@ -11,7 +11,7 @@ use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
     conntrack::{self, observe, Flow, Port, CONNTRACK},
     counters::{count, drop_packet, to_host},
-    headers::{ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    headers::{ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     maps::{ENDPOINTS, IFACES, PORTS, UPLINKS},
     route,
 };
@@ -76,7 +76,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             return deliver(ctx, &translation, Counter::Hairpin);
         }
         let Some(route) = route::cached_lookup(ctx, &flow, entry) else { return to_host(ctx) };
-        if !decrement_ttl(ctx) {
+        if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
             return to_host(ctx);
         }
         observe(entry, &flow, len);
@@ -97,7 +97,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
     // SAFETY: read-only lookup of a plain-old-data value.
     let Some(uplink) = (unsafe { UPLINKS.get(&route.ifindex) }) else { return to_host(ctx) };
-    if !decrement_ttl(ctx) {
+    if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
         return to_host(ctx);
     }
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
@@ -125,13 +125,30 @@ fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTar
     if flow.later_fragment || (flow.key.proto != IPPROTO_TCP && flow.key.proto != IPPROTO_UDP) {
         return None;
     }
+    // Only the first packet of a connection starts one: for TCP, a SYN without ACK.
+    if flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return None;
+    }
     let exact = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
     // SAFETY: read-only lookups of plain-old-data values, copied out.
-    if let Some(target) = unsafe { PORTS.get(&exact) } {
-        return Some(*target);
+    let target = match unsafe { PORTS.get(&exact) } {
+        Some(target) => *target,
+        None => {
+            let target = *unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto)) }?;
+            // Every address of the host, as Docker's `--dst-type LOCAL`: not broadcast or multicast.
+            let first = flow.key.daddr.ipv4_word().to_ne_bytes()[0];
+            if first >= 224 || !(local || route::is_local(ctx, flow)) {
+                return None;
+            }
+            target
+        }
+    };
+    // A packet a socket of the host takes (the answer to a connection the host made from a port
+    // that happens to be published, or a host service on it) stays the host's.
+    if conntrack::host_socket_owns(ctx, &flow.key) {
+        return None;
     }
-    let target = *unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto)) }?;
-    (local || route::is_local(ctx, flow)).then_some(target)
+    Some(target)
 }
 
 /// A container reaching a published port through a host address: translated to the publishing
@@ -186,6 +203,10 @@ fn send_out(ctx: &TcContext, flow: &Flow, translation: &CtEntry, route: &route::
 /// about a tracked connection likewise; the rest is the host's.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> i32 {
+    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet).
+    if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
+        return count_uplink_to_host(ctx);
+    }
     let Some(flow) = conntrack::parse(ctx) else { return count_uplink_to_host(ctx) };
     if flow.is_icmp_error() {
         return icmp_error_from_uplink(ctx, &flow);
@@ -199,8 +220,15 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     };
     // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
     let translation = unsafe { *entry };
-    if translation.ifindex == 0 || !decrement_ttl(ctx) {
+    // Only entries that deliver into a container and rewrite one side: a hairpin entry (both
+    // sides rewritten) is matched from containers only, never by a packet from outside.
+    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
+    if translation.ifindex == 0 || translation.action & both == both {
         return count_uplink_to_host(ctx);
+    }
+    if !decrement_ttl(ctx) {
+        // Untranslated, the host would answer it (a reset): the connection is not the host's.
+        return drop_packet(ctx, Counter::DropTtlExpired);
     }
     observe(entry, &flow, len);
     if apply(ctx, &flow, &translation).is_err() {

@@ -2,7 +2,7 @@
 //! neighbour, and the packet is redirected there without a pass through the host stack.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
@@ -111,6 +111,17 @@ fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
 #[inline(always)]
 pub fn is_local(ctx: &TcContext, flow: &Flow) -> bool {
     fib(ctx, flow).is_some_and(|(rc, _)| rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64)
+}
+
+/// Whether the packet fits the MTU of the interface `route` leaves by (a GSO packet: its
+/// segments). One that does not is left to the host stack untranslated, which answers
+/// "fragmentation needed" to the container (or fragments it) instead of it being lost.
+#[inline(always)]
+pub fn fits(ctx: &TcContext, route: &Route) -> bool {
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper on the program's own context with a valid out-parameter.
+    let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, route.ifindex, &mut mtu_len, 0, 0) };
+    rc == 0
 }
 
 /// Sends the packet out along `route`: with the neighbour's MAC when the FIB knew it, otherwise

@@ -139,20 +139,30 @@ impl Conntrack {
     pub fn expire(&mut self, now: u64) -> usize {
         let entries = self.entries();
         let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-        let expired = entries
+        let expired: Vec<CtKey> = entries
             .iter()
             .filter(|(_, e)| e.expires_ns < now && by_key.get(&e.peer).is_none_or(|p| p.expires_ns < now))
-            .map(|(k, _)| *k);
-        self.remove_keys(expired.collect::<Vec<_>>())
+            .map(|(k, _)| *k)
+            .collect();
+        // The walk took a while: a packet may have revived a connection since. Look again
+        // right before each removal.
+        let still_expired = |map: &HashMap<MapData, CtKey, CtEntry>, key: &CtKey| match map.get(key, 0) {
+            Ok(e) => e.expires_ns < now && map.get(&e.peer, 0).map_or(true, |p| p.expires_ns < now),
+            Err(_) => false,
+        };
+        let doomed: Vec<CtKey> = expired.into_iter().filter(|k| still_expired(&self.map, k)).collect();
+        self.remove_keys(doomed)
     }
 
-    /// Removes the connections that deliver into the host-side veth `ifindex` or whose translation
+    /// Removes the connections that deliver into the host-side veth `ifindex`, or, unless
+    /// another endpoint holds the address now (`addr` is `None`), whose tuple or translation
     /// names `addr` (an endpoint that leaves): both entries of each.
-    pub fn forget_endpoint(&mut self, ifindex: u32, addr: Ipv4Addr) -> usize {
-        let key = crate::datapath::ipv4_key(addr);
+    pub fn forget_endpoint(&mut self, ifindex: u32, addr: Option<Ipv4Addr>) -> usize {
+        let key = addr.map(crate::datapath::ipv4_key);
+        let names = |a: &IpKey| key.as_ref() == Some(a);
         let mut doomed = HashSet::new();
         for (k, e) in self.entries() {
-            if (ifindex != 0 && e.ifindex == ifindex) || e.src == key || e.dst == key || k.saddr == key || k.daddr == key {
+            if (ifindex != 0 && e.ifindex == ifindex) || names(&e.src) || names(&e.dst) || names(&k.saddr) || names(&k.daddr) {
                 doomed.insert(k);
                 doomed.insert(e.peer);
             }

@@ -452,12 +452,53 @@ fn no_masquerade_leaves_the_packet_to_the_host_and_internal_networks_never_leave
 }
 
 #[test]
-fn an_expiring_ttl_is_left_to_the_host_to_answer() {
+fn an_expiring_ttl_or_a_packet_too_big_for_the_uplink_is_left_to_the_host() {
     TestNetns::new("ttl").run(MASQ, |lab| {
         let p = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 1), udp_datagram(33434, 33434, b"traceroute"));
         let out = lab.from_container(&p);
         assert_eq!(out.verdict, PASS, "the host sends 'time exceeded'");
         assert_eq!(lab.counter(Counter::NatOut), 0);
+
+        // A reply whose TTL runs out on the way in is dropped, not handed to the host (which
+        // would reset the container's connection).
+        let q = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(5000, 53, b"q"));
+        let port = port_at(&lab.from_container(&q).packet, L4);
+        let reply = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: UDP, ttl: 1, id: 3, frag: 0 }, udp_datagram(53, port, b"a"));
+        assert_eq!(lab.from_uplink(&reply).verdict, DROP);
+        assert_eq!(lab.counter(Counter::DropTtlExpired), 1);
+    });
+    let ns = TestNetns::new("mtu");
+    ip(&["-n", &ns.name, "link", "set", "up0", "mtu", "1280"]);
+    ns.run(MASQ, |lab| {
+        let big = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(5001, 53, &[7u8; 1400]));
+        let out = lab.from_container(&big);
+        assert_eq!((out.verdict, out.packet), (PASS, big), "untranslated, for the host to answer 'fragmentation needed'");
+        let small = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(5001, 53, &[7u8; 1000]));
+        assert_eq!(lab.from_container(&small).verdict, REDIRECT);
+    });
+}
+
+#[test]
+fn a_published_port_takes_only_new_connections_the_host_does_not_hold() {
+    TestNetns::new("pubnew").run(MASQ, |lab| {
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
+        lab.publish(None, 8080, TCP, CONTAINER_IP, 80);
+        lab.publish(None, 8443, TCP, CONTAINER_IP, 443);
+        let client = Ip { src: CLIENT_IP, dst: UPLINK_IP, proto: TCP, ttl: 55, id: 9, frag: 0x4000 };
+        // Not a connection's first packet: the host's (an answer to one of its own connections).
+        let ack = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5555, 8080, 0x10, b""));
+        assert_eq!(lab.from_uplink(&ack).verdict, PASS);
+        // A host socket on the port keeps it.
+        let _host_service = std::net::TcpListener::bind("0.0.0.0:8443").unwrap();
+        let syn = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5556, 8443, 0x02, b""));
+        assert_eq!(lab.from_uplink(&syn).verdict, PASS);
+        // Multicast is not an address of the host.
+        let mcast = packet(UPLINK_MAC, ROUTER_MAC, Ip { dst: [239, 1, 1, 1], proto: UDP, ..client }, udp_datagram(5557, 8080, b"m"));
+        lab.publish(None, 8080, UDP, CONTAINER_IP, 80);
+        assert_eq!(lab.from_uplink(&mcast).verdict, PASS);
+        // And a SYN to a published port nobody holds goes in.
+        let syn = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5558, 8080, 0x02, b""));
+        assert_eq!(lab.from_uplink(&syn).verdict, REDIRECT);
     });
 }
 
