@@ -1,5 +1,6 @@
 //! `UPLINKS`: ifindex of an interface traffic leaves the host by -> the address masquerade
-//! gives it. The daemon attaches the uplink program to each and keeps their addresses current.
+//! gives it. The daemon attaches the uplink program to each and keeps their addresses current
+//! (checked every 2 s).
 use bytemuck::{Pod, Zeroable};
 
 use crate::IpKey;

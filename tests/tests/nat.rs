@@ -416,3 +416,35 @@ fn established_connections_survive_a_flood_that_overfills_the_connection_table()
     let shown = sb.bpfnet_ok(&["stats"]).unwrap();
     assert!(shown.contains("connection table:"), "{shown}");
 }
+
+#[test]
+fn masquerade_follows_a_new_uplink_address() {
+    let (mut sb, _outside) = with_outside("newaddr", &[]);
+    let con = sb.add_netns("con").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.221.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &con]).unwrap();
+    assert_eq!(tcp_whoami(&con, addr(FAR_IP, 8000), T).unwrap().ip().to_string(), UPLINK_IP);
+    // The uplink's address changes (as after a new DHCP lease).
+    let host = sb.host();
+    for args in [
+        vec!["addr", "flush", "dev", "up0"],
+        vec!["addr", "add", "192.0.2.9/24", "dev", "up0"],
+        vec!["route", "add", "default", "via", "192.0.2.2"],
+    ] {
+        let mut all = vec!["-n", host.as_str()];
+        all.extend(args);
+        bpfnet_lab::sandbox::run_ok("ip", &all).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = json(&sb.bpfnet_ok(&["stats", "--json"]).unwrap());
+        if stats["uplinks"][0]["address"] == "192.0.2.9" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new address was not taken: {stats}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(tcp_whoami(&con, addr(FAR_IP, 8000), T).unwrap().ip().to_string(), "192.0.2.9");
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    assert!(log.contains("uplink up0 now has address 192.0.2.9"), "{log}");
+}

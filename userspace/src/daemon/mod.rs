@@ -90,7 +90,7 @@ pub struct Daemon {
     gateway_ifindex: u32,
     published: Published,
     conntrack: Conntrack,
-    uplinks: Vec<api::Uplink>,
+    uplinks: Vec<uplinks::Found>,
 }
 
 /// The alias that marks the host-side veth of endpoint `id`.
@@ -144,7 +144,8 @@ impl Daemon {
         netlink.set_up(gateway_ifindex).await?;
         let published = Published::default();
         published.set(state.clone());
-        let uplinks = uplinks::attach(&mut datapath, &found_uplinks)?;
+        uplinks::attach(&mut datapath, &found_uplinks)?;
+        let uplinks = found_uplinks;
         match config.cgroup_root.clone().or_else(crate::netns::cgroup2_root) {
             Some(root) => {
                 datapath.attach_sockets(&root)?;
@@ -170,7 +171,14 @@ impl Daemon {
 
     /// The interfaces masquerade leaves by.
     pub fn uplinks(&self) -> Vec<api::Uplink> {
-        self.uplinks.clone()
+        uplinks::views(&self.uplinks)
+    }
+
+    /// Follows the namespace's addresses: an uplink's new address for masquerade, and where a port
+    /// published on every address answers. Run every few seconds by the server.
+    pub async fn refresh_addresses(&mut self) -> Result<()> {
+        uplinks::refresh(&self.netlink, &mut self.datapath, &mut self.uplinks).await?;
+        self.refresh_host_addresses().await
     }
 
     /// The handle readers use to see the last committed state.

@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::{api, datapath::Datapath, plumbing::{self, Netlink}};
 
-/// An uplink found, not yet attached.
+/// An uplink found (then attached).
+#[derive(Debug, Clone)]
 pub(super) struct Found {
     name: String,
     index: u32,
@@ -53,10 +54,9 @@ pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Foun
 /// Attaches the datapath to the uplinks `found` and forgets those of an earlier run that are no
 /// longer wanted.
 pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api::Uplink>> {
-    let mut uplinks = Vec::new();
+    let uplinks = views(found);
     for f in found {
         datapath.attach_uplink(&f.name)?;
-        uplinks.push(api::Uplink { interface: f.name.clone(), address: f.addr.to_string() });
     }
     datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr, f.veth)).collect::<Vec<_>>())?;
     for pinned in datapath.pinned_uplinks() {
@@ -74,4 +74,34 @@ pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api
         }
     }
     Ok(uplinks)
+}
+
+/// The uplinks as `stats` shows them.
+pub(super) fn views(found: &[Found]) -> Vec<api::Uplink> {
+    found.iter().map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string() }).collect()
+}
+
+/// Follows address changes of the uplinks (DHCP, an address replaced by hand): masquerade uses an
+/// uplink's current address. Returns whether anything changed.
+pub(super) async fn refresh(netlink: &Netlink, datapath: &mut Datapath, found: &mut [Found]) -> Result<bool> {
+    let mut changed = false;
+    for f in found.iter_mut() {
+        let current = netlink.interface_ipv4(f.index).await?;
+        // Keep the address while it is still there (an added secondary does not replace it).
+        if current.contains(&f.addr) {
+            continue;
+        }
+        match current.first() {
+            Some(addr) => {
+                log::info!("uplink {} now has address {addr} (was {}): masquerade uses it", f.name, f.addr);
+                f.addr = *addr;
+                changed = true;
+            }
+            None => log::warn!("uplink {} has no IPv4 address left; masquerade keeps {} until it has one", f.name, f.addr),
+        }
+    }
+    if changed {
+        datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr, f.veth)).collect::<Vec<_>>())?;
+    }
+    Ok(changed)
 }

@@ -44,7 +44,7 @@ struct App {
     published: Published,
     counters: Arc<Counters>,
     conntrack: Arc<std::sync::Mutex<Conntrack>>,
-    uplinks: Arc<Vec<api::Uplink>>,
+    uplinks: Arc<std::sync::RwLock<Vec<api::Uplink>>>,
 }
 
 /// Starts the worker: a thread of its own running a single-threaded runtime, where every change
@@ -110,7 +110,7 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
         networks: state.networks.len(),
         endpoints: state.endpoints.len(),
         conntrack: with_conntrack(&app, |ct| ct.usage()).await?,
-        uplinks: app.uplinks.as_ref().clone(),
+        uplinks: app.uplinks.read().unwrap_or_else(|e| e.into_inner()).clone(),
     }))
 }
 
@@ -211,7 +211,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         worker.spawn(async move { Daemon::start(&config).await }).await??
     };
     let published = daemon.published();
-    let uplinks = Arc::new(daemon.uplinks());
+    let uplinks = Arc::new(std::sync::RwLock::new(daemon.uplinks()));
     let counters = Arc::new(Counters::open(&config.bpffs)?);
     let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
     let daemon = Arc::new(Mutex::new(daemon));
@@ -224,8 +224,9 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     );
 
     // A container that exits takes its namespace and veth with it: notice and free its address.
+    // The same tick follows the namespace's addresses (an uplink's new address, say).
     let collector = {
-        let (daemon, published) = (daemon.clone(), published.clone());
+        let (daemon, published, uplinks) = (daemon.clone(), published.clone(), uplinks.clone());
         worker.spawn(async move {
             let netlink = match Netlink::connect() {
                 Ok(netlink) => netlink,
@@ -237,6 +238,11 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
                 if let Err(e) = daemon::collect_gone_endpoints(&daemon, &published, &netlink).await {
                     log::warn!("checking endpoints failed: {e:#}");
                 }
+                let mut d = daemon.lock().await;
+                if let Err(e) = d.refresh_addresses().await {
+                    log::warn!("following the namespace's addresses failed: {e:#}");
+                }
+                *uplinks.write().unwrap_or_else(|e| e.into_inner()) = d.uplinks();
             }
         })
     };
