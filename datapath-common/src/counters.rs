@@ -79,6 +79,9 @@ counters! {
     /// A reply for a container whose TTL ran out on the way in (dropped rather than answered by
     /// the host, which would reset the container's connection).
     DropTtlExpired = 19, "drop_ttl_expired", drop;
+    /// A masqueraded connection whose reply tuple another connection took after the table
+    /// evicted it under pressure: its packets are dropped rather than answered to another container.
+    DropCtReplyLost = 20, "drop_ct_reply_lost", drop;
 }
 
 #[cfg(test)]
@@ -90,10 +93,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 20);
+        assert_eq!(Counter::COUNT, 21);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 12);
+        assert_eq!(drops, 13);
     }
 }

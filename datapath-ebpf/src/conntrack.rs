@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use datapath_common::{
     conntrack::{DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey,
+    ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey,
 };
 
 use crate::headers::{
@@ -216,6 +216,28 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
             peer.expires_ns = now + lifetime(&config, flow.key.proto, peer.state);
         }
     }
+}
+
+/// For a masquerading original entry: whether its reply entry is still this connection's. The
+/// LRU may have evicted it under pressure; it is put back (the port is still this connection's
+/// to use), unless another connection claimed that reply tuple meanwhile: then `false`, as the
+/// answers would reach the other container.
+#[inline(always)]
+pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6]) -> bool {
+    // SAFETY: read-only lookup of a plain-old-data value.
+    if let Some(reply) = unsafe { CONNTRACK.get(&original.peer) } {
+        return reply.peer == flow.key;
+    }
+    let Some(new) = new_connection() else { return false };
+    new.reply.action = ct_action::REWRITE_DST;
+    new.reply.dst = flow.key.saddr;
+    new.reply.dst_port = flow.key.sport;
+    new.reply.ifindex = ifindex;
+    new.reply.mac = mac;
+    new.reply.peer = flow.key;
+    new.reply.state = ct_state::REPLY | (original.state & (ct_state::SEEN_REPLY | ct_state::CLOSING));
+    new.reply.expires_ns = original.expires_ns;
+    CONNTRACK.insert(&original.peer, &new.reply, BPF_NOEXIST as u64).is_ok()
 }
 
 /// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the

@@ -75,6 +75,9 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             }
             return deliver(ctx, &translation, Counter::Hairpin);
         }
+        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(&translation, &flow, ifindex, iface.mac) {
+            return drop_packet(ctx, Counter::DropCtReplyLost);
+        }
         let Some(route) = route::cached_lookup(ctx, &flow, entry) else { return to_host(ctx) };
         if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
             return to_host(ctx);

@@ -23,7 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    global_names, map_names, program_names, Counter, CtConfig, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    global_names, map_names, program_names, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
     UplinkInfo,
     conntrack::DEFAULT_CT_ENTRIES,
 };
@@ -265,6 +265,25 @@ impl Datapath {
         }
         let keep: HashSet<u32> = uplinks.iter().map(|(i, _, _)| *i).collect();
         retain_keys(&mut map, &keep)
+    }
+
+    fn conntrack(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).context("CONNTRACK map missing")?)?)
+    }
+
+    /// One entry of the connection table (for tests of a private instance; the daemon uses
+    /// `crate::conntrack::Conntrack` on the pinned table).
+    pub fn conntrack_entry(&mut self, key: &CtKey) -> Result<Option<CtEntry>> {
+        found_or_none(self.conntrack()?.get(key, 0))
+    }
+
+    pub fn set_conntrack_entry(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
+        self.conntrack()?.insert(key, entry, 0).context("writing CONNTRACK")?;
+        Ok(())
+    }
+
+    pub fn remove_conntrack_entry(&mut self, key: &CtKey) -> Result<()> {
+        remove_ignoring_missing(self.conntrack()?.remove(key))
     }
 
     /// Size of the pinned connection table, which may differ from the one asked for.

@@ -14,7 +14,7 @@ use bpfnet::{
     test_run::{run_tc, time_tc, TestRunResult},
 };
 use datapath_common::{
-    iface_flags, program_names, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC,
+    iface_flags, program_names, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC,
 };
 
 const PASS: u32 = 0;
@@ -612,5 +612,36 @@ fn program_time_per_packet() {
             let total: u64 = (0..N).map(|_| time_tc(fd, p, 1).unwrap() as u64).sum();
             println!("{what:<45} {:>4} ns per packet", total / N as u64);
         }
+    });
+}
+
+#[test]
+fn a_reply_entry_evicted_under_pressure_is_put_back_or_its_connection_stopped() {
+    TestNetns::new("evicted").run(MASQ, |lab| {
+        let data = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, TCP, 64), tcp_segment(40000, 80, 0x10, b"x"));
+        let nat_port = port_at(&lab.from_container(&data).packet, L4);
+        let reply_key = CtKey {
+            saddr: IpKey::from_ipv4_octets(SERVER_IP),
+            daddr: IpKey::from_ipv4_octets(UPLINK_IP),
+            sport: 80u16.to_be(),
+            dport: nat_port.to_be(),
+            proto: TCP,
+            _pad: [0; 3],
+        };
+        let reply_entry = lab.dp.conntrack_entry(&reply_key).unwrap().expect("the reply entry");
+        // The LRU evicts the reply entry: the next packet puts it back, and answers still arrive.
+        lab.dp.remove_conntrack_entry(&reply_key).unwrap();
+        assert_eq!(lab.from_container(&data).verdict, REDIRECT);
+        assert_eq!(lab.dp.conntrack_entry(&reply_key).unwrap().map(|e| e.peer), Some(reply_entry.peer));
+        let answer = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 7, frag: 0 }, tcp_segment(80, nat_port, 0x10, b"y"));
+        let out = lab.from_uplink(&answer);
+        assert_eq!((out.verdict, &out.packet[0..6]), (REDIRECT, &CONTAINER_MAC[..]));
+        // Evicted, then claimed by another container's connection: this one's packets stop.
+        lab.dp.remove_conntrack_entry(&reply_key).unwrap();
+        let mut other = reply_entry;
+        other.peer.saddr = IpKey::from_ipv4_octets(OTHER_CONTAINER_IP);
+        lab.dp.set_conntrack_entry(reply_key, other).unwrap();
+        assert_eq!(lab.from_container(&data).verdict, DROP);
+        assert_eq!(lab.counter(Counter::DropCtReplyLost), 1);
     });
 }
