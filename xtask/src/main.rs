@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-/// Debian packages: the eBPF toolchain (../shared/TOOLCHAIN.md), LLVM 22 to build bpf-linker, and
+/// Debian packages: the eBPF toolchain (docs/DEVELOPMENT.md), LLVM 22 to build bpf-linker, and
 /// the tools tests, demo and benchmark use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
