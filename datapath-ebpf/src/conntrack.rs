@@ -218,6 +218,17 @@ pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
     }
 }
 
+/// The reply entry of a masqueraded connection: answers go back to the container that sent
+/// `flow` (behind the host-side veth `ifindex`, with `mac`), at its own address and port.
+#[inline(always)]
+pub fn masquerade_reply(reply: &mut CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6]) {
+    reply.action = ct_action::REWRITE_DST;
+    reply.dst = flow.key.saddr;
+    reply.dst_port = flow.key.sport;
+    reply.ifindex = ifindex;
+    reply.mac = mac;
+}
+
 /// For a masquerading original entry: whether its reply entry is still this connection's. The
 /// LRU may have evicted it under pressure; it is put back (the port is still this connection's
 /// to use), unless another connection claimed that reply tuple meanwhile: then `false`, as the
@@ -229,11 +240,7 @@ pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6])
         return reply.peer == flow.key;
     }
     let Some(new) = new_connection() else { return false };
-    new.reply.action = ct_action::REWRITE_DST;
-    new.reply.dst = flow.key.saddr;
-    new.reply.dst_port = flow.key.sport;
-    new.reply.ifindex = ifindex;
-    new.reply.mac = mac;
+    masquerade_reply(&mut new.reply, flow, ifindex, mac);
     new.reply.peer = flow.key;
     new.reply.state = ct_state::REPLY | (original.state & (ct_state::SEEN_REPLY | ct_state::CLOSING));
     new.reply.expires_ns = original.expires_ns;

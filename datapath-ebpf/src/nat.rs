@@ -106,11 +106,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     new.original.action = ct_action::REWRITE_SRC;
     new.original.src = uplink.addr;
-    new.reply.action = ct_action::REWRITE_DST;
-    new.reply.dst = flow.key.saddr;
-    new.reply.dst_port = flow.key.sport;
-    new.reply.ifindex = ifindex;
-    new.reply.mac = iface.mac;
+    conntrack::masquerade_reply(&mut new.reply, &flow, ifindex, iface.mac);
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
     route::cache(&mut new.original, &route);
     // Keep the container's port (an echo's identifier) where it is free.

@@ -12,7 +12,7 @@ use datapath_common::{conntrack::ROUTE_RECHECK_NS, uplink_flags, CtEntry};
 
 use crate::{
     conntrack::Flow,
-    headers::write_at,
+    headers::{ptr_at, write_mac},
     maps::UPLINKS,
 };
 
@@ -56,12 +56,7 @@ pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry) -> Optio
         return Some(Route { ifindex: e.route_ifindex, resolved: true, smac: e.route_smac, dmac: e.route_dmac });
     }
     let route = lookup(ctx, flow)?;
-    if route.resolved {
-        e.route_ifindex = route.ifindex;
-        e.route_smac = route.smac;
-        e.route_dmac = route.dmac;
-        e.route_checked = now;
-    }
+    cache(e, &route);
     Some(route)
 }
 
@@ -149,9 +144,13 @@ pub fn send(ctx: &TcContext, route: &Route) -> bool {
     verdict == TC_ACT_REDIRECT as i64
 }
 
+/// Writes a MAC at `offset` with `write_mac` (a `[u8; 6]` copy would call a byte-loop subprogram).
 #[inline(always)]
 fn store_mac(ctx: &TcContext, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
-    write_at(ctx, offset, *mac)
+    let dst = ptr_at::<[u8; 6]>(ctx, offset).ok_or(-1i64)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe { write_mac(dst, mac) };
+    Ok(())
 }
 
 /// Rewrites the Ethernet header of a packet delivered into a container: from the gateway to

@@ -567,12 +567,7 @@ fn docker_rules() -> Vec<Vec<&'static str>> {
 /// container subnet. Returns the outside namespace, set up to run clients and servers.
 fn uplink_to_outside(sb: &mut Sandbox, host: &str, role: &str) -> Result<String> {
     let ext = container_ns(sb, role)?;
-    ip(host, &["link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &ext])?;
-    ip(host, &["addr", "add", "192.0.2.1/24", "dev", "up0"])?;
-    ip(host, &["link", "set", "up0", "up"])?;
-    ip(&ext, &["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
-    ip(&ext, &["link", "set", "eth0", "up"])?;
-    ip(host, &["route", "add", "default", "via", "192.0.2.2"])?;
+    sb.connect_uplink(host, &ext)?;
     Ok(ext)
 }
 

@@ -329,25 +329,31 @@ impl Sandbox {
     /// container subnet: only masqueraded traffic can be answered. ext reaches far through a route
     /// whose MTU is locked at 1280, the "small hop" path-MTU discovery must learn about.
     pub fn add_outside(&mut self) -> Result<Outside> {
-        let ext = self.add_netns("ext")?;
-        let far = self.add_netns("far")?;
         let host = self.host();
-        run_ok("ip", &["-n", &host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &ext])?;
+        let ext = self.add_netns("ext")?;
+        self.connect_uplink(&host, &ext)?;
+        let far = self.add_netns("far")?;
         run_ok("ip", &["-n", &ext, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far])?;
-        for (ns, dev, addr) in [
-            (&host, "up0", "192.0.2.1/24"),
-            (&ext, "eth0", "192.0.2.2/24"),
-            (&ext, "eth1", "198.51.100.1/24"),
-            (&far, "eth0", "198.51.100.7/24"),
-        ] {
+        for (ns, dev, addr) in [(&ext, "eth1", "198.51.100.1/24"), (&far, "eth0", "198.51.100.7/24")] {
             run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
             run_ok("ip", &["-n", ns, "link", "set", dev, "up"])?;
         }
-        run_ok("ip", &["-n", &host, "route", "add", "default", "via", "192.0.2.2"])?;
         run_ok("ip", &["-n", &far, "route", "add", "default", "via", "198.51.100.1"])?;
         run_ok("ip", &["-n", &ext, "route", "replace", "198.51.100.0/24", "dev", "eth1", "src", "198.51.100.1", "mtu", "lock", "1280"])?;
         run_ok("ip", &["netns", "exec", &ext, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         Ok(Outside { ext, far })
+    }
+
+    /// Joins the namespace `host` to the namespace `outside` by an uplink: `up0` 192.0.2.1/24 in
+    /// `host`, `eth0` 192.0.2.2/24 in `outside`, and `host`'s default route through it.
+    pub fn connect_uplink(&self, host: &str, outside: &str) -> Result<()> {
+        run_ok("ip", &["-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside])?;
+        for (ns, dev, addr) in [(host, "up0", "192.0.2.1/24"), (outside, "eth0", "192.0.2.2/24")] {
+            run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
+            run_ok("ip", &["-n", ns, "link", "set", dev, "up"])?;
+        }
+        run_ok("ip", &["-n", host, "route", "add", "default", "via", "192.0.2.2"])?;
+        Ok(())
     }
 
     /// One ping with a 1 s timeout.

@@ -30,7 +30,7 @@ fn ipv4(key: &IpKey) -> Ipv4Addr {
     Ipv4Addr::from(key.ipv4_word().to_ne_bytes())
 }
 
-pub fn protocol_name(proto: u8) -> String {
+fn protocol_name(proto: u8) -> String {
     match proto {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
@@ -154,15 +154,15 @@ impl Conntrack {
         self.remove_keys(doomed)
     }
 
-    /// Removes the connections that deliver into the host-side veth `ifindex`, or, unless
-    /// another endpoint holds the address now (`addr` is `None`), whose tuple or translation
-    /// names `addr` (an endpoint that leaves): both entries of each.
-    pub fn forget_endpoint(&mut self, ifindex: u32, addr: Option<Ipv4Addr>) -> usize {
+    /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or,
+    /// unless another endpoint holds the address now (`addr` is `None`), whose tuple or
+    /// translation names `addr` (an endpoint that leaves): both entries of each, in one walk.
+    pub fn forget_endpoint(&mut self, ifindexes: &[u32], addr: Option<Ipv4Addr>) -> usize {
         let key = addr.map(crate::datapath::ipv4_key);
         let names = |a: &IpKey| key.as_ref() == Some(a);
         let mut doomed = HashSet::new();
         for (k, e) in self.entries() {
-            if (ifindex != 0 && e.ifindex == ifindex) || names(&e.src) || names(&e.dst) || names(&k.saddr) || names(&k.daddr) {
+            if (e.ifindex != 0 && ifindexes.contains(&e.ifindex)) || names(&e.src) || names(&e.dst) || names(&k.saddr) || names(&k.daddr) {
                 doomed.insert(k);
                 doomed.insert(e.peer);
             }

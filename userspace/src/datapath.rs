@@ -286,16 +286,6 @@ impl Datapath {
         remove_ignoring_missing(self.conntrack()?.remove(key))
     }
 
-    /// Size of the pinned connection table, which may differ from the one asked for.
-    pub fn ct_entries(&self) -> Result<u32> {
-        let map = self.ebpf.map(map_names::CONNTRACK).context("CONNTRACK map missing")?;
-        let data: &MapData = match map {
-            aya::maps::Map::LruHashMap(d) => d,
-            _ => anyhow::bail!("CONNTRACK is not an LRU hash"),
-        };
-        Ok(data.info()?.max_entries())
-    }
-
     fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
         Ok(HashMap::try_from(self.ebpf.map_mut(map_names::ENDPOINTS).context("ENDPOINTS map missing")?)?)
     }
@@ -347,11 +337,6 @@ impl Datapath {
             Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Every published port in the map.
-    pub fn port_entries(&mut self) -> Result<Vec<(PortKey, PortTarget)>> {
-        Ok(self.ports()?.iter().collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).

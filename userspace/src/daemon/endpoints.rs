@@ -296,12 +296,7 @@ impl Daemon {
         // Its connections: a later endpoint with the same address must not inherit them (but an
         // endpoint that holds the address already keeps its own).
         let addr = (!self.state.endpoints.iter().any(|o| o.id != ep.id && o.ipv4 == ep.ipv4)).then_some(ep.ipv4);
-        for index in &indexes {
-            self.conntrack.forget_endpoint(*index, addr);
-        }
-        if indexes.is_empty() {
-            self.conntrack.forget_endpoint(0, addr);
-        }
+        self.conntrack.forget_endpoint(&indexes, addr);
         // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
         if let Some(link) = link {
             match self.netlink.delete_link(link.index).await {

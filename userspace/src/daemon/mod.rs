@@ -128,7 +128,8 @@ impl Daemon {
             }
         };
         let mut datapath = Datapath::load_pinned(&config.bpffs, &config.datapath)?;
-        let ct_entries = datapath.ct_entries()?;
+        let conntrack = Conntrack::open(&config.bpffs)?;
+        let ct_entries = conntrack.max_entries();
         if ct_entries != config.datapath.ct_entries {
             log::warn!(
                 "the pinned connection table holds {ct_entries} entries, not the {} asked for: a table keeps \
@@ -136,7 +137,6 @@ impl Daemon {
                 config.datapath.ct_entries
             );
         }
-        let conntrack = Conntrack::open(&config.bpffs)?;
         if config.datapath.trace {
             datapath.forward_trace()?;
             log::warn!("datapath trace on: one log line per packet (for debugging; it costs throughput)");
