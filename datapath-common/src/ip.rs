@@ -1,4 +1,6 @@
 //! Addresses as map keys.
+use core::net::{IpAddr, Ipv6Addr};
+
 use bytemuck::{Pod, Zeroable};
 
 /// An IP address as a map key: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so IPv6 can later use
@@ -30,6 +32,12 @@ impl IpKey {
         self.addr[3]
     }
 
+    /// `octets` is the IPv6 address as it appears on the wire.
+    pub fn from_ipv6_octets(octets: [u8; 16]) -> Self {
+        let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+        Self { addr: [word(0), word(4), word(8), word(12)] }
+    }
+
     /// The address bytes in wire order.
     pub fn octets(&self) -> [u8; 16] {
         let mut out = [0u8; 16];
@@ -37,6 +45,26 @@ impl IpKey {
             out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
         out
+    }
+}
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::from_ipv4_octets(v4.octets()),
+            IpAddr::V6(v6) => Self::from_ipv6_octets(v6.octets()),
+        }
+    }
+}
+
+impl From<IpKey> for IpAddr {
+    /// An IPv4-mapped key is the IPv4 address it maps.
+    fn from(key: IpKey) -> Self {
+        let v6 = Ipv6Addr::from(key.octets());
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
     }
 }
 
@@ -50,5 +78,14 @@ mod tests {
     fn ipv4_keys_are_ipv4_mapped_in_wire_order() {
         let key = IpKey::from_ipv4_octets([10, 1, 2, 3]);
         assert_eq!(key.octets(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(key, IpKey::from(IpAddr::from([10, 1, 2, 3])));
+    }
+
+    #[test]
+    fn keys_convert_back_to_the_address() {
+        for text in ["10.1.2.3", "fd00::1", "::1"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(IpAddr::from(IpKey::from(ip)), ip, "{text}");
+        }
     }
 }

@@ -150,7 +150,7 @@ pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
             .collect()
     };
     let map_ips: BTreeSet<String> = dump("ENDPOINTS").iter().map(|k| format!("{}.{}.{}.{}", k[12], k[13], k[14], k[15])).collect();
-    let ips: BTreeSet<String> = endpoints.iter().map(|e| e["ipv4"].as_str().unwrap().to_string()).collect();
+    let ips: BTreeSet<String> = endpoints.iter().map(|e| e["address"].as_str().unwrap().to_string()).collect();
     assert_eq!(map_ips, ips, "ENDPOINTS entries");
     let map_ifindexes: BTreeSet<u64> = dump("IFACES").iter().map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u64).collect();
     let ifindexes: BTreeSet<u64> = endpoints.iter().map(|e| e["host_ifindex"].as_u64().unwrap()).collect();
@@ -176,7 +176,7 @@ pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
         let recorded: BTreeSet<String> = endpoints
             .iter()
             .filter(|e| e["container_name"] == ns.as_str())
-            .map(|e| format!("{} {}", e["interface"].as_str().unwrap(), e["ipv4"].as_str().unwrap()))
+            .map(|e| format!("{} {}", e["interface"].as_str().unwrap(), e["address"].as_str().unwrap()))
             .collect();
         assert_eq!(theirs, recorded, "interfaces of {ns}");
     }

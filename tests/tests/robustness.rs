@@ -230,7 +230,7 @@ fn soak_with_random_kills_converges() {
             state["endpoints"].as_array().unwrap().iter().filter(|e| e["network_id"] == net["id"]).collect();
         for other in members.iter().skip(1) {
             let from = members[0]["container_name"].as_str().unwrap();
-            let to = other["ipv4"].as_str().unwrap();
+            let to = other["address"].as_str().unwrap();
             assert!(sb.ping(from, to).unwrap(), "{from} -> {to} on {}", net["name"]);
         }
     }

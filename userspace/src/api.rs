@@ -35,6 +35,53 @@ pub struct Disconnect {
     pub netns: String,
 }
 
+/// `endpoint create`: reserve an address (and published ports) on a network for a container
+/// that is attached later; the first step of the endpoint lifecycle front-ends drive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Allocate {
+    pub network: String,
+    /// The container's name as its front-end knows it (letters, digits, '_', '.', '-').
+    pub name: String,
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `-p` values, as for [`Connect`].
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// `endpoint attach`: put an allocated endpoint into a namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attach {
+    /// A name under /run/netns, a path to a namespace file, or a PID.
+    pub netns: String,
+    /// Interface name in the namespace (default: the first free ethN).
+    pub interface: Option<String>,
+}
+
+/// One endpoint, attached or only allocated (`endpoint ls`, `endpoint inspect`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub endpoint_id: String,
+    pub network: String,
+    /// The container's name (for `network connect`: the namespace as given).
+    pub name: String,
+    pub ipv4_address: String,
+    pub mac_address: String,
+    pub aliases: Vec<String>,
+    /// Published ports, as `HOST_IP:PORT->PORT/PROTO` (in the datapath while attached).
+    pub ports: Vec<String>,
+    /// Where it is attached; `None`: allocated only.
+    pub attachment: Option<AttachmentView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub netns: String,
+    pub interface: String,
+    pub host_interface: String,
+}
+
 /// One line of `network ls`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkSummary {
@@ -118,6 +165,14 @@ pub struct PortMapping {
     /// The namespace as connected.
     pub netns: String,
     pub endpoint_id: String,
+    /// False while its endpoint is allocated but not attached: the port is reserved, and
+    /// nothing answers it yet.
+    #[serde(default = "yes")]
+    pub attached: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The answer to `network connect`.

@@ -46,6 +46,76 @@ enum Command {
     /// Published ports (`network connect ... -p HOST_PORT:CONTAINER_PORT`).
     #[command(subcommand)]
     Port(PortCommand),
+    /// The endpoint lifecycle step by step, as front-ends (Docker, CNI) drive it: reserve an
+    /// address on a network, attach it to a namespace, detach it, release it. `network connect`
+    /// and `network disconnect` do the same steps in one go.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Reserve an address (and published ports) on a network for a container, without attaching
+    /// anything yet. Prints the new endpoint's id.
+    Create {
+        /// Network to allocate on.
+        network: String,
+        /// The container's name: letters, digits, '_', '.', '-'.
+        name: String,
+        /// Address to use instead of the next free one.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Another name for the container on this network (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Publish a container port on the host once attached (repeatable); same form as
+        /// `network connect -p`. The port is reserved from now on.
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
+        /// Print the endpoint as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach an allocated endpoint to a network namespace: a veth pair whose inside end gets the
+    /// endpoint's name (--interface, default the first free ethN), address and MAC, and, for the
+    /// namespace's first network, a default route via the gateway.
+    Attach {
+        /// Endpoint id (or a unique prefix of it).
+        endpoint: String,
+        /// A name under /run/netns, a path to a namespace file, or a PID.
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Print the attached endpoint as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an endpoint's interface from its namespace; its address and ports stay reserved.
+    Detach {
+        /// Endpoint id (or a unique prefix of it).
+        endpoint: String,
+    },
+    /// Free endpoints (each is detached first if it is attached).
+    #[command(alias = "remove")]
+    Rm {
+        /// Endpoint ids (or unique prefixes).
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+    },
+    /// List endpoints, attached and allocated.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show endpoints as JSON.
+    Inspect {
+        /// Endpoint ids (or unique prefixes).
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -389,7 +459,10 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             }
             let rows: Vec<Vec<String>> = ports
                 .iter()
-                .map(|p| vec![p.host.clone(), p.protocol.clone(), p.container.clone(), p.netns.clone(), p.network.clone()])
+                .map(|p| {
+                    let netns = if p.attached { p.netns.clone() } else { format!("{} (not attached)", p.netns) };
+                    vec![p.host.clone(), p.protocol.clone(), p.container.clone(), netns, p.network.clone()]
+                })
                 .collect();
             print_table(&["HOST", "PROTO", "CONTAINER", "NAMESPACE", "NETWORK"], &rows);
         }
@@ -397,6 +470,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             let flushed: api::Flushed = client.delete("/conntrack").await?;
             println!("{} connections flushed", flushed.connections);
         }
+        Command::Endpoint(cmd) => run_endpoint(&client, cmd).await?,
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create { name, subnet, gateway, internal, options } => {
                 let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)? };
@@ -470,6 +544,82 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                     client.post(&format!("/networks/{}/disconnect", segment(&network)), &req).await?;
             }
         },
+    }
+    Ok(())
+}
+
+async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
+    match cmd {
+        EndpointCommand::Create { network, name, ip, aliases, publish, json } => {
+            let req = api::Allocate { network, name, ip, aliases, publish };
+            let ep: api::EndpointView = client.post("/endpoints", &req).await?;
+            if json {
+                return print_json(&ep);
+            }
+            println!("{}", ep.endpoint_id);
+        }
+        EndpointCommand::Attach { endpoint, netns, interface, json } => {
+            let req = api::Attach { netns: absolute_netns(netns.clone())?, interface };
+            let ep: api::EndpointCreated = client.post(&format!("/endpoints/{}/attach", segment(&endpoint)), &req).await?;
+            if json {
+                return print_json(&ep);
+            }
+            println!(
+                "{netns} joined {}: {} {} mac {} (host side {})",
+                ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
+            );
+        }
+        EndpointCommand::Detach { endpoint } => {
+            let _: api::EndpointView = client.post(&format!("/endpoints/{}/detach", segment(&endpoint)), &()).await?;
+        }
+        EndpointCommand::Rm { endpoints } => {
+            let mut failed = 0;
+            for id in &endpoints {
+                match client.delete::<serde_json::Value>(&format!("/endpoints/{}", segment(id))).await {
+                    Ok(_) => println!("{id}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} endpoints could not be removed", endpoints.len());
+            }
+        }
+        EndpointCommand::Ls { json } => {
+            let eps: Vec<api::EndpointView> = client.get("/endpoints").await?;
+            if json {
+                return print_json(&eps);
+            }
+            let rows: Vec<Vec<String>> = eps
+                .iter()
+                .map(|e| {
+                    let (netns, interface) = match &e.attachment {
+                        Some(a) => (a.netns.clone(), a.interface.clone()),
+                        None => ("-".into(), "-".into()),
+                    };
+                    vec![
+                        e.endpoint_id[..12].to_string(),
+                        e.name.clone(),
+                        e.network.clone(),
+                        e.ipv4_address.clone(),
+                        if e.attachment.is_some() { "attached" } else { "allocated" }.into(),
+                        netns,
+                        interface,
+                    ]
+                })
+                .collect();
+            print_table(&["ENDPOINT ID", "NAME", "NETWORK", "ADDRESS", "STATE", "NAMESPACE", "INTERFACE"], &rows);
+        }
+        EndpointCommand::Inspect { endpoints } => {
+            let mut out = Vec::new();
+            for id in &endpoints {
+                let ep: api::EndpointView = client.get(&format!("/endpoints/{}", segment(id))).await?;
+                out.push(ep);
+            }
+            print_json(&out)?;
+        }
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! (the datapath only stamps deadlines; removal is the daemon's), and forgetting those of an
 //! endpoint that leaves. Works on its own handle on the pinned map, so none of it waits for the
 //! daemon's lock.
-use std::{collections::HashSet, net::Ipv4Addr, path::Path};
+use std::{collections::HashSet, net::IpAddr, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
@@ -26,9 +26,6 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn ipv4(key: &IpKey) -> Ipv4Addr {
-    Ipv4Addr::from(key.ipv4_word().to_ne_bytes())
-}
 
 fn protocol_name(proto: u8) -> String {
     match proto {
@@ -41,9 +38,12 @@ fn protocol_name(proto: u8) -> String {
 
 fn endpoint(addr: &IpKey, port: u16, proto: u8) -> String {
     if proto == IPPROTO_ICMP {
-        ipv4(addr).to_string()
+        IpAddr::from(*addr).to_string()
     } else {
-        format!("{}:{}", ipv4(addr), u16::from_be(port))
+        match IpAddr::from(*addr) {
+            IpAddr::V4(v4) => format!("{v4}:{}", u16::from_be(port)),
+            IpAddr::V6(v6) => format!("[{v6}]:{}", u16::from_be(port)),
+        }
     }
 }
 
@@ -157,8 +157,8 @@ impl Conntrack {
     /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or,
     /// unless another endpoint holds the address now (`addr` is `None`), whose tuple or
     /// translation names `addr` (an endpoint that leaves): both entries of each, in one walk.
-    pub fn forget_endpoint(&mut self, ifindexes: &[u32], addr: Option<Ipv4Addr>) -> usize {
-        let key = addr.map(crate::datapath::ipv4_key);
+    pub fn forget_endpoint(&mut self, ifindexes: &[u32], addr: Option<IpAddr>) -> usize {
+        let key = addr.map(IpKey::from);
         let names = |a: &IpKey| key.as_ref() == Some(a);
         let mut doomed = HashSet::new();
         for (k, e) in self.entries() {

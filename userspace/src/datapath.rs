@@ -7,7 +7,7 @@
 //! links atomically (`bpf_link_update`), which also upgrades the datapath code.
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
 };
@@ -42,8 +42,13 @@ pub struct Datapath {
     pins: Option<PathBuf>,
 }
 
-pub fn ipv4_key(ip: Ipv4Addr) -> IpKey {
-    IpKey::from_ipv4_octets(ip.octets())
+/// The datapath serves IPv4 only so far: the address fields of `IfaceInfo` are IPv4. The one
+/// place an address is narrowed for it.
+pub fn datapath_ipv4(ip: IpAddr) -> Result<[u8; 4]> {
+    match ip {
+        IpAddr::V4(v4) => Ok(v4.octets()),
+        IpAddr::V6(v6) => anyhow::bail!("{v6}: the datapath does not forward IPv6 yet"),
+    }
 }
 
 /// What is fixed when the datapath is loaded.
@@ -170,12 +175,12 @@ impl Datapath {
     }
 
     /// Makes `HOST_ADDRS` hold exactly `addrs`: where a port published on every address answers.
-    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+    pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<()> {
         let mut map = self.host_addrs()?;
         for addr in addrs {
-            map.insert(ipv4_key(*addr), 1, 0).context("writing HOST_ADDRS")?;
+            map.insert(IpKey::from(*addr), 1, 0).context("writing HOST_ADDRS")?;
         }
-        let keep: HashSet<IpKey> = addrs.iter().map(|a| ipv4_key(*a)).collect();
+        let keep: HashSet<IpKey> = addrs.iter().map(|a| IpKey::from(*a)).collect();
         retain_keys(&mut map, &keep)
     }
 
@@ -257,11 +262,11 @@ impl Datapath {
     }
 
     /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address, is a veth).
-    pub fn set_uplinks(&mut self, uplinks: &[(u32, Ipv4Addr, bool)]) -> Result<()> {
+    pub fn set_uplinks(&mut self, uplinks: &[(u32, IpAddr, bool)]) -> Result<()> {
         let mut map = self.uplinks()?;
         for (index, addr, veth) in uplinks {
             let flags = if *veth { datapath_common::uplink_flags::VETH } else { 0 };
-            map.insert(index, UplinkInfo { addr: ipv4_key(*addr), flags }, 0).context("writing UPLINKS")?;
+            map.insert(index, UplinkInfo { addr: IpKey::from(*addr), flags }, 0).context("writing UPLINKS")?;
         }
         let keep: HashSet<u32> = uplinks.iter().map(|(i, _, _)| *i).collect();
         retain_keys(&mut map, &keep)
@@ -294,21 +299,21 @@ impl Datapath {
         Ok(HashMap::try_from(self.ebpf.map_mut(map_names::IFACES).context("IFACES map missing")?)?)
     }
 
-    pub fn set_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<()> {
-        self.endpoints()?.insert(ipv4_key(ip), info, 0).context("writing ENDPOINTS")?;
+    pub fn set_endpoint(&mut self, ip: IpAddr, info: EndpointInfo) -> Result<()> {
+        self.endpoints()?.insert(IpKey::from(ip), info, 0).context("writing ENDPOINTS")?;
         Ok(())
     }
 
-    pub fn endpoint(&mut self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>> {
-        found_or_none(self.endpoints()?.get(&ipv4_key(ip), 0))
+    pub fn endpoint(&mut self, ip: IpAddr) -> Result<Option<EndpointInfo>> {
+        found_or_none(self.endpoints()?.get(&IpKey::from(ip), 0))
     }
 
     pub fn iface(&mut self, ifindex: u32) -> Result<Option<IfaceInfo>> {
         found_or_none(self.ifaces()?.get(&ifindex, 0))
     }
 
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        remove_ignoring_missing(self.endpoints()?.remove(&ipv4_key(ip)))
+    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<()> {
+        remove_ignoring_missing(self.endpoints()?.remove(&IpKey::from(ip)))
     }
 
     pub fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<()> {

@@ -1,16 +1,19 @@
 //! Address management and validation of what users ask for: names, subnets, gateways, addresses.
-use std::net::Ipv4Addr;
+//!
+//! Addresses are `IpAddr`/`IpNetwork` throughout; only IPv4 subnets are accepted until the
+//! datapath forwards IPv6 (`parse_subnet` says so).
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::state::State;
 
 /// Docker's default address pools: 172.17-31.0.0/16, then 192.168.0.0/16 cut into /20s.
-pub fn default_pool() -> impl Iterator<Item = Ipv4Network> {
+pub fn default_pool() -> impl Iterator<Item = IpNetwork> {
     let wide = (17u8..=31).map(|b| Ipv4Network::new(Ipv4Addr::new(172, b, 0, 0), 16).unwrap());
     let narrow = (0u8..16).map(|i| Ipv4Network::new(Ipv4Addr::new(192, 168, i * 16, 0), 20).unwrap());
-    wide.chain(narrow)
+    wide.chain(narrow).map(IpNetwork::V4)
 }
 
 /// Ranges no container network may use.
@@ -22,7 +25,8 @@ const RESERVED: [(&str, &str); 5] = [
     ("240.0.0.0/4", "future use and broadcast"),
 ];
 
-pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
+/// Whether two prefixes share an address (never across address families).
+pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
 
@@ -36,8 +40,21 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Linux's rule for interface names (what `attach --interface` may ask for).
+pub fn validate_interface_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if !ok {
+        bail!("invalid interface name {name:?}: use 1-15 printable characters without '/', ':' or spaces");
+    }
+    Ok(())
+}
+
 /// Parses and checks a user-given subnet.
-pub fn parse_subnet(text: &str) -> Result<Ipv4Network> {
+pub fn parse_subnet(text: &str) -> Result<IpNetwork> {
     if text.contains(':') {
         bail!("invalid subnet {text:?}: IPv6 networks are not supported yet");
     }
@@ -57,25 +74,52 @@ pub fn parse_subnet(text: &str) -> Result<Ipv4Network> {
         bail!("invalid subnet {text:?}: too large, use a prefix of /8 or longer");
     }
     for (reserved, what) in RESERVED {
-        let reserved: Ipv4Network = reserved.parse().unwrap();
-        if overlaps(&reserved, &net) {
+        let reserved: IpNetwork = reserved.parse().unwrap();
+        if overlaps(&reserved, &IpNetwork::V4(net)) {
             bail!("invalid subnet {text:?}: it overlaps {reserved}, which is reserved for {what}");
         }
     }
-    Ok(net)
+    Ok(IpNetwork::V4(net))
 }
 
-pub fn parse_ipv4(what: &str, text: &str) -> Result<Ipv4Addr> {
-    text.parse::<Ipv4Addr>()
-        .map_err(|_| anyhow::anyhow!("invalid {what} {text:?}: expected an IPv4 address such as 10.10.0.5"))
+/// An address given for a network of subnet `net`: of the subnet's family.
+pub fn parse_address(what: &str, text: &str, net: &IpNetwork) -> Result<IpAddr> {
+    match (text.parse::<IpAddr>(), net) {
+        (Ok(ip @ IpAddr::V4(_)), IpNetwork::V4(_)) | (Ok(ip @ IpAddr::V6(_)), IpNetwork::V6(_)) => Ok(ip),
+        (Ok(ip), _) => bail!("invalid {what} {ip}: the subnet {net} is of the other address family"),
+        (Err(_), _) => bail!("invalid {what} {text:?}: expected an IPv4 address such as 10.10.0.5"),
+    }
+}
+
+/// The subnet's broadcast address (IPv4 only: IPv6 has none).
+fn broadcast(net: &IpNetwork) -> Option<IpAddr> {
+    match net {
+        IpNetwork::V4(v4) => Some(IpAddr::V4(v4.broadcast())),
+        IpNetwork::V6(_) => None,
+    }
+}
+
+/// The address `offset` places after the start of `net` (`None` past its end).
+fn nth_address(net: &IpNetwork, offset: u128) -> Option<IpAddr> {
+    match net {
+        IpNetwork::V4(v4) => {
+            let ip = u128::from(u32::from(v4.network())).checked_add(offset)?;
+            let ip = IpAddr::V4(Ipv4Addr::from(u32::try_from(ip).ok()?));
+            net.contains(ip).then_some(ip)
+        }
+        IpNetwork::V6(v6) => {
+            let ip = IpAddr::V6(u128::from(v6.network()).checked_add(offset)?.into());
+            net.contains(ip).then_some(ip)
+        }
+    }
 }
 
 /// An address a host may use in `net`: inside it, not its network or broadcast address.
-pub fn check_host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Network) -> Result<()> {
+pub fn check_host_address(what: &str, ip: IpAddr, net: &IpNetwork) -> Result<()> {
     if !net.contains(ip) {
         bail!("{what} {ip} is outside the subnet {net}");
     }
-    if ip == net.network() || ip == net.broadcast() {
+    if ip == net.network() || Some(ip) == broadcast(net) {
         bail!("{what} {ip} is the network or broadcast address of {net}");
     }
     Ok(())
@@ -84,7 +128,7 @@ pub fn check_host_address(what: &str, ip: Ipv4Addr, net: &Ipv4Network) -> Result
 /// An address one of the host's interfaces holds (up or down), which no container may be given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostAddress {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub interface: String,
 }
 
@@ -92,12 +136,12 @@ pub struct HostAddress {
 /// already routes, and the addresses its interfaces hold (a down interface has no route).
 #[derive(Debug, Default)]
 pub struct HostNetworks {
-    pub routes: Vec<Ipv4Network>,
+    pub routes: Vec<IpNetwork>,
     pub addresses: Vec<HostAddress>,
 }
 
 /// Why `net` cannot be used on this host, if it cannot.
-fn host_clash(net: &Ipv4Network, host: &HostNetworks) -> Option<String> {
+fn host_clash(net: &IpNetwork, host: &HostNetworks) -> Option<String> {
     if let Some(a) = host.addresses.iter().find(|a| net.contains(a.ip)) {
         return Some(format!("subnet {net} contains {}, an address of the host's interface {}", a.ip, a.interface));
     }
@@ -107,7 +151,7 @@ fn host_clash(net: &Ipv4Network, host: &HostNetworks) -> Option<String> {
 /// Picks the subnet for a new network: the user's (checked against every other network and
 /// against the host's routes and addresses, as Docker does), or the first free one of the default
 /// pool. A clash with the host is a [`InUse`] conflict.
-pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks) -> Result<Ipv4Network> {
+pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks) -> Result<IpNetwork> {
     match requested {
         Some(text) => {
             let net = parse_subnet(text)?;
@@ -139,52 +183,57 @@ impl std::fmt::Display for InUse {
 impl std::error::Error for InUse {}
 
 /// The network's gateway: the user's, or the first host address.
-pub fn choose_gateway(net: &Ipv4Network, requested: Option<&str>) -> Result<Ipv4Addr> {
+pub fn choose_gateway(net: &IpNetwork, requested: Option<&str>) -> Result<IpAddr> {
     match requested {
         Some(text) => {
-            let gw = parse_ipv4("gateway", text)?;
+            let gw = parse_address("gateway", text, net)?;
             check_host_address("gateway", gw, net)?;
             Ok(gw)
         }
-        None => Ok(Ipv4Addr::from(u32::from(net.network()) + 1)),
+        None => nth_address(net, 1).ok_or_else(|| anyhow::anyhow!("subnet {net} has no room for a gateway")),
     }
 }
 
-/// Picks an endpoint's address: the user's (checked), or the lowest free one.
+/// Picks an endpoint's address: the user's (checked), or the lowest free one. Every allocation of
+/// the network holds its address, attached or not.
 pub fn choose_address(
     state: &State,
     network_id: &str,
     requested: Option<&str>,
-) -> Result<Ipv4Addr> {
+) -> Result<IpAddr> {
     let net = state.network_by_id(network_id).expect("caller checked the network");
-    let used = |ip: Ipv4Addr| ip == net.gateway || state.endpoints_of(network_id).any(|e| e.ipv4 == ip);
+    let holder = |ip: IpAddr| state.allocations_of(network_id).find(|a| a.address == ip);
     match requested {
         Some(text) => {
-            let ip = parse_ipv4("address", text)?;
+            let ip = parse_address("address", text, &net.subnet)?;
             check_host_address("address", ip, &net.subnet)?;
             if ip == net.gateway {
                 bail!("address {ip} is the gateway of network {:?}", net.name);
             }
-            if let Some(e) = state.endpoints_of(network_id).find(|e| e.ipv4 == ip) {
-                let msg = format!("address {ip} is already in use in network {:?} by {}", net.name, e.container_name);
+            if let Some(a) = holder(ip) {
+                let msg = format!("address {ip} is already in use in network {:?} by {}", net.name, a.container_name);
                 return Err(InUse(msg).into());
             }
             Ok(ip)
         }
-        None => {
-            let first = u32::from(net.subnet.network()) + 1;
-            let last = u32::from(net.subnet.broadcast()) - 1;
-            (first..=last)
-                .map(Ipv4Addr::from)
-                .find(|ip| !used(*ip))
-                .ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet))
-        }
+        None => (1u128..)
+            .map_while(|offset| nth_address(&net.subnet, offset))
+            .filter(|ip| Some(*ip) != broadcast(&net.subnet))
+            .find(|ip| *ip != net.gateway && holder(*ip).is_none())
+            .ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet)),
     }
 }
 
-/// Stable MAC for an address, as Docker does: 02:42 followed by the four address bytes.
-pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
+/// Stable MAC for an address, as Docker does: 02:42 followed by the four address bytes (of an
+/// IPv6 address, its last four).
+pub fn mac_for(ip: IpAddr) -> [u8; 6] {
+    let o = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let b = v6.octets();
+            [b[12], b[13], b[14], b[15]]
+        }
+    };
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
@@ -223,17 +272,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::state::{Endpoint, Network};
+    use crate::state::{Allocation, Endpoint, Network};
 
     fn state_with(subnet: &str) -> State {
-        let subnet: Ipv4Network = subnet.parse().unwrap();
+        let subnet: IpNetwork = subnet.parse().unwrap();
         State {
             version: 1,
             networks: vec![Network {
                 id: "n1".into(),
                 name: "backend".into(),
                 subnet,
-                gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
+                gateway: nth_address(&subnet, 1).unwrap(),
                 internal: false,
                 icc: true,
                 masquerade: true,
@@ -242,27 +291,35 @@ mod tests {
                 created: String::new(),
             }],
             endpoints: vec![],
+            allocations: vec![],
             connecting: vec![],
+        }
+    }
+
+    fn allocation(ip: &str) -> Allocation {
+        Allocation {
+            id: "e".into(),
+            network_id: "n1".into(),
+            container_id: "c".into(),
+            container_name: "con".into(),
+            address: ip.parse().unwrap(),
+            mac: [0; 6],
+            aliases: vec![],
+            ports: vec![],
+            kept_when_detached: false,
         }
     }
 
     fn endpoint(ip: &str) -> Endpoint {
         Endpoint {
-            id: "e".into(),
-            network_id: "n1".into(),
-            container_id: "c".into(),
-            container_name: "con".into(),
+            allocation: allocation(ip),
             netns_path: "/run/netns/x".into(),
             netns_dev: 0,
             netns_inode: 0,
             interface: "eth0".into(),
             host_interface: "bnx".into(),
             host_ifindex: 0,
-            ipv4: ip.parse().unwrap(),
-            mac: [0; 6],
-            aliases: vec![],
             default_route: true,
-            ports: vec![],
         }
     }
 
@@ -313,9 +370,13 @@ mod tests {
 
     #[test]
     fn gateway_rules() {
-        let net: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        let net: IpNetwork = "10.0.0.0/24".parse().unwrap();
         assert_eq!(choose_gateway(&net, None).unwrap(), Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(choose_gateway(&net, Some("10.0.0.254")).unwrap(), Ipv4Addr::new(10, 0, 0, 254));
+        let err = choose_gateway(&net, Some("fd00::1")).unwrap_err().to_string();
+        assert!(err.contains("other address family"), "{err}");
+        let v6: IpNetwork = "fd00:1::/64".parse().unwrap();
+        assert_eq!(choose_gateway(&v6, None).unwrap().to_string(), "fd00:1::1", "the allocator is not IPv4-bound");
         assert!(choose_gateway(&net, Some("10.0.1.1")).unwrap_err().to_string().contains("outside"));
         assert!(choose_gateway(&net, Some("10.0.0.255")).unwrap_err().to_string().contains("broadcast"));
         assert!(choose_gateway(&net, Some("10.0.0")).unwrap_err().to_string().contains("invalid gateway"));
@@ -335,6 +396,18 @@ mod tests {
         assert!(err.contains("gateway"), "{err}");
         let err = choose_address(&s, "n1", Some("10.9.0.1")).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
+        let err = choose_address(&s, "n1", Some("fd00::2")).unwrap_err().to_string();
+        assert!(err.contains("other address family"), "{err}");
+    }
+
+    #[test]
+    fn unattached_allocations_hold_their_address() {
+        let mut s = state_with("10.0.0.0/29"); // .1 gateway, .2-.6 hosts
+        s.endpoints.push(endpoint("10.0.0.2"));
+        s.allocations.push(allocation("10.0.0.3"));
+        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 4));
+        let err = choose_address(&s, "n1", Some("10.0.0.3")).unwrap_err().to_string();
+        assert!(err.contains("already in use"), "{err}");
     }
 
     #[test]
@@ -343,6 +416,10 @@ mod tests {
         assert!(validate_name("network", "-x").is_err());
         assert!(validate_name("network", "a b").is_err());
         assert!(validate_name("network", "").is_err());
+        assert!(validate_interface_name("eth1").is_ok());
+        for bad in ["", "a/b", "eth0:1", "a b", "sixteen-chars-xx", ".."] {
+            assert!(validate_interface_name(bad).is_err(), "{bad:?}");
+        }
         let mut o = BTreeMap::new();
         assert!(parse_options(&o).unwrap().icc);
         o.insert("icc".into(), "false".into());
@@ -359,6 +436,6 @@ mod tests {
 
     #[test]
     fn mac_is_derived_from_ip() {
-        assert_eq!(format_mac(&mac_for(Ipv4Addr::new(172, 17, 0, 2))), "02:42:ac:11:00:02");
+        assert_eq!(format_mac(&mac_for(IpAddr::from([172, 17, 0, 2]))), "02:42:ac:11:00:02");
     }
 }

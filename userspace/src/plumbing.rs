@@ -3,7 +3,7 @@
 //! run it again.
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
 };
 
@@ -130,25 +130,25 @@ impl Netlink {
         Ok(())
     }
 
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        self.handle.address().add(index, IpAddr::V4(ip), prefix).replace().execute().await
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        self.handle.address().add(index, ip, prefix).replace().execute().await
             .with_context(|| format!("adding address {ip}/{prefix}"))
     }
 
-    /// Adds `ip/32` to `lo` with `label` (e.g. `lo:bpfnet`), so the address is local to the host
-    /// and recognisable as bpfnet's in `ip addr` and when sweeping.
-    pub async fn add_labelled_local_address(&self, lo_index: u32, ip: Ipv4Addr, label: &str) -> Result<()> {
-        let mut req = self.handle.address().add(lo_index, IpAddr::V4(ip), 32).replace();
+    /// Adds `ip/32` (`/128`) to `lo` with `label` (e.g. `lo:bpfnet`), so the address is local to
+    /// the host and recognisable as bpfnet's in `ip addr` and when sweeping.
+    pub async fn add_labelled_local_address(&self, lo_index: u32, ip: IpAddr, label: &str) -> Result<()> {
+        let mut req = self.handle.address().add(lo_index, ip, full_prefix(ip)).replace();
         req.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
         req.execute().await.with_context(|| format!("adding gateway address {ip}"))
     }
 
     /// Addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
-    async fn matching_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<Vec<AddressMessage>> {
+    async fn matching_addresses(&self, index: u32, ip: Option<IpAddr>, label: Option<&str>) -> Result<Vec<AddressMessage>> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         let mut found = Vec::new();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
-            let ip_ok = ip.is_none_or(|ip| ipv4_of(&msg) == Some(ip));
+            let ip_ok = ip.is_none_or(|ip| address_of(&msg) == Some(ip));
             let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
             if ip_ok && label_ok {
                 found.push(msg);
@@ -157,7 +157,7 @@ impl Netlink {
         Ok(found)
     }
 
-    /// Every IPv4 address of every interface (up or down) except those labelled `except_label`,
+    /// Every address of every interface (up or down) except those labelled `except_label`,
     /// with the interface (label) that holds it.
     pub async fn host_addresses(&self, except_label: &str) -> Result<Vec<crate::ipam::HostAddress>> {
         let mut addrs = self.handle.address().get().execute();
@@ -168,20 +168,20 @@ impl Netlink {
                 _ => None,
             });
             let label = label.unwrap_or_else(|| format!("#{}", msg.header.index));
-            if let (Some(ip), false) = (ipv4_of(&msg), label == except_label) {
+            if let (Some(ip), false) = (address_of(&msg), label == except_label) {
                 found.push(crate::ipam::HostAddress { ip, interface: label });
             }
         }
         Ok(found)
     }
 
-    /// IPv4 addresses of interface `index` that carry `label`.
-    pub async fn labelled_addresses(&self, index: u32, label: &str) -> Result<Vec<Ipv4Addr>> {
-        Ok(self.matching_addresses(index, None, Some(label)).await?.iter().filter_map(ipv4_of).collect())
+    /// Addresses of interface `index` that carry `label`.
+    pub async fn labelled_addresses(&self, index: u32, label: &str) -> Result<Vec<IpAddr>> {
+        Ok(self.matching_addresses(index, None, Some(label)).await?.iter().filter_map(address_of).collect())
     }
 
     /// Deletes addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
-    pub async fn delete_addresses(&self, index: u32, ip: Option<Ipv4Addr>, label: Option<&str>) -> Result<()> {
+    pub async fn delete_addresses(&self, index: u32, ip: Option<IpAddr>, label: Option<&str>) -> Result<()> {
         for msg in self.matching_addresses(index, ip, label).await? {
             self.handle.address().del(msg).execute().await.context("deleting an address")?;
         }
@@ -190,26 +190,28 @@ impl Netlink {
 
     /// `ip route replace IP/32 dev INDEX scope link src GATEWAY`: how the host reaches an endpoint;
     /// the host speaks to it from its network's gateway address.
-    pub async fn replace_host_route(&self, ip: Ipv4Addr, index: u32, gateway: Ipv4Addr) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
+    pub async fn replace_host_route(&self, ip: IpAddr, index: u32, gateway: IpAddr) -> Result<()> {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, full_prefix(ip))?
+            .pref_source(gateway)?
             .output_interface(index)
             .scope(RouteScope::Link)
-            .pref_source(gateway)
             .build();
         self.handle.route().add(msg).replace().execute().await.with_context(|| format!("adding route to {ip}"))
     }
 
     /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`: the host never needs to ARP.
-    pub async fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(&mac)
+    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.handle.neighbours().add(index, ip).link_layer_address(&mac)
             .state(NeighbourState::Permanent).replace().execute().await
             .with_context(|| format!("adding neighbour entry for {ip}"))
     }
 
     /// Adds a default route via `gateway`. Returns false if the namespace already has one.
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<bool> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+    pub async fn add_default_route(&self, gateway: IpAddr) -> Result<bool> {
+        // The empty destination (0.0.0.0/0 or ::/0) sets the family the gateway is checked against.
+        let any = if gateway.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+        let msg = RouteMessageBuilder::<IpAddr>::new().destination_prefix(any, 0)?.gateway(gateway)?.build();
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -254,28 +256,36 @@ impl Netlink {
 
     /// The IPv4 addresses of interface `index`, primary first.
     pub async fn interface_ipv4(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
-        Ok(self.matching_addresses(index, None, None).await?.iter().filter_map(ipv4_of).collect())
+        let addresses = self.matching_addresses(index, None, None).await?;
+        Ok(addresses.iter().filter_map(address_of).filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }).collect())
     }
 
-    /// Destinations of the main routing table's IPv4 routes, except default routes and the /32
-    /// routes bpfnet adds for its own endpoints (`ours`): what a new subnet must not overlap.
-    pub async fn routed_prefixes(&self, ours: &[Ipv4Addr]) -> Result<Vec<ipnetwork::Ipv4Network>> {
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    /// Destinations of the main routing table's routes (both families), except default routes and
+    /// the host routes bpfnet adds for its own endpoints (`ours`): what a new subnet must not
+    /// overlap.
+    pub async fn routed_prefixes(&self, ours: &[IpAddr]) -> Result<Vec<ipnetwork::IpNetwork>> {
+        let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
         let mut found = Vec::new();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            let prefix = msg.header.destination_prefix_length;
-            if msg.header.table != libc::RT_TABLE_MAIN || prefix == 0 {
-                continue;
-            }
-            let dest = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(dest) = dest {
-                if prefix == 32 && ours.contains(&dest) {
+        for dump in dumps {
+            let mut routes = self.handle.route().get(dump).execute();
+            while let Some(msg) = routes.try_next().await.context("listing routes")? {
+                let prefix = msg.header.destination_prefix_length;
+                if msg.header.table != libc::RT_TABLE_MAIN || prefix == 0 {
                     continue;
                 }
-                if let Ok(net) = ipnetwork::Ipv4Network::new(dest, prefix) {
+                let dest = msg.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                let Some(dest) = dest else { continue };
+                if prefix == full_prefix(dest) && ours.contains(&dest) {
+                    continue;
+                }
+                if let Ok(net) = ipnetwork::IpNetwork::new(dest, prefix) {
                     found.push(net);
                 }
             }
@@ -306,11 +316,16 @@ impl From<&LinkMessage> for LinkInfo {
     }
 }
 
-fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     })
+}
+
+/// The prefix length of a single address: 32 or 128.
+pub fn full_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
 }
 
 /// Writes a sysctl of the calling thread's network namespace.
@@ -322,9 +337,9 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
 /// Returns whether the default route now goes through this endpoint.
 pub async fn configure_container_side(
     ifname: String,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     prefix: u8,
-    default_gateway: Option<Ipv4Addr>,
+    default_gateway: Option<IpAddr>,
 ) -> Result<bool> {
     let nl = Netlink::connect()?;
     let index = nl.link_index(&ifname).await?.with_context(|| format!("{ifname} missing in the namespace"))?;
@@ -342,6 +357,6 @@ pub async fn configure_container_side(
 }
 
 /// Points the namespace's default route at `gateway` (used when the endpoint that had it leaves).
-pub async fn set_container_default_route(gateway: Ipv4Addr) -> Result<bool> {
+pub async fn set_container_default_route(gateway: IpAddr) -> Result<bool> {
     Netlink::connect()?.add_default_route(gateway).await
 }

@@ -1,6 +1,6 @@
 //! Published ports: parsing `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`,
 //! refusing clashes, and the `PORTS` entries a publication becomes.
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::{IpAddr, Ipv4Addr}};
 
 use anyhow::{bail, Result};
 use datapath_common::{
@@ -9,7 +9,6 @@ use datapath_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::ipv4_key;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -40,7 +39,7 @@ impl fmt::Display for Protocol {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PublishedPort {
     /// The one host address it is published on; `None`: every address of the daemon's namespace.
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     pub count: u16,
@@ -86,12 +85,15 @@ pub fn parse(spec: &str) -> Result<PublishedPort> {
         Some((_, other)) => bail!("unknown protocol {other:?} in {spec:?}: expected tcp or udp"),
         None => (spec, Protocol::Tcp),
     };
+    if ports.starts_with('[') {
+        bail!("invalid port publication {spec:?}: IPv6 host addresses are not supported yet");
+    }
     let parts: Vec<&str> = ports.split(':').collect();
     let (host_ip, host, container) = match parts[..] {
         [host, container] => (None, host, container),
         [ip, host, container] => {
             let ip: Ipv4Addr = ip.parse().map_err(|_| anyhow::anyhow!("invalid host address {ip:?} in {spec:?}: {usage}"))?;
-            (if ip.is_unspecified() { None } else { Some(ip) }, host, container)
+            (if ip.is_unspecified() { None } else { Some(IpAddr::V4(ip)) }, host, container)
         }
         _ => bail!("invalid port publication {spec:?}: {usage}"),
     };
@@ -118,12 +120,12 @@ impl PublishedPort {
     }
 
     /// The `PORTS` entries of this publication for the container at `container`.
-    pub fn entries(&self, container: Ipv4Addr) -> Vec<(PortKey, PortTarget)> {
-        let addr = self.host_ip.map_or(IpKey { addr: [0; 4] }, ipv4_key);
+    pub fn entries(&self, container: IpAddr) -> Vec<(PortKey, PortTarget)> {
+        let addr = self.host_ip.map_or(IpKey { addr: [0; 4] }, IpKey::from);
         (0..self.count)
             .map(|i| {
                 let key = PortKey { addr, port: (self.host_port + i).to_be(), proto: self.protocol.number(), _pad: 0 };
-                let target = PortTarget { addr: ipv4_key(container), port: (self.container_port + i).to_be(), _pad: 0 };
+                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), _pad: 0 };
                 (key, target)
             })
             .collect()
@@ -139,7 +141,7 @@ mod tests {
         let p = parse("8080:80").unwrap();
         assert_eq!(p, PublishedPort { host_ip: None, host_port: 8080, container_port: 80, count: 1, protocol: Protocol::Tcp });
         let p = parse("127.0.0.1:5353:53/udp").unwrap();
-        assert_eq!((p.host_ip, p.protocol), (Some(Ipv4Addr::LOCALHOST), Protocol::Udp));
+        assert_eq!((p.host_ip, p.protocol), (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), Protocol::Udp));
         let p = parse("9000-9002:7000-7002/tcp").unwrap();
         assert_eq!((p.host_port, p.container_port, p.count), (9000, 7000, 3));
         assert_eq!(p.to_string(), "0.0.0.0:9000-9002->7000-7002/tcp");
@@ -157,6 +159,7 @@ mod tests {
             ("1.2.3:80:80", "invalid host address"),
             ("90-80:90-80", "ends before it starts"),
             ("a:80", "invalid port \"a\""),
+            ("[::1]:8080:80", "IPv6 host addresses are not supported yet"),
         ] {
             let err = parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec}: {err}");

@@ -3,12 +3,12 @@ use std::{
     collections::BTreeMap,
     fs,
     io::Write,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
@@ -22,8 +22,8 @@ fn yes() -> bool {
 pub struct Network {
     pub id: String,
     pub name: String,
-    pub subnet: Ipv4Network,
-    pub gateway: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
     pub internal: bool,
     /// Containers of the network may talk to each other (`-o icc=false` turns it off).
     pub icc: bool,
@@ -37,19 +37,42 @@ pub struct Network {
     pub created: String,
 }
 
+/// What an endpoint holds on its network whether or not it is attached: identity, address, MAC,
+/// names and published ports. `allocate` makes one before any kernel change (Docker's
+/// CreateEndpoint comes before its Join, CNI's ADD does both); `attach` turns it into an
+/// [`Endpoint`], `detach` back into an allocation, `release` frees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Endpoint {
+pub struct Allocation {
     pub id: String,
     pub network_id: String,
     /// Stable id of the namespace ("container"); shared by its endpoints.
     pub container_id: String,
-    /// The namespace as the user named it (name, path or PID).
+    /// The container as the user named it (the namespace's name, path or PID for `connect`).
     pub container_name: String,
+    #[serde(alias = "ipv4")]
+    pub address: IpAddr,
+    pub mac: [u8; 6],
+    pub aliases: Vec<String>,
+    /// Published ports (`-p`): reserved by the allocation, in the datapath while attached.
+    #[serde(default)]
+    pub ports: Vec<crate::ports::PublishedPort>,
+    /// Made by `allocate` (a front-end's step) rather than `connect`: a detach, also the one that
+    /// follows its namespace's removal, keeps it until the front-end releases it.
+    #[serde(default)]
+    pub kept_when_detached: bool,
+}
+
+/// An allocation attached to a namespace: its veth pair exists and the datapath delivers to it.
+/// Reads of the allocation's fields go through `Deref` (`endpoint.address`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    #[serde(flatten)]
+    pub allocation: Allocation,
     pub netns_path: PathBuf,
     /// (st_dev, st_ino) of the namespace: tells a gone or replaced namespace from a live one.
     pub netns_dev: u64,
     pub netns_inode: u64,
-    /// Interface name inside the namespace (eth0, eth1, ... in join order).
+    /// Interface name inside the namespace (eth0, eth1, ... in join order, or the name asked for).
     pub interface: String,
     /// Host-side veth, where the datapath program is attached, as it was named at creation (also
     /// the name of its pinned link). The kernel may rename it; the veth is found by its alias
@@ -58,21 +81,32 @@ pub struct Endpoint {
     /// Interface index of the host-side veth (0 in records written before it was kept).
     #[serde(default)]
     pub host_ifindex: u32,
-    pub ipv4: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub aliases: Vec<String>,
     /// The namespace's default route goes through this endpoint's gateway.
     pub default_route: bool,
-    /// Published ports (`-p`).
-    #[serde(default)]
-    pub ports: Vec<crate::ports::PublishedPort>,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = Allocation;
+    fn deref(&self) -> &Allocation {
+        &self.allocation
+    }
+}
+
+impl std::ops::DerefMut for Endpoint {
+    fn deref_mut(&mut self) -> &mut Allocation {
+        &mut self.allocation
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct State {
     pub version: u32,
     pub networks: Vec<Network>,
+    /// Attached endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// Allocations not attached to a namespace (made by `allocate`, or detached).
+    #[serde(default)]
+    pub allocations: Vec<Allocation>,
     /// Write-ahead records of endpoints being connected: saved before the first kernel change and
     /// replaced by the endpoint's record when the connect completes. One still here at start-up
     /// is a connect a crash interrupted; the reconciler removes whatever it had made.
@@ -95,6 +129,16 @@ impl State {
 
     pub fn endpoints_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
         self.endpoints.iter().filter(move |e| e.network_id == network_id)
+    }
+
+    /// Every allocation of a network, attached or not: what holds its addresses.
+    pub fn allocations_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        self.all_allocations().filter(move |a| a.network_id == network_id)
+    }
+
+    /// Every allocation, attached or not: what holds addresses and published ports.
+    pub fn all_allocations(&self) -> impl Iterator<Item = &Allocation> + '_ {
+        self.endpoints.iter().map(|e| &e.allocation).chain(&self.allocations)
     }
 
     pub fn endpoints_in_netns(&self, dev: u64, inode: u64) -> impl Iterator<Item = &Endpoint> + '_ {
@@ -193,6 +237,7 @@ mod tests {
                 created: "2026-01-01T00:00:00Z".into(),
             }],
             endpoints: vec![],
+            allocations: vec![],
             connecting: vec![],
         }
     }
@@ -209,6 +254,26 @@ mod tests {
         assert!(err.contains("is damaged") && err.contains("--cleanup"), "{err}");
         assert!(!dir.join("state.json.tmp").exists(), "temporary file renamed away");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_written_before_the_lifecycle_split_still_load() {
+        // An endpoint as state.json held it before addresses became `IpAddr` and allocations
+        // were split from attachments: one flat record, the address under "ipv4".
+        let old = r#"{"version": 1, "networks": [], "connecting": [], "endpoints": [{
+            "id": "e1", "network_id": "n1", "container_id": "c1", "container_name": "con1",
+            "netns_path": "/run/netns/con1", "netns_dev": 4, "netns_inode": 4026532000,
+            "interface": "eth0", "host_interface": "bne1", "host_ifindex": 7, "ipv4": "10.1.0.2",
+            "mac": [2, 66, 10, 1, 0, 2], "aliases": ["db"], "default_route": true, "ports": []}]}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        let ep = &state.endpoints[0];
+        assert_eq!(ep.address, "10.1.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((ep.interface.as_str(), ep.host_ifindex, ep.aliases.as_slice()), ("eth0", 7, &["db".to_string()][..]));
+        assert!(!ep.kept_when_detached && state.allocations.is_empty());
+        // And what is written now reads back the same, still flat.
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(text.contains(r#""address":"10.1.0.2""#) && text.contains(r#""netns_inode":4026532000"#), "{text}");
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), state);
     }
 
     #[test]

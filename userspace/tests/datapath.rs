@@ -2,7 +2,7 @@
 //! hand-made packet with BPF_PROG_TEST_RUN; verdicts, output bytes and counters are checked.
 //! In a test run the packet's device is loopback (ifindex 1), so the sender's interface entry is
 //! written under ifindex 1. Needs root (CAP_BPF).
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use bpfnet::{
     datapath::{Datapath, LoadOptions},
@@ -38,12 +38,12 @@ fn datapath_traced(flags: u32, trace: bool) -> Datapath {
     )
     .unwrap();
     dp.set_endpoint(
-        Ipv4Addr::from(PEER_IP),
+        IpAddr::from(PEER_IP),
         EndpointInfo { host_ifindex: PEER_HOST_IFINDEX, network_id: 1, mac: PEER_MAC, _pad: [0; 2] },
     )
     .unwrap();
     dp.set_endpoint(
-        Ipv4Addr::from(OTHER_NET_IP),
+        IpAddr::from(OTHER_NET_IP),
         EndpointInfo { host_ifindex: 43, network_id: 2, mac: OTHER_NET_MAC, _pad: [0; 2] },
     )
     .unwrap();

@@ -6,7 +6,7 @@
 //! test runs in a private namespace with an "uplink" (192.0.2.1/24 on up0, default route via
 //! 192.0.2.254 whose MAC is a permanent neighbour entry), so the answer is known exactly.
 //! Needs root.
-use std::{net::Ipv4Addr, process::Command, sync::Arc};
+use std::{net::IpAddr, process::Command, sync::Arc};
 
 use bpfnet::{
     datapath::{Datapath, LoadOptions},
@@ -203,7 +203,7 @@ impl TestNetns {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
             let options = LoadOptions { ct_entries: 4096, ..Default::default() };
             let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
-            dp.set_uplinks(&[(uplink_index, Ipv4Addr::from(UPLINK_IP), false)])?;
+            dp.set_uplinks(&[(uplink_index, IpAddr::from(UPLINK_IP), false)])?;
             let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
             let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
             let mut lab = Lab { dp, container, uplink, flags };
@@ -250,7 +250,7 @@ impl Lab {
     /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
     fn add_container(&mut self, ip: [u8; 4], mac: [u8; 6], ifindex: u32, network_id: u32, gateway: [u8; 4]) {
         let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2] };
-        self.dp.set_endpoint(Ipv4Addr::from(ip), info).unwrap();
+        self.dp.set_endpoint(IpAddr::from(ip), info).unwrap();
         let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2] };
         self.dp.set_iface(ifindex, iface).unwrap();
     }

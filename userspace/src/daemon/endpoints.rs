@@ -1,20 +1,27 @@
-//! The endpoint lifecycle: connect (allocate an address, create the veth pair into the
-//! namespace, program the datapath, configure the container side) and disconnect.
+//! The endpoint lifecycle, in the steps front-ends drive: `allocate` (an address, a MAC, names and
+//! published ports reserved on a network; no kernel change), `attach` (the veth pair into a
+//! namespace under a given interface name, the datapath programmed, the container side
+//! configured), `detach` (the kernel side removed, the allocation kept), `release` (the
+//! allocation freed). `connect` is allocate + attach as one change and `disconnect` detach +
+//! release; Docker's CreateEndpoint/Join/Leave/DeleteEndpoint and CNI's ADD/DEL map onto the
+//! same steps.
 //!
-//! A connect is write-ahead logged: its record goes into `State::connecting` before the first
-//! kernel change and is replaced by the endpoint's record when everything is in place, so a crash
+//! An attach is write-ahead logged: its record goes into `State::connecting` before the first
+//! kernel change and the endpoint's record replaces it when everything is in place, so a crash
 //! at any point leaves a record of what to remove (see `reconcile`).
 use datapath_common::{iface_flags, EndpointInfo, IfaceInfo, GATEWAY_MAC};
 
 use anyhow::{Context, Result};
 
-use super::{crash_point, endpoint_alias, in_netns, reconcile::endpoint_link, Daemon, DaemonResult, Error, HOST_VETH_PREFIX};
+use super::{crash_point, endpoint_alias, in_netns, reconcile::endpoint_link, views, Daemon, DaemonResult, Error, HOST_VETH_PREFIX};
 use crate::{
-    api, ids, ipam,
+    api,
+    datapath::datapath_ipv4,
+    ids, ipam,
     netns::{self, NetnsRef},
     plumbing::{self, LinkInfo},
     ports::{self, PublishedPort},
-    state::{Endpoint, Network},
+    state::{Allocation, Endpoint, Network},
 };
 
 /// The container already has an interface with the name its new endpoint was to get.
@@ -31,7 +38,7 @@ fn host_veth_name(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
 }
 
-fn iface_info(net: &Network, ep: &Endpoint) -> IfaceInfo {
+fn iface_info(net: &Network, ep: &Endpoint) -> Result<IfaceInfo> {
     let mut flags = 0;
     if !net.icc {
         flags |= iface_flags::ICC_DISABLED;
@@ -42,90 +49,248 @@ fn iface_info(net: &Network, ep: &Endpoint) -> IfaceInfo {
     if net.masquerade && !net.internal {
         flags |= iface_flags::MASQUERADE;
     }
-    IfaceInfo {
+    Ok(IfaceInfo {
         network_id: net.datapath_id,
-        ipv4: ep.ipv4.octets(),
-        gateway_ipv4: net.gateway.octets(),
+        ipv4: datapath_ipv4(ep.address)?,
+        gateway_ipv4: datapath_ipv4(net.gateway)?,
         flags,
         mac: ep.mac,
         _pad: [0; 2],
-    }
+    })
+}
+
+/// An endpoint found by id: attached to a namespace, or only allocated.
+enum Found<'a> {
+    Attached(&'a Endpoint),
+    Allocated(&'a Allocation),
 }
 
 fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInfo {
     EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2] }
 }
 
+/// What `allocate` needs besides the network.
+pub struct AllocationRequest {
+    /// The container's name as its front-end knows it.
+    pub name: String,
+    pub ip: Option<String>,
+    pub aliases: Vec<String>,
+    pub publish: Vec<String>,
+}
+
 impl Daemon {
-    /// Connects the namespace `ns` (resolved by the caller, before taking the daemon's lock).
+    /// Connects the namespace `ns` (resolved by the caller, before taking the daemon's lock):
+    /// allocate + attach, as one change; if the attach fails nothing is left, not even the
+    /// allocation.
     pub async fn connect(&mut self, network: &str, ns: NetnsRef, req: api::Connect) -> DaemonResult<api::EndpointCreated> {
         let net = self.network(network)?.clone();
+        self.check_namespace(&net, &ns, &req.netns)?;
+        let request = AllocationRequest { name: req.netns.clone(), ip: req.ip, aliases: req.aliases, publish: req.publish };
+        let allocation = self.new_allocation(&net, request, false).await?;
+        self.attach_allocation(&net, allocation, &ns, &req.netns, None, "connected").await
+    }
+
+    /// Reserves an address (and the published ports) on `network` for a container that a
+    /// front-end attaches later. Persisted; nothing in the kernel changes.
+    pub async fn allocate(&mut self, network: &str, req: AllocationRequest) -> DaemonResult<api::EndpointView> {
+        let net = self.network(network)?.clone();
+        ipam::validate_name("container", &req.name).map_err(Error::invalid)?;
+        let allocation = self.new_allocation(&net, req, true).await?;
+        self.state.allocations.push(allocation.clone());
+        if let Err(e) = self.commit() {
+            self.state.allocations.pop();
+            return Err(Error::internal(e));
+        }
+        log::info!(
+            "endpoint {} allocated: {} {}/{} on network {}",
+            &allocation.id[..12],
+            allocation.container_name,
+            allocation.address,
+            net.subnet.prefix(),
+            net.name
+        );
+        Ok(views::allocation_view(&self.state, &allocation, None))
+    }
+
+    /// Attaches the allocation `id` (or a unique prefix of it) to the namespace `ns`, as
+    /// `interface` (default: the first free ethN).
+    pub async fn attach(&mut self, id: &str, ns: NetnsRef, req: api::Attach) -> DaemonResult<api::EndpointCreated> {
+        let allocation = match self.find_endpoint(id)? {
+            Found::Attached(ep) => {
+                return Err(Error::conflict(format!(
+                    "endpoint {} is already attached to {} as {}",
+                    &ep.id[..12],
+                    ep.netns_path.display(),
+                    ep.interface
+                )))
+            }
+            Found::Allocated(a) => a.clone(),
+        };
+        if let Some(name) = &req.interface {
+            ipam::validate_interface_name(name).map_err(Error::invalid)?;
+        }
+        let net = self.state.network_by_id(&allocation.network_id).cloned().ok_or_else(|| {
+            Error::internal(anyhow::anyhow!("endpoint {} belongs to no network", &allocation.id[..12]))
+        })?;
+        self.check_namespace(&net, &ns, &req.netns)?;
+        self.attach_allocation(&net, allocation, &ns, &req.netns, req.interface, "attached").await
+    }
+
+    /// Removes the kernel side of the attached endpoint `id`; its allocation stays.
+    pub async fn detach(&mut self, id: &str) -> DaemonResult<api::EndpointView> {
+        let ep = match self.find_endpoint(id)? {
+            Found::Attached(ep) => ep.clone(),
+            Found::Allocated(a) => return Err(Error::conflict(format!("endpoint {} is not attached", &a.id[..12]))),
+        };
+        self.remove_endpoint(&ep, true).await?;
+        log::info!("endpoint {} detached: {} {} {}", &ep.id[..12], ep.container_name, ep.interface, ep.address);
+        Ok(views::allocation_view(&self.state, &ep.allocation, None))
+    }
+
+    /// Frees the endpoint `id`: detached first if it is attached.
+    pub async fn release(&mut self, id: &str) -> DaemonResult<()> {
+        match self.find_endpoint(id)? {
+            Found::Attached(ep) => {
+                let ep = ep.clone();
+                self.remove_endpoint(&ep, false).await?;
+                log::info!("endpoint {} detached and released: {} {}", &ep.id[..12], ep.container_name, ep.address);
+            }
+            Found::Allocated(a) => {
+                let a = a.clone();
+                let before = self.state.clone();
+                self.state.allocations.retain(|x| x.id != a.id);
+                if let Err(e) = self.commit() {
+                    self.state = before;
+                    return Err(Error::internal(e));
+                }
+                log::info!("endpoint {} released: {} {}", &a.id[..12], a.container_name, a.address);
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint whose id is `id` or starts with it.
+    fn find_endpoint(&self, id: &str) -> DaemonResult<Found<'_>> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!("invalid endpoint id {id:?}: expected hex digits (the id or a prefix of it)")));
+        }
+        let mut found = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.id.starts_with(id))
+            .map(Found::Attached)
+            .chain(self.state.allocations.iter().filter(|a| a.id.starts_with(id)).map(Found::Allocated));
+        match (found.next(), found.next()) {
+            (Some(one), None) => Ok(one),
+            (None, _) => Err(Error::not_found(format!("endpoint {id} not found"))),
+            (Some(_), Some(_)) => Err(Error::invalid(format!("endpoint id {id} is ambiguous: give more of it"))),
+        }
+    }
+
+    /// Refuses a namespace that cannot take an endpoint of `net`: the daemon's own, or one
+    /// connected to `net` already.
+    fn check_namespace(&self, net: &Network, ns: &NetnsRef, netns_arg: &str) -> DaemonResult<()> {
         let own = netns::current().map_err(Error::internal)?;
         if (ns.dev, ns.inode) == own {
-            return Err(Error::invalid(format!("{:?} is the daemon's own namespace, not a container's", req.netns)));
+            return Err(Error::invalid(format!("{netns_arg:?} is the daemon's own namespace, not a container's")));
         }
-        let in_ns: Vec<&Endpoint> = self.state.endpoints_in_netns(ns.dev, ns.inode).collect();
-        if in_ns.iter().any(|e| e.network_id == net.id) {
-            return Err(Error::conflict(format!("{} is already connected to network {network:?}", req.netns)));
+        if self.state.endpoints_in_netns(ns.dev, ns.inode).any(|e| e.network_id == net.id) {
+            return Err(Error::conflict(format!("{netns_arg} is already connected to network {:?}", net.name)));
         }
+        Ok(())
+    }
+
+    /// A new allocation on `net`, checked against every other (address, ports), not yet stored.
+    async fn new_allocation(&self, net: &Network, req: AllocationRequest, kept_when_detached: bool) -> DaemonResult<Allocation> {
         for alias in &req.aliases {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
-        let ports = self.check_ports(&net, &req.publish).await?;
-        let ip = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
-        let interface = (0..).map(|n| format!("eth{n}")).find(|name| !in_ns.iter().any(|e| &e.interface == name)).unwrap();
-        let wants_default_route = !net.internal && !in_ns.iter().any(|e| e.default_route);
-        let id = ids::random_id();
-        let mut ep = Endpoint {
-            host_interface: host_veth_name(&id),
-            host_ifindex: 0,
-            id,
+        let ports = self.check_ports(net, &req.publish).await?;
+        let address = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
+        Ok(Allocation {
+            id: ids::random_id(),
             network_id: net.id.clone(),
-            container_id: in_ns.first().map(|e| e.container_id.clone()).unwrap_or_else(ids::random_id),
-            container_name: req.netns.clone(),
+            container_id: ids::random_id(),
+            container_name: req.name,
+            address,
+            mac: ipam::mac_for(address),
+            aliases: req.aliases,
+            ports,
+            kept_when_detached,
+        })
+    }
+
+    /// Attaches `allocation` (stored in `State::allocations` or not yet stored) to `ns`. On
+    /// success the endpoint replaces the stored allocation; on failure nothing of the attach
+    /// remains and a stored allocation stays as it was.
+    async fn attach_allocation(
+        &mut self,
+        net: &Network,
+        mut allocation: Allocation,
+        ns: &NetnsRef,
+        netns_arg: &str,
+        interface: Option<String>,
+        verb: &str,
+    ) -> DaemonResult<api::EndpointCreated> {
+        let in_ns: Vec<&Endpoint> = self.state.endpoints_in_netns(ns.dev, ns.inode).collect();
+        let interface = match interface {
+            Some(name) if in_ns.iter().any(|e| e.interface == name) => {
+                return Err(Error::conflict(format!("{netns_arg} already has an endpoint named {name}")));
+            }
+            Some(name) => name,
+            None => (0..).map(|n| format!("eth{n}")).find(|name| !in_ns.iter().any(|e| &e.interface == name)).unwrap(),
+        };
+        let wants_default_route = !net.internal && !in_ns.iter().any(|e| e.default_route);
+        // Endpoints of one namespace share its container id.
+        if let Some(other) = in_ns.first() {
+            allocation.container_id = other.container_id.clone();
+        }
+        let mut ep = Endpoint {
+            host_interface: host_veth_name(&allocation.id),
+            host_ifindex: 0,
+            allocation,
             netns_path: ns.path.clone(),
             netns_dev: ns.dev,
             netns_inode: ns.inode,
             interface,
-            ipv4: ip,
-            mac: ipam::mac_for(ip),
-            aliases: req.aliases.clone(),
             default_route: false,
-            ports,
         };
 
-        // Write ahead: from here on a crash leaves a record of what this connect made.
+        // Write ahead: from here on a crash leaves a record of what this attach made.
         self.state.connecting.push(ep.clone());
         if let Err(e) = self.store.save(&self.state) {
             self.state.connecting.retain(|c| c.id != ep.id);
             return Err(Error::internal(e));
         }
-        let applied = self.apply_endpoint(&net, &ns, &mut ep, wants_default_route).await;
+        let applied = self.apply_endpoint(net, ns, &mut ep, wants_default_route).await;
         crash_point("configured");
         self.state.connecting.retain(|c| c.id != ep.id);
         if let Err(e) = applied {
             self.undo_connect(&ep).await;
             return Err(if e.downcast_ref::<InterfaceExists>().is_some() {
                 Error::conflict(format!(
-                    "cannot create {} in {}: an interface of that name exists there already",
-                    ep.interface, req.netns
+                    "cannot create {} in {netns_arg}: an interface of that name exists there already",
+                    ep.interface
                 ))
             } else {
                 Error::internal(e)
             });
         }
+        let before = self.state.clone();
+        self.state.allocations.retain(|a| a.id != ep.id);
         self.state.endpoints.push(ep.clone());
         if let Err(e) = self.commit() {
-            self.state.endpoints.pop();
+            self.state = before;
             self.undo_connect(&ep).await;
             return Err(Error::internal(e));
         }
         log::info!(
-            "endpoint {} connected: {} {} {}/{} on network {} (host side {})",
+            "endpoint {} {verb}: {} {} {}/{} on network {} (host side {})",
             &ep.id[..12],
             ep.container_name,
             ep.interface,
-            ep.ipv4,
+            ep.address,
             net.subnet.prefix(),
             net.name,
             ep.host_interface
@@ -135,7 +300,7 @@ impl Daemon {
             network: net.name.clone(),
             interface: ep.interface.clone(),
             host_interface: ep.host_interface.clone(),
-            ipv4_address: format!("{}/{}", ep.ipv4, net.subnet.prefix()),
+            ipv4_address: format!("{}/{}", ep.address, net.subnet.prefix()),
             mac_address: ipam::format_mac(&ep.mac),
             ports: ep.ports.iter().map(|p| p.to_string()).collect(),
         })
@@ -167,7 +332,7 @@ impl Daemon {
             if let Some(other) = ports.iter().find(|q| q.overlaps(&port)) {
                 return Err(Error::invalid(format!("{spec:?} overlaps {other}, published by the same request")));
             }
-            for ep in &self.state.endpoints {
+            for ep in self.state.all_allocations() {
                 if let Some(held) = ep.ports.iter().find(|q| q.overlaps(&port)) {
                     let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
                     return Err(Error::conflict(format!(
@@ -221,7 +386,7 @@ impl Daemon {
         let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
         self.program_endpoint(net, ep, &host_side).await?;
         crash_point("programmed");
-        let (ifname, ip, prefix) = (ep.interface.clone(), ep.ipv4, net.subnet.prefix());
+        let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
         let gateway = wants_default_route.then_some(net.gateway);
         ep.default_route =
             in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
@@ -234,17 +399,17 @@ impl Daemon {
     /// neighbour. Idempotent (used by connect and by the reconciler).
     pub(super) async fn program_endpoint(&mut self, net: &Network, ep: &Endpoint, link: &LinkInfo) -> Result<()> {
         // Maps before the program: the first packet must find its entries.
-        self.datapath.set_iface(link.index, iface_info(net, ep))?;
-        self.datapath.set_endpoint(ep.ipv4, endpoint_info(net, ep, link.index))?;
+        self.datapath.set_iface(link.index, iface_info(net, ep)?)?;
+        self.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
         for port in &ep.ports {
-            for (key, target) in port.entries(ep.ipv4) {
+            for (key, target) in port.entries(ep.address) {
                 self.datapath.set_port(key, target)?;
             }
         }
         self.datapath.attach(&ep.host_interface, &link.name)?;
         self.netlink.set_up(link.index).await?;
-        self.netlink.replace_host_route(ep.ipv4, link.index, net.gateway).await?;
-        self.netlink.replace_neighbour(link.index, ep.ipv4, ep.mac).await?;
+        self.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
+        self.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
         Ok(())
     }
 
@@ -259,7 +424,7 @@ impl Daemon {
         if ep.host_ifindex != 0 {
             indexes.push(ep.host_ifindex);
         }
-        match self.datapath.endpoint(ep.ipv4) {
+        match self.datapath.endpoint(ep.address) {
             Ok(Some(info)) if info.mac == ep.mac => indexes.push(info.host_ifindex),
             Ok(_) => {}
             Err(e) => errors.push(e),
@@ -268,7 +433,7 @@ impl Daemon {
         indexes.dedup();
         for &index in &indexes {
             match self.datapath.iface(index) {
-                Ok(Some(info)) if info.ipv4 == ep.ipv4.octets() => {
+                Ok(Some(info)) if Some(info.ipv4) == datapath_ipv4(ep.address).ok() => {
                     if let Err(e) = self.datapath.remove_iface(index) {
                         errors.push(e);
                     }
@@ -278,8 +443,9 @@ impl Daemon {
             }
         }
         // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
-        if !self.state.endpoints.iter().any(|o| o.id != ep.id && o.ipv4 == ep.ipv4) {
-            if let Err(e) = self.datapath.remove_endpoint(ep.ipv4) {
+        let address_taken = self.state.endpoints.iter().any(|o| o.id != ep.id && o.address == ep.address);
+        if !address_taken {
+            if let Err(e) = self.datapath.remove_endpoint(ep.address) {
                 errors.push(e);
             }
         }
@@ -287,7 +453,7 @@ impl Daemon {
             errors.push(e);
         }
         for port in &ep.ports {
-            for (key, target) in port.entries(ep.ipv4) {
+            for (key, target) in port.entries(ep.address) {
                 if let Err(e) = self.datapath.remove_port_if(key, target) {
                     errors.push(e);
                 }
@@ -295,7 +461,7 @@ impl Daemon {
         }
         // Its connections: a later endpoint with the same address must not inherit them (but an
         // endpoint that holds the address already keeps its own).
-        let addr = (!self.state.endpoints.iter().any(|o| o.id != ep.id && o.ipv4 == ep.ipv4)).then_some(ep.ipv4);
+        let addr = (!address_taken).then_some(ep.address);
         self.conntrack.forget_endpoint(&indexes, addr);
         // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
         if let Some(link) = link {
@@ -324,7 +490,7 @@ impl Daemon {
     }
 
     /// Disconnects the namespace named `netns_arg` (`identity`: its (dev, inode), when the caller
-    /// could resolve it) from `network`.
+    /// could resolve it) from `network`: detach + release.
     pub async fn disconnect(&mut self, network: &str, netns_arg: &str, identity: Option<(u64, u64)>) -> DaemonResult<()> {
         let net = self.network(network)?.clone();
         let ep = self
@@ -333,21 +499,30 @@ impl Daemon {
             .find(|e| Some((e.netns_dev, e.netns_inode)) == identity || e.container_name == netns_arg)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("{netns_arg} is not connected to network {:?}", net.name)))?;
-        let link = self.locate(&ep).await.unwrap_or_else(|e| {
-            log::warn!("disconnecting {netns_arg}: {e:#}");
+        self.remove_endpoint(&ep, false).await?;
+        log::info!("endpoint {} disconnected: {} {} {} from network {}", &ep.id[..12], ep.container_name, ep.interface, ep.address, net.name);
+        Ok(())
+    }
+
+    /// Removes the attached endpoint `ep` from the kernel and the state; `keep_allocation`: its
+    /// allocation stays (detach), else it is freed too.
+    async fn remove_endpoint(&mut self, ep: &Endpoint, keep_allocation: bool) -> DaemonResult<()> {
+        let link = self.locate(ep).await.unwrap_or_else(|e| {
+            log::warn!("removing endpoint {} of {}: {e:#}", &ep.id[..12], ep.container_name);
             None
         });
-        if let Err(e) = self.teardown_endpoint(&ep, link.as_ref()).await {
+        if let Err(e) = self.teardown_endpoint(ep, link.as_ref()).await {
             // Whatever is left carries the bpfnet alias: the next start removes it as unrecorded.
-            log::warn!("disconnecting {netns_arg}: {e:#}");
+            log::warn!("removing endpoint {} of {}: {e:#}", &ep.id[..12], ep.container_name);
         }
         self.state.endpoints.retain(|e| e.id != ep.id);
-        if ep.default_route {
-            self.move_default_route(&ep).await;
+        if keep_allocation {
+            self.state.allocations.push(ep.allocation.clone());
         }
-        self.commit().map_err(Error::internal)?;
-        log::info!("endpoint {} disconnected: {} {} {} from network {}", &ep.id[..12], ep.container_name, ep.interface, ep.ipv4, net.name);
-        Ok(())
+        if ep.default_route {
+            self.move_default_route(ep).await;
+        }
+        self.commit().map_err(Error::internal)
     }
 
     /// After the endpoint holding a namespace's default route left, route through another one.

@@ -1,5 +1,5 @@
 //! The daemon's operations, one file per concern: `networks` (create, remove), `endpoints`
-//! (connect, disconnect: the endpoint lifecycle), `reconcile` (start-up, crash recovery, removing
+//! (the endpoint lifecycle: allocate, attach, detach, release; connect and disconnect), `reconcile` (start-up, crash recovery, removing
 //! endpoints whose namespace has gone, `--cleanup`), `views` (what reads show). Every change is
 //! validated against the desired state, applied to the kernel (plumbing + datapath), persisted,
 //! and undone if any step fails; [`Error`] says what went wrong in the user's terms.
@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub use endpoints::AllocationRequest;
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 
@@ -165,7 +166,7 @@ impl Daemon {
     /// Tells the socket programs the namespace's addresses (where a port published on every
     /// address answers). Run at start and when a network's gateway comes or goes.
     async fn refresh_host_addresses(&mut self) -> Result<()> {
-        let addrs: Vec<std::net::Ipv4Addr> = self.netlink.host_addresses("").await?.into_iter().map(|a| a.ip).collect();
+        let addrs: Vec<std::net::IpAddr> = self.netlink.host_addresses("").await?.into_iter().map(|a| a.ip).collect();
         self.datapath.set_host_addrs(&addrs)
     }
 

@@ -1,5 +1,5 @@
 //! Creating and removing networks.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
 use crate::{
@@ -14,7 +14,7 @@ impl Daemon {
         if self.state.network_by_name(&req.name).is_some() {
             return Err(Error::conflict(format!("network with name {:?} already exists", req.name)));
         }
-        let ours: Vec<Ipv4Addr> = self.state.endpoints.iter().map(|e| e.ipv4).collect();
+        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
         let host = HostNetworks {
             routes: self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?,
             addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)?,

@@ -6,12 +6,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use datapath_common::IpKey;
 use tokio::sync::Mutex;
 
 use super::{endpoint_alias, Config, Daemon, Published, GATEWAY_DEVICE, GATEWAY_LABEL, HOST_VETH_ALIAS};
 use crate::{
     bpffs,
-    datapath::ipv4_key,
     plumbing::{self, LinkInfo, Netlink},
     state::{Endpoint, Store},
 };
@@ -111,9 +111,9 @@ impl Daemon {
             if link.name != ep.host_interface {
                 log::info!("endpoint {} ({}): its host side {} is now named {}", &ep.id[..12], ep.container_name, ep.host_interface, link.name);
             }
-            desired_endpoints.insert(ipv4_key(ep.ipv4));
+            desired_endpoints.insert(IpKey::from(ep.address));
             desired_ifaces.insert(link.index);
-            desired_ports.extend(ep.ports.iter().flat_map(|p| p.entries(ep.ipv4)).map(|(key, _)| key));
+            desired_ports.extend(ep.ports.iter().flat_map(|p| p.entries(ep.address)).map(|(key, _)| key));
             // One broken endpoint must not keep the daemon (and every other endpoint) down.
             if let Err(e) = self.program_endpoint(&net, &ep, &link).await {
                 log::error!("could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);
@@ -130,7 +130,8 @@ impl Daemon {
     }
 
     /// Removes the endpoints `ids` whose host-side veth has gone (their namespace was deleted,
-    /// and the kernel destroyed the pair with it). Ids no longer in the state are skipped.
+    /// and the kernel destroyed the pair with it). Ids no longer in the state are skipped. An
+    /// endpoint a front-end allocated keeps its allocation until the front-end releases it.
     pub(super) async fn remove_gone_endpoints(&mut self, ids: &[String]) -> Result<()> {
         let gone: Vec<Endpoint> = self.state.endpoints.iter().filter(|e| ids.contains(&e.id)).cloned().collect();
         for ep in &gone {
@@ -139,12 +140,15 @@ impl Daemon {
                 &ep.id[..12],
                 ep.container_name,
                 ep.interface,
-                ep.ipv4
+                ep.address
             );
             if let Err(e) = self.teardown_endpoint(ep, None).await {
                 log::warn!("cleaning up endpoint {}: {e:#}", &ep.id[..12]);
             }
             self.state.endpoints.retain(|e| e.id != ep.id);
+            if ep.kept_when_detached {
+                self.state.allocations.push(ep.allocation.clone());
+            }
             if ep.default_route {
                 self.move_default_route(ep).await;
             }

@@ -1,13 +1,14 @@
 //! Uplinks: the interfaces traffic to the outside leaves by. The daemon turns on forwarding in
 //! its namespace (the FIB lookups of the datapath need it), attaches the uplink program to each
 //! uplink and tells the datapath the address masquerade gives traffic leaving by it.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
 
 use crate::{api, datapath::Datapath, plumbing::{self, Netlink}};
 
 /// An uplink found (then attached).
+/// Its address is IPv4: the address IPv4 masquerade gives traffic leaving by it.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
     name: String,
@@ -58,7 +59,7 @@ pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api
     for f in found {
         datapath.attach_uplink(&f.name)?;
     }
-    datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr, f.veth)).collect::<Vec<_>>())?;
+    datapath.set_uplinks(&datapath_uplinks(found))?;
     for pinned in datapath.pinned_uplinks() {
         if !found.iter().any(|f| f.name == pinned) {
             datapath.detach_uplink(&pinned)?;
@@ -74,6 +75,11 @@ pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api
         }
     }
     Ok(uplinks)
+}
+
+/// What the datapath's `UPLINKS` holds for `found`.
+fn datapath_uplinks(found: &[Found]) -> Vec<(u32, IpAddr, bool)> {
+    found.iter().map(|f| (f.index, IpAddr::V4(f.addr), f.veth)).collect()
 }
 
 /// The uplinks as `stats` shows them.
@@ -101,7 +107,7 @@ pub(super) async fn refresh(netlink: &Netlink, datapath: &mut Datapath, found: &
         }
     }
     if changed {
-        datapath.set_uplinks(&found.iter().map(|f| (f.index, f.addr, f.veth)).collect::<Vec<_>>())?;
+        datapath.set_uplinks(&datapath_uplinks(found))?;
     }
     Ok(changed)
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use super::{DaemonResult, Error};
 use crate::{
     api, ipam,
-    state::{Network, State},
+    state::{Allocation, Endpoint, Network, State},
 };
 
 pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
@@ -39,7 +39,7 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
                 name: e.container_name.clone(),
                 endpoint_id: e.id.clone(),
                 mac_address: ipam::format_mac(&e.mac),
-                ipv4_address: format!("{}/{}", e.ipv4, net.subnet.prefix()),
+                ipv4_address: format!("{}/{}", e.address, net.subnet.prefix()),
                 ipv6_address: String::new(),
                 interface: e.interface.clone(),
                 host_interface: e.host_interface.clone(),
@@ -69,20 +69,57 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
     }
 }
 
-/// `port ls`: one line per published host port.
+/// One endpoint as `endpoint ls` shows it; `attached`: where it is attached, if it is.
+pub fn allocation_view(state: &State, a: &Allocation, attached: Option<&Endpoint>) -> api::EndpointView {
+    let net = state.network_by_id(&a.network_id);
+    api::EndpointView {
+        endpoint_id: a.id.clone(),
+        network: net.map_or_else(String::new, |n| n.name.clone()),
+        name: a.container_name.clone(),
+        ipv4_address: net.map_or_else(|| a.address.to_string(), |n| format!("{}/{}", a.address, n.subnet.prefix())),
+        mac_address: ipam::format_mac(&a.mac),
+        aliases: a.aliases.clone(),
+        ports: a.ports.iter().map(|p| p.to_string()).collect(),
+        attachment: attached.map(|e| api::AttachmentView {
+            netns: e.netns_path.display().to_string(),
+            interface: e.interface.clone(),
+            host_interface: e.host_interface.clone(),
+        }),
+    }
+}
+
+/// `endpoint ls`: attached endpoints, then allocated ones.
+pub fn list_endpoints(state: &State) -> Vec<api::EndpointView> {
+    let attached = state.endpoints.iter().map(|e| allocation_view(state, &e.allocation, Some(e)));
+    attached.chain(state.allocations.iter().map(|a| allocation_view(state, a, None))).collect()
+}
+
+/// `endpoint inspect`: the endpoint whose id is `id` or starts with it.
+pub fn inspect_endpoint(state: &State, id: &str) -> DaemonResult<api::EndpointView> {
+    let mut found = list_endpoints(state).into_iter().filter(|e| !id.is_empty() && e.endpoint_id.starts_with(id));
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(one),
+        (None, _) => Err(Error::not_found(format!("endpoint {id} not found"))),
+        (Some(_), Some(_)) => Err(Error::invalid(format!("endpoint id {id} is ambiguous: give more of it"))),
+    }
+}
+
+/// `port ls`: one line per published host port (also those of endpoints not attached yet).
 pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
     let mut out = Vec::new();
-    for ep in &state.endpoints {
+    let attached: std::collections::HashSet<&str> = state.endpoints.iter().map(|e| e.id.as_str()).collect();
+    for ep in state.all_allocations() {
         let network = state.network_by_id(&ep.network_id).map_or_else(String::new, |n| n.name.clone());
         for p in &ep.ports {
             for i in 0..p.count {
                 out.push(api::PortMapping {
                     host: format!("{}:{}", p.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string()), p.host_port + i),
                     protocol: p.protocol.to_string(),
-                    container: format!("{}:{}", ep.ipv4, p.container_port + i),
+                    container: format!("{}:{}", ep.address, p.container_port + i),
                     network: network.clone(),
                     netns: ep.container_name.clone(),
                     endpoint_id: ep.id.clone(),
+                    attached: attached.contains(ep.id.as_str()),
                 });
             }
         }

@@ -161,6 +161,36 @@ async fn disconnect(
     .await
 }
 
+async fn endpoints(State(app): State<App>) -> Json<Vec<api::EndpointView>> {
+    Json(views::list_endpoints(&app.published.get()))
+}
+async fn endpoint_inspect(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Reply<api::EndpointView> {
+    views::inspect_endpoint(&app.published.get(), &id).map(Json)
+}
+async fn allocate(State(app): State<App>, Json(req): Json<api::Allocate>) -> Reply<api::EndpointView> {
+    to_completion(&app.worker, async move {
+        let request = daemon::AllocationRequest { name: req.name, ip: req.ip, aliases: req.aliases, publish: req.publish };
+        app.daemon.lock_owned().await.allocate(&req.network, request).await
+    })
+    .await
+}
+async fn attach(
+    State(app): State<App>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<api::Attach>,
+) -> Reply<api::EndpointCreated> {
+    let ns = netns::resolve(&req.netns).map_err(Error::invalid)?;
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.attach(&id, ns, req).await }).await
+}
+async fn detach(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Reply<api::EndpointView> {
+    to_completion(&app.worker.clone(), async move { app.daemon.lock_owned().await.detach(&id).await }).await
+}
+async fn release(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Reply<serde_json::Value> {
+    let worker = app.worker.clone();
+    to_completion(&worker, async move { app.daemon.lock_owned().await.release(&id).await.map(|()| serde_json::json!({})) })
+        .await
+}
+
 async fn no_such_route(method: Method, uri: Uri) -> Error {
     Error::not_found(format!("the API has no {method} {}", uri.path()))
 }
@@ -171,6 +201,10 @@ fn router(app: App) -> Router {
         .route("/networks/{name}", get(inspect).delete(remove))
         .route("/networks/{name}/connect", post(connect))
         .route("/networks/{name}/disconnect", post(disconnect))
+        .route("/endpoints", get(endpoints).post(allocate))
+        .route("/endpoints/{id}", get(endpoint_inspect).delete(release))
+        .route("/endpoints/{id}/attach", post(attach))
+        .route("/endpoints/{id}/detach", post(detach))
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
         .route("/ports", get(ports))
