@@ -104,7 +104,15 @@ pub struct CtEntry {
     /// Next hop's MAC, then the egress interface's.
     pub route_dmac: [u8; 6],
     pub route_smac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// [`route_flags`] of the cached route.
+    pub route_flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`CtEntry::route_flags`].
+pub mod route_flags {
+    /// The route leaves by a veth uplink: the packet is handed straight to its peer.
+    pub const VETH: u8 = 1 << 0;
 }
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 136);

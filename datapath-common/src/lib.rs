@@ -20,7 +20,7 @@ pub mod ports;
 pub mod sockets;
 pub mod uplinks;
 
-pub use conntrack::{ct_action, ct_state, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
+pub use conntrack::{ct_action, ct_state, route_flags, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
 pub use counters::Counter;
 pub use endpoints::{EndpointInfo, MAX_ENDPOINTS};
 pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};

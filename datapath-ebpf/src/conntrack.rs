@@ -43,8 +43,8 @@ pub fn new_connection() -> Option<&'static mut NewConnection> {
     let slot = CT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let slot = unsafe { &mut *slot };
-    slot.original = CtEntry::default();
-    slot.reply = CtEntry::default();
+    crate::mem::zero(&mut slot.original);
+    crate::mem::zero(&mut slot.reply);
     Some(slot)
 }
 
@@ -172,10 +172,9 @@ fn lifetime(config: &CtConfig, proto: u8, state: u8) -> u64 {
 /// lifetime when the connection's shared state changed (first reply, both FINs, RST, a reused
 /// tuple). FINs are per direction: a half-closed connection keeps the established lifetime.
 #[inline(always)]
-pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32) {
+pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32, now: u64) {
     const SHARED: u8 = ct_state::SEEN_REPLY | ct_state::CLOSING;
     let config = CT_CONFIG.load();
-    let now = now_ns();
     // SAFETY: `entry` points at a map value; concurrent updates only blur the statistics.
     let e = unsafe { &mut *entry };
     let old = e.state;

@@ -13,7 +13,8 @@
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
 //!
-//! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `arp`,
+//! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `mem`
+//! (zeroing without byte loops), `arp`,
 //! `conntrack` (tuples, state, the CT maps), `nat`, `route` (FIB and redirects), `socket`, `forward`
 //! (container-side decisions), `counters` and `trace`.
 #![no_std]
@@ -26,6 +27,7 @@ mod counters;
 mod forward;
 mod headers;
 mod maps;
+mod mem;
 mod nat;
 mod route;
 mod socket;

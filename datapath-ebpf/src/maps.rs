@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use datapath_common::{
-    Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, UplinkInfo, MAX_ENDPOINTS, MAX_PUBLISHED_PORTS, MAX_UPLINKS,
+    sockets::MAX_HOST_ADDRS, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, UplinkInfo, MAX_ENDPOINTS,
+    MAX_PUBLISHED_PORTS, MAX_UPLINKS,
 };
 
 /// Endpoint IP -> where to deliver it.
@@ -23,6 +24,20 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// Uplink ifindex -> the address masquerade gives traffic leaving by it.
 #[map(name = "UPLINKS")]
 pub static UPLINKS: HashMap<u32, UplinkInfo> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+/// Every address of the daemon's namespace (the daemon keeps it current): where a port published
+/// on every address answers.
+#[map(name = "HOST_ADDRS")]
+pub static HOST_ADDRS: HashMap<IpKey, u8> = HashMap::with_max_entries(MAX_HOST_ADDRS, 0);
+
+/// Whether `addr` is one of the host's addresses (127.0.0.0/8 included), as iptables'
+/// `--dst-type LOCAL` asks; a map lookup where a FIB lookup would cost several times more.
+#[inline(always)]
+pub fn is_host_address(addr: &IpKey) -> bool {
+    // 127.0.0.0/8: the first byte on the wire is the word's first byte in memory.
+    // SAFETY: read-only lookup.
+    addr.ipv4_word().to_ne_bytes()[0] == 127 || unsafe { HOST_ADDRS.get(addr) }.is_some()
+}
 
 /// Published ports: (host address or any, port, protocol) -> container address and port.
 #[map(name = "PORTS")]

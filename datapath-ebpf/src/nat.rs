@@ -9,25 +9,56 @@ use datapath_common::{
 
 use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
-    conntrack::{self, observe, Flow, Port, CONNTRACK},
+    conntrack::{self, now_ns, observe, Flow, Port, CONNTRACK},
     counters::{count, drop_packet, to_host},
     headers::{ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
-    maps::{ENDPOINTS, IFACES, PORTS, UPLINKS},
+    maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
     route,
 };
 
-/// Writes `entry`'s translation into the packet of `flow`.
+/// What the packets of one direction of a connection need from its entry, copied out of the map
+/// before the packet helpers run (a concurrent update must not change it half-way): 24 bytes
+/// on the 512-byte stack, where the whole entry would take 136.
+#[derive(Clone, Copy)]
+pub struct Translation {
+    pub action: u8,
+    /// Addresses as wire-order words, ports in network order.
+    pub src: u32,
+    pub dst: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Where the packet is delivered: the container's host-side veth (0: routed) and MAC.
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+impl Translation {
+    #[inline(always)]
+    pub fn of(entry: &CtEntry) -> Self {
+        Self {
+            action: entry.action,
+            src: entry.src.ipv4_word(),
+            dst: entry.dst.ipv4_word(),
+            src_port: entry.src_port,
+            dst_port: entry.dst_port,
+            ifindex: entry.ifindex,
+            mac: entry.mac,
+        }
+    }
+}
+
+/// Writes the translation into the packet of `flow`.
 #[inline(always)]
-fn apply(ctx: &TcContext, flow: &Flow, entry: &CtEntry) -> Result<(), i64> {
+fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
     let proto = flow.key.proto;
     let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off) };
-    if entry.action & ct_action::REWRITE_SRC != 0 {
-        set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, entry.src.ipv4_word(), proto, l4_off)?;
-        set_port(ctx, proto, l4_off, true, entry.src_port)?;
+    if t.action & ct_action::REWRITE_SRC != 0 {
+        set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, t.src, proto, l4_off)?;
+        set_port(ctx, proto, l4_off, true, t.src_port)?;
     }
-    if entry.action & ct_action::REWRITE_DST != 0 {
-        set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, entry.dst.ipv4_word(), proto, l4_off)?;
-        set_port(ctx, proto, l4_off, false, entry.dst_port)?;
+    if t.action & ct_action::REWRITE_DST != 0 {
+        set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, t.dst, proto, l4_off)?;
+        set_port(ctx, proto, l4_off, false, t.dst_port)?;
     }
     Ok(())
 }
@@ -65,24 +96,26 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     }
     let len = ctx.len();
     if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
-        // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
-        let translation = unsafe { *entry };
+        // SAFETY: a map value, read before any packet helper runs.
+        let translation = Translation::of(unsafe { &*entry });
+        let now = now_ns();
         if translation.ifindex != 0 {
             // Between two containers through a published port: one host hop, no routing.
-            observe(entry, &flow, len);
+            observe(entry, &flow, len, now);
             if apply(ctx, &flow, &translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
             }
             return deliver(ctx, &translation, Counter::Hairpin);
         }
-        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(&translation, &flow, ifindex, iface.mac) {
+        // SAFETY: as above.
+        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(unsafe { &*entry }, &flow, ifindex, iface.mac) {
             return drop_packet(ctx, Counter::DropCtReplyLost);
         }
-        let Some(route) = route::cached_lookup(ctx, &flow, entry) else { return to_host(ctx) };
+        let Some(route) = route::cached_lookup(ctx, &flow, entry, now) else { return to_host(ctx) };
         if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
             return to_host(ctx);
         }
-        observe(entry, &flow, len);
+        observe(entry, &flow, len, now);
         return send_out(ctx, &flow, &translation, &route);
     }
     if let Some(target) = published_target(ctx, &flow, dest == Destination::Gateway) {
@@ -97,9 +130,8 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         return to_host(ctx);
     }
     // Masquerade only what the kernel would route out of an uplink; the rest is the host's.
-    let Some(route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let Some(uplink) = (unsafe { UPLINKS.get(&route.ifindex) }) else { return to_host(ctx) };
+    let Some(mut route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
+    let Some(uplink) = route::uplink(&mut route) else { return to_host(ctx) };
     if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
         return to_host(ctx);
     }
@@ -108,13 +140,13 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
     new.original.src = uplink.addr;
     conntrack::masquerade_reply(&mut new.reply, &flow, ifindex, iface.mac);
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
-    route::cache(&mut new.original, &route);
+    route::cache(&mut new.original, &route, now_ns());
     // Keep the container's port (an echo's identifier) where it is free.
     let port = Port::Allocate { preferred: flow.key.sport };
     if let Err(reason) = conntrack::track(ctx, &flow, new, port, len) {
         return drop_packet(ctx, reason);
     }
-    send_out(ctx, &flow, &new.original, &route)
+    send_out(ctx, &flow, &Translation::of(&new.original), &route)
 }
 
 /// The container a new connection to a published port goes to: the port published on the exact
@@ -136,7 +168,7 @@ fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTar
             let target = *unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto)) }?;
             // Every address of the host, as Docker's `--dst-type LOCAL`: not broadcast or multicast.
             let first = flow.key.daddr.ipv4_word().to_ne_bytes()[0];
-            if first >= 224 || !(local || route::is_local(ctx, flow)) {
+            if first >= 224 || !(local || is_host_address(&flow.key.daddr)) {
                 return None;
             }
             target
@@ -178,14 +210,14 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport }, len) {
         return drop_packet(ctx, reason);
     }
-    if apply(ctx, flow, &new.original).is_err() {
+    if apply(ctx, flow, &Translation::of(&new.original)).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &new.original, Counter::Hairpin)
+    deliver(ctx, &Translation::of(&new.original), Counter::Hairpin)
 }
 
 #[inline(always)]
-fn send_out(ctx: &TcContext, flow: &Flow, translation: &CtEntry, route: &route::Route) -> i32 {
+fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &route::Route) -> i32 {
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -217,8 +249,8 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
             None => count_uplink_to_host(ctx),
         };
     };
-    // SAFETY: a map value; copied so that the packet helpers below cannot alias it.
-    let translation = unsafe { *entry };
+    // SAFETY: a map value, read before any packet helper runs.
+    let translation = Translation::of(unsafe { &*entry });
     // Only entries that deliver into a container and rewrite one side: a hairpin entry (both
     // sides rewritten) is matched from containers only, never by a packet from outside.
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
@@ -229,7 +261,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
         // Untranslated, the host would answer it (a reset): the connection is not the host's.
         return drop_packet(ctx, Counter::DropTtlExpired);
     }
-    observe(entry, &flow, len);
+    observe(entry, &flow, len, now_ns());
     if apply(ctx, &flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -258,10 +290,10 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
-    if apply(ctx, flow, &new.original).is_err() {
+    if apply(ctx, flow, &Translation::of(&new.original)).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &new.original, Counter::NatIn)
+    deliver(ctx, &Translation::of(&new.original), Counter::NatIn)
 }
 
 #[inline(always)]
@@ -272,7 +304,7 @@ fn count_uplink_to_host(ctx: &TcContext) -> i32 {
 
 /// Into the container of `translation`, as its gateway would send it.
 #[inline(always)]
-fn deliver(ctx: &TcContext, translation: &CtEntry, counter: Counter) -> i32 {
+fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 {
     if route::set_macs_for_container(ctx, &translation.mac).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -300,7 +332,7 @@ fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
 }
 
 #[inline(always)]
-fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<CtEntry> {
+fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     if flow.later_fragment {
         return None;
     }
@@ -332,11 +364,11 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<CtEntry> {
         _pad: [0; 3],
     };
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let translation = unsafe { *CONNTRACK.get(&key)? };
+    let translation = Translation::of(unsafe { CONNTRACK.get(&key)? });
     if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
         return None;
     }
-    let container = translation.dst.ipv4_word();
+    let container = translation.dst;
     // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).
     set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, container, IPPROTO_ICMP, None).ok()?;
     // The quoted source and its header checksum, both covered by the ICMP checksum.

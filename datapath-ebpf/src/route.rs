@@ -1,14 +1,14 @@
 //! Routed delivery: the kernel's FIB tells where a translated packet leaves and to which
 //! neighbour, and the packet is redirected there without a pass through the host stack.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT},
     helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
 };
 
-use datapath_common::{conntrack::ROUTE_RECHECK_NS, uplink_flags, CtEntry};
+use datapath_common::{conntrack::ROUTE_RECHECK_NS, route_flags, uplink_flags, CtEntry, UplinkInfo};
 
 use crate::{
     conntrack::Flow,
@@ -23,8 +23,19 @@ pub struct Route {
     pub ifindex: u32,
     /// The neighbour is resolved: `smac`/`dmac` are the MACs to write.
     resolved: bool,
+    /// It leaves by a veth uplink (see [`uplink`]).
+    pub veth: bool,
     smac: [u8; 6],
     dmac: [u8; 6],
+}
+
+/// The uplink `route` leaves by, if it is one; notes in the route whether it is a veth.
+#[inline(always)]
+pub fn uplink(route: &mut Route) -> Option<&'static UplinkInfo> {
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let uplink = unsafe { UPLINKS.get(&route.ifindex) }?;
+    route.veth = uplink.flags & uplink_flags::VETH != 0;
+    Some(uplink)
 }
 
 /// The coarse clock of cached routes: units of 2^20 ns.
@@ -33,30 +44,32 @@ fn route_clock(now_ns: u64) -> u32 {
     (now_ns >> 20) as u32
 }
 
-/// Caches `route` in a new connection's entry, when the neighbour was resolved.
+/// Caches `route` in a connection's entry, when the neighbour was resolved (`now_ns`: the clock).
 #[inline(always)]
-pub fn cache(entry: &mut CtEntry, route: &Route) {
+pub fn cache(entry: &mut CtEntry, route: &Route, now_ns: u64) {
     if route.resolved {
         entry.route_ifindex = route.ifindex;
         entry.route_smac = route.smac;
         entry.route_dmac = route.dmac;
-        entry.route_checked = route_clock(crate::conntrack::now_ns());
+        entry.route_flags = if route.veth { route_flags::VETH } else { 0 };
+        entry.route_checked = route_clock(now_ns);
     }
 }
 
 /// The route of a routed connection's packet: the one cached in its entry while it is fresh,
 /// else the FIB's answer, cached when the neighbour was resolved.
 #[inline(always)]
-pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry) -> Option<Route> {
+pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
     // SAFETY: a map value; concurrent refreshes write the same answer.
     let e = unsafe { &mut *entry };
-    let now = route_clock(crate::conntrack::now_ns());
     let max_age = route_clock(ROUTE_RECHECK_NS);
-    if e.route_ifindex != 0 && now.wrapping_sub(e.route_checked) < max_age {
-        return Some(Route { ifindex: e.route_ifindex, resolved: true, smac: e.route_smac, dmac: e.route_dmac });
+    if e.route_ifindex != 0 && route_clock(now_ns).wrapping_sub(e.route_checked) < max_age {
+        let veth = e.route_flags & route_flags::VETH != 0;
+        return Some(Route { ifindex: e.route_ifindex, resolved: true, veth, smac: e.route_smac, dmac: e.route_dmac });
     }
-    let route = lookup(ctx, flow)?;
-    cache(e, &route);
+    let mut route = lookup(ctx, flow)?;
+    uplink(&mut route);
+    cache(e, &route, now_ns);
     Some(route)
 }
 
@@ -74,7 +87,7 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
     if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return None;
     }
-    Some(Route { ifindex: params.ifindex, resolved, smac: params.smac, dmac: params.dmac })
+    Some(Route { ifindex: params.ifindex, resolved, veth: false, smac: params.smac, dmac: params.dmac })
 }
 
 #[inline(always)]
@@ -82,8 +95,8 @@ fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let params = unsafe { &mut *slot };
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    *params = unsafe { core::mem::zeroed() };
+    // An all-zero bpf_fib_lookup is a valid (empty) request.
+    crate::mem::zero(params);
     params.family = AF_INET;
     params.l4_protocol = flow.key.proto;
     params.sport = flow.key.sport;
@@ -99,13 +112,6 @@ fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
         fib_lookup(ctx.skb.skb as *mut _, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     Some((rc, params))
-}
-
-/// Whether the kernel would deliver `flow` locally: its destination is one of the host's
-/// addresses.
-#[inline(always)]
-pub fn is_local(ctx: &TcContext, flow: &Flow) -> bool {
-    fib(ctx, flow).is_some_and(|(rc, _)| rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64)
 }
 
 /// Whether the packet fits the MTU of the interface `route` leaves by (a GSO packet: its
@@ -127,10 +133,8 @@ pub fn send(ctx: &TcContext, route: &Route) -> bool {
         let (Ok(()), Ok(())) = (store_mac(ctx, 0, &route.dmac), store_mac(ctx, 6, &route.smac)) else {
             return false;
         };
-        // SAFETY: read-only lookup of a plain-old-data value.
-        let veth = unsafe { UPLINKS.get(&route.ifindex) }.is_some_and(|u| u.flags & uplink_flags::VETH != 0);
         // SAFETY: helper calls with plain integer arguments.
-        if veth {
+        if route.veth {
             // Transmitting on a veth means arriving at its peer: go there directly (we run at
             // ingress, where bpf_redirect_peer is allowed).
             unsafe { bpf_redirect_peer(route.ifindex, 0) }

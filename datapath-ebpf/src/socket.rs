@@ -7,21 +7,17 @@
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::SockAddrContext,
     Global,
 };
 use datapath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
-    sockets::{MAX_HOST_ADDRS, SOCK_REVNAT_ENTRIES},
+    sockets::SOCK_REVNAT_ENTRIES,
     IpKey, PortKey, SockRevKey, SockRevValue,
 };
 
-use crate::maps::PORTS;
-
-/// Every address of the daemon's namespace.
-#[map(name = "HOST_ADDRS")]
-static HOST_ADDRS: HashMap<IpKey, u8> = HashMap::with_max_entries(MAX_HOST_ADDRS, 0);
+use crate::maps::{is_host_address, PORTS};
 
 /// (socket, container address and port) -> what the application asked for.
 #[map(name = "SOCK_REVNAT")]
@@ -39,13 +35,6 @@ fn ours(ctx: &SockAddrContext) -> bool {
     let cookie = NETNS_COOKIE.load();
     // SAFETY: helper on the program's own context.
     cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == cookie
-}
-
-#[inline(always)]
-fn is_host_address(addr: &IpKey) -> bool {
-    // 127.0.0.0/8: the first byte on the wire is the word's first byte in memory.
-    // SAFETY: read-only lookup.
-    addr.ipv4_word().to_ne_bytes()[0] == 127 || unsafe { HOST_ADDRS.get(addr) }.is_some()
 }
 
 /// connect() and sendto(): a published port of the host becomes its container.
