@@ -11,7 +11,6 @@ use bpfnet_lab::{
 };
 
 const T: Duration = Duration::from_secs(2);
-const BLOCKED: Duration = Duration::from_millis(700);
 
 fn endpoint_state(sb: &Sandbox, id: &str) -> String {
     let ep = json(&sb.bpfnet_ok(&["endpoint", "inspect", id]).unwrap());
@@ -73,7 +72,8 @@ fn allocate_attach_detach_release_step_by_step() {
     assert!(!sb.exec(&a, &["ip", "link", "show", "web0"]).unwrap().ok, "web0 removed");
     assert_eq!(endpoint_state(&sb, short), "allocated");
     assert_eq!(map_dumps(&sb), maps_before, "nothing of it left in the maps");
-    assert!(!sb.ping(&b, "10.231.0.10").unwrap(), "nobody answers at the address");
+    assert!(sb.ping(&b, "10.231.0.1").unwrap(), "b pings its gateway");
+    assert!(!sb.ping(&b, "10.231.0.10").unwrap(), "but nobody answers at the detached address");
     let r = sb.bpfnet(&["network", "connect", "life", &c, "--ip", "10.231.0.10"]).unwrap();
     assert!(!r.ok && r.stderr.contains("already in use"), "still reserved: {}", r.stderr);
     let r = sb.bpfnet(&["endpoint", "detach", short]).unwrap();
@@ -90,7 +90,8 @@ fn allocate_attach_detach_release_step_by_step() {
     // Release: detached first, then freed.
     sb.bpfnet_ok(&["endpoint", "rm", short]).unwrap();
     assert!(!sb.exec(&c, &["ip", "link", "show", "eth0"]).unwrap().ok, "eth0 removed");
-    assert!(tcp_exchange(&c, addr("10.231.0.2", 7000), b"x", BLOCKED).is_err());
+    assert_eq!(map_dumps(&sb), maps_before, "nothing of it left in the maps");
+    assert!(!sb.ping(&b, "10.231.0.10").unwrap());
     let all = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
     assert_eq!(all.as_array().unwrap().len(), 1, "only b's endpoint: {all}");
     assert!(json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap()).as_array().unwrap().is_empty());
@@ -123,6 +124,15 @@ fn lifecycle_errors_are_clear_and_change_nothing() {
         assert!(!r.ok && r.stderr.contains(says), "{args:?}: {}", r.stderr);
     }
     assert_eq!((state(), map_dumps(&sb), host_veths(&sb)), before, "nothing changed");
+    // A network with an allocated endpoint is not removed from under it.
+    let r = sb.bpfnet(&["network", "rm", "n"]).unwrap();
+    assert!(!r.ok && r.stderr.contains("has allocated endpoints") && r.stderr.contains("web"), "{}", r.stderr);
+    let r = sb.bpfnet(&["endpoint", "inspect", "xyz"]).unwrap();
+    assert!(!r.ok && r.stderr.contains("invalid endpoint id"), "{}", r.stderr);
+    // Nor does `network disconnect` take a front-end's endpoint by its container name.
+    let r = sb.bpfnet(&["network", "disconnect", "n", "web"]).unwrap();
+    assert!(!r.ok && r.stderr.contains("not connected"), "{}", r.stderr);
+    assert_eq!(state(), before.0);
     // An interface name the namespace already uses: refused, the allocation stays as it was.
     sb.exec(&a, &["ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]).unwrap();
     let r = sb.bpfnet(&["endpoint", "attach", &id, &a, "--interface", "taken0"]).unwrap();

@@ -162,7 +162,7 @@ pub struct PortMapping {
     /// `CONTAINER_IP:PORT`.
     pub container: String,
     pub network: String,
-    /// The namespace as connected.
+    /// The container's name: for `network connect`, the namespace as given.
     pub netns: String,
     pub endpoint_id: String,
     /// False while its endpoint is allocated but not attached: the port is reserved, and

@@ -12,7 +12,10 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
-const FORMAT_VERSION: u32 = 1;
+/// 2: allocations (endpoints not attached), addresses under "address" (1 had "ipv4"). Version 1
+/// files are read and rewritten as 2.
+const FORMAT_VERSION: u32 = 2;
+const OLDEST_READABLE: u32 = 1;
 
 fn yes() -> bool {
     true
@@ -181,8 +184,8 @@ impl Store {
                     )
                 })?;
                 anyhow::ensure!(
-                    state.version == FORMAT_VERSION,
-                    "{} has format version {}, this bpfnet reads {FORMAT_VERSION}",
+                    (OLDEST_READABLE..=FORMAT_VERSION).contains(&state.version),
+                    "{} has format version {}, this bpfnet reads {OLDEST_READABLE} to {FORMAT_VERSION}",
                     path.display(),
                     state.version
                 );

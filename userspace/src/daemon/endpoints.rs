@@ -171,9 +171,7 @@ impl Daemon {
 
     /// The endpoint whose id is `id` or starts with it.
     fn find_endpoint(&self, id: &str) -> DaemonResult<Found<'_>> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!("invalid endpoint id {id:?}: expected hex digits (the id or a prefix of it)")));
-        }
+        views::check_endpoint_id(id)?;
         let mut found = self
             .state
             .endpoints
@@ -373,6 +371,12 @@ impl Daemon {
 
     /// Creates the endpoint in the kernel. On error the caller tears down whatever was made.
     async fn apply_endpoint(&mut self, net: &Network, ns: &NetnsRef, ep: &mut Endpoint, wants_default_route: bool) -> Result<()> {
+        // A host side left by an earlier attachment of this endpoint whose removal failed: its
+        // name is the one the new veth takes.
+        if let Some(stale) = endpoint_link(&self.netlink.links().await?, ep) {
+            log::warn!("endpoint {}: removing {}, left by an earlier attachment", &ep.id[..12], stale.name);
+            self.netlink.delete_link(stale.index).await?;
+        }
         let index = self
             .netlink
             .create_veth(&ep.host_interface, GATEWAY_MAC, &ep.interface, ep.mac, &ns.file)
@@ -496,7 +500,11 @@ impl Daemon {
         let ep = self
             .state
             .endpoints_of(&net.id)
-            .find(|e| Some((e.netns_dev, e.netns_inode)) == identity || e.container_name == netns_arg)
+            .find(|e| {
+                // By name only what `connect` made: a front-end's endpoint has a container name
+                // of the front-end's, not a namespace's.
+                Some((e.netns_dev, e.netns_inode)) == identity || (!e.kept_when_detached && e.container_name == netns_arg)
+            })
             .cloned()
             .ok_or_else(|| Error::not_found(format!("{netns_arg} is not connected to network {:?}", net.name)))?;
         self.remove_endpoint(&ep, false).await?;

@@ -64,6 +64,19 @@ impl Daemon {
                 users.join(", ")
             )));
         }
+        let allocated: Vec<String> = self
+            .state
+            .allocations
+            .iter()
+            .filter(|a| a.network_id == net.id)
+            .map(|a| format!("{} ({})", &a.id[..12], a.container_name))
+            .collect();
+        if !allocated.is_empty() {
+            return Err(Error::conflict(format!(
+                "network {name:?} has allocated endpoints ({}): release them first (`bpfnet endpoint rm`)",
+                allocated.join(", ")
+            )));
+        }
         let before = self.state.clone();
         self.state.networks.retain(|n| n.id != net.id);
         if let Err(e) = self.commit() {

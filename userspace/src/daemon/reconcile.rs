@@ -86,6 +86,17 @@ impl Daemon {
             self.datapath.detach(&ep.host_interface)?;
         }
 
+        // Allocations whose network no longer exists (a state written before `network rm`
+        // refused them) hold nothing: forget them.
+        let networks: HashSet<String> = self.state.networks.iter().map(|n| n.id.clone()).collect();
+        self.state.allocations.retain(|a| {
+            let keep = networks.contains(&a.network_id);
+            if !keep {
+                log::warn!("forgetting allocated endpoint {} ({}): its network is gone", &a.id[..12], a.container_name);
+            }
+            keep
+        });
+
         let links = self.netlink.links().await?;
         let gone: Vec<String> =
             self.state.endpoints.iter().filter(|ep| endpoint_link(&links, ep).is_none()).map(|ep| ep.id.clone()).collect();
@@ -133,7 +144,15 @@ impl Daemon {
     /// and the kernel destroyed the pair with it). Ids no longer in the state are skipped. An
     /// endpoint a front-end allocated keeps its allocation until the front-end releases it.
     pub(super) async fn remove_gone_endpoints(&mut self, ids: &[String]) -> Result<()> {
-        let gone: Vec<Endpoint> = self.state.endpoints.iter().filter(|e| ids.contains(&e.id)).cloned().collect();
+        let candidates: Vec<Endpoint> = self.state.endpoints.iter().filter(|e| ids.contains(&e.id)).cloned().collect();
+        let mut gone = Vec::new();
+        for ep in candidates {
+            // Looked for again under the lock: since the caller's dump the endpoint may have
+            // been detached and attached again, with a new veth.
+            if self.locate(&ep).await?.is_none() {
+                gone.push(ep);
+            }
+        }
         for ep in &gone {
             log::info!(
                 "endpoint {} ({} {} {}): its namespace is gone; removing it",
