@@ -11,7 +11,10 @@ use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
     conntrack::{self, now_ns, observe, Flow, Port, CONNTRACK},
     counters::{count, drop_packet, to_host},
-    headers::{ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    headers::{
+        ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
+        IP_SADDR_OFF, TCP_ACK, TCP_SYN, UDP_CSUM_OFF,
+    },
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
     route,
 };
@@ -91,6 +94,9 @@ pub enum Destination {
 #[inline(always)]
 pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destination) -> i32 {
     let Some(flow) = conntrack::parse(ctx) else { return to_host(ctx) };
+    if flow.is_icmp_error() {
+        return icmp_error_from_container(ctx, &flow);
+    }
     if flow.is_icmp_non_echo() {
         return to_host(ctx);
     }
@@ -331,36 +337,107 @@ fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     }
 }
 
+/// The packet an ICMP error quotes (after the error's own 8 bytes): its IP header and the first
+/// 8 bytes of its L4 header, as far as the datapath needs them.
+struct Quote {
+    /// Where the quoted IP header starts.
+    ip: usize,
+    proto: u8,
+    src: u32,
+    dst: u32,
+    /// The quoted source and destination ports (an echo's identifier as the source of a request
+    /// and the destination of a reply, as in `conntrack::parse`).
+    sport: u16,
+    dport: u16,
+    /// Where the quoted ports sit (for ICMP: both are the identifier's offset).
+    sport_off: usize,
+    dport_off: usize,
+    /// The quoted L4 checksum, when the quote holds one that covers what is rewritten: UDP's
+    /// (address and port; 0 means none), ICMP's (the identifier). TCP's lies past the 8 bytes.
+    l4_csum_off: Option<usize>,
+}
+
 #[inline(always)]
-fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
+fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
     if flow.later_fragment {
         return None;
     }
-    let quote = flow.l4_off + ICMP_ERROR_QUOTE_OFF;
-    let version_ihl: u8 = ctx.load(quote).ok()?;
+    let ip = flow.l4_off + ICMP_ERROR_QUOTE_OFF;
+    let version_ihl: u8 = ctx.load(ip).ok()?;
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
         return None;
     }
-    let proto: u8 = ctx.load(quote + 9).ok()?;
-    let quoted_src: u32 = ctx.load(quote + IP_SADDR_OFF).ok()?;
-    let quoted_dst: u32 = ctx.load(quote + IP_DADDR_OFF).ok()?;
-    let quoted_l4 = quote + ihl * 4;
-    // The quoted packet left the host; a reply to it would be its tuple reversed.
-    let (port_off, reply_sport, reply_dport) = match proto {
+    let proto: u8 = ctx.load(ip + 9).ok()?;
+    let src: u32 = ctx.load(ip + IP_SADDR_OFF).ok()?;
+    let dst: u32 = ctx.load(ip + IP_DADDR_OFF).ok()?;
+    let l4 = ip + ihl * 4;
+    match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = ctx.load(quoted_l4).ok()?;
-            (quoted_l4, ports[1], ports[0])
+            let ports: [u16; 2] = ctx.load(l4).ok()?;
+            let l4_csum_off = (proto == IPPROTO_UDP).then_some(l4 + UDP_CSUM_OFF);
+            Some(Quote { ip, proto, src, dst, sport: ports[0], dport: ports[1], sport_off: l4, dport_off: l4 + 2, l4_csum_off })
         }
-        IPPROTO_ICMP => (quoted_l4 + ICMP_ID_OFF, 0, ctx.load(quoted_l4 + ICMP_ID_OFF).ok()?),
-        _ => return None,
-    };
+        IPPROTO_ICMP => {
+            let kind: u8 = ctx.load(l4).ok()?;
+            let id: u16 = ctx.load(l4 + ICMP_ID_OFF).ok()?;
+            let (sport, dport) = match kind {
+                ICMP_ECHO_REQUEST => (id, 0),
+                ICMP_ECHO_REPLY => (0, id),
+                _ => return None,
+            };
+            let id_off = l4 + ICMP_ID_OFF;
+            Some(Quote { ip, proto, src, dst, sport, dport, sport_off: id_off, dport_off: id_off, l4_csum_off: Some(l4 + ICMP_CSUM_OFF) })
+        }
+        _ => None,
+    }
+}
+
+/// Rewrites one side of the quoted packet: the address at `addr_off` in its IP header (source
+/// or destination) becomes `new_addr`, the port at `port_off` `new_port`. Every checksum that
+/// covers them stays exact: the quoted IP header's, a quoted UDP or ICMP checksum, and the
+/// error's own ICMP checksum, which covers all the quoted bytes (it has no pseudo-header).
+#[inline(always)]
+fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_addr: u32, port_off: usize, new_port: u16) -> Option<()> {
+    let icmp_csum = flow.l4_off + ICMP_CSUM_OFF;
+    let old_addr: u32 = ctx.load(q.ip + addr_off).ok()?;
+    let old_port: u16 = ctx.load(port_off).ok()?;
+    // The quoted IP header's checksum: plain arithmetic on the field (the l3 helper), which the
+    // ICMP checksum then follows.
+    let old_ip_csum: u16 = ctx.load(q.ip + IP_CSUM_OFF).ok()?;
+    ctx.l3_csum_replace(q.ip + IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4).ok()?;
+    let new_ip_csum: u16 = ctx.load(q.ip + IP_CSUM_OFF).ok()?;
+    ctx.store(q.ip + addr_off, &new_addr, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_addr as u64, new_addr as u64, 4).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_ip_csum as u64, new_ip_csum as u64, 2).ok()?;
+    ctx.store(port_off, &new_port, 0).ok()?;
+    ctx.l4_csum_replace(icmp_csum, old_port as u64, new_port as u64, 2).ok()?;
+    if let Some(csum_off) = q.l4_csum_off {
+        let old_l4_csum: u16 = ctx.load(csum_off).ok()?;
+        // UDP without a checksum (0) stays without.
+        if old_l4_csum != 0 || q.proto == IPPROTO_ICMP {
+            if q.proto == IPPROTO_UDP {
+                // UDP's pseudo-header covers the address.
+                ctx.l3_csum_replace(csum_off, old_addr as u64, new_addr as u64, 4).ok()?;
+            }
+            ctx.l3_csum_replace(csum_off, old_port as u64, new_port as u64, 2).ok()?;
+            let new_l4_csum: u16 = ctx.load(csum_off).ok()?;
+            ctx.l4_csum_replace(icmp_csum, old_l4_csum as u64, new_l4_csum as u64, 2).ok()?;
+        }
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
+    let q = quote_of(ctx, flow)?;
+    // The quoted packet left the host; a reply to it would be its tuple reversed.
     let key = CtKey {
-        saddr: IpKey::from_ipv4_word(quoted_dst),
-        daddr: IpKey::from_ipv4_word(quoted_src),
-        sport: reply_sport,
-        dport: reply_dport,
-        proto,
+        saddr: IpKey::from_ipv4_word(q.dst),
+        daddr: IpKey::from_ipv4_word(q.src),
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
         _pad: [0; 3],
     };
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
@@ -368,20 +445,52 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
         return None;
     }
-    let container = translation.dst;
     // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).
-    set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, container, IPPROTO_ICMP, None).ok()?;
-    // The quoted source and its header checksum, both covered by the ICMP checksum.
-    let icmp_csum = flow.l4_off + ICMP_CSUM_OFF;
-    let old_quote_csum: u16 = ctx.load(quote + IP_CSUM_OFF).ok()?;
-    ctx.l3_csum_replace(quote + IP_CSUM_OFF, quoted_src as u64, container as u64, 4).ok()?;
-    let new_quote_csum: u16 = ctx.load(quote + IP_CSUM_OFF).ok()?;
-    ctx.store(quote + IP_SADDR_OFF, &container, 0).ok()?;
-    ctx.l4_csum_replace(icmp_csum, quoted_src as u64, container as u64, 4).ok()?;
-    ctx.l4_csum_replace(icmp_csum, old_quote_csum as u64, new_quote_csum as u64, 2).ok()?;
-    // The quoted source port (or echo identifier).
-    let old_port: u16 = ctx.load(port_off).ok()?;
-    ctx.store(port_off, &translation.dst_port, 0).ok()?;
-    ctx.l4_csum_replace(icmp_csum, old_port as u64, translation.dst_port as u64, 2).ok()?;
+    set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, translation.dst, IPPROTO_ICMP, None).ok()?;
+    // The quoted source: the container's address and port (or echo identifier).
+    rewrite_quote(ctx, flow, &q, IP_SADDR_OFF, translation.dst, q.sport_off, translation.dst_port)?;
     Some(translation)
+}
+
+/// An ICMP error a container sends about a packet it received through NAT: "port unreachable"
+/// for a datagram to a published UDP port nobody listens on, or for an answer to a masqueraded
+/// connection whose socket is gone. It quotes that packet as the container got it; the
+/// container's own packets of that connection (the quote reversed) have an entry that says how
+/// they leave. The error leaves the same way, from the address the other side talks to, and
+/// quoting what that side sent, so its stack matches it ("connection refused").
+#[inline(always)]
+fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
+    let Some(q) = quote_of(ctx, flow) else { return to_host(ctx) };
+    let key = CtKey {
+        saddr: IpKey::from_ipv4_word(q.dst),
+        daddr: IpKey::from_ipv4_word(q.src),
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else { return to_host(ctx) };
+    // SAFETY: a map value, read before any packet helper runs.
+    let translation = Translation::of(unsafe { &*entry });
+    // Only a connection whose packets from the container are routed out with a new source
+    // (masquerade, the answers of a published port); hairpin errors stay the host's.
+    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
+    if translation.ifindex != 0 || translation.action & both != ct_action::REWRITE_SRC {
+        return to_host(ctx);
+    }
+    let Some(route) = route::cached_lookup(ctx, flow, entry, now_ns()) else { return to_host(ctx) };
+    if !decrement_ttl(ctx) {
+        return to_host(ctx);
+    }
+    let translated = set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, translation.src, IPPROTO_ICMP, None).is_ok()
+        && rewrite_quote(ctx, flow, &q, IP_DADDR_OFF, translation.src, q.dport_off, translation.src_port).is_some();
+    if !translated {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    if route::send(ctx, &route) {
+        count(ctx, Counter::NatIcmpError);
+        TC_ACT_REDIRECT as i32
+    } else {
+        drop_packet(ctx, Counter::DropRedirectFailed)
+    }
 }

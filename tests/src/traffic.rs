@@ -130,6 +130,24 @@ pub fn udp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration)
     Ok(buf[..n].to_vec())
 }
 
+/// Sends a datagram to `to` from a connected UDP socket in `ns` and waits for the answer: `true`
+/// when the kernel reports "connection refused" (an ICMP port unreachable came back), `false`
+/// on an answer or none within `timeout`.
+pub fn udp_refused(ns: &str, to: SocketAddr, timeout: Duration) -> Result<bool> {
+    let socket = netns::within(ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(to)?;
+        Ok(socket)
+    })?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(b"anyone?")?;
+    let mut buf = [0u8; 2048];
+    match socket.recv(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(true),
+        _ => Ok(false),
+    }
+}
+
 /// A payload whose bytes depend on `seed`, so a mix-up between flows is noticed.
 pub fn payload(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()

@@ -8,7 +8,7 @@ use bpfnet_lab::{
     sandbox::{Outside, FAR_IP, UPLINK_IP},
     traffic::{
         payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, tcp_whoami, tcp_whoami_server,
-        udp_echo_server, udp_exchange, udp_whoami, udp_whoami_server,
+        udp_echo_server, udp_exchange, udp_refused, udp_whoami, udp_whoami_server,
     },
     Sandbox,
 };
@@ -230,7 +230,7 @@ fn published_ports_reach_containers_from_outside_and_from_other_containers() {
     let other = sb.add_netns("other").unwrap();
     sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.216.0.0/24"]).unwrap();
     sb.bpfnet_ok(&["network", "create", "other", "--subnet", "10.217.0.0/24"]).unwrap();
-    let out = sb.bpfnet_ok(&["network", "connect", "web", &web, "-p", "8080:80", "-p", "8081:81", "--publish", "5353:53/udp"]).unwrap();
+    let out = sb.bpfnet_ok(&["network", "connect", "web", &web, "-p", "8080:80", "-p", "8081:81", "--publish", "5353:53/udp", "-p", "5354:54/udp"]).unwrap();
     assert!(out.contains("published 0.0.0.0:8080->80/tcp"), "{out}");
     sb.bpfnet_ok(&["network", "connect", "other", &other]).unwrap();
     tcp_whoami_server(&web, addr("10.216.0.2", 80)).unwrap();
@@ -244,6 +244,12 @@ fn published_ports_reach_containers_from_outside_and_from_other_containers() {
     assert_eq!(seen.ip().to_string(), FAR_IP);
     let data = payload(6, 50_000);
     assert_eq!(tcp_exchange(&outside.far, addr(UPLINK_IP, 8081), &data, T).unwrap(), data);
+    // Nobody listens on 54 in the container: its "port unreachable" comes back translated, so the
+    // client's socket says "connection refused" (as through Docker's DNAT) instead of waiting.
+    let icmp_before = counter(&sb, "nat_icmp_error");
+    assert!(udp_refused(&outside.far, addr(UPLINK_IP, 5354), T).unwrap(), "connection refused");
+    assert!(counter(&sb, "nat_icmp_error") > icmp_before);
+    assert!(!udp_refused(&outside.far, addr(UPLINK_IP, 5353), T).unwrap(), "a listener answers");
 
     // From a container of another network, through the uplink's address and its own gateway;
     // and the publishing container through the host to itself.
@@ -257,7 +263,7 @@ fn published_ports_reach_containers_from_outside_and_from_other_containers() {
     // port ls, inspect and conntrack ls show them.
     let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
     let ports = ports.as_array().unwrap();
-    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert_eq!(ports.len(), 4, "{ports:?}");
     assert!(ports.iter().any(|p| p["host"] == "0.0.0.0:5353" && p["protocol"] == "udp" && p["container"] == "10.216.0.2:53"));
     let table = sb.bpfnet_ok(&["port", "ls"]).unwrap();
     assert!(table.contains("0.0.0.0:8080") && table.contains("10.216.0.2:80"), "{table}");

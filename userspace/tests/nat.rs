@@ -440,6 +440,76 @@ fn icmp_errors_about_a_masqueraded_connection_reach_the_container() {
 }
 
 #[test]
+fn icmp_errors_a_container_sends_about_translated_packets_leave_translated() {
+    TestNetns::new("icmpout").run(MASQ, |lab| {
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
+        // The first 28 bytes of a datagram as `ip` carries it: what an ICMP error quotes.
+        let quote = |ip: &Ip, sport: u16, dport: u16| {
+            let d = l4(ip, udp_datagram(sport, dport, b"query"), None);
+            let mut q = ip_header(ip, d.len());
+            q.extend_from_slice(&d[..8]);
+            q
+        };
+        let container_error = |quoted: Vec<u8>, dst: [u8; 4]| {
+            let mut error = vec![3, 3, 0, 0, 0, 0, 0, 0];
+            error.extend_from_slice(&quoted);
+            packet(GATEWAY_MAC, CONTAINER_MAC, Ip { src: CONTAINER_IP, dst, proto: ICMP, ttl: 64, id: 3, frag: 0 }, error)
+        };
+
+        // A datagram to a published UDP port nobody listens on in the container.
+        lab.publish(None, 5353, UDP, CONTAINER_IP, 53);
+        let client = Ip { src: CLIENT_IP, dst: UPLINK_IP, proto: UDP, ttl: 55, id: 9, frag: 0x4000 };
+        let inbound = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, client, udp_datagram(5555, 5353, b"query")));
+        assert_eq!(inbound.verdict, REDIRECT);
+        let received = Ip { dst: CONTAINER_IP, ttl: 54, ..client };
+        assert_eq!(&inbound.packet[14..42], &quote(&received, 5555, 53)[..], "what the container got");
+        // Its "port unreachable" leaves from the address the client sent to, quoting what the
+        // client sent (TTL as it arrived); outer, quoted IP, quoted UDP and ICMP checksums exact.
+        let out = lab.from_container(&container_error(quote(&received, 5555, 53), CLIENT_IP));
+        assert_eq!(out.verdict, REDIRECT, "routed out of the uplink");
+        let mut translated = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        translated.extend_from_slice(&quote(&Ip { ttl: 54, ..client }, 5555, 5353));
+        let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, dst: CLIENT_IP, proto: ICMP, ttl: 63, id: 3, frag: 0 }, translated);
+        assert_eq!(out.packet, expected);
+
+        // An answer to a masqueraded datagram whose socket is gone: the error leaves from the
+        // uplink's address, quoting the answer as the server sent it (to the masquerade port).
+        let query = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(5001, 53, b"query"));
+        let nat_port = port_at(&lab.from_container(&query).packet, L4);
+        let server = Ip { src: SERVER_IP, dst: UPLINK_IP, proto: UDP, ttl: 50, id: 7, frag: 0 };
+        let answer = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, server, udp_datagram(53, nat_port, b"query")));
+        assert_eq!(answer.verdict, REDIRECT);
+        let got = Ip { dst: CONTAINER_IP, ttl: 49, ..server };
+        let out = lab.from_container(&container_error(quote(&got, 53, 5001), SERVER_IP));
+        assert_eq!(out.verdict, REDIRECT);
+        let mut translated = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        translated.extend_from_slice(&quote(&Ip { ttl: 49, ..server }, 53, nat_port));
+        let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, dst: SERVER_IP, proto: ICMP, ttl: 63, id: 3, frag: 0 }, translated);
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::NatIcmpError), 2);
+
+        // The other way, for UDP too: a router's error about the query as it left (from the
+        // uplink's address and port) reaches the container quoting the query as the container
+        // sent it, the quoted UDP checksum included.
+        let left = Ip { src: UPLINK_IP, ttl: 63, ..from_container(CONTAINER_IP, UDP, 64) };
+        let mut error = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        error.extend_from_slice(&quote(&left, nat_port, 53));
+        let router = Ip { src: ROUTER_IP, dst: UPLINK_IP, proto: ICMP, ttl: 64, id: 4, frag: 0 };
+        let out = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, router, error));
+        assert_eq!(out.verdict, REDIRECT);
+        let mut translated = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        translated.extend_from_slice(&quote(&Ip { ttl: 63, ..from_container(CONTAINER_IP, UDP, 64) }, 5001, 53));
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: ROUTER_IP, dst: CONTAINER_IP, ttl: 63, ..router }, translated);
+        assert_eq!(out.packet, expected);
+
+        // An error about a packet the datapath did not translate is the host's, untouched.
+        let stray = container_error(quote(&Ip { dst: CONTAINER_IP, ..client }, 1, 2), CLIENT_IP);
+        let out = lab.from_container(&stray);
+        assert_eq!((out.verdict, out.packet), (PASS, stray));
+    });
+}
+
+#[test]
 fn no_masquerade_leaves_the_packet_to_the_host_and_internal_networks_never_leave() {
     TestNetns::new("nomasq").run(0, |lab| {
         let syn = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, TCP, 64), tcp_segment(40000, 80, 0x02, b""));
