@@ -357,6 +357,21 @@ struct Quote {
     l4_csum_off: Option<usize>,
 }
 
+impl Quote {
+    /// The tuple of the quoted connection's other direction (how its answers arrive).
+    #[inline(always)]
+    fn reversed_key(&self) -> CtKey {
+        CtKey {
+            saddr: IpKey::from_ipv4_word(self.dst),
+            daddr: IpKey::from_ipv4_word(self.src),
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[inline(always)]
 fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
     if flow.later_fragment {
@@ -432,16 +447,8 @@ fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_a
 fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     let q = quote_of(ctx, flow)?;
     // The quoted packet left the host; a reply to it would be its tuple reversed.
-    let key = CtKey {
-        saddr: IpKey::from_ipv4_word(q.dst),
-        daddr: IpKey::from_ipv4_word(q.src),
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let translation = Translation::of(unsafe { CONNTRACK.get(&key)? });
+    let translation = Translation::of(unsafe { CONNTRACK.get(&q.reversed_key())? });
     if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
         return None;
     }
@@ -461,15 +468,7 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
 #[inline(always)]
 fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(q) = quote_of(ctx, flow) else { return to_host(ctx) };
-    let key = CtKey {
-        saddr: IpKey::from_ipv4_word(q.dst),
-        daddr: IpKey::from_ipv4_word(q.src),
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
-    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else { return to_host(ctx) };
+    let Some(entry) = CONNTRACK.get_ptr_mut(&q.reversed_key()) else { return to_host(ctx) };
     // SAFETY: a map value, read before any packet helper runs.
     let translation = Translation::of(unsafe { &*entry });
     // Only a connection whose packets from the container are routed out with a new source

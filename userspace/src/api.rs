@@ -18,16 +18,24 @@ pub struct CreateNetwork {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Connect {
-    /// A name under /run/netns, a path to a namespace file, or a PID.
-    pub netns: String,
+/// What an endpoint asks for on its network (`connect` and `endpoint create`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct EndpointSpec {
+    /// The address to use instead of the next free one.
     pub ip: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// `-p` values: `[HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`.
     #[serde(default)]
     pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connect {
+    /// A name under /run/netns, a path to a namespace file, or a PID.
+    pub netns: String,
+    #[serde(flatten)]
+    pub spec: EndpointSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,12 +50,8 @@ pub struct Allocate {
     pub network: String,
     /// The container's name as its front-end knows it (letters, digits, '_', '.', '-').
     pub name: String,
-    pub ip: Option<String>,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// `-p` values, as for [`Connect`].
-    #[serde(default)]
-    pub publish: Vec<String>,
+    #[serde(flatten)]
+    pub spec: EndpointSpec,
 }
 
 /// `endpoint attach`: put an allocated endpoint into a namespace.

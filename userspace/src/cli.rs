@@ -53,6 +53,30 @@ enum Command {
     Endpoint(EndpointCommand),
 }
 
+/// What an endpoint asks for on its network (`network connect`, `endpoint create`).
+#[derive(Args)]
+struct EndpointSpecArgs {
+    /// Address to use instead of the next free one.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Another name for the container on this network (repeatable).
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// Publish a container port on the host (repeatable), as docker run -p:
+    /// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]. Without HOST_IP the port is
+    /// published on every address of the daemon's namespace; tcp is the default. Clients
+    /// outside reach the container through the uplink, other containers through any host
+    /// address; the container sees the client's real address.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+}
+
+impl From<EndpointSpecArgs> for api::EndpointSpec {
+    fn from(a: EndpointSpecArgs) -> Self {
+        Self { ip: a.ip, aliases: a.aliases, publish: a.publish }
+    }
+}
+
 #[derive(Subcommand)]
 enum EndpointCommand {
     /// Reserve an address (and published ports) on a network for a container, without attaching
@@ -62,16 +86,9 @@ enum EndpointCommand {
         network: String,
         /// The container's name: letters, digits, '_', '.', '-'.
         name: String,
-        /// Address to use instead of the next free one.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Another name for the container on this network (repeatable).
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        /// Publish a container port on the host once attached (repeatable); same form as
-        /// `network connect -p`. The port is reserved from now on.
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        publish: Vec<String>,
+        // The address and published ports are reserved from now on; ports answer once attached.
+        #[command(flatten)]
+        spec: EndpointSpecArgs,
         /// Print the endpoint as JSON.
         #[arg(long)]
         json: bool,
@@ -263,19 +280,8 @@ enum NetworkCommand {
         network: String,
         /// A name under /run/netns, a path to a namespace file, or a PID.
         netns: String,
-        /// Address to use instead of the next free one.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Another name for the container on this network (repeatable).
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        /// Publish a container port on the host (repeatable), as docker run -p:
-        /// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]. Without HOST_IP the port is
-        /// published on every address of the daemon's namespace; tcp is the default. Clients
-        /// outside reach the container through the uplink, other containers through any host
-        /// address; the container sees the client's real address.
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        publish: Vec<String>,
+        #[command(flatten)]
+        spec: EndpointSpecArgs,
         /// Print the new endpoint as JSON.
         #[arg(long)]
         json: bool,
@@ -507,24 +513,9 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 }
                 print_json(&out)?;
             }
-            NetworkCommand::Rm { names } => {
-                // Like docker: remove what can be removed, report the others, fail if any failed.
-                let mut failed = 0;
-                for name in &names {
-                    match client.delete::<serde_json::Value>(&format!("/networks/{}", segment(name))).await {
-                        Ok(_) => println!("{name}"),
-                        Err(e) => {
-                            eprintln!("Error: {e:#}");
-                            failed += 1;
-                        }
-                    }
-                }
-                if failed > 0 {
-                    bail!("{failed} of {} networks could not be removed", names.len());
-                }
-            }
-            NetworkCommand::Connect { network, netns, ip, aliases, publish, json } => {
-                let req = api::Connect { netns: absolute_netns(netns.clone())?, ip, aliases, publish };
+            NetworkCommand::Rm { names } => remove_each(&client, "networks", &names).await?,
+            NetworkCommand::Connect { network, netns, spec, json } => {
+                let req = api::Connect { netns: absolute_netns(netns.clone())?, spec: spec.into() };
                 let ep: api::EndpointCreated =
                     client.post(&format!("/networks/{}/connect", segment(&network)), &req).await?;
                 if json {
@@ -548,10 +539,29 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// `DELETE /<kind>/<name>` for each name. Like docker: removes what can be removed, reports the
+/// others, fails if any failed.
+async fn remove_each(client: &Client<'_>, kind: &str, names: &[String]) -> Result<()> {
+    let mut failed = 0;
+    for name in names {
+        match client.delete::<serde_json::Value>(&format!("/{kind}/{}", segment(name))).await {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} {kind} could not be removed", names.len());
+    }
+    Ok(())
+}
+
 async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
     match cmd {
-        EndpointCommand::Create { network, name, ip, aliases, publish, json } => {
-            let req = api::Allocate { network, name, ip, aliases, publish };
+        EndpointCommand::Create { network, name, spec, json } => {
+            let req = api::Allocate { network, name, spec: spec.into() };
             let ep: api::EndpointView = client.post("/endpoints", &req).await?;
             if json {
                 return print_json(&ep);
@@ -572,21 +582,7 @@ async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
         EndpointCommand::Detach { endpoint } => {
             let _: api::EndpointView = client.post(&format!("/endpoints/{}/detach", segment(&endpoint)), &()).await?;
         }
-        EndpointCommand::Rm { endpoints } => {
-            let mut failed = 0;
-            for id in &endpoints {
-                match client.delete::<serde_json::Value>(&format!("/endpoints/{}", segment(id))).await {
-                    Ok(_) => println!("{id}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed += 1;
-                    }
-                }
-            }
-            if failed > 0 {
-                bail!("{failed} of {} endpoints could not be removed", endpoints.len());
-            }
-        }
+        EndpointCommand::Rm { endpoints } => remove_each(client, "endpoints", &endpoints).await?,
         EndpointCommand::Ls { json } => {
             let eps: Vec<api::EndpointView> = client.get("/endpoints").await?;
             if json {

@@ -69,15 +69,6 @@ fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInf
     EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2] }
 }
 
-/// What `allocate` needs besides the network.
-pub struct AllocationRequest {
-    /// The container's name as its front-end knows it.
-    pub name: String,
-    pub ip: Option<String>,
-    pub aliases: Vec<String>,
-    pub publish: Vec<String>,
-}
-
 impl Daemon {
     /// Connects the namespace `ns` (resolved by the caller, before taking the daemon's lock):
     /// allocate + attach, as one change; if the attach fails nothing is left, not even the
@@ -85,17 +76,16 @@ impl Daemon {
     pub async fn connect(&mut self, network: &str, ns: NetnsRef, req: api::Connect) -> DaemonResult<api::EndpointCreated> {
         let net = self.network(network)?.clone();
         self.check_namespace(&net, &ns, &req.netns)?;
-        let request = AllocationRequest { name: req.netns.clone(), ip: req.ip, aliases: req.aliases, publish: req.publish };
-        let allocation = self.new_allocation(&net, request, false).await?;
+        let allocation = self.new_allocation(&net, req.netns.clone(), req.spec, false).await?;
         self.attach_allocation(&net, allocation, &ns, &req.netns, None, "connected").await
     }
 
     /// Reserves an address (and the published ports) on `network` for a container that a
     /// front-end attaches later. Persisted; nothing in the kernel changes.
-    pub async fn allocate(&mut self, network: &str, req: AllocationRequest) -> DaemonResult<api::EndpointView> {
+    pub async fn allocate(&mut self, network: &str, name: String, spec: api::EndpointSpec) -> DaemonResult<api::EndpointView> {
         let net = self.network(network)?.clone();
-        ipam::validate_name("container", &req.name).map_err(Error::invalid)?;
-        let allocation = self.new_allocation(&net, req, true).await?;
+        ipam::validate_name("container", &name).map_err(Error::invalid)?;
+        let allocation = self.new_allocation(&net, name, spec, true).await?;
         self.state.allocations.push(allocation.clone());
         if let Err(e) = self.commit() {
             self.state.allocations.pop();
@@ -200,7 +190,7 @@ impl Daemon {
     }
 
     /// A new allocation on `net`, checked against every other (address, ports), not yet stored.
-    async fn new_allocation(&self, net: &Network, req: AllocationRequest, kept_when_detached: bool) -> DaemonResult<Allocation> {
+    async fn new_allocation(&self, net: &Network, name: String, req: api::EndpointSpec, kept_when_detached: bool) -> DaemonResult<Allocation> {
         for alias in &req.aliases {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
@@ -210,7 +200,7 @@ impl Daemon {
             id: ids::random_id(),
             network_id: net.id.clone(),
             container_id: ids::random_id(),
-            container_name: req.name,
+            container_name: name,
             address,
             mac: ipam::mac_for(address),
             aliases: req.aliases,

@@ -20,7 +20,6 @@ use std::{
 
 use anyhow::{Context, Result};
 
-pub use endpoints::AllocationRequest;
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 

@@ -169,8 +169,7 @@ async fn endpoint_inspect(State(app): State<App>, UrlPath(id): UrlPath<String>) 
 }
 async fn allocate(State(app): State<App>, Json(req): Json<api::Allocate>) -> Reply<api::EndpointView> {
     to_completion(&app.worker, async move {
-        let request = daemon::AllocationRequest { name: req.name, ip: req.ip, aliases: req.aliases, publish: req.publish };
-        app.daemon.lock_owned().await.allocate(&req.network, request).await
+        app.daemon.lock_owned().await.allocate(&req.network, req.name, req.spec).await
     })
     .await
 }
