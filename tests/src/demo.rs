@@ -107,6 +107,36 @@ fn failure_behaviour(sb: &mut Sandbox, conn: &mut std::net::TcpStream) -> Result
     Ok(())
 }
 
+/// An endpoint allocated on the backend network, attached to one namespace, detached, attached
+/// to another, released; con1 pings its address at each step. Returns what differed.
+fn endpoint_lifecycle(sb: &mut Sandbox, con1: &str) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let w1 = sb.add_netns("w1")?;
+    let w2 = sb.add_netns("w2")?;
+    let id = cli(sb, &["endpoint", "create", "backend", "web", "--ip", "10.210.1.50"])?.trim().to_string();
+    let mut expect = |what: &str, expected: bool| -> Result<()> {
+        let observed = sb.ping(con1, "10.210.1.50")?;
+        let word = |b: bool| if b { "answers" } else { "silent" };
+        let mark = if expected == observed { "ok" } else { "WRONG" };
+        println!("con1 -> 10.210.1.50 {what}: {} (expected {}) {mark}", word(observed), word(expected));
+        if expected != observed {
+            failures.push(format!("endpoint {what}: expected {}, observed {}", word(expected), word(observed)));
+        }
+        Ok(())
+    };
+    expect("allocated only", false)?;
+    cli(sb, &["endpoint", "attach", &id[..12], &w1, "--interface", "web0"])?;
+    expect("attached to w1 as web0", true)?;
+    cli(sb, &["endpoint", "detach", &id[..12]])?;
+    expect("detached", false)?;
+    cli(sb, &["endpoint", "ls"])?;
+    cli(sb, &["endpoint", "attach", &id[..12], &w2])?;
+    expect("attached to w2", true)?;
+    cli(sb, &["endpoint", "rm", &id[..12]])?;
+    expect("released", false)?;
+    Ok(failures)
+}
+
 /// Masquerade and published ports, observed from both ends. Returns what differed.
 fn outside_world(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     let mut failures = vec![];
@@ -218,6 +248,12 @@ pub fn run() -> Result<()> {
     println!("q1 -> gateway 10.210.3.1 (ping): {} (expected pass)", if q_gw { "pass" } else { "blocked" });
     if q_peer || !q_gw {
         failures.push("icc=false behaves wrongly".into());
+    }
+
+    step("Endpoints step by step, as the Docker and CNI front-ends drive them: allocate, attach, detach, release");
+    match endpoint_lifecycle(&mut sb, &con1) {
+        Ok(f) => failures.extend(f),
+        Err(e) => failures.push(format!("endpoint lifecycle: {e:#}")),
     }
 
     step("The outside: masquerade, and a published port (-p 8080:80) reached from outside, the host and another network");
