@@ -106,7 +106,11 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         let translation = Translation::of(unsafe { &*entry });
         let now = now_ns();
         if translation.ifindex != 0 {
-            // Between two containers through a published port: one host hop, no routing.
+            // Between two containers through a published port: one host hop (a router's: the
+            // TTL goes down by one), no routing.
+            if !decrement_ttl(ctx) {
+                return to_host(ctx);
+            }
             observe(entry, &flow, len, now);
             if apply(ctx, &flow, &translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
@@ -196,6 +200,9 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
     let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
+    if !decrement_ttl(ctx) {
+        return to_host(ctx);
+    }
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | ct_action::PUBLISHED;

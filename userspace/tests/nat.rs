@@ -633,10 +633,10 @@ fn containers_reach_published_ports_through_host_addresses() {
         let expected = packet(
             PUBLISHER_MAC,
             GATEWAY_MAC,
-            Ip { src: PUBLISHER_GATEWAY, dst: PUBLISHER_IP, ..to_gateway },
+            Ip { src: PUBLISHER_GATEWAY, dst: PUBLISHER_IP, ttl: 63, ..to_gateway },
             tcp_segment(gw_port, 80, 0x02, b""),
         );
-        assert_eq!(out.packet, expected);
+        assert_eq!(out.packet, expected, "translated both ways, one hop (TTL) down");
         assert_eq!(lab.counter(Counter::Hairpin), 1);
 
         // The publisher answers its gateway; the answer reaches the client from the address and
@@ -645,8 +645,13 @@ fn containers_reach_published_ports_through_host_addresses() {
         let answer = packet(GATEWAY_MAC, PUBLISHER_MAC, Ip { src: PUBLISHER_IP, dst: PUBLISHER_GATEWAY, proto: TCP, ttl: 64, id: 2, frag: 0x4000 }, tcp_segment(80, gw_port, 0x12, b"hi"));
         let out = lab.from_container(&answer);
         assert_eq!(out.verdict, REDIRECT);
-        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 64, id: 2, frag: 0x4000 }, tcp_segment(8080, 41000, 0x12, b"hi"));
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 63, id: 2, frag: 0x4000 }, tcp_segment(8080, 41000, 0x12, b"hi"));
         assert_eq!(out.packet, expected);
+        // A packet whose TTL runs out on the host hop is the host's (which answers "time
+        // exceeded"), untranslated.
+        let last_hop = packet(GATEWAY_MAC, PUBLISHER_MAC, Ip { src: PUBLISHER_IP, dst: PUBLISHER_GATEWAY, proto: TCP, ttl: 1, id: 3, frag: 0x4000 }, tcp_segment(80, gw_port, 0x10, b""));
+        let out = lab.from_container(&last_hop);
+        assert_eq!((out.verdict, out.packet), (PASS, last_hop));
 
         // Through the uplink's address too (a local address: the FIB says so).
         lab.send_as(CONTAINER_IP, CONTAINER_MAC);
