@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod ids;
 pub mod ipam;
+pub mod maglev;
 pub mod netns;
 pub mod plumbing;
 pub mod ports;
