@@ -43,8 +43,11 @@ pub fn new_connection() -> Option<&'static mut NewConnection> {
     let slot = CT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let slot = unsafe { &mut *slot };
-    crate::mem::zero(&mut slot.original);
-    crate::mem::zero(&mut slot.reply);
+    // SAFETY: connection entries are plain data (`Pod`).
+    unsafe {
+        crate::mem::zero(&mut slot.original);
+        crate::mem::zero(&mut slot.reply);
+    }
     Some(slot)
 }
 

@@ -4,8 +4,11 @@
 //! Word stores the compiler cannot fuse back into a `memset` cost one instruction per word.
 
 /// Sets every byte of `value` to zero with one store per 8 bytes (per 4 for 4-aligned types).
+///
+/// # Safety
+/// All-zero bytes must be a valid `T` (plain data: integers, arrays of them, structs of them).
 #[inline(always)]
-pub fn zero<T>(value: &mut T) {
+pub unsafe fn zero<T>(value: &mut T) {
     let p = value as *mut T;
     if core::mem::align_of::<T>() >= 8 && core::mem::size_of::<T>() % 8 == 0 {
         let words = p as *mut u64;

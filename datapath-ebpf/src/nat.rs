@@ -107,9 +107,10 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         let now = now_ns();
         if translation.ifindex != 0 {
             // Between two containers through a published port: one host hop (a router's: the
-            // TTL goes down by one), no routing.
+            // TTL goes down by one), no routing. Expired there, it is dropped: the host, its
+            // destination, would answer it (a reset), not say "time exceeded".
             if !decrement_ttl(ctx) {
-                return to_host(ctx);
+                return drop_packet(ctx, Counter::DropTtlExpired);
             }
             observe(entry, &flow, len, now);
             if apply(ctx, &flow, &translation).is_err() {
@@ -201,7 +202,7 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
     let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
     if !decrement_ttl(ctx) {
-        return to_host(ctx);
+        return drop_packet(ctx, Counter::DropTtlExpired);
     }
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
@@ -394,6 +395,9 @@ fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
     let src: u32 = ctx.load(ip + IP_SADDR_OFF).ok()?;
     let dst: u32 = ctx.load(ip + IP_DADDR_OFF).ok()?;
     let l4 = ip + ihl * 4;
+    // All 8 quoted bytes of the L4 header must be there: nothing is rewritten before the whole
+    // quote is known to be readable (a failure half-way would leave a half-translated packet).
+    let _: [u8; 8] = ctx.load(l4).ok()?;
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports: [u16; 2] = ctx.load(l4).ok()?;
@@ -443,7 +447,12 @@ fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_a
                 ctx.l3_csum_replace(csum_off, old_addr as u64, new_addr as u64, 4).ok()?;
             }
             ctx.l3_csum_replace(csum_off, old_port as u64, new_port as u64, 2).ok()?;
-            let new_l4_csum: u16 = ctx.load(csum_off).ok()?;
+            let mut new_l4_csum: u16 = ctx.load(csum_off).ok()?;
+            if q.proto == IPPROTO_UDP && new_l4_csum == 0 {
+                // 0 would mean "no checksum" (RFC 768): the same sum is written as 0xffff.
+                new_l4_csum = 0xffff;
+                ctx.store(csum_off, &new_l4_csum, 0).ok()?;
+            }
             ctx.l4_csum_replace(icmp_csum, old_l4_csum as u64, new_l4_csum as u64, 2).ok()?;
         }
     }
@@ -475,7 +484,13 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
 #[inline(always)]
 fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(q) = quote_of(ctx, flow) else { return to_host(ctx) };
-    let Some(entry) = CONNTRACK.get_ptr_mut(&q.reversed_key()) else { return to_host(ctx) };
+    let key = q.reversed_key();
+    // Only about the sender's own connections (its source address was checked: a container
+    // must not speak for another one's), and only to whoever sent the quoted packet.
+    if key.saddr != flow.key.saddr || key.daddr != flow.key.daddr {
+        return to_host(ctx);
+    }
+    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else { return to_host(ctx) };
     // SAFETY: a map value, read before any packet helper runs.
     let translation = Translation::of(unsafe { &*entry });
     // Only a connection whose packets from the container are routed out with a new source
@@ -484,7 +499,19 @@ fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     if translation.ifindex != 0 || translation.action & both != ct_action::REWRITE_SRC {
         return to_host(ctx);
     }
-    let Some(route) = route::cached_lookup(ctx, flow, entry, now_ns()) else { return to_host(ctx) };
+    // The connection's cached route, read only (the entry's route is its own packets' to
+    // refresh); else the FIB's answer for the error, which must leave by an uplink.
+    // SAFETY: as above.
+    let route = match route::cached(unsafe { &*entry }, now_ns()) {
+        Some(route) => route,
+        None => {
+            let Some(mut route) = route::lookup(ctx, flow) else { return to_host(ctx) };
+            if route::uplink(&mut route).is_none() {
+                return to_host(ctx);
+            }
+            route
+        }
+    };
     if !decrement_ttl(ctx) {
         return to_host(ctx);
     }

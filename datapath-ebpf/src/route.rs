@@ -62,15 +62,24 @@ pub fn cache(entry: &mut CtEntry, route: &Route, now_ns: u64) {
 pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
     // SAFETY: a map value; concurrent refreshes write the same answer.
     let e = unsafe { &mut *entry };
-    let max_age = route_clock(ROUTE_RECHECK_NS);
-    if e.route_ifindex != 0 && route_clock(now_ns).wrapping_sub(e.route_checked) < max_age {
-        let veth = e.route_flags & route_flags::VETH != 0;
-        return Some(Route { ifindex: e.route_ifindex, resolved: true, veth, smac: e.route_smac, dmac: e.route_dmac });
+    if let Some(route) = cached(e, now_ns) {
+        return Some(route);
     }
     let mut route = lookup(ctx, flow)?;
     uplink(&mut route);
     cache(e, &route, now_ns);
     Some(route)
+}
+
+/// The route cached in a connection's entry, while it is fresh.
+#[inline(always)]
+pub fn cached(e: &CtEntry, now_ns: u64) -> Option<Route> {
+    let max_age = route_clock(ROUTE_RECHECK_NS);
+    if e.route_ifindex != 0 && route_clock(now_ns).wrapping_sub(e.route_checked) < max_age {
+        let veth = e.route_flags & route_flags::VETH != 0;
+        return Some(Route { ifindex: e.route_ifindex, resolved: true, veth, smac: e.route_smac, dmac: e.route_dmac });
+    }
+    None
 }
 
 /// The FIB request and answer live here, not on the 512-byte stack.
@@ -95,8 +104,8 @@ fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let params = unsafe { &mut *slot };
-    // An all-zero bpf_fib_lookup is a valid (empty) request.
-    crate::mem::zero(params);
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request: plain integers.
+    unsafe { crate::mem::zero(params) };
     params.family = AF_INET;
     params.l4_protocol = flow.key.proto;
     params.sport = flow.key.sport;

@@ -430,6 +430,29 @@ fn icmp_errors_about_a_masqueraded_connection_reach_the_container() {
         assert_eq!(out.packet, expected, "outer destination, quoted source and port, and all three checksums exact");
         assert_eq!(lab.counter(Counter::NatIcmpError), 1);
 
+        // An error about a masqueraded ping ("time exceeded" on the way): the quoted echo
+        // request's identifier and its checksum are the container's again.
+        let ping = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, ICMP, 64), icmp_echo(8, 0x4242, 1));
+        let out = lab.from_container(&ping);
+        assert_eq!(out.verdict, REDIRECT);
+        let nat_id = port_at(&out.packet, L4 + 4);
+        let echo_quote = |src: [u8; 4], id: u16| {
+            let sent_ip = Ip { src, ttl: 63, ..from_container(CONTAINER_IP, ICMP, 64) };
+            let echo = l4(&sent_ip, icmp_echo(8, id, 1), None);
+            let mut q = ip_header(&sent_ip, echo.len());
+            q.extend_from_slice(&echo[..8]);
+            q
+        };
+        let mut error = vec![11, 0, 0, 0, 0, 0, 0, 0];
+        error.extend_from_slice(&echo_quote(UPLINK_IP, nat_id));
+        let router = Ip { src: ROUTER_IP, dst: UPLINK_IP, proto: ICMP, ttl: 64, id: 5, frag: 0 };
+        let out = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, router, error));
+        assert_eq!(out.verdict, REDIRECT);
+        let mut translated = vec![11, 0, 0, 0, 0, 0, 0, 0];
+        translated.extend_from_slice(&echo_quote(CONTAINER_IP, 0x4242));
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { dst: CONTAINER_IP, ttl: 63, ..router }, translated);
+        assert_eq!(out.packet, expected);
+
         // An error about a connection the datapath does not know is the host's.
         let mut unknown = vec![3, 3, 0, 0, 0, 0, 0, 0];
         unknown.extend_from_slice(&quote(UPLINK_IP, 1111));
@@ -501,6 +524,21 @@ fn icmp_errors_a_container_sends_about_translated_packets_leave_translated() {
         translated.extend_from_slice(&quote(&Ip { ttl: 63, ..from_container(CONTAINER_IP, UDP, 64) }, 5001, 53));
         let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: ROUTER_IP, dst: CONTAINER_IP, ttl: 63, ..router }, translated);
         assert_eq!(out.packet, expected);
+
+        // An error quoting another container's connection is not this container's to send:
+        // the host's, untouched (the publisher's datagram, quoted by the test container).
+        lab.add_container(PUBLISHER_IP, PUBLISHER_MAC, PUBLISHER_IFINDEX, 1, GATEWAY_IP);
+        lab.publish(None, 6000, UDP, PUBLISHER_IP, 60);
+        let to_publisher = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, client, udp_datagram(5556, 6000, b"query")));
+        assert_eq!(to_publisher.verdict, REDIRECT);
+        let forged = container_error(to_publisher.packet[14..42].to_vec(), CLIENT_IP);
+        let out = lab.from_container(&forged);
+        assert_eq!((out.verdict, out.packet), (PASS, forged), "not translated for another container");
+
+        // Nor an error about its own connection sent elsewhere than to whoever sent the quoted packet.
+        let elsewhere = container_error(quote(&received, 5555, 53), SERVER_IP);
+        let out = lab.from_container(&elsewhere);
+        assert_eq!((out.verdict, out.packet), (PASS, elsewhere));
 
         // An error about a packet the datapath did not translate is the host's, untouched.
         let stray = container_error(quote(&Ip { dst: CONTAINER_IP, ..client }, 1, 2), CLIENT_IP);
@@ -647,13 +685,13 @@ fn containers_reach_published_ports_through_host_addresses() {
         assert_eq!(out.verdict, REDIRECT);
         let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 63, id: 2, frag: 0x4000 }, tcp_segment(8080, 41000, 0x12, b"hi"));
         assert_eq!(out.packet, expected);
-        // A packet whose TTL runs out on the host hop is the host's (which answers "time
-        // exceeded"), untranslated.
+        // A packet whose TTL runs out on the host hop is dropped (counted): handed to the host,
+        // its destination, it would be answered with a reset instead.
         let last_hop = packet(GATEWAY_MAC, PUBLISHER_MAC, Ip { src: PUBLISHER_IP, dst: PUBLISHER_GATEWAY, proto: TCP, ttl: 1, id: 3, frag: 0x4000 }, tcp_segment(80, gw_port, 0x10, b""));
-        let out = lab.from_container(&last_hop);
-        assert_eq!((out.verdict, out.packet), (PASS, last_hop));
+        assert_eq!(lab.from_container(&last_hop).verdict, DROP);
+        assert_eq!(lab.counter(Counter::DropTtlExpired), 1);
 
-        // Through the uplink's address too (a local address: the FIB says so).
+        // Through the uplink's address too (an address of the host: HOST_ADDRS says so).
         lab.send_as(CONTAINER_IP, CONTAINER_MAC);
         let to_uplink = Ip { dst: UPLINK_IP, ..to_gateway };
         let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_uplink, tcp_segment(41001, 8080, 0x02, b"")));
