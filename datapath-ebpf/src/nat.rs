@@ -224,10 +224,11 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport }, len) {
         return drop_packet(ctx, reason);
     }
-    if apply(ctx, flow, &Translation::of(&new.original)).is_err() {
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &Translation::of(&new.original), Counter::Hairpin)
+    deliver(ctx, &translation, Counter::Hairpin)
 }
 
 #[inline(always)]
@@ -235,8 +236,14 @@ fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &rou
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
+    leave(ctx, route, Counter::NatOut)
+}
+
+/// Out along `route`, counted as `counter`.
+#[inline(always)]
+fn leave(ctx: &TcContext, route: &route::Route, counter: Counter) -> i32 {
     if route::send(ctx, route) {
-        count(ctx, Counter::NatOut);
+        count(ctx, counter);
         TC_ACT_REDIRECT as i32
     } else {
         drop_packet(ctx, Counter::DropRedirectFailed)
@@ -304,10 +311,11 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
-    if apply(ctx, flow, &Translation::of(&new.original)).is_err() {
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &Translation::of(&new.original), Counter::NatIn)
+    deliver(ctx, &translation, Counter::NatIn)
 }
 
 #[inline(always)]
@@ -395,19 +403,18 @@ fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
     let src: u32 = ctx.load(ip + IP_SADDR_OFF).ok()?;
     let dst: u32 = ctx.load(ip + IP_DADDR_OFF).ok()?;
     let l4 = ip + ihl * 4;
-    // All 8 quoted bytes of the L4 header must be there: nothing is rewritten before the whole
+    // All 8 quoted bytes of the L4 header, read at once: nothing is rewritten before the whole
     // quote is known to be readable (a failure half-way would leave a half-translated packet).
-    let _: [u8; 8] = ctx.load(l4).ok()?;
+    let head: [u8; 8] = ctx.load(l4).ok()?;
+    let u16_at = |i: usize| u16::from_ne_bytes([head[i], head[i + 1]]);
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = ctx.load(l4).ok()?;
             let l4_csum_off = (proto == IPPROTO_UDP).then_some(l4 + UDP_CSUM_OFF);
-            Some(Quote { ip, proto, src, dst, sport: ports[0], dport: ports[1], sport_off: l4, dport_off: l4 + 2, l4_csum_off })
+            Some(Quote { ip, proto, src, dst, sport: u16_at(0), dport: u16_at(2), sport_off: l4, dport_off: l4 + 2, l4_csum_off })
         }
         IPPROTO_ICMP => {
-            let kind: u8 = ctx.load(l4).ok()?;
-            let id: u16 = ctx.load(l4 + ICMP_ID_OFF).ok()?;
-            let (sport, dport) = match kind {
+            let id = u16_at(ICMP_ID_OFF);
+            let (sport, dport) = match head[0] {
                 ICMP_ECHO_REQUEST => (id, 0),
                 ICMP_ECHO_REPLY => (0, id),
                 _ => return None,
@@ -520,10 +527,5 @@ fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     if !translated {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    if route::send(ctx, &route) {
-        count(ctx, Counter::NatIcmpError);
-        TC_ACT_REDIRECT as i32
-    } else {
-        drop_packet(ctx, Counter::DropRedirectFailed)
-    }
+    leave(ctx, &route, Counter::NatIcmpError)
 }

@@ -161,19 +161,9 @@ impl Daemon {
 
     /// The endpoint whose id is `id` or starts with it.
     fn find_endpoint(&self, id: &str) -> DaemonResult<Found<'_>> {
-        views::check_endpoint_id(id)?;
-        let mut found = self
-            .state
-            .endpoints
-            .iter()
-            .filter(|e| e.id.starts_with(id))
-            .map(Found::Attached)
-            .chain(self.state.allocations.iter().filter(|a| a.id.starts_with(id)).map(Found::Allocated));
-        match (found.next(), found.next()) {
-            (Some(one), None) => Ok(one),
-            (None, _) => Err(Error::not_found(format!("endpoint {id} not found"))),
-            (Some(_), Some(_)) => Err(Error::invalid(format!("endpoint id {id} is ambiguous: give more of it"))),
-        }
+        let attached = self.state.endpoints.iter().map(|e| (e.id.as_str(), Found::Attached(e)));
+        let allocated = self.state.allocations.iter().map(|a| (a.id.as_str(), Found::Allocated(a)));
+        views::endpoint_by_id(id, attached.chain(allocated))
     }
 
     /// Refuses a namespace that cannot take an endpoint of `net`: the daemon's own, or one

@@ -96,21 +96,21 @@ pub fn list_endpoints(state: &State) -> Vec<api::EndpointView> {
 
 /// `endpoint inspect`: the endpoint whose id is `id` or starts with it.
 pub fn inspect_endpoint(state: &State, id: &str) -> DaemonResult<api::EndpointView> {
-    check_endpoint_id(id)?;
-    let mut found = list_endpoints(state).into_iter().filter(|e| !id.is_empty() && e.endpoint_id.starts_with(id));
+    endpoint_by_id(id, list_endpoints(state).into_iter().map(|e| (e.endpoint_id.clone(), e)))
+}
+
+/// The one of `candidates` (id, item) whose id is `id` or starts with it: endpoint ids as users
+/// give them, hex digits, the whole id or a prefix.
+pub fn endpoint_by_id<S: AsRef<str>, T>(id: &str, candidates: impl Iterator<Item = (S, T)>) -> DaemonResult<T> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::invalid(format!("invalid endpoint id {id:?}: expected hex digits (the id or a prefix of it)")));
+    }
+    let mut found = candidates.filter(|(candidate, _)| candidate.as_ref().starts_with(id)).map(|(_, item)| item);
     match (found.next(), found.next()) {
         (Some(one), None) => Ok(one),
         (None, _) => Err(Error::not_found(format!("endpoint {id} not found"))),
         (Some(_), Some(_)) => Err(Error::invalid(format!("endpoint id {id} is ambiguous: give more of it"))),
     }
-}
-
-/// An endpoint id as users give it: hex digits, the whole id or a prefix.
-pub fn check_endpoint_id(id: &str) -> DaemonResult<()> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(Error::invalid(format!("invalid endpoint id {id:?}: expected hex digits (the id or a prefix of it)")));
-    }
-    Ok(())
 }
 
 /// `port ls`: one line per published host port (also those of endpoints not attached yet).
