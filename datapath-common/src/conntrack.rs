@@ -54,6 +54,8 @@ pub mod ct_action {
     pub const REWRITE_DST: u8 = 1 << 1;
     /// The connection was made to a published port (shown by `conntrack ls`).
     pub const PUBLISHED: u8 = 1 << 2;
+    /// The connection was made to a service (its VIP or its published port).
+    pub const SERVICE: u8 = 1 << 3;
 }
 
 /// [`CtEntry::state`] bits, shared by both entries of a connection.

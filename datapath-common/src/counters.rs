@@ -82,6 +82,13 @@ counters! {
     /// A masqueraded connection whose reply tuple another connection took after the table
     /// evicted it under pressure: its packets are dropped rather than answered to another container.
     DropCtReplyLost = 20, "drop_ct_reply_lost", drop;
+    /// A new connection to a service sent to the backend Maglev (or affinity) chose.
+    ServiceBalanced = 21, "service_balanced", pass;
+    /// A new connection to a service without backends refused: a TCP reset or an ICMP port
+    /// unreachable sent back (as kube-proxy's REJECT), never a silent drop.
+    ServiceRejected = 22, "service_rejected", pass;
+    /// A packet of a container's connection to a service VIP, or its answer, delivered.
+    ViaVip = 23, "via_vip", pass;
 }
 
 #[cfg(test)]
@@ -93,7 +100,7 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 21);
+        assert_eq!(Counter::COUNT, 24);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();

@@ -15,6 +15,9 @@ pub mod iface_flags {
     pub const INTERNAL: u32 = 1 << 1;
     /// Traffic to the outside leaves with the uplink's address (`-o masquerade=false` clears it).
     pub const MASQUERADE: u32 = 1 << 2;
+    /// The endpoint is a backend of a service its network's containers reach by VIP: its packets
+    /// to them may be answers that must leave with the VIP as their source (a conntrack lookup).
+    pub const SERVICE_BACKEND: u32 = 1 << 3;
 }
 
 /// The network's options are copied in so that the hot path needs one lookup per side.

@@ -2,7 +2,7 @@
 //!
 //! This is the one definition of every map layout, one module per map family: [`ip`] (address
 //! keys), [`endpoints`] (where to deliver), [`ifaces`] (who sends on a host-side veth),
-//! [`uplinks`] (where traffic leaves the host), [`ports`] (published ports), [`sockets`] (host-local access to them), [`conntrack`] (connections and their NAT),
+//! [`uplinks`] (where traffic leaves the host), [`ports`] (published ports), [`services`] (load balancing), [`sockets`] (host-local access to them), [`conntrack`] (connections and their NAT),
 //! [`counters`] (what happened to packets), and [`names`] (how maps, programs and globals are
 //! called). Every key and value is `#[repr(C)]` and derives `bytemuck::Pod`, which refuses to
 //! compile a layout with implicit padding; sizes are asserted too, so the two sides can never
@@ -17,6 +17,7 @@ pub mod ifaces;
 pub mod ip;
 pub mod names;
 pub mod ports;
+pub mod services;
 pub mod sockets;
 pub mod uplinks;
 
@@ -27,12 +28,13 @@ pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
 pub use ports::{PortKey, PortTarget, MAX_PUBLISHED_PORTS};
+pub use services::{AffinityKey, AffinityValue, BackendInfo, MaglevPair, ServiceInfo};
 pub use sockets::{SockRevKey, SockRevValue};
 pub use uplinks::{uplink_flags, UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
 /// daemon pins maps per version, so it never reuses maps of another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod user {
@@ -52,4 +54,8 @@ mod user {
     unsafe impl aya::Pod for PortTarget {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }

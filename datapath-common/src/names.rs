@@ -11,8 +11,16 @@ pub mod map_names {
     pub const PORTS: &str = "PORTS";
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const VIPS: &str = "VIPS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 9] = [ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT];
+    pub const ALL: [&str; 14] = [
+        ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
+        AFFINITY, VIPS,
+    ];
 }
 
 pub mod program_names {

@@ -29,11 +29,16 @@ impl PortKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct PortTarget {
-    /// The container's address (delivery details come from `ENDPOINTS`).
+    /// The container's address (delivery details come from `ENDPOINTS`); unused for a service.
     pub addr: IpKey,
     /// Network order.
     pub port: u16,
     pub _pad: u16,
+    /// Non-zero: the service (`SERVICES` index) whose backends take the connection.
+    pub service: u32,
+    /// Non-zero: a service's VIP, reachable only from containers of this network (by
+    /// `datapath_id`) and from the host; 0: a published port, reachable from anywhere.
+    pub network: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PortTarget>() == 20);
+const _: () = assert!(core::mem::size_of::<PortTarget>() == 28);

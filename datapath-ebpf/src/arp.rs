@@ -1,6 +1,6 @@
 //! ARP responder: with no bridge there is nobody to flood a request to, so the datapath answers
-//! for every address the sender may reach on its network (the gateway and the network's
-//! containers) by turning the request into a reply in place and sending it back out.
+//! for every address the sender may reach on its network (the gateway, the network's
+//! containers and its services' VIPs) by turning the request into a reply in place and sending it back out.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use datapath_common::{Counter, IfaceInfo, IpKey, GATEWAY_MAC};
 
@@ -44,6 +44,8 @@ pub fn handle(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32
         // SAFETY: read-only lookup of a plain-old-data value.
         match unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(target)) } {
             Some(ep) if ep.network_id == iface.network_id => ep.mac,
+            // A service VIP of the network: the datapath takes its packets, like the gateway's.
+            _ if crate::lb::vip_network(&IpKey::from_ipv4_octets(target)) == Some(iface.network_id) => GATEWAY_MAC,
             _ => return drop_packet(ctx, Counter::DropArpUnknownTarget),
         }
     };

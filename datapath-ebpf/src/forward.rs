@@ -51,12 +51,17 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value.
     let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(daddr)) }) else {
         if iface.flags & iface_flags::INTERNAL != 0 {
-            return drop_packet(ctx, Counter::DropInternal);
+            return nat::from_container(ctx, iface, ifindex, nat::Destination::Internal);
         }
         return nat::from_container(ctx, iface, ifindex, nat::Destination::Elsewhere);
     };
     if dest.network_id != iface.network_id {
         return drop_packet(ctx, Counter::DropIsolation);
+    }
+    if iface.flags & iface_flags::SERVICE_BACKEND != 0 {
+        if let Some(verdict) = nat::answer_via_vip(ctx) {
+            return verdict;
+        }
     }
     if iface.flags & iface_flags::ICC_DISABLED != 0 {
         return drop_packet(ctx, Counter::DropIcc);

@@ -73,10 +73,15 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// A pointer to a `T` at `offset` in the packet, or `None` if the packet is too short.
+///
+/// The skb pointer goes through an opaque barrier: otherwise LLVM may compute `skb + 80` (the
+/// `data_end` field) once, keep it in a register or on the stack, and load through it later,
+/// which the verifier refuses ("dereference of modified ctx ptr").
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let skb = core::hint::black_box(ctx.skb.skb);
+    // SAFETY: `skb` is the program's context, valid for the whole run.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
     }

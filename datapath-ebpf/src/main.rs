@@ -15,7 +15,8 @@
 //!
 //! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `mem`
 //! (zeroing without byte loops), `arp`,
-//! `conntrack` (tuples, state, the CT maps), `nat`, `route` (FIB and redirects), `socket`, `forward`
+//! `conntrack` (tuples, state, the CT maps), `nat`, `lb` (service backends: Maglev, affinity),
+//! `reject` (refusing connections to empty services), `route` (FIB and redirects), `socket`, `forward`
 //! (container-side decisions), `counters` and `trace`.
 #![no_std]
 #![no_main]
@@ -26,9 +27,11 @@ mod conntrack;
 mod counters;
 mod forward;
 mod headers;
+mod lb;
 mod maps;
 mod mem;
 mod nat;
+mod reject;
 mod route;
 mod socket;
 mod trace;

@@ -15,8 +15,9 @@ use crate::{
         ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
         IP_SADDR_OFF, TCP_ACK, TCP_SYN, UDP_CSUM_OFF,
     },
+    lb::{self, Choice},
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
-    route,
+    reject, route,
 };
 
 /// What the packets of one direction of a connection need from its entry, copied out of the map
@@ -84,8 +85,11 @@ fn set_port(ctx: &TcContext, proto: u8, l4_off: Option<usize>, source: bool, por
 pub enum Destination {
     /// Its network's gateway (the host).
     Gateway,
-    /// Any other address: the host's, or outside.
+    /// Any other address: the host's, a service VIP, or outside.
     Elsewhere,
+    /// Any other address, from an `--internal` network: only its services' VIPs (and connections
+    /// made to them) are reachable.
+    Internal,
 }
 
 /// A container's packet whose destination is not on its network: part of a tracked connection,
@@ -108,15 +112,21 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         if translation.ifindex != 0 {
             // Between two containers through a published port: one host hop (a router's: the
             // TTL goes down by one), no routing. Expired there, it is dropped: the host, its
-            // destination, would answer it (a reset), not say "time exceeded".
-            if !decrement_ttl(ctx) {
+            // destination, would answer it (a reset), not say "time exceeded". Through a VIP of
+            // the sender's own network (only the destination rewritten) there is no hop.
+            let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
+            if translation.action & both == both && !decrement_ttl(ctx) {
                 return drop_packet(ctx, Counter::DropTtlExpired);
             }
             observe(entry, &flow, len, now);
             if apply(ctx, &flow, &translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
             }
-            return deliver(ctx, &translation, Counter::Hairpin);
+            let counter = if translation.action & ct_action::SERVICE != 0 { Counter::ViaVip } else { Counter::Hairpin };
+            return deliver(ctx, &translation, counter);
+        }
+        if dest == Destination::Internal {
+            return drop_packet(ctx, Counter::DropInternal);
         }
         // SAFETY: as above.
         if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(unsafe { &*entry }, &flow, ifindex, iface.mac) {
@@ -130,7 +140,31 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         return send_out(ctx, &flow, &translation, &route);
     }
     if let Some(target) = published_target(ctx, &flow, dest == Destination::Gateway) {
-        return hairpin(ctx, &flow, iface, ifindex, &target, len);
+        let vip = target.network != 0;
+        if vip && target.network != iface.network_id {
+            // Another network's service: isolated like its containers.
+            return drop_packet(ctx, Counter::DropIsolation);
+        }
+        if dest == Destination::Internal && !vip {
+            return drop_packet(ctx, Counter::DropInternal);
+        }
+        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
+        return match lb::choose(&target, &flow.key, now_ns()) {
+            Some(Choice::Backend(backend)) if vip && backend.addr != flow.key.saddr => {
+                if iface.flags & iface_flags::ICC_DISABLED != 0 {
+                    return drop_packet(ctx, Counter::DropIcc);
+                }
+                via_vip(ctx, &flow, iface, ifindex, &backend, len)
+            }
+            // Through a host address, or a backend reaching its own service: from the gateway's
+            // address, so that the answers come back through the datapath.
+            Some(Choice::Backend(backend)) => hairpin(ctx, &flow, iface, ifindex, &backend, action, len),
+            Some(Choice::Refuse) => reject::refuse(ctx, &flow),
+            None => to_host(ctx),
+        };
+    }
+    if dest == Destination::Internal {
+        return drop_packet(ctx, Counter::DropInternal);
     }
     // Only echo requests start an ICMP connection; a later fragment belongs to its first.
     if dest == Destination::Gateway
@@ -186,8 +220,9 @@ fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTar
         }
     };
     // A packet a socket of the host takes (the answer to a connection the host made from a port
-    // that happens to be published, or a host service on it) stays the host's.
-    if conntrack::host_socket_owns(ctx, &flow.key) {
+    // that happens to be published, or a host service on it) stays the host's. A VIP is no
+    // address of the host's.
+    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key) {
         return None;
     }
     Some(target)
@@ -197,7 +232,7 @@ fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTar
 /// container, and from the address of that container's gateway, so that its answers come back
 /// through the datapath (a container reaching its own port, too).
 #[inline(always)]
-fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, len: u32) -> i32 {
+fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
     let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
@@ -206,7 +241,7 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     }
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
-    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | ct_action::PUBLISHED;
+    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | action;
     new.original.action = both;
     new.original.src = gateway;
     new.original.dst = target.addr;
@@ -228,7 +263,56 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
     if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &translation, Counter::Hairpin)
+    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::Hairpin })
+}
+
+/// A container reaching a service VIP of its own network: only the destination becomes the
+/// backend, which sees the client's real address. Its answers are matched by the reply entry
+/// (see [`answer_via_vip`]) and leave with the VIP as their source.
+#[inline(always)]
+fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
+    // SAFETY: read-only lookup of a plain-old-data value, copied out.
+    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return to_host(ctx) };
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    new.original.action = ct_action::REWRITE_DST | ct_action::SERVICE;
+    new.original.dst = backend.addr;
+    new.original.dst_port = backend.port;
+    new.original.ifindex = server.host_ifindex;
+    new.original.mac = server.mac;
+    new.reply.action = ct_action::REWRITE_SRC | ct_action::SERVICE;
+    new.reply.src = flow.key.daddr;
+    new.reply.src_port = flow.key.dport;
+    new.reply.ifindex = ifindex;
+    new.reply.mac = iface.mac;
+    new.reply_key =
+        CtKey { saddr: backend.addr, daddr: flow.key.saddr, sport: backend.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, Counter::ServiceBalanced)
+}
+
+/// A backend's packet to a container of its network: the answer of a connection that container
+/// made through a VIP leaves with the VIP as its source (`Some`: handled); anything else is
+/// ordinary traffic between two containers (`None`).
+#[inline(always)]
+pub fn answer_via_vip(ctx: &TcContext) -> Option<i32> {
+    let flow = conntrack::parse(ctx)?;
+    let entry = CONNTRACK.get_ptr_mut(&flow.key)?;
+    // SAFETY: a map value, read before any packet helper runs.
+    let translation = Translation::of(unsafe { &*entry });
+    if translation.action != ct_action::REWRITE_SRC | ct_action::SERVICE || translation.ifindex == 0 {
+        return None;
+    }
+    observe(entry, &flow, ctx.len(), now_ns());
+    if apply(ctx, &flow, &translation).is_err() {
+        return Some(drop_packet(ctx, Counter::DropMalformed));
+    }
+    Some(deliver(ctx, &translation, Counter::ViaVip))
 }
 
 #[inline(always)]
@@ -265,8 +349,14 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     }
     let len = ctx.len();
     let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
-        return match published_target(ctx, &flow, false) {
-            Some(target) => publish(ctx, &flow, &target, len),
+        // A VIP is reached from its network and the host only.
+        let Some(target) = published_target(ctx, &flow, false).filter(|t| t.network == 0) else {
+            return count_uplink_to_host(ctx);
+        };
+        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
+        return match lb::choose(&target, &flow.key, now_ns()) {
+            Some(Choice::Backend(backend)) => publish(ctx, &flow, &backend, action, len),
+            Some(Choice::Refuse) => reject::refuse(ctx, &flow),
             None => count_uplink_to_host(ctx),
         };
     };
@@ -292,19 +382,19 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 /// A new connection from outside to a published port: to the container, keeping the client's
 /// address (no proxy, no source NAT); the answers leave with the host address the client used.
 #[inline(always)]
-fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
+fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return count_uplink_to_host(ctx) };
     if !decrement_ttl(ctx) {
         return count_uplink_to_host(ctx);
     }
     let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
-    new.original.action = ct_action::REWRITE_DST | ct_action::PUBLISHED;
+    new.original.action = ct_action::REWRITE_DST | action;
     new.original.dst = target.addr;
     new.original.dst_port = target.port;
     new.original.ifindex = server.host_ifindex;
     new.original.mac = server.mac;
-    new.reply.action = ct_action::REWRITE_SRC | ct_action::PUBLISHED;
+    new.reply.action = ct_action::REWRITE_SRC | action;
     new.reply.src = flow.key.daddr;
     new.reply.src_port = flow.key.dport;
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
@@ -315,7 +405,7 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, len: u32) -> i32 {
     if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &translation, Counter::NatIn)
+    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@
 //! `connect4` and `sendmsg4` rewrite the destination, `getpeername4` and `recvmsg4` show the
 //! application the address it asked for.
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::map,
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -14,10 +14,14 @@ use aya_ebpf::{
 use datapath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
     sockets::SOCK_REVNAT_ENTRIES,
-    IpKey, PortKey, SockRevKey, SockRevValue,
+    CtKey, IpKey, PortKey, SockRevKey, SockRevValue,
 };
 
-use crate::maps::{is_host_address, PORTS};
+use crate::{
+    conntrack::now_ns,
+    lb::{self, Choice},
+    maps::{is_host_address, PORTS},
+};
 
 /// (socket, container address and port) -> what the application asked for.
 #[map(name = "SOCK_REVNAT")]
@@ -27,8 +31,11 @@ static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::with_max_
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: Global<u64> = Global::new(0);
 
-/// Always 1: the socket call goes on (translated or not).
+/// The socket call goes on (translated or not).
 const PROCEED: i32 = 1;
+/// The socket call fails with the error set by `bpf_set_retval`.
+const FAIL: i32 = 0;
+const ECONNREFUSED: i32 = 111;
 
 #[inline(always)]
 fn ours(ctx: &SockAddrContext) -> bool {
@@ -37,7 +44,9 @@ fn ours(ctx: &SockAddrContext) -> bool {
     cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == cookie
 }
 
-/// connect() and sendto(): a published port of the host becomes its container.
+/// connect() and sendto(): a published port of the host becomes its container, a service (its
+/// VIP or published port) one of its backends, chosen per socket; a service without backends
+/// refuses (ECONNREFUSED).
 #[inline(always)]
 pub fn to_published(ctx: &SockAddrContext) -> i32 {
     if !ours(ctx) {
@@ -51,7 +60,7 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     }
     let asked = IpKey::from_ipv4_word(addr);
     // SAFETY: read-only lookups of plain-old-data values, copied out.
-    let target = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
+    let published = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
         Some(t) => *t,
         None => match unsafe { PORTS.get(&PortKey::any_address(port, proto)) } {
             Some(t) if is_host_address(&asked) => *t,
@@ -60,6 +69,25 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     };
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // The host is one client (affinity keeps it on one backend); each socket is a flow, its
+    // cookie standing in for the source port it has not chosen yet.
+    let flow = CtKey {
+        saddr: IpKey::default(),
+        daddr: asked,
+        sport: cookie as u16,
+        dport: (cookie >> 16) as u16 ^ port,
+        proto,
+        _pad: [0; 3],
+    };
+    let target = match lb::choose(&published, &flow, now_ns()) {
+        Some(Choice::Backend(target)) => target,
+        Some(Choice::Refuse) => {
+            // SAFETY: helper on the program's own context.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            return FAIL;
+        }
+        None => return PROCEED,
+    };
     let key = SockRevKey { cookie, addr: target.addr, port: target.port, _pad: [0; 6] };
     let _ = SOCK_REVNAT.insert(&key, &SockRevValue { addr: asked, port, _pad: [0; 2] }, 0);
     // SAFETY: as above.

@@ -148,6 +148,86 @@ pub fn udp_refused(ns: &str, to: SocketAddr, timeout: Duration) -> Result<bool> 
     }
 }
 
+/// Starts a TCP server in `ns` for a service replica: every line a client sends is answered
+/// with `NAME CLIENT_ADDRESS\n`, on connections kept open as long as the client likes.
+pub fn tcp_name_server(ns: &str, addr: SocketAddr, name: &str) -> Result<()> {
+    let listener = netns::within(ns, move || Ok(TcpListener::bind(addr)?))?;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let Ok(peer) = conn.peer_addr() else { return };
+                let mut reader = std::io::BufReader::new(&conn);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                    if (&conn).write_all(format!("{name} {}\n", peer.ip()).as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Starts a UDP server in `ns` answering every datagram with `NAME CLIENT_ADDRESS`.
+pub fn udp_name_server(ns: &str, addr: SocketAddr, name: &str) -> Result<()> {
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(addr)?))?;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(format!("{name} {}", from.ip()).as_bytes(), from);
+        }
+    });
+    Ok(())
+}
+
+/// A connection to a name server: asks which replica answers, as often as wanted.
+pub struct NameClient {
+    stream: TcpStream,
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl NameClient {
+    pub fn connect(ns: &str, to: SocketAddr, timeout: Duration) -> Result<Self> {
+        let stream = tcp_connect(ns, to, timeout)?;
+        let reader = std::io::BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    /// (replica name, client address it saw).
+    pub fn ask(&mut self) -> Result<(String, String)> {
+        self.stream.write_all(b"?\n")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.reader, &mut line).context("reading the replica's name")?;
+        let (name, client) = line.trim().split_once(' ').with_context(|| format!("name server answered {line:?}"))?;
+        Ok((name.to_string(), client.to_string()))
+    }
+}
+
+/// `count` new TCP connections from `ns` (`None`: the caller's namespace) to a name server at
+/// `to`, one question each: how many each replica answered, and the client addresses it saw.
+pub fn spread(ns: Option<&str>, to: SocketAddr, count: usize, timeout: Duration) -> Result<std::collections::BTreeMap<String, usize>> {
+    let ask_all = move || -> Result<std::collections::BTreeMap<String, usize>> {
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..count {
+            let stream = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connection {i} to {to}"))?;
+            stream.set_read_timeout(Some(timeout))?;
+            let mut client = NameClient { reader: std::io::BufReader::new(stream.try_clone()?), stream };
+            let (name, _) = client.ask()?;
+            *seen.entry(name).or_insert(0) += 1;
+        }
+        Ok(seen)
+    };
+    match ns {
+        Some(ns) => netns::within(ns, ask_all),
+        None => ask_all(),
+    }
+}
+
 /// A payload whose bytes depend on `seed`, so a mix-up between flows is noticed.
 pub fn payload(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()

@@ -263,3 +263,137 @@ pub struct Flushed {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `service create`: a virtual address and port on a network, spread over backends.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateService {
+    pub name: String,
+    pub network: String,
+    /// `PORT[/tcp|/udp]`: where the service answers on its VIP.
+    pub port: String,
+    /// The VIP (default: the network's next free address).
+    pub vip: Option<String>,
+    /// `[HOST_IP:]HOST_PORT`: also published on the host.
+    pub publish: Option<String>,
+    /// `client-ip[:SECONDS]`: a client's new connections go to its last backend.
+    pub affinity: Option<String>,
+    /// `NETNS[:PORT]` each: namespaces connected to the network (port: the service's).
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+/// `POST /services/batch`: many services created as one change (all or none).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateServices {
+    pub services: Vec<CreateService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddBackend {
+    /// `NETNS[:PORT]`.
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveBackend {
+    pub netns: String,
+    /// Stop new connections only; the backend goes once its connections have ended.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+/// One line of `service ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub id: String,
+    pub name: String,
+    pub network: String,
+    /// `VIP:PORT/PROTO`.
+    pub vip: String,
+    /// `HOST_IP:PORT->PORT/PROTO`, if published.
+    pub published: Option<String>,
+    pub backends: usize,
+    pub draining: usize,
+    pub affinity: Option<String>,
+}
+
+/// `service inspect`, shaped like `docker service inspect` (with the backends bpfnet spreads over).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceInspect {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub created_at: String,
+    pub spec: ServiceSpec,
+    pub endpoint: ServiceEndpoint,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceSpec {
+    pub name: String,
+    pub endpoint_spec: ServiceEndpointSpec,
+    /// `client-ip:SECONDS`, or `none`.
+    pub affinity: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceEndpointSpec {
+    /// Always `vip`.
+    pub mode: String,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServicePort {
+    pub protocol: String,
+    pub target_port: u16,
+    pub published_port: Option<u16>,
+    /// `ingress` when published on the host, `vip` otherwise.
+    pub publish_mode: String,
+    /// The host address it is published on (`0.0.0.0`: every address).
+    #[serde(rename = "PublishedIP", skip_serializing_if = "Option::is_none")]
+    pub published_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceEndpoint {
+    pub ports: Vec<ServicePort>,
+    #[serde(rename = "VirtualIPs")]
+    pub virtual_ips: Vec<VirtualIp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VirtualIp {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    pub network: String,
+    /// `VIP/PREFIX`.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BackendView {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// `ADDRESS:PORT`.
+    pub address: String,
+    /// `active` (takes new connections) or `draining`.
+    pub state: String,
+}
+
+/// What a batch of service creations took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServicesCreated {
+    pub created: usize,
+    /// Time spent in the daemon: validating, building Maglev tables, writing the maps, saving.
+    pub elapsed_ms: f64,
+    pub datapath_ms: f64,
+}

@@ -1,7 +1,7 @@
 //! Command line: `bpfnet daemon ...` runs the daemon; every other command is a client of its API.
 use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{api, client::Client, daemon::Config, datapath::LoadOptions, netns, server};
@@ -51,6 +51,85 @@ enum Command {
     /// and `network disconnect` do the same steps in one go.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Services: a virtual IP and port on a network (and optionally a published host port),
+    /// spread over replicas with Maglev consistent hashing, as Docker Swarm's routing mesh and
+    /// Kubernetes' ClusterIP/NodePort do.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Create a service. Example, three replicas behind port 8080 of the host:
+    ///   bpfnet service create web --network frontend --port 80 --publish 8080 \
+    ///     --backend web1 --backend web2 --backend web3
+    Create {
+        name: String,
+        /// The network whose containers reach the service by its VIP; backends are on it.
+        #[arg(long)]
+        network: String,
+        /// PORT[/tcp|/udp]: the port the service answers on its VIP.
+        #[arg(long)]
+        port: String,
+        /// The VIP (default: the network's next free address, as Swarm allocates one).
+        #[arg(long)]
+        vip: Option<String>,
+        /// [HOST_IP:]HOST_PORT: also reachable from outside (and the host) on this port.
+        #[arg(long)]
+        publish: Option<String>,
+        /// client-ip[:SECONDS]: a client's new connections go to the backend its last one
+        /// went to, while it keeps coming back within SECONDS (default 10800).
+        #[arg(long)]
+        affinity: Option<String>,
+        /// NETNS[:PORT] of a replica (repeatable): a namespace connected to the network; PORT
+        /// defaults to the service port. A service with no backend refuses connections.
+        #[arg(long = "backend", value_name = "NETNS[:PORT]")]
+        backends: Vec<String>,
+        /// Print the service as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create many services in one change from a JSON file (`{"services": [{"name": ...,
+    /// "network": ..., "port": "80", "backends": ["ns1"]}]}`): all or none, one save.
+    Apply {
+        /// The file; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Add a replica: new connections start reaching it (about 1/N of them move to it;
+    /// existing connections stay where they are).
+    AddBackend {
+        name: String,
+        #[arg(value_name = "NETNS[:PORT]")]
+        backend: String,
+    },
+    /// Remove a replica: no new connections reach it, its UDP flows are forgotten; with
+    /// --drain its connections (TCP and UDP) finish first and it goes when they have ended.
+    RmBackend {
+        name: String,
+        #[arg(value_name = "NETNS[:PORT]")]
+        backend: String,
+        #[arg(long)]
+        drain: bool,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show services as JSON shaped like `docker service inspect` (VIP, ports, backends with
+    /// their state).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove services (their connections end; UDP flows are forgotten at once).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// What an endpoint asks for on its network (`network connect`, `endpoint create`).
@@ -219,6 +298,23 @@ struct DaemonArgs {
     /// root of the mounted cgroup v2 hierarchy.
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Services the datapath holds. Each takes a Maglev table of --maglev-table-size 4-byte
+    /// slots, allocated when the table is created (default: 1024 x 16381 x 4 B = 64 MiB).
+    #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
+    max_services: u32,
+    /// Slots of each service's Maglev table: a prime, about 100 x the most backends a service
+    /// has or more (each backend owns about M/N slots).
+    #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
+    maglev_table_size: u32,
+    /// Backends of all services together (24 bytes each).
+    #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(2..))]
+    max_backends: u32,
+}
+
+fn parse_table_size(s: &str) -> Result<u32, String> {
+    let m: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    crate::maglev::check_table_size(m).map_err(|e| format!("{e:#}"))?;
+    Ok(m)
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -346,7 +442,15 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         state_dir: args.state_dir,
         bpffs: args.bpffs,
         socket,
-        datapath: LoadOptions { trace: args.trace, ct_entries: args.ct_max, ct_config, netns_cookie: netns::cookie()? },
+        datapath: LoadOptions {
+            trace: args.trace,
+            ct_entries: args.ct_max,
+            ct_config,
+            netns_cookie: netns::cookie()?,
+            max_services: args.max_services,
+            maglev_table_size: args.maglev_table_size,
+            max_backends: args.max_backends,
+        },
         uplinks: args.uplinks,
         cgroup_root: args.cgroup_root,
     };
@@ -477,6 +581,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             println!("{} connections flushed", flushed.connections);
         }
         Command::Endpoint(cmd) => run_endpoint(&client, cmd).await?,
+        Command::Service(cmd) => run_service(&client, cmd).await?,
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create { name, subnet, gateway, internal, options } => {
                 let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)? };
@@ -535,6 +640,95 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                     client.post(&format!("/networks/{}/disconnect", segment(&network)), &req).await?;
             }
         },
+    }
+    Ok(())
+}
+
+/// `NETNS[:PORT]` with a relative namespace path made absolute.
+fn absolute_backend(arg: String) -> Result<String> {
+    match arg.rsplit_once(':') {
+        Some((ns, port)) if port.chars().all(|c| c.is_ascii_digit()) => Ok(format!("{}:{port}", absolute_netns(ns.to_string())?)),
+        _ => absolute_netns(arg),
+    }
+}
+
+fn print_service(s: &api::ServiceInspect) {
+    let vip = &s.endpoint.virtual_ips[0];
+    let port = &s.endpoint.ports[0];
+    println!("service {} (id {})", s.spec.name, &s.id[..12]);
+    println!("  vip       {} on network {}, port {}/{}", vip.addr, vip.network, port.target_port, port.protocol);
+    if let (Some(p), Some(ip)) = (port.published_port, &port.published_ip) {
+        println!("  published {ip}:{p}");
+    }
+    println!("  affinity  {}", s.spec.affinity);
+    let rows: Vec<Vec<String>> = s.backends.iter().map(|b| vec![b.name.clone(), b.address.clone(), b.state.clone()]).collect();
+    print_table(&["BACKEND", "ADDRESS", "STATE"], &rows);
+}
+
+async fn run_service(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
+    match cmd {
+        ServiceCommand::Create { name, network, port, vip, publish, affinity, backends, json } => {
+            let backends = backends.into_iter().map(absolute_backend).collect::<Result<Vec<_>>>()?;
+            let req = api::CreateService { name, network, port, vip, publish, affinity, backends };
+            let s: api::ServiceInspect = client.post("/services", &req).await?;
+            if json {
+                return print_json(&s);
+            }
+            print_service(&s);
+        }
+        ServiceCommand::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let mut req: api::CreateServices = serde_json::from_str(&text).with_context(|| format!("{} is not a services file", file.display()))?;
+            for s in &mut req.services {
+                s.backends = std::mem::take(&mut s.backends).into_iter().map(absolute_backend).collect::<Result<Vec<_>>>()?;
+            }
+            let done: api::ServicesCreated = client.post("/services/batch", &req).await?;
+            println!("{} services created in {:.1} ms ({:.1} ms writing the datapath)", done.created, done.elapsed_ms, done.datapath_ms);
+        }
+        ServiceCommand::AddBackend { name, backend } => {
+            let req = api::AddBackend { backend: absolute_backend(backend)? };
+            let s: api::ServiceInspect = client.post(&format!("/services/{}/backends", segment(&name)), &req).await?;
+            print_service(&s);
+        }
+        ServiceCommand::RmBackend { name, backend, drain } => {
+            let req = api::RemoveBackend { netns: absolute_backend(backend)?, drain };
+            let s: api::ServiceInspect = client.post(&format!("/services/{}/backends/remove", segment(&name)), &req).await?;
+            print_service(&s);
+        }
+        ServiceCommand::Ls { json } => {
+            let services: Vec<api::ServiceSummary> = client.get("/services").await?;
+            if json {
+                return print_json(&services);
+            }
+            let rows: Vec<Vec<String>> = services
+                .iter()
+                .map(|s| {
+                    let backends = if s.draining > 0 { format!("{} (+{} draining)", s.backends, s.draining) } else { s.backends.to_string() };
+                    vec![
+                        s.name.clone(),
+                        s.network.clone(),
+                        s.vip.clone(),
+                        s.published.clone().unwrap_or_else(|| "-".into()),
+                        backends,
+                        s.affinity.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "NETWORK", "VIP", "PUBLISHED", "BACKENDS", "AFFINITY"], &rows);
+        }
+        ServiceCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                let s: api::ServiceInspect = client.get(&format!("/services/{}", segment(name))).await?;
+                out.push(s);
+            }
+            print_json(&out)?;
+        }
+        ServiceCommand::Rm { names } => remove_each(client, "services", &names).await?,
     }
     Ok(())
 }

@@ -108,7 +108,14 @@ impl Conntrack {
                     protocol: protocol_name(key.proto),
                     original: tuple(key),
                     reply: tuple(&e.peer),
-                    nat: if e.action & ct_action::PUBLISHED != 0 { "published" } else { "masquerade" }.into(),
+                    nat: if e.action & ct_action::SERVICE != 0 {
+                        "service"
+                    } else if e.action & ct_action::PUBLISHED != 0 {
+                        "published"
+                    } else {
+                        "masquerade"
+                    }
+                    .into(),
                     state: state_name(key.proto, e.state).into(),
                     expires_in_s: expires.saturating_sub(now) / 1_000_000_000,
                     original_packets: e.packets,
@@ -168,5 +175,32 @@ impl Conntrack {
             }
         }
         self.remove_keys(doomed)
+    }
+
+    /// Removes the connections a service sent to the backend `addr`:`port` (only UDP ones with
+    /// `udp_only`: a datagram client would go on sending to a replica that is gone, while a TCP
+    /// connection ends with its backend). Returns how many connections went.
+    pub fn forget_service_backend(&mut self, addr: IpAddr, port: u16, udp_only: bool) -> usize {
+        let (addr, port) = (IpKey::from(addr), port.to_be());
+        let mut doomed = HashSet::new();
+        for (k, e) in self.entries() {
+            let to_backend = e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && e.dst == addr && e.dst_port == port;
+            if to_backend && (!udp_only || k.proto == IPPROTO_UDP) {
+                doomed.insert(k);
+                doomed.insert(e.peer);
+            }
+        }
+        self.remove_keys(doomed) / 2
+    }
+
+    /// The (address, port in network order) of every backend some tracked service connection
+    /// still goes to (one that is closing, after a reset or both FINs, does not count).
+    pub fn service_backends_in_use(&self) -> HashSet<(IpKey, u16)> {
+        let open = |e: &CtEntry| e.state & (ct_state::REPLY | ct_state::CLOSING) == 0;
+        self.entries()
+            .into_iter()
+            .filter(|(_, e)| e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && open(e))
+            .map(|(_, e)| (e.dst, e.dst_port))
+            .collect()
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -23,9 +23,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    global_names, map_names, program_names, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
-    UplinkInfo,
+    global_names, map_names, program_names, BackendInfo, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey,
+    PortTarget, ServiceInfo, UplinkInfo,
     conntrack::DEFAULT_CT_ENTRIES,
+    services::{DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES},
 };
 
 use crate::bpffs;
@@ -40,6 +41,52 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Root of the pins; `None` for a private, unpinned instance (datapath tests).
     pins: Option<PathBuf>,
+    /// `MAGLEV`, mapped into the daemon's memory: whole tables are written with a copy.
+    maglev: MappedArray,
+}
+
+/// A memory-mapped `BPF_F_MMAPABLE` array of `u32`.
+struct MappedArray {
+    ptr: *mut u32,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only written through `&mut self`.
+unsafe impl Send for MappedArray {}
+unsafe impl Sync for MappedArray {}
+
+impl MappedArray {
+    /// Maps `data`, an array of `per_element` u32s per element (with no padding between them).
+    fn map(data: &MapData, per_element: usize) -> Result<Self> {
+        let len = data.info()?.max_entries() as usize * per_element;
+        let bytes = (len * 4).next_multiple_of(4096);
+        // SAFETY: a shared, read-write mapping of the map's memory, as the kernel offers for
+        // BPF_F_MMAPABLE arrays; unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        anyhow::ensure!(ptr != libc::MAP_FAILED, "mapping the MAGLEV table: {}", std::io::Error::last_os_error());
+        Ok(Self { ptr: ptr.cast(), len })
+    }
+
+    fn slots(&mut self) -> &mut [u32] {
+        // SAFETY: `len` u32s lie in the mapping, which lives as long as `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of that size.
+        unsafe { libc::munmap(self.ptr.cast(), (self.len * 4).next_multiple_of(4096)) };
+    }
 }
 
 /// The datapath serves IPv4 only so far: the address fields of `IfaceInfo` are IPv4. The one
@@ -64,11 +111,37 @@ pub struct LoadOptions {
     /// The cookie of the daemon's network namespace: the socket programs act only on sockets
     /// of that namespace (0: on none).
     pub netns_cookie: u64,
+    /// Services the tables hold (`--max-services`), and each one's Maglev table size
+    /// (`--maglev-table-size`, a prime): `MAGLEV` takes 4 bytes x both.
+    pub max_services: u32,
+    pub maglev_table_size: u32,
+    /// Backends of all services together (`--max-backends`).
+    pub max_backends: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { trace: false, ct_entries: DEFAULT_CT_ENTRIES, ct_config: CtConfig::DEFAULT, netns_cookie: 0 }
+        Self {
+            trace: false,
+            ct_entries: DEFAULT_CT_ENTRIES,
+            ct_config: CtConfig::DEFAULT,
+            netns_cookie: 0,
+            max_services: DEFAULT_MAX_SERVICES,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            max_backends: DEFAULT_MAX_BACKENDS,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Slots of `MAGLEV`: every service's table.
+    pub fn maglev_slots(&self) -> Result<u32> {
+        self.max_services.checked_mul(self.maglev_table_size).filter(|n| *n < 1 << 30).with_context(|| {
+            format!(
+                "--max-services {} x --maglev-table-size {} is too many table slots (the limit is 2^30, 4 GiB)",
+                self.max_services, self.maglev_table_size
+            )
+        })
     }
 }
 
@@ -105,6 +178,9 @@ impl Datapath {
             .override_global(global_names::CT_CONFIG, &options.ct_config, true)
             .override_global(global_names::NETNS_COOKIE, &options.netns_cookie, true)
             .map_max_entries(map_names::CONNTRACK, options.ct_entries)
+            .map_max_entries(map_names::SERVICES, options.max_services + 1)
+            .map_max_entries(map_names::MAGLEV, options.maglev_slots().unwrap_or(0).div_ceil(2))
+            .map_max_entries(map_names::BACKENDS, options.max_backends)
     }
 
     /// The reader of the packet trace, writing to `logger` whenever it is flushed.
@@ -140,7 +216,11 @@ impl Datapath {
                 ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
             prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
         }
-        Ok(Self { ebpf, pins })
+        let maglev = MappedArray::map(match ebpf.map(map_names::MAGLEV).context("MAGLEV map missing")? {
+            aya::maps::Map::Array(data) => data,
+            _ => anyhow::bail!("MAGLEV is not an array"),
+        }, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
+        Ok(Self { ebpf, pins, maglev })
     }
 
     /// Attaches the socket programs to the cgroup `root` (they act only on sockets of the
@@ -349,6 +429,71 @@ impl Datapath {
         retain_keys(&mut self.endpoints()?, endpoints)?;
         retain_keys(&mut self.ifaces()?, ifaces)?;
         retain_keys(&mut self.ports()?, ports)
+    }
+
+    /// How many services and backends the loaded tables hold, and the Maglev slots (a pinned
+    /// table keeps the size it was created with).
+    pub fn service_capacity(&mut self) -> Result<(u32, u32, u32)> {
+        let size = |this: &mut Self, name: &str| -> Result<u32> {
+            let data = match this.ebpf.map(name).with_context(|| format!("{name} map missing"))? {
+                aya::maps::Map::Array(data) => data,
+                _ => anyhow::bail!("{name} is not an array"),
+            };
+            Ok(data.info()?.max_entries())
+        };
+        Ok((size(self, map_names::SERVICES)?.saturating_sub(1), size(self, map_names::BACKENDS)?, self.maglev.len as u32))
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
+        Ok(Array::try_from(self.ebpf.map_mut(name).with_context(|| format!("{name} map missing"))?)?)
+    }
+
+    pub fn set_service(&mut self, id: u32, info: ServiceInfo) -> Result<()> {
+        self.array(map_names::SERVICES)?.set(id, info, 0).context("writing SERVICES")
+    }
+
+    pub fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {
+        self.array(map_names::BACKENDS)?.set(id, info, 0).context("writing BACKENDS")
+    }
+
+    /// Writes a service's Maglev table (backend ids) from slot `base`.
+    pub fn write_maglev(&mut self, base: u32, table: &[u32]) -> Result<()> {
+        let slots = self.maglev.slots();
+        let range = base as usize..base as usize + table.len();
+        anyhow::ensure!(range.end <= slots.len(), "Maglev table {range:?} beyond the {} slots", slots.len());
+        slots[range].copy_from_slice(table);
+        Ok(())
+    }
+
+    fn vips(&mut self) -> Result<HashMap<&mut MapData, IpKey, u32>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::VIPS).context("VIPS map missing")?)?)
+    }
+
+    pub fn set_vip(&mut self, vip: IpAddr, network: u32) -> Result<()> {
+        self.vips()?.insert(IpKey::from(vip), network, 0).context("writing VIPS")
+    }
+
+    pub fn remove_vip(&mut self, vip: IpAddr) -> Result<()> {
+        remove_ignoring_missing(self.vips()?.remove(&IpKey::from(vip)))
+    }
+
+    /// Makes `VIPS` hold exactly `vips`, and clears every `SERVICES` and `BACKENDS` slot not in
+    /// `services` and `backends` (left by a crash or a removed service).
+    pub fn retain_services(&mut self, vips: &HashSet<IpKey>, services: &HashSet<u32>, backends: &HashSet<u32>) -> Result<()> {
+        retain_keys(&mut self.vips()?, vips)?;
+        let mut map: Array<&mut MapData, ServiceInfo> = self.array(map_names::SERVICES)?;
+        for id in 1..map.len() {
+            if !services.contains(&id) && map.get(&id, 0)? != ServiceInfo::default() {
+                map.set(id, ServiceInfo::default(), 0)?;
+            }
+        }
+        let mut map: Array<&mut MapData, BackendInfo> = self.array(map_names::BACKENDS)?;
+        for id in 0..map.len() {
+            if !backends.contains(&id) && map.get(&id, 0)?.service != 0 {
+                map.set(id, BackendInfo::default(), 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every counter summed over CPUs.

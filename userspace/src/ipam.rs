@@ -195,32 +195,65 @@ pub fn choose_gateway(net: &IpNetwork, requested: Option<&str>) -> Result<IpAddr
 }
 
 /// Picks an endpoint's address: the user's (checked), or the lowest free one. Every allocation of
-/// the network holds its address, attached or not.
-pub fn choose_address(
-    state: &State,
-    network_id: &str,
-    requested: Option<&str>,
-) -> Result<IpAddr> {
-    let net = state.network_by_id(network_id).expect("caller checked the network");
-    let holder = |ip: IpAddr| state.allocations_of(network_id).find(|a| a.address == ip);
-    match requested {
-        Some(text) => {
-            let ip = parse_address("address", text, &net.subnet)?;
-            check_host_address("address", ip, &net.subnet)?;
-            if ip == net.gateway {
-                bail!("address {ip} is the gateway of network {:?}", net.name);
-            }
-            if let Some(a) = holder(ip) {
-                let msg = format!("address {ip} is already in use in network {:?} by {}", net.name, a.container_name);
-                return Err(InUse(msg).into());
-            }
-            Ok(ip)
+/// the network holds its address, attached or not, and every service its VIP.
+pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) -> Result<IpAddr> {
+    AddressPool::new(state, network_id).take(requested)
+}
+
+/// The free addresses of one network, for handing out several (a batch of service VIPs) with
+/// one look at what holds them.
+pub struct AddressPool<'a> {
+    net: &'a crate::state::Network,
+    /// Address -> who holds it.
+    held: std::collections::HashMap<IpAddr, String>,
+    /// Offsets below this one are all taken (the lowest free address is searched from here).
+    next: u128,
+}
+
+impl<'a> AddressPool<'a> {
+    pub fn new(state: &'a State, network_id: &str) -> Self {
+        let net = state.network_by_id(network_id).expect("caller checked the network");
+        let mut held: std::collections::HashMap<IpAddr, String> =
+            state.allocations_of(network_id).map(|a| (a.address, a.container_name.clone())).collect();
+        for s in state.services.values().filter(|s| s.network_id == network_id) {
+            held.insert(s.vip, format!("service {}", s.name));
         }
-        None => (1u128..)
-            .map_while(|offset| nth_address(&net.subnet, offset))
-            .filter(|ip| Some(*ip) != broadcast(&net.subnet))
-            .find(|ip| *ip != net.gateway && holder(*ip).is_none())
-            .ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet)),
+        Self { net, held, next: 1 }
+    }
+
+    /// The address asked for (checked), or the lowest free one; held from now on by `holder`.
+    pub fn take_for(&mut self, requested: Option<&str>, holder: &str) -> Result<IpAddr> {
+        let net = self.net;
+        let ip = match requested {
+            Some(text) => {
+                let ip = parse_address("address", text, &net.subnet)?;
+                check_host_address("address", ip, &net.subnet)?;
+                if ip == net.gateway {
+                    bail!("address {ip} is the gateway of network {:?}", net.name);
+                }
+                if let Some(holder) = self.held.get(&ip) {
+                    let msg = format!("address {ip} is already in use in network {:?} by {holder}", net.name);
+                    return Err(InUse(msg).into());
+                }
+                ip
+            }
+            None => {
+                let found = (self.next..)
+                    .map_while(|offset| nth_address(&net.subnet, offset).map(|ip| (offset, ip)))
+                    .filter(|(_, ip)| Some(*ip) != broadcast(&net.subnet))
+                    .find(|(_, ip)| *ip != net.gateway && !self.held.contains_key(ip));
+                let (offset, ip) =
+                    found.ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet))?;
+                self.next = offset + 1;
+                ip
+            }
+        };
+        self.held.insert(ip, holder.to_string());
+        Ok(ip)
+    }
+
+    fn take(mut self, requested: Option<&str>) -> Result<IpAddr> {
+        self.take_for(requested, "")
     }
 }
 
@@ -293,6 +326,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
+            services: BTreeMap::new(),
         }
     }
 

@@ -125,7 +125,7 @@ impl PublishedPort {
         (0..self.count)
             .map(|i| {
                 let key = PortKey { addr, port: (self.host_port + i).to_be(), proto: self.protocol.number(), _pad: 0 };
-                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), _pad: 0 };
+                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), ..PortTarget::default() };
                 (key, target)
             })
             .collect()

@@ -1,6 +1,9 @@
-//! The daemon's desired state: networks and endpoints, persisted atomically as JSON.
+//! The daemon's desired state: networks and endpoints, persisted atomically as JSON in
+//! `state.json`; services, one file each under `services/` (a change to one of 10,000 services
+//! rewrites a small file, not all of them).
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     fs,
     io::Write,
     net::IpAddr,
@@ -115,6 +118,119 @@ pub struct State {
     /// is a connect a crash interrupted; the reconciler removes whatever it had made.
     #[serde(default)]
     pub connecting: Vec<Endpoint>,
+    /// Services by name, stored apart (see [`ServiceStore`]); shared, so that publishing the
+    /// state after a change copies pointers, not every service.
+    #[serde(skip)]
+    pub services: BTreeMap<String, Arc<Service>>,
+}
+
+/// A virtual address and port on a network, spread over backends (`bpfnet service create`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: crate::ports::Protocol,
+    /// The host port it is published on (`--publish`): `container_port` is the service port.
+    pub publish: Option<crate::ports::PublishedPort>,
+    /// Client-IP affinity timeout in seconds (`--affinity client-ip[:SECONDS]`).
+    pub affinity_secs: Option<u64>,
+    pub backends: Vec<Backend>,
+    /// Index in the datapath's `SERVICES` (from 1); its Maglev table is the `datapath_id - 1`th.
+    pub datapath_id: u32,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Backend {
+    /// The endpoint (on the service's network) that serves.
+    pub endpoint_id: String,
+    pub container_name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    /// Index in the datapath's `BACKENDS` (from 1).
+    pub datapath_id: u32,
+    /// `rm-backend --drain`: no new connections; removed once its connections have ended.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Backend {
+    /// What Maglev hashes: the same backend gets the same slots on every restart.
+    pub fn maglev_name(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+}
+
+/// Where services live on disk: `<state dir>/services/<name>.json`, each written atomically.
+pub struct ServiceStore {
+    dir: PathBuf,
+}
+
+impl ServiceStore {
+    pub fn new(state_dir: &Path) -> Result<Self> {
+        let dir = state_dir.join("services");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    pub fn load(&self) -> Result<BTreeMap<String, Arc<Service>>> {
+        let mut services = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let service: Service = serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is damaged; restore it from a backup, or remove it and create the service again", path.display())
+            })?;
+            services.insert(service.name.clone(), Arc::new(service));
+        }
+        Ok(services)
+    }
+
+    /// Writes `services` (new or changed), each atomically, with one flush to disk for all of
+    /// them: temporary files, `syncfs`, renames, then the directory.
+    pub fn save(&self, services: &[&Service]) -> Result<()> {
+        let mut written = Vec::with_capacity(services.len());
+        for service in services {
+            let tmp = self.dir.join(format!("{}.json.tmp", service.name));
+            fs::write(&tmp, serde_json::to_vec(service)?).with_context(|| format!("writing {}", tmp.display()))?;
+            written.push((tmp, self.path(&service.name)));
+        }
+        let dir = fs::File::open(&self.dir)?;
+        if services.len() == 1 {
+            fs::File::open(&written[0].0)?.sync_all()?;
+        } else {
+            // SAFETY: syncfs on an open descriptor.
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("flushing the service files");
+            }
+        }
+        for (tmp, path) in written {
+            fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        }
+        dir.sync_all()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, names: &[&str]) -> Result<()> {
+        for name in names {
+            match fs::remove_file(self.path(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
 }
 
 impl State {
@@ -242,6 +358,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
+            services: BTreeMap::new(),
         }
     }
 

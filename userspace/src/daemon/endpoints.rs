@@ -38,8 +38,11 @@ fn host_veth_name(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
 }
 
-fn iface_info(net: &Network, ep: &Endpoint) -> Result<IfaceInfo> {
+pub(super) fn iface_info(state: &crate::state::State, net: &Network, ep: &Endpoint) -> Result<IfaceInfo> {
     let mut flags = 0;
+    if Daemon::is_backend(state, &ep.id) {
+        flags |= iface_flags::SERVICE_BACKEND;
+    }
     if !net.icc {
         flags |= iface_flags::ICC_DISABLED;
     }
@@ -383,7 +386,7 @@ impl Daemon {
     /// neighbour. Idempotent (used by connect and by the reconciler).
     pub(super) async fn program_endpoint(&mut self, net: &Network, ep: &Endpoint, link: &LinkInfo) -> Result<()> {
         // Maps before the program: the first packet must find its entries.
-        self.datapath.set_iface(link.index, iface_info(net, ep)?)?;
+        self.datapath.set_iface(link.index, iface_info(&self.state, net, ep)?)?;
         self.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
         for port in &ep.ports {
             for (key, target) in port.entries(ep.address) {
@@ -495,6 +498,8 @@ impl Daemon {
     /// Removes the attached endpoint `ep` from the kernel and the state; `keep_allocation`: its
     /// allocation stays (detach), else it is freed too.
     async fn remove_endpoint(&mut self, ep: &Endpoint, keep_allocation: bool) -> DaemonResult<()> {
+        // No new connection is sent to it from now on.
+        self.drop_backends_of(&ep.id);
         let link = self.locate(ep).await.unwrap_or_else(|e| {
             log::warn!("removing endpoint {} of {}: {e:#}", &ep.id[..12], ep.container_name);
             None

@@ -10,6 +10,7 @@ mod endpoints;
 mod error;
 mod networks;
 mod reconcile;
+mod services;
 mod uplinks;
 pub mod views;
 
@@ -22,13 +23,14 @@ use anyhow::{Context, Result};
 
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
+pub use services::{resolve_backends, BackendArg};
 
 use crate::{
     api,
     conntrack::Conntrack,
     datapath::{Datapath, LoadOptions},
     plumbing::Netlink,
-    state::{State, Store},
+    state::{ServiceStore, State, Store},
 };
 
 /// Every network's gateway address is a /32 on the loopback device of the daemon's namespace,
@@ -82,9 +84,19 @@ fn crash_point(name: &str) {
     }
 }
 
+/// What the service tables hold, as loaded (a pinned table keeps the size it was made with).
+#[derive(Debug, Clone, Copy)]
+struct LbLimits {
+    max_services: u32,
+    max_backends: u32,
+    table_size: u32,
+}
+
 pub struct Daemon {
     state: State,
     store: Store,
+    service_store: ServiceStore,
+    lb: LbLimits,
     datapath: Datapath,
     netlink: Netlink,
     gateway_ifindex: u32,
@@ -117,7 +129,8 @@ impl Daemon {
         let netlink = Netlink::connect()?;
         let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
         let found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
-        let state = match store.load()? {
+        let service_store = ServiceStore::new(&config.state_dir)?;
+        let mut state = match store.load()? {
             Some(state) => state,
             None => {
                 reconcile::refuse_if_datapath_exists(&netlink, gateway_ifindex, &config.bpffs, &store.path()).await?;
@@ -127,7 +140,22 @@ impl Daemon {
                 state
             }
         };
+        state.services = service_store.load()?;
         let mut datapath = Datapath::load_pinned(&config.bpffs, &config.datapath)?;
+        let (max_services, max_backends, slots) = datapath.service_capacity()?;
+        let table_size = config.datapath.maglev_table_size;
+        let lb = LbLimits { max_services: max_services.min(slots / table_size), max_backends, table_size };
+        if (lb.max_services, lb.max_backends) != (config.datapath.max_services, config.datapath.max_backends) {
+            log::warn!(
+                "the pinned service tables hold {} services and {} backends (with {table_size}-slot Maglev tables), not \
+                 the {} and {} asked for: tables keep their size while connections use them (`bpfnet daemon --cleanup` \
+                 starts afresh)",
+                lb.max_services,
+                lb.max_backends,
+                config.datapath.max_services,
+                config.datapath.max_backends
+            );
+        }
         let conntrack = Conntrack::open(&config.bpffs)?;
         let ct_entries = conntrack.max_entries();
         if ct_entries != config.datapath.ct_entries {
@@ -156,7 +184,8 @@ impl Daemon {
                  (containers and the outside can); mount one or name it with --cgroup-root"
             ),
         }
-        let mut daemon = Self { state, store, datapath, netlink, gateway_ifindex, published, conntrack, uplinks };
+        let mut daemon =
+            Self { state, store, service_store, lb, datapath, netlink, gateway_ifindex, published, conntrack, uplinks };
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;
         Ok(daemon)
@@ -191,7 +220,12 @@ impl Daemon {
     /// Persists the state and shows it to readers.
     fn commit(&mut self) -> Result<()> {
         self.store.save(&self.state)?;
-        self.published.set(self.state.clone());
+        self.publish_state();
         Ok(())
+    }
+
+    /// Shows the state to readers (services are persisted by themselves).
+    fn publish_state(&mut self) {
+        self.published.set(self.state.clone());
     }
 }

@@ -130,6 +130,7 @@ impl Daemon {
                 log::error!("could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);
             }
         }
+        desired_ports.extend(self.reconcile_services()?);
         self.datapath.retain(&desired_endpoints, &desired_ifaces, &desired_ports)?;
         let wanted: HashSet<&str> = self.state.endpoints.iter().map(|e| e.host_interface.as_str()).collect();
         for pin in self.datapath.pinned_links() {
@@ -161,6 +162,7 @@ impl Daemon {
                 ep.interface,
                 ep.address
             );
+            self.drop_backends_of(&ep.id);
             if let Err(e) = self.teardown_endpoint(ep, None).await {
                 log::warn!("cleaning up endpoint {}: {e:#}", &ep.id[..12]);
             }

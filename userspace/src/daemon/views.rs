@@ -135,3 +135,66 @@ pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
     }
     out
 }
+
+fn service_ports(svc: &crate::state::Service) -> Vec<api::ServicePort> {
+    vec![api::ServicePort {
+        protocol: svc.protocol.to_string(),
+        target_port: svc.port,
+        published_port: svc.publish.map(|p| p.host_port),
+        publish_mode: if svc.publish.is_some() { "ingress" } else { "vip" }.into(),
+        published_ip: svc.publish.map(|p| p.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string())),
+    }]
+}
+
+fn affinity(svc: &crate::state::Service) -> Option<String> {
+    svc.affinity_secs.map(|s| format!("client-ip:{s}"))
+}
+
+pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
+    state
+        .services
+        .values()
+        .map(|s| api::ServiceSummary {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
+            vip: format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            published: s.publish.map(|p| p.to_string()),
+            backends: s.backends.iter().filter(|b| !b.draining).count(),
+            draining: s.backends.iter().filter(|b| b.draining).count(),
+            affinity: affinity(s),
+        })
+        .collect()
+}
+
+pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceInspect> {
+    let svc = state.services.get(name).ok_or_else(|| Error::not_found(format!("service {name:?} not found")))?;
+    let net = state.network_by_id(&svc.network_id);
+    Ok(api::ServiceInspect {
+        id: svc.id.clone(),
+        created_at: svc.created.clone(),
+        spec: api::ServiceSpec {
+            name: svc.name.clone(),
+            endpoint_spec: api::ServiceEndpointSpec { mode: "vip".into(), ports: service_ports(svc) },
+            affinity: affinity(svc).unwrap_or_else(|| "none".into()),
+        },
+        endpoint: api::ServiceEndpoint {
+            ports: service_ports(svc),
+            virtual_ips: vec![api::VirtualIp {
+                network_id: svc.network_id.clone(),
+                network: net.map_or("?".into(), |n| n.name.clone()),
+                addr: format!("{}/{}", svc.vip, net.map_or(32, |n| n.subnet.prefix())),
+            }],
+        },
+        backends: svc
+            .backends
+            .iter()
+            .map(|b| api::BackendView {
+                name: b.container_name.clone(),
+                endpoint_id: b.endpoint_id.clone(),
+                address: format!("{}:{}", b.address, b.port),
+                state: if b.draining { "draining" } else { "active" }.into(),
+            })
+            .collect(),
+    })
+}

@@ -190,6 +190,61 @@ async fn release(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Reply<
         .await
 }
 
+async fn services(State(app): State<App>) -> Json<Vec<api::ServiceSummary>> {
+    Json(views::list_services(&app.published.get()))
+}
+async fn service_inspect(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<api::ServiceInspect> {
+    views::inspect_service(&app.published.get(), &name).map(Json)
+}
+/// Resolves each request's backends (their namespaces) before the daemon's lock.
+fn resolve_all(reqs: Vec<api::CreateService>) -> Result<Vec<(api::CreateService, Vec<daemon::BackendArg>)>, Error> {
+    reqs.into_iter()
+        .map(|req| {
+            let backends = daemon::resolve_backends(&req.backends)?;
+            Ok((req, backends))
+        })
+        .collect()
+}
+async fn service_create(State(app): State<App>, Json(req): Json<api::CreateService>) -> Reply<api::ServiceInspect> {
+    let name = req.name.clone();
+    let reqs = resolve_all(vec![req])?;
+    to_completion(&app.worker, async move {
+        let mut daemon = app.daemon.lock_owned().await;
+        daemon.create_services(reqs).await?;
+        daemon.inspect_service(&name)
+    })
+    .await
+}
+async fn service_create_batch(State(app): State<App>, Json(req): Json<api::CreateServices>) -> Reply<api::ServicesCreated> {
+    let reqs = tokio::task::spawn_blocking(move || resolve_all(req.services))
+        .await
+        .map_err(|e| Error::internal(anyhow::anyhow!("resolving backends: {e}")))??;
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.create_services(reqs).await }).await
+}
+async fn service_remove(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
+    let worker = app.worker.clone();
+    to_completion(&worker, async move {
+        app.daemon.lock_owned().await.remove_service(&name).await.map(|()| serde_json::json!({}))
+    })
+    .await
+}
+async fn backend_add(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<api::AddBackend>,
+) -> Reply<api::ServiceInspect> {
+    let arg = daemon::resolve_backends(&[req.backend])?.remove(0);
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.add_backend(&name, arg).await }).await
+}
+async fn backend_remove(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<api::RemoveBackend>,
+) -> Reply<api::ServiceInspect> {
+    let arg = daemon::resolve_backends(&[req.netns])?.remove(0);
+    to_completion(&app.worker, async move { app.daemon.lock_owned().await.remove_backend(&name, arg, req.drain).await }).await
+}
+
 async fn no_such_route(method: Method, uri: Uri) -> Error {
     Error::not_found(format!("the API has no {method} {}", uri.path()))
 }
@@ -207,6 +262,11 @@ fn router(app: App) -> Router {
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
         .route("/ports", get(ports))
+        .route("/services", get(services).post(service_create))
+        .route("/services/batch", post(service_create_batch))
+        .route("/services/{name}", get(service_inspect).delete(service_remove))
+        .route("/services/{name}/backends", post(backend_add))
+        .route("/services/{name}/backends/remove", post(backend_remove))
         .fallback(no_such_route)
         .with_state(app)
 }
@@ -275,6 +335,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
                 if let Err(e) = d.refresh_addresses().await {
                     log::warn!("following the namespace's addresses failed: {e:#}");
                 }
+                d.finish_drains();
                 *uplinks.write().unwrap_or_else(|e| e.into_inner()) = d.uplinks();
             }
         })

@@ -1,0 +1,522 @@
+//! Services: a VIP and port on a network, optionally published on the host, spread over backends
+//! (endpoints of that network) by Maglev consistent hashing in the datapath.
+//!
+//! A change validates everything first, then writes the datapath (backends, then the table, then
+//! the service's header, so a packet never sees a table naming a backend not yet there), then
+//! saves the service's own file; if a step fails, what was written is undone. Removing a backend
+//! purges its UDP connections (a client's next datagram is balanced again instead of going to a
+//! replica that is gone); TCP connections end on their own. `--drain` keeps all its connections
+//! and removes the backend once none is left.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Result;
+use datapath_common::{BackendInfo, IpKey, PortKey, PortTarget, ServiceInfo};
+
+use super::{Daemon, DaemonResult, Error};
+use crate::{
+    api, ids, ipam, maglev, netns,
+    ports::{self, Protocol, PublishedPort},
+    state::{Backend, Network, Service},
+};
+
+/// A backend as the user named it, its namespace resolved (before the daemon's lock).
+#[derive(Debug, Clone)]
+pub struct BackendArg {
+    pub arg: String,
+    pub netns: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub port: Option<u16>,
+}
+
+/// Splits `NETNS[:PORT]` and resolves the namespace; each namespace is opened once per request.
+pub fn resolve_backends(args: &[String]) -> DaemonResult<Vec<BackendArg>> {
+    let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
+    args.iter()
+        .map(|arg| {
+            let (netns, port) = match arg.rsplit_once(':') {
+                Some((ns, port)) if !ns.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
+                    let port = match port.parse::<u16>() {
+                        Ok(p) if p > 0 => p,
+                        _ => return Err(Error::invalid(format!("invalid port in backend {arg:?}: ports are 1-65535"))),
+                    };
+                    (ns, Some(port))
+                }
+                _ => (arg.as_str(), None),
+            };
+            let (dev, inode) = match seen.get(netns) {
+                Some(id) => *id,
+                None => {
+                    let ns = netns::resolve(netns).map_err(|e| Error::not_found(format!("backend {arg:?}: {e:#}")))?;
+                    seen.insert(netns.to_string(), (ns.dev, ns.inode));
+                    (ns.dev, ns.inode)
+                }
+            };
+            Ok(BackendArg { arg: arg.clone(), netns: netns.to_string(), dev, inode, port })
+        })
+        .collect()
+}
+
+/// `PORT[/tcp|/udp]`.
+fn parse_service_port(text: &str) -> DaemonResult<(u16, Protocol)> {
+    let (port, protocol) = match text.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some((_, other)) => return Err(Error::invalid(format!("unknown protocol {other:?} in --port {text:?}: expected tcp or udp"))),
+        None => (text, Protocol::Tcp),
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((p, protocol)),
+        _ => Err(Error::invalid(format!("invalid --port {text:?}: expected PORT[/tcp|/udp] with a port 1-65535"))),
+    }
+}
+
+/// `client-ip[:SECONDS]` (default 10800 s, kube-proxy's).
+fn parse_affinity(text: &str) -> DaemonResult<u64> {
+    let bad = || Error::invalid(format!("invalid --affinity {text:?}: expected client-ip[:SECONDS], e.g. client-ip:600"));
+    match text.split_once(':') {
+        None if text == "client-ip" => Ok(10_800),
+        Some(("client-ip", secs)) => match secs.parse::<u64>() {
+            Ok(s) if (1..=86_400).contains(&s) => Ok(s),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// The service's `PORTS` entries: its VIP (reachable from its network and the host), and its
+/// published host port (from anywhere).
+fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
+    let proto = svc.protocol.number();
+    let vip = PortKey { addr: IpKey::from(svc.vip), port: svc.port.to_be(), proto, _pad: 0 };
+    let mut entries =
+        vec![(vip, PortTarget { service: svc.datapath_id, network: net.datapath_id, ..PortTarget::default() })];
+    if let Some(p) = &svc.publish {
+        for (key, _) in p.entries(svc.vip) {
+            entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
+        }
+    }
+    entries
+}
+
+/// The Maglev table of `svc` (backend datapath ids), over the backends that take new connections.
+fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
+    let active: Vec<&Backend> = svc.backends.iter().filter(|b| !b.draining).collect();
+    if active.is_empty() {
+        return Ok(vec![0; m as usize]);
+    }
+    let names: Vec<String> = active.iter().map(|b| b.maglev_name()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(maglev::table(&refs, m)?.into_iter().map(|i| active[i as usize].datapath_id).collect())
+}
+
+/// The tables of many services, built on every core.
+fn build_tables(services: &[&Service], m: u32) -> Result<Vec<Vec<u32>>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(services.len().max(1));
+    let chunk = services.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = services
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|s| build_table(s, m)).collect::<Result<Vec<_>>>()))
+            .collect();
+        let mut tables = Vec::with_capacity(services.len());
+        for h in handles {
+            tables.extend(h.join().map_err(|_| anyhow::anyhow!("a Maglev table build panicked"))??);
+        }
+        Ok(tables)
+    })
+}
+
+impl Daemon {
+    fn service(&self, name: &str) -> DaemonResult<&Arc<Service>> {
+        self.state.services.get(name).ok_or_else(|| Error::not_found(format!("service {name:?} not found")))
+    }
+
+    /// Creates services as one change: all of them, or (on any error) none.
+    pub async fn create_services(&mut self, reqs: Vec<(api::CreateService, Vec<BackendArg>)>) -> DaemonResult<api::ServicesCreated> {
+        let started = Instant::now();
+        let mut made: Vec<Service> = Vec::with_capacity(reqs.len());
+        let mut local = None;
+        let mut used_ids: HashSet<u32> = self.state.services.values().map(|s| s.datapath_id).collect();
+        let mut used_backend_ids = self.used_backend_ids();
+        let mut names: HashSet<&str> = HashSet::new();
+        let state = self.state.clone();
+        let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
+        for (req, backends) in &reqs {
+            ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
+            if self.state.services.contains_key(&req.name) || !names.insert(&req.name) {
+                return Err(Error::conflict(format!("a service named {:?} exists already", req.name)));
+            }
+            let net = self.network(&req.network)?.clone();
+            let (port, protocol) = parse_service_port(&req.port)?;
+            let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
+            let publish = match &req.publish {
+                None => None,
+                Some(spec) => {
+                    if local.is_none() {
+                        local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
+                    }
+                    Some(self.check_service_publish(spec, port, protocol, local.as_deref().unwrap_or_default(), &made)?)
+                }
+            };
+            // The VIP is held like an endpoint's address (one of a service made earlier in this
+            // batch too).
+            let pool = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
+            let vip = pool.take_for(req.vip.as_deref(), &format!("service {}", req.name)).map_err(Error::refused)?;
+            let datapath_id = (1..=self.lb.max_services).find(|id| !used_ids.contains(id)).ok_or_else(|| {
+                Error::conflict(format!("the datapath holds {} services (bpfnet daemon --max-services)", self.lb.max_services))
+            })?;
+            used_ids.insert(datapath_id);
+            let mut svc = Service {
+                id: ids::random_id(),
+                name: req.name.clone(),
+                network_id: net.id.clone(),
+                vip,
+                port,
+                protocol,
+                publish,
+                affinity_secs,
+                backends: vec![],
+                datapath_id,
+                created: ids::now_rfc3339(),
+            };
+            for b in backends {
+                let backend = self.new_backend(&svc, &net, b, &mut used_backend_ids)?;
+                svc.backends.push(backend);
+            }
+            made.push(svc);
+        }
+        let refs: Vec<&Service> = made.iter().collect();
+        let tables = build_tables(&refs, self.lb.table_size).map_err(Error::internal)?;
+        let programming = Instant::now();
+        let mut programmed = 0;
+        let mut failure = None;
+        for (svc, table) in made.iter().zip(tables) {
+            let net = self.state.network_by_id(&svc.network_id).cloned().expect("checked above");
+            if let Err(e) = self.program_service(svc, &net, table) {
+                failure = Some(e);
+                break;
+            }
+            programmed += 1;
+        }
+        let datapath_ms = programming.elapsed().as_secs_f64() * 1e3;
+        let saved = match failure {
+            Some(e) => Err(e),
+            None => self.service_store.save(&refs),
+        };
+        if let Err(e) = saved {
+            for svc in &made[..programmed] {
+                self.unprogram_service(svc);
+            }
+            return Err(Error::internal(e));
+        }
+        let backend_endpoints: Vec<String> = made.iter().flat_map(|s| s.backends.iter().map(|b| b.endpoint_id.clone())).collect();
+        for svc in made {
+            log::info!(
+                "service {} created: {}:{}/{} on network {}, {} backend(s){}",
+                svc.name,
+                svc.vip,
+                svc.port,
+                svc.protocol,
+                self.state.network_by_id(&svc.network_id).map_or("?", |n| n.name.as_str()),
+                svc.backends.len(),
+                svc.publish.map(|p| format!(", published {p}")).unwrap_or_default()
+            );
+            self.state.services.insert(svc.name.clone(), Arc::new(svc));
+        }
+        self.mark_backends(&backend_endpoints);
+        self.publish_state();
+        Ok(api::ServicesCreated { created: programmed, elapsed_ms: started.elapsed().as_secs_f64() * 1e3, datapath_ms })
+    }
+
+    fn used_backend_ids(&self) -> HashSet<u32> {
+        self.state.services.values().flat_map(|s| s.backends.iter().map(|b| b.datapath_id)).collect()
+    }
+
+    /// A published host port for a service: not held by an endpoint or another service.
+    fn check_service_publish(
+        &self,
+        spec: &str,
+        port: u16,
+        protocol: Protocol,
+        local: &[ipam::HostAddress],
+        made: &[Service],
+    ) -> DaemonResult<PublishedPort> {
+        let full = format!("{spec}:{port}/{protocol}");
+        let published = ports::parse(&full).map_err(|e| Error::invalid(format!("--publish {spec:?}: {e:#}")))?;
+        if published.count != 1 {
+            return Err(Error::invalid(format!("--publish {spec:?}: a service is published on one port")));
+        }
+        if let Some(ip) = published.host_ip {
+            if !local.iter().any(|a| a.ip == ip) {
+                return Err(Error::invalid(format!("cannot publish {spec:?}: {ip} is not an address of the daemon's namespace")));
+            }
+        }
+        for a in self.state.all_allocations() {
+            if let Some(held) = a.ports.iter().find(|q| q.overlaps(&published)) {
+                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by {}", a.container_name)));
+            }
+        }
+        for s in self.state.services.values().map(|s| s.as_ref()).chain(made) {
+            if let Some(held) = s.publish.filter(|q| q.overlaps(&published)) {
+                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {}", s.name)));
+            }
+        }
+        Ok(published)
+    }
+
+    /// A backend of `svc` on `net` for the namespace `arg` names, with a free datapath id.
+    fn new_backend(&self, svc: &Service, net: &Network, arg: &BackendArg, used: &mut HashSet<u32>) -> DaemonResult<Backend> {
+        let ep = self
+            .state
+            .endpoints_in_netns(arg.dev, arg.inode)
+            .find(|e| e.network_id == net.id)
+            .ok_or_else(|| Error::invalid(format!("backend {:?} is not connected to network {:?}", arg.netns, net.name)))?;
+        let port = arg.port.unwrap_or(svc.port);
+        if svc.backends.iter().any(|b| b.endpoint_id == ep.id && b.port == port) {
+            return Err(Error::conflict(format!("{} is already a backend of service {:?}", arg.arg, svc.name)));
+        }
+        let id = (1..self.lb.max_backends).find(|id| !used.contains(id)).ok_or_else(|| {
+            Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends))
+        })?;
+        used.insert(id);
+        Ok(Backend {
+            endpoint_id: ep.id.clone(),
+            container_name: ep.container_name.clone(),
+            address: ep.address,
+            port,
+            datapath_id: id,
+            draining: false,
+        })
+    }
+
+    /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
+    /// then the service's header and its addresses.
+    pub(super) fn program_service(&mut self, svc: &Service, net: &Network, table: Vec<u32>) -> Result<()> {
+        let m = self.lb.table_size;
+        let base = (svc.datapath_id - 1) * m;
+        for b in &svc.backends {
+            let info = if b.draining {
+                BackendInfo::default()
+            } else {
+                BackendInfo { addr: IpKey::from(b.address), port: b.port.to_be(), _pad: 0, service: svc.datapath_id }
+            };
+            self.datapath.set_backend(b.datapath_id, info)?;
+        }
+        self.datapath.write_maglev(base, &table)?;
+        let active = svc.backends.iter().filter(|b| !b.draining).count() as u32;
+        let affinity_ns = svc.affinity_secs.map_or(0, |s| s * 1_000_000_000);
+        self.datapath.set_service(svc.datapath_id, ServiceInfo { table_base: base, table_size: m, backends: active, _pad: 0, affinity_ns })?;
+        for (key, target) in port_entries(svc, net) {
+            self.datapath.set_port(key, target)?;
+        }
+        self.datapath.set_vip(svc.vip, net.datapath_id)?;
+        Ok(())
+    }
+
+    /// Removes a service from the datapath (best effort: every step is tried).
+    fn unprogram_service(&mut self, svc: &Service) {
+        let net = self.state.network_by_id(&svc.network_id).cloned();
+        let mut result: Result<()> = Ok(());
+        if let Some(net) = net {
+            for (key, target) in port_entries(svc, &net) {
+                result = result.and(self.datapath.remove_port_if(key, target));
+            }
+        }
+        result = result.and(self.datapath.remove_vip(svc.vip));
+        result = result.and(self.datapath.set_service(svc.datapath_id, ServiceInfo::default()));
+        for b in &svc.backends {
+            result = result.and(self.datapath.set_backend(b.datapath_id, BackendInfo::default()));
+        }
+        if let Err(e) = result {
+            log::warn!("removing service {} from the datapath: {e:#}", svc.name);
+        }
+    }
+
+    /// Replaces service `name` with `new` (datapath, then its file), undoing the datapath on failure.
+    fn change_service(&mut self, new: Service, gone: &[&Backend]) -> DaemonResult<()> {
+        let old = self.state.services.get(&new.name).cloned().expect("caller found it");
+        let net = self.state.network_by_id(&new.network_id).cloned().expect("a service's network exists");
+        let table = build_table(&new, self.lb.table_size).map_err(Error::internal)?;
+        let applied = self.program_service(&new, &net, table).and_then(|()| {
+            for b in gone {
+                self.datapath.set_backend(b.datapath_id, BackendInfo::default())?;
+            }
+            self.service_store.save(&[&new])
+        });
+        if let Err(e) = applied {
+            let table = build_table(&old, self.lb.table_size).map_err(Error::internal)?;
+            if let Err(undo) = self.program_service(&old, &net, table) {
+                log::error!("restoring service {} after a failed change: {undo:#}", old.name);
+            }
+            return Err(Error::internal(e));
+        }
+        let touched: Vec<String> = old.backends.iter().chain(&new.backends).map(|b| b.endpoint_id.clone()).collect();
+        self.state.services.insert(new.name.clone(), Arc::new(new));
+        self.mark_backends(&touched);
+        self.publish_state();
+        Ok(())
+    }
+
+    pub async fn add_backend(&mut self, name: &str, arg: BackendArg) -> DaemonResult<api::ServiceInspect> {
+        let mut svc = Service::clone(self.service(name)?);
+        let net = self.state.network_by_id(&svc.network_id).cloned().expect("a service's network exists");
+        let mut used = self.used_backend_ids();
+        let backend = self.new_backend(&svc, &net, &arg, &mut used)?;
+        log::info!("service {name}: backend {} ({}:{}) added", backend.container_name, backend.address, backend.port);
+        svc.backends.push(backend);
+        self.change_service(svc, &[])?;
+        self.inspect_service(name)
+    }
+
+    pub async fn remove_backend(&mut self, name: &str, arg: BackendArg, drain: bool) -> DaemonResult<api::ServiceInspect> {
+        let mut svc = Service::clone(self.service(name)?);
+        let ep_ids: HashSet<&str> =
+            self.state.endpoints_in_netns(arg.dev, arg.inode).map(|e| e.id.as_str()).collect();
+        let matches = |b: &Backend| ep_ids.contains(b.endpoint_id.as_str()) && arg.port.is_none_or(|p| p == b.port);
+        if !svc.backends.iter().any(|b| matches(b)) {
+            return Err(Error::not_found(format!("{} is not a backend of service {name:?}", arg.arg)));
+        }
+        let mut gone = Vec::new();
+        if drain {
+            for b in svc.backends.iter_mut().filter(|b| matches(b)) {
+                b.draining = true;
+            }
+        } else {
+            gone = svc.backends.iter().filter(|b| matches(b)).cloned().collect();
+            svc.backends.retain(|b| !matches(b));
+        }
+        let gone_refs: Vec<&Backend> = gone.iter().collect();
+        self.change_service(svc, &gone_refs)?;
+        for b in &gone {
+            let purged = self.conntrack.forget_service_backend(b.address, b.port, true);
+            log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
+        }
+        if drain {
+            log::info!("service {name}: draining {} (no new connections; removed when its connections end)", arg.arg);
+        }
+        self.inspect_service(name)
+    }
+
+    pub async fn remove_service(&mut self, name: &str) -> DaemonResult<()> {
+        let svc = self.service(name)?.clone();
+        self.service_store.remove(&[name]).map_err(Error::internal)?;
+        self.unprogram_service(&svc);
+        for b in &svc.backends {
+            self.conntrack.forget_service_backend(b.address, b.port, true);
+        }
+        self.state.services.remove(name);
+        let touched: Vec<String> = svc.backends.iter().map(|b| b.endpoint_id.clone()).collect();
+        self.mark_backends(&touched);
+        self.publish_state();
+        log::info!("service {name} removed");
+        Ok(())
+    }
+
+    pub fn inspect_service(&self, name: &str) -> DaemonResult<api::ServiceInspect> {
+        super::views::inspect_service(&self.state, name)
+    }
+
+    /// Backends whose endpoint is gone (detached, disconnected, its namespace deleted) leave
+    /// their services. Called after such a change.
+    pub(super) fn drop_backends_of(&mut self, endpoint_id: &str) {
+        let affected: Vec<Service> = self
+            .state
+            .services
+            .values()
+            .filter(|s| s.backends.iter().any(|b| b.endpoint_id == endpoint_id))
+            .map(|s| Service::clone(s))
+            .collect();
+        for mut svc in affected {
+            let gone: Vec<Backend> = svc.backends.iter().filter(|b| b.endpoint_id == endpoint_id).cloned().collect();
+            svc.backends.retain(|b| b.endpoint_id != endpoint_id);
+            let name = svc.name.clone();
+            let refs: Vec<&Backend> = gone.iter().collect();
+            match self.change_service(svc, &refs) {
+                Ok(()) => log::info!("service {name}: backend {} left with its endpoint", gone[0].container_name),
+                Err(e) => log::error!("service {name}: removing the backend of a gone endpoint: {e}"),
+            }
+        }
+    }
+
+    /// Draining backends whose connections have all ended are removed. Run every few seconds.
+    pub fn finish_drains(&mut self) {
+        let draining: Vec<(String, Backend)> = self
+            .state
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().filter(|b| b.draining).map(|b| (s.name.clone(), b.clone())))
+            .collect();
+        if draining.is_empty() {
+            return;
+        }
+        let busy = self.conntrack.service_backends_in_use();
+        for (name, b) in draining {
+            if busy.contains(&(IpKey::from(b.address), b.port.to_be())) {
+                continue;
+            }
+            let Some(svc) = self.state.services.get(&name) else { continue };
+            let mut svc = Service::clone(svc);
+            svc.backends.retain(|x| x.datapath_id != b.datapath_id);
+            match self.change_service(svc, &[&b]) {
+                Ok(()) => log::info!("service {name}: drained backend {} ({}:{}) removed", b.container_name, b.address, b.port),
+                Err(e) => log::warn!("service {name}: removing drained backend {}: {e}", b.container_name),
+            }
+        }
+    }
+
+    /// Sets or clears the `SERVICE_BACKEND` flag of the attached endpoints `ids`.
+    fn mark_backends(&mut self, ids: &[String]) {
+        let mut seen = HashSet::new();
+        for id in ids {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let Some(ep) = self.state.endpoints.iter().find(|e| &e.id == id).cloned() else { continue };
+            let Some(net) = self.state.network_by_id(&ep.network_id).cloned() else { continue };
+            if let Err(e) = super::endpoints::iface_info(&self.state, &net, &ep).and_then(|info| self.datapath.set_iface(ep.host_ifindex, info)) {
+                log::warn!("endpoint {}: updating its backend flag: {e:#}", &ep.id[..12]);
+            }
+        }
+    }
+
+    /// Programs every service at start (after the endpoints); returns the `PORTS` keys they hold.
+    pub(super) fn reconcile_services(&mut self) -> Result<HashSet<PortKey>> {
+        let services: Vec<Arc<Service>> = self.state.services.values().cloned().collect();
+        let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
+        let tables = build_tables(&refs, self.lb.table_size)?;
+        let mut keys = HashSet::new();
+        let (mut vips, mut ids, mut backends) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for (svc, table) in services.iter().zip(tables) {
+            let Some(net) = self.state.network_by_id(&svc.network_id).cloned() else {
+                log::error!("service {}: its network is gone; not programmed", svc.name);
+                continue;
+            };
+            if svc.datapath_id > self.lb.max_services {
+                log::error!(
+                    "service {}: the datapath holds {} services now (--max-services); not programmed",
+                    svc.name,
+                    self.lb.max_services
+                );
+                continue;
+            }
+            keys.extend(port_entries(svc, &net).into_iter().map(|(k, _)| k));
+            vips.insert(IpKey::from(svc.vip));
+            ids.insert(svc.datapath_id);
+            backends.extend(svc.backends.iter().filter(|b| !b.draining).map(|b| b.datapath_id));
+            self.program_service(svc, &net, table)?;
+        }
+        self.datapath.retain_services(&vips, &ids, &backends)?;
+        Ok(keys)
+    }
+
+    /// Whether endpoint `id` is a backend of some service.
+    pub(super) fn is_backend(state: &crate::state::State, id: &str) -> bool {
+        state.services.values().any(|s| s.backends.iter().any(|b| b.endpoint_id == id))
+    }
+}
+

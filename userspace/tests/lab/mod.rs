@@ -1,0 +1,261 @@
+//! The lab the datapath tests run the real programs in (BPF_PROG_TEST_RUN): hand-made packets
+//! with checksums computed here from scratch, and a private namespace whose FIB answers are
+//! known exactly. Shared by the NAT and the load-balancing tests.
+#![allow(dead_code)]
+use std::{net::IpAddr, process::Command, sync::Arc};
+
+use bpfnet::{
+    datapath::{Datapath, LoadOptions},
+    netns,
+    test_run::{run_tc, TestRunResult},
+};
+use datapath_common::{
+    iface_flags, program_names, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+};
+
+pub const PASS: u32 = 0;
+pub const DROP: u32 = 2;
+pub const REDIRECT: u32 = 7;
+/// In a test run the packet's device is loopback.
+pub const TEST_IFINDEX: u32 = 1;
+
+pub const CONTAINER_IP: [u8; 4] = [10, 0, 0, 2];
+pub const CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 10, 0, 0, 2];
+pub const OTHER_CONTAINER_IP: [u8; 4] = [10, 0, 0, 3];
+pub const OTHER_CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 10, 0, 0, 3];
+pub const GATEWAY_IP: [u8; 4] = [10, 0, 0, 1];
+pub const UPLINK_IP: [u8; 4] = [192, 0, 2, 1];
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+pub const ROUTER_IP: [u8; 4] = [192, 0, 2, 254];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0xfe];
+pub const SERVER_IP: [u8; 4] = [198, 51, 100, 7];
+pub const CLIENT_IP: [u8; 4] = [203, 0, 113, 9];
+/// Another network's container, publishing a port (its host-side veth is not the test one).
+pub const PUBLISHER_IP: [u8; 4] = [10, 1, 0, 5];
+pub const PUBLISHER_MAC: [u8; 6] = [0x02, 0x42, 10, 1, 0, 5];
+pub const PUBLISHER_GATEWAY: [u8; 4] = [10, 1, 0, 1];
+pub const PUBLISHER_IFINDEX: u32 = 42;
+pub const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+
+// ---- packets, with checksums computed from scratch ----
+
+pub fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            let word = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { u16::from_be_bytes([pair[0], 0]) };
+            sum += word as u32;
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    pub ttl: u8,
+    pub id: u16,
+    /// Flags and fragment offset (host order), e.g. 0x4000 for DF.
+    pub frag: u16,
+}
+
+pub fn ip_header(ip: &Ip, payload_len: usize) -> Vec<u8> {
+    let total = (20 + payload_len) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&ip.id.to_be_bytes());
+    h.extend_from_slice(&ip.frag.to_be_bytes());
+    h.extend_from_slice(&[ip.ttl, ip.proto, 0, 0]);
+    h.extend_from_slice(&ip.src);
+    h.extend_from_slice(&ip.dst);
+    let c = checksum(&[&h]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// An L4 segment with its checksum (over the pseudo-header for TCP/UDP) filled in.
+pub fn l4(ip: &Ip, mut segment: Vec<u8>, full_len: Option<usize>) -> Vec<u8> {
+    let csum_off = match ip.proto {
+        TCP => 16,
+        UDP => 6,
+        _ => 2,
+    };
+    segment[csum_off] = 0;
+    segment[csum_off + 1] = 0;
+    let c = if ip.proto == ICMP {
+        checksum(&[&segment])
+    } else {
+        let len = full_len.unwrap_or(segment.len()) as u16;
+        let pseudo = [&ip.src[..], &ip.dst[..], &[0, ip.proto], &len.to_be_bytes()].concat();
+        checksum(&[&pseudo, &segment])
+    };
+    segment[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    segment
+}
+
+pub fn tcp_segment(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&[0, 0, 0x10, 0x01, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    s.extend_from_slice(payload);
+    s
+}
+
+pub fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(&[0, 0]);
+    s.extend_from_slice(payload);
+    s
+}
+
+pub fn icmp_echo(kind: u8, id: u16, seq: u16) -> Vec<u8> {
+    let mut s = vec![kind, 0, 0, 0];
+    s.extend_from_slice(&id.to_be_bytes());
+    s.extend_from_slice(&seq.to_be_bytes());
+    s.extend_from_slice(b"ping payload");
+    s
+}
+
+pub fn frame(dst: [u8; 6], src: [u8; 6], ip: &Ip, l4: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&[0x08, 0x00]);
+    p.extend_from_slice(&ip_header(ip, l4.len()));
+    p.extend_from_slice(l4);
+    p
+}
+
+/// A whole packet: Ethernet, IPv4 and an L4 segment with exact checksums.
+pub fn packet(dst: [u8; 6], src: [u8; 6], ip: Ip, segment: Vec<u8>) -> Vec<u8> {
+    let segment = l4(&ip, segment, None);
+    frame(dst, src, &ip, &segment)
+}
+
+pub fn from_container(src: [u8; 4], proto: u8, ttl: u8) -> Ip {
+    Ip { src, dst: SERVER_IP, proto, ttl, id: 0x1111, frag: 0x4000 }
+}
+
+pub fn port_at(p: &[u8], offset: usize) -> u16 {
+    u16::from_be_bytes([p[offset], p[offset + 1]])
+}
+
+pub const L4: usize = 14 + 20;
+
+// ---- the private namespace the FIB answers in ----
+
+pub struct TestNetns {
+    pub name: String,
+    pub uplink_index: u32,
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestNetns {
+    pub fn new(tag: &str) -> Self {
+        // The lab's sweep removes namespaces with this prefix that a killed run left.
+        let name = format!("bpfnetlab-nat-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = TestNetns { name, uplink_index: 0 };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "link", "add", "up0", "address", "02:00:00:00:01:01", "type", "veth", "peer", "name", "up1"]);
+        ip(&["-n", n, "link", "set", "up0", "up"]);
+        ip(&["-n", n, "link", "set", "up1", "up"]);
+        ip(&["-n", n, "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        ip(&["-n", n, "neigh", "replace", "192.0.2.254", "lladdr", "02:00:00:00:fe:fe", "dev", "up0", "nud", "permanent"]);
+        ip(&["-n", n, "route", "add", "default", "via", "192.0.2.254"]);
+        let out = Command::new("ip").args(["-n", n, "-o", "link", "show", "up0"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let uplink_index = text.split(':').next().unwrap().trim().parse().unwrap();
+        let mut ns = ns;
+        ns.uplink_index = uplink_index;
+        ns
+    }
+
+    /// Runs `f` on a datapath loaded inside the namespace (forwarding on), with the container
+    /// 10.0.0.2 sending on the test interface (network flags `flags`) and up0 as the uplink.
+    pub fn run(&self, flags: u32, f: impl FnOnce(&mut Lab) + Send + 'static) {
+        let file = Arc::new(std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap());
+        let uplink_index = self.uplink_index;
+        netns::run_in(file, move || async move {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            let options = LoadOptions { ct_entries: 16_384, ..Default::default() };
+            let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
+            dp.set_uplinks(&[(uplink_index, IpAddr::from(UPLINK_IP), false)])?;
+            // As the daemon does: the namespace's addresses, where ports published on every
+            // address answer.
+            dp.set_host_addrs(&[IpAddr::from(UPLINK_IP)])?;
+            let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
+            let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
+            let mut lab = Lab { dp, container, uplink, flags };
+            lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+            f(&mut lab);
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+pub struct Lab {
+    pub dp: Datapath,
+    pub container: i32,
+    pub uplink: i32,
+    pub flags: u32,
+}
+
+impl Lab {
+    /// The test interface now belongs to the container `ip`/`mac`.
+    pub fn send_as(&mut self, ip: [u8; 4], mac: [u8; 6]) {
+        let info = IfaceInfo { network_id: 1, ipv4: ip, gateway_ipv4: GATEWAY_IP, flags: self.flags, mac, _pad: [0; 2] };
+        self.dp.set_iface(TEST_IFINDEX, info).unwrap();
+    }
+    pub fn from_container(&self, p: &[u8]) -> TestRunResult {
+        run_tc(self.container, p).unwrap()
+    }
+    pub fn from_uplink(&self, p: &[u8]) -> TestRunResult {
+        run_tc(self.uplink, p).unwrap()
+    }
+    /// Publishes `host_port` (on every address, or on `on`) to `to`:`container_port`.
+    pub fn publish(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16) {
+        let addr = on.map_or(IpKey { addr: [0; 4] }, IpKey::from_ipv4_octets);
+        let key = PortKey { addr, port: host_port.to_be(), proto, _pad: 0 };
+        let target = PortTarget { addr: IpKey::from_ipv4_octets(to), port: container_port.to_be(), ..PortTarget::default() };
+        self.dp.set_port(key, target).unwrap();
+    }
+    /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
+    pub fn add_container(&mut self, ip: [u8; 4], mac: [u8; 6], ifindex: u32, network_id: u32, gateway: [u8; 4]) {
+        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2] };
+        self.dp.set_endpoint(IpAddr::from(ip), info).unwrap();
+        let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2] };
+        self.dp.set_iface(ifindex, iface).unwrap();
+    }
+    pub fn counter(&mut self, which: Counter) -> u64 {
+        self.dp.counters().unwrap().into_iter().find(|(c, _)| *c == which).unwrap().1
+    }
+}
+
+pub const MASQ: u32 = iface_flags::MASQUERADE;
