@@ -1,7 +1,8 @@
 //! The demo: the reference scenario through the CLI in a private sandbox, a connectivity matrix
 //! (expected vs observed, with real TCP and UDP payloads), icc=false, the outside world
 //! (masquerade, a published port reached from outside, from the host and from another network),
-//! a daemon restart under traffic, failure behaviour (kill -9, a lost state file, a bad argument,
+//! Docker Swarm's service example (three replicas, connections counted per replica), a daemon
+//! restart under traffic, failure behaviour (kill -9, a lost state file, a bad argument,
 //! a container exiting), the datapath counters, and a short side-by-side benchmark. Exits non-zero if anything
 //! observed differs from what is expected.
 use std::{net::SocketAddr, time::Duration};
@@ -12,8 +13,8 @@ use crate::{
     bench,
     sandbox::{Outside, FAR_IP, UPLINK_IP},
     traffic::{
-        payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, tcp_whoami, tcp_whoami_server, udp_echo_server,
-        udp_exchange,
+        payload, spread, tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, tcp_round_trip, tcp_whoami,
+        tcp_whoami_server, udp_echo_server, udp_exchange,
     },
     Sandbox,
 };
@@ -173,6 +174,57 @@ fn outside_world(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     Ok(failures)
 }
 
+/// Docker Swarm's example: three replicas behind `--publish 8080` to port 80, each answering with
+/// its name; new connections from outside, from a container through the VIP and from the host,
+/// counted per replica.
+fn swarm_example(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
+    let mut failures = vec![];
+    let mut args = vec!["service", "create", "web", "--network", "frontend", "--port", "80", "--publish", "8080"];
+    let mut replicas = vec![];
+    for i in 1..=3 {
+        let name = format!("web{i}");
+        let ns = sb.add_netns(&name)?;
+        sb.bpfnet_ok(&["network", "connect", "frontend", &ns])?;
+        tcp_name_server(&ns, addr("0.0.0.0", 80), &name)?;
+        replicas.push(ns);
+    }
+    println!("replicas web1, web2, web3 on frontend, each answering with its name on port 80");
+    for ns in &replicas {
+        args.extend(["--backend", ns.as_str()]);
+    }
+    let shown: Vec<String> = args.iter().map(|a| a.rsplit('-').next().filter(|_| a.starts_with("bpfnetlab-")).unwrap_or(a).to_string()).collect();
+    println!("$ bpfnet {}", shown.join(" "));
+    print!("{}", sb.bpfnet_ok(&args)?);
+    cli(sb, &["service", "ls"])?;
+    let vip = sb.bpfnet_ok(&["service", "inspect", "web"])?;
+    let vip: serde_json::Value = serde_json::from_str(&vip)?;
+    let vip = vip[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap_or("").split('/').next().unwrap_or("").to_string();
+    const N: usize = 3000;
+    println!("\n{N} new TCP connections from each client; how many each replica answered:");
+    println!("{:<34} {:>6} {:>6} {:>6}", "client -> address", "web1", "web2", "web3");
+    let host = sb.host();
+    let con3 = sb.ns("con3");
+    for (label, ns, to) in [
+        (format!("outside (far) -> {UPLINK_IP}:8080"), &outside.far, addr(UPLINK_IP, 8080)),
+        (format!("con3 -> VIP {vip}:80"), &con3, addr(&vip, 80)),
+        ("the host -> 127.0.0.1:8080".to_string(), &host, addr("127.0.0.1", 8080)),
+    ] {
+        match spread(Some(ns), to, N, WAIT) {
+            Ok(seen) => {
+                let count = |n: &str| seen.get(n).copied().unwrap_or(0);
+                println!("{label:<34} {:>6} {:>6} {:>6}", count("web1"), count("web2"), count("web3"));
+                // Within 4.5 standard deviations of an even split.
+                let sd = (N as f64 * (1.0 / 3.0) * (2.0 / 3.0)).sqrt();
+                if seen.len() != 3 || seen.values().any(|&n| (n as f64 - N as f64 / 3.0).abs() > 4.5 * sd) {
+                    failures.push(format!("uneven spread from {label}: {seen:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("service from {label}: {e:#}")),
+        }
+    }
+    Ok(failures)
+}
+
 pub fn run() -> Result<()> {
     println!("bpfnet demo: containers are network namespaces, the daemon runs in a private \"host\"");
     println!("namespace; nothing on this machine's own network is touched.");
@@ -260,6 +312,12 @@ pub fn run() -> Result<()> {
     match outside_world(&mut sb, &outside) {
         Ok(f) => failures.extend(f),
         Err(e) => failures.push(format!("outside world: {e:#}")),
+    }
+
+    step("Services: Docker Swarm's example, three replicas behind --publish 8080 (Maglev in the datapath)");
+    match swarm_example(&mut sb, &outside) {
+        Ok(f) => failures.extend(f),
+        Err(e) => failures.push(format!("swarm example: {e:#}")),
     }
 
     step("Daemon restart: an open TCP connection con1 -> con2 keeps working while it is down");

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checks;
 pub mod demo;
+pub mod lbscale;
 pub mod netns;
 pub mod sandbox;
 pub mod traffic;

@@ -456,6 +456,38 @@ impl Datapath {
         self.array(map_names::BACKENDS)?.set(id, info, 0).context("writing BACKENDS")
     }
 
+    fn map_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let map = self.ebpf.map(name).with_context(|| format!("{name} map missing"))?;
+        let data = match map {
+            aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) => d,
+            _ => anyhow::bail!("{name} is neither an array nor a hash"),
+        };
+        Ok(data.fd().as_fd())
+    }
+
+    /// Many services at once, each map in one batched write: backends, then headers, then the
+    /// published and VIP ports, then the VIPs (the Maglev tables are the caller's, written
+    /// before the headers through [`Self::write_maglev`]).
+    pub fn set_services_batch(
+        &mut self,
+        backends: &[(u32, BackendInfo)],
+        services: &[(u32, ServiceInfo)],
+        ports: &[(PortKey, PortTarget)],
+        vips: &[(IpKey, u32)],
+    ) -> Result<()> {
+        fn split<K: Copy, V: Copy>(pairs: &[(K, V)]) -> (Vec<K>, Vec<V>) {
+            pairs.iter().copied().unzip()
+        }
+        let (k, v) = split(backends);
+        crate::bpfsys::update_batch(self.map_fd(map_names::BACKENDS)?, &k, &v).context("writing BACKENDS")?;
+        let (k, v) = split(services);
+        crate::bpfsys::update_batch(self.map_fd(map_names::SERVICES)?, &k, &v).context("writing SERVICES")?;
+        let (k, v) = split(ports);
+        crate::bpfsys::update_batch(self.map_fd(map_names::PORTS)?, &k, &v).context("writing PORTS")?;
+        let (k, v) = split(vips);
+        crate::bpfsys::update_batch(self.map_fd(map_names::VIPS)?, &k, &v).context("writing VIPS")
+    }
+
     /// Writes a service's Maglev table (backend ids) from slot `base`.
     pub fn write_maglev(&mut self, base: u32, table: &[u32]) -> Result<()> {
         let slots = self.maglev.slots();

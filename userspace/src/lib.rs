@@ -6,6 +6,7 @@
 //! back on failure, persists, and reconciles at start-up.
 pub mod api;
 pub mod bpffs;
+pub mod bpfsys;
 pub mod cli;
 pub mod client;
 pub mod conntrack;

@@ -221,6 +221,14 @@ impl ServiceStore {
         Ok(())
     }
 
+    /// Removes every service file (`--cleanup`).
+    pub fn remove_all(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn remove(&self, names: &[&str]) -> Result<()> {
         for name in names {
             match fs::remove_file(self.path(name)) {

@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use bpfnet_lab::{bench, demo, sandbox, traffic};
+use bpfnet_lab::{bench, demo, lbscale, sandbox, traffic};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,6 +18,9 @@ enum Command {
     Demo,
     /// bpfnet vs a direct veth pair vs a Docker-style bridge with iptables, side by side.
     Bench(bench::Options),
+    /// Service scale: installing N services of B backends in one batch, then adding and removing
+    /// one backend at that scale (p50/p99), timed at the API socket.
+    LbScale(lbscale::Options),
     /// Remove namespaces, processes, mounts and files left by interrupted sandboxes.
     Sweep,
     /// Traffic tools, run inside namespaces by the benchmark.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result: Result<()> = match Cli::parse().command {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts).map(|_| ()),
+        Command::LbScale(opts) => lbscale::run(&opts).map(|_| ()),
         Command::Sweep => sandbox::sweep().map(|n| {
             if n > 0 {
                 eprintln!("bpfnet-lab: removed {n} leftover namespaces");

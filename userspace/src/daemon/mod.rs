@@ -97,6 +97,7 @@ pub struct Daemon {
     store: Store,
     service_store: ServiceStore,
     lb: LbLimits,
+    backend_ids: services::BackendIds,
     datapath: Datapath,
     netlink: Netlink,
     gateway_ifindex: u32,
@@ -184,8 +185,20 @@ impl Daemon {
                  (containers and the outside can); mount one or name it with --cgroup-root"
             ),
         }
-        let mut daemon =
-            Self { state, store, service_store, lb, datapath, netlink, gateway_ifindex, published, conntrack, uplinks };
+        let backend_ids = services::BackendIds::of(&state, lb.max_backends);
+        let mut daemon = Self {
+            state,
+            store,
+            service_store,
+            lb,
+            backend_ids,
+            datapath,
+            netlink,
+            gateway_ifindex,
+            published,
+            conntrack,
+            uplinks,
+        };
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;
         Ok(daemon)

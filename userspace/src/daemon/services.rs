@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use datapath_common::{BackendInfo, IpKey, PortKey, PortTarget, ServiceInfo};
 
 use super::{Daemon, DaemonResult, Error};
@@ -114,6 +114,44 @@ fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
     Ok(maglev::table(&refs, m)?.into_iter().map(|i| active[i as usize].datapath_id).collect())
 }
 
+/// The lowest id from `*cursor` up to `max` (inclusive) not in `used`; taken (added to `used`)
+/// and the cursor moved past it, so that a batch finds its ids in one pass.
+fn take_free(used: &mut HashSet<u32>, cursor: &mut u32, max: u32) -> Option<u32> {
+    let id = (*cursor..=max).find(|id| !used.contains(id))?;
+    used.insert(id);
+    *cursor = id + 1;
+    Some(id)
+}
+
+/// Which `BACKENDS` slots are taken, kept with every change (finding a free one among 100,000
+/// must not cost a walk over every service).
+pub(super) struct BackendIds {
+    used: HashSet<u32>,
+    /// Where the search for a free id starts (past the last one taken).
+    hint: u32,
+    max: u32,
+}
+
+impl BackendIds {
+    /// The ids `state` holds; ids go from 1 to `max_backends - 1`.
+    pub(super) fn of(state: &crate::state::State, max_backends: u32) -> Self {
+        let used = state.services.values().flat_map(|s| s.backends.iter().map(|b| b.datapath_id)).collect();
+        Self { used, hint: 1, max: max_backends.saturating_sub(1) }
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        let start = self.hint.clamp(1, self.max.max(1));
+        let id = (start..=self.max).chain(1..start).find(|id| !self.used.contains(id))?;
+        self.used.insert(id);
+        self.hint = id + 1;
+        Some(id)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
+}
+
 /// The tables of many services, built on every core.
 fn build_tables(services: &[&Service], m: u32) -> Result<Vec<Vec<u32>>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(services.len().max(1));
@@ -138,11 +176,20 @@ impl Daemon {
 
     /// Creates services as one change: all of them, or (on any error) none.
     pub async fn create_services(&mut self, reqs: Vec<(api::CreateService, Vec<BackendArg>)>) -> DaemonResult<api::ServicesCreated> {
+        let result = self.try_create_services(reqs).await;
+        if result.is_err() {
+            // Backend ids taken by what was refused are free again.
+            self.backend_ids = BackendIds::of(&self.state, self.lb.max_backends);
+        }
+        result
+    }
+
+    async fn try_create_services(&mut self, reqs: Vec<(api::CreateService, Vec<BackendArg>)>) -> DaemonResult<api::ServicesCreated> {
         let started = Instant::now();
         let mut made: Vec<Service> = Vec::with_capacity(reqs.len());
         let mut local = None;
         let mut used_ids: HashSet<u32> = self.state.services.values().map(|s| s.datapath_id).collect();
-        let mut used_backend_ids = self.used_backend_ids();
+        let mut service_cursor = 1;
         let mut names: HashSet<&str> = HashSet::new();
         let state = self.state.clone();
         let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
@@ -167,10 +214,9 @@ impl Daemon {
             // batch too).
             let pool = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
             let vip = pool.take_for(req.vip.as_deref(), &format!("service {}", req.name)).map_err(Error::refused)?;
-            let datapath_id = (1..=self.lb.max_services).find(|id| !used_ids.contains(id)).ok_or_else(|| {
+            let datapath_id = take_free(&mut used_ids, &mut service_cursor, self.lb.max_services).ok_or_else(|| {
                 Error::conflict(format!("the datapath holds {} services (bpfnet daemon --max-services)", self.lb.max_services))
             })?;
-            used_ids.insert(datapath_id);
             let mut svc = Service {
                 id: ids::random_id(),
                 name: req.name.clone(),
@@ -185,35 +231,29 @@ impl Daemon {
                 created: ids::now_rfc3339(),
             };
             for b in backends {
-                let backend = self.new_backend(&svc, &net, b, &mut used_backend_ids)?;
+                let backend = self.new_backend(&svc, &net, b)?;
                 svc.backends.push(backend);
             }
             made.push(svc);
         }
         let refs: Vec<&Service> = made.iter().collect();
+        let validated = started.elapsed();
         let tables = build_tables(&refs, self.lb.table_size).map_err(Error::internal)?;
+        let built = started.elapsed();
         let programming = Instant::now();
-        let mut programmed = 0;
-        let mut failure = None;
-        for (svc, table) in made.iter().zip(tables) {
-            let net = self.state.network_by_id(&svc.network_id).cloned().expect("checked above");
-            if let Err(e) = self.program_service(svc, &net, table) {
-                failure = Some(e);
-                break;
-            }
-            programmed += 1;
-        }
+        let programmed = self.program_services(&refs, tables);
         let datapath_ms = programming.elapsed().as_secs_f64() * 1e3;
-        let saved = match failure {
-            Some(e) => Err(e),
-            None => self.service_store.save(&refs),
-        };
-        if let Err(e) = saved {
-            for svc in &made[..programmed] {
+        if let Err(e) = programmed.and_then(|()| self.service_store.save(&refs)) {
+            for svc in &made {
                 self.unprogram_service(svc);
             }
             return Err(Error::internal(e));
         }
+        let programmed = made.len();
+        log::info!(
+            "{programmed} services: validated in {validated:?}, tables built by {built:?}, datapath written and saved by {:?}",
+            started.elapsed()
+        );
         let backend_endpoints: Vec<String> = made.iter().flat_map(|s| s.backends.iter().map(|b| b.endpoint_id.clone())).collect();
         for svc in made {
             log::info!(
@@ -233,9 +273,6 @@ impl Daemon {
         Ok(api::ServicesCreated { created: programmed, elapsed_ms: started.elapsed().as_secs_f64() * 1e3, datapath_ms })
     }
 
-    fn used_backend_ids(&self) -> HashSet<u32> {
-        self.state.services.values().flat_map(|s| s.backends.iter().map(|b| b.datapath_id)).collect()
-    }
 
     /// A published host port for a service: not held by an endpoint or another service.
     fn check_service_publish(
@@ -270,7 +307,7 @@ impl Daemon {
     }
 
     /// A backend of `svc` on `net` for the namespace `arg` names, with a free datapath id.
-    fn new_backend(&self, svc: &Service, net: &Network, arg: &BackendArg, used: &mut HashSet<u32>) -> DaemonResult<Backend> {
+    fn new_backend(&mut self, svc: &Service, net: &Network, arg: &BackendArg) -> DaemonResult<Backend> {
         let ep = self
             .state
             .endpoints_in_netns(arg.dev, arg.inode)
@@ -280,42 +317,47 @@ impl Daemon {
         if svc.backends.iter().any(|b| b.endpoint_id == ep.id && b.port == port) {
             return Err(Error::conflict(format!("{} is already a backend of service {:?}", arg.arg, svc.name)));
         }
-        let id = (1..self.lb.max_backends).find(|id| !used.contains(id)).ok_or_else(|| {
-            Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends))
+        let (endpoint_id, container_name, address) = (ep.id.clone(), ep.container_name.clone(), ep.address);
+        let id = self.backend_ids.take().ok_or_else(|| {
+            Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))
         })?;
-        used.insert(id);
-        Ok(Backend {
-            endpoint_id: ep.id.clone(),
-            container_name: ep.container_name.clone(),
-            address: ep.address,
-            port,
-            datapath_id: id,
-            draining: false,
-        })
+        Ok(Backend { endpoint_id, container_name, address, port, datapath_id: id, draining: false })
     }
 
     /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
     /// then the service's header and its addresses.
-    pub(super) fn program_service(&mut self, svc: &Service, net: &Network, table: Vec<u32>) -> Result<()> {
+    pub(super) fn program_service(&mut self, svc: &Service, table: Vec<u32>) -> Result<()> {
+        self.program_services(&[svc], vec![table])
+    }
+
+    /// Writes services with their Maglev `tables` (in the same order), each map in one batch:
+    /// backends, then the tables, then the services' headers, ports and VIPs, so that no packet
+    /// meets a header whose table or backends are not written yet.
+    pub(super) fn program_services(&mut self, services: &[&Service], tables: Vec<Vec<u32>>) -> Result<()> {
         let m = self.lb.table_size;
-        let base = (svc.datapath_id - 1) * m;
-        for b in &svc.backends {
-            let info = if b.draining {
-                BackendInfo::default()
-            } else {
-                BackendInfo { addr: IpKey::from(b.address), port: b.port.to_be(), _pad: 0, service: svc.datapath_id }
-            };
-            self.datapath.set_backend(b.datapath_id, info)?;
+        let mut backends = Vec::new();
+        let mut headers = Vec::with_capacity(services.len());
+        let mut ports = Vec::with_capacity(services.len());
+        let mut vips = Vec::with_capacity(services.len());
+        for (svc, table) in services.iter().zip(&tables) {
+            let net = self.state.network_by_id(&svc.network_id).context("a service's network is gone")?;
+            for b in &svc.backends {
+                let info = if b.draining {
+                    BackendInfo::default()
+                } else {
+                    BackendInfo { addr: IpKey::from(b.address), port: b.port.to_be(), _pad: 0, service: svc.datapath_id }
+                };
+                backends.push((b.datapath_id, info));
+            }
+            let base = (svc.datapath_id - 1) * m;
+            let active = svc.backends.iter().filter(|b| !b.draining).count() as u32;
+            let affinity_ns = svc.affinity_secs.map_or(0, |s| s * 1_000_000_000);
+            headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: m, backends: active, _pad: 0, affinity_ns }));
+            ports.extend(port_entries(svc, net));
+            vips.push((IpKey::from(svc.vip), net.datapath_id));
+            self.datapath.write_maglev(base, table)?;
         }
-        self.datapath.write_maglev(base, &table)?;
-        let active = svc.backends.iter().filter(|b| !b.draining).count() as u32;
-        let affinity_ns = svc.affinity_secs.map_or(0, |s| s * 1_000_000_000);
-        self.datapath.set_service(svc.datapath_id, ServiceInfo { table_base: base, table_size: m, backends: active, _pad: 0, affinity_ns })?;
-        for (key, target) in port_entries(svc, net) {
-            self.datapath.set_port(key, target)?;
-        }
-        self.datapath.set_vip(svc.vip, net.datapath_id)?;
-        Ok(())
+        self.datapath.set_services_batch(&backends, &headers, &ports, &vips)
     }
 
     /// Removes a service from the datapath (best effort: every step is tried).
@@ -340,9 +382,8 @@ impl Daemon {
     /// Replaces service `name` with `new` (datapath, then its file), undoing the datapath on failure.
     fn change_service(&mut self, new: Service, gone: &[&Backend]) -> DaemonResult<()> {
         let old = self.state.services.get(&new.name).cloned().expect("caller found it");
-        let net = self.state.network_by_id(&new.network_id).cloned().expect("a service's network exists");
         let table = build_table(&new, self.lb.table_size).map_err(Error::internal)?;
-        let applied = self.program_service(&new, &net, table).and_then(|()| {
+        let applied = self.program_service(&new, table).and_then(|()| {
             for b in gone {
                 self.datapath.set_backend(b.datapath_id, BackendInfo::default())?;
             }
@@ -350,12 +391,15 @@ impl Daemon {
         });
         if let Err(e) = applied {
             let table = build_table(&old, self.lb.table_size).map_err(Error::internal)?;
-            if let Err(undo) = self.program_service(&old, &net, table) {
+            if let Err(undo) = self.program_service(&old, table) {
                 log::error!("restoring service {} after a failed change: {undo:#}", old.name);
             }
             return Err(Error::internal(e));
         }
         let touched: Vec<String> = old.backends.iter().chain(&new.backends).map(|b| b.endpoint_id.clone()).collect();
+        for b in gone {
+            self.backend_ids.release(b.datapath_id);
+        }
         self.state.services.insert(new.name.clone(), Arc::new(new));
         self.mark_backends(&touched);
         self.publish_state();
@@ -365,11 +409,14 @@ impl Daemon {
     pub async fn add_backend(&mut self, name: &str, arg: BackendArg) -> DaemonResult<api::ServiceInspect> {
         let mut svc = Service::clone(self.service(name)?);
         let net = self.state.network_by_id(&svc.network_id).cloned().expect("a service's network exists");
-        let mut used = self.used_backend_ids();
-        let backend = self.new_backend(&svc, &net, &arg, &mut used)?;
+        let backend = self.new_backend(&svc, &net, &arg)?;
+        let id = backend.datapath_id;
         log::info!("service {name}: backend {} ({}:{}) added", backend.container_name, backend.address, backend.port);
         svc.backends.push(backend);
-        self.change_service(svc, &[])?;
+        if let Err(e) = self.change_service(svc, &[]) {
+            self.backend_ids.release(id);
+            return Err(e);
+        }
         self.inspect_service(name)
     }
 
@@ -410,6 +457,9 @@ impl Daemon {
             self.conntrack.forget_service_backend(b.address, b.port, true);
         }
         self.state.services.remove(name);
+        for b in &svc.backends {
+            self.backend_ids.release(b.datapath_id);
+        }
         let touched: Vec<String> = svc.backends.iter().map(|b| b.endpoint_id.clone()).collect();
         self.mark_backends(&touched);
         self.publish_state();
@@ -491,25 +541,31 @@ impl Daemon {
         let tables = build_tables(&refs, self.lb.table_size)?;
         let mut keys = HashSet::new();
         let (mut vips, mut ids, mut backends) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let (mut programmed, mut programmed_tables) = (Vec::new(), Vec::new());
         for (svc, table) in services.iter().zip(tables) {
-            let Some(net) = self.state.network_by_id(&svc.network_id).cloned() else {
+            let Some(net) = self.state.network_by_id(&svc.network_id) else {
                 log::error!("service {}: its network is gone; not programmed", svc.name);
                 continue;
             };
-            if svc.datapath_id > self.lb.max_services {
+            let too_many = svc.backends.iter().any(|b| b.datapath_id >= self.lb.max_backends);
+            if svc.datapath_id > self.lb.max_services || too_many {
                 log::error!(
-                    "service {}: the datapath holds {} services now (--max-services); not programmed",
+                    "service {}: the datapath holds {} services and {} backends now (--max-services, --max-backends); \
+                     not programmed",
                     svc.name,
-                    self.lb.max_services
+                    self.lb.max_services,
+                    self.lb.max_backends - 1
                 );
                 continue;
             }
-            keys.extend(port_entries(svc, &net).into_iter().map(|(k, _)| k));
+            keys.extend(port_entries(svc, net).into_iter().map(|(k, _)| k));
             vips.insert(IpKey::from(svc.vip));
             ids.insert(svc.datapath_id);
             backends.extend(svc.backends.iter().filter(|b| !b.draining).map(|b| b.datapath_id));
-            self.program_service(svc, &net, table)?;
+            programmed.push(svc.as_ref());
+            programmed_tables.push(table);
         }
+        self.program_services(&programmed, programmed_tables)?;
         self.datapath.retain_services(&vips, &ids, &backends)?;
         Ok(keys)
     }

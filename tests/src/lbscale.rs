@@ -1,0 +1,150 @@
+//! Service scale: how long the daemon takes to install N services of B backends (one batch,
+//! `bpfnet service apply`), and then to add or remove one backend of one service at that scale,
+//! timed at the API socket (the daemon's work, its map writes and its save to disk; no CLI
+//! process start). Every service gets distinct backends (each namespace serves on another port
+//! per service), so every Maglev table is built and written, none shared.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::{
+    checks::{http_request, raw_exchange},
+    sandbox::{DaemonOptions, Sandbox},
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Services installed.
+    #[arg(long, default_value_t = 10_000)]
+    pub services: usize,
+    /// Backends per service (one namespace each).
+    #[arg(long, default_value_t = 10)]
+    pub backends: usize,
+    /// Backend changes timed (half additions, half removals, on services picked in turn).
+    #[arg(long, default_value_t = 1_000)]
+    pub changes: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub services: usize,
+    pub backends: usize,
+    /// Wall time of the batch request, as the client sees it.
+    pub install_ms: f64,
+    /// The daemon's own account: all of it, and the part spent writing the datapath.
+    pub install_daemon_ms: f64,
+    pub install_datapath_ms: f64,
+    pub add_p50_ms: f64,
+    pub add_p99_ms: f64,
+    pub remove_p50_ms: f64,
+    pub remove_p99_ms: f64,
+    pub changes: usize,
+    /// Resident memory of the daemon after the install (kB), and the Maglev tables' size.
+    pub daemon_rss_kb: u64,
+    pub maglev_mb: f64,
+}
+
+fn post(socket: &Path, path: &str, body: &str) -> Result<String> {
+    let (status, reply) = raw_exchange(socket, &http_request("POST", path, body), Duration::from_secs(120))?;
+    if status != 200 {
+        bail!("POST {path}: {status} {reply}");
+    }
+    Ok(reply)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn run(opts: &Options) -> Result<Report> {
+    let mut sb = Sandbox::new("lbscale")?;
+    let max = opts.services.to_string();
+    let max_backends = (opts.services * (opts.backends + 1) + 16).to_string();
+    sb.start_daemon_with(&DaemonOptions { args: &["--max-services", &max, "--max-backends", &max_backends], ..Default::default() })?;
+    sb.bpfnet_ok(&["network", "create", "scale", "--subnet", "10.96.0.0/16"])?;
+    let mut namespaces = Vec::new();
+    for i in 0..=opts.backends {
+        let ns = sb.add_netns(&format!("b{i}"))?;
+        sb.bpfnet_ok(&["network", "connect", "scale", &ns])?;
+        namespaces.push(ns);
+    }
+    let spare = namespaces.pop().expect("one spare namespace");
+    let services: Vec<serde_json::Value> = (0..opts.services)
+        .map(|i| {
+            let port = 10_000 + (i % 50_000);
+            let backends: Vec<String> = namespaces.iter().map(|ns| format!("{ns}:{port}")).collect();
+            serde_json::json!({ "name": format!("s{i}"), "network": "scale", "port": "80", "backends": backends })
+        })
+        .collect();
+    let body = serde_json::json!({ "services": services }).to_string();
+    eprintln!("lb-scale: installing {} services of {} backends ({} KB request)", opts.services, opts.backends, body.len() / 1024);
+    let started = Instant::now();
+    let reply = post(&sb.socket(), "/services/batch", &body)?;
+    let install_ms = started.elapsed().as_secs_f64() * 1e3;
+    let done: serde_json::Value = serde_json::from_str(&reply)?;
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap_or_default();
+    if let Some(line) = log.lines().find(|l| l.contains("services: validated")) {
+        eprintln!("lb-scale: daemon: {}", line.split("] ").last().unwrap_or(line));
+    }
+    if done["created"].as_u64() != Some(opts.services as u64) {
+        bail!("the batch created {}", done["created"]);
+    }
+
+    eprintln!("lb-scale: {} backend changes", opts.changes);
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    for k in 0..opts.changes / 2 {
+        let name = format!("s{}", (k * 7919) % opts.services);
+        let port = 10_000 + ((k * 7919) % opts.services) % 50_000;
+        let backend = serde_json::json!({ "backend": format!("{spare}:{port}") }).to_string();
+        let t = Instant::now();
+        post(&sb.socket(), &format!("/services/{name}/backends"), &backend)?;
+        adds.push(t.elapsed().as_secs_f64() * 1e3);
+        let remove = serde_json::json!({ "netns": format!("{spare}:{port}") }).to_string();
+        let t = Instant::now();
+        post(&sb.socket(), &format!("/services/{name}/backends/remove"), &remove)?;
+        removes.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    adds.sort_by(f64::total_cmp);
+    removes.sort_by(f64::total_cmp);
+    let pid = sb.daemon_pid().context("daemon gone")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let daemon_rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let report = Report {
+        services: opts.services,
+        backends: opts.backends,
+        install_ms,
+        install_daemon_ms: done["elapsed_ms"].as_f64().unwrap_or(0.0),
+        install_datapath_ms: done["datapath_ms"].as_f64().unwrap_or(0.0),
+        add_p50_ms: percentile(&adds, 0.5),
+        add_p99_ms: percentile(&adds, 0.99),
+        remove_p50_ms: percentile(&removes, 0.5),
+        remove_p99_ms: percentile(&removes, 0.99),
+        changes: adds.len() + removes.len(),
+        daemon_rss_kb,
+        maglev_mb: opts.services as f64 * bpfnet::maglev::DEFAULT_TABLE_SIZE as f64 * 4.0 / 1e6,
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("services x backends        {} x {}", report.services, report.backends);
+        println!(
+            "install (one batch)        {:.0} ms at the client, {:.0} ms in the daemon, {:.0} ms of it writing the datapath",
+            report.install_ms, report.install_daemon_ms, report.install_datapath_ms
+        );
+        println!("add one backend            p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.add_p50_ms, report.add_p99_ms, adds.len());
+        println!("remove one backend         p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.remove_p50_ms, report.remove_p99_ms, removes.len());
+        println!("daemon memory (RSS)        {} MB; Maglev tables {:.0} MB", report.daemon_rss_kb / 1024, report.maglev_mb);
+    }
+    Ok(report)
+}
