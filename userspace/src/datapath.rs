@@ -488,6 +488,11 @@ impl Datapath {
         crate::bpfsys::update_batch(self.map_fd(map_names::VIPS)?, &k, &v).context("writing VIPS")
     }
 
+    /// Every Maglev slot, as the datapath reads them (see [`Self::write_maglev`]).
+    pub fn maglev_slots(&mut self) -> &mut [u32] {
+        self.maglev.slots()
+    }
+
     /// Writes a service's Maglev table (backend ids) from slot `base`.
     pub fn write_maglev(&mut self, base: u32, table: &[u32]) -> Result<()> {
         let slots = self.maglev.slots();

@@ -326,7 +326,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
-            services: BTreeMap::new(),
+            services: Default::default(),
         }
     }
 

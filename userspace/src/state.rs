@@ -1,6 +1,6 @@
 //! The daemon's desired state: networks and endpoints, persisted atomically as JSON in
-//! `state.json`; services, one file each under `services/` (a change to one of 10,000 services
-//! rewrites a small file, not all of them).
+//! `state.json`; services in a snapshot and a journal of changes (see [`ServiceStore`]: a change
+//! to one of 10,000 services appends a line, it does not rewrite them all).
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -118,11 +118,14 @@ pub struct State {
     /// is a connect a crash interrupted; the reconciler removes whatever it had made.
     #[serde(default)]
     pub connecting: Vec<Endpoint>,
-    /// Services by name, stored apart (see [`ServiceStore`]); shared, so that publishing the
-    /// state after a change copies pointers, not every service.
+    /// Services by name, stored apart (see [`ServiceStore`]). A persistent map: publishing the
+    /// state after a change shares it with the published copy instead of copying 10,000 entries.
     #[serde(skip)]
-    pub services: BTreeMap<String, Arc<Service>>,
+    pub services: Services,
 }
+
+/// Services by name, in name order.
+pub type Services = imbl::OrdMap<String, Arc<Service>>;
 
 /// A virtual address and port on a network, spread over backends (`bpfnet service create`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -164,79 +167,136 @@ impl Backend {
     }
 }
 
-/// Where services live on disk: `<state dir>/services/<name>.json`, each written atomically.
+/// Where services live on disk: a snapshot (`services.json`) and a journal of the changes made
+/// since (`services.journal`, one JSON line each: a service as it now is, or the name of one
+/// removed), which a change appends to and flushes. So a change to one of 10,000 services
+/// writes one line, a batch writes all its lines with one flush, and a crash leaves the
+/// snapshot plus a journal whose last line at worst is torn (dropped when read back). When the
+/// journal outgrows the snapshot, the whole set is written as the new snapshot and the journal
+/// starts afresh.
 pub struct ServiceStore {
     dir: PathBuf,
+    journal: Option<fs::File>,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Change<S> {
+    Put(S),
+    Delete(String),
+}
+
+const SNAPSHOT_FILE: &str = "services.json";
+const JOURNAL_FILE: &str = "services.journal";
+/// The journal is folded into the snapshot once it is larger than this and than the snapshot.
+const COMPACT_AFTER: u64 = 1 << 20;
+
 impl ServiceStore {
-    pub fn new(state_dir: &Path) -> Result<Self> {
-        let dir = state_dir.join("services");
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self { dir })
+    pub fn new(state_dir: &Path) -> Self {
+        Self { dir: state_dir.to_path_buf(), journal: None, journal_bytes: 0, snapshot_bytes: 0 }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
-    }
-
-    pub fn load(&self) -> Result<BTreeMap<String, Arc<Service>>> {
-        let mut services = BTreeMap::new();
-        for entry in fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
+    /// The services stored: the snapshot with the journal replayed on it.
+    pub fn load(&mut self) -> Result<Services> {
+        let mut services = Services::new();
+        let snapshot = self.dir.join(SNAPSHOT_FILE);
+        match fs::read(&snapshot) {
+            Ok(bytes) => {
+                self.snapshot_bytes = bytes.len() as u64;
+                let list: Vec<Service> = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("{} is damaged; restore it from a backup, or remove it and create the services again", snapshot.display())
+                })?;
+                services.extend(list.into_iter().map(|s| (s.name.clone(), Arc::new(s))));
             }
-            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let service: Service = serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is damaged; restore it from a backup, or remove it and create the service again", path.display())
-            })?;
-            services.insert(service.name.clone(), Arc::new(service));
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", snapshot.display())),
         }
+        let path = self.dir.join(JOURNAL_FILE);
+        let text = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut good = 0;
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let change = (line.ends_with(b"\n")).then(|| serde_json::from_slice::<Change<Service>>(line).ok()).flatten();
+            match change {
+                Some(Change::Put(s)) => {
+                    services.insert(s.name.clone(), Arc::new(s));
+                }
+                Some(Change::Delete(name)) => {
+                    services.remove(&name);
+                }
+                None if good + line.len() == text.len() => {
+                    log::warn!("{}: dropping a torn last change (the daemon stopped while writing it)", path.display());
+                    break;
+                }
+                None => anyhow::bail!("{} is damaged at byte {good}; restore it from a backup", path.display()),
+            }
+            good += line.len();
+        }
+        let journal = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        journal.set_len(good as u64)?;
+        self.journal = Some(journal);
+        self.journal_bytes = good as u64;
         Ok(services)
     }
 
-    /// Writes `services` (new or changed), each atomically, with one flush to disk for all of
-    /// them: temporary files, `syncfs`, renames, then the directory.
-    pub fn save(&self, services: &[&Service]) -> Result<()> {
-        let mut written = Vec::with_capacity(services.len());
-        for service in services {
-            let tmp = self.dir.join(format!("{}.json.tmp", service.name));
-            fs::write(&tmp, serde_json::to_vec(service)?).with_context(|| format!("writing {}", tmp.display()))?;
-            written.push((tmp, self.path(&service.name)));
+    fn append(&mut self, changes: &[Change<&Service>]) -> Result<()> {
+        let mut bytes = Vec::new();
+        for change in changes {
+            serde_json::to_writer(&mut bytes, change)?;
+            bytes.push(b'\n');
         }
-        let dir = fs::File::open(&self.dir)?;
-        if services.len() == 1 {
-            fs::File::open(&written[0].0)?.sync_all()?;
-        } else {
-            // SAFETY: syncfs on an open descriptor.
-            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("flushing the service files");
-            }
-        }
-        for (tmp, path) in written {
-            fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-        }
-        dir.sync_all()?;
+        let journal = self.journal.as_mut().context("the service journal is not open (load it first)")?;
+        journal.write_all(&bytes).context("appending to the service journal")?;
+        journal.sync_data().context("flushing the service journal")?;
+        self.journal_bytes += bytes.len() as u64;
         Ok(())
     }
 
-    /// Removes every service file (`--cleanup`).
-    pub fn remove_all(&self) -> Result<()> {
-        match fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+    /// Stores `services` as they now are (new or changed), with one flush.
+    pub fn save(&mut self, services: &[&Service]) -> Result<()> {
+        self.append(&services.iter().map(|s| Change::Put(*s)).collect::<Vec<_>>())
     }
 
-    pub fn remove(&self, names: &[&str]) -> Result<()> {
-        for name in names {
-            match fs::remove_file(self.path(name)) {
+    pub fn remove(&mut self, names: &[&str]) -> Result<()> {
+        self.append(&names.iter().map(|n| Change::Delete(n.to_string())).collect::<Vec<_>>())
+    }
+
+    /// Folds the journal into a new snapshot of `all` once it is due (see [`COMPACT_AFTER`]).
+    /// A failure leaves the old snapshot and the journal, which still say everything.
+    pub fn compact_if_due<'a>(&mut self, all: impl Iterator<Item = &'a Service>) -> Result<()> {
+        if self.journal_bytes < COMPACT_AFTER.max(self.snapshot_bytes) {
+            return Ok(());
+        }
+        let list: Vec<&Service> = all.collect();
+        let bytes = serde_json::to_vec(&list)?;
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        // A crash before the truncation replays changes the snapshot holds already: harmless.
+        let journal = self.journal.as_mut().context("the service journal is not open")?;
+        journal.set_len(0)?;
+        journal.sync_all()?;
+        self.journal_bytes = 0;
+        self.snapshot_bytes = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Removes the service files (`--cleanup`).
+    pub fn remove_all(&self) -> Result<()> {
+        for name in [SNAPSHOT_FILE, JOURNAL_FILE] {
+            match fs::remove_file(self.dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
         }
-        fs::File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
 }
@@ -366,7 +426,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
-            services: BTreeMap::new(),
+            services: Services::new(),
         }
     }
 
@@ -402,6 +462,68 @@ mod tests {
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains(r#""address":"10.1.0.2""#) && text.contains(r#""netns_inode":4026532000"#), "{text}");
         assert_eq!(serde_json::from_str::<State>(&text).unwrap(), state);
+    }
+
+    fn service(name: &str, backends: usize) -> Service {
+        Service {
+            id: format!("id-{name}"),
+            name: name.into(),
+            network_id: "n1".into(),
+            vip: "10.1.0.100".parse().unwrap(),
+            port: 80,
+            protocol: crate::ports::Protocol::Tcp,
+            publish: None,
+            affinity_secs: None,
+            backends: (0..backends)
+                .map(|i| Backend {
+                    endpoint_id: format!("e{i}"),
+                    container_name: format!("web{i}"),
+                    address: format!("10.1.0.{}", i + 2).parse().unwrap(),
+                    port: 80,
+                    datapath_id: i as u32 + 1,
+                    draining: false,
+                })
+                .collect(),
+            datapath_id: 1,
+            created: String::new(),
+        }
+    }
+
+    #[test]
+    fn services_survive_in_snapshot_and_journal_and_a_torn_last_line_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("bpfnet-services-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut store = ServiceStore::new(&dir);
+        assert!(store.load().unwrap().is_empty());
+        let (a, b) = (service("a", 2), service("b", 3));
+        store.save(&[&a, &b]).unwrap();
+        let mut a2 = a.clone();
+        a2.backends.pop();
+        store.save(&[&a2]).unwrap();
+        store.remove(&["b"]).unwrap();
+        // A change cut short by a crash: half a line at the end.
+        fs::OpenOptions::new().append(true).open(dir.join(JOURNAL_FILE)).unwrap().write_all(b"{\"put\":{\"id\":").unwrap();
+        let mut store = ServiceStore::new(&dir);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(*loaded["a"], a2, "the last change of each service wins");
+        // The torn line is gone, so the next change is read back too.
+        let c = service("c", 1);
+        store.save(&[&c]).unwrap();
+        assert_eq!(ServiceStore::new(&dir).load().unwrap().len(), 2);
+        // Compaction: everything in the snapshot, the journal empty, the same set read back.
+        let many: Vec<Service> = (0..1000).map(|i| service(&format!("s{i}"), 10)).collect();
+        store.save(&many.iter().collect::<Vec<_>>()).unwrap();
+        let all = ServiceStore::new(&dir).load().unwrap();
+        store.compact_if_due(all.values().map(|s| s.as_ref())).unwrap();
+        assert_eq!(fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(), 0, "journal folded into the snapshot");
+        assert_eq!(ServiceStore::new(&dir).load().unwrap(), all);
+        // A damaged line in the middle is an error, not silently skipped.
+        fs::write(dir.join(JOURNAL_FILE), b"{\"delete\":\"a\"}\ngarbage\n{\"delete\":\"c\"}\n").unwrap();
+        let err = format!("{:#}", ServiceStore::new(&dir).load().unwrap_err());
+        assert!(err.contains("is damaged"), "{err}");
+        store.remove_all().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -38,9 +38,11 @@ fn host_veth_name(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
 }
 
-pub(super) fn iface_info(state: &crate::state::State, net: &Network, ep: &Endpoint) -> Result<IfaceInfo> {
+/// What the datapath knows of the sender on an endpoint's host-side veth; `backend`: the
+/// endpoint serves some service.
+pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<IfaceInfo> {
     let mut flags = 0;
-    if Daemon::is_backend(state, &ep.id) {
+    if backend {
         flags |= iface_flags::SERVICE_BACKEND;
     }
     if !net.icc {
@@ -386,7 +388,7 @@ impl Daemon {
     /// neighbour. Idempotent (used by connect and by the reconciler).
     pub(super) async fn program_endpoint(&mut self, net: &Network, ep: &Endpoint, link: &LinkInfo) -> Result<()> {
         // Maps before the program: the first packet must find its entries.
-        self.datapath.set_iface(link.index, iface_info(&self.state, net, ep)?)?;
+        self.datapath.set_iface(link.index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
         self.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
         for port in &ep.ports {
             for (key, target) in port.entries(ep.address) {

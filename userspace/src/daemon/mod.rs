@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
-pub use services::{resolve_backends, BackendArg};
+pub use services::{resolve_backends, BackendArg, BackendResolver};
 
 use crate::{
     api,
@@ -130,7 +130,7 @@ impl Daemon {
         let netlink = Netlink::connect()?;
         let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
         let found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
-        let service_store = ServiceStore::new(&config.state_dir)?;
+        let mut service_store = ServiceStore::new(&config.state_dir);
         let mut state = match store.load()? {
             Some(state) => state,
             None => {

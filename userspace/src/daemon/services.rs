@@ -33,32 +33,44 @@ pub struct BackendArg {
     pub port: Option<u16>,
 }
 
-/// Splits `NETNS[:PORT]` and resolves the namespace; each namespace is opened once per request.
+/// Splits `NETNS[:PORT]` and resolves the namespace.
 pub fn resolve_backends(args: &[String]) -> DaemonResult<Vec<BackendArg>> {
-    let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
-    args.iter()
-        .map(|arg| {
-            let (netns, port) = match arg.rsplit_once(':') {
-                Some((ns, port)) if !ns.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
-                    let port = match port.parse::<u16>() {
-                        Ok(p) if p > 0 => p,
-                        _ => return Err(Error::invalid(format!("invalid port in backend {arg:?}: ports are 1-65535"))),
-                    };
-                    (ns, Some(port))
-                }
-                _ => (arg.as_str(), None),
-            };
-            let (dev, inode) = match seen.get(netns) {
-                Some(id) => *id,
-                None => {
-                    let ns = netns::resolve(netns).map_err(|e| Error::not_found(format!("backend {arg:?}: {e:#}")))?;
-                    seen.insert(netns.to_string(), (ns.dev, ns.inode));
-                    (ns.dev, ns.inode)
-                }
-            };
-            Ok(BackendArg { arg: arg.clone(), netns: netns.to_string(), dev, inode, port })
-        })
-        .collect()
+    BackendResolver::default().resolve(args)
+}
+
+/// Resolves backends, opening each namespace once however many backends name it (a batch of
+/// 10,000 services over the same replicas names each 10,000 times).
+#[derive(Default)]
+pub struct BackendResolver {
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl BackendResolver {
+    pub fn resolve(&mut self, args: &[String]) -> DaemonResult<Vec<BackendArg>> {
+        args.iter().map(|arg| self.resolve_one(arg)).collect()
+    }
+
+    fn resolve_one(&mut self, arg: &str) -> DaemonResult<BackendArg> {
+        let (netns, port) = match arg.rsplit_once(':') {
+            Some((ns, port)) if !ns.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
+                let port = match port.parse::<u16>() {
+                    Ok(p) if p > 0 => p,
+                    _ => return Err(Error::invalid(format!("invalid port in backend {arg:?}: ports are 1-65535"))),
+                };
+                (ns, Some(port))
+            }
+            _ => (arg, None),
+        };
+        let (dev, inode) = match self.seen.get(netns) {
+            Some(id) => *id,
+            None => {
+                let ns = netns::resolve(netns).map_err(|e| Error::not_found(format!("backend {arg:?}: {e:#}")))?;
+                self.seen.insert(netns.to_string(), (ns.dev, ns.inode));
+                (ns.dev, ns.inode)
+            }
+        };
+        Ok(BackendArg { arg: arg.to_string(), netns: netns.to_string(), dev, inode, port })
+    }
 }
 
 /// `PORT[/tcp|/udp]`.
@@ -103,15 +115,27 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
     entries
 }
 
-/// The Maglev table of `svc` (backend datapath ids), over the backends that take new connections.
-fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
+/// The Maglev table of `svc` (backend datapath ids), over the backends that take new
+/// connections, written into `out` (a zeroed table, which no backend id matches, for none).
+fn build_table_into(svc: &Service, out: &mut [u32]) -> Result<()> {
     let active: Vec<&Backend> = svc.backends.iter().filter(|b| !b.draining).collect();
     if active.is_empty() {
-        return Ok(vec![0; m as usize]);
+        out.fill(0);
+        return Ok(());
     }
     let names: Vec<String> = active.iter().map(|b| b.maglev_name()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(maglev::table(&refs, m)?.into_iter().map(|i| active[i as usize].datapath_id).collect())
+    maglev::fill_table(&refs, out)?;
+    for slot in out.iter_mut() {
+        *slot = active[*slot as usize].datapath_id;
+    }
+    Ok(())
+}
+
+fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
+    let mut out = vec![0; m as usize];
+    build_table_into(svc, &mut out)?;
+    Ok(out)
 }
 
 /// The lowest id from `*cursor` up to `max` (inclusive) not in `used`; taken (added to `used`)
@@ -123,20 +147,48 @@ fn take_free(used: &mut HashSet<u32>, cursor: &mut u32, max: u32) -> Option<u32>
     Some(id)
 }
 
-/// Which `BACKENDS` slots are taken, kept with every change (finding a free one among 100,000
-/// must not cost a walk over every service).
+/// Which `BACKENDS` slots are taken and which endpoints serve some service, kept with every
+/// change: at 100,000 backends, neither may cost a walk over every service per change.
 pub(super) struct BackendIds {
     used: HashSet<u32>,
+    /// Endpoint id -> how many service backends it is.
+    per_endpoint: HashMap<String, u32>,
     /// Where the search for a free id starts (past the last one taken).
     hint: u32,
     max: u32,
 }
 
 impl BackendIds {
-    /// The ids `state` holds; ids go from 1 to `max_backends - 1`.
+    /// What `state` holds; ids go from 1 to `max_backends - 1`.
     pub(super) fn of(state: &crate::state::State, max_backends: u32) -> Self {
-        let used = state.services.values().flat_map(|s| s.backends.iter().map(|b| b.datapath_id)).collect();
-        Self { used, hint: 1, max: max_backends.saturating_sub(1) }
+        let mut ids = Self { used: HashSet::new(), per_endpoint: HashMap::new(), hint: 1, max: max_backends.saturating_sub(1) };
+        for b in state.services.values().flat_map(|s| &s.backends) {
+            ids.used.insert(b.datapath_id);
+            ids.added(b);
+        }
+        ids
+    }
+
+    /// Whether endpoint `id` is a backend of some service (draining ones included: their
+    /// connections still answer through a VIP).
+    pub(super) fn serves(&self, endpoint_id: &str) -> bool {
+        self.per_endpoint.contains_key(endpoint_id)
+    }
+
+    /// `b` (its id taken before) is now part of a service.
+    fn added(&mut self, b: &Backend) {
+        *self.per_endpoint.entry(b.endpoint_id.clone()).or_insert(0) += 1;
+    }
+
+    /// `b` left its service: its id is free, its endpoint serves one service less.
+    fn removed(&mut self, b: &Backend) {
+        self.release(b.datapath_id);
+        if let Some(n) = self.per_endpoint.get_mut(&b.endpoint_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_endpoint.remove(&b.endpoint_id);
+            }
+        }
     }
 
     fn take(&mut self) -> Option<u32> {
@@ -152,20 +204,41 @@ impl BackendIds {
     }
 }
 
-/// The tables of many services, built on every core.
-fn build_tables(services: &[&Service], m: u32) -> Result<Vec<Vec<u32>>> {
+/// The tables of many services, built on every core straight into `slots` (the mapped
+/// `MAGLEV`: service `s` owns `m` slots from `(s.datapath_id - 1) * m`). Only for services no
+/// packet uses yet, or whose table comes out the same (a restart): a table rewritten in place
+/// may name, for a moment, backends whose entries are not written yet.
+fn write_tables(services: &[&Service], m: u32, slots: &mut [u32]) -> Result<()> {
+    let ranges: Vec<std::ops::Range<usize>> =
+        services.iter().map(|s| (s.datapath_id as usize - 1) * m as usize..s.datapath_id as usize * m as usize).collect();
+    anyhow::ensure!(ranges.iter().all(|r| r.end <= slots.len()), "a service's table lies beyond the {} slots", slots.len());
+    // Disjoint ranges (datapath ids are unique) of one slice, shared by the threads.
+    struct Slots(*mut u32);
+    // SAFETY: each thread writes only the ranges of its own services, which no other touches.
+    unsafe impl Sync for Slots {}
+    let base = Slots(slots.as_mut_ptr());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(services.len().max(1));
     let chunk = services.len().div_ceil(threads).max(1);
+    let work: Vec<(&Service, std::ops::Range<usize>)> = services.iter().copied().zip(ranges).collect();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = services
+        let base = &base;
+        let handles: Vec<_> = work
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|s| build_table(s, m)).collect::<Result<Vec<_>>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    for (svc, range) in part {
+                        // SAFETY: in bounds (checked above) and disjoint from every other range.
+                        let out = unsafe { std::slice::from_raw_parts_mut(base.0.add(range.start), range.len()) };
+                        build_table_into(svc, out)?;
+                    }
+                    Ok::<(), anyhow::Error>(())
+                })
+            })
             .collect();
-        let mut tables = Vec::with_capacity(services.len());
         for h in handles {
-            tables.extend(h.join().map_err(|_| anyhow::anyhow!("a Maglev table build panicked"))??);
+            h.join().map_err(|_| anyhow::anyhow!("a Maglev table build panicked"))??;
         }
-        Ok(tables)
+        Ok(())
     })
 }
 
@@ -238,10 +311,11 @@ impl Daemon {
         }
         let refs: Vec<&Service> = made.iter().collect();
         let validated = started.elapsed();
-        let tables = build_tables(&refs, self.lb.table_size).map_err(Error::internal)?;
+        // Straight into the datapath's tables: no packet uses them before the headers are written.
+        write_tables(&refs, self.lb.table_size, self.datapath.maglev_slots()).map_err(Error::internal)?;
         let built = started.elapsed();
         let programming = Instant::now();
-        let programmed = self.program_services(&refs, tables);
+        let programmed = self.program_services(&refs, None);
         let datapath_ms = programming.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = programmed.and_then(|()| self.service_store.save(&refs)) {
             for svc in &made {
@@ -254,7 +328,11 @@ impl Daemon {
             "{programmed} services: validated in {validated:?}, tables built by {built:?}, datapath written and saved by {:?}",
             started.elapsed()
         );
-        let backend_endpoints: Vec<String> = made.iter().flat_map(|s| s.backends.iter().map(|b| b.endpoint_id.clone())).collect();
+        let mut backend_endpoints: Vec<String> = Vec::new();
+        for b in made.iter().flat_map(|s| &s.backends) {
+            self.backend_ids.added(b);
+            backend_endpoints.push(b.endpoint_id.clone());
+        }
         for svc in made {
             log::info!(
                 "service {} created: {}:{}/{} on network {}, {} backend(s){}",
@@ -269,6 +347,7 @@ impl Daemon {
             self.state.services.insert(svc.name.clone(), Arc::new(svc));
         }
         self.mark_backends(&backend_endpoints);
+        self.compact_services();
         self.publish_state();
         Ok(api::ServicesCreated { created: programmed, elapsed_ms: started.elapsed().as_secs_f64() * 1e3, datapath_ms })
     }
@@ -327,19 +406,20 @@ impl Daemon {
     /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
     /// then the service's header and its addresses.
     pub(super) fn program_service(&mut self, svc: &Service, table: Vec<u32>) -> Result<()> {
-        self.program_services(&[svc], vec![table])
+        self.program_services(&[svc], Some(vec![table]))
     }
 
-    /// Writes services with their Maglev `tables` (in the same order), each map in one batch:
-    /// backends, then the tables, then the services' headers, ports and VIPs, so that no packet
-    /// meets a header whose table or backends are not written yet.
-    pub(super) fn program_services(&mut self, services: &[&Service], tables: Vec<Vec<u32>>) -> Result<()> {
+    /// Writes services with their Maglev `tables` (in the same order; `None`: written already,
+    /// see [`write_tables`]), each map in one batch: backends, then the tables, then the
+    /// services' headers, ports and VIPs, so that no packet meets a header whose table or
+    /// backends are not written yet.
+    pub(super) fn program_services(&mut self, services: &[&Service], tables: Option<Vec<Vec<u32>>>) -> Result<()> {
         let m = self.lb.table_size;
         let mut backends = Vec::new();
         let mut headers = Vec::with_capacity(services.len());
         let mut ports = Vec::with_capacity(services.len());
         let mut vips = Vec::with_capacity(services.len());
-        for (svc, table) in services.iter().zip(&tables) {
+        for (i, svc) in services.iter().enumerate() {
             let net = self.state.network_by_id(&svc.network_id).context("a service's network is gone")?;
             for b in &svc.backends {
                 let info = if b.draining {
@@ -355,7 +435,9 @@ impl Daemon {
             headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: m, backends: active, _pad: 0, affinity_ns }));
             ports.extend(port_entries(svc, net));
             vips.push((IpKey::from(svc.vip), net.datapath_id));
-            self.datapath.write_maglev(base, table)?;
+            if let Some(tables) = &tables {
+                self.datapath.write_maglev(base, &tables[i])?;
+            }
         }
         self.datapath.set_services_batch(&backends, &headers, &ports, &vips)
     }
@@ -396,12 +478,18 @@ impl Daemon {
             }
             return Err(Error::internal(e));
         }
-        let touched: Vec<String> = old.backends.iter().chain(&new.backends).map(|b| b.endpoint_id.clone()).collect();
+        let mut touched: Vec<String> = Vec::new();
+        for b in new.backends.iter().filter(|b| !old.backends.iter().any(|o| o.datapath_id == b.datapath_id)) {
+            self.backend_ids.added(b);
+            touched.push(b.endpoint_id.clone());
+        }
         for b in gone {
-            self.backend_ids.release(b.datapath_id);
+            self.backend_ids.removed(b);
+            touched.push(b.endpoint_id.clone());
         }
         self.state.services.insert(new.name.clone(), Arc::new(new));
         self.mark_backends(&touched);
+        self.compact_services();
         self.publish_state();
         Ok(())
     }
@@ -438,10 +526,16 @@ impl Daemon {
             svc.backends.retain(|b| !matches(b));
         }
         let gone_refs: Vec<&Backend> = gone.iter().collect();
+        let udp = svc.protocol == Protocol::Udp;
         self.change_service(svc, &gone_refs)?;
         for b in &gone {
-            let purged = self.conntrack.forget_service_backend(b.address, b.port, true);
-            log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
+            // Only a UDP service has flows to purge (the walk of the table is not free).
+            if udp {
+                let purged = self.conntrack.forget_service_backend(b.address, b.port, true);
+                log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
+            } else {
+                log::info!("service {name}: backend {} ({}:{}) removed", b.container_name, b.address, b.port);
+            }
         }
         if drain {
             log::info!("service {name}: draining {} (no new connections; removed when its connections end)", arg.arg);
@@ -453,18 +547,28 @@ impl Daemon {
         let svc = self.service(name)?.clone();
         self.service_store.remove(&[name]).map_err(Error::internal)?;
         self.unprogram_service(&svc);
-        for b in &svc.backends {
-            self.conntrack.forget_service_backend(b.address, b.port, true);
+        if svc.protocol == Protocol::Udp {
+            for b in &svc.backends {
+                self.conntrack.forget_service_backend(b.address, b.port, true);
+            }
         }
         self.state.services.remove(name);
         for b in &svc.backends {
-            self.backend_ids.release(b.datapath_id);
+            self.backend_ids.removed(b);
         }
         let touched: Vec<String> = svc.backends.iter().map(|b| b.endpoint_id.clone()).collect();
         self.mark_backends(&touched);
+        self.compact_services();
         self.publish_state();
         log::info!("service {name} removed");
         Ok(())
+    }
+
+    /// Folds the service journal into a snapshot when it is due (a failure only costs disk).
+    fn compact_services(&mut self) {
+        if let Err(e) = self.service_store.compact_if_due(self.state.services.values().map(|s| s.as_ref())) {
+            log::warn!("writing the services' snapshot: {e:#} (the journal keeps every change)");
+        }
     }
 
     pub fn inspect_service(&self, name: &str) -> DaemonResult<api::ServiceInspect> {
@@ -528,7 +632,8 @@ impl Daemon {
             }
             let Some(ep) = self.state.endpoints.iter().find(|e| &e.id == id).cloned() else { continue };
             let Some(net) = self.state.network_by_id(&ep.network_id).cloned() else { continue };
-            if let Err(e) = super::endpoints::iface_info(&self.state, &net, &ep).and_then(|info| self.datapath.set_iface(ep.host_ifindex, info)) {
+            let serves = self.backend_ids.serves(&ep.id);
+            if let Err(e) = super::endpoints::iface_info(&net, &ep, serves).and_then(|info| self.datapath.set_iface(ep.host_ifindex, info)) {
                 log::warn!("endpoint {}: updating its backend flag: {e:#}", &ep.id[..12]);
             }
         }
@@ -537,12 +642,10 @@ impl Daemon {
     /// Programs every service at start (after the endpoints); returns the `PORTS` keys they hold.
     pub(super) fn reconcile_services(&mut self) -> Result<HashSet<PortKey>> {
         let services: Vec<Arc<Service>> = self.state.services.values().cloned().collect();
-        let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
-        let tables = build_tables(&refs, self.lb.table_size)?;
         let mut keys = HashSet::new();
         let (mut vips, mut ids, mut backends) = (HashSet::new(), HashSet::new(), HashSet::new());
-        let (mut programmed, mut programmed_tables) = (Vec::new(), Vec::new());
-        for (svc, table) in services.iter().zip(tables) {
+        let mut programmed = Vec::new();
+        for svc in &services {
             let Some(net) = self.state.network_by_id(&svc.network_id) else {
                 log::error!("service {}: its network is gone; not programmed", svc.name);
                 continue;
@@ -563,16 +666,12 @@ impl Daemon {
             ids.insert(svc.datapath_id);
             backends.extend(svc.backends.iter().filter(|b| !b.draining).map(|b| b.datapath_id));
             programmed.push(svc.as_ref());
-            programmed_tables.push(table);
         }
-        self.program_services(&programmed, programmed_tables)?;
+        // In place: a restart's tables come out the same as those the packets use.
+        write_tables(&programmed, self.lb.table_size, self.datapath.maglev_slots())?;
+        self.program_services(&programmed, None)?;
         self.datapath.retain_services(&vips, &ids, &backends)?;
         Ok(keys)
-    }
-
-    /// Whether endpoint `id` is a backend of some service.
-    pub(super) fn is_backend(state: &crate::state::State, id: &str) -> bool {
-        state.services.values().any(|s| s.backends.iter().any(|b| b.endpoint_id == id))
     }
 }
 

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use axum::{
-    extract::{Path as UrlPath, State},
+    extract::{DefaultBodyLimit, Path as UrlPath, State},
     http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -196,11 +196,12 @@ async fn services(State(app): State<App>) -> Json<Vec<api::ServiceSummary>> {
 async fn service_inspect(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<api::ServiceInspect> {
     views::inspect_service(&app.published.get(), &name).map(Json)
 }
-/// Resolves each request's backends (their namespaces) before the daemon's lock.
+/// Resolves each request's backends (their namespaces, each opened once) before the daemon's lock.
 fn resolve_all(reqs: Vec<api::CreateService>) -> Result<Vec<(api::CreateService, Vec<daemon::BackendArg>)>, Error> {
+    let mut resolver = daemon::BackendResolver::default();
     reqs.into_iter()
         .map(|req| {
-            let backends = daemon::resolve_backends(&req.backends)?;
+            let backends = resolver.resolve(&req.backends)?;
             Ok((req, backends))
         })
         .collect()
@@ -263,7 +264,7 @@ fn router(app: App) -> Router {
         .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
         .route("/ports", get(ports))
         .route("/services", get(services).post(service_create))
-        .route("/services/batch", post(service_create_batch))
+        .route("/services/batch", post(service_create_batch).layer(DefaultBodyLimit::max(limits::MAX_BATCH_BODY)))
         .route("/services/{name}", get(service_inspect).delete(service_remove))
         .route("/services/{name}/backends", post(backend_add))
         .route("/services/{name}/backends/remove", post(backend_remove))
