@@ -232,6 +232,8 @@ fn udp_affinity_refusals_and_clear_errors() {
     assert!(udp_refused(&client, addr(&vip_of(&sb, "nobody-udp"), 9001), T).unwrap(), "port unreachable for UDP");
 
     // Errors that change nothing.
+    sb.bpfnet_ok(&["network", "create", "inside", "--internal"]).unwrap();
+    sb.bpfnet_ok(&["service", "create", "in1", "--network", "inside", "--port", "80"]).unwrap();
     let before = sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap();
     for (args, says) in [
         (vec!["service", "create", "x", "--network", "nope", "--port", "80"], "network \"nope\" not found"),
@@ -246,12 +248,37 @@ fn udp_affinity_refusals_and_clear_errors() {
         (vec!["service", "create", "x", "--network", "front", "--port", "80", "--affinity", "cookie"], "invalid --affinity"),
         (vec!["service", "add-backend", "nope", &client], "service \"nope\" not found"),
         (vec!["service", "rm-backend", "dns", &outside.far], "is not a backend"),
+        (vec!["network", "rm", "inside"], "has services (in1)"),
+        (vec!["service", "create", "x", "--network", "inside", "--port", "80", "--publish", "9100"], "is internal"),
     ] {
         let ran = sb.bpfnet(&args).unwrap();
         assert!(!ran.ok && ran.stderr.contains(says), "{args:?}: expected {says:?}, got {}", ran.stderr);
     }
     assert_eq!(sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap(), before, "nothing changed");
-    sb.bpfnet_ok(&["service", "rm", "nobody", "nobody-udp", "sticky"]).unwrap();
+    assert!(sb.bpfnet_ok(&["network", "ls"]).unwrap().contains("inside"), "the network stays");
+
+    // Many at once from a file (all or none): one bad entry and nothing is created.
+    let file = sb.state_dir().with_file_name("services.json");
+    let batch = |extra: &str| {
+        format!(
+            r#"{{"services": [{{"name": "b1", "network": "front", "port": "81", "backends": ["{}"]}},
+                             {{"name": "b2", "network": "front", "port": "82/udp", "backends": ["{}:5353"]}}{extra}]}}"#,
+            replicas[0], replicas[1]
+        )
+    };
+    std::fs::write(&file, batch(r#", {"name": "b3", "network": "nope", "port": "83"}"#)).unwrap();
+    let ran = sb.bpfnet(&["service", "apply", file.to_str().unwrap()]).unwrap();
+    assert!(!ran.ok && ran.stderr.contains("network \"nope\" not found"), "{}", ran.stderr);
+    assert_eq!(sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap(), before, "none of the batch was created");
+    std::fs::write(&file, batch("")).unwrap();
+    let out = sb.bpfnet_ok(&["service", "apply", file.to_str().unwrap()]).unwrap();
+    assert!(out.starts_with("2 services created"), "{out}");
+    let b1 = addr(&vip_of(&sb, "b1"), 81);
+    assert!(tcp_connect(&client, b1, T).is_err(), "web1 serves nothing on 81: refused, not balanced elsewhere");
+    sb.bpfnet_ok(&["service", "rm", "b1", "b2"]).unwrap();
+
+    sb.bpfnet_ok(&["service", "rm", "nobody", "nobody-udp", "sticky", "in1"]).unwrap();
+    sb.bpfnet_ok(&["network", "rm", "inside"]).unwrap();
     let left = json(&sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap());
     assert_eq!(left.as_array().unwrap().len(), 1);
     // A removed service's port answers no more (the host has nothing there either).

@@ -266,3 +266,24 @@ fn a_service_without_backends_refuses_with_a_reset_or_port_unreachable() {
         assert_eq!(lab.counter(Counter::ServiceRejected), 2);
     });
 }
+
+#[test]
+fn an_internal_network_reaches_its_services_vip_and_nothing_else() {
+    TestNetns::new("lb-internal").run(iface_flags::INTERNAL, |lab| {
+        let table = install(lab, TCP, &[0, 1, 2], 0);
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, NETWORK, GATEWAY_IP);
+        let to_vip = Ip { src: CONTAINER_IP, dst: VIP, proto: TCP, ttl: 64, id: 5, frag: 0x4000 };
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x02, b"")));
+        assert_eq!(out.verdict, REDIRECT, "the VIP is on the network");
+        assert_eq!(which_backend(&out.packet), predicted(&table, CONTAINER_IP, VIP, 40000, VIP_PORT, TCP));
+        // The next packet of that connection too; anything else off the network is dropped.
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x10, b"x")));
+        assert_eq!(out.verdict, REDIRECT);
+        let away = Ip { dst: SERVER_IP, ..to_vip };
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, away, tcp_segment(40001, 80, 0x02, b"")));
+        assert_eq!(out.verdict, DROP);
+        let other_port = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40002, 81, 0x02, b"")));
+        assert_eq!(other_port.verdict, DROP, "a port the VIP does not serve");
+        assert_eq!(lab.counter(Counter::DropInternal), 2);
+    });
+}

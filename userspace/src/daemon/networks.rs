@@ -77,6 +77,14 @@ impl Daemon {
                 allocated.join(", ")
             )));
         }
+        let services: Vec<&str> =
+            self.state.services.values().filter(|s| s.network_id == net.id).map(|s| s.name.as_str()).collect();
+        if !services.is_empty() {
+            return Err(Error::conflict(format!(
+                "network {name:?} has services ({}): remove them first (`bpfnet service rm`)",
+                services.join(", ")
+            )));
+        }
         let before = self.state.clone();
         self.state.networks.retain(|n| n.id != net.id);
         if let Err(e) = self.commit() {

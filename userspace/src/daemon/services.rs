@@ -276,6 +276,12 @@ impl Daemon {
             let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
             let publish = match &req.publish {
                 None => None,
+                Some(_) if net.internal => {
+                    return Err(Error::invalid(format!(
+                        "network {:?} is internal: nothing reaches it from outside, so its services cannot be published",
+                        net.name
+                    )));
+                }
                 Some(spec) => {
                     if local.is_none() {
                         local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
