@@ -27,6 +27,9 @@ pub struct Options {
     /// Backend changes timed (half additions, half removals, on services picked in turn).
     #[arg(long, default_value_t = 1_000)]
     pub changes: usize,
+    /// Maglev table size the daemon is started with (a prime).
+    #[arg(long, default_value_t = bpfnet::maglev::DEFAULT_TABLE_SIZE)]
+    pub table_size: u32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -67,7 +70,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut sb = Sandbox::new("lbscale")?;
     let max = opts.services.to_string();
     let max_backends = (opts.services * (opts.backends + 1) + 16).to_string();
-    sb.start_daemon_with(&DaemonOptions { args: &["--max-services", &max, "--max-backends", &max_backends], ..Default::default() })?;
+    let table_size = opts.table_size.to_string();
+    let args = ["--max-services", &max, "--max-backends", &max_backends, "--maglev-table-size", &table_size];
+    sb.start_daemon_with(&DaemonOptions { args: &args, ..Default::default() })?;
     sb.bpfnet_ok(&["network", "create", "scale", "--subnet", "10.96.0.0/16"])?;
     let mut namespaces = Vec::new();
     for i in 0..=opts.backends {
@@ -132,12 +137,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         remove_p99_ms: percentile(&removes, 0.99),
         changes: adds.len() + removes.len(),
         daemon_rss_kb,
-        maglev_mb: opts.services as f64 * bpfnet::maglev::DEFAULT_TABLE_SIZE as f64 * 4.0 / 1e6,
+        maglev_mb: opts.services as f64 * opts.table_size as f64 * 4.0 / 1e6,
     };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("services x backends        {} x {}", report.services, report.backends);
+        println!("services x backends        {} x {} ({}-slot Maglev tables)", report.services, report.backends, opts.table_size);
         println!(
             "install (one batch)        {:.0} ms at the client, {:.0} ms in the daemon, {:.0} ms of it writing the datapath",
             report.install_ms, report.install_daemon_ms, report.install_datapath_ms
