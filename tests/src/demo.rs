@@ -174,12 +174,12 @@ fn outside_world(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     Ok(failures)
 }
 
-/// Docker Swarm's example: three replicas behind `--publish 8080` to port 80, each answering with
+/// Docker Swarm's example: three replicas behind `--publish 8088` to port 80, each answering with
 /// its name; new connections from outside, from a container through the VIP and from the host,
 /// counted per replica.
 fn swarm_example(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     let mut failures = vec![];
-    let mut args = vec!["service", "create", "web", "--network", "frontend", "--port", "80", "--publish", "8080"];
+    let mut args = vec!["service", "create", "web", "--network", "frontend", "--port", "80", "--publish", "8088"];
     let mut replicas = vec![];
     for i in 1..=3 {
         let name = format!("web{i}");
@@ -205,9 +205,9 @@ fn swarm_example(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     let host = sb.host();
     let con3 = sb.ns("con3");
     for (label, ns, to) in [
-        (format!("outside (far) -> {UPLINK_IP}:8080"), &outside.far, addr(UPLINK_IP, 8080)),
+        (format!("outside (far) -> {UPLINK_IP}:8088"), &outside.far, addr(UPLINK_IP, 8088)),
         (format!("con3 -> VIP {vip}:80"), &con3, addr(&vip, 80)),
-        ("the host -> 127.0.0.1:8080".to_string(), &host, addr("127.0.0.1", 8080)),
+        ("the host -> 127.0.0.1:8088".to_string(), &host, addr("127.0.0.1", 8088)),
     ] {
         match spread(Some(ns), to, N, WAIT) {
             Ok(seen) => {
@@ -314,7 +314,7 @@ pub fn run() -> Result<()> {
         Err(e) => failures.push(format!("outside world: {e:#}")),
     }
 
-    step("Services: Docker Swarm's example, three replicas behind --publish 8080 (Maglev in the datapath)");
+    step("Services: Docker Swarm's example, three replicas behind --publish 8088 (Maglev in the datapath)");
     match swarm_example(&mut sb, &outside) {
         Ok(f) => failures.extend(f),
         Err(e) => failures.push(format!("swarm example: {e:#}")),

@@ -249,6 +249,7 @@ fn udp_affinity_refusals_and_clear_errors() {
         (vec!["service", "add-backend", "nope", &client], "service \"nope\" not found"),
         (vec!["service", "rm-backend", "dns", &outside.far], "is not a backend"),
         (vec!["network", "rm", "inside"], "has services (in1)"),
+        (vec!["network", "connect", "front", &outside.ext, "-p", "9000:80"], "already published by service nobody"),
         (vec!["service", "create", "x", "--network", "inside", "--port", "80", "--publish", "9100"], "is internal"),
     ] {
         let ran = sb.bpfnet(&args).unwrap();

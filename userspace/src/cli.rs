@@ -124,7 +124,8 @@ enum ServiceCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove services (their connections end; UDP flows are forgotten at once).
+    /// Remove services: no new connection reaches their backends; open TCP connections go on
+    /// until they close, UDP flows are forgotten at once.
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]

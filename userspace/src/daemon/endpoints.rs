@@ -315,6 +315,9 @@ impl Daemon {
             if let Some(other) = ports.iter().find(|q| q.overlaps(&port)) {
                 return Err(Error::invalid(format!("{spec:?} overlaps {other}, published by the same request")));
             }
+            if let Some((held, svc)) = self.state.services.values().find_map(|s| s.publish.filter(|q| q.overlaps(&port)).map(|q| (q, &s.name))) {
+                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {svc}")));
+            }
             for ep in self.state.all_allocations() {
                 if let Some(held) = ep.ports.iter().find(|q| q.overlaps(&port)) {
                     let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
