@@ -205,6 +205,10 @@ pub struct Stats {
     pub counters: Vec<CounterValue>,
     pub networks: usize,
     pub endpoints: usize,
+    #[serde(default)]
+    pub services: usize,
+    #[serde(default)]
+    pub backends: usize,
     pub conntrack: ConntrackUsage,
     pub uplinks: Vec<Uplink>,
 }

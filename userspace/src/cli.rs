@@ -525,7 +525,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             if json {
                 return print_json(&stats);
             }
-            println!("{} networks, {} endpoints", stats.networks, stats.endpoints);
+            println!("{} networks, {} endpoints, {} services ({} backends)", stats.networks, stats.endpoints, stats.services, stats.backends);
             let ct = &stats.conntrack;
             println!("connection table: {} of {} entries in use ({}%)", ct.entries, ct.max_entries, ct.pressure_percent);
             let uplinks: Vec<String> = stats.uplinks.iter().map(|u| format!("{} ({})", u.interface, u.address)).collect();

@@ -109,6 +109,8 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
             .collect(),
         networks: state.networks.len(),
         endpoints: state.endpoints.len(),
+        services: state.services.len(),
+        backends: state.services.values().map(|s| s.backends.len()).sum(),
         conntrack: with_conntrack(&app, |ct| ct.usage()).await?,
         uplinks: app.uplinks.read().unwrap_or_else(|e| e.into_inner()).clone(),
     }))
