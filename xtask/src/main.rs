@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iptables",
+    "nftables",
     "conntrack",
     "bpftool",
 ];
