@@ -55,6 +55,43 @@ pub fn iptables_rules(services: &[Service]) -> String {
     format!("{chains}{rules}COMMIT\n")
 }
 
+/// `iptables-restore --noflush` input that rewrites service `i`'s chains (a changed endpoint
+/// set), as kube-proxy does for the services that changed: the service chain is declared (so
+/// flushed) and filled again, with a chain per endpoint.
+pub fn iptables_service_update(i: usize, s: &Service, generation: usize) -> String {
+    let svc = chain("KUBE-SVC", &format!("{i}/{}:{}", s.vip, s.port));
+    let mut chains = format!("*nat\n:{svc} - [0:0]\n");
+    let mut rules = String::new();
+    let n = s.endpoints.len();
+    for (k, (ip, port)) in s.endpoints.iter().enumerate() {
+        let sep = chain("KUBE-SEP", &format!("{i}/{k}/{ip}:{port}/{generation}"));
+        let _ = writeln!(chains, ":{sep} - [0:0]");
+        if k + 1 < n {
+            let p = 1.0 / (n - k) as f64;
+            let _ = writeln!(rules, "-A {svc} -m statistic --mode random --probability {p:.11} -j {sep}");
+        } else {
+            let _ = writeln!(rules, "-A {svc} -j {sep}");
+        }
+        let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
+    }
+    format!("{chains}{rules}COMMIT\n")
+}
+
+/// `nft -f` input that rewrites service `i`'s chain (a changed endpoint set).
+pub fn nftables_service_update(i: usize, s: &Service) -> String {
+    format!("flush chain ip kube svc{i}\nadd rule ip kube svc{i} {}\n", dnat_rule(s))
+}
+
+/// A service chain's rule: an endpoint at random, translated to (one endpoint: no choice, and
+/// no anonymous map, which costs nft a set per service).
+fn dnat_rule(s: &Service) -> String {
+    if let [(ip, port)] = s.endpoints[..] {
+        return format!("meta l4proto tcp dnat ip to {ip}:{port}");
+    }
+    let targets: Vec<String> = s.endpoints.iter().enumerate().map(|(k, (ip, port))| format!("{k} : {ip} . {port}")).collect();
+    format!("meta l4proto tcp dnat ip addr . port to numgen random mod {} map {{ {} }}", s.endpoints.len(), targets.join(", "))
+}
+
 /// `nft -f` input: the same services as verdict maps (`ip daddr . th dport` for VIPs, `th
 /// dport` for node ports on local addresses), each service a chain choosing its endpoint with
 /// `numgen random`, in table `ip kube`.
@@ -63,16 +100,7 @@ pub fn nftables_ruleset(services: &[Service]) -> String {
     let mut vips = Vec::new();
     let mut node_ports = Vec::new();
     for (i, s) in services.iter().enumerate() {
-        let _ = writeln!(out, "  chain svc{i} {{");
-        let targets: Vec<String> =
-            s.endpoints.iter().enumerate().map(|(k, (ip, port))| format!("{k} : {ip} . {port}")).collect();
-        let _ = writeln!(
-            out,
-            "    meta l4proto tcp dnat ip addr . port to numgen random mod {} map {{ {} }}",
-            s.endpoints.len(),
-            targets.join(", ")
-        );
-        out.push_str("  }\n");
+        let _ = writeln!(out, "  chain svc{i} {{\n    {}\n  }}", dnat_rule(s));
         vips.push(format!("{} . {} : goto svc{i}", s.vip, s.port));
         node_ports.push(format!("{} : goto svc{i}", s.node_port));
     }
@@ -142,6 +170,22 @@ mod tests {
         assert!(ran.ok, "nft: {}", ran.stderr);
         let listed = sb.exec(&host, &["nft", "list", "map", "ip", "kube", "services"]).unwrap().stdout;
         assert_eq!(listed.matches("goto svc").count(), 1000);
+        // One service gets a fourth endpoint, as kube-proxy writes it.
+        let mut changed = services(1000).remove(7);
+        changed.endpoints.push((Ipv4Addr::new(10, 244, 0, 99), 8080));
+        std::fs::write(&rules, iptables_service_update(7, &changed, 1)).unwrap();
+        for (tool, save) in [("iptables-nft-restore", "iptables-nft-save"), ("iptables-legacy-restore", "iptables-legacy-save")] {
+            let ran = sb.exec(&host, &[tool, "--noflush", rules.to_str().unwrap()]).unwrap();
+            assert!(ran.ok, "{tool}: {}", ran.stderr);
+            let listed = sb.exec(&host, &[save, "-t", "nat"]).unwrap().stdout;
+            assert!(listed.contains("--to-destination 10.244.0.99:8080"), "{tool}: the new endpoint is there");
+            assert_eq!(listed.matches("-A KUBE-SERVICES -d ").count(), 1000, "{tool}: the others stay");
+        }
+        std::fs::write(&ruleset, nftables_service_update(7, &changed)).unwrap();
+        let ran = sb.exec(&host, &["nft", "-f", ruleset.to_str().unwrap()]).unwrap();
+        assert!(ran.ok, "nft: {}", ran.stderr);
+        let listed = sb.exec(&host, &["nft", "list", "chain", "ip", "kube", "svc7"]).unwrap().stdout;
+        assert!(listed.contains("mod 4") && listed.contains("10.244.0.99"), "{listed}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

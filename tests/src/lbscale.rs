@@ -30,9 +30,25 @@ pub struct Options {
     /// Maglev table size the daemon is started with (a prime).
     #[arg(long, default_value_t = bpfnet::maglev::DEFAULT_TABLE_SIZE)]
     pub table_size: u32,
+    /// Also install the same services with the peers (kube-proxy-style rules loaded by
+    /// iptables-nft-restore and iptables-legacy-restore, nftables verdict maps by nft), each in a
+    /// private namespace, and time one service's change with each (`--peer-changes` of them).
+    #[arg(long)]
+    pub peers: bool,
+    #[arg(long, default_value_t = 100)]
+    pub peer_changes: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A peer's times: installing every service, then changing one service's endpoints.
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    pub name: &'static str,
+    pub install_ms: f64,
+    pub change_p50_ms: f64,
+    pub change_p99_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +68,7 @@ pub struct Report {
     /// Resident memory of the daemon after the install (kB), and the Maglev tables' size.
     pub daemon_rss_kb: u64,
     pub maglev_mb: f64,
+    pub peers: Vec<PeerReport>,
 }
 
 fn post(socket: &Path, path: &str, body: &str) -> Result<String> {
@@ -138,6 +155,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         changes: adds.len() + removes.len(),
         daemon_rss_kb,
         maglev_mb: opts.services as f64 * opts.table_size as f64 * 4.0 / 1e6,
+        peers: if opts.peers { peers(&mut sb, opts)? } else { vec![] },
     };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -150,6 +168,81 @@ pub fn run(opts: &Options) -> Result<Report> {
         println!("add one backend            p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.add_p50_ms, report.add_p99_ms, adds.len());
         println!("remove one backend         p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.remove_p50_ms, report.remove_p99_ms, removes.len());
         println!("daemon memory (RSS)        {} MB; Maglev tables {:.0} MB", report.daemon_rss_kb / 1024, report.maglev_mb);
+        for p in &report.peers {
+            println!(
+                "{:<26} install {:.0} ms; change one service p50 {:.2} ms, p99 {:.2} ms ({} changes, the tool's start included)",
+                p.name, p.install_ms, p.change_p50_ms, p.change_p99_ms, opts.peer_changes
+            );
+        }
     }
     Ok(report)
+}
+
+/// The same services for the peers, each loaded into a namespace of its own, then changed one
+/// service at a time (a fourth endpoint, alternately added and taken away), as kube-proxy does:
+/// one restore (or `nft -f`) process per sync, only the changed chains.
+fn peers(sb: &mut Sandbox, opts: &Options) -> Result<Vec<PeerReport>> {
+    use crate::kubeproxy::{iptables_rules, iptables_service_update, nftables_ruleset, nftables_service_update, Service};
+    use std::net::Ipv4Addr;
+    let endpoint = |k: usize| (Ipv4Addr::new(10, 98, (k / 250) as u8, (k % 250 + 2) as u8), 8080);
+    let services: Vec<Service> = (0..opts.services)
+        .map(|i| Service {
+            vip: Ipv4Addr::new(10, 97, (i / 250) as u8, (i % 250 + 2) as u8),
+            port: 80,
+            node_port: 30_000 + (i % 30_000) as u16,
+            endpoints: (0..opts.backends).map(endpoint).collect(),
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("bpfnet-lbscale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("rules");
+    // Runs `tool args file` inside `ns` (the thread enters it; the tool inherits it), timed.
+    let timed = |ns: &str, tool: &'static str, args: &'static [&'static str], file: std::path::PathBuf| -> Result<f64> {
+        crate::netns::within(ns, move || {
+            let t = Instant::now();
+            let out = std::process::Command::new(tool).args(args).arg(&file).output()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if !out.status.success() {
+                bail!("{tool}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(ms)
+        })
+    };
+    let mut reports = Vec::new();
+    for (name, tool, kind) in [
+        ("iptables (nf_tables)", "iptables-nft-restore", 0),
+        ("iptables-legacy", "iptables-legacy-restore", 0),
+        ("nftables verdict map", "nft", 1),
+    ] {
+        eprintln!("lb-scale: {name}: installing {} services", opts.services);
+        let ns = sb.add_netns(&format!("peer{}", reports.len()))?;
+        let (full, load_args): (String, &'static [&'static str]) =
+            if kind == 0 { (iptables_rules(&services), &[]) } else { (nftables_ruleset(&services), &["-f"]) };
+        std::fs::write(&file, full)?;
+        let install_ms = timed(&ns, tool, load_args, file.clone())?;
+        let mut changes = Vec::with_capacity(opts.peer_changes);
+        for k in 0..opts.peer_changes {
+            let i = (k * 7919) % opts.services;
+            let mut svc = services[i].clone();
+            if k % 2 == 0 {
+                svc.endpoints.push(endpoint(opts.backends));
+            }
+            let (update, args): (String, &'static [&'static str]) = if kind == 0 {
+                (iptables_service_update(i, &svc, k + 1), &["--noflush"])
+            } else {
+                (nftables_service_update(i, &svc), &["-f"])
+            };
+            std::fs::write(&file, update)?;
+            changes.push(timed(&ns, tool, args, file.clone())?);
+        }
+        changes.sort_by(f64::total_cmp);
+        reports.push(PeerReport {
+            name,
+            install_ms,
+            change_p50_ms: percentile(&changes, 0.5),
+            change_p99_ms: percentile(&changes, 0.99),
+        });
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(reports)
 }
