@@ -32,23 +32,11 @@ pub fn iptables_rules(services: &[Service]) -> String {
          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
     );
     for (i, s) in services.iter().enumerate() {
-        let svc = chain("KUBE-SVC", &format!("{i}/{}:{}", s.vip, s.port));
-        let _ = writeln!(chains, ":{svc} - [0:0]");
+        let (svc, svc_chains, svc_rules) = service_chains(i, s, 0);
+        chains.push_str(&svc_chains);
         let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j {svc}", s.vip, s.port);
         let _ = writeln!(rules, "-A KUBE-NODEPORTS -p tcp -m tcp --dport {} -j {svc}", s.node_port);
-        let n = s.endpoints.len();
-        for (k, (ip, port)) in s.endpoints.iter().enumerate() {
-            let sep = chain("KUBE-SEP", &format!("{i}/{k}/{ip}:{port}"));
-            let _ = writeln!(chains, ":{sep} - [0:0]");
-            // Endpoint k of n takes 1/(n-k) of what the ones before it left: an even split.
-            if k + 1 < n {
-                let p = 1.0 / (n - k) as f64;
-                let _ = writeln!(rules, "-A {svc} -m statistic --mode random --probability {p:.11} -j {sep}");
-            } else {
-                let _ = writeln!(rules, "-A {svc} -j {sep}");
-            }
-            let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
-        }
+        rules.push_str(&svc_rules);
     }
     // As kube-proxy: node ports last, for local destinations only.
     rules.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
@@ -57,10 +45,18 @@ pub fn iptables_rules(services: &[Service]) -> String {
 
 /// `iptables-restore --noflush` input that rewrites service `i`'s chains (a changed endpoint
 /// set), as kube-proxy does for the services that changed: the service chain is declared (so
-/// flushed) and filled again, with a chain per endpoint.
+/// flushed) and filled again, with a chain per endpoint (named anew for `generation`).
 pub fn iptables_service_update(i: usize, s: &Service, generation: usize) -> String {
+    let (_, chains, rules) = service_chains(i, s, generation);
+    format!("*nat\n{chains}{rules}COMMIT\n")
+}
+
+/// Service `i`'s chain name, its chain declarations (its own and one per endpoint) and its
+/// rules: endpoint k of n taken with probability 1/(n-k) of what the ones before it left (an
+/// even split), each endpoint's chain doing the DNAT.
+fn service_chains(i: usize, s: &Service, generation: usize) -> (String, String, String) {
     let svc = chain("KUBE-SVC", &format!("{i}/{}:{}", s.vip, s.port));
-    let mut chains = format!("*nat\n:{svc} - [0:0]\n");
+    let mut chains = format!(":{svc} - [0:0]\n");
     let mut rules = String::new();
     let n = s.endpoints.len();
     for (k, (ip, port)) in s.endpoints.iter().enumerate() {
@@ -74,7 +70,7 @@ pub fn iptables_service_update(i: usize, s: &Service, generation: usize) -> Stri
         }
         let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
     }
-    format!("{chains}{rules}COMMIT\n")
+    (svc, chains, rules)
 }
 
 /// `nft -f` input that rewrites service `i`'s chain (a changed endpoint set).
