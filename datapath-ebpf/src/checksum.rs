@@ -3,7 +3,8 @@
 //! The helpers, not hand-written arithmetic, because they know the skb's checksum state: a
 //! container's TCP/UDP packet on a veth is usually CHECKSUM_PARTIAL (the L4 field holds only the
 //! pseudo-header sum, finished by the device that sends it), a packet from a NIC may carry
-//! CHECKSUM_COMPLETE; `bpf_l4_csum_replace` keeps each of them right.
+//! CHECKSUM_COMPLETE; `bpf_l4_csum_replace` keeps each of them right. Headers built from
+//! scratch (the refusals in `reject`) are summed here in full: `sum16` and `fold`.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
@@ -70,4 +71,26 @@ pub fn decrement_ttl(ctx: &TcContext) -> bool {
     let (old, new) = (u16::from_ne_bytes(old), u16::from_ne_bytes(new));
     ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 2).is_ok()
         && write_at(ctx, IP_OFF + IP_TTL_OFF, new).is_ok()
+}
+
+/// For a header built from scratch (no field to update incrementally): the one's-complement
+/// sum of `bytes` as 16-bit words in memory order (the checksum comes out in the same order,
+/// so it is stored as it is).
+#[inline(always)]
+pub fn sum16<const N: usize>(bytes: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// The checksum of a [`sum16`] total (of up to 65,536 words).
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }

@@ -9,6 +9,7 @@ use datapath_common::{
 };
 
 use crate::{
+    checksum::{fold, sum16},
     conntrack::Flow,
     counters::{count, drop_packet},
     headers::{ICMP_DEST_UNREACH, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -124,24 +125,4 @@ fn resize(ctx: &TcContext, len: usize) -> Option<()> {
     // SAFETY: helper on the program's own skb; packet pointers are not used after it.
     let r = unsafe { aya_ebpf::helpers::bpf_skb_change_tail(ctx.skb.skb as *mut _, len as u32, 0) };
     (r == 0).then_some(())
-}
-
-/// The one's-complement sum of `bytes` as 16-bit words in memory order (the checksum comes out
-/// in the same order, so it is stored as it is).
-#[inline(always)]
-fn sum16<const N: usize>(bytes: &[u8; N]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

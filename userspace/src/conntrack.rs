@@ -177,15 +177,15 @@ impl Conntrack {
         self.remove_keys(doomed)
     }
 
-    /// Removes the connections a service sent to the backend `addr`:`port` (only UDP ones with
-    /// `udp_only`: a datagram client would go on sending to a replica that is gone, while a TCP
-    /// connection ends with its backend). Returns how many connections went.
-    pub fn forget_service_backend(&mut self, addr: IpAddr, port: u16, udp_only: bool) -> usize {
+    /// Removes the UDP flows a service sent to the backend `addr`:`port` (a datagram client
+    /// would go on sending to a replica that is gone, while a TCP connection ends with its
+    /// backend). Returns how many flows went.
+    pub fn forget_udp_flows_to(&mut self, addr: IpAddr, port: u16) -> usize {
         let (addr, port) = (IpKey::from(addr), port.to_be());
         let mut doomed = HashSet::new();
         for (k, e) in self.entries() {
             let to_backend = e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && e.dst == addr && e.dst_port == port;
-            if to_backend && (!udp_only || k.proto == IPPROTO_UDP) {
+            if to_backend && k.proto == IPPROTO_UDP {
                 doomed.insert(k);
                 doomed.insert(e.peer);
             }

@@ -216,10 +216,7 @@ impl Datapath {
                 ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
             prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
         }
-        let maglev = MappedArray::map(match ebpf.map(map_names::MAGLEV).context("MAGLEV map missing")? {
-            aya::maps::Map::Array(data) => data,
-            _ => anyhow::bail!("MAGLEV is not an array"),
-        }, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
+        let maglev = MappedArray::map(map_data(&ebpf, map_names::MAGLEV)?, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
         Ok(Self { ebpf, pins, maglev })
     }
 
@@ -433,15 +430,12 @@ impl Datapath {
 
     /// How many services and backends the loaded tables hold, and the Maglev slots (a pinned
     /// table keeps the size it was created with).
-    pub fn service_capacity(&mut self) -> Result<(u32, u32, u32)> {
-        let size = |this: &mut Self, name: &str| -> Result<u32> {
-            let data = match this.ebpf.map(name).with_context(|| format!("{name} map missing"))? {
-                aya::maps::Map::Array(data) => data,
-                _ => anyhow::bail!("{name} is not an array"),
-            };
-            Ok(data.info()?.max_entries())
-        };
-        Ok((size(self, map_names::SERVICES)?.saturating_sub(1), size(self, map_names::BACKENDS)?, self.maglev.len as u32))
+    pub fn service_capacity(&self) -> Result<(u32, u32, u32)> {
+        Ok((self.max_entries(map_names::SERVICES)?.saturating_sub(1), self.max_entries(map_names::BACKENDS)?, self.maglev.len as u32))
+    }
+
+    fn max_entries(&self, name: &str) -> Result<u32> {
+        Ok(map_data(&self.ebpf, name)?.info()?.max_entries())
     }
 
     fn array<V: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
@@ -457,12 +451,7 @@ impl Datapath {
     }
 
     fn map_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
-        let map = self.ebpf.map(name).with_context(|| format!("{name} map missing"))?;
-        let data = match map {
-            aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) => d,
-            _ => anyhow::bail!("{name} is neither an array nor a hash"),
-        };
-        Ok(data.fd().as_fd())
+        Ok(map_data(&self.ebpf, name)?.fd().as_fd())
     }
 
     /// Many services at once, each map in one batched write: backends, then headers, then the
@@ -515,22 +504,17 @@ impl Datapath {
     }
 
     /// Makes `VIPS` hold exactly `vips`, and clears every `SERVICES` and `BACKENDS` slot not in
-    /// `services` and `backends` (left by a crash or a removed service).
+    /// `services` and `backends` (left by a crash or a removed service): one batched write of
+    /// empty slots per array, rather than a read and maybe a write per slot.
     pub fn retain_services(&mut self, vips: &HashSet<IpKey>, services: &HashSet<u32>, backends: &HashSet<u32>) -> Result<()> {
         retain_keys(&mut self.vips()?, vips)?;
-        let mut map: Array<&mut MapData, ServiceInfo> = self.array(map_names::SERVICES)?;
-        for id in 1..map.len() {
-            if !services.contains(&id) && map.get(&id, 0)? != ServiceInfo::default() {
-                map.set(id, ServiceInfo::default(), 0)?;
-            }
-        }
-        let mut map: Array<&mut MapData, BackendInfo> = self.array(map_names::BACKENDS)?;
-        for id in 0..map.len() {
-            if !backends.contains(&id) && map.get(&id, 0)?.service != 0 {
-                map.set(id, BackendInfo::default(), 0)?;
-            }
-        }
-        Ok(())
+        let unused = |len: u32, keep: &HashSet<u32>| (0..len).filter(|id| !keep.contains(id)).collect::<Vec<u32>>();
+        let ids = unused(self.max_entries(map_names::SERVICES)?, services);
+        crate::bpfsys::update_batch(self.map_fd(map_names::SERVICES)?, &ids, &vec![ServiceInfo::default(); ids.len()])
+            .context("clearing SERVICES")?;
+        let ids = unused(self.max_entries(map_names::BACKENDS)?, backends);
+        crate::bpfsys::update_batch(self.map_fd(map_names::BACKENDS)?, &ids, &vec![BackendInfo::default(); ids.len()])
+            .context("clearing BACKENDS")
     }
 
     /// Every counter summed over CPUs.
@@ -538,6 +522,14 @@ impl Datapath {
         let map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
         sum_counters(&map)
+    }
+}
+
+/// The map `name` of `ebpf` (an array or a hash).
+fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
+    match ebpf.map(name).with_context(|| format!("{name} map missing"))? {
+        aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data) => Ok(data),
+        _ => anyhow::bail!("{name} is neither an array nor a hash"),
     }
 }
 

@@ -274,12 +274,7 @@ impl ServiceStore {
         }
         let list: Vec<&Service> = all.collect();
         let bytes = serde_json::to_vec(&list)?;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
-        fs::File::open(&self.dir)?.sync_all()?;
+        write_atomically(&self.dir, SNAPSHOT_FILE, &bytes)?;
         // A crash before the truncation replays changes the snapshot holds already: harmless.
         let journal = self.journal.as_mut().context("the service journal is not open")?;
         journal.set_len(0)?;
@@ -292,10 +287,7 @@ impl ServiceStore {
     /// Removes the service files (`--cleanup`).
     pub fn remove_all(&self) -> Result<()> {
         for name in [SNAPSHOT_FILE, JOURNAL_FILE] {
-            match fs::remove_file(self.dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
+            remove_if_present(&self.dir.join(name))?;
         }
         Ok(())
     }
@@ -380,27 +372,35 @@ impl Store {
         }
     }
 
-    /// Writes the state so that a crash leaves either the old or the new file, never a mix:
-    /// write a temporary file, fsync it, rename it over the old one, fsync the directory.
+    /// Writes the state so that a crash leaves either the old or the new file, never a mix.
     pub fn save(&self, state: &State) -> Result<()> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let mut state = state.clone();
         state.version = FORMAT_VERSION;
-        let bytes = serde_json::to_vec_pretty(&state)?;
-        let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-        fs::File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        write_atomically(&self.dir, STATE_FILE, &serde_json::to_vec_pretty(&state)?)
     }
 
     pub fn remove(&self) -> Result<()> {
-        match fs::remove_file(self.path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.path())
+    }
+}
+
+/// Writes `dir/name` so that a crash leaves either the old or the new file, never a mix: a
+/// temporary file, fsynced, renamed over the old one, then the directory fsynced.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

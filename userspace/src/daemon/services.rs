@@ -537,7 +537,7 @@ impl Daemon {
         for b in &gone {
             // Only a UDP service has flows to purge (the walk of the table is not free).
             if udp {
-                let purged = self.conntrack.forget_service_backend(b.address, b.port, true);
+                let purged = self.conntrack.forget_udp_flows_to(b.address, b.port);
                 log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
             } else {
                 log::info!("service {name}: backend {} ({}:{}) removed", b.container_name, b.address, b.port);
@@ -555,7 +555,7 @@ impl Daemon {
         self.unprogram_service(&svc);
         if svc.protocol == Protocol::Udp {
             for b in &svc.backends {
-                self.conntrack.forget_service_backend(b.address, b.port, true);
+                self.conntrack.forget_udp_flows_to(b.address, b.port);
             }
         }
         self.state.services.remove(name);
