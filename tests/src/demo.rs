@@ -209,7 +209,7 @@ fn swarm_example(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
         (format!("con3 -> VIP {vip}:80"), &con3, addr(&vip, 80)),
         ("the host -> 127.0.0.1:8088".to_string(), &host, addr("127.0.0.1", 8088)),
     ] {
-        match spread(Some(ns), to, N, WAIT) {
+        match spread(ns, to, N, WAIT) {
             Ok(seen) => {
                 let count = |n: &str| seen.get(n).copied().unwrap_or(0);
                 println!("{label:<34} {:>6} {:>6} {:>6}", count("web1"), count("web2"), count("web3"));

@@ -193,7 +193,10 @@ pub struct NameClient {
 
 impl NameClient {
     pub fn connect(ns: &str, to: SocketAddr, timeout: Duration) -> Result<Self> {
-        let stream = tcp_connect(ns, to, timeout)?;
+        Self::over(tcp_connect(ns, to, timeout)?)
+    }
+
+    fn over(stream: TcpStream) -> Result<Self> {
         let reader = std::io::BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader })
     }
@@ -208,24 +211,19 @@ impl NameClient {
     }
 }
 
-/// `count` new TCP connections from `ns` (`None`: the caller's namespace) to a name server at
-/// `to`, one question each: how many each replica answered, and the client addresses it saw.
-pub fn spread(ns: Option<&str>, to: SocketAddr, count: usize, timeout: Duration) -> Result<std::collections::BTreeMap<String, usize>> {
-    let ask_all = move || -> Result<std::collections::BTreeMap<String, usize>> {
+/// `count` new TCP connections from `ns` to a name server at `to`, one question each (one
+/// thread in the namespace makes them all): how many each replica answered.
+pub fn spread(ns: &str, to: SocketAddr, count: usize, timeout: Duration) -> Result<std::collections::BTreeMap<String, usize>> {
+    netns::within(ns, move || {
         let mut seen = std::collections::BTreeMap::new();
         for i in 0..count {
             let stream = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connection {i} to {to}"))?;
             stream.set_read_timeout(Some(timeout))?;
-            let mut client = NameClient { reader: std::io::BufReader::new(stream.try_clone()?), stream };
-            let (name, _) = client.ask()?;
+            let (name, _) = NameClient::over(stream)?.ask()?;
             *seen.entry(name).or_insert(0) += 1;
         }
         Ok(seen)
-    };
-    match ns {
-        Some(ns) => netns::within(ns, ask_all),
-        None => ask_all(),
-    }
+    })
 }
 
 /// A payload whose bytes depend on `seed`, so a mix-up between flows is noticed.

@@ -86,21 +86,21 @@ fn the_swarm_example_spreads_connections_from_outside_from_containers_and_from_t
     let vip: SocketAddr = addr("10.220.0.6", 80);
 
     // From outside, through the published port: the replica sees the client's own address.
-    let seen = spread(Some(&outside.far), addr(UPLINK_IP, 8080), 3000, T).unwrap();
+    let seen = spread(&outside.far, addr(UPLINK_IP, 8080), 3000, T).unwrap();
     assert_even(&seen, 3, 3000, "outside -> published port");
     let (_, seen_as) = NameClient::connect(&outside.far, addr(UPLINK_IP, 8080), T).unwrap().ask().unwrap();
     assert_eq!(seen_as, FAR_IP);
 
     // From a container of the network, through the VIP (ARP for it answered by the datapath).
-    let seen = spread(Some(&client), vip, 3000, T).unwrap();
+    let seen = spread(&client, vip, 3000, T).unwrap();
     assert_even(&seen, 3, 3000, "container -> VIP");
     let (_, seen_as) = NameClient::connect(&client, vip, T).unwrap().ask().unwrap();
     assert_eq!(seen_as, CLIENT_IP, "east-west, the backend sees the client's address");
 
     // From the host, through 127.0.0.1 and through the VIP (socket programs).
-    let seen = spread(Some(&sb.host()), addr("127.0.0.1", 8080), 3000, T).unwrap();
+    let seen = spread(&sb.host(), addr("127.0.0.1", 8080), 3000, T).unwrap();
     assert_even(&seen, 3, 3000, "host -> 127.0.0.1:8080");
-    let seen = spread(Some(&sb.host()), vip, 300, T).unwrap();
+    let seen = spread(&sb.host(), vip, 300, T).unwrap();
     assert_eq!(seen.values().sum::<usize>(), 300, "host -> VIP: {seen:?}");
 
     // A replica reaching its own service: sent to itself, it is seen from the gateway's address
@@ -134,7 +134,7 @@ fn connections_stay_on_their_backend_through_changes_drains_and_a_restart() {
     replicas.push(replica(&mut sb, 4));
     sb.bpfnet_ok(&["service", "add-backend", "web", &replicas[3]]).unwrap();
     assert_eq!(long.ask().unwrap().0, mine, "an open connection stays on its backend when one is added");
-    let seen = spread(Some(&client), vip, 400, T).unwrap();
+    let seen = spread(&client, vip, 400, T).unwrap();
     assert!(seen.get("web4").is_some_and(|n| (50..=150).contains(n)), "the new replica takes about 1/4: {seen:?}");
 
     // Another replica goes: nothing new reaches it, the open connection stays.
@@ -142,7 +142,7 @@ fn connections_stay_on_their_backend_through_changes_drains_and_a_restart() {
     let other_ns = &replicas[other[3..].parse::<usize>().unwrap() - 1];
     sb.bpfnet_ok(&["service", "rm-backend", "web", other_ns]).unwrap();
     assert_eq!(long.ask().unwrap().0, mine);
-    let seen = spread(Some(&client), vip, 300, T).unwrap();
+    let seen = spread(&client, vip, 300, T).unwrap();
     assert!(!seen.contains_key(&other) && seen.len() == 3, "{other} removed: {seen:?}");
 
     // Draining our own backend: the open connection goes on, new ones go elsewhere, and the
@@ -151,7 +151,7 @@ fn connections_stay_on_their_backend_through_changes_drains_and_a_restart() {
     sb.bpfnet_ok(&["service", "rm-backend", "web", &mine_ns, "--drain"]).unwrap();
     assert!(backends_of(&sb, "web").contains(&(mine_ns.clone(), "draining".into())), "{:?}", backends_of(&sb, "web"));
     assert_eq!(long.ask().unwrap().0, mine, "a draining backend keeps its connections");
-    let seen = spread(Some(&client), vip, 200, T).unwrap();
+    let seen = spread(&client, vip, 200, T).unwrap();
     assert!(!seen.contains_key(&mine), "nothing new reaches a draining backend: {seen:?}");
     drop(long);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -169,7 +169,7 @@ fn connections_stay_on_their_backend_through_changes_drains_and_a_restart() {
     sb.start_daemon().unwrap();
     assert_eq!(long.ask().unwrap().0, mine, "and after it is back");
     assert_eq!(backends_of(&sb, "web").len(), 2, "the service came back with its backends");
-    let seen = spread(Some(&client), vip, 200, T).unwrap();
+    let seen = spread(&client, vip, 200, T).unwrap();
     assert_eq!(seen.len(), 2, "both backends take new connections: {seen:?}");
 }
 
@@ -214,7 +214,7 @@ fn udp_affinity_refusals_and_clear_errors() {
     args.extend(["--affinity", "client-ip:600"]);
     args.extend(&backends);
     sb.bpfnet_ok(&args).unwrap();
-    let seen = spread(Some(&client), addr("10.220.0.200", 80), 60, T).unwrap();
+    let seen = spread(&client, addr("10.220.0.200", 80), 60, T).unwrap();
     assert_eq!(seen.len(), 1, "affinity keeps the client on one backend: {seen:?}");
 
     // No backend: refused at once (a reset, ICMP port unreachable, ECONNREFUSED for the host).

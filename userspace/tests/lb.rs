@@ -259,8 +259,7 @@ fn a_service_without_backends_refuses_with_a_reset_or_port_unreachable() {
         let out = lab.from_container(&sent);
         assert_eq!(out.verdict, REDIRECT, "sent back into the container");
         let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-        icmp.extend_from_slice(&sent[14..14 + 20]);
-        icmp.extend_from_slice(&datagram[..8]);
+        icmp.extend_from_slice(&icmp_quote(&to_vip, &datagram));
         let error_ip = Ip { src: VIP, dst: CONTAINER_IP, proto: ICMP, ttl: 64, id: 0, frag: 0x4000 };
         assert_eq!(out.packet, packet(CONTAINER_MAC, GATEWAY_MAC, error_ip, icmp), "an exact port unreachable");
         assert_eq!(lab.counter(Counter::ServiceRejected), 2);

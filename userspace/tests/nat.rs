@@ -163,10 +163,7 @@ fn icmp_errors_about_a_masqueraded_connection_reach_the_container() {
         // translated IP header and the first 8 bytes of its TCP header.
         let quote = |src: [u8; 4], sport: u16| {
             let sent_ip = Ip { src, ttl: 63, ..from_container(CONTAINER_IP, TCP, 64) };
-            let sent = l4(&sent_ip, tcp_segment(sport, 80, 0x18, &[0u8; 64]), None);
-            let mut q = ip_header(&sent_ip, sent.len());
-            q.extend_from_slice(&sent[..8]);
-            q
+            icmp_quote(&sent_ip, &l4(&sent_ip, tcp_segment(sport, 80, 0x18, &[0u8; 64]), None))
         };
         let mut error = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
         error.extend_from_slice(&quote(UPLINK_IP, nat_port));
@@ -187,10 +184,7 @@ fn icmp_errors_about_a_masqueraded_connection_reach_the_container() {
         let nat_id = port_at(&out.packet, L4 + 4);
         let echo_quote = |src: [u8; 4], id: u16| {
             let sent_ip = Ip { src, ttl: 63, ..from_container(CONTAINER_IP, ICMP, 64) };
-            let echo = l4(&sent_ip, icmp_echo(8, id, 1), None);
-            let mut q = ip_header(&sent_ip, echo.len());
-            q.extend_from_slice(&echo[..8]);
-            q
+            icmp_quote(&sent_ip, &l4(&sent_ip, icmp_echo(8, id, 1), None))
         };
         let mut error = vec![11, 0, 0, 0, 0, 0, 0, 0];
         error.extend_from_slice(&echo_quote(UPLINK_IP, nat_id));
@@ -216,12 +210,7 @@ fn icmp_errors_a_container_sends_about_translated_packets_leave_translated() {
     TestNetns::new("icmpout").run(MASQ, |lab| {
         lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
         // The first 28 bytes of a datagram as `ip` carries it: what an ICMP error quotes.
-        let quote = |ip: &Ip, sport: u16, dport: u16| {
-            let d = l4(ip, udp_datagram(sport, dport, b"query"), None);
-            let mut q = ip_header(ip, d.len());
-            q.extend_from_slice(&d[..8]);
-            q
-        };
+        let quote = |ip: &Ip, sport: u16, dport: u16| icmp_quote(ip, &l4(ip, udp_datagram(sport, dport, b"query"), None));
         let container_error = |quoted: Vec<u8>, dst: [u8; 4]| {
             let mut error = vec![3, 3, 0, 0, 0, 0, 0, 0];
             error.extend_from_slice(&quoted);

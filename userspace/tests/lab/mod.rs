@@ -149,6 +149,14 @@ pub fn from_container(src: [u8; 4], proto: u8, ttl: u8) -> Ip {
     Ip { src, dst: SERVER_IP, proto, ttl, id: 0x1111, frag: 0x4000 }
 }
 
+/// What an ICMP error quotes of a packet `ip` carried with the (checksummed) L4 `segment`: its
+/// IP header and the first 8 bytes of the segment.
+pub fn icmp_quote(ip: &Ip, segment: &[u8]) -> Vec<u8> {
+    let mut q = ip_header(ip, segment.len());
+    q.extend_from_slice(&segment[..8]);
+    q
+}
+
 pub fn port_at(p: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes([p[offset], p[offset + 1]])
 }
