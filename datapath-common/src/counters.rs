@@ -89,6 +89,12 @@ counters! {
     ServiceRejected = 22, "service_rejected", pass;
     /// A packet of a container's connection to a service VIP, or its answer, delivered.
     ViaVip = 23, "via_vip", pass;
+    /// As `nat_in`, done in XDP at the uplink (no skb allocated on the way in): a reply, or a
+    /// packet of a connection to a published port, delivered straight into its container.
+    XdpNatIn = 24, "xdp_nat_in", pass;
+    /// As `service_balanced`, done in XDP at the uplink: a new connection from outside to a
+    /// published service sent to its backend.
+    XdpServiceBalanced = 25, "xdp_service_balanced", pass;
 }
 
 #[cfg(test)]
@@ -100,7 +106,7 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 24);
+        assert_eq!(Counter::COUNT, 26);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();

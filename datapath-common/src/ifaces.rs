@@ -18,6 +18,9 @@ pub mod iface_flags {
     /// The endpoint is a backend of a service its network's containers reach by VIP: its packets
     /// to them may be answers that must leave with the VIP as their source (a conntrack lookup).
     pub const SERVICE_BACKEND: u32 = 1 << 3;
+    /// The container's side of the veth has GRO on, hence NAPI: a frame redirected in XDP to
+    /// this veth reaches the container (without NAPI on the receiving side the kernel drops it).
+    pub const XDP_DELIVERY: u32 = 1 << 4;
 }
 
 /// The network's options are copied in so that the hot path needs one lookup per side.

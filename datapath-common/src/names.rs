@@ -28,6 +28,9 @@ pub mod program_names {
     pub const FROM_CONTAINER: &str = "from_container";
     /// TC ingress on every uplink: replies to masqueraded connections and ICMP errors about them.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// XDP on every uplink (`bpfnet daemon --xdp native`): the published path and replies into
+    /// containers before the kernel allocates an skb; everything else passes on to `from_uplink`.
+    pub const XDP_FROM_UPLINK: &str = "xdp_from_uplink";
     /// cgroup socket programs at the cgroup root, acting only on sockets of the daemon's
     /// namespace: a published port reached from the host itself.
     pub const SOCK_CONNECT4: &str = "sock_connect4";

@@ -94,3 +94,46 @@ pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
+
+/// For XDP, which has no skb and so no checksum helpers that know its state: a running
+/// RFC 1624 update of a checksum, `HC' = ~(~HC + ~m + m')`, over 16-bit words in memory order.
+/// Exact only for a checksum the sender completed (a NIC's frames always are; `xdp` passes
+/// on the ones left to offload).
+#[derive(Clone, Copy)]
+pub struct Incremental(u32);
+
+impl Incremental {
+    /// Starts from the checksum field as it is in the packet.
+    #[inline(always)]
+    pub fn of(check: u16) -> Self {
+        Self(!check as u32)
+    }
+
+    /// `old` (an address, in memory order) becomes `new`.
+    #[inline(always)]
+    pub fn replace4(&mut self, old: u32, new: u32) {
+        self.replace2(old as u16, new as u16);
+        self.replace2((old >> 16) as u16, (new >> 16) as u16);
+    }
+
+    /// The 16-bit word `old` (memory order) becomes `new`.
+    #[inline(always)]
+    pub fn replace2(&mut self, old: u16, new: u16) {
+        // At most a few dozen words are added: no overflow of the 32-bit sum.
+        self.0 += (!old) as u32 + new as u32;
+    }
+
+    /// The checksum to write back.
+    #[inline(always)]
+    pub fn finish(self) -> u16 {
+        fold(self.0)
+    }
+}
+
+/// The value a sender that leaves the TCP/UDP checksum to the hardware (CHECKSUM_PARTIAL, as a
+/// veth with TX checksum offload) puts in the field: the folded pseudo-header sum, not complemented.
+#[inline(always)]
+pub fn offload_placeholder(saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4_len: u16) -> u16 {
+    let len = l4_len.to_be_bytes();
+    !fold(sum16(&saddr) + sum16(&daddr) + sum16(&[0, proto]) + sum16(&len))
+}

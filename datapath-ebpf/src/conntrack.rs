@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
-    Global,
+    EbpfContext, Global,
 };
 use datapath_common::{
     conntrack::{DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -250,9 +250,10 @@ pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6])
 }
 
 /// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the
-/// host's address and port): a port the host itself uses there is no port for NAT.
+/// host's address and port): a port the host itself uses there is no port for NAT. `ctx`: a TC
+/// or an XDP program's context (the socket lookups serve both).
 #[inline(always)]
-pub fn host_socket_owns(ctx: &TcContext, key: &CtKey) -> bool {
+pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey) -> bool {
     let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let tuple = unsafe { &mut *slot };
@@ -265,7 +266,7 @@ pub fn host_socket_owns(ctx: &TcContext, key: &CtKey) -> bool {
         t.dport = key.dport;
     }
     let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    let ctx_ptr = ctx.skb.skb as *mut core::ffi::c_void;
+    let ctx_ptr = ctx.as_ptr();
     // SAFETY: helpers with a valid tuple of the given size; a found socket is released at once.
     unsafe {
         let sk = match key.proto {
@@ -297,7 +298,7 @@ pub enum Port {
 /// initiator's packets, `new.reply` (keyed by `new.reply_key`) the answers. With
 /// [`Port::Allocate`], the original entry writes the chosen port as the new source port.
 #[inline(always)]
-pub fn track(ctx: &TcContext, flow: &Flow, new: &mut NewConnection, port: Port, len: u32) -> Result<(), Counter> {
+pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port: Port, len: u32) -> Result<(), Counter> {
     let config = CT_CONFIG.load();
     let expires = now_ns() + lifetime(&config, flow.key.proto, 0);
     new.reply.peer = flow.key;

@@ -10,12 +10,18 @@ use crate::{maps::COUNTERS, trace};
 
 #[inline(always)]
 pub fn count(ctx: &TcContext, counter: Counter) {
+    bump(counter);
+    if trace::enabled() {
+        trace::outcome(ctx, counter);
+    }
+}
+
+/// Counts a packet without tracing it (XDP: the trace reads packets through the TC context).
+#[inline(always)]
+pub fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += 1 };
-    }
-    if trace::enabled() {
-        trace::outcome(ctx, counter);
     }
 }
 

@@ -10,6 +10,10 @@
 //! `from_uplink` runs at TC ingress of every uplink: replies to masqueraded connections, and ICMP
 //! errors about them, are translated back and delivered straight into their container.
 //!
+//! `xdp_from_uplink` runs in XDP on every uplink (`bpfnet daemon --xdp native`, the default): the
+//! same published path as `from_uplink` before the kernel allocates an skb; what it cannot do it
+//! passes on to `from_uplink`.
+//!
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
 //!
@@ -17,7 +21,7 @@
 //! (zeroing without byte loops), `arp`,
 //! `conntrack` (tuples, state, the CT maps), `nat`, `lb` (service backends: Maglev, affinity),
 //! `reject` (refusing connections to empty services), `route` (FIB and redirects), `socket`, `forward`
-//! (container-side decisions), `counters` and `trace`.
+//! (container-side decisions), `xdp` (the uplink's XDP path), `counters` and `trace`.
 #![no_std]
 #![no_main]
 
@@ -35,10 +39,11 @@ mod reject;
 mod route;
 mod socket;
 mod trace;
+mod xdp;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 #[classifier]
@@ -49,6 +54,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     nat::from_uplink(&ctx)
+}
+
+#[xdp]
+pub fn xdp_from_uplink(ctx: XdpContext) -> u32 {
+    xdp::from_uplink(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -1,10 +1,10 @@
 //! NAT on bpfnet's own connection tracking: masquerade of containers' connections to the
 //! outside, published ports (DNAT from outside, hairpin from containers), translation of replies,
 //! and of ICMP errors about tracked connections.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, iface_flags, Counter, CtEntry, CtKey, IfaceInfo, IpKey, PortKey, PortTarget,
+    ct_action, iface_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
@@ -196,8 +196,9 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
 
 /// The container a new connection to a published port goes to: the port published on the exact
 /// address, or on every address when the destination is one of the host's (`local`: known to be).
+/// `ctx`: the TC or XDP program's.
 #[inline(always)]
-fn published_target(ctx: &TcContext, flow: &Flow, local: bool) -> Option<PortTarget> {
+pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
     if flow.later_fragment || (flow.key.proto != IPPROTO_TCP && flow.key.proto != IPPROTO_UDP) {
         return None;
     }
@@ -389,6 +390,23 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u
         return count_uplink_to_host(ctx);
     }
     let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
+    published_connection(new, flow, target, &server, action);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
+}
+
+/// The entries of a new connection from outside to `target` (a container's published port or a
+/// service's backend, `server`), for TC and XDP alike: the client's packets go to the container
+/// with only their destination rewritten; the answers leave with the address and port the
+/// client used. `action`: `PUBLISHED` or `SERVICE`.
+#[inline(always)]
+pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8) {
     new.original.action = ct_action::REWRITE_DST | action;
     new.original.dst = target.addr;
     new.original.dst_port = target.port;
@@ -398,14 +416,6 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u
     new.reply.src = flow.key.daddr;
     new.reply.src_port = flow.key.dport;
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
-        return drop_packet(ctx, reason);
-    }
-    let translation = Translation::of(&new.original);
-    if apply(ctx, flow, &translation).is_err() {
-        return drop_packet(ctx, Counter::DropMalformed);
-    }
-    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! behind in the sandbox, and raw HTTP exchanges with the API socket (for requests the CLI would
 //! never send).
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::SocketAddr,
     os::unix::net::UnixStream,
@@ -21,6 +21,18 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
 
 pub fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Each of `replicas` answered `count / replicas` connections, within 4.5 standard deviations
+/// of a binomial spread (a fair split fails this about once in 10^5 runs; a skew does not pass).
+pub fn assert_even(seen: &BTreeMap<String, usize>, replicas: usize, count: usize, what: &str) {
+    let p = 1.0 / replicas as f64;
+    let (mean, sd) = (count as f64 * p, (count as f64 * p * (1.0 - p)).sqrt());
+    assert_eq!(seen.len(), replicas, "{what}: every replica answers: {seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), count, "{what}: every connection answered");
+    for (name, n) in seen {
+        assert!((*n as f64 - mean).abs() <= 4.5 * sd, "{what}: {name} took {n} of {count} (expected {mean:.0} ± {:.0}): {seen:?}", 4.5 * sd);
+    }
 }
 
 /// A datapath counter, as `bpfnet stats --json` reports it.

@@ -356,6 +356,13 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Makes `dev` in `ns` send complete TCP/UDP checksums (`ethtool -K DEV tx off`), as frames
+    /// from a NIC carry them; a veth otherwise leaves them to offload, which XDP cannot finish.
+    pub fn checksums_in_software(&self, ns: &str, dev: &str, on: bool) -> Result<()> {
+        run_ok("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tx", if on { "off" } else { "on" }])?;
+        Ok(())
+    }
+
     /// One ping with a 1 s timeout.
     pub fn ping(&self, ns: &str, ip: &str) -> Result<bool> {
         Ok(self.exec(ns, &["ping", "-c", "1", "-W", "1", "-q", ip])?.ok)

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use bpfnet_lab::{
-    checks::{addr, json},
+    checks::{addr, assert_even, json},
     netns,
     sandbox::{Outside, FAR_IP, UPLINK_IP},
     traffic::{spread, tcp_connect, tcp_name_server, udp_name_server, udp_refused, NameClient},
@@ -44,18 +44,6 @@ fn vip_of(sb: &Sandbox, name: &str) -> String {
     let s = json(&sb.bpfnet_ok(&["service", "inspect", name]).unwrap());
     let vip = s[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().to_string();
     vip.split('/').next().unwrap().to_string()
-}
-
-/// Each of `replicas` answered `count / replicas` connections, within 4.5 standard deviations
-/// of a binomial spread (a fair split fails this about once in 10^5 runs; a skew does not pass).
-fn assert_even(seen: &BTreeMap<String, usize>, replicas: usize, count: usize, what: &str) {
-    let p = 1.0 / replicas as f64;
-    let (mean, sd) = (count as f64 * p, (count as f64 * p * (1.0 - p)).sqrt());
-    assert_eq!(seen.len(), replicas, "{what}: every replica answers: {seen:?}");
-    assert_eq!(seen.values().sum::<usize>(), count, "{what}: every connection answered");
-    for (name, n) in seen {
-        assert!((*n as f64 - mean).abs() <= 4.5 * sd, "{what}: {name} took {n} of {count} (expected {mean:.0} ± {:.0}): {seen:?}", 4.5 * sd);
-    }
 }
 
 fn backends_of(sb: &Sandbox, name: &str) -> Vec<(String, String)> {

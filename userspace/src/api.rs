@@ -226,6 +226,9 @@ pub struct ConntrackUsage {
 pub struct Uplink {
     pub interface: String,
     pub address: String,
+    /// The XDP program runs on it (`bpfnet daemon --xdp`).
+    #[serde(default)]
+    pub xdp: bool,
 }
 
 /// One direction of a connection: `address:port` (ICMP: the address, and the echo identifier).

@@ -65,6 +65,11 @@ pub fn uplinks_dir(root: &Path) -> PathBuf {
     root.join("uplinks")
 }
 
+/// Links of the uplinks' XDP program (`--xdp native`), one per uplink.
+pub fn xdp_dir(root: &Path) -> PathBuf {
+    root.join("xdp")
+}
+
 /// Links of the socket programs at the cgroup root.
 pub fn sockets_dir(root: &Path) -> PathBuf {
     root.join("sockets")

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{api, client::Client, daemon::Config, datapath::LoadOptions, netns, server};
+use crate::{api, client::Client, daemon::{Config, XdpSetting}, datapath::LoadOptions, netns, server};
 
 #[derive(Parser)]
 #[command(
@@ -241,6 +241,13 @@ enum ConntrackCommand {
     Flush,
 }
 
+/// `--xdp`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum XdpArg {
+    Native,
+    Off,
+}
+
 #[derive(Args)]
 struct DaemonArgs {
     /// Network namespace to run in (a name under /run/netns, a path, or a PID); all networks,
@@ -271,6 +278,15 @@ struct DaemonArgs {
     /// leave with its address (masquerade). Default: the interface of the default route.
     #[arg(long = "uplink", value_name = "IFACE")]
     uplinks: Vec<String>,
+    /// Run the uplinks' published path in XDP: replies into containers and connections from
+    /// outside to published ports and services are translated and delivered before the kernel
+    /// allocates an skb (what XDP cannot do passes on to TC). `native` needs the driver's XDP and
+    /// fails otherwise; `off` keeps TC alone. Default: native where the uplink's driver has it.
+    /// XDP needs complete checksums from the uplink (a NIC's frames have them; the peer of a veth
+    /// uplink sends them with `ethtool -K PEER tx off`): frames whose checksum was left to
+    /// offload take the TC path.
+    #[arg(long, value_name = "MODE")]
+    xdp: Option<XdpArg>,
     /// Size of the connection table in entries; each connection takes two. Applies when the
     /// table is created (a pinned table keeps its size across restarts).
     #[arg(long, default_value_t = datapath_common::conntrack::DEFAULT_CT_ENTRIES, value_parser = clap::value_parser!(u32).range(64..))]
@@ -453,6 +469,11 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
             max_backends: args.max_backends,
         },
         uplinks: args.uplinks,
+        xdp: match args.xdp {
+            None => XdpSetting::NativeWhereSupported,
+            Some(XdpArg::Native) => XdpSetting::Native,
+            Some(XdpArg::Off) => XdpSetting::Off,
+        },
         cgroup_root: args.cgroup_root,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -528,7 +549,11 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             println!("{} networks, {} endpoints, {} services ({} backends)", stats.networks, stats.endpoints, stats.services, stats.backends);
             let ct = &stats.conntrack;
             println!("connection table: {} of {} entries in use ({}%)", ct.entries, ct.max_entries, ct.pressure_percent);
-            let uplinks: Vec<String> = stats.uplinks.iter().map(|u| format!("{} ({})", u.interface, u.address)).collect();
+            let uplinks: Vec<String> = stats
+                .uplinks
+                .iter()
+                .map(|u| format!("{} ({}, {})", u.interface, u.address, if u.xdp { "XDP" } else { "TC" }))
+                .collect();
             println!("uplinks: {}", if uplinks.is_empty() { "none".to_string() } else { uplinks.join(", ") });
             let rows: Vec<Vec<String>> = stats
                 .counters

@@ -1,7 +1,8 @@
 //! Loading the eBPF datapath, attaching it to interfaces, and the typed writers of its maps.
 //!
 //! Maps are pinned under `<bpffs>/maps-v<layout>`, and every TCX attachment is a link pinned under
-//! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>`, so forwarding and
+//! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>` (and an uplink's XDP
+//! link under `<bpffs>/xdp/<interface>`), so forwarding and
 //! tracked connections go on while the daemon is stopped. A daemon that
 //! starts again re-opens the pinned maps and swaps its freshly loaded program into the pinned
 //! links atomically (`bpf_link_update`), which also upgrades the datapath code.
@@ -18,7 +19,8 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -153,7 +155,7 @@ impl Datapath {
     /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
     pub fn load_pinned(root: &Path, options: &LoadOptions) -> Result<Self> {
         bpffs::ensure(root)?;
-        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::sockets_dir(root)] {
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::xdp_dir(root), bpffs::sockets_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut loader = EbpfLoader::new();
@@ -216,6 +218,9 @@ impl Datapath {
                 ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
             prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
         }
+        let name = program_names::XDP_FROM_UPLINK;
+        let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
+        prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
         let maglev = MappedArray::map(map_data(&ebpf, map_names::MAGLEV)?, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
         Ok(Self { ebpf, pins, maglev })
     }
@@ -270,9 +275,9 @@ impl Datapath {
         self.program_fd_of(program_names::FROM_CONTAINER)
     }
 
-    /// File descriptor of program `name` (for BPF_PROG_TEST_RUN).
+    /// File descriptor of program `name`, of any type (for BPF_PROG_TEST_RUN).
     pub fn program_fd_of(&mut self, name: &str) -> Result<RawFd> {
-        Ok(self.program(name)?.fd()?.as_fd().as_raw_fd())
+        Ok(self.ebpf.program(name).with_context(|| format!("{name} program missing"))?.fd()?.as_fd().as_raw_fd())
     }
 
     /// Attaches from_container at TCX ingress of an endpoint's host-side veth `ifname` and pins
@@ -287,6 +292,41 @@ impl Datapath {
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
         let pin = self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(uplink_pin_name(ifname)));
         self.attach_program(program_names::FROM_UPLINK, pin, ifname)
+    }
+
+    /// Attaches the XDP program to the uplink `ifname` in native (driver) mode and pins the link,
+    /// or swaps this instance's program into the pinned link. Fails where the driver has no
+    /// native XDP.
+    pub fn attach_uplink_xdp(&mut self, ifname: &str) -> Result<()> {
+        let pin = bpffs::xdp_dir(self.pins.as_ref().context("attach needs a pinned datapath")?).join(uplink_pin_name(ifname));
+        let existing = PinnedLink::from_pin(&pin).ok();
+        let name = program_names::XDP_FROM_UPLINK;
+        let prog: &mut Xdp = self.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?;
+        match existing {
+            Some(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned))
+                    .with_context(|| format!("pinned link {} is not an XDP link", pin.display()))?;
+                let id = prog.attach_to_link(link).with_context(|| format!("updating the XDP program on {ifname}"))?;
+                drop(prog.take_link(id)?);
+            }
+            None => {
+                let id = prog.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching XDP (native) to {ifname}"))?;
+                let link: FdLink = prog.take_link(id)?.try_into().with_context(|| format!("the XDP attachment of {ifname} is no link"))?;
+                link.pin(&pin).with_context(|| format!("pinning the XDP link of {ifname}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the pinned XDP link of uplink `ifname` (detaching it).
+    pub fn detach_uplink_xdp(&mut self, ifname: &str) -> Result<()> {
+        unpin(self.pins.as_ref().map(|root| bpffs::xdp_dir(root).join(uplink_pin_name(ifname))))
+    }
+
+    /// Uplinks that have a pinned XDP link.
+    pub fn pinned_uplinks_xdp(&self) -> Vec<String> {
+        let pins = self.pins.as_ref().map(|root| pin_names(&bpffs::xdp_dir(root))).unwrap_or_default();
+        pins.into_iter().map(|p| p.replace(':', ".")).collect()
     }
 
     fn attach_program(&mut self, program: &str, pin: Option<PathBuf>, ifname: &str) -> Result<()> {

@@ -354,6 +354,7 @@ mod tests {
             host_interface: "bnx".into(),
             host_ifindex: 0,
             default_route: true,
+            gro: false,
         }
     }
 

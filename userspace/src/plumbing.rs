@@ -347,6 +347,9 @@ pub async fn configure_container_side(
     write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok();
     nl.add_address(index, ip, prefix).await?;
     nl.set_up(index).await?;
+    // Once up: GRO turned on while the veth is down enables NAPI at open, but the kernel (6.18)
+    // then does not mark the peer as a target of XDP redirects.
+    enable_gro(&ifname)?;
     if let Some(lo) = nl.link_index("lo").await? {
         nl.set_up(lo).await?;
     }
@@ -354,6 +357,39 @@ pub async fn configure_container_side(
         Some(gw) => nl.add_default_route(gw).await,
         None => Ok(false),
     }
+}
+
+/// Turns GRO on for interface `ifname` (ethtool's `gro on`, through the ioctl: no netlink
+/// family for features here). On a veth it also turns on NAPI, which a frame redirected to the
+/// peer in XDP needs to be received (otherwise the kernel drops it); and the container's stack
+/// gets fewer, larger packets from the host.
+pub fn enable_gro(ifname: &str) -> Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_SGRO, data: 1 };
+    // SAFETY: an all-zero ifreq is valid; the name is copied in with its terminating zero
+    // (names are at most 15 bytes, checked), and the union carries a pointer to `value`.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    anyhow::ensure!(ifname.len() < req.ifr_name.len(), "interface name {ifname} is too long");
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: a datagram socket for the ioctl, closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    anyhow::ensure!(fd >= 0, "opening a socket for ethtool: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new socket we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("turning GRO on for {ifname}"));
+    }
+    Ok(())
 }
 
 /// Points the namespace's default route at `gateway` (used when the endpoint that had it leaves).

@@ -89,6 +89,10 @@ pub struct Endpoint {
     pub host_ifindex: u32,
     /// The namespace's default route goes through this endpoint's gateway.
     pub default_route: bool,
+    /// GRO (hence NAPI) is on in the container's side: XDP at the uplinks may deliver into it.
+    /// False in records written before bpfnet turned it on: those take the TC path.
+    #[serde(default)]
+    pub gro: bool,
 }
 
 impl std::ops::Deref for Endpoint {

@@ -31,7 +31,8 @@ struct TestRunAttr {
 /// What a program did with a packet.
 #[derive(Debug)]
 pub struct TestRunResult {
-    /// The program's return value (a TC verdict: 0 pass, 2 drop, 7 redirect).
+    /// The program's return value (a TC verdict: 0 pass, 2 drop, 7 redirect; XDP: 1 drop,
+    /// 2 pass, 4 redirect).
     pub verdict: u32,
     /// The packet after the program ran.
     pub packet: Vec<u8>,
@@ -46,6 +47,12 @@ pub fn time_tc(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
 /// Runs the TC program `prog_fd` on `packet`. In a test run the skb's device is the loopback
 /// device of the caller's namespace (ifindex 1), and redirects are reported, not performed.
 pub fn run_tc(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {
+    Ok(test_run(prog_fd, packet, 1)?.0)
+}
+
+/// Runs the XDP program `prog_fd` on `packet` (a frame as it arrives: Ethernet first). Redirects
+/// are reported (verdict 4), not performed.
+pub fn run_xdp(prog_fd: RawFd, packet: &[u8]) -> Result<TestRunResult> {
     Ok(test_run(prog_fd, packet, 1)?.0)
 }
 

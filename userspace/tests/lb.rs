@@ -5,75 +5,12 @@
 //! Needs root.
 mod lab;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
-use bpfnet::maglev;
 use datapath_common::{
-    iface_flags, services::flow_hash, BackendInfo, Counter, IfaceInfo, IpKey, PortKey, PortTarget, ServiceInfo, GATEWAY_MAC,
+    iface_flags, BackendInfo, Counter, IfaceInfo, IpKey, PortKey, PortTarget, ServiceInfo, GATEWAY_MAC,
 };
 use lab::*;
-
-const VIP: [u8; 4] = [10, 0, 0, 100];
-const VIP_PORT: u16 = 80;
-const BACKEND_PORT: u16 = 8080;
-const PUBLISHED_PORT: u16 = 8000;
-const M: u32 = datapath_common::services::DEFAULT_MAGLEV_TABLE_SIZE;
-const SERVICE: u32 = 1;
-const NETWORK: u32 = 1;
-
-fn backend_ip(i: usize) -> [u8; 4] {
-    [10, 0, 0, 11 + i as u8]
-}
-fn backend_mac(i: usize) -> [u8; 6] {
-    [0x02, 0x42, 10, 0, 0, 11 + i as u8]
-}
-fn backend_ifindex(i: usize) -> u32 {
-    101 + i as u32
-}
-
-/// A service as the daemon writes it: backends `0..n` (ids 1..=n) on network 1, its VIP, its
-/// published port, its Maglev table. Returns the table (backend ids).
-fn install(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -> Vec<u32> {
-    for &i in backends {
-        let flags = lab.flags;
-        lab.flags |= iface_flags::SERVICE_BACKEND;
-        lab.add_container(backend_ip(i), backend_mac(i), backend_ifindex(i), NETWORK, GATEWAY_IP);
-        lab.flags = flags;
-        let info = BackendInfo { addr: IpKey::from_ipv4_octets(backend_ip(i)), port: BACKEND_PORT.to_be(), _pad: 0, service: SERVICE };
-        lab.dp.set_backend(i as u32 + 1, info).unwrap();
-    }
-    let table = table_of(backends);
-    lab.dp.write_maglev((SERVICE - 1) * M, &table).unwrap();
-    let info = ServiceInfo { table_base: (SERVICE - 1) * M, table_size: M, backends: backends.len() as u32, _pad: 0, affinity_ns };
-    lab.dp.set_service(SERVICE, info).unwrap();
-    let vip = PortKey { addr: IpKey::from_ipv4_octets(VIP), port: VIP_PORT.to_be(), proto, _pad: 0 };
-    lab.dp.set_port(vip, PortTarget { service: SERVICE, network: NETWORK, ..PortTarget::default() }).unwrap();
-    let published = PortKey::any_address(PUBLISHED_PORT.to_be(), proto);
-    lab.dp.set_port(published, PortTarget { service: SERVICE, ..PortTarget::default() }).unwrap();
-    lab.dp.set_vip(IpAddr::from(VIP), NETWORK).unwrap();
-    table
-}
-
-/// The Maglev table over backends `backends`, as backend ids (what the daemon builds).
-fn table_of(backends: &[usize]) -> Vec<u32> {
-    if backends.is_empty() {
-        return vec![0; M as usize];
-    }
-    let names: Vec<String> = backends.iter().map(|&i| format!("{}:{BACKEND_PORT}", IpAddr::from(backend_ip(i)))).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    maglev::table(&refs, M).unwrap().into_iter().map(|k| backends[k as usize] as u32 + 1).collect()
-}
-
-/// The backend (index) the datapath must choose for this tuple.
-fn predicted(table: &[u32], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> usize {
-    let word = |a: [u8; 4]| u32::from_ne_bytes(a);
-    let hash = flow_hash(word(src), word(dst), sport.to_be(), dport.to_be(), proto);
-    table[(hash % M) as usize] as usize - 1
-}
-
-fn which_backend(p: &[u8]) -> usize {
-    (0..8).find(|&i| p[14 + 16..14 + 20] == backend_ip(i)).expect("delivered to a backend")
-}
 
 #[test]
 fn a_container_reaches_a_service_vip_and_the_backend_answers_from_the_vip() {

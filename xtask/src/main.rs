@@ -21,6 +21,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iptables",
     "nftables",
+    "ethtool",
     "conntrack",
     "bpftool",
 ];

@@ -54,6 +54,9 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
     if net.masquerade && !net.internal {
         flags |= iface_flags::MASQUERADE;
     }
+    if ep.gro {
+        flags |= iface_flags::XDP_DELIVERY;
+    }
     Ok(IfaceInfo {
         network_id: net.datapath_id,
         ipv4: datapath_ipv4(ep.address)?,
@@ -238,6 +241,7 @@ impl Daemon {
             netns_inode: ns.inode,
             interface,
             default_route: false,
+            gro: false,
         };
 
         // Write ahead: from here on a crash leaves a record of what this attach made.
@@ -384,6 +388,9 @@ impl Daemon {
             in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
                 .await
                 .context("configuring the container side")?;
+        // GRO is on in the container's side now: XDP may deliver into it.
+        ep.gro = true;
+        self.datapath.set_iface(index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
         Ok(())
     }
 

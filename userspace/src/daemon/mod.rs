@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 pub use services::{resolve_backends, BackendArg, BackendResolver};
+pub use uplinks::XdpSetting;
 
 use crate::{
     api,
@@ -54,6 +55,8 @@ pub struct Config {
     /// `--uplink`: interfaces traffic to the outside leaves by. Empty: the interface(s) of the
     /// namespace's default route.
     pub uplinks: Vec<String>,
+    /// `--xdp`: whether the uplinks run the XDP program.
+    pub xdp: XdpSetting,
     /// `--cgroup-root`: where the socket programs attach. `None`: the cgroup v2 mount.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -129,7 +132,7 @@ impl Daemon {
         let store = Store::new(&config.state_dir)?;
         let netlink = Netlink::connect()?;
         let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
-        let found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
+        let mut found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
         let mut service_store = ServiceStore::new(&config.state_dir);
         let mut state = match store.load()? {
             Some(state) => state,
@@ -173,7 +176,7 @@ impl Daemon {
         netlink.set_up(gateway_ifindex).await?;
         let published = Published::default();
         published.set(state.clone());
-        uplinks::attach(&mut datapath, &found_uplinks)?;
+        uplinks::attach(&mut datapath, &mut found_uplinks, config.xdp)?;
         let uplinks = found_uplinks;
         match config.cgroup_root.clone().or_else(crate::netns::cgroup2_root) {
             Some(root) => {

@@ -1,6 +1,8 @@
 //! Uplinks: the interfaces traffic to the outside leaves by. The daemon turns on forwarding in
 //! its namespace (the FIB lookups of the datapath need it), attaches the uplink program to each
-//! uplink and tells the datapath the address masquerade gives traffic leaving by it.
+//! uplink and tells the datapath the address masquerade gives traffic leaving by it. With `--xdp`
+//! native (the default where the driver has it) each uplink also runs the XDP program, which takes
+//! the published path before the kernel allocates an skb.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +17,19 @@ pub(super) struct Found {
     index: u32,
     addr: Ipv4Addr,
     veth: bool,
+    /// The XDP program runs on it.
+    xdp: bool,
+}
+
+/// `bpfnet daemon --xdp`: whether the uplinks run the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpSetting {
+    /// TC only.
+    Off,
+    /// Native XDP on every uplink, or the daemon does not start (`--xdp native`).
+    Native,
+    /// Native XDP where the uplink's driver has it, TC alone elsewhere (no `--xdp`).
+    NativeWhereSupported,
 }
 
 /// Finds the uplinks: `names`, or the interfaces of the default route. Touches nothing, so a
@@ -47,22 +62,46 @@ pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Foun
             bail!("--uplink {name}: the interface has no IPv4 address for masquerade to use");
         };
         let veth = netlink.is_veth(index).await?;
-        found.push(Found { name, index, addr, veth });
+        found.push(Found { name, index, addr, veth, xdp: false });
     }
     Ok(found)
 }
 
-/// Attaches the datapath to the uplinks `found` and forgets those of an earlier run that are no
-/// longer wanted.
-pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api::Uplink>> {
-    let uplinks = views(found);
-    for f in found {
+/// Attaches the datapath to the uplinks `found` (TC, and XDP as `xdp` says) and forgets those of
+/// an earlier run that are no longer wanted.
+pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetting) -> Result<Vec<api::Uplink>> {
+    for f in found.iter_mut() {
+        // TC first: XDP passes on to it whatever it does not handle.
         datapath.attach_uplink(&f.name)?;
+        f.xdp = match xdp {
+            XdpSetting::Off => {
+                datapath.detach_uplink_xdp(&f.name)?;
+                false
+            }
+            XdpSetting::Native => {
+                datapath.attach_uplink_xdp(&f.name).with_context(|| format!("--xdp native on uplink {}", f.name))?;
+                true
+            }
+            XdpSetting::NativeWhereSupported => match datapath.attach_uplink_xdp(&f.name) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("uplink {}: no native XDP ({e:#}); its traffic takes the TC path", f.name);
+                    datapath.detach_uplink_xdp(&f.name)?;
+                    false
+                }
+            },
+        };
     }
+    let uplinks = views(found);
     datapath.set_uplinks(&datapath_uplinks(found))?;
     for pinned in datapath.pinned_uplinks() {
         if !found.iter().any(|f| f.name == pinned) {
             datapath.detach_uplink(&pinned)?;
+        }
+    }
+    for pinned in datapath.pinned_uplinks_xdp() {
+        if !found.iter().any(|f| f.name == pinned && f.xdp) {
+            datapath.detach_uplink_xdp(&pinned)?;
         }
     }
     if uplinks.is_empty() {
@@ -71,7 +110,8 @@ pub(super) fn attach(datapath: &mut Datapath, found: &[Found]) -> Result<Vec<api
         // The datapath routes through the FIB, which answers only where forwarding is on.
         plumbing::write_sysctl("net/ipv4/ip_forward", "1")?;
         for u in &uplinks {
-            log::info!("uplink {} ({}): masqueraded traffic leaves by it", u.interface, u.address);
+            let path = if u.xdp { "XDP and TC" } else { "TC" };
+            log::info!("uplink {} ({}): masqueraded traffic leaves by it; traffic arriving takes the {path} path", u.interface, u.address);
         }
     }
     Ok(uplinks)
@@ -84,7 +124,7 @@ fn datapath_uplinks(found: &[Found]) -> Vec<(u32, IpAddr, bool)> {
 
 /// The uplinks as `stats` shows them.
 pub(super) fn views(found: &[Found]) -> Vec<api::Uplink> {
-    found.iter().map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string() }).collect()
+    found.iter().map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string(), xdp: f.xdp }).collect()
 }
 
 /// Follows address changes of the uplinks (DHCP, an address replaced by hand): masquerade uses an

@@ -6,16 +6,21 @@ use std::{net::IpAddr, process::Command, sync::Arc};
 
 use bpfnet::{
     datapath::{Datapath, LoadOptions},
+    maglev,
     netns,
-    test_run::{run_tc, TestRunResult},
+    test_run::{run_tc, run_xdp, TestRunResult},
 };
 use datapath_common::{
-    iface_flags, program_names, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    iface_flags, program_names, services::flow_hash, BackendInfo, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    ServiceInfo,
 };
 
 pub const PASS: u32 = 0;
 pub const DROP: u32 = 2;
 pub const REDIRECT: u32 = 7;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
 /// In a test run the packet's device is loopback.
 pub const TEST_IFINDEX: u32 = 1;
 
@@ -213,7 +218,8 @@ impl TestNetns {
             dp.set_host_addrs(&[IpAddr::from(UPLINK_IP)])?;
             let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
             let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
-            let mut lab = Lab { dp, container, uplink, flags };
+            let uplink_xdp = dp.program_fd_of(program_names::XDP_FROM_UPLINK)?;
+            let mut lab = Lab { dp, container, uplink, uplink_xdp, flags };
             lab.send_as(CONTAINER_IP, CONTAINER_MAC);
             f(&mut lab);
             Ok(())
@@ -232,6 +238,7 @@ pub struct Lab {
     pub dp: Datapath,
     pub container: i32,
     pub uplink: i32,
+    pub uplink_xdp: i32,
     pub flags: u32,
 }
 
@@ -246,6 +253,10 @@ impl Lab {
     }
     pub fn from_uplink(&self, p: &[u8]) -> TestRunResult {
         run_tc(self.uplink, p).unwrap()
+    }
+    /// The uplink's XDP program on frame `p`.
+    pub fn from_uplink_xdp(&self, p: &[u8]) -> TestRunResult {
+        run_xdp(self.uplink_xdp, p).unwrap()
     }
     /// Publishes `host_port` (on every address, or on `on`) to `to`:`container_port`.
     pub fn publish(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16) {
@@ -267,3 +278,69 @@ impl Lab {
 }
 
 pub const MASQ: u32 = iface_flags::MASQUERADE;
+
+// ---- a service as the daemon writes it (the load-balancing and XDP tests) ----
+
+pub const VIP: [u8; 4] = [10, 0, 0, 100];
+pub const VIP_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+pub const PUBLISHED_PORT: u16 = 8000;
+pub const M: u32 = datapath_common::services::DEFAULT_MAGLEV_TABLE_SIZE;
+pub const SERVICE: u32 = 1;
+pub const NETWORK: u32 = 1;
+
+pub fn backend_ip(i: usize) -> [u8; 4] {
+    [10, 0, 0, 11 + i as u8]
+}
+pub fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x42, 10, 0, 0, 11 + i as u8]
+}
+pub fn backend_ifindex(i: usize) -> u32 {
+    101 + i as u32
+}
+
+/// A service as the daemon writes it: backends `0..n` (ids 1..=n) on network 1, its VIP, its
+/// published port, its Maglev table. Returns the table (backend ids).
+pub fn install(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -> Vec<u32> {
+    for &i in backends {
+        let flags = lab.flags;
+        lab.flags |= iface_flags::SERVICE_BACKEND;
+        lab.add_container(backend_ip(i), backend_mac(i), backend_ifindex(i), NETWORK, GATEWAY_IP);
+        lab.flags = flags;
+        let info = BackendInfo { addr: IpKey::from_ipv4_octets(backend_ip(i)), port: BACKEND_PORT.to_be(), _pad: 0, service: SERVICE };
+        lab.dp.set_backend(i as u32 + 1, info).unwrap();
+    }
+    let table = table_of(backends);
+    lab.dp.write_maglev((SERVICE - 1) * M, &table).unwrap();
+    let info = ServiceInfo { table_base: (SERVICE - 1) * M, table_size: M, backends: backends.len() as u32, _pad: 0, affinity_ns };
+    lab.dp.set_service(SERVICE, info).unwrap();
+    let vip = PortKey { addr: IpKey::from_ipv4_octets(VIP), port: VIP_PORT.to_be(), proto, _pad: 0 };
+    lab.dp.set_port(vip, PortTarget { service: SERVICE, network: NETWORK, ..PortTarget::default() }).unwrap();
+    let published = PortKey::any_address(PUBLISHED_PORT.to_be(), proto);
+    lab.dp.set_port(published, PortTarget { service: SERVICE, ..PortTarget::default() }).unwrap();
+    lab.dp.set_vip(IpAddr::from(VIP), NETWORK).unwrap();
+    table
+}
+
+/// The Maglev table over backends `backends`, as backend ids (what the daemon builds).
+pub fn table_of(backends: &[usize]) -> Vec<u32> {
+    if backends.is_empty() {
+        return vec![0; M as usize];
+    }
+    let names: Vec<String> = backends.iter().map(|&i| format!("{}:{BACKEND_PORT}", IpAddr::from(backend_ip(i)))).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    maglev::table(&refs, M).unwrap().into_iter().map(|k| backends[k as usize] as u32 + 1).collect()
+}
+
+/// The backend (index) the datapath must choose for this tuple.
+pub fn predicted(table: &[u32], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> usize {
+    let word = |a: [u8; 4]| u32::from_ne_bytes(a);
+    let hash = flow_hash(word(src), word(dst), sport.to_be(), dport.to_be(), proto);
+    table[(hash % M) as usize] as usize - 1
+}
+
+
+/// Which backend a delivered packet went to.
+pub fn which_backend(p: &[u8]) -> usize {
+    (0..8).find(|&i| p[14 + 16..14 + 20] == backend_ip(i)).expect("delivered to a backend")
+}
