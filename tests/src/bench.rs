@@ -136,11 +136,11 @@ impl Config {
     }
 }
 
-fn mode_cli_name(mode: Mode) -> String {
+pub(crate) fn mode_cli_name(mode: Mode) -> String {
     mode.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_else(|| format!("{mode:?}"))
 }
 
-fn mode_title(mode: Mode) -> &'static str {
+pub(crate) fn mode_title(mode: Mode) -> &'static str {
     match mode {
         Mode::Rr => "TCP_RR",
         Mode::Crr => "TCP_CRR",
@@ -220,7 +220,7 @@ pub struct ConfigResult {
     pub max_ratio: f64,
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -251,7 +251,7 @@ impl ConfigResult {
 }
 
 /// A rate in the unit of its table column: `52.1k` (per second) or `9.41` (Gb/s).
-fn format_rate(mode: &str, rate: f64) -> String {
+pub(crate) fn format_rate(mode: &str, rate: f64) -> String {
     if mode == "stream" {
         format!("{:.2}", rate / 1e9)
     } else if rate >= 1000.0 {
@@ -284,7 +284,7 @@ impl ModeResult {
 }
 
 /// Renders rows as a markdown table with padded columns (readable as plain text too).
-fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0))
         .collect();
@@ -407,18 +407,16 @@ impl Report {
     }
 }
 
-const BEGIN_MARK: &str = "<!-- bench-results:begin";
-const END_MARK: &str = "<!-- bench-results:end -->";
-
-/// Puts `section` between the markers of `path` (or appends it with markers, or creates the file).
-fn write_markdown(path: &Path, section: &str) -> Result<()> {
-    let block = format!(
-        "{BEGIN_MARK} (written by `bpfnet-lab bench --markdown-out`; edits inside are overwritten) -->\n{section}{END_MARK}\n"
-    );
+/// Puts `section` between the markers `<!-- MARK:begin ... -->` and `<!-- MARK:end -->` of
+/// `path` (or appends it with markers, or creates the file); `tool`: the command that writes it.
+pub(crate) fn write_markdown(path: &Path, mark: &str, tool: &str, section: &str) -> Result<()> {
+    let begin_mark = format!("<!-- {mark}:begin");
+    let end_mark = format!("<!-- {mark}:end -->");
+    let block = format!("{begin_mark} (written by `{tool}`; edits inside are overwritten) -->\n{section}{end_mark}\n");
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN_MARK), old.find(END_MARK)) {
+    let new = match (old.find(&begin_mark), old.find(&end_mark)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &old[..b], old[e + END_MARK.len()..].trim_start_matches('\n'))
+            format!("{}{block}{}", &old[..b], old[e + end_mark.len()..].trim_start_matches('\n'))
         }
         _ if old.is_empty() => format!("# Benchmarks\n\n{block}"),
         _ => format!("{}\n\n{block}", old.trim_end()),
@@ -439,7 +437,7 @@ struct Pair {
     server: SocketAddr,
 }
 
-const PORT: u16 = 5201;
+pub(crate) const PORT: u16 = 5201;
 
 /// Sets sysctls inside `ns`.
 fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
@@ -450,7 +448,7 @@ fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
 }
 
 /// The same base for every namespace: no IPv6, no reverse-path filter, forwarding as given.
-fn base_sysctls(ns: &str, forwarding: bool) -> Result<()> {
+pub(crate) fn base_sysctls(ns: &str, forwarding: bool) -> Result<()> {
     sysctl(
         ns,
         &[
@@ -464,14 +462,14 @@ fn base_sysctls(ns: &str, forwarding: bool) -> Result<()> {
 }
 
 /// A "container" namespace: the base, plus what TCP_CRR needs to not run out of ports.
-fn container_ns(sb: &mut Sandbox, role: &str) -> Result<String> {
+pub(crate) fn container_ns(sb: &mut Sandbox, role: &str) -> Result<String> {
     let ns = sb.add_netns(role)?;
     base_sysctls(&ns, false)?;
     sysctl(&ns, &[("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65535")])?;
     Ok(ns)
 }
 
-fn ip(ns: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn ip(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["-n", ns];
     all.extend_from_slice(args);
     run_ok("ip", &all).map(|_| ())
@@ -565,7 +563,7 @@ fn docker_rules() -> Vec<Vec<&'static str>> {
 /// The uplink of a host namespace `host` to a new "outside" namespace `role`: host 192.0.2.1/24,
 /// outside 192.0.2.2/24, the host's default route through it. The outside has no route to any
 /// container subnet. Returns the outside namespace, set up to run clients and servers.
-fn uplink_to_outside(sb: &mut Sandbox, host: &str, role: &str) -> Result<String> {
+pub(crate) fn uplink_to_outside(sb: &mut Sandbox, host: &str, role: &str) -> Result<String> {
     let ext = container_ns(sb, role)?;
     sb.connect_uplink(host, &ext)?;
     Ok(ext)
@@ -573,7 +571,7 @@ fn uplink_to_outside(sb: &mut Sandbox, host: &str, role: &str) -> Result<String>
 
 /// The server behind the uplink, and the published port clients behind it use.
 const OUTSIDE_SERVER: [u8; 4] = [192, 0, 2, 2];
-const UPLINK: [u8; 4] = [192, 0, 2, 1];
+pub(crate) const UPLINK: [u8; 4] = [192, 0, 2, 1];
 const PUBLISHED_PORT: u16 = 8080;
 
 /// Docker's rules for `-p 8080:5201` (tcp and udp) on the bridge container 10.202.0.3, with
@@ -695,14 +693,14 @@ fn wait_for_ping(sb: &Sandbox, pair: &Pair) -> Result<()> {
 // ---- processes ----
 
 /// A benchmark server (`bpfnet-lab net serve`) pinned to the CPU; killed by PID when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     /// Kept open: the server writes nothing more, but must not get SIGPIPE.
     stdout: BufReader<ChildStdout>,
 }
 
 impl Server {
-    fn start(lab: &Path, ns: &str, cpu: usize, port: u16) -> Result<Server> {
+    pub(crate) fn start(lab: &Path, ns: &str, cpu: usize, port: u16) -> Result<Server> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string()])
             .arg(lab)
@@ -735,7 +733,7 @@ impl Drop for Server {
 }
 
 /// Runs one client (`bpfnet-lab net client`) pinned to the CPU inside `ns`; returns its rate.
-fn client(lab: &Path, ns: &str, cpu: usize, to: SocketAddr, mode: Mode, seconds: f64) -> Result<f64> {
+pub(crate) fn client(lab: &Path, ns: &str, cpu: usize, to: SocketAddr, mode: Mode, seconds: f64) -> Result<f64> {
     let child = Command::new("ip")
         .args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string()])
         .arg(lab)
@@ -775,14 +773,14 @@ fn client(lab: &Path, ns: &str, cpu: usize, to: SocketAddr, mode: Mode, seconds:
     stdout.trim().parse::<f64>().with_context(|| format!("benchmark client printed {stdout:?}"))
 }
 
-fn flush_conntrack(ns: &str) {
+pub(crate) fn flush_conntrack(ns: &str) {
     // Fails (harmlessly) when the table is empty.
     let _ = sandbox::run("ip", &["netns", "exec", ns, "conntrack", "-F"]);
 }
 
 // ---- facts ----
 
-fn lab_binary() -> PathBuf {
+pub(crate) fn lab_binary() -> PathBuf {
     let built = sandbox::repo_root().join("target/release/bpfnet-lab");
     if built.exists() {
         built
@@ -791,7 +789,7 @@ fn lab_binary() -> PathBuf {
     }
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let text = |program: &str, args: &[&str]| {
         sandbox::run(program, args).map(|r| r.stdout.trim().to_string()).unwrap_or_default()
     };
@@ -810,7 +808,7 @@ fn machine() -> Machine {
     Machine { nproc, kernel: text("uname", &["-r"]), cpu_model, iptables: text("iptables", &["-V"]) }
 }
 
-fn shell_quote(arg: &str) -> String {
+pub(crate) fn shell_quote(arg: &str) -> String {
     if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@".contains(c)) {
         arg.to_string()
     } else {
@@ -840,7 +838,7 @@ fn command_line(opts: &Options) -> String {
     }
 }
 
-fn date_utc() -> String {
+pub(crate) fn date_utc() -> String {
     sandbox::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).map(|r| r.stdout.trim().to_string()).unwrap_or_default()
 }
 
@@ -1112,7 +1110,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         print!("{}", report.markdown());
     }
     if let Some(path) = &opts.markdown_out {
-        write_markdown(path, &report.markdown_section())?;
+        write_markdown(path, "bench-results", "bpfnet-lab bench --markdown-out", &report.markdown_section())?;
         eprintln!("bench: results written to {}", path.display());
     }
     Ok(report)
@@ -1177,10 +1175,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("B.md");
         std::fs::write(&path, "# Title\n\nprose\n").unwrap();
-        write_markdown(&path, "first\n").unwrap();
-        write_markdown(&path, "second\n").unwrap();
+        write_markdown(&path, "bench-results", "bpfnet-lab bench --markdown-out", "first\n").unwrap();
+        write_markdown(&path, "bench-results", "bpfnet-lab bench --markdown-out", "second\n").unwrap();
         std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "\nafter\n").unwrap();
-        write_markdown(&path, "third\n").unwrap();
+        write_markdown(&path, "bench-results", "bpfnet-lab bench --markdown-out", "third\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(text.starts_with("# Title\n\nprose\n\n<!-- bench-results:begin"), "{text}");

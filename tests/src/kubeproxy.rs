@@ -13,6 +13,14 @@ pub struct Service {
     pub port: u16,
     pub node_port: u16,
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// A UDP service (else TCP).
+    pub udp: bool,
+}
+
+impl Service {
+    fn proto(&self) -> &'static str {
+        if self.udp { "udp" } else { "tcp" }
+    }
 }
 
 /// kube-proxy's chain names: a hash of the service (or endpoint), so they are stable.
@@ -34,8 +42,9 @@ pub fn iptables_rules(services: &[Service]) -> String {
     for (i, s) in services.iter().enumerate() {
         let (svc, svc_chains, svc_rules) = service_chains(i, s, 0);
         chains.push_str(&svc_chains);
-        let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {} -j {svc}", s.vip, s.port);
-        let _ = writeln!(rules, "-A KUBE-NODEPORTS -p tcp -m tcp --dport {} -j {svc}", s.node_port);
+        let p = s.proto();
+        let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j {svc}", s.vip, s.port);
+        let _ = writeln!(rules, "-A KUBE-NODEPORTS -p {p} -m {p} --dport {} -j {svc}", s.node_port);
         rules.push_str(&svc_rules);
     }
     // As kube-proxy: node ports last, for local destinations only.
@@ -68,7 +77,8 @@ fn service_chains(i: usize, s: &Service, generation: usize) -> (String, String, 
         } else {
             let _ = writeln!(rules, "-A {svc} -j {sep}");
         }
-        let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
+        let p = s.proto();
+        let _ = writeln!(rules, "-A {sep} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}");
     }
     (svc, chains, rules)
 }
@@ -81,11 +91,12 @@ pub fn nftables_service_update(i: usize, s: &Service) -> String {
 /// A service chain's rule: an endpoint at random, translated to (one endpoint: no choice, and
 /// no anonymous map, which costs nft a set per service).
 fn dnat_rule(s: &Service) -> String {
+    let p = s.proto();
     if let [(ip, port)] = s.endpoints[..] {
-        return format!("meta l4proto tcp dnat ip to {ip}:{port}");
+        return format!("meta l4proto {p} dnat ip to {ip}:{port}");
     }
     let targets: Vec<String> = s.endpoints.iter().enumerate().map(|(k, (ip, port))| format!("{k} : {ip} . {port}")).collect();
-    format!("meta l4proto tcp dnat ip addr . port to numgen random mod {} map {{ {} }}", s.endpoints.len(), targets.join(", "))
+    format!("meta l4proto {p} dnat ip addr . port to numgen random mod {} map {{ {} }}", s.endpoints.len(), targets.join(", "))
 }
 
 /// `nft -f` input: the same services as verdict maps (`ip daddr . th dport` for VIPs, `th
@@ -105,10 +116,25 @@ pub fn nftables_ruleset(services: &[Service]) -> String {
     out.push_str(
         "  chain nat_prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n\
          \x20 chain nat_output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n\
-         \x20 chain services {\n    meta l4proto tcp ip daddr . th dport vmap @services\n    \
-         fib daddr type local meta l4proto tcp th dport vmap @node_ports\n  }\n}\n",
+         \x20 chain services {\n    meta l4proto { tcp, udp } ip daddr . th dport vmap @services\n    \
+         fib daddr type local meta l4proto { tcp, udp } th dport vmap @node_ports\n  }\n}\n",
     );
     out
+}
+
+/// Runs `tool ARGS FILE` inside namespace `ns` (the thread enters it; the tool inherits it), as
+/// kube-proxy runs one restore per sync; returns the milliseconds it took, process start included.
+pub fn load_timed(ns: &str, tool: &'static str, args: &'static [&'static str], file: &std::path::Path) -> anyhow::Result<f64> {
+    let file = file.to_path_buf();
+    crate::netns::within(ns, move || {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(tool).args(args).arg(&file).output()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            anyhow::bail!("{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(ms)
+    })
 }
 
 #[cfg(test)]
@@ -122,6 +148,7 @@ mod tests {
                 port: 80,
                 node_port: 30_000 + i as u16,
                 endpoints: (0..3).map(|k| (Ipv4Addr::new(10, 244, 0, 10 + k), 8080)).collect(),
+                udp: i == 2,
             })
             .collect()
     }
@@ -132,6 +159,8 @@ mod tests {
         assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"));
         assert_eq!(text.matches("-A KUBE-SERVICES -d ").count(), 2, "{text}");
         assert_eq!(text.matches("-A KUBE-NODEPORTS -p tcp").count(), 2);
+        let udp = iptables_rules(&services(3));
+        assert!(udp.contains("-A KUBE-NODEPORTS -p udp -m udp --dport 30002") && udp.contains("-p udp -m udp -j DNAT"), "{udp}");
         // Three endpoints: 1/3, then 1/2 of the rest, then the remainder.
         assert!(text.contains("--probability 0.33333333333") && text.contains("--probability 0.50000000000"), "{text}");
         assert_eq!(text.matches("-j DNAT --to-destination 10.244.0.12:8080").count(), 2);

@@ -182,7 +182,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 /// service at a time (a fourth endpoint, alternately added and taken away), as kube-proxy does:
 /// one restore (or `nft -f`) process per sync, only the changed chains.
 fn peers(sb: &mut Sandbox, opts: &Options) -> Result<Vec<PeerReport>> {
-    use crate::kubeproxy::{iptables_rules, iptables_service_update, nftables_ruleset, nftables_service_update, Service};
+    use crate::kubeproxy::{iptables_rules, iptables_service_update, load_timed, nftables_ruleset, nftables_service_update, Service};
     use std::net::Ipv4Addr;
     let endpoint = |k: usize| (Ipv4Addr::new(10, 98, (k / 250) as u8, (k % 250 + 2) as u8), 8080);
     let services: Vec<Service> = (0..opts.services)
@@ -191,23 +191,12 @@ fn peers(sb: &mut Sandbox, opts: &Options) -> Result<Vec<PeerReport>> {
             port: 80,
             node_port: 30_000 + (i % 30_000) as u16,
             endpoints: (0..opts.backends).map(endpoint).collect(),
+            udp: false,
         })
         .collect();
     let dir = std::env::temp_dir().join(format!("bpfnet-lbscale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("rules");
-    // Runs `tool args file` inside `ns` (the thread enters it; the tool inherits it), timed.
-    let timed = |ns: &str, tool: &'static str, args: &'static [&'static str], file: std::path::PathBuf| -> Result<f64> {
-        crate::netns::within(ns, move || {
-            let t = Instant::now();
-            let out = std::process::Command::new(tool).args(args).arg(&file).output()?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            if !out.status.success() {
-                bail!("{tool}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(ms)
-        })
-    };
     let mut reports = Vec::new();
     for (name, tool, kind) in [
         ("iptables (nf_tables)", "iptables-nft-restore", 0),
@@ -219,7 +208,7 @@ fn peers(sb: &mut Sandbox, opts: &Options) -> Result<Vec<PeerReport>> {
         let (full, load_args): (String, &'static [&'static str]) =
             if kind == 0 { (iptables_rules(&services), &[]) } else { (nftables_ruleset(&services), &["-f"]) };
         std::fs::write(&file, full)?;
-        let install_ms = timed(&ns, tool, load_args, file.clone())?;
+        let install_ms = load_timed(&ns, tool, load_args, &file)?;
         let mut changes = Vec::with_capacity(opts.peer_changes);
         for k in 0..opts.peer_changes {
             let i = (k * 7919) % opts.services;
@@ -233,7 +222,7 @@ fn peers(sb: &mut Sandbox, opts: &Options) -> Result<Vec<PeerReport>> {
                 (nftables_service_update(i, &svc), &["-f"])
             };
             std::fs::write(&file, update)?;
-            changes.push(timed(&ns, tool, args, file.clone())?);
+            changes.push(load_timed(&ns, tool, args, &file)?);
         }
         changes.sort_by(f64::total_cmp);
         reports.push(PeerReport {

@@ -8,6 +8,7 @@ pub mod kubeproxy;
 pub mod lbscale;
 pub mod netns;
 pub mod sandbox;
+pub mod svcbench;
 pub mod traffic;
 
 pub use sandbox::Sandbox;

@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use bpfnet_lab::{bench, demo, lbscale, sandbox, traffic};
+use bpfnet_lab::{bench, demo, lbscale, sandbox, svcbench, traffic};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,6 +21,10 @@ enum Command {
     /// Service scale: installing N services of B backends in one batch, then adding and removing
     /// one backend at that scale (p50/p99), timed at the API socket.
     LbScale(lbscale::Options),
+    /// Services side by side: new connections/s, TCP_RR and UDP_RR through a published service
+    /// with 1 to 10,000 services installed, bpfnet (XDP and TC) against kube-proxy's iptables
+    /// (nf_tables and legacy) and nftables rules; install and change times; a plot.
+    SvcBench(svcbench::Options),
     /// Remove namespaces, processes, mounts and files left by interrupted sandboxes.
     Sweep,
     /// Traffic tools, run inside namespaces by the benchmark.
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts).map(|_| ()),
         Command::LbScale(opts) => lbscale::run(&opts).map(|_| ()),
+        Command::SvcBench(opts) => svcbench::run(&opts).map(|_| ()),
         Command::Sweep => sandbox::sweep().map(|n| {
             if n > 0 {
                 eprintln!("bpfnet-lab: removed {n} leftover namespaces");
