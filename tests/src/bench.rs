@@ -892,7 +892,7 @@ fn nat_counters(sb: &Sandbox, bridge_host: &str) -> NatCounters {
             let packets = counter["packets"].as_u64().unwrap_or(0);
             match counter["name"].as_str() {
                 Some("nat_out") => c.bpfnet_out += packets,
-                Some("nat_in") => c.bpfnet_in += packets,
+                Some("nat_in" | "xdp_nat_in") => c.bpfnet_in += packets,
                 _ => {}
             }
         }

@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     bench,
+    svcbench,
     sandbox::{Outside, FAR_IP, UPLINK_IP},
     traffic::{
         payload, spread, tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, tcp_round_trip, tcp_whoami,
@@ -349,6 +350,12 @@ pub fn run() -> Result<()> {
     match bench::run(&opts) {
         Ok(report) => println!("{}", report.markdown()),
         Err(e) => failures.push(format!("benchmark failed: {e:#}")),
+    }
+
+    step("Services at scale: new connections/s through a published service with 1 and 1,000 services installed, bpfnet (XDP, TC) and kube-proxy's iptables and nftables rules (1 s each; `bpfnet-lab svc-bench` for the full run and docs/svc-bench.svg for its plot)");
+    match svcbench::run(&svcbench::Options::quick()) {
+        Ok(report) => print!("{}", report.chart()),
+        Err(e) => failures.push(format!("service benchmark failed: {e:#}")),
     }
 
     drop(sb);

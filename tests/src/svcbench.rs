@@ -65,6 +65,29 @@ pub struct Options {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// For callers that print the report themselves (the demo): nothing on stdout.
+    #[arg(skip)]
+    pub quiet: bool,
+}
+
+impl Options {
+    /// The demo's look: new connections/s at 1 and 1,000 services, 1 s each, one repetition;
+    /// prints nothing itself.
+    pub fn quick() -> Self {
+        Options {
+            services: vec![1, 1000],
+            seconds: 1.0,
+            reps: 1,
+            slice: 0.5,
+            warmup: 0.2,
+            modes: vec![Mode::Crr],
+            changes: 4,
+            plot: None,
+            markdown_out: None,
+            json: false,
+            quiet: true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,7 +429,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !opts.quiet {
         print!("{}", report.markdown());
     }
     if let Some(path) = &opts.markdown_out {
@@ -509,6 +532,24 @@ impl Report {
     }
 }
 
+impl Report {
+    /// New connections/s per configuration at each N as text bars (the demo's plot).
+    pub fn chart(&self) -> String {
+        let Some(mode) = self.points.first().and_then(|p| p.modes.iter().position(|m| m == "crr")) else { return String::new() };
+        let top = self.points.iter().flat_map(|p| p.rates[mode].iter().map(|r| median(r))).fold(0.0, f64::max);
+        let mut s = String::new();
+        for p in &self.points {
+            let _ = writeln!(s, "{} services installed:", p.services);
+            for (c, peer) in Peer::ALL.iter().enumerate() {
+                let rate = median(&p.rates[mode][c]);
+                let bar = "#".repeat(((rate / top) * 40.0).round() as usize);
+                let _ = writeln!(s, "  {:<22} {:>6} conn/s {bar}", peer.name(), format_rate("crr", rate));
+            }
+        }
+        s
+    }
+}
+
 /// New connections/s (median of the repetitions) against the number of services, one line per
 /// configuration, the x axis logarithmic.
 fn plot(report: &Report, path: &std::path::Path) -> Result<()> {
@@ -558,4 +599,43 @@ fn plot(report: &Report, path: &std::path::Path) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two points; bpfnet XDP at 10k/s then 10k/s, iptables (nf_tables) 5k/s then 2.5k/s.
+    fn report() -> Report {
+        let rates = |xdp: f64, ipt: f64| vec![vec![vec![xdp, xdp], vec![9e3, 9e3], vec![ipt, ipt], vec![4e3, 4e3], vec![8e3, 8e3]]];
+        let point = |services, xdp, ipt| Point {
+            services,
+            install_ms: vec![1.0; 5],
+            change_p50_ms: vec![0.5; 5],
+            rates: rates(xdp, ipt),
+            modes: vec!["crr".into()],
+        };
+        Report {
+            date: "now".into(),
+            command: "bpfnet-lab svc-bench".into(),
+            machine: Machine { nproc: 2, kernel: "6.18".into(), cpu_model: "cpu".into(), iptables: "1.8".into() },
+            seconds: 1.0,
+            reps: 2,
+            configs: vec![],
+            points: vec![point(1, 10e3, 5e3), point(10_000, 10e3, 2.5e3)],
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn tables_give_what_each_configuration_keeps_and_same_run_ratios() {
+        let md = report().markdown();
+        assert!(md.contains("kept from 1 to 10000"), "{md}");
+        assert!(md.contains("1.00 (1.00–1.00)") && md.contains("0.50 (0.50–0.50)"), "kept: {md}");
+        // bpfnet XDP / iptables (nf_tables): 2 at N = 1, 4 at N = 10,000.
+        assert!(md.contains("2.00 (2.00–2.00)") && md.contains("4.00 (4.00–4.00)"), "ratios: {md}");
+        let chart = report().chart();
+        assert_eq!(chart.lines().filter(|l| l.contains("bpfnet XDP")).count(), 2, "{chart}");
+        assert!(chart.contains(&format!("{} ", "#".repeat(40)).trim_end().to_string()), "the fastest gets the full bar: {chart}");
+    }
 }

@@ -266,6 +266,14 @@ impl Daemon {
         let mut names: HashSet<&str> = HashSet::new();
         let state = self.state.clone();
         let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
+        // Services' published ports by protocol and port: a batch of 10,000 checks each one
+        // against this index, not against every service (which took 0.4 s at that size).
+        let mut published_by_services: HashMap<(Protocol, u16), Vec<(PublishedPort, String)>> = HashMap::new();
+        for s in self.state.services.values() {
+            if let Some(p) = s.publish {
+                published_by_services.entry((p.protocol, p.host_port)).or_default().push((p, s.name.clone()));
+            }
+        }
         for (req, backends) in &reqs {
             ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
             if self.state.services.contains_key(&req.name) || !names.insert(&req.name) {
@@ -286,7 +294,10 @@ impl Daemon {
                     if local.is_none() {
                         local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
                     }
-                    Some(self.check_service_publish(spec, port, protocol, local.as_deref().unwrap_or_default(), &made)?)
+                    let published =
+                        self.check_service_publish(spec, port, protocol, local.as_deref().unwrap_or_default(), &published_by_services)?;
+                    published_by_services.entry((published.protocol, published.host_port)).or_default().push((published, req.name.clone()));
+                    Some(published)
                 }
             };
             // The VIP is held like an endpoint's address (one of a service made earlier in this
@@ -359,14 +370,15 @@ impl Daemon {
     }
 
 
-    /// A published host port for a service: not held by an endpoint or another service.
+    /// A published host port for a service: not held by an endpoint or another service (`held`:
+    /// services' published ports, indexed by protocol and port; a service publishes one port).
     fn check_service_publish(
         &self,
         spec: &str,
         port: u16,
         protocol: Protocol,
         local: &[ipam::HostAddress],
-        made: &[Service],
+        held: &HashMap<(Protocol, u16), Vec<(PublishedPort, String)>>,
     ) -> DaemonResult<PublishedPort> {
         let full = format!("{spec}:{port}/{protocol}");
         let published = ports::parse(&full).map_err(|e| Error::invalid(format!("--publish {spec:?}: {e:#}")))?;
@@ -383,10 +395,9 @@ impl Daemon {
                 return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by {}", a.container_name)));
             }
         }
-        for s in self.state.services.values().map(|s| s.as_ref()).chain(made) {
-            if let Some(held) = s.publish.filter(|q| q.overlaps(&published)) {
-                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {}", s.name)));
-            }
+        let holders = held.get(&(published.protocol, published.host_port)).into_iter().flatten();
+        if let Some((held, name)) = holders.into_iter().find(|(q, _)| q.overlaps(&published)) {
+            return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {name}")));
         }
         Ok(published)
     }
