@@ -147,6 +147,18 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
     deliver(ctx, &p, &t, if service { Counter::XdpServiceBalanced } else { Counter::XdpNatIn })
 }
 
+/// One side of a packet (its source or destination) becomes `new_addr`:`new_port`; the IP and L4
+/// checksums (`csums`) follow (the L4 one covers the address through its pseudo-header).
+#[inline(always)]
+fn rewrite_side(addr: &mut [u8; 4], port: &mut u16, new_addr: u32, new_port: u16, csums: &mut (Incremental, Incremental)) {
+    let old = u32::from_ne_bytes(*addr);
+    csums.0.replace4(old, new_addr);
+    csums.1.replace4(old, new_addr);
+    csums.1.replace2(*port, new_port);
+    *addr = new_addr.to_ne_bytes();
+    *port = new_port;
+}
+
 /// Translates the packet as `t` says, with the TTL down by one (a router's hop), and redirects
 /// it into `t`'s container.
 #[inline(always)]
@@ -155,26 +167,15 @@ fn deliver(ctx: &XdpContext, p: &Packet, t: &Translation, counter: Counter) -> u
     // do not change here.
     unsafe {
         let ip = p.ip;
-        let mut ip_csum = Incremental::of((*ip).check);
-        // SAFETY (of the `None` case): `l4_csum` is only read when present.
-        let mut l4_csum = Incremental::of(p.l4_csum.map_or(0, |c| c.read_unaligned()));
+        let mut csums = (Incremental::of((*ip).check), Incremental::of(p.l4_csum.map_or(0, |c| c.read_unaligned())));
         let [mut sport, mut dport] = p.ports.read_unaligned();
         if t.action & ct_action::REWRITE_SRC != 0 {
-            let old = u32::from_ne_bytes((*ip).saddr);
-            ip_csum.replace4(old, t.src);
-            l4_csum.replace4(old, t.src);
-            l4_csum.replace2(sport, t.src_port);
-            (*ip).saddr = t.src.to_ne_bytes();
-            sport = t.src_port;
+            rewrite_side(&mut (*ip).saddr, &mut sport, t.src, t.src_port, &mut csums);
         }
         if t.action & ct_action::REWRITE_DST != 0 {
-            let old = u32::from_ne_bytes((*ip).daddr);
-            ip_csum.replace4(old, t.dst);
-            l4_csum.replace4(old, t.dst);
-            l4_csum.replace2(dport, t.dst_port);
-            (*ip).daddr = t.dst.to_ne_bytes();
-            dport = t.dst_port;
+            rewrite_side(&mut (*ip).daddr, &mut dport, t.dst, t.dst_port, &mut csums);
         }
+        let (mut ip_csum, l4_csum) = csums;
         // The TTL shares its checksummed word with the protocol.
         let old_ttl = u16::from_ne_bytes([(*ip).ttl, (*ip).protocol]);
         (*ip).ttl -= 1;
