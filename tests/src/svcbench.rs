@@ -97,10 +97,14 @@ enum Peer {
     IptablesNft,
     IptablesLegacy,
     NftMap,
+    /// bpfnet TC with one service, whatever N: the drift control. The VM's speed drifts by some
+    /// percent over the minutes between two N; a configuration's rate divided by the reference's
+    /// in the same repetition does not.
+    Reference,
 }
 
 impl Peer {
-    const ALL: [Peer; 5] = [Peer::Xdp, Peer::Tc, Peer::IptablesNft, Peer::IptablesLegacy, Peer::NftMap];
+    const ALL: [Peer; 6] = [Peer::Xdp, Peer::Tc, Peer::IptablesNft, Peer::IptablesLegacy, Peer::NftMap, Peer::Reference];
 
     fn name(self) -> &'static str {
         match self {
@@ -109,6 +113,7 @@ impl Peer {
             Peer::IptablesNft => "iptables (nf_tables)",
             Peer::IptablesLegacy => "iptables-legacy",
             Peer::NftMap => "nftables verdict map",
+            Peer::Reference => "reference (1 service)",
         }
     }
 
@@ -119,11 +124,12 @@ impl Peer {
             Peer::IptablesNft => "kube-proxy's iptables rules (KUBE-SERVICES, KUBE-NODEPORTS, a chain per service and endpoint) by iptables-nft-restore",
             Peer::IptablesLegacy => "the same rules by iptables-legacy-restore",
             Peer::NftMap => "kube-proxy's nftables mode: verdict maps for VIPs and node ports, a chain per service (nft -f)",
+            Peer::Reference => "bpfnet --xdp off with one service throughout: the drift control every \"kept\" ratio is corrected by",
         }
     }
 
     fn bpfnet(self) -> bool {
-        matches!(self, Peer::Xdp | Peer::Tc)
+        matches!(self, Peer::Xdp | Peer::Tc | Peer::Reference)
     }
 }
 
@@ -178,7 +184,11 @@ fn api(sb: &Sandbox, method: &str, path: &str, body: &str) -> Result<serde_json:
 /// bpfnet: a daemon in a sandbox of its own (`--xdp` as `peer` says), network `bench` with the
 /// server and a spare namespace, the client behind the uplink.
 fn build_bpfnet(peer: Peer, max_services: usize, lab: &std::path::Path, cpu: usize) -> Result<(Sandbox, Setup, Server)> {
-    let mut sb = Sandbox::new(if peer == Peer::Xdp { "svc-xdp" } else { "svc-tc" })?;
+    let mut sb = Sandbox::new(match peer {
+        Peer::Xdp => "svc-xdp",
+        Peer::Tc => "svc-tc",
+        _ => "svc-ref",
+    })?;
     let host = sb.host();
     base_sysctls(&host, true)?;
     let client = uplink_to_outside(&mut sb, &host, "client")?;
@@ -325,13 +335,13 @@ pub fn run(opts: &Options) -> Result<Report> {
     let dir = std::env::temp_dir().join(format!("bpfnet-svcbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
-    eprintln!("svc-bench: building the five configurations");
+    eprintln!("svc-bench: building the six configurations");
     // Sandboxes before the servers in declaration order: the servers are dropped (killed) first.
     let mut sandboxes = Vec::new();
     let mut setups = Vec::new();
     let mut servers = Vec::new();
-    for peer in [Peer::Xdp, Peer::Tc] {
-        let (sb, mut setup, server) = build_bpfnet(peer, max_n, &lab, cpu)?;
+    for peer in [Peer::Xdp, Peer::Tc, Peer::Reference] {
+        let (sb, mut setup, server) = build_bpfnet(peer, if peer == Peer::Reference { 1 } else { max_n }, &lab, cpu)?;
         setup.sandbox = sandboxes.len();
         sandboxes.push(sb);
         setups.push(setup);
@@ -340,7 +350,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut peers_sb = Sandbox::new("svc-peers")?;
     for (peer, role) in [(Peer::IptablesNft, "iptnft"), (Peer::IptablesLegacy, "iptleg"), (Peer::NftMap, "nftmap")] {
         let (mut setup, server) = build_peer(&mut peers_sb, peer, role, &lab, cpu)?;
-        setup.sandbox = 2;
+        setup.sandbox = 3;
         setups.push(setup);
         servers.push(server);
     }
@@ -365,6 +375,14 @@ pub fn run(opts: &Options) -> Result<Report> {
         let mut install_ms = Vec::new();
         let mut change_p50_ms = Vec::new();
         for setup in &setups {
+            if setup.peer == Peer::Reference {
+                if points.is_empty() {
+                    install(&sandboxes[setup.sandbox], setup, 1, &dir.join("unused"))?;
+                }
+                install_ms.push(f64::NAN);
+                change_p50_ms.push(f64::NAN);
+                continue;
+            }
             let file = dir.join(format!("rules-{}", setup.host));
             install_ms.push(install(&sandboxes[setup.sandbox], setup, n, &file).with_context(|| format!("installing {n} services on {}", setup.peer.name()))?);
             change_p50_ms.push(changes(&sandboxes[setup.sandbox], setup, n, opts.changes, &file)?);
@@ -477,18 +495,25 @@ impl Report {
             }
             if self.points.len() > 1 {
                 let (first, last) = (0, self.points.len() - 1);
-                let mut row = vec![format!("kept from {} to {}", self.points[first].services, self.points[last].services)];
+                let reference = Peer::ALL.iter().position(|p| *p == Peer::Reference).expect("a reference");
+                let (from, to) = (self.points[first].services, self.points[last].services);
+                let mut raw = vec![format!("kept from {from} to {to}")];
+                let mut corrected = vec![format!("kept, drift-corrected (÷ reference)")];
                 for c in 0..names.len() {
-                    let kept = match (self.rates(first, mode, c), self.rates(last, mode, c)) {
-                        (Some(a), Some(b)) => {
-                            let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
-                            spread(&ratios, |v| format!("{v:.2}"))
-                        }
-                        _ => "-".into(),
+                    let (Some(a), Some(b), Some(ra), Some(rb)) =
+                        (self.rates(first, mode, c), self.rates(last, mode, c), self.rates(first, mode, reference), self.rates(last, mode, reference))
+                    else {
+                        raw.push("-".into());
+                        corrected.push("-".into());
+                        continue;
                     };
-                    row.push(kept);
+                    let kept: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+                    let drift: Vec<f64> = ra.iter().zip(rb).map(|(a, b)| b / a).collect();
+                    raw.push(spread(&kept, |v| format!("{v:.2}")));
+                    corrected.push(spread(&kept.iter().zip(&drift).map(|(k, d)| k / d).collect::<Vec<_>>(), |v| format!("{v:.2}")));
                 }
-                rows.push(row);
+                rows.push(raw);
+                rows.push(corrected);
             }
             s.push_str(&render_table(&header, &rows));
             // Same-repetition ratios of bpfnet to the peers.
@@ -518,7 +543,9 @@ impl Report {
             .iter()
             .map(|p| {
                 let mut row = vec![p.services.to_string()];
-                row.extend(p.install_ms.iter().zip(&p.change_p50_ms).map(|(i, c)| format!("{i:.0} ms / {c:.1} ms")));
+                row.extend(p.install_ms.iter().zip(&p.change_p50_ms).map(|(i, c)| {
+                    if i.is_nan() { "-".to_string() } else { format!("{i:.0} ms / {c:.1} ms") }
+                }));
                 row
             })
             .collect();
@@ -540,7 +567,7 @@ impl Report {
         let mut s = String::new();
         for p in &self.points {
             let _ = writeln!(s, "{} services installed:", p.services);
-            for (c, peer) in Peer::ALL.iter().enumerate() {
+            for (c, peer) in Peer::ALL.iter().enumerate().filter(|(_, p)| **p != Peer::Reference) {
                 let rate = median(&p.rates[mode][c]);
                 let bar = "#".repeat(((rate / top) * 40.0).round() as usize);
                 let _ = writeln!(s, "  {:<22} {:>6} conn/s {bar}", peer.name(), format_rate("crr", rate));
@@ -558,6 +585,7 @@ fn plot(report: &Report, path: &std::path::Path) -> Result<()> {
         bail!("--plot needs crr among the modes");
     };
     let series: Vec<(usize, Vec<(f64, f64)>)> = (0..Peer::ALL.len())
+        .filter(|&c| Peer::ALL[c] != Peer::Reference)
         .map(|c| (c, report.points.iter().map(|p| (p.services as f64, median(&p.rates[mode][c]))).collect()))
         .collect();
     let top = series.iter().flat_map(|(_, s)| s.iter().map(|(_, y)| *y)).fold(0.0, f64::max) * 1.15;
@@ -607,12 +635,15 @@ mod tests {
 
     /// Two points; bpfnet XDP at 10k/s then 10k/s, iptables (nf_tables) 5k/s then 2.5k/s.
     fn report() -> Report {
-        let rates = |xdp: f64, ipt: f64| vec![vec![vec![xdp, xdp], vec![9e3, 9e3], vec![ipt, ipt], vec![4e3, 4e3], vec![8e3, 8e3]]];
-        let point = |services, xdp, ipt| Point {
+        // The reference reads 10% less at 10,000 (the VM got slower meanwhile).
+        let rates = |xdp: f64, ipt: f64, reference: f64| {
+            vec![vec![vec![xdp, xdp], vec![9e3, 9e3], vec![ipt, ipt], vec![4e3, 4e3], vec![8e3, 8e3], vec![reference, reference]]]
+        };
+        let point = |services, xdp, ipt, reference| Point {
             services,
-            install_ms: vec![1.0; 5],
-            change_p50_ms: vec![0.5; 5],
-            rates: rates(xdp, ipt),
+            install_ms: vec![1.0; 6],
+            change_p50_ms: vec![0.5; 6],
+            rates: rates(xdp, ipt, reference),
             modes: vec!["crr".into()],
         };
         Report {
@@ -622,7 +653,7 @@ mod tests {
             seconds: 1.0,
             reps: 2,
             configs: vec![],
-            points: vec![point(1, 10e3, 5e3), point(10_000, 10e3, 2.5e3)],
+            points: vec![point(1, 10e3, 5e3, 9e3), point(10_000, 9e3, 2.5e3, 8.1e3)],
             checks: vec![],
         }
     }
@@ -630,10 +661,13 @@ mod tests {
     #[test]
     fn tables_give_what_each_configuration_keeps_and_same_run_ratios() {
         let md = report().markdown();
-        assert!(md.contains("kept from 1 to 10000"), "{md}");
-        assert!(md.contains("1.00 (1.00–1.00)") && md.contains("0.50 (0.50–0.50)"), "kept: {md}");
-        // bpfnet XDP / iptables (nf_tables): 2 at N = 1, 4 at N = 10,000.
-        assert!(md.contains("2.00 (2.00–2.00)") && md.contains("4.00 (4.00–4.00)"), "ratios: {md}");
+        let row = |start: &str| md.lines().find(|l| l.starts_with(&format!("| {start}"))).unwrap_or_else(|| panic!("no {start} row: {md}")).to_string();
+        // XDP kept 0.90 of its rate, as the reference did: corrected, 1.00; iptables 0.50 -> 0.56.
+        assert!(row("kept from 1 to 10000").contains("| 0.90 (0.90–0.90)"), "{md}");
+        let corrected = row("kept, drift-corrected");
+        assert!(corrected.contains("| 1.00 (1.00–1.00)") && corrected.contains("| 0.56 (0.56–0.56)"), "{corrected}");
+        // bpfnet XDP / iptables (nf_tables): 2 at N = 1, 3.6 at N = 10,000.
+        assert!(md.contains("2.00 (2.00–2.00)") && md.contains("3.60 (3.60–3.60)"), "ratios: {md}");
         let chart = report().chart();
         assert_eq!(chart.lines().filter(|l| l.contains("bpfnet XDP")).count(), 2, "{chart}");
         assert!(chart.contains(&format!("{} ", "#".repeat(40)).trim_end().to_string()), "the fastest gets the full bar: {chart}");
