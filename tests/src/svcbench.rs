@@ -355,6 +355,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         servers.push(server);
     }
     sandboxes.push(peers_sb);
+    // Results are indexed like `Peer::ALL`: the configurations in that order.
+    setups.sort_by_key(|s| Peer::ALL.iter().position(|p| *p == s.peer));
 
     let measure = |setup: &Setup, mode: Mode, seconds: f64| -> Result<f64> {
         let sb = &sandboxes[setup.sandbox];
