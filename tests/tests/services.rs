@@ -239,6 +239,7 @@ fn udp_affinity_refusals_and_clear_errors() {
         (vec!["network", "rm", "inside"], "has services (in1)"),
         (vec!["network", "connect", "front", &outside.ext, "-p", "9000:80"], "already published by service nobody"),
         (vec!["service", "create", "x", "--network", "inside", "--port", "80", "--publish", "9100"], "is internal"),
+        (vec!["service", "create", "x", "--network", "front", "--port", "53/udp", "--publish", "5353/udp"], "the protocol is the service's (--port 53/udp)"),
     ] {
         let ran = sb.bpfnet(&args).unwrap();
         assert!(!ran.ok && ran.stderr.contains(says), "{args:?}: expected {says:?}, got {}", ran.stderr);

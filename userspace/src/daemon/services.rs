@@ -380,6 +380,11 @@ impl Daemon {
         local: &[ipam::HostAddress],
         held: &HashMap<(Protocol, u16), Vec<(PublishedPort, String)>>,
     ) -> DaemonResult<PublishedPort> {
+        if spec.contains('/') {
+            return Err(Error::invalid(format!(
+                "--publish {spec:?}: give [HOST_IP:]HOST_PORT only; the protocol is the service's (--port {port}/{protocol})"
+            )));
+        }
         let full = format!("{spec}:{port}/{protocol}");
         let published = ports::parse(&full).map_err(|e| Error::invalid(format!("--publish {spec:?}: {e:#}")))?;
         if published.count != 1 {
