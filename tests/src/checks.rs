@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{sandbox::run_ok, Sandbox};
@@ -111,6 +111,16 @@ fn response_complete(buf: &[u8]) -> bool {
     let text = String::from_utf8_lossy(buf);
     let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
     content_length(head).is_some_and(|n| body.len() >= n)
+}
+
+/// One API request that must be answered 200, waiting at most `wait`: its JSON reply (`Null`
+/// when the body is not JSON).
+pub fn api_ok(socket: &Path, method: &str, path: &str, body: &str, wait: Duration) -> Result<Value> {
+    let (status, reply) = raw_exchange(socket, &http_request(method, path, body), wait)?;
+    if status != 200 {
+        bail!("{method} {path}: {status} {reply}");
+    }
+    Ok(serde_json::from_str(&reply).unwrap_or(Value::Null))
 }
 
 /// A well-formed request with a JSON content type and `body`.

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::{
-    checks::{http_request, raw_exchange},
+    checks::api_ok,
     sandbox::{DaemonOptions, Sandbox},
 };
 
@@ -71,12 +71,8 @@ pub struct Report {
     pub peers: Vec<PeerReport>,
 }
 
-fn post(socket: &Path, path: &str, body: &str) -> Result<String> {
-    let (status, reply) = raw_exchange(socket, &http_request("POST", path, body), Duration::from_secs(120))?;
-    if status != 200 {
-        bail!("POST {path}: {status} {reply}");
-    }
-    Ok(reply)
+fn post(socket: &Path, path: &str, body: &str) -> Result<serde_json::Value> {
+    api_ok(socket, "POST", path, body, Duration::from_secs(120))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -108,9 +104,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     let body = serde_json::json!({ "services": services }).to_string();
     eprintln!("lb-scale: installing {} services of {} backends ({} KB request)", opts.services, opts.backends, body.len() / 1024);
     let started = Instant::now();
-    let reply = post(&sb.socket(), "/services/batch", &body)?;
+    let done = post(&sb.socket(), "/services/batch", &body)?;
     let install_ms = started.elapsed().as_secs_f64() * 1e3;
-    let done: serde_json::Value = serde_json::from_str(&reply)?;
     let log = std::fs::read_to_string(sb.daemon_log()).unwrap_or_default();
     if let Some(line) = log.lines().find(|l| l.contains("services: validated")) {
         eprintln!("lb-scale: daemon: {}", line.split("] ").last().unwrap_or(line));

@@ -27,7 +27,7 @@ use crate::{
         base_sysctls, client, container_ns, date_utc, flush_conntrack, format_rate, lab_binary, machine, median, mode_cli_name,
         mode_title, render_table, shell_quote, uplink_to_outside, write_markdown, Machine, Server, PORT, UPLINK,
     },
-    checks::{counter, http_request, raw_exchange},
+    checks::{api_ok, counter},
     kubeproxy::{self, load_timed},
     sandbox::{run_ok, DaemonOptions, Sandbox},
     traffic::Mode,
@@ -174,11 +174,7 @@ pub struct Point {
 }
 
 fn api(sb: &Sandbox, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
-    let (status, reply) = raw_exchange(&sb.socket(), &http_request(method, path, body), Duration::from_secs(300))?;
-    if status != 200 {
-        bail!("{method} {path}: {status} {reply}");
-    }
-    Ok(serde_json::from_str(&reply).unwrap_or(serde_json::Value::Null))
+    api_ok(&sb.socket(), method, path, body, Duration::from_secs(300))
 }
 
 /// bpfnet: a daemon in a sandbox of its own (`--xdp` as `peer` says), network `bench` with the

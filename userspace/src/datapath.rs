@@ -325,8 +325,7 @@ impl Datapath {
 
     /// Uplinks that have a pinned XDP link.
     pub fn pinned_uplinks_xdp(&self) -> Vec<String> {
-        let pins = self.pins.as_ref().map(|root| pin_names(&bpffs::xdp_dir(root))).unwrap_or_default();
-        pins.into_iter().map(|p| p.replace(':', ".")).collect()
+        self.pinned_interfaces(bpffs::xdp_dir)
     }
 
     fn attach_program(&mut self, program: &str, pin: Option<PathBuf>, ifname: &str) -> Result<()> {
@@ -370,7 +369,12 @@ impl Datapath {
 
     /// Uplinks that have a pinned link.
     pub fn pinned_uplinks(&self) -> Vec<String> {
-        let pins = self.pins.as_ref().map(|root| pin_names(&bpffs::uplinks_dir(root))).unwrap_or_default();
+        self.pinned_interfaces(bpffs::uplinks_dir)
+    }
+
+    /// The interfaces whose links are pinned in `dir` (uplinks' or their XDP links), by name.
+    fn pinned_interfaces(&self, dir: fn(&Path) -> PathBuf) -> Vec<String> {
+        let pins = self.pins.as_ref().map(|root| pin_names(&dir(root))).unwrap_or_default();
         pins.into_iter().map(|p| p.replace(':', ".")).collect()
     }
 
