@@ -406,6 +406,7 @@ pub fn sweep() -> Result<usize> {
     // The pattern must not start with '-' (pkill would take it for an option).
     let _ = run("pkill", &["-KILL", "-f", &format!("daemon --netns {PREFIX}-")]);
     let _ = run("pkill", &["-KILL", "-f", "bpfnet-lab net "]);
+    crate::engines::sweep();
     let mut removed = 0;
     let list = run_ok("ip", &["netns", "list"])?;
     for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {

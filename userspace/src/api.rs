@@ -77,6 +77,9 @@ pub struct EndpointView {
     pub ports: Vec<String>,
     /// Where it is attached; `None`: allocated only.
     pub attachment: Option<AttachmentView>,
+    /// The front-end that made it: `api` (bpfnet's CLI), `docker` or `cni`.
+    #[serde(default)]
+    pub frontend: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

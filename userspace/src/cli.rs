@@ -326,6 +326,13 @@ struct DaemonArgs {
     /// Backends of all services together (24 bytes each).
     #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(2..))]
     max_backends: u32,
+    /// Serve Docker's network plugin protocol, so that `docker network create -d bpfnet` makes
+    /// bpfnet networks and `docker run --network NAME [-p H:C]` attaches containers to them. The
+    /// plugin's socket, bpfnet.sock, goes into DIR, where dockerd looks for plugins (default:
+    /// /run/docker/plugins). Run dockerd with --iptables=false --userland-proxy=false: bpfnet
+    /// publishes the ports.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = crate::docker::DEFAULT_PLUGIN_DIR)]
+    docker_plugin: Option<PathBuf>,
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
@@ -475,6 +482,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
             Some(XdpArg::Off) => XdpSetting::Off,
         },
         cgroup_root: args.cgroup_root,
+        docker_plugin: args.docker_plugin,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {

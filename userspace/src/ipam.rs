@@ -341,6 +341,7 @@ mod tests {
             aliases: vec![],
             ports: vec![],
             kept_when_detached: false,
+            frontend: Default::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! Layers (see README.md): the CLI talks HTTP/JSON over a unix socket to the daemon's `server`;
 //! the `daemon` validates requests against the desired `state` (with `ipam`), applies them through
 //! `plumbing` (rtnetlink: veths, addresses, routes) and `datapath` (eBPF programs and maps), rolls
-//! back on failure, persists, and reconciles at start-up.
+//! back on failure, persists, and reconciles at start-up. Front-ends besides the CLI drive the
+//! same endpoint lifecycle: `docker` (Docker's network plugin protocol).
 pub mod api;
 pub mod bpffs;
 pub mod bpfsys;
@@ -12,6 +13,7 @@ pub mod client;
 pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
+pub mod docker;
 pub mod ids;
 pub mod ipam;
 pub mod maglev;

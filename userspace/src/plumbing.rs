@@ -79,21 +79,21 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` here, `peer` directly inside the namespace `peer_netns` (so it
-    /// never exists in the host's namespace under a temporary name), each with its MAC. Returns
-    /// the host side's index.
+    /// never exists in the host's namespace under a temporary name) or, without one, here too
+    /// (for an engine that moves it itself), each with its MAC. Returns the host side's index.
     pub async fn create_veth(
         &self,
         host: &str,
         host_mac: [u8; 6],
         peer: &str,
         peer_mac: [u8; 6],
-        peer_netns: &File,
+        peer_netns: Option<&File>,
     ) -> Result<u32> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .address(peer_mac.to_vec())
-            .setns_by_fd(peer_netns.as_raw_fd())
-            .build();
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec());
+        if let Some(ns) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd());
+        }
+        let peer_msg = peer_msg.build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .address(host_mac.to_vec())

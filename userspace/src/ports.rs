@@ -54,6 +54,34 @@ impl fmt::Display for PublishedPort {
     }
 }
 
+/// A port a container engine asks to publish where any host port of a range will do (Docker's
+/// `-p 8000-8010:80`, or `-p 80`, which leaves the choice to the driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRequest {
+    pub host_ip: Option<IpAddr>,
+    /// First and last acceptable host port.
+    pub host_ports: (u16, u16),
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+/// Host ports chosen for a request that names none: Linux's default ephemeral range, as Docker's
+/// own port allocator uses.
+pub const DYNAMIC_PORTS: (u16, u16) = (32768, 60999);
+
+impl PortRequest {
+    /// The publications this request may become, in order of preference.
+    pub fn candidates(&self) -> impl Iterator<Item = PublishedPort> + '_ {
+        (self.host_ports.0..=self.host_ports.1).map(|host_port| PublishedPort {
+            host_ip: self.host_ip,
+            host_port,
+            container_port: self.container_port,
+            count: 1,
+            protocol: self.protocol,
+        })
+    }
+}
+
 fn parse_port(text: &str, spec: &str) -> Result<u16> {
     match text.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),

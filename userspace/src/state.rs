@@ -66,6 +66,32 @@ pub struct Allocation {
     /// follows its namespace's removal, keeps it until the front-end releases it.
     #[serde(default)]
     pub kept_when_detached: bool,
+    /// Which front-end made it (shown by `endpoint ls`; Docker's endpoints are Docker's to free).
+    #[serde(default)]
+    pub frontend: Frontend,
+}
+
+/// The front-end that drives an endpoint's lifecycle.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Frontend {
+    /// bpfnet's own CLI or API (`network connect`, `endpoint create`).
+    #[default]
+    Api,
+    /// Docker's remote network driver protocol.
+    Docker,
+    /// The CNI plugin.
+    Cni,
+}
+
+impl Frontend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Frontend::Api => "api",
+            Frontend::Docker => "docker",
+            Frontend::Cni => "cni",
+        }
+    }
 }
 
 /// An allocation attached to a namespace: its veth pair exists and the datapath delivers to it.

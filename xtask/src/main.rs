@@ -25,6 +25,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "conntrack",
     "bpftool",
 ];
+/// The container engines the front-end tests drive (inside a sandbox namespace), without the
+/// packages they only recommend (as Debian's docker.io recommends apparmor, git, ...). The machine's
+/// policy-rc.d keeps apt from starting dockerd in the root namespace.
+const ENGINE_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]
@@ -79,9 +83,9 @@ fn cargo_home_bin() -> PathBuf {
     home.join("bin")
 }
 
-fn setup() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
+/// The packages of `list` that are not installed.
+fn missing_packages(list: &[&'static str]) -> Vec<&'static str> {
+    list.iter()
         .copied()
         .filter(|p| {
             !Command::new("dpkg-query")
@@ -90,13 +94,24 @@ fn setup() -> Result<()> {
                 .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
                 .unwrap_or(false)
         })
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let missing = missing_packages(DEBIAN_PACKAGES);
+    let missing_engines = missing_packages(ENGINE_PACKAGES);
+    if !missing.is_empty() || !missing_engines.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    }
+    for (list, extra) in [(&missing, None), (&missing_engines, Some("--no-install-recommends"))] {
+        if list.is_empty() {
+            continue;
+        }
+        eprintln!("xtask: installing Debian packages: {}", list.join(" "));
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq"])
-            .args(&missing)
+            .args(extra)
+            .args(list.iter())
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 

@@ -21,7 +21,7 @@ use crate::{
     netns::{self, NetnsRef},
     plumbing::{self, LinkInfo},
     ports::{self, PublishedPort},
-    state::{Allocation, Endpoint, Network},
+    state::{Allocation, Endpoint, Frontend, Network},
 };
 
 /// The container already has an interface with the name its new endpoint was to get.
@@ -34,7 +34,7 @@ impl std::fmt::Display for InterfaceExists {
     }
 }
 
-fn host_veth_name(endpoint_id: &str) -> String {
+pub(super) fn host_veth_name(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
 }
 
@@ -68,7 +68,7 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
 }
 
 /// An endpoint found by id: attached to a namespace, or only allocated.
-enum Found<'a> {
+pub(super) enum Found<'a> {
     Attached(&'a Endpoint),
     Allocated(&'a Allocation),
 }
@@ -84,16 +84,37 @@ impl Daemon {
     pub async fn connect(&mut self, network: &str, ns: NetnsRef, req: api::Connect) -> DaemonResult<api::EndpointCreated> {
         let net = self.network(network)?.clone();
         self.check_namespace(&net, &ns, &req.netns)?;
-        let allocation = self.new_allocation(&net, req.netns.clone(), req.spec, false).await?;
+        let allocation = self.new_allocation(&net, req.netns.clone(), req.spec, Frontend::Api, None, false).await?;
         self.attach_allocation(&net, allocation, &ns, &req.netns, None, "connected").await
     }
 
     /// Reserves an address (and the published ports) on `network` for a container that a
     /// front-end attaches later. Persisted; nothing in the kernel changes.
     pub async fn allocate(&mut self, network: &str, name: String, spec: api::EndpointSpec) -> DaemonResult<api::EndpointView> {
+        self.allocate_for(network, name, spec, Frontend::Api, None).await
+    }
+
+    /// [`Self::allocate`] for a front-end, under the id the front-end gave it (Docker's endpoint
+    /// id) or a new one.
+    pub async fn allocate_for(
+        &mut self,
+        network: &str,
+        name: String,
+        spec: api::EndpointSpec,
+        frontend: Frontend,
+        id: Option<String>,
+    ) -> DaemonResult<api::EndpointView> {
         let net = self.network(network)?.clone();
         ipam::validate_name("container", &name).map_err(Error::invalid)?;
-        let allocation = self.new_allocation(&net, name, spec, true).await?;
+        if let Some(id) = &id {
+            if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Error::invalid(format!("endpoint id {id:?} is not hexadecimal of at least 12 digits")));
+            }
+            if self.state.all_allocations().any(|a| &a.id == id) {
+                return Err(Error::conflict(format!("endpoint {} exists already", &id[..12])));
+            }
+        }
+        let allocation = self.new_allocation(&net, name, spec, frontend, id, true).await?;
         self.state.allocations.push(allocation.clone());
         if let Err(e) = self.commit() {
             self.state.allocations.pop();
@@ -168,7 +189,7 @@ impl Daemon {
     }
 
     /// The endpoint whose id is `id` or starts with it.
-    fn find_endpoint(&self, id: &str) -> DaemonResult<Found<'_>> {
+    pub(super) fn find_endpoint(&self, id: &str) -> DaemonResult<Found<'_>> {
         let attached = self.state.endpoints.iter().map(|e| (e.id.as_str(), Found::Attached(e)));
         let allocated = self.state.allocations.iter().map(|a| (a.id.as_str(), Found::Allocated(a)));
         views::endpoint_by_id(id, attached.chain(allocated))
@@ -188,14 +209,24 @@ impl Daemon {
     }
 
     /// A new allocation on `net`, checked against every other (address, ports), not yet stored.
-    async fn new_allocation(&self, net: &Network, name: String, req: api::EndpointSpec, kept_when_detached: bool) -> DaemonResult<Allocation> {
+    /// `id`: the front-end's id for it (else a new one). Only endpoints of bpfnet's `connect` are
+    /// freed with their namespace; those of `allocate` are kept until the front-end releases them.
+    async fn new_allocation(
+        &self,
+        net: &Network,
+        name: String,
+        req: api::EndpointSpec,
+        frontend: Frontend,
+        id: Option<String>,
+        kept_when_detached: bool,
+    ) -> DaemonResult<Allocation> {
         for alias in &req.aliases {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
         let ports = self.check_ports(net, &req.publish).await?;
         let address = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
         Ok(Allocation {
-            id: ids::random_id(),
+            id: id.unwrap_or_else(ids::random_id),
             network_id: net.id.clone(),
             container_id: ids::random_id(),
             container_name: name,
@@ -204,6 +235,7 @@ impl Daemon {
             aliases: req.aliases,
             ports,
             kept_when_detached,
+            frontend,
         })
     }
 
@@ -319,27 +351,38 @@ impl Daemon {
             if let Some(other) = ports.iter().find(|q| q.overlaps(&port)) {
                 return Err(Error::invalid(format!("{spec:?} overlaps {other}, published by the same request")));
             }
-            if let Some((held, svc)) = self.state.services.values().find_map(|s| s.publish.filter(|q| q.overlaps(&port)).map(|q| (q, &s.name))) {
-                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {svc}")));
-            }
-            for ep in self.state.all_allocations() {
-                if let Some(held) = ep.ports.iter().find(|q| q.overlaps(&port)) {
-                    let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
-                    return Err(Error::conflict(format!(
-                        "cannot publish {spec:?}: {held} is already published by {} (network {network:?}, endpoint {})",
-                        ep.container_name,
-                        &ep.id[..12]
-                    )));
-                }
+            if let Some(holder) = self.port_holder(&port, None) {
+                return Err(Error::conflict(format!("cannot publish {spec:?}: {holder}")));
             }
             ports.push(port);
         }
         Ok(ports)
     }
 
+    /// What already publishes a port that `port` overlaps, said as "<port> is already published
+    /// by <whom>"; `except`: an endpoint whose own ports do not count.
+    pub(super) fn port_holder(&self, port: &PublishedPort, except: Option<&str>) -> Option<String> {
+        if let Some((held, svc)) = self.state.services.values().find_map(|s| s.publish.filter(|q| q.overlaps(port)).map(|q| (q, &s.name))) {
+            return Some(format!("{held} is already published by service {svc}"));
+        }
+        // Docker publishes an endpoint's ports at every start of its container: a detached
+        // endpoint of Docker's holds none (one Docker forgot, after a crash, must not either).
+        let attached = self.state.endpoints.iter().map(|e| &e.allocation);
+        let allocated = self.state.allocations.iter().filter(|a| a.frontend != Frontend::Docker);
+        attached.chain(allocated).filter(|a| Some(a.id.as_str()) != except).find_map(|ep| {
+            let held = ep.ports.iter().find(|q| q.overlaps(port))?;
+            let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
+            Some(format!(
+                "{held} is already published by {} (network {network:?}, endpoint {})",
+                ep.container_name,
+                &ep.id[..12]
+            ))
+        })
+    }
+
     /// Removes what a failed connect made and its write-ahead record. If that fails, the record
     /// stays on disk and the next start finishes the job.
-    async fn undo_connect(&mut self, ep: &Endpoint) {
+    pub(super) async fn undo_connect(&mut self, ep: &Endpoint) {
         let link = match self.netlink.links().await {
             Ok(links) => endpoint_link(&links, ep).cloned(),
             Err(e) => {
@@ -363,25 +406,8 @@ impl Daemon {
 
     /// Creates the endpoint in the kernel. On error the caller tears down whatever was made.
     async fn apply_endpoint(&mut self, net: &Network, ns: &NetnsRef, ep: &mut Endpoint, wants_default_route: bool) -> Result<()> {
-        // A host side left by an earlier attachment of this endpoint whose removal failed: its
-        // name is the one the new veth takes.
-        if let Some(stale) = endpoint_link(&self.netlink.links().await?, ep) {
-            log::warn!("endpoint {}: removing {}, left by an earlier attachment", &ep.id[..12], stale.name);
-            self.netlink.delete_link(stale.index).await?;
-        }
-        let index = self
-            .netlink
-            .create_veth(&ep.host_interface, GATEWAY_MAC, &ep.interface, ep.mac, &ns.file)
-            .await
-            .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
-        ep.host_ifindex = index;
-        crash_point("veth-unlabelled");
-        self.netlink.set_alias(index, &endpoint_alias(&ep.id)).await?;
-        crash_point("veth");
-        plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
-        let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
-        self.program_endpoint(net, ep, &host_side).await?;
-        crash_point("programmed");
+        let interface = ep.interface.clone();
+        let index = self.make_programmed_veth(net, ep, &interface, Some(&ns.file)).await?;
         let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
         let gateway = wants_default_route.then_some(net.gateway);
         ep.default_route =
@@ -392,6 +418,38 @@ impl Daemon {
         ep.gro = true;
         self.datapath.set_iface(index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
         Ok(())
+    }
+
+    /// Makes the endpoint's veth pair, the container's side named `peer` inside `peer_netns` (or,
+    /// without one, here, for an engine to move), marks the host side and programs the datapath
+    /// for it. Returns the host side's index. On error the caller tears down whatever was made.
+    pub(super) async fn make_programmed_veth(
+        &mut self,
+        net: &Network,
+        ep: &mut Endpoint,
+        peer: &str,
+        peer_netns: Option<&std::fs::File>,
+    ) -> Result<u32> {
+        // A host side left by an earlier attachment of this endpoint whose removal failed: its
+        // name is the one the new veth takes.
+        if let Some(stale) = endpoint_link(&self.netlink.links().await?, ep) {
+            log::warn!("endpoint {}: removing {}, left by an earlier attachment", &ep.id[..12], stale.name);
+            self.netlink.delete_link(stale.index).await?;
+        }
+        let index = self
+            .netlink
+            .create_veth(&ep.host_interface, GATEWAY_MAC, peer, ep.mac, peer_netns)
+            .await
+            .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
+        ep.host_ifindex = index;
+        crash_point("veth-unlabelled");
+        self.netlink.set_alias(index, &endpoint_alias(&ep.id)).await?;
+        crash_point("veth");
+        plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
+        let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
+        self.program_endpoint(net, ep, &host_side).await?;
+        crash_point("programmed");
+        Ok(index)
     }
 
     /// The host side of an endpoint whose veth `link` exists: maps, program, link up, route,
@@ -509,7 +567,7 @@ impl Daemon {
 
     /// Removes the attached endpoint `ep` from the kernel and the state; `keep_allocation`: its
     /// allocation stays (detach), else it is freed too.
-    async fn remove_endpoint(&mut self, ep: &Endpoint, keep_allocation: bool) -> DaemonResult<()> {
+    pub(super) async fn remove_endpoint(&mut self, ep: &Endpoint, keep_allocation: bool) -> DaemonResult<()> {
         // No new connection is sent to it from now on.
         self.drop_backends_of(&ep.id);
         let link = self.locate(ep).await.unwrap_or_else(|e| {

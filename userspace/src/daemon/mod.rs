@@ -1,5 +1,6 @@
 //! The daemon's operations, one file per concern: `networks` (create, remove), `endpoints`
-//! (the endpoint lifecycle: allocate, attach, detach, release; connect and disconnect), `reconcile` (start-up, crash recovery, removing
+//! (the endpoint lifecycle: allocate, attach, detach, release; connect and disconnect), `engine`
+//! (the attach and publishing steps of engines that move interfaces themselves, Docker's), `reconcile` (start-up, crash recovery, removing
 //! endpoints whose namespace has gone, `--cleanup`), `views` (what reads show). Every change is
 //! validated against the desired state, applied to the kernel (plumbing + datapath), persisted,
 //! and undone if any step fails; [`Error`] says what went wrong in the user's terms.
@@ -7,6 +8,7 @@
 //! Changes are serialized by the caller (one `Daemon` behind a lock); reads never take that lock:
 //! they are served from [`Published`], the last committed state.
 mod endpoints;
+mod engine;
 mod error;
 mod networks;
 mod reconcile;
@@ -21,6 +23,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub use engine::Handover;
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 pub use services::{resolve_backends, BackendArg, BackendResolver};
@@ -59,6 +62,8 @@ pub struct Config {
     pub xdp: XdpSetting,
     /// `--cgroup-root`: where the socket programs attach. `None`: the cgroup v2 mount.
     pub cgroup_root: Option<PathBuf>,
+    /// `--docker-plugin`: the folder where the Docker plugin's socket is served.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.

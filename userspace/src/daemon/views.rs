@@ -85,6 +85,7 @@ pub fn allocation_view(state: &State, a: &Allocation, attached: Option<&Endpoint
             interface: e.interface.clone(),
             host_interface: e.host_interface.clone(),
         }),
+        frontend: a.frontend.name().to_string(),
     }
 }
 

@@ -312,6 +312,10 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
     let daemon = Arc::new(Mutex::new(daemon));
     let bound = socket::bind(&config.socket)?;
+    let plugin = match &config.docker_plugin {
+        Some(dir) => Some(serve_docker_plugin(dir, daemon.clone(), worker.clone(), limits)?),
+        None => None,
+    };
     log::info!(
         "daemon ready, API on {} (at most {} connections, {} s per request head or body)",
         config.socket.display(),
@@ -381,9 +385,31 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     collector.abort();
     expirer.abort();
     socket::remove_if_ours(&config.socket, bound.inode);
+    if let Some((task, path, inode)) = plugin {
+        task.abort();
+        socket::remove_if_ours(&path, inode);
+    }
     drop(guard);
     log::info!("daemon stopped; the datapath stays attached and keeps forwarding");
     Ok(())
+}
+
+/// Serves the Docker plugin's socket in `dir` (made if missing) until the returned task is
+/// aborted; also returns the socket's path and inode, for its removal.
+fn serve_docker_plugin(
+    dir: &std::path::Path,
+    daemon: Arc<Mutex<Daemon>>,
+    worker: Handle,
+    limits: Limits,
+) -> Result<(tokio::task::JoinHandle<()>, std::path::PathBuf, u64)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the Docker plugin folder {}", dir.display()))?;
+    let path = crate::docker::socket_path(dir);
+    socket::check_free(&path)?;
+    let bound = socket::bind(&path)?;
+    log::info!("Docker network plugin {:?} on {}", crate::docker::PLUGIN_NAME, path.display());
+    let router = crate::docker::router(daemon, worker);
+    let task = tokio::spawn(async move { limits::serve(bound.listener, router, &limits, std::future::pending()).await });
+    Ok((task, path, bound.inode))
 }
 
 pub async fn cleanup(config: Config) -> Result<()> {

@@ -1,0 +1,177 @@
+//! Docker's own CLI driving bpfnet through the network plugin: dockerd (run with
+//! --iptables=false --userland-proxy=false) and the bpfnet daemon share a sandbox's "host"
+//! namespace, with an outside router and server behind the uplink. Needs root and Debian's
+//! docker.io and busybox-static (installed by `cargo xtask test`).
+use std::time::Duration;
+
+use bpfnet_lab::{
+    checks::{addr, json},
+    engines::{docker_installed, Docker, BUSYBOX_IMAGE},
+    sandbox::{DaemonOptions, Outside, FAR_IP, UPLINK_IP},
+    traffic::{tcp_whoami, tcp_whoami_server, udp_whoami, udp_whoami_server},
+    Sandbox,
+};
+
+const T: Duration = Duration::from_secs(3);
+
+/// A sandbox with the outside world (a whoami server on far), the bpfnet daemon serving the
+/// plugin, dockerd, and the busybox image.
+fn docker_sandbox(tag: &str) -> (Sandbox, Outside, Docker) {
+    assert!(docker_installed(), "dockerd is missing: `cargo xtask setup` installs docker.io");
+    let mut sb = Sandbox::new(tag).unwrap();
+    let outside = sb.add_outside().unwrap();
+    tcp_whoami_server(&outside.far, addr(FAR_IP, 8000)).unwrap();
+    let plugin = Docker::plugin_arg(&sb);
+    sb.start_daemon_with(&DaemonOptions { args: &[&plugin], ..Default::default() }).unwrap();
+    let docker = Docker::start(&sb).unwrap();
+    docker.import_busybox().unwrap();
+    (sb, outside, docker)
+}
+
+/// `docker run -d` of a container that idles, with extra `docker run` arguments.
+fn run_idle(docker: &Docker, name: &str, args: &[&str]) -> String {
+    let mut all = vec!["run", "-d", "--name", name];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[BUSYBOX_IMAGE, "sleep", "600"]);
+    docker.ok(&all).unwrap()
+}
+
+fn pings(docker: &Docker, from: &str, to: &str) -> bool {
+    docker.run(&["exec", from, "ping", "-c", "1", "-W", "1", to]).unwrap().ok
+}
+
+/// bpfnet's network for a Docker network.
+fn bpfnet_network(sb: &Sandbox, docker: &Docker, name: &str) -> serde_json::Value {
+    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", name]).unwrap();
+    let bpfnet_name = bpfnet::docker::network_name(&id);
+    json(&sb.bpfnet_ok(&["network", "inspect", &bpfnet_name]).unwrap())[0].clone()
+}
+
+#[test]
+fn docker_cli_drives_the_reference_scenario() {
+    let (sb, outside, docker) = docker_sandbox("docker");
+
+    // Networks: what Docker's IPAM gave is what bpfnet uses; options reach it.
+    docker.ok(&["network", "create", "-d", "bpfnet", "--subnet", "10.212.1.0/24", "backend"]).unwrap();
+    docker.ok(&["network", "create", "-d", "bpfnet", "--subnet", "10.212.2.0/24", "--gateway", "10.212.2.254", "frontend"]).unwrap();
+    docker.ok(&["network", "create", "-d", "bpfnet", "--subnet", "10.212.3.0/24", "--internal", "isolated"]).unwrap();
+    docker.ok(&["network", "create", "-d", "bpfnet", "--subnet", "10.212.4.0/24", "-o", "icc=false", "noicc"]).unwrap();
+    let backend = bpfnet_network(&sb, &docker, "backend");
+    assert_eq!(backend["IPAM"]["Config"][0]["Subnet"], "10.212.1.0/24", "{backend}");
+    assert_eq!(bpfnet_network(&sb, &docker, "frontend")["IPAM"]["Config"][0]["Gateway"], "10.212.2.254");
+    assert_eq!(bpfnet_network(&sb, &docker, "isolated")["Internal"], true);
+    assert_eq!(bpfnet_network(&sb, &docker, "noicc")["Options"]["icc"], "false");
+
+    // Bad input reaches the docker CLI as a readable message, and nothing is left behind.
+    let bad = docker.run(&["network", "create", "-d", "bpfnet", "-o", "colour=blue", "bad"]).unwrap();
+    assert!(!bad.ok && bad.stderr.contains("unknown network option \"colour\""), "{}", bad.stderr);
+    let overlap = docker.run(&["network", "create", "-d", "bpfnet", "--subnet", "10.212.1.0/25", "overlap"]).unwrap();
+    assert!(!overlap.ok && overlap.stderr.contains("overlaps"), "{}", overlap.stderr);
+    let networks = json(&sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap());
+    assert_eq!(networks.as_array().unwrap().len(), 4, "{networks}");
+
+    // The scenario: con1, con2 on backend; con3 on frontend; con2 joins frontend too (eth1).
+    run_idle(&docker, "con1", &["--network", "backend", "--network-alias", "db"]);
+    run_idle(&docker, "con2", &["--network", "backend", "-p", "8080:80", "-p", "8081:81/udp"]);
+    run_idle(&docker, "con3", &["--network", "frontend", "--ip", "10.212.2.9"]);
+    docker.ok(&["network", "connect", "frontend", "con2"]).unwrap();
+    let con2_addrs = docker.ok(&["exec", "con2", "ip", "-o", "-4", "addr"]).unwrap();
+    assert!(con2_addrs.contains("eth0") && con2_addrs.contains("10.212.1.3/24"), "{con2_addrs}");
+    assert!(con2_addrs.contains("eth1") && con2_addrs.contains("10.212.2.1/24"), "{con2_addrs}");
+    let mac = docker.ok(&["exec", "con1", "cat", "/sys/class/net/eth0/address"]).unwrap();
+    assert_eq!(mac, "02:42:0a:d4:01:02", "the MAC bpfnet answers ARP with");
+    let route = docker.ok(&["exec", "con1", "ip", "route"]).unwrap();
+    assert!(route.contains("default via 10.212.1.1 dev eth0"), "{route}");
+
+    // The matrix, with Docker's names (its resolver, 127.0.0.11, serves remote-driver networks).
+    assert!(pings(&docker, "con1", "con2"), "con1 -> con2 by name");
+    assert!(pings(&docker, "con2", "db"), "con2 -> con1 by its alias");
+    assert!(pings(&docker, "con2", "10.212.2.9"), "con2 -> con3 over frontend");
+    assert!(pings(&docker, "con3", "10.212.2.1"), "con3 -> con2 over frontend");
+    assert!(!pings(&docker, "con1", "10.212.2.9"), "con1 -> con3 crosses networks: dropped");
+    assert!(!pings(&docker, "con3", "10.212.1.2"), "con3 -> con1 crosses networks: dropped");
+    assert!(!pings(&docker, "con3", "db"), "con1's alias is not a name on frontend");
+
+    // -p from outside: the container sees the client's own address (no docker-proxy, no SNAT).
+    let con2 = docker.pid("con2").unwrap();
+    tcp_whoami_server(&con2, addr("0.0.0.0", 80)).unwrap();
+    udp_whoami_server(&con2, addr("0.0.0.0", 81)).unwrap();
+    let seen = tcp_whoami(&outside.ext, addr(UPLINK_IP, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), "192.0.2.2", "the client's address, preserved");
+    let seen = udp_whoami(&outside.ext, 0, addr(UPLINK_IP, 8081), T).unwrap();
+    assert_eq!(seen.ip().to_string(), "192.0.2.2");
+    let ports = sb.bpfnet_ok(&["port", "ls"]).unwrap();
+    assert!(ports.contains("8080") && ports.contains("8081"), "{ports}");
+    // A second container asking for the same host port is refused, readably.
+    let clash = docker.run(&["run", "-d", "--name", "clash", "--network", "backend", "-p", "8080:80", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    assert!(!clash.ok && clash.stderr.contains("8080") && clash.stderr.contains("already published"), "{}", clash.stderr);
+    docker.run(&["rm", "-f", "clash"]).unwrap();
+
+    // Masquerade out: the outside sees the uplink's address; an internal network has no way out.
+    let con1 = docker.pid("con1").unwrap();
+    assert_eq!(tcp_whoami(&con1, addr(FAR_IP, 8000), T).unwrap().ip().to_string(), UPLINK_IP);
+    run_idle(&docker, "con4", &["--network", "isolated"]);
+    let route = docker.ok(&["exec", "con4", "ip", "route"]).unwrap();
+    assert!(!route.contains("default"), "an internal network gives no default route: {route}");
+    assert!(!pings(&docker, "con4", FAR_IP));
+    // icc=false: containers of that network do not reach each other.
+    run_idle(&docker, "con5", &["--network", "noicc"]);
+    run_idle(&docker, "con6", &["--network", "noicc"]);
+    assert!(!pings(&docker, "con5", "con6"), "icc=false");
+
+    // bpfnet sees Docker's endpoints; removing containers cleans up, ports included.
+    let endpoints = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
+    let docker_eps = endpoints.as_array().unwrap().iter().filter(|e| e["frontend"] == "docker").count();
+    assert_eq!(docker_eps, 7, "{endpoints}");
+    docker.ok(&["network", "disconnect", "frontend", "con2"]).unwrap();
+    assert!(!pings(&docker, "con3", "10.212.2.1"), "disconnected");
+    docker.ok(&["rm", "-f", "con2"]).unwrap();
+    assert!(tcp_whoami(&outside.ext, addr(UPLINK_IP, 8080), Duration::from_millis(700)).is_err(), "8080 unpublished");
+    let ports = sb.bpfnet_ok(&["port", "ls"]).unwrap();
+    assert!(!ports.contains("8080"), "{ports}");
+    docker.ok(&["rm", "-f", "con1", "con3", "con4", "con5", "con6"]).unwrap();
+    let endpoints = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
+    assert_eq!(endpoints.as_array().unwrap().len(), 0, "{endpoints}");
+    for name in ["backend", "frontend", "isolated", "noicc"] {
+        docker.ok(&["network", "rm", name]).unwrap();
+    }
+    let networks = json(&sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap());
+    assert_eq!(networks.as_array().unwrap().len(), 0, "{networks}");
+    let leftovers = sb.exec(&sb.host(), &["ip", "-o", "link", "show"]).unwrap().stdout;
+    assert!(!leftovers.contains("bn") && !leftovers.contains("bh"), "no veth left: {leftovers}");
+}
+
+#[test]
+fn restarts_of_either_daemon_lose_nothing() {
+    let (mut sb, _outside, mut docker) = docker_sandbox("dockerrst");
+    docker.ok(&["network", "create", "-d", "bpfnet", "--subnet", "10.213.1.0/24", "web"]).unwrap();
+    run_idle(&docker, "ca", &["--network", "web", "--restart", "always"]);
+    run_idle(&docker, "cb", &["--network", "web", "-p", "9090:90"]);
+    assert!(pings(&docker, "ca", "cb"));
+
+    // bpfnet restarts: forwarding goes on meanwhile, and Docker's next calls are served.
+    sb.stop_daemon(libc::SIGKILL).unwrap();
+    assert!(pings(&docker, "ca", "cb"), "forwarding without the daemon");
+    let plugin = Docker::plugin_arg(&sb);
+    sb.start_daemon_with(&DaemonOptions { args: &[&plugin], ..Default::default() }).unwrap();
+    run_idle(&docker, "cc", &["--network", "web"]);
+    assert!(pings(&docker, "cc", "ca"));
+
+    // dockerd restarts: its network is still bpfnet's (Docker does not create it again), the
+    // containers it restarts get endpoints again, and the old ones are gone.
+    docker.restart(&sb).unwrap();
+    let a_running = docker.ok(&["inspect", "-f", "{{.State.Running}}", "ca"]).unwrap();
+    assert_eq!(a_running, "true", "restarted by its policy");
+    run_idle(&docker, "cd", &["--network", "web", "-p", "9090:90"]);
+    assert!(pings(&docker, "cd", "ca"), "a new container reaches the restarted one");
+    let endpoints = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
+    assert_eq!(endpoints.as_array().unwrap().len(), 2, "ca and cd only: {endpoints}");
+
+    // dockerd killed: restarted, it drops the endpoints it had without telling the driver;
+    // bpfnet frees them when Docker gives their addresses out again.
+    docker.kill();
+    docker.restart(&sb).unwrap();
+    docker.run(&["rm", "-f", "cd"]).unwrap();
+    run_idle(&docker, "ce", &["--network", "web", "-p", "9090:90"]);
+    assert!(pings(&docker, "ce", "ca"));
+}

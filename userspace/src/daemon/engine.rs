@@ -1,0 +1,213 @@
+//! The steps of the endpoint lifecycle a container engine drives when the engine, not bpfnet,
+//! moves the interface into the container and configures it (Docker's remote network driver):
+//! `attach_handover` makes the veth pair in the daemon's namespace and programs the datapath,
+//! the engine moves the container's side into its sandbox; `publish` sets the published ports of
+//! an attached endpoint (Docker's ProgramExternalConnectivity, which comes after the Join, only
+//! for the endpoint that carries the container's default route) and `publish(id, [])` withdraws
+//! them; `reclaim_address` frees an engine's stale endpoint whose address the engine hands out
+//! again (Docker forgets endpoints when it is killed; its address management is authoritative).
+use std::{net::IpAddr, path::PathBuf};
+
+use super::{
+    endpoints::{host_veth_name, Found},
+    Daemon, DaemonResult, Error,
+};
+use crate::{
+    ports::{PortRequest, PublishedPort},
+    state::{Endpoint, Frontend},
+};
+
+/// What an engine needs to finish an attach: the interface to move, and the route to give it.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    /// The container's side of the veth pair, in the daemon's namespace until the engine moves it.
+    pub interface: String,
+    /// The network's gateway; `None` on an internal network (no default route).
+    pub gateway: Option<IpAddr>,
+    pub mac: [u8; 6],
+}
+
+/// Name of the container's side of a handed-over veth while it is still in the daemon's
+/// namespace ("bh" and the endpoint id's first hex digits).
+fn handover_veth_name(endpoint_id: &str) -> String {
+    format!("bh{}", &endpoint_id[..11])
+}
+
+impl Daemon {
+    /// Attaches the allocation `id` for an engine that moves the interface itself into its
+    /// sandbox `sandbox_path`. The interface is named `interface` in the record (the engine picks
+    /// the final name). Idempotent for the same sandbox.
+    pub async fn attach_handover(&mut self, id: &str, sandbox_path: &str, interface: &str) -> DaemonResult<Handover> {
+        let allocation = match self.find_endpoint(id)? {
+            Found::Attached(ep) if ep.netns_path.as_os_str() == sandbox_path => {
+                let net = self.state.network_by_id(&ep.network_id).ok_or_else(|| Error::not_found("network gone"))?;
+                return Ok(Handover {
+                    interface: handover_veth_name(&ep.id),
+                    gateway: (!net.internal).then_some(net.gateway),
+                    mac: ep.mac,
+                });
+            }
+            Found::Attached(ep) => {
+                return Err(Error::conflict(format!(
+                    "endpoint {} is already attached to {}",
+                    &ep.id[..12],
+                    ep.netns_path.display()
+                )))
+            }
+            Found::Allocated(a) => a.clone(),
+        };
+        let net = self.state.network_by_id(&allocation.network_id).cloned().ok_or_else(|| {
+            Error::internal(anyhow::anyhow!("endpoint {} belongs to no network", &allocation.id[..12]))
+        })?;
+        // Docker makes the sandbox's namespace file after the Join (runc creates the namespace,
+        // a hook binds it there): its identity is unknown, and (0, 0) matches no namespace.
+        let (netns_dev, netns_inode) = (0, 0);
+        let mut ep = Endpoint {
+            host_interface: host_veth_name(&allocation.id),
+            host_ifindex: 0,
+            allocation,
+            netns_path: PathBuf::from(sandbox_path),
+            netns_dev,
+            netns_inode,
+            interface: interface.to_string(),
+            // The engine sets the container's routes (from the gateway returned here).
+            default_route: false,
+            // GRO can be turned on only once the engine has brought the interface up: frames
+            // from the uplink take the TC path into this endpoint.
+            gro: false,
+        };
+        self.state.connecting.push(ep.clone());
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.connecting.retain(|c| c.id != ep.id);
+            return Err(Error::internal(e));
+        }
+        let peer = handover_veth_name(&ep.id);
+        let made = self.make_programmed_veth(&net, &mut ep, &peer, None).await;
+        self.state.connecting.retain(|c| c.id != ep.id);
+        if let Err(e) = made {
+            self.undo_connect(&ep).await;
+            return Err(Error::internal(e));
+        }
+        let before = self.state.clone();
+        self.state.allocations.retain(|a| a.id != ep.id);
+        self.state.endpoints.push(ep.clone());
+        if let Err(e) = self.commit() {
+            self.state = before;
+            self.undo_connect(&ep).await;
+            return Err(Error::internal(e));
+        }
+        log::info!(
+            "endpoint {} attached for {}: {} {}/{} on network {} (host side {}, handed over as {peer})",
+            &ep.id[..12],
+            ep.frontend.name(),
+            ep.container_name,
+            ep.address,
+            net.subnet.prefix(),
+            net.name,
+            ep.host_interface
+        );
+        Ok(Handover { interface: peer, gateway: (!net.internal).then_some(net.gateway), mac: ep.mac })
+    }
+
+    /// Sets the published ports of the attached endpoint `id` to `requests` (each gets the first
+    /// free host port of its range), replacing what it published before; `[]` withdraws them.
+    /// Returns the publications as shown by `endpoint ls`.
+    pub async fn publish(&mut self, id: &str, requests: &[PortRequest]) -> DaemonResult<Vec<String>> {
+        let ep = match self.find_endpoint(id)? {
+            Found::Attached(ep) => ep.clone(),
+            Found::Allocated(a) => return Err(Error::conflict(format!("endpoint {} is not attached", &a.id[..12]))),
+        };
+        let net = self.state.network_by_id(&ep.network_id).cloned().ok_or_else(|| Error::not_found("network gone"))?;
+        if net.internal && !requests.is_empty() {
+            return Err(Error::invalid(format!(
+                "network {:?} is internal: nothing reaches its containers from outside, so they cannot publish ports",
+                net.name
+            )));
+        }
+        let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
+        let mut chosen: Vec<PublishedPort> = Vec::new();
+        for request in requests {
+            if let Some(ip) = request.host_ip {
+                if !local.iter().any(|a| a.ip == ip) {
+                    return Err(Error::invalid(format!("cannot publish on {ip}: it is not an address of the daemon's namespace")));
+                }
+            }
+            let mut refusal = None;
+            let found = request.candidates().find(|port| {
+                if let Some(other) = chosen.iter().find(|q| q.overlaps(port)) {
+                    refusal = Some(format!("{other} is published by the same request"));
+                    return false;
+                }
+                match self.port_holder(port, Some(&ep.id)) {
+                    Some(holder) => {
+                        refusal = Some(holder);
+                        false
+                    }
+                    None => true,
+                }
+            });
+            match found {
+                Some(port) => chosen.push(port),
+                None => {
+                    let (first, last) = request.host_ports;
+                    let ports = if first == last { first.to_string() } else { format!("any of {first}-{last}") };
+                    return Err(Error::conflict(format!(
+                        "cannot publish host port {ports} ({}): {}",
+                        request.protocol,
+                        refusal.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        // New entries first, then the old ones that are not kept: a port kept across the change
+        // is never missing from the datapath.
+        for port in &chosen {
+            for (key, target) in port.entries(ep.address) {
+                self.datapath.set_port(key, target).map_err(Error::internal)?;
+            }
+        }
+        for port in ep.ports.iter().filter(|p| !chosen.contains(p)) {
+            for (key, target) in port.entries(ep.address) {
+                if let Err(e) = self.datapath.remove_port_if(key, target) {
+                    log::warn!("withdrawing {port} of endpoint {}: {e:#}", &ep.id[..12]);
+                }
+            }
+        }
+        let before = self.state.clone();
+        if let Some(stored) = self.state.endpoints.iter_mut().find(|e| e.id == ep.id) {
+            stored.ports = chosen.clone();
+        }
+        if let Err(e) = self.commit() {
+            self.state = before;
+            return Err(Error::internal(e));
+        }
+        let shown: Vec<String> = chosen.iter().map(|p| p.to_string()).collect();
+        if !(chosen.is_empty() && ep.ports.is_empty()) {
+            log::info!("endpoint {} ({}) publishes: [{}]", &ep.id[..12], ep.container_name, shown.join(", "));
+        }
+        Ok(shown)
+    }
+
+    /// Frees what `frontend` holds on `network` at `address` (an endpoint of the engine's that
+    /// the engine forgot, since it gives the address out again). Nothing of another front-end's
+    /// is touched: that is a real conflict, reported when the new endpoint is allocated.
+    pub async fn reclaim_address(&mut self, network: &str, address: IpAddr, frontend: Frontend) -> DaemonResult<()> {
+        let net = self.network(network)?.clone();
+        let stale: Vec<String> = self
+            .state
+            .all_allocations()
+            .filter(|a| a.network_id == net.id && a.address == address && a.frontend == frontend)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in stale {
+            log::warn!(
+                "endpoint {} ({address} on network {}): {} gives its address out again; freeing it",
+                &id[..12],
+                net.name,
+                frontend.name()
+            );
+            self.release(&id).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! The Docker front-end: bpfnet as a Docker network plugin (libnetwork's remote driver
+//! protocol), served by the daemon on a unix socket in the folder dockerd looks in for plugins
+//! (`bpfnet daemon --docker-plugin[=DIR]`, `/run/docker/plugins/bpfnet.sock` by default).
+//! `docker network create -d bpfnet` makes a bpfnet network, `docker run --network` an endpoint,
+//! `-p` published ports; every call maps onto the daemon's endpoint lifecycle:
+//!
+//! | Docker's call | bpfnet |
+//! |---|---|
+//! | CreateNetwork / DeleteNetwork | network create (Docker's pool and gateway) / rm |
+//! | CreateEndpoint | allocate, under Docker's endpoint id and with Docker's address |
+//! | Join | attach: the veth pair made here, its container side handed to Docker |
+//! | ProgramExternalConnectivity / Revoke... | publish the port map / withdraw it |
+//! | Leave / DeleteEndpoint | detach / release |
+//!
+//! Docker's own resolver (127.0.0.11) keeps serving names on these networks.
+pub mod protocol;
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
+
+use axum::{
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::{runtime::Handle, sync::Mutex};
+
+use crate::{
+    api,
+    daemon::{Daemon, DaemonResult, Error},
+    ipam,
+    state::Frontend,
+};
+use protocol::{GENERIC_OPTIONS, INTERNAL_OPTION};
+
+/// The plugin's name: `docker network create -d bpfnet`.
+pub const PLUGIN_NAME: &str = "bpfnet";
+/// Where dockerd looks for plugin sockets.
+pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// Docker names the interface it moves into the container this, plus a number (eth0, eth1, ...).
+const INTERFACE_PREFIX: &str = "eth";
+
+/// The socket of the plugin in `dir`.
+pub fn socket_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("{PLUGIN_NAME}.sock"))
+}
+
+/// The bpfnet network that stands for Docker's network `id`: named by the first 12 digits of the
+/// id, as `docker network ls` shows it (Docker does not tell a driver the network's name).
+pub fn network_name(docker_id: &str) -> String {
+    format!("docker-{}", &docker_id[..docker_id.len().min(12)])
+}
+
+#[derive(Clone)]
+struct Plugin {
+    daemon: Arc<Mutex<Daemon>>,
+    worker: Handle,
+}
+
+/// An answer in the protocol's shape: the body on success, `{"Err": ...}` on failure.
+struct Answer(Result<Value, (StatusCode, String)>);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(body) => Json(body).into_response(),
+            Err((status, message)) => (status, Json(json!({ "Err": message }))).into_response(),
+        }
+    }
+}
+
+impl From<Error> for Answer {
+    fn from(e: Error) -> Self {
+        if let Error::Internal(e) = &e {
+            log::error!("docker plugin call failed: {e:#}");
+        }
+        Answer(Err((StatusCode::INTERNAL_SERVER_ERROR, format!("bpfnet: {e}"))))
+    }
+}
+
+fn refused(message: impl Into<String>) -> Answer {
+    Answer(Err((StatusCode::BAD_REQUEST, format!("bpfnet: {}", message.into()))))
+}
+
+/// Docker sends JSON without a content type; a call without a body (Plugin.Activate) is `{}`.
+fn parse<T: DeserializeOwned>(call: &str, body: &Bytes) -> Result<T, Answer> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| refused(format!("unreadable {call} request: {e}")))
+}
+
+/// Runs a change on the worker under the daemon's lock, to completion even if dockerd hangs up.
+async fn change<T: Send + 'static>(
+    plugin: &Plugin,
+    f: impl for<'a> FnOnce(&'a mut Daemon) -> std::pin::Pin<Box<dyn std::future::Future<Output = DaemonResult<T>> + Send + 'a>> + Send + 'static,
+) -> DaemonResult<T> {
+    let daemon = plugin.daemon.clone();
+    match plugin.worker.spawn(async move { f(&mut *daemon.lock().await).await }).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
+    }
+}
+
+/// `Ok` for what Docker asks to remove and bpfnet no longer has: Docker repeats removals (after
+/// its own restart, or when a first attempt timed out).
+fn gone_is_done(result: DaemonResult<()>) -> DaemonResult<()> {
+    match result {
+        Err(Error::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+async fn call(State(plugin): State<Plugin>, UrlPath(name): UrlPath<String>, body: Bytes) -> Answer {
+    log::debug!("docker: {name} {}", String::from_utf8_lossy(&body));
+    match handle(&plugin, &name, &body).await {
+        Ok(answer) => answer,
+        Err(answer) => answer,
+    }
+}
+
+async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Answer> {
+    let ok = |v: Value| Ok(Answer(Ok(v)));
+    match name {
+        "Plugin.Activate" => ok(json!({ "Implements": ["NetworkDriver"] })),
+        "NetworkDriver.GetCapabilities" => ok(json!({ "Scope": "local", "ConnectivityScope": "local" })),
+        "NetworkDriver.CreateNetwork" => {
+            let req: protocol::CreateNetwork = parse(name, body)?;
+            let create = network_request(&req).map_err(refused)?;
+            log::info!("docker: creating network {} for Docker's {}", create.name, &req.network_id);
+            change(plugin, move |d| Box::pin(async move { d.create_network(create).await.map(|_| ()) })).await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.DeleteNetwork" => {
+            let req: protocol::NetworkCall = parse(name, body)?;
+            let network = network_name(&req.network_id);
+            change(plugin, move |d| Box::pin(async move { gone_is_done(d.remove_network(&network).await) })).await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.CreateEndpoint" => {
+            let req: protocol::CreateEndpoint = parse(name, body)?;
+            let iface = req.interface.unwrap_or_default();
+            if !iface.address_ipv6.is_empty() {
+                return Err(refused("IPv6 addresses are not supported yet"));
+            }
+            let address: Option<IpAddr> = match iface.address.split_once('/').map_or(iface.address.as_str(), |(a, _)| a) {
+                "" => None,
+                text => Some(text.parse().map_err(|_| refused(format!("invalid address {:?}", iface.address)))?),
+            };
+            let network = network_name(&req.network_id);
+            let id = req.endpoint_id.clone();
+            let view = change(plugin, move |d| {
+                Box::pin(async move {
+                    if let Some(ip) = address {
+                        d.reclaim_address(&network, ip, Frontend::Docker).await?;
+                    }
+                    let spec = api::EndpointSpec { ip: address.map(|a| a.to_string()), ..Default::default() };
+                    let name = format!("docker-{}", &id[..id.len().min(12)]);
+                    d.allocate_for(&network, name, spec, Frontend::Docker, Some(id)).await
+                })
+            })
+            .await?;
+            // Docker gave the address; the MAC is bpfnet's (derived from the address, as
+            // Docker's bridge does), unless Docker gave one, which must then be the same.
+            if !iface.mac_address.is_empty() {
+                if !iface.mac_address.eq_ignore_ascii_case(&view.mac_address) {
+                    let id = req.endpoint_id.clone();
+                    change(plugin, move |d| Box::pin(async move { d.release(&id).await })).await.ok();
+                    return Err(refused(format!(
+                        "bpfnet derives each endpoint's MAC address from its IP address ({}); it cannot use {}",
+                        view.mac_address, iface.mac_address
+                    )));
+                }
+                return ok(json!({ "Interface": {} }));
+            }
+            let mut out = serde_json::Map::new();
+            if address.is_none() {
+                out.insert("Address".into(), json!(view.ipv4_address));
+            }
+            out.insert("MacAddress".into(), json!(view.mac_address));
+            ok(json!({ "Interface": out }))
+        }
+        "NetworkDriver.DeleteEndpoint" => {
+            let req: protocol::EndpointCall = parse(name, body)?;
+            let id = req.endpoint_id;
+            change(plugin, move |d| Box::pin(async move { gone_is_done(d.release(&id).await) })).await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.EndpointOperInfo" => {
+            let req: protocol::EndpointCall = parse(name, body)?;
+            let _ = req.network_id;
+            ok(json!({ "Value": {} }))
+        }
+        "NetworkDriver.Join" => {
+            let req: protocol::Join = parse(name, body)?;
+            let (id, key) = (req.endpoint_id.clone(), req.sandbox_key.clone());
+            let handover = change(plugin, move |d| {
+                Box::pin(async move { d.attach_handover(&id, &key, INTERFACE_PREFIX).await })
+            })
+            .await?;
+            let _ = req.network_id;
+            let mut out = json!({ "InterfaceName": { "SrcName": handover.interface, "DstPrefix": INTERFACE_PREFIX } });
+            if let Some(gateway) = handover.gateway {
+                out["Gateway"] = json!(gateway.to_string());
+            }
+            ok(out)
+        }
+        "NetworkDriver.Leave" => {
+            let req: protocol::EndpointCall = parse(name, body)?;
+            let id = req.endpoint_id;
+            change(plugin, move |d| {
+                Box::pin(async move {
+                    match d.detach(&id).await {
+                        // Not attached (its sandbox went first and the collector saw it): done.
+                        Err(Error::Conflict(_)) => Ok(()),
+                        other => gone_is_done(other.map(|_| ())),
+                    }
+                })
+            })
+            .await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            let req: protocol::ProgramExternalConnectivity = parse(name, body)?;
+            let requests = protocol::port_map(req.options.as_ref())
+                .and_then(|bindings| bindings.iter().map(|b| b.request()).collect::<Result<Vec<_>, _>>())
+                .map_err(refused)?;
+            let id = req.endpoint_id;
+            let _ = req.network_id;
+            change(plugin, move |d| Box::pin(async move { d.publish(&id, &requests).await.map(|_| ()) })).await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.RevokeExternalConnectivity" => {
+            let req: protocol::EndpointCall = parse(name, body)?;
+            let id = req.endpoint_id;
+            change(plugin, move |d| {
+                Box::pin(async move {
+                    match d.publish(&id, &[]).await {
+                        Err(Error::Conflict(_)) => Ok(()),
+                        other => gone_is_done(other.map(|_| ())),
+                    }
+                })
+            })
+            .await?;
+            ok(json!({}))
+        }
+        "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => ok(json!({})),
+        other => Err(Answer(Err((StatusCode::NOT_FOUND, format!("bpfnet: the plugin has no call {other}"))))),
+    }
+}
+
+/// The bpfnet network for Docker's CreateNetwork: Docker's pool and gateway (from its IPAM),
+/// `--internal`, and the driver options (`-o icc=false`, `-o masquerade=false`).
+fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, String> {
+    if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err("IPv6 networks are not supported yet".into());
+    }
+    let pools = req.ipv4_data.as_deref().unwrap_or_default();
+    let pool = match pools {
+        [] => return Err("the network has no IPv4 pool".into()),
+        [one] => one,
+        _ => return Err("bpfnet networks have one IPv4 subnet; this one has several".into()),
+    };
+    let options = req.options.clone().unwrap_or_default();
+    let internal = options.get(INTERNAL_OPTION).is_some_and(|v| v == &Value::Bool(true));
+    let mut driver_options = BTreeMap::new();
+    if let Some(generic) = options.get(GENERIC_OPTIONS).and_then(Value::as_object) {
+        for (key, value) in generic {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            driver_options.insert(key.clone(), value);
+        }
+    }
+    ipam::parse_options(&driver_options).map_err(|e| format!("{e:#}"))?;
+    Ok(api::CreateNetwork {
+        name: network_name(&req.network_id),
+        subnet: Some(pool.pool.clone()),
+        gateway: pool.gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string()),
+        internal,
+        options: driver_options,
+    })
+}
+
+/// The plugin's HTTP routes.
+pub fn router(daemon: Arc<Mutex<Daemon>>, worker: Handle) -> Router {
+    Router::new().route("/{call}", post(call)).with_state(Plugin { daemon, worker })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_network_as_docker_sends_it() {
+        let req: protocol::CreateNetwork = serde_json::from_str(
+            r#"{"NetworkID":"0123456789abcdef0123","Options":{"com.docker.network.enable_ipv6":false,
+                "com.docker.network.generic":{"icc":"false"},"com.docker.network.internal":true},
+                "IPv4Data":[{"AddressSpace":"LocalDefault","Gateway":"10.77.0.1/16","Pool":"10.77.0.0/16"}],"IPv6Data":[]}"#,
+        )
+        .unwrap();
+        let create = network_request(&req).unwrap();
+        assert_eq!(create.name, "docker-0123456789ab");
+        assert_eq!(create.subnet.as_deref(), Some("10.77.0.0/16"));
+        assert_eq!(create.gateway.as_deref(), Some("10.77.0.1"));
+        assert!(create.internal);
+        assert_eq!(create.options.get("icc").map(String::as_str), Some("false"));
+
+        let bad: protocol::CreateNetwork = serde_json::from_str(
+            r#"{"NetworkID":"ab","Options":{"com.docker.network.generic":{"colour":"blue"}},"IPv4Data":[{"Pool":"10.1.0.0/16"}]}"#,
+        )
+        .unwrap();
+        assert!(network_request(&bad).is_err());
+        let v6: protocol::CreateNetwork =
+            serde_json::from_str(r#"{"NetworkID":"ab","IPv4Data":[{"Pool":"10.1.0.0/16"}],"IPv6Data":[{"Pool":"fd00::/64"}]}"#).unwrap();
+        assert!(network_request(&v6).unwrap_err().contains("IPv6"));
+    }
+}
