@@ -175,3 +175,45 @@ fn restarts_of_either_daemon_lose_nothing() {
     run_idle(&docker, "ce", &["--network", "web", "-p", "9090:90"]);
     assert!(pings(&docker, "ce", "ca"));
 }
+
+#[test]
+fn bpfnet_ipam_keeps_docker_networks_clear_of_others() {
+    let (sb, _outside, docker) = docker_sandbox("dockeripam");
+    // A network of bpfnet's own CLI takes the first default subnet (172.17.0.0/16).
+    sb.bpfnet_ok(&["network", "create", "own"]).unwrap();
+    let own = json(&sb.bpfnet_ok(&["network", "inspect", "own"]).unwrap());
+    assert_eq!(own[0]["IPAM"]["Config"][0]["Subnet"], "172.17.0.0/16");
+
+    // Docker with bpfnet's IPAM: a subnet clear of it, addresses from bpfnet.
+    docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "auto"]).unwrap();
+    let subnet = docker.ok(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}", "auto"]).unwrap();
+    assert_eq!(subnet, "172.18.0.0/16 172.18.0.1", "the next free subnet, its first address the gateway");
+    assert_eq!(bpfnet_network(&sb, &docker, "auto")["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
+    run_idle(&docker, "i1", &["--network", "auto"]);
+    run_idle(&docker, "i2", &["--network", "auto"]);
+    let ip = |c: &str| docker.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c]).unwrap();
+    assert_eq!((ip("i1"), ip("i2")), ("172.18.0.2".to_string(), "172.18.0.3".to_string()));
+    assert!(pings(&docker, "i1", "i2"));
+
+    // A requested subnet, gateway and address; a clash is refused readably.
+    docker
+        .ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.214.0.0/24", "--gateway", "10.214.0.254", "fixed"])
+        .unwrap();
+    run_idle(&docker, "i3", &["--network", "fixed", "--ip", "10.214.0.7"]);
+    assert_eq!(ip("i3"), "10.214.0.7");
+    let clash = docker.run(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "172.17.5.0/24", "clash"]).unwrap();
+    assert!(!clash.ok && clash.stderr.contains("overlaps with network \"own\""), "{}", clash.stderr);
+    let taken = docker.run(&["run", "-d", "--name", "i4", "--network", "fixed", "--ip", "10.214.0.7", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    assert!(!taken.ok && taken.stderr.contains("10.214.0.7"), "{}", taken.stderr);
+    docker.run(&["rm", "-f", "i4"]).unwrap();
+
+    // Addresses and pools come back when Docker releases them.
+    docker.ok(&["rm", "-f", "i2", "i3"]).unwrap();
+    run_idle(&docker, "i5", &["--network", "auto"]);
+    assert_eq!(ip("i5"), "172.18.0.3", "i2's address, released");
+    docker.ok(&["rm", "-f", "i1", "i5"]).unwrap();
+    docker.ok(&["network", "rm", "auto", "fixed"]).unwrap();
+    let state = std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap();
+    assert_eq!(json(&state)["pools"], serde_json::json!([]), "every pool released");
+    docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.214.0.0/24", "again"]).unwrap();
+}

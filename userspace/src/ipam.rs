@@ -92,7 +92,7 @@ pub fn parse_address(what: &str, text: &str, net: &IpNetwork) -> Result<IpAddr> 
 }
 
 /// The subnet's broadcast address (IPv4 only: IPv6 has none).
-fn broadcast(net: &IpNetwork) -> Option<IpAddr> {
+pub fn broadcast(net: &IpNetwork) -> Option<IpAddr> {
     match net {
         IpNetwork::V4(v4) => Some(IpAddr::V4(v4.broadcast())),
         IpNetwork::V6(_) => None,
@@ -100,7 +100,7 @@ fn broadcast(net: &IpNetwork) -> Option<IpAddr> {
 }
 
 /// The address `offset` places after the start of `net` (`None` past its end).
-fn nth_address(net: &IpNetwork, offset: u128) -> Option<IpAddr> {
+pub fn nth_address(net: &IpNetwork, offset: u128) -> Option<IpAddr> {
     match net {
         IpNetwork::V4(v4) => {
             let ip = u128::from(u32::from(v4.network())).checked_add(offset)?;
@@ -326,6 +326,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
+            pools: vec![],
             services: Default::default(),
         }
     }

@@ -148,10 +148,21 @@ pub struct State {
     /// is a connect a crash interrupted; the reconciler removes whatever it had made.
     #[serde(default)]
     pub connecting: Vec<Endpoint>,
+    /// Address pools handed to Docker's IPAM driver protocol (`--ipam-driver bpfnet`): reserved
+    /// before Docker creates the network on them, with the addresses Docker took.
+    #[serde(default)]
+    pub pools: Vec<Pool>,
     /// Services by name, stored apart (see [`ServiceStore`]). A persistent map: publishing the
     /// state after a change shares it with the published copy instead of copying 10,000 entries.
     #[serde(skip)]
     pub services: Services,
+}
+
+/// A subnet reserved for Docker's IPAM, and the addresses given out of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pool {
+    pub subnet: IpNetwork,
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Services by name, in name order.
@@ -456,6 +467,7 @@ mod tests {
             endpoints: vec![],
             allocations: vec![],
             connecting: vec![],
+            pools: vec![],
             services: Services::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! The daemon's operations, one file per concern: `networks` (create, remove), `endpoints`
 //! (the endpoint lifecycle: allocate, attach, detach, release; connect and disconnect), `engine`
-//! (the attach and publishing steps of engines that move interfaces themselves, Docker's), `reconcile` (start-up, crash recovery, removing
+//! (the attach and publishing steps of engines that move interfaces themselves, Docker's),
+//! `pools` (address pools for Docker's IPAM protocol), `reconcile` (start-up, crash recovery, removing
 //! endpoints whose namespace has gone, `--cleanup`), `views` (what reads show). Every change is
 //! validated against the desired state, applied to the kernel (plumbing + datapath), persisted,
 //! and undone if any step fails; [`Error`] says what went wrong in the user's terms.
@@ -11,6 +12,7 @@ mod endpoints;
 mod engine;
 mod error;
 mod networks;
+mod pools;
 mod reconcile;
 mod services;
 mod uplinks;

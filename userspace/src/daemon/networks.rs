@@ -15,11 +15,20 @@ impl Daemon {
             return Err(Error::conflict(format!("network with name {:?} already exists", req.name)));
         }
         let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
+        let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
+        if req.subnet.is_none() {
+            // A subnet of the default pool: none Docker's IPAM holds.
+            routes.extend(self.state.pools.iter().map(|p| p.subnet));
+        }
         let host = HostNetworks {
-            routes: self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?,
+            routes,
             addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)?,
         };
         let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
+        // A pool Docker's IPAM holds is for the Docker network made on exactly it.
+        if let Some(pool) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {
+            return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", pool.subnet)));
+        }
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
         let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let net = Network {

@@ -12,6 +12,10 @@
 //! | ProgramExternalConnectivity / Revoke... | publish the port map / withdraw it |
 //! | Leave / DeleteEndpoint | detach / release |
 //!
+//! With `--ipam-driver bpfnet` Docker also asks bpfnet for the subnet and every address
+//! (RequestPool, RequestAddress, ReleaseAddress, ReleasePool; see `daemon::pools`): subnets are
+//! then chosen clear of every bpfnet network and of what the host routes.
+//!
 //! Docker's own resolver (127.0.0.11) keeps serving names on these networks.
 pub mod protocol;
 
@@ -41,6 +45,8 @@ use protocol::{GENERIC_OPTIONS, INTERNAL_OPTION};
 pub const PLUGIN_NAME: &str = "bpfnet";
 /// Where dockerd looks for plugin sockets.
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The address space of bpfnet's IPAM driver (Docker requires one; bpfnet has one).
+const ADDRESS_SPACE: &str = "bpfnet";
 /// Docker names the interface it moves into the container this, plus a number (eth0, eth1, ...).
 const INTERFACE_PREFIX: &str = "eth";
 
@@ -124,7 +130,52 @@ async fn call(State(plugin): State<Plugin>, UrlPath(name): UrlPath<String>, body
 async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Answer> {
     let ok = |v: Value| Ok(Answer(Ok(v)));
     match name {
-        "Plugin.Activate" => ok(json!({ "Implements": ["NetworkDriver"] })),
+        "Plugin.Activate" => ok(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
+        "IpamDriver.GetCapabilities" => ok(json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false })),
+        "IpamDriver.GetDefaultAddressSpaces" => {
+            ok(json!({ "LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE }))
+        }
+        "IpamDriver.RequestPool" => {
+            let req: protocol::RequestPool = parse(name, body)?;
+            if req.v6 {
+                return Err(refused("IPv6 pools are not supported yet"));
+            }
+            if !req.sub_pool.is_empty() {
+                return Err(refused("--ip-range is not supported: bpfnet gives out addresses from the whole subnet"));
+            }
+            let requested = (!req.pool.is_empty()).then_some(req.pool);
+            let subnet = change(plugin, move |d| Box::pin(async move { d.request_pool(requested.as_deref()).await })).await?;
+            ok(json!({ "PoolID": subnet.to_string(), "Pool": subnet.to_string(), "Data": {} }))
+        }
+        "IpamDriver.RequestAddress" => {
+            let req: protocol::RequestAddress = parse(name, body)?;
+            let requested: Option<IpAddr> = match req.address.as_str() {
+                "" => None,
+                text => Some(text.parse().map_err(|_| refused(format!("invalid address {text:?}")))?),
+            };
+            let gateway = req
+                .options
+                .as_ref()
+                .and_then(|o| o.get("RequestAddressType"))
+                .is_some_and(|t| t == protocol::GATEWAY_ADDRESS);
+            let pool = req.pool_id;
+            let (ip, prefix) =
+                change(plugin, move |d| Box::pin(async move { d.request_address(&pool, requested, gateway) })).await?;
+            ok(json!({ "Address": format!("{ip}/{prefix}"), "Data": {} }))
+        }
+        "IpamDriver.ReleaseAddress" => {
+            let req: protocol::ReleaseAddress = parse(name, body)?;
+            let ip: IpAddr = req.address.parse().map_err(|_| refused(format!("invalid address {:?}", req.address)))?;
+            let pool = req.pool_id;
+            change(plugin, move |d| Box::pin(async move { gone_is_done(d.release_address(&pool, ip)) })).await?;
+            ok(json!({}))
+        }
+        "IpamDriver.ReleasePool" => {
+            let req: protocol::ReleasePool = parse(name, body)?;
+            let pool = req.pool_id;
+            change(plugin, move |d| Box::pin(async move { gone_is_done(d.release_pool(&pool)) })).await?;
+            ok(json!({}))
+        }
         "NetworkDriver.GetCapabilities" => ok(json!({ "Scope": "local", "ConnectivityScope": "local" })),
         "NetworkDriver.CreateNetwork" => {
             let req: protocol::CreateNetwork = parse(name, body)?;

@@ -92,6 +92,46 @@ pub struct ProgramExternalConnectivity {
     pub options: Option<BTreeMap<String, Value>>,
 }
 
+/// IPAM: a pool for a new network (`--subnet` in `Pool`, else empty).
+#[derive(Debug, Deserialize)]
+pub struct RequestPool {
+    #[serde(rename = "Pool", default)]
+    pub pool: String,
+    #[serde(rename = "SubPool", default)]
+    pub sub_pool: String,
+    #[serde(rename = "V6", default)]
+    pub v6: bool,
+}
+
+/// IPAM: an address of a pool: the gateway's (its `RequestAddressType` option says so) or a
+/// container's; `Address` empty for any.
+#[derive(Debug, Deserialize)]
+pub struct RequestAddress {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    #[serde(rename = "Address", default)]
+    pub address: String,
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, Value>>,
+}
+
+/// `RequestAddressType` of the gateway's address.
+pub const GATEWAY_ADDRESS: &str = "com.docker.network.gateway";
+
+#[derive(Debug, Deserialize)]
+pub struct ReleaseAddress {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    #[serde(rename = "Address")]
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReleasePool {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+}
+
 /// One entry of Docker's port map: `-p [HostIP:]HostPort[-HostPortEnd]:Port/Proto`.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]

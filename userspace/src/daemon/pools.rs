@@ -1,0 +1,106 @@
+//! Address pools for Docker's IPAM driver protocol (`docker network create --ipam-driver bpfnet`).
+//! Docker asks for a pool before it creates the network, and for every address (the gateway's,
+//! each container's) before it uses one; bpfnet picks subnets that clash with nothing the host
+//! routes or holds and with no other network (Docker's own IPAM knows only Docker's networks).
+//! A pool's id is its subnet.
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::{Daemon, DaemonResult, Error, GATEWAY_LABEL};
+use crate::{
+    ipam::{self, HostNetworks},
+    state::Pool,
+};
+
+impl Daemon {
+    /// Reserves the subnet `requested`, or the first free one of the default pool.
+    pub async fn request_pool(&mut self, requested: Option<&str>) -> DaemonResult<IpNetwork> {
+        if let Some(text) = requested {
+            let net = ipam::parse_subnet(text).map_err(Error::invalid)?;
+            if let Some(pool) = self.state.pools.iter().find(|p| ipam::overlaps(&p.subnet, &net)) {
+                return Err(Error::conflict(format!("subnet {net} overlaps with {}, a pool Docker holds already", pool.subnet)));
+            }
+        }
+        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
+        let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
+        // Pools not yet networks count as taken too.
+        routes.extend(self.state.pools.iter().map(|p| p.subnet));
+        let host = HostNetworks { routes, addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)? };
+        let subnet = ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?;
+        self.state.pools.push(Pool { subnet, addresses: vec![] });
+        if let Err(e) = self.commit() {
+            self.state.pools.pop();
+            return Err(Error::internal(e));
+        }
+        log::info!("address pool {subnet} reserved for Docker");
+        Ok(subnet)
+    }
+
+    /// Gives out `requested` or the lowest free address of pool `pool_id` (the gateway's when
+    /// `gateway`: the first address unless one is requested). Returns it with the prefix length.
+    pub fn request_address(&mut self, pool_id: &str, requested: Option<IpAddr>, gateway: bool) -> DaemonResult<(IpAddr, u8)> {
+        let i = self.pool_index(pool_id)?;
+        let subnet = self.state.pools[i].subnet;
+        // What the network (once created) holds besides the pool's own record.
+        let network = self.state.networks.iter().find(|n| n.subnet == subnet);
+        let mut held: Vec<IpAddr> = self.state.pools[i].addresses.clone();
+        if let Some(net) = network {
+            held.push(net.gateway);
+            held.extend(self.state.allocations_of(&net.id).map(|a| a.address));
+            held.extend(self.state.services.values().filter(|s| s.network_id == net.id).map(|s| s.vip));
+        }
+        let ip = match requested {
+            Some(ip) => {
+                ipam::check_host_address("address", ip, &subnet).map_err(Error::invalid)?;
+                if self.state.pools[i].addresses.contains(&ip) {
+                    return Err(Error::conflict(format!("address {ip} of pool {subnet} is already given out")));
+                }
+                ip
+            }
+            None => {
+                let broadcast = ipam::broadcast(&subnet);
+                let mut candidates = (1u128..).map_while(|o| ipam::nth_address(&subnet, o)).filter(|ip| Some(*ip) != broadcast);
+                let found = if gateway { candidates.next() } else { candidates.find(|ip| !held.contains(ip)) };
+                found.ok_or_else(|| Error::conflict(format!("no free address left in pool {subnet}")))?
+            }
+        };
+        self.state.pools[i].addresses.push(ip);
+        if let Err(e) = self.commit() {
+            self.state.pools[i].addresses.retain(|a| *a != ip);
+            return Err(Error::internal(e));
+        }
+        Ok((ip, subnet.prefix()))
+    }
+
+    /// Takes `ip` back into pool `pool_id` (nothing to do if it is not given out).
+    pub fn release_address(&mut self, pool_id: &str, ip: IpAddr) -> DaemonResult<()> {
+        let i = self.pool_index(pool_id)?;
+        let before = self.state.pools[i].addresses.len();
+        self.state.pools[i].addresses.retain(|a| *a != ip);
+        if self.state.pools[i].addresses.len() != before {
+            self.commit().map_err(Error::internal)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the pool `pool_id`.
+    pub fn release_pool(&mut self, pool_id: &str) -> DaemonResult<()> {
+        let i = self.pool_index(pool_id)?;
+        let pool = self.state.pools.remove(i);
+        if let Err(e) = self.commit() {
+            self.state.pools.insert(i, pool);
+            return Err(Error::internal(e));
+        }
+        log::info!("address pool {} released", pool.subnet);
+        Ok(())
+    }
+
+    fn pool_index(&self, pool_id: &str) -> DaemonResult<usize> {
+        self.state
+            .pools
+            .iter()
+            .position(|p| p.subnet.to_string() == pool_id)
+            .ok_or_else(|| Error::not_found(format!("no address pool {pool_id}")))
+    }
+}
