@@ -52,6 +52,12 @@ pub struct Allocate {
     pub name: String,
     #[serde(flatten)]
     pub spec: EndpointSpec,
+    /// The front-end's id for the endpoint (64 hex digits; default: a new random one).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The front-end that makes it: `api` (default), `docker` or `cni`.
+    #[serde(default)]
+    pub frontend: Option<String>,
 }
 
 /// `endpoint attach`: put an allocated endpoint into a namespace.
@@ -194,6 +200,9 @@ pub struct EndpointCreated {
     /// Published ports, as `HOST_IP:PORT->PORT/PROTO`.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The network's DNS resolver, for the container's resolv.conf (`None`: none served).
+    #[serde(default)]
+    pub resolver: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

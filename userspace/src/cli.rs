@@ -789,7 +789,7 @@ async fn remove_each(client: &Client<'_>, kind: &str, names: &[String]) -> Resul
 async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
     match cmd {
         EndpointCommand::Create { network, name, spec, json } => {
-            let req = api::Allocate { network, name, spec: spec.into() };
+            let req = api::Allocate { network, name, spec: spec.into(), id: None, frontend: None };
             let ep: api::EndpointView = client.post("/endpoints", &req).await?;
             if json {
                 return print_json(&ep);

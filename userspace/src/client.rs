@@ -1,13 +1,29 @@
 //! The CLI's side of the API: one HTTP/1.1 request per call over the daemon's unix socket.
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Bytes, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api::ErrorBody;
+
+/// Why a call failed: the daemon could not be reached (`status: None`) or answered with an
+/// error status and message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 pub struct Client<'a> {
     socket: &'a Path,
@@ -19,11 +35,12 @@ impl<'a> Client<'a> {
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
-        let stream = tokio::net::UnixStream::connect(self.socket).await.map_err(|e| {
-            anyhow::anyhow!(
+        let stream = tokio::net::UnixStream::connect(self.socket).await.map_err(|e| ApiError {
+            status: None,
+            message: format!(
                 "cannot reach the bpfnet daemon at {}: {e}\n(is `bpfnet daemon` running? set --socket or BPFNET_SOCKET to its socket)",
                 self.socket.display()
-            )
+            ),
         })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
@@ -37,10 +54,11 @@ impl<'a> Client<'a> {
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(err) => bail!("{}", err.error),
-                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&bytes)),
-            }
+            let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(err) => err.error,
+                Err(_) => format!("daemon answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            };
+            return Err(ApiError { status: Some(status.as_u16()), message }.into());
         }
         serde_json::from_slice(&bytes).context("parsing the daemon's answer")
     }

@@ -4,12 +4,14 @@
 //! the `daemon` validates requests against the desired `state` (with `ipam`), applies them through
 //! `plumbing` (rtnetlink: veths, addresses, routes) and `datapath` (eBPF programs and maps), rolls
 //! back on failure, persists, and reconciles at start-up. Front-ends besides the CLI drive the
-//! same endpoint lifecycle: `docker` (Docker's network plugin protocol).
+//! same endpoint lifecycle: `docker` (Docker's network plugin protocol) and `cni` (the CNI plugin,
+//! the same binary run by a container runtime).
 pub mod api;
 pub mod bpffs;
 pub mod bpfsys;
 pub mod cli;
 pub mod client;
+pub mod cni;
 pub mod conntrack;
 pub mod daemon;
 pub mod datapath;

@@ -85,6 +85,11 @@ pub enum Frontend {
 }
 
 impl Frontend {
+    /// The front-end named `name` (`api`, `docker`, `cni`).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Frontend::Api, Frontend::Docker, Frontend::Cni].into_iter().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Frontend::Api => "api",

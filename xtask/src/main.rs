@@ -28,7 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// The container engines the front-end tests drive (inside a sandbox namespace), without the
 /// packages they only recommend (as Debian's docker.io recommends apparmor, git, ...). The machine's
 /// policy-rc.d keeps apt from starting dockerd in the root namespace.
-const ENGINE_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
+const ENGINE_PACKAGES: &[&str] = &["docker.io", "busybox-static", "podman", "containernetworking-plugins"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]

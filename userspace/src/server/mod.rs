@@ -170,8 +170,13 @@ async fn endpoint_inspect(State(app): State<App>, UrlPath(id): UrlPath<String>) 
     views::inspect_endpoint(&app.published.get(), &id).map(Json)
 }
 async fn allocate(State(app): State<App>, Json(req): Json<api::Allocate>) -> Reply<api::EndpointView> {
+    let frontend = match req.frontend.as_deref() {
+        None => crate::state::Frontend::Api,
+        Some(name) => crate::state::Frontend::parse(name)
+            .ok_or_else(|| Error::invalid(format!("unknown front-end {name:?}: expected api, docker or cni")))?,
+    };
     to_completion(&app.worker, async move {
-        app.daemon.lock_owned().await.allocate(&req.network, req.name, req.spec).await
+        app.daemon.lock_owned().await.allocate_for(&req.network, req.name, req.spec, frontend, req.id).await
     })
     .await
 }

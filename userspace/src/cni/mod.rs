@@ -1,0 +1,282 @@
+//! The CNI front-end: the `bpfnet` binary acts as a CNI plugin (spec 1.0.0, also 1.1's STATUS
+//! and GC) when a runtime runs it with `CNI_COMMAND` set. It talks to the daemon over its API
+//! and drives the same endpoint lifecycle as the CLI: ADD = allocate + attach, DEL = release,
+//! CHECK = the endpoint is attached where the runtime says. Types and the protocol's plumbing
+//! (environment, stdin, result and error JSON, version negotiation) come from `rscni-plugin`.
+//!
+//! Network configuration (in a conflist): `{"type": "bpfnet", "network": "NAME", "socket":
+//! "/run/bpfnet/bpfnet.sock", "capabilities": {"portMappings": true, "ips": true, "aliases":
+//! true}}`; `network` defaults to the configuration's `name`.
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use rscni_plugin::{
+    cni::{Cni, Plugin},
+    error::Error as CniError,
+    types::{Args, CNIResult, Dns, Interface, IpConfig, NetConf, Route},
+};
+use rscni_types::ipnet::IpNet;
+use serde_json::Value;
+
+use crate::{
+    api,
+    client::{ApiError, Client},
+};
+
+/// Runs the plugin (the process's whole job when `CNI_COMMAND` is set). Exit code 1 on error,
+/// with the error JSON on stdout (the spec's codes).
+pub fn main() -> std::process::ExitCode {
+    let plugin = Plugin::default().msg("bpfnet CNI plugin: attaches containers to bpfnet networks through the bpfnet daemon");
+    match plugin.run(&BpfnetCni) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// Plugin-specific error code: the network named in the configuration does not exist.
+const NO_SUCH_NETWORK: u32 = 50;
+/// Plugin-specific error code: the daemon refused the request (its message says why).
+const REFUSED: u32 = 51;
+
+struct BpfnetCni;
+
+/// What the plugin reads from its network configuration.
+struct Conf {
+    network: String,
+    socket: PathBuf,
+}
+
+fn conf(netconf: &NetConf) -> Result<Conf, CniError> {
+    let network = match netconf.custom.get("network") {
+        None => netconf.name.clone(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(other) => return Err(CniError::InvalidNetworkConfig(format!("\"network\" must be a network's name, not {other}"))),
+    };
+    let socket = match netconf.custom.get("socket") {
+        None => PathBuf::from(api::DEFAULT_SOCKET),
+        Some(Value::String(s)) if s.starts_with('/') => PathBuf::from(s),
+        Some(other) => return Err(CniError::InvalidNetworkConfig(format!("\"socket\" must be an absolute path, not {other}"))),
+    };
+    Ok(Conf { network, socket })
+}
+
+/// The endpoint of one attachment (container, interface, network): the same for ADD, CHECK and
+/// DEL of it, so DEL needs nothing the runtime does not send again (and works after a restart).
+pub fn endpoint_id(container_id: &str, ifname: &str, network: &str) -> String {
+    (0u8..4)
+        .map(|part| {
+            let mut h = DefaultHasher::new();
+            ("bpfnet-cni", part, container_id, ifname, network).hash(&mut h);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+fn required<'a, T: AsRef<str> + 'a>(value: Option<&'a T>, var: &str) -> Result<&'a str, CniError> {
+    value.map(AsRef::as_ref).ok_or_else(|| CniError::InvalidEnvValue(format!("{var} is not set")))
+}
+
+/// One API call from the plugin, on a runtime of its own; daemon errors become CNI errors.
+fn call<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::IOFailure(format!("starting the plugin's runtime: {e}")))?;
+    rt.block_on(f).map_err(to_cni_error)
+}
+
+fn to_cni_error(e: anyhow::Error) -> CniError {
+    match e.downcast_ref::<ApiError>() {
+        // Unreachable daemon: the runtime may try again later.
+        Some(ApiError { status: None, message }) => CniError::TryAgainLater(message.clone()),
+        Some(ApiError { status: Some(404), message }) => CniError::Custom(NO_SUCH_NETWORK, "not found".into(), message.clone()),
+        Some(ApiError { message, .. }) => CniError::Custom(REFUSED, "refused by the bpfnet daemon".into(), message.clone()),
+        None => CniError::IOFailure(format!("{e:#}")),
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<ApiError>(), Some(ApiError { status: Some(404), .. }))
+}
+
+/// The container's name as its runtime knows it: `K8S_POD_NAME` in CNI_ARGS (Podman and
+/// Kubernetes runtimes send it), else the first 12 digits of the container id.
+fn container_name(args: Option<&str>, container_id: &str) -> String {
+    let from_args = args.unwrap_or_default().split(';').find_map(|kv| kv.strip_prefix("K8S_POD_NAME=")).filter(|n| !n.is_empty());
+    match from_args {
+        Some(name) if crate::ipam::validate_name("container", name).is_ok() => name.to_string(),
+        _ => container_id.chars().take(12).collect(),
+    }
+}
+
+/// `runtimeConfig`: `portMappings` as `-p` values, `ips` (the first IPv4), `aliases` for
+/// this network.
+fn runtime_spec(netconf: &NetConf, network: &str) -> Result<api::EndpointSpec, CniError> {
+    let mut spec = api::EndpointSpec::default();
+    let Some(rc) = &netconf.runtime_config else { return Ok(spec) };
+    for pm in &rc.port_mappings {
+        let protocol = pm.protocol.map(|p| serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string))).flatten();
+        let protocol = protocol.unwrap_or_else(|| "tcp".into());
+        let host_ip = pm.custom.get("hostIP").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let ports = format!("{}:{}/{protocol}", pm.host_port, pm.container_port);
+        spec.publish.push(match host_ip {
+            Some(ip) => format!("{ip}:{ports}"),
+            None => ports,
+        });
+    }
+    if let Some(ips) = rc.custom.get("ips").and_then(Value::as_array) {
+        let first = ips.iter().filter_map(Value::as_str).map(|s| s.split('/').next().unwrap_or(s)).find(|s| !s.contains(':'));
+        spec.ip = first.map(str::to_string);
+    }
+    if let Some(aliases) = rc.custom.get("aliases").and_then(|a| a.get(network)).and_then(Value::as_array) {
+        spec.aliases = aliases.iter().filter_map(Value::as_str).map(str::to_string).collect();
+    }
+    Ok(spec)
+}
+
+impl Cni for BpfnetCni {
+    fn add(&self, args: Args) -> Result<CNIResult, CniError> {
+        let conf = conf(args.config())?;
+        let container = required(args.container_id(), "CNI_CONTAINERID")?.to_string();
+        let ifname = required(args.ifname(), "CNI_IFNAME")?.to_string();
+        let netns = args.netns().ok_or_else(|| CniError::InvalidEnvValue("CNI_NETNS is not set".into()))?.display().to_string();
+        let spec = runtime_spec(args.config(), &conf.network)?;
+        let id = endpoint_id(&container, &ifname, &conf.network);
+        let name = container_name(args.args(), &container);
+        call(async {
+            let client = Client::new(&conf.socket);
+            let net: api::NetworkInspect = client.get(&format!("/networks/{}", conf.network)).await?;
+            let allocate = api::Allocate { network: conf.network.clone(), name, spec, id: Some(id.clone()), frontend: Some("cni".into()) };
+            let _: api::EndpointView = client.post("/endpoints", &allocate).await?;
+            let attach = api::Attach { netns: netns.clone(), interface: Some(ifname.clone()) };
+            let created: api::EndpointCreated = match client.post(&format!("/endpoints/{id}/attach"), &attach).await {
+                Ok(created) => created,
+                Err(e) => {
+                    // Nothing of a failed ADD stays.
+                    let _: anyhow::Result<Value> = client.delete(&format!("/endpoints/{id}")).await;
+                    return Err(e);
+                }
+            };
+            Ok(result(&net, &created, &netns))
+        })
+    }
+
+    fn del(&self, args: Args) -> Result<(), CniError> {
+        let conf = conf(args.config())?;
+        let container = required(args.container_id(), "CNI_CONTAINERID")?.to_string();
+        let ifname = required(args.ifname(), "CNI_IFNAME")?.to_string();
+        let id = endpoint_id(&container, &ifname, &conf.network);
+        call(async {
+            match Client::new(&conf.socket).delete::<Value>(&format!("/endpoints/{id}")).await {
+                // Gone already (a DEL repeated, or an ADD that never completed): done.
+                Err(e) if is_not_found(&e) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
+    }
+
+    fn check(&self, args: Args) -> Result<(), CniError> {
+        let conf = conf(args.config())?;
+        let container = required(args.container_id(), "CNI_CONTAINERID")?.to_string();
+        let ifname = required(args.ifname(), "CNI_IFNAME")?.to_string();
+        let netns = args.netns().map(|p| p.display().to_string());
+        let id = endpoint_id(&container, &ifname, &conf.network);
+        let view: api::EndpointView = call(async { Client::new(&conf.socket).get(&format!("/endpoints/{id}")).await })?;
+        let Some(attachment) = view.attachment else {
+            return Err(CniError::Custom(REFUSED, "not attached".into(), format!("endpoint {} is allocated but not attached", &id[..12])));
+        };
+        if Some(&attachment.netns) != netns.as_ref() || attachment.interface != ifname {
+            return Err(CniError::Custom(
+                REFUSED,
+                "attached elsewhere".into(),
+                format!("endpoint {} is {} in {}, not {ifname} in {}", &id[..12], attachment.interface, attachment.netns, netns.unwrap_or_default()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn status(&self, args: Args) -> Result<(), CniError> {
+        let conf = conf(args.config())?;
+        call(async { Client::new(&conf.socket).get::<Value>(&format!("/networks/{}", conf.network)).await.map(|_| ()) })
+    }
+
+    /// Releases this network's CNI endpoints that are not among the runtime's valid attachments.
+    fn gc(&self, args: Args) -> Result<(), CniError> {
+        let conf = conf(args.config())?;
+        let valid: Vec<String> = args
+            .config()
+            .valid_attachments
+            .iter()
+            .flatten()
+            .map(|a| endpoint_id(&a.container_id, &a.ifname, &conf.network))
+            .collect();
+        call(async {
+            let client = Client::new(&conf.socket);
+            let endpoints: Vec<api::EndpointView> = client.get("/endpoints").await?;
+            for ep in endpoints.iter().filter(|e| e.frontend == "cni" && e.network == conf.network && !valid.contains(&e.endpoint_id)) {
+                match client.delete::<Value>(&format!("/endpoints/{}", ep.endpoint_id)).await {
+                    Err(e) if !is_not_found(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The ADD result: the interface in the container, its address, the default route (unless the
+/// network is internal), and the network's resolver.
+fn result(net: &api::NetworkInspect, created: &api::EndpointCreated, netns: &str) -> CNIResult {
+    let gateway: Option<IpAddr> = net.ipam.config.first().and_then(|c| c.gateway.parse().ok());
+    let address: Option<IpNet> = created.ipv4_address.parse().ok();
+    CNIResult {
+        interfaces: vec![Interface {
+            name: created.interface.clone(),
+            mac: created.mac_address.clone(),
+            mtu: None,
+            sandbox: Some(netns.to_string()),
+            socket_path: None,
+            pci_id: None,
+        }],
+        ips: address.map(|address| IpConfig { interface: Some(0), address, gateway }).into_iter().collect(),
+        routes: match (gateway, net.internal) {
+            (Some(gw), false) => vec![Route {
+                dst: "0.0.0.0/0".parse().expect("a valid prefix"),
+                gw: Some(gw),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            }],
+            _ => vec![],
+        },
+        dns: created.resolver.as_ref().map(|r| Dns { nameservers: vec![r.clone()], ..Default::default() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_ids_are_stable_and_distinct() {
+        let a = endpoint_id("c0ffee", "eth0", "web");
+        assert_eq!(a, endpoint_id("c0ffee", "eth0", "web"));
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, endpoint_id("c0ffee", "eth1", "web"));
+        assert_ne!(a, endpoint_id("c0ffee", "eth0", "db"));
+    }
+
+    #[test]
+    fn container_names_from_cni_args() {
+        assert_eq!(container_name(Some("IgnoreUnknown=1;K8S_POD_NAME=web1;K8S_POD_NAMESPACE=x"), "abcdef0123456789"), "web1");
+        assert_eq!(container_name(None, "abcdef0123456789"), "abcdef012345");
+        assert_eq!(container_name(Some("K8S_POD_NAME=bad name"), "abcdef0123456789"), "abcdef012345");
+    }
+}
