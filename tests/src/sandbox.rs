@@ -182,7 +182,11 @@ impl Sandbox {
             .arg("--bpffs")
             .arg(self.bpffs())
             .arg("--socket")
-            .arg(self.socket());
+            .arg(self.socket())
+            // Names the embedded DNS does not know go to the sandbox's own outside (the server
+            // namespace, when there is one), never to the machine's resolver.
+            .arg("--dns-upstream")
+            .arg(format!("{FAR_IP}:53"));
         cmd
     }
 

@@ -64,6 +64,7 @@ fn cni_plugin_add_check_del_and_errors() {
     assert_eq!(added["ips"][0]["address"], "10.215.0.50/24");
     assert_eq!(added["ips"][0]["gateway"], "10.215.0.1");
     assert_eq!(added["routes"][0], j!({"dst": "0.0.0.0/0", "gw": "10.215.0.1"}));
+    assert_eq!(added["dns"], j!({"nameservers": ["10.215.0.1"]}), "the network's resolver");
     let ports = sb.bpfnet_ok(&["port", "ls"]).unwrap();
     assert!(ports.contains("8080") && ports.contains("127.0.0.1:5353"), "{ports}");
     let (ok, added2) = cni("ADD", &attachment("c0ffee02", &p2, "eth0"), &config(&sb, "1.0.0", "web", j!({})));

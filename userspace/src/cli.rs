@@ -333,6 +333,28 @@ struct DaemonArgs {
     /// publishes the ports.
     #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = crate::docker::DEFAULT_PLUGIN_DIR)]
     docker_plugin: Option<PathBuf>,
+    /// Serve DNS on every network's gateway (port 53, UDP and TCP): the network's container
+    /// names, aliases and services resolve to their addresses, other names are forwarded.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    dns: bool,
+    /// Resolver that names bpfnet does not know are forwarded to (repeatable; IP or IP:PORT).
+    /// Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("expected on or off, not {text:?}")),
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, crate::dns::PORT)))
+        .map_err(|_| format!("expected an address such as 192.0.2.53 or 192.0.2.53:5353, not {text:?}"))
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
@@ -483,6 +505,14 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         },
         cgroup_root: args.cgroup_root,
         docker_plugin: args.docker_plugin,
+        dns: crate::dns::DnsConfig {
+            enabled: args.dns,
+            upstreams: if args.dns_upstreams.is_empty() {
+                crate::dns::upstreams_from_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            } else {
+                args.dns_upstreams
+            },
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {
@@ -666,6 +696,9 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 );
                 for port in &ep.ports {
                     println!("published {port}");
+                }
+                if let Some(resolver) = &ep.resolver {
+                    println!("resolver {resolver} (names of {}: put `nameserver {resolver}` in the container's resolv.conf)", ep.network);
                 }
             }
             NetworkCommand::Disconnect { network, netns } => {

@@ -5,7 +5,7 @@
 //! `plumbing` (rtnetlink: veths, addresses, routes) and `datapath` (eBPF programs and maps), rolls
 //! back on failure, persists, and reconciles at start-up. Front-ends besides the CLI drive the
 //! same endpoint lifecycle: `docker` (Docker's network plugin protocol) and `cni` (the CNI plugin,
-//! the same binary run by a container runtime).
+//! the same binary run by a container runtime). `dns` serves names per network.
 pub mod api;
 pub mod bpffs;
 pub mod bpfsys;
@@ -15,6 +15,7 @@ pub mod cni;
 pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod docker;
 pub mod ids;
 pub mod ipam;

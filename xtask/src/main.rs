@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "conntrack",
     "bpftool",
+    // dig: the tests' DNS client.
+    "bind9-dnsutils",
 ];
 /// The container engines the front-end tests drive (inside a sandbox namespace), without the
 /// packages they only recommend (as Debian's docker.io recommends apparmor, git, ...). The machine's

@@ -322,7 +322,7 @@ impl Daemon {
             ipv4_address: format!("{}/{}", ep.address, net.subnet.prefix()),
             mac_address: ipam::format_mac(&ep.mac),
             ports: ep.ports.iter().map(|p| p.to_string()).collect(),
-            resolver: None,
+            resolver: self.dns.then(|| net.gateway.to_string()),
         })
     }
 

@@ -66,6 +66,8 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// `--docker-plugin`: the folder where the Docker plugin's socket is served.
     pub docker_plugin: Option<PathBuf>,
+    /// `--dns`, `--dns-upstream`: the embedded resolvers.
+    pub dns: crate::dns::DnsConfig,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.
@@ -114,6 +116,8 @@ pub struct Daemon {
     published: Published,
     conntrack: Conntrack,
     uplinks: Vec<uplinks::Found>,
+    /// Networks have a DNS resolver on their gateway (`--dns`).
+    dns: bool,
 }
 
 /// The alias that marks the host-side veth of endpoint `id`.
@@ -208,6 +212,7 @@ impl Daemon {
             published,
             conntrack,
             uplinks,
+            dns: config.dns.enabled,
         };
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;

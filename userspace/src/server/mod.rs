@@ -317,6 +317,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
     let daemon = Arc::new(Mutex::new(daemon));
     let bound = socket::bind(&config.socket)?;
+    let dns = config.dns.enabled.then(|| crate::dns::spawn(published.clone(), config.dns.clone()));
     let plugin = match &config.docker_plugin {
         Some(dir) => Some(serve_docker_plugin(dir, daemon.clone(), worker.clone(), limits)?),
         None => None,
@@ -389,6 +390,9 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let guard = daemon.lock().await;
     collector.abort();
     expirer.abort();
+    if let Some(dns) = dns {
+        dns.abort();
+    }
     socket::remove_if_ours(&config.socket, bound.inode);
     if let Some((task, path, inode)) = plugin {
         task.abort();

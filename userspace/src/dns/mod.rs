@@ -1,0 +1,316 @@
+//! The embedded DNS resolver: one per network, on its gateway address, port 53, UDP and TCP.
+//! It answers for the network it serves only, and only to clients inside that network's subnet
+//! (a name of another network does not resolve): the names and aliases of the network's attached
+//! endpoints and the names of its services (A; AAAA is empty until IPv6), PTR for their
+//! addresses; other names with a dot are forwarded to the upstream resolvers (`--dns-upstream`,
+//! default: the daemon's /etc/resolv.conf), single-label names that are not local get NXDOMAIN.
+//!
+//! Answers are read from the daemon's last committed state ([`Published`]): no lock, no copy.
+//! Messages are parsed and built with hickory-proto.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{
+        rdata::{A, PTR},
+        Name, RData, Record, RecordType,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+    task::JoinHandle,
+};
+
+use crate::{
+    daemon::Published,
+    state::{Network, State},
+};
+
+/// The resolver's port.
+pub const PORT: u16 = 53;
+/// How long clients may cache bpfnet's answers: containers come and go.
+const TTL: u32 = 10;
+/// How long an upstream resolver has to answer a forwarded query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the set of served networks is compared with the state.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How long a TCP client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// `--dns-upstream` and whether to serve at all.
+#[derive(Debug, Clone, Default)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// The nameservers of a resolv.conf, at port 53 (loopback ones are left out: they are the
+/// daemon's namespace's own, and a resolver in a container's namespace cannot reach them).
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, PORT))
+        .collect()
+}
+
+/// Serves every network of the published state, following networks as they come and go.
+pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
+    let upstreams = Arc::new(config.upstreams);
+    tokio::spawn(async move {
+        let mut served: HashMap<String, (IpAddr, Vec<JoinHandle<()>>)> = HashMap::new();
+        let mut failed: HashMap<String, IpAddr> = HashMap::new();
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            tick.tick().await;
+            let state = published.get();
+            // Networks gone (or with another gateway): stop their servers.
+            served.retain(|id, (gateway, tasks)| {
+                let keep = state.network_by_id(id).is_some_and(|n| n.gateway == *gateway);
+                if !keep {
+                    tasks.iter().for_each(JoinHandle::abort);
+                }
+                keep
+            });
+            failed.retain(|id, gateway| state.network_by_id(id).is_some_and(|n| n.gateway == *gateway));
+            for net in &state.networks {
+                if served.contains_key(&net.id) || failed.contains_key(&net.id) {
+                    continue;
+                }
+                match serve(net, published.clone(), upstreams.clone()).await {
+                    Ok(tasks) => {
+                        log::info!("DNS for network {} on {}:{PORT} (UDP and TCP)", net.name, net.gateway);
+                        served.insert(net.id.clone(), (net.gateway, tasks));
+                    }
+                    Err(e) => {
+                        log::warn!("no DNS for network {} on {}:{PORT}: {e}", net.name, net.gateway);
+                        failed.insert(net.id.clone(), net.gateway);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Binds the network's UDP and TCP sockets and starts serving them.
+async fn serve(net: &Network, published: Published, upstreams: Arc<Vec<SocketAddr>>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let addr = SocketAddr::new(net.gateway, PORT);
+    let udp = Arc::new(UdpSocket::bind(addr).await?);
+    let tcp = TcpListener::bind(addr).await?;
+    let id = net.id.clone();
+    let (published_udp, upstreams_udp, id_udp) = (published.clone(), upstreams.clone(), id.clone());
+    let udp_task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, client)) = udp.recv_from(&mut buf).await else { continue };
+            let query = buf[..n].to_vec();
+            let (udp, published, upstreams, id) = (udp.clone(), published_udp.clone(), upstreams_udp.clone(), id_udp.clone());
+            tokio::spawn(async move {
+                if let Some(reply) = handle(&query, client.ip(), &id, &published, &upstreams).await {
+                    let _ = udp.send_to(&reply, client).await;
+                }
+            });
+        }
+    });
+    let tcp_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, client)) = tcp.accept().await else { continue };
+            let (published, upstreams, id) = (published.clone(), upstreams.clone(), id.clone());
+            tokio::spawn(async move {
+                // Length-prefixed messages, until the client closes or idles.
+                loop {
+                    let mut len = [0u8; 2];
+                    let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await else { return };
+                    let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                    let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await else { return };
+                    let Some(reply) = handle(&query, client.ip(), &id, &published, &upstreams).await else { return };
+                    let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&reply);
+                    if stream.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(vec![udp_task, tcp_task])
+}
+
+/// The reply to one query (`None`: nothing to send, e.g. an unreadable message).
+async fn handle(query: &[u8], client: IpAddr, network_id: &str, published: &Published, upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    if request.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let answer = {
+        let state = published.get();
+        let net = state.network_by_id(network_id)?;
+        answer(&state, net, client, &request)
+    };
+    match answer {
+        Some(reply) => reply.to_vec().ok(),
+        None => match forward(query, request.metadata.id, upstreams).await {
+            Some(reply) => Some(reply),
+            None => Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail).to_vec().ok(),
+        },
+    }
+}
+
+/// The local answer to `request` from `client` for network `net`; `None`: forward it.
+pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -> Option<Message> {
+    let mut reply = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    reply.metadata = Metadata::response_from_request(&request.metadata);
+    reply.metadata.recursion_available = true;
+    reply.queries = request.queries.clone();
+    if request.metadata.op_code != OpCode::Query || request.queries.len() != 1 {
+        reply.metadata.response_code = ResponseCode::NotImp;
+        return Some(reply);
+    }
+    // Only the network's own clients: a container of another network learns nothing here.
+    if !net.subnet.contains(client) {
+        reply.metadata.response_code = ResponseCode::Refused;
+        return Some(reply);
+    }
+    let query = &request.queries[0];
+    let qname = query.name().clone();
+    let text = qname.to_lowercase().to_ascii();
+    let text = text.trim_end_matches('.');
+
+    if let Ok(prefix) = qname.parse_arpa_name() {
+        let ip = prefix.addr();
+        if !net.subnet.contains(ip) {
+            return None;
+        }
+        reply.metadata.authoritative = true;
+        match name_of(state, net, ip) {
+            Some(name) if query.query_type() == RecordType::PTR => {
+                let target = Name::from_ascii(format!("{name}.")).ok()?;
+                reply.answers.push(Record::from_rdata(qname, TTL, RData::PTR(PTR(target))));
+            }
+            Some(_) => {}
+            None => reply.metadata.response_code = ResponseCode::NXDomain,
+        }
+        return Some(reply);
+    }
+
+    let addresses = addresses_of(state, net, text);
+    if addresses.is_empty() {
+        if text.contains('.') {
+            return None;
+        }
+        // A single label that names nothing here: no resolver elsewhere knows it either.
+        reply.metadata.authoritative = true;
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        return Some(reply);
+    }
+    reply.metadata.authoritative = true;
+    if query.query_type() == RecordType::A || query.query_type() == RecordType::ANY {
+        for ip in addresses {
+            if let IpAddr::V4(v4) = ip {
+                reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::A(A(v4))));
+            }
+        }
+    }
+    // AAAA and other types of a known name: no records (NOERROR), so clients do not look on.
+    Some(reply)
+}
+
+/// Addresses `name` (lowercase, no final dot) stands for on `net`: attached endpoints by name or
+/// alias, services by name.
+fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
+    let mut found: Vec<IpAddr> = state
+        .endpoints_of(&net.id)
+        .filter(|e| e.container_name.eq_ignore_ascii_case(name) || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+        .map(|e| e.address)
+        .collect();
+    found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).map(|s| s.vip));
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The name of the endpoint or service at `ip` on `net`.
+fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
+    if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.address == ip) {
+        return Some(ep.container_name.clone());
+    }
+    state.services.values().find(|s| s.network_id == net.id && s.vip == ip).map(|s| s.name.clone())
+}
+
+/// Relays `query` to the upstream resolvers in turn; the first answer with the query's id.
+async fn forward(query: &[u8], id: u16, upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+        let Ok(socket) = UdpSocket::bind(bind).await else { continue };
+        if socket.send_to(query, upstream).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+        while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+            if from == *upstream && n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                return Some(buf[..n].to_vec());
+            }
+        }
+        log::debug!("DNS upstream {upstream} did not answer");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+
+    fn query(name: &str, kind: RecordType) -> Message {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.queries.push(Query::query(Name::from_ascii(name).unwrap(), kind));
+        m
+    }
+
+    #[test]
+    fn resolv_conf_upstreams() {
+        let text = "# comment\nnameserver 192.0.2.53\nnameserver 127.0.0.53\nsearch x\nnameserver  2001:db8::1\n";
+        let ups = upstreams_from_resolv_conf(text);
+        assert_eq!(ups, vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::1]:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn queries_of_other_kinds_are_not_implemented() {
+        let state = State::default();
+        let net = crate::state::Network {
+            id: "n".into(),
+            name: "web".into(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            internal: false,
+            icc: true,
+            masquerade: true,
+            options: Default::default(),
+            datapath_id: 1,
+            created: String::new(),
+        };
+        let mut q = query("x.", RecordType::A);
+        q.metadata.op_code = OpCode::Status;
+        let r = answer(&state, &net, "10.1.0.5".parse().unwrap(), &q).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+        // From outside the subnet: refused.
+        let r = answer(&state, &net, "10.2.0.5".parse().unwrap(), &query("x.", RecordType::A)).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        // Unknown single label: NXDOMAIN here; a dotted name goes upstream.
+        let r = answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("nobody.", RecordType::A)).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("example.org.", RecordType::A)).is_none());
+        // Reverse lookups outside the subnet go upstream; inside, unknown is NXDOMAIN.
+        assert!(answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("4.3.2.1.in-addr.arpa.", RecordType::PTR)).is_none());
+        let r = answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("9.0.1.10.in-addr.arpa.", RecordType::PTR)).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+}
