@@ -27,7 +27,7 @@ pub use endpoints::{EndpointInfo, MAX_ENDPOINTS};
 pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
-pub use ports::{PortKey, PortTarget, MAX_PUBLISHED_PORTS};
+pub use ports::{port_flags, PortKey, PortTarget, MAX_PUBLISHED_PORTS};
 pub use services::{AffinityKey, AffinityValue, BackendInfo, MaglevPair, ServiceInfo};
 pub use sockets::{SockRevKey, SockRevValue};
 pub use uplinks::{uplink_flags, UplinkInfo, MAX_UPLINKS};

@@ -26,6 +26,16 @@ impl PortKey {
     }
 }
 
+/// Flags of a [`PortTarget`] (0 in entries written before they existed: the defaults).
+pub mod port_flags {
+    /// The publication wins over sockets of the host that are not connected (listeners,
+    /// unbound-peer UDP sockets), as an iptables DNAT would: a container runtime that holds its
+    /// containers' host ports open as reservations (Podman's conmon) must not take their traffic.
+    /// Without it, a host service listening on the port keeps it. Sockets of the host's own
+    /// connections keep their packets either way.
+    pub const OVER_HOST_LISTENERS: u16 = 1;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct PortTarget {
@@ -33,7 +43,8 @@ pub struct PortTarget {
     pub addr: IpKey,
     /// Network order.
     pub port: u16,
-    pub _pad: u16,
+    /// [`port_flags`].
+    pub flags: u16,
     /// Non-zero: the service (`SERVICES` index) whose backends take the connection.
     pub service: u32,
     /// Non-zero: a service's VIP, reachable only from containers of this network (by

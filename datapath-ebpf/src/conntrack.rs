@@ -1,7 +1,7 @@
 //! Connection tracking: the tuple of a packet, the `CONNTRACK` and `FRAGMENTS` maps, state and
 //! lifetimes, and creating a connection's pair of entries (see `datapath_common::conntrack`).
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS, BPF_NOEXIST},
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
@@ -251,9 +251,11 @@ pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6])
 
 /// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the
 /// host's address and port): a port the host itself uses there is no port for NAT. `ctx`: a TC
-/// or an XDP program's context (the socket lookups serve both).
+/// or an XDP program's context (the socket lookups serve both). `connected_only`: only a
+/// connected socket counts (one of the host's own flows), not a listener or an unconnected UDP
+/// socket.
 #[inline(always)]
-pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey) -> bool {
+pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool) -> bool {
     let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let tuple = unsafe { &mut *slot };
@@ -269,16 +271,28 @@ pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey) -> bool {
     let ctx_ptr = ctx.as_ptr();
     // SAFETY: helpers with a valid tuple of the given size; a found socket is released at once.
     unsafe {
-        let sk = match key.proto {
-            IPPROTO_TCP => bpf_skc_lookup_tcp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
-            IPPROTO_UDP => bpf_sk_lookup_udp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
+        // Each kind reads its own field: the verifier refuses one load instruction on the two
+        // pointer types (sock_common, sock) the two lookups return.
+        let (sk, owns) = match key.proto {
+            IPPROTO_TCP => {
+                let sk = bpf_skc_lookup_tcp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
+                if sk.is_null() {
+                    return false;
+                }
+                (sk, !connected_only || (*sk).state != BPF_TCP_LISTEN)
+            }
+            IPPROTO_UDP => {
+                let sk = bpf_sk_lookup_udp(ctx_ptr, tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
+                if sk.is_null() {
+                    return false;
+                }
+                // An unconnected UDP socket has no peer port.
+                (sk, !connected_only || (*sk).dst_port != 0)
+            }
             _ => return false,
         };
-        if sk.is_null() {
-            return false;
-        }
         bpf_sk_release(sk as *mut core::ffi::c_void);
-        true
+        owns
     }
 }
 
@@ -315,7 +329,7 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
                 ((config.nat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
             };
             new.reply_key.dport = candidate;
-            if host_socket_owns(ctx, &new.reply_key) {
+            if host_socket_owns(ctx, &new.reply_key, false) {
                 continue;
             }
             match CONNTRACK.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {

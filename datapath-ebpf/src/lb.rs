@@ -88,7 +88,7 @@ pub fn choose(target: &PortTarget, key: &CtKey, now: u64) -> Option<Choice> {
 #[inline(always)]
 fn backend_of(service: u32, id: u32) -> Option<PortTarget> {
     let b = *BACKENDS.get(id)?;
-    (b.service == service).then_some(PortTarget { addr: b.addr, port: b.port, _pad: 0, service: 0, network: 0 })
+    (b.service == service).then_some(PortTarget { addr: b.addr, port: b.port, flags: 0, service: 0, network: 0 })
 }
 
 /// The network a VIP belongs to, if `addr` is one.

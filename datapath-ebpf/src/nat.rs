@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, iface_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    ct_action, iface_flags, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
@@ -221,9 +221,10 @@ pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Op
         }
     };
     // A packet a socket of the host takes (the answer to a connection the host made from a port
-    // that happens to be published, or a host service on it) stays the host's. A VIP is no
-    // address of the host's.
-    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key) {
+    // that happens to be published, or a host service on it unless the publication wins over
+    // listeners) stays the host's. A VIP is no address of the host's.
+    let connected_only = target.flags & port_flags::OVER_HOST_LISTENERS != 0;
+    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key, connected_only) {
         return None;
     }
     Some(target)

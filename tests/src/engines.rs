@@ -119,18 +119,7 @@ impl Docker {
 
     /// Imports [`BUSYBOX_IMAGE`] from Debian's busybox-static.
     pub fn import_busybox(&self) -> Result<()> {
-        let rootfs = self.dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin"))?;
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copying busybox (package busybox-static)")?;
-        let list = crate::sandbox::run_ok("/bin/busybox", &["--list"])?;
-        for applet in list.lines().filter(|a| *a != "busybox" && !a.is_empty()) {
-            let link = rootfs.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", link)?;
-            }
-        }
-        let tar = self.dir.join("rootfs.tar");
-        crate::sandbox::run_ok("tar", &["-C", &rootfs.to_string_lossy(), "-cf", &tar.to_string_lossy(), "."])?;
+        let tar = busybox_tar(&self.dir)?;
         self.ok(&["import", "-c", r#"CMD ["/bin/sh"]"#, &tar.to_string_lossy(), BUSYBOX_IMAGE])?;
         Ok(())
     }
@@ -220,6 +209,127 @@ impl Drop for Docker {
     }
 }
 
+/// A root filesystem of Debian's busybox-static (a link per applet) tarred in `dir`.
+fn busybox_tar(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copying busybox (package busybox-static)")?;
+    let list = crate::sandbox::run_ok("/bin/busybox", &["--list"])?;
+    for applet in list.lines().filter(|a| *a != "busybox" && !a.is_empty()) {
+        let link = rootfs.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    let tar = dir.join("rootfs.tar");
+    crate::sandbox::run_ok("tar", &["-C", &rootfs.to_string_lossy(), "-cf", &tar.to_string_lossy(), "."])?;
+    Ok(tar)
+}
+
+/// Whether Podman and the reference CNI plugins are installed (`cargo xtask setup` does).
+pub fn podman_installed() -> bool {
+    Path::new("/usr/bin/podman").exists() && Path::new(CNI_PLUGINS).exists()
+}
+
+/// Debian's reference CNI plugins (bridge, host-local, portmap, ...).
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+/// Podman with the CNI backend, in a sandbox's host namespace; its storage, configuration and
+/// state in the sandbox's folder; bpfnet's CNI plugin (the `bpfnet` binary) in its plugin path.
+pub struct Podman {
+    dir: PathBuf,
+    netns: String,
+    cgroup: String,
+}
+
+impl Podman {
+    /// Sets Podman up in `sb` with the network configurations `conflists` (name, JSON).
+    pub fn new(sb: &Sandbox, conflists: &[(&str, serde_json::Value)]) -> Result<Podman> {
+        // Short: Podman refuses a runroot path longer than 50 characters.
+        let dir = sb.dir.join("p");
+        for sub in ["cni", "plugins", "root", "r", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let plugin = dir.join("plugins").join("bpfnet");
+        if !plugin.exists() {
+            std::os::unix::fs::symlink(crate::sandbox::bpfnet_bin(), &plugin)?;
+        }
+        for (name, conf) in conflists {
+            std::fs::write(dir.join("cni").join(format!("{name}.conflist")), serde_json::to_vec_pretty(conf)?)?;
+        }
+        let d = dir.display();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{d}/plugins\", \"{CNI_PLUGINS}\"]\nnetwork_config_dir = \"{d}/cni\"\n\
+                 [engine]\nlock_type = \"file\"\nstop_timeout = 1\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!("[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/r\"\n"),
+        )?;
+        Ok(Podman { dir, netns: sb.host(), cgroup: format!("{}-podman", sb.name) })
+    }
+
+    /// Runs podman (in the sandbox's host namespace) with `args`.
+    pub fn run(&self, args: &[&str]) -> Result<Ran> {
+        let d = &self.dir;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("r"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--network-config-dir")
+            .arg(d.join("cni"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"])
+            .args(args)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"));
+        run_with_limit(cmd, DOCKER_LIMIT)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let r = self.run(args)?;
+        if !r.ok {
+            bail!("podman {} failed: {}{}", args.join(" "), r.stderr, r.stdout);
+        }
+        Ok(r.stdout.trim().to_string())
+    }
+
+    /// `podman run -d` with the sandbox's cgroup parent and `args` (options, image, command).
+    pub fn run_detached(&self, name: &str, args: &[&str]) -> Result<String> {
+        let parent = format!("/{}", self.cgroup);
+        let mut all = vec!["run", "-d", "--name", name, "--cgroup-parent", &parent];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
+    pub fn import_busybox(&self) -> Result<()> {
+        let tar = busybox_tar(&self.dir)?;
+        self.ok(&["import", &tar.to_string_lossy(), BUSYBOX_IMAGE])?;
+        Ok(())
+    }
+
+    /// The PID of a running container's first process.
+    pub fn pid(&self, container: &str) -> Result<String> {
+        self.ok(&["inspect", "-f", "{{.State.Pid}}", container])
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-f", "-a", "-t", "0"]);
+        let _ = run("pkill", &["-KILL", "-f", &format!("conmon.*{}/", self.dir.display())]);
+        remove_cgroups(&self.cgroup);
+    }
+}
+
 /// Removes the cgroup folders named `name` that dockerd made under every hierarchy (one child
 /// per container), killing what still runs in them: container processes outlive a killed
 /// dockerd and its shims.
@@ -259,7 +369,7 @@ pub fn sweep() {
             if let Ok(entries) = std::fs::read_dir(h.path()) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with(&format!("{PREFIX}-")) && name.ends_with("-docker") {
+                    if name.starts_with(&format!("{PREFIX}-")) && (name.ends_with("-docker") || name.ends_with("-podman")) {
                         remove_cgroups(&name);
                     }
                 }

@@ -5,7 +5,7 @@ use std::{fmt, net::{IpAddr, Ipv4Addr}};
 use anyhow::{bail, Result};
 use datapath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
-    IpKey, PortKey, PortTarget,
+    port_flags, IpKey, PortKey, PortTarget,
 };
 use serde::{Deserialize, Serialize};
 
@@ -147,13 +147,15 @@ impl PublishedPort {
             && b < a + self.count as u32
     }
 
-    /// The `PORTS` entries of this publication for the container at `container`.
-    pub fn entries(&self, container: IpAddr) -> Vec<(PortKey, PortTarget)> {
+    /// The `PORTS` entries of this publication for the container at `container`;
+    /// `over_host_listeners`: see `port_flags::OVER_HOST_LISTENERS`.
+    pub fn entries(&self, container: IpAddr, over_host_listeners: bool) -> Vec<(PortKey, PortTarget)> {
+        let flags = if over_host_listeners { port_flags::OVER_HOST_LISTENERS } else { 0 };
         let addr = self.host_ip.map_or(IpKey { addr: [0; 4] }, IpKey::from);
         (0..self.count)
             .map(|i| {
                 let key = PortKey { addr, port: (self.host_port + i).to_be(), proto: self.protocol.number(), _pad: 0 };
-                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), ..PortTarget::default() };
+                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), flags, ..PortTarget::default() };
                 (key, target)
             })
             .collect()

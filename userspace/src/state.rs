@@ -90,6 +90,13 @@ impl Frontend {
         [Frontend::Api, Frontend::Docker, Frontend::Cni].into_iter().find(|f| f.name() == name)
     }
 
+    /// Whether the runtime behind this front-end holds its containers' host ports open as
+    /// reservations (Podman's conmon does, under CNI): their publications must win over host
+    /// listeners, as the iptables DNAT of CNI's portmap plugin would.
+    pub fn holds_port_reservations(self) -> bool {
+        self == Frontend::Cni
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Frontend::Api => "api",

@@ -10,7 +10,7 @@ mod lab;
 
 
 use bpfnet::test_run::time_tc;
-use datapath_common::{iface_flags, Counter, CtKey, IpKey, GATEWAY_MAC};
+use datapath_common::{iface_flags, port_flags, Counter, CtKey, IpKey, GATEWAY_MAC};
 use lab::*;
 
 // ---- tests ----
@@ -348,6 +348,22 @@ fn a_published_port_takes_only_new_connections_the_host_does_not_hold() {
         // And a SYN to a published port nobody holds goes in.
         let syn = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5558, 8080, 0x02, b""));
         assert_eq!(lab.from_uplink(&syn).verdict, REDIRECT);
+
+        // A publication over host listeners (a runtime's port reservations: Podman's conmon)
+        // takes new connections and datagrams a listener or an unconnected socket holds ...
+        lab.publish_with_flags(None, 8443, TCP, CONTAINER_IP, 443, port_flags::OVER_HOST_LISTENERS);
+        let syn = packet(UPLINK_MAC, ROUTER_MAC, client, tcp_segment(5559, 8443, 0x02, b""));
+        assert_eq!(lab.from_uplink(&syn).verdict, REDIRECT, "over the listener");
+        let _reservation = std::net::UdpSocket::bind("0.0.0.0:8053").unwrap();
+        lab.publish_with_flags(None, 8053, UDP, CONTAINER_IP, 53, port_flags::OVER_HOST_LISTENERS);
+        let dgram = packet(UPLINK_MAC, ROUTER_MAC, Ip { proto: UDP, ..client }, udp_datagram(5560, 8053, b"q"));
+        assert_eq!(lab.from_uplink(&dgram).verdict, REDIRECT, "over the unconnected UDP socket");
+        // ... but not the answers to the host's own flows (a connected socket).
+        let own = std::net::UdpSocket::bind("0.0.0.0:8054").unwrap();
+        own.connect((std::net::Ipv4Addr::from(CLIENT_IP), 5561)).unwrap();
+        lab.publish_with_flags(None, 8054, UDP, CONTAINER_IP, 54, port_flags::OVER_HOST_LISTENERS);
+        let answer = packet(UPLINK_MAC, ROUTER_MAC, Ip { proto: UDP, ..client }, udp_datagram(5561, 8054, b"a"));
+        assert_eq!(lab.from_uplink(&answer).verdict, PASS, "the host's own flow");
     });
 }
 

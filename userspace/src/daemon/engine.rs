@@ -162,12 +162,12 @@ impl Daemon {
         // New entries first, then the old ones that are not kept: a port kept across the change
         // is never missing from the datapath.
         for port in &chosen {
-            for (key, target) in port.entries(ep.address) {
+            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
                 self.datapath.set_port(key, target).map_err(Error::internal)?;
             }
         }
         for port in ep.ports.iter().filter(|p| !chosen.contains(p)) {
-            for (key, target) in port.entries(ep.address) {
+            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
                 if let Err(e) = self.datapath.remove_port_if(key, target) {
                     log::warn!("withdrawing {port} of endpoint {}: {e:#}", &ep.id[..12]);
                 }

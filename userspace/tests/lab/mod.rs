@@ -260,9 +260,13 @@ impl Lab {
     }
     /// Publishes `host_port` (on every address, or on `on`) to `to`:`container_port`.
     pub fn publish(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16) {
+        self.publish_with_flags(on, host_port, proto, to, container_port, 0);
+    }
+    /// [`Self::publish`] with `port_flags`.
+    pub fn publish_with_flags(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16, flags: u16) {
         let addr = on.map_or(IpKey { addr: [0; 4] }, IpKey::from_ipv4_octets);
         let key = PortKey { addr, port: host_port.to_be(), proto, _pad: 0 };
-        let target = PortTarget { addr: IpKey::from_ipv4_octets(to), port: container_port.to_be(), ..PortTarget::default() };
+        let target = PortTarget { addr: IpKey::from_ipv4_octets(to), port: container_port.to_be(), flags, ..PortTarget::default() };
         self.dp.set_port(key, target).unwrap();
     }
     /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
