@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checks;
 pub mod demo;
+pub mod enginebench;
 pub mod engines;
 pub mod kubeproxy;
 pub mod lbscale;

@@ -335,12 +335,22 @@ struct DaemonArgs {
     docker_plugin: Option<PathBuf>,
     /// Serve DNS on every network's gateway (port 53, UDP and TCP): the network's container
     /// names, aliases and services resolve to their addresses, other names are forwarded.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     dns: bool,
     /// Resolver that names bpfnet does not know are forwarded to (repeatable; IP or IP:PORT).
     /// Default: the nameservers of /etc/resolv.conf.
     #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on ADDR:PORT (`GET /metrics`): datapath counters by reason, the
+    /// connection table's use, networks, endpoints, services, backends, API request durations.
+    /// Off by default. The address is one of the daemon's namespace (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Configuration file: every flag of this command as a setting of the same name (e.g.
+    /// `ct-max = 262144`, `uplink = ["eth0"]`, `docker-plugin = "/run/docker/plugins"`); flags
+    /// given on the command line win. Default: /etc/bpfnet/config.toml, when it exists.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -441,7 +451,14 @@ pub fn main() -> ExitCode {
     // Like other CLIs, end quietly when the reader of our output goes away (`bpfnet stats | head`).
     // SAFETY: restoring the default disposition of one signal before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let args = match crate::config_file::merge(std::env::args_os().collect(), &command()) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args, cli.socket),
         command => runtime().and_then(|rt| rt.block_on(run_client(command, cli.socket))),
@@ -454,6 +471,13 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line's definition, global flags propagated to the subcommands.
+pub fn command() -> clap::Command {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    command
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -505,6 +529,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         },
         cgroup_root: args.cgroup_root,
         docker_plugin: args.docker_plugin,
+        metrics: args.metrics,
         dns: crate::dns::DnsConfig {
             enabled: args.dns,
             upstreams: if args.dns_upstreams.is_empty() {

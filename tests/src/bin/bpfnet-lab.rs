@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use bpfnet_lab::{bench, demo, lbscale, sandbox, svcbench, traffic};
+use bpfnet_lab::{bench, demo, enginebench, lbscale, sandbox, svcbench, traffic};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,6 +25,9 @@ enum Command {
     /// with 1 to 10,000 services installed, bpfnet (XDP and TC) against kube-proxy's iptables
     /// (nf_tables and legacy) and nftables rules; install and change times; a plot.
     SvcBench(svcbench::Options),
+    /// Time from `docker run` / `podman run` / `docker network connect` to a container whose
+    /// network answers, on bpfnet and on the engines' own bridges, side by side (p50/p99).
+    EngineBench(enginebench::Options),
     /// Remove namespaces, processes, mounts and files left by interrupted sandboxes.
     Sweep,
     /// Traffic tools, run inside namespaces by the benchmark.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(opts) => bench::run(&opts).map(|_| ()),
         Command::LbScale(opts) => lbscale::run(&opts).map(|_| ()),
         Command::SvcBench(opts) => svcbench::run(&opts).map(|_| ()),
+        Command::EngineBench(opts) => enginebench::run(&opts).map(|_| ()),
         Command::Sweep => sandbox::sweep().map(|n| {
             if n > 0 {
                 eprintln!("bpfnet-lab: removed {n} leftover namespaces");

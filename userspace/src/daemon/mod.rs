@@ -68,6 +68,8 @@ pub struct Config {
     pub docker_plugin: Option<PathBuf>,
     /// `--dns`, `--dns-upstream`: the embedded resolvers.
     pub dns: crate::dns::DnsConfig,
+    /// `--metrics`: where Prometheus metrics are served (`None`: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The last committed state, shared with readers that must not wait for a change in progress.

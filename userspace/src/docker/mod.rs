@@ -65,6 +65,7 @@ pub fn network_name(docker_id: &str) -> String {
 struct Plugin {
     daemon: Arc<Mutex<Daemon>>,
     worker: Handle,
+    recorder: crate::metrics::Recorder,
 }
 
 /// An answer in the protocol's shape: the body on success, `{"Err": ...}` on failure.
@@ -121,10 +122,13 @@ fn gone_is_done(result: DaemonResult<()>) -> DaemonResult<()> {
 
 async fn call(State(plugin): State<Plugin>, UrlPath(name): UrlPath<String>, body: Bytes) -> Answer {
     log::debug!("docker: {name} {}", String::from_utf8_lossy(&body));
-    match handle(&plugin, &name, &body).await {
-        Ok(answer) => answer,
-        Err(answer) => answer,
+    let start = std::time::Instant::now();
+    let (Ok(answer) | Err(answer)) = handle(&plugin, &name, &body).await;
+    // Calls of the protocol only: a route per unknown name would be a series per typo.
+    if !matches!(&answer.0, Err((StatusCode::NOT_FOUND, _))) {
+        plugin.recorder.request("POST", &format!("docker:{name}"), start.elapsed().as_secs_f64());
     }
+    answer
 }
 
 async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Answer> {
@@ -337,8 +341,8 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
 }
 
 /// The plugin's HTTP routes.
-pub fn router(daemon: Arc<Mutex<Daemon>>, worker: Handle) -> Router {
-    Router::new().route("/{call}", post(call)).with_state(Plugin { daemon, worker })
+pub fn router(daemon: Arc<Mutex<Daemon>>, worker: Handle, recorder: crate::metrics::Recorder) -> Router {
+    Router::new().route("/{call}", post(call)).with_state(Plugin { daemon, worker, recorder })
 }
 
 #[cfg(test)]

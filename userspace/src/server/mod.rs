@@ -39,6 +39,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 /// what reads need without waiting for a change in progress.
 #[derive(Clone)]
 struct App {
+    recorder: crate::metrics::Recorder,
     daemon: Arc<Mutex<Daemon>>,
     worker: Handle,
     published: Published,
@@ -275,6 +276,7 @@ fn router(app: App) -> Router {
         .route("/services/{name}", get(service_inspect).delete(service_remove))
         .route("/services/{name}/backends", post(backend_add))
         .route("/services/{name}/backends/remove", post(backend_remove))
+        .route_layer(axum::middleware::from_fn_with_state(app.recorder.clone(), crate::metrics::Recorder::layer))
         .fallback(no_such_route)
         .with_state(app)
 }
@@ -316,10 +318,11 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let counters = Arc::new(Counters::open(&config.bpffs)?);
     let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
     let daemon = Arc::new(Mutex::new(daemon));
+    let recorder = crate::metrics::Recorder::default();
     let bound = socket::bind(&config.socket)?;
     let dns = config.dns.enabled.then(|| crate::dns::spawn(published.clone(), config.dns.clone()));
     let plugin = match &config.docker_plugin {
-        Some(dir) => Some(serve_docker_plugin(dir, daemon.clone(), worker.clone(), limits)?),
+        Some(dir) => Some(serve_docker_plugin(dir, daemon.clone(), worker.clone(), limits, recorder.clone())?),
         None => None,
     };
     log::info!(
@@ -382,7 +385,19 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
             _ = int.recv() => {}
         }
     };
-    let app = App { daemon: daemon.clone(), worker, published, counters, conntrack, uplinks };
+    let metrics = match config.metrics {
+        Some(addr) => {
+            let sources = crate::metrics::Sources {
+                published: published.clone(),
+                counters: counters.clone(),
+                conntrack: conntrack.clone(),
+                recorder: recorder.clone(),
+            };
+            Some(crate::metrics::serve(addr, sources).await?)
+        }
+        None => None,
+    };
+    let app = App { recorder, daemon: daemon.clone(), worker, published, counters, conntrack, uplinks };
     limits::serve(bound.listener, router(app), &limits, shutdown).await;
     // Changes run to completion on their own tasks; taking the lock waits for the one in progress
     // (those queued behind it never start), and stops the collector between two batches. Idle
@@ -392,6 +407,9 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     expirer.abort();
     if let Some(dns) = dns {
         dns.abort();
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     socket::remove_if_ours(&config.socket, bound.inode);
     if let Some((task, path, inode)) = plugin {
@@ -410,13 +428,14 @@ fn serve_docker_plugin(
     daemon: Arc<Mutex<Daemon>>,
     worker: Handle,
     limits: Limits,
+    recorder: crate::metrics::Recorder,
 ) -> Result<(tokio::task::JoinHandle<()>, std::path::PathBuf, u64)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating the Docker plugin folder {}", dir.display()))?;
     let path = crate::docker::socket_path(dir);
     socket::check_free(&path)?;
     let bound = socket::bind(&path)?;
     log::info!("Docker network plugin {:?} on {}", crate::docker::PLUGIN_NAME, path.display());
-    let router = crate::docker::router(daemon, worker);
+    let router = crate::docker::router(daemon, worker, recorder);
     let task = tokio::spawn(async move { limits::serve(bound.listener, router, &limits, std::future::pending()).await });
     Ok((task, path, bound.inode))
 }
