@@ -130,9 +130,9 @@ pub fn podman(n: usize) -> Result<Row> {
     sb.bpfnet_ok(&["network", "create", "bnet", "--subnet", "10.234.0.0/16"])?;
     let bpfnet_conf = json!({"cniVersion": "1.0.0", "name": "bnet", "plugins": [{
         "type": "bpfnet", "network": "bnet", "socket": sb.socket().display().to_string(),
-        "capabilities": {"portMappings": true}}]});
+        "capabilities": {"portMappings": true, "ips": true}}]});
     let bridge_conf = json!({"cniVersion": "1.0.0", "name": "rbridge", "plugins": [{
-        "type": "bridge", "bridge": "bpfnetlab-cni0", "isGateway": true, "ipMasq": false,
+        "type": "bridge", "bridge": "bpfnetlab-cni0", "isGateway": true, "ipMasq": false, "capabilities": {"ips": true},
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.235.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]});
     let podman = Podman::new(&sb, &[("bnet", bpfnet_conf), ("rbridge", bridge_conf)])?;
     podman.import_busybox()?;

@@ -110,11 +110,7 @@ impl Docker {
 
     /// Runs the docker CLI; fails unless it succeeds. Returns stdout, trimmed.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let r = self.run(args)?;
-        if !r.ok {
-            bail!("docker {} failed: {}{}", args.join(" "), r.stderr, r.stdout);
-        }
-        Ok(r.stdout.trim().to_string())
+        succeeded("docker", args, self.run(args)?)
     }
 
     /// Imports [`BUSYBOX_IMAGE`] from Debian's busybox-static.
@@ -209,6 +205,14 @@ impl Drop for Docker {
     }
 }
 
+/// The trimmed stdout of an engine command `tool args` that ran as `r`, or why it failed.
+fn succeeded(tool: &str, args: &[&str], r: Ran) -> Result<String> {
+    if !r.ok {
+        bail!("{tool} {} failed: {}{}", args.join(" "), r.stderr, r.stdout);
+    }
+    Ok(r.stdout.trim().to_string())
+}
+
 /// A root filesystem of Debian's busybox-static (a link per applet) tarred in `dir`.
 fn busybox_tar(dir: &Path) -> Result<PathBuf> {
     let rootfs = dir.join("rootfs");
@@ -294,12 +298,9 @@ impl Podman {
         run_with_limit(cmd, DOCKER_LIMIT)
     }
 
+    /// Runs podman; fails unless it succeeds. Returns stdout, trimmed.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let r = self.run(args)?;
-        if !r.ok {
-            bail!("podman {} failed: {}{}", args.join(" "), r.stderr, r.stdout);
-        }
-        Ok(r.stdout.trim().to_string())
+        succeeded("podman", args, self.run(args)?)
     }
 
     /// `podman run -d` with the sandbox's cgroup parent and `args` (options, image, command).

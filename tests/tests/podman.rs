@@ -24,7 +24,7 @@ fn podman_attaches_containers_through_the_cni_plugin() {
     sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.218.0.0/24"]).unwrap();
     let conflist = j!({"cniVersion": "1.0.0", "name": "web", "plugins": [{
         "type": "bpfnet", "network": "web", "socket": sb.socket().display().to_string(),
-        "capabilities": {"portMappings": true, "aliases": true}}]});
+        "capabilities": {"portMappings": true, "aliases": true, "ips": true}}]});
     let podman = Podman::new(&sb, &[("web", conflist)]).unwrap();
     podman.import_busybox().unwrap();
 
@@ -32,6 +32,10 @@ fn podman_attaches_containers_through_the_cni_plugin() {
     podman.run_detached("p2", &["--network", "web", "-p", "8080:80", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
     let ip = |c: &str| podman.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c]).unwrap();
     assert_eq!((ip("p1"), ip("p2")), ("10.218.0.2".to_string(), "10.218.0.3".to_string()), "bpfnet's addresses");
+    // --ip reaches bpfnet through the `ips` capability.
+    podman.run_detached("p3", &["--network", "web", "--ip", "10.218.0.50", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    assert_eq!(ip("p3"), "10.218.0.50", "{}", std::fs::read_to_string(sb.daemon_log()).unwrap());
+    podman.ok(&["rm", "-f", "-t", "0", "p3"]).unwrap();
     let eps = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
     assert!(eps.as_array().unwrap().iter().all(|e| e["frontend"] == "cni" && e["network"] == "web"), "{eps}");
     assert!(podman.run(&["exec", "p1", "ping", "-c", "1", "-W", "1", "10.218.0.3"]).unwrap().ok, "p1 -> p2");

@@ -889,10 +889,11 @@ async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
                         if e.attachment.is_some() { "attached" } else { "allocated" }.into(),
                         netns,
                         interface,
+                        e.frontend.clone(),
                     ]
                 })
                 .collect();
-            print_table(&["ENDPOINT ID", "NAME", "NETWORK", "ADDRESS", "STATE", "NAMESPACE", "INTERFACE"], &rows);
+            print_table(&["ENDPOINT ID", "NAME", "NETWORK", "ADDRESS", "STATE", "NAMESPACE", "INTERFACE", "FRONTEND"], &rows);
         }
         EndpointCommand::Inspect { endpoints } => {
             let mut out = Vec::new();

@@ -106,17 +106,22 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 /// The container's name as its runtime knows it: `K8S_POD_NAME` in CNI_ARGS (Podman and
 /// Kubernetes runtimes send it), else the first 12 digits of the container id.
 fn container_name(args: Option<&str>, container_id: &str) -> String {
-    let from_args = args.unwrap_or_default().split(';').find_map(|kv| kv.strip_prefix("K8S_POD_NAME=")).filter(|n| !n.is_empty());
-    match from_args {
+    match cni_arg(args, "K8S_POD_NAME") {
         Some(name) if crate::ipam::validate_name("container", name).is_ok() => name.to_string(),
         _ => container_id.chars().take(12).collect(),
     }
 }
 
+/// A value of CNI_ARGS (`K1=V1;K2=V2`).
+fn cni_arg<'a>(args: Option<&'a str>, key: &str) -> Option<&'a str> {
+    args?.split(';').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')).filter(|v| !v.is_empty())
+}
+
 /// `runtimeConfig`: `portMappings` as `-p` values, `ips` (the first IPv4), `aliases` for
-/// this network.
-fn runtime_spec(netconf: &NetConf, network: &str) -> Result<api::EndpointSpec, CniError> {
+/// this network; or the address in CNI_ARGS' `IP` (how Podman passes `--ip`, as for host-local).
+fn runtime_spec(netconf: &NetConf, network: &str, cni_args: Option<&str>) -> Result<api::EndpointSpec, CniError> {
     let mut spec = api::EndpointSpec::default();
+    spec.ip = cni_arg(cni_args, "IP").map(|ip| ip.split('/').next().unwrap_or(ip).to_string());
     let Some(rc) = &netconf.runtime_config else { return Ok(spec) };
     for pm in &rc.port_mappings {
         let protocol = pm.protocol.map(|p| serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string))).flatten();
@@ -130,7 +135,9 @@ fn runtime_spec(netconf: &NetConf, network: &str) -> Result<api::EndpointSpec, C
     }
     if let Some(ips) = rc.custom.get("ips").and_then(Value::as_array) {
         let first = ips.iter().filter_map(Value::as_str).map(|s| s.split('/').next().unwrap_or(s)).find(|s| !s.contains(':'));
-        spec.ip = first.map(str::to_string);
+        if let Some(ip) = first {
+            spec.ip = Some(ip.to_string());
+        }
     }
     if let Some(aliases) = rc.custom.get("aliases").and_then(|a| a.get(network)).and_then(Value::as_array) {
         spec.aliases = aliases.iter().filter_map(Value::as_str).map(str::to_string).collect();
@@ -144,7 +151,7 @@ impl Cni for BpfnetCni {
         let container = required(args.container_id(), "CNI_CONTAINERID")?.to_string();
         let ifname = required(args.ifname(), "CNI_IFNAME")?.to_string();
         let netns = args.netns().ok_or_else(|| CniError::InvalidEnvValue("CNI_NETNS is not set".into()))?.display().to_string();
-        let spec = runtime_spec(args.config(), &conf.network)?;
+        let spec = runtime_spec(args.config(), &conf.network, args.args())?;
         let id = endpoint_id(&container, &ifname, &conf.network);
         let name = container_name(args.args(), &container);
         call(async {
@@ -271,6 +278,16 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, endpoint_id("c0ffee", "eth1", "web"));
         assert_ne!(a, endpoint_id("c0ffee", "eth0", "db"));
+    }
+
+    #[test]
+    fn static_address_from_cni_args_or_runtime_config() {
+        let conf: NetConf = serde_json::from_str(r#"{"cniVersion":"1.0.0","name":"web","type":"bpfnet"}"#).unwrap();
+        assert_eq!(runtime_spec(&conf, "web", Some("IgnoreUnknown=1;IP=10.1.0.9")).unwrap().ip.as_deref(), Some("10.1.0.9"));
+        assert_eq!(runtime_spec(&conf, "web", None).unwrap().ip, None);
+        let conf: NetConf =
+            serde_json::from_str(r#"{"cniVersion":"1.0.0","name":"web","type":"bpfnet","runtimeConfig":{"ips":["fd00::5/64","10.1.0.7/24"]}}"#).unwrap();
+        assert_eq!(runtime_spec(&conf, "web", Some("IP=10.1.0.9")).unwrap().ip.as_deref(), Some("10.1.0.7"));
     }
 
     #[test]

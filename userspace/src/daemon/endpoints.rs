@@ -276,12 +276,7 @@ impl Daemon {
             gro: false,
         };
 
-        // Write ahead: from here on a crash leaves a record of what this attach made.
-        self.state.connecting.push(ep.clone());
-        if let Err(e) = self.store.save(&self.state) {
-            self.state.connecting.retain(|c| c.id != ep.id);
-            return Err(Error::internal(e));
-        }
+        self.write_ahead(&ep)?;
         let applied = self.apply_endpoint(net, ns, &mut ep, wants_default_route).await;
         crash_point("configured");
         self.state.connecting.retain(|c| c.id != ep.id);
@@ -296,14 +291,7 @@ impl Daemon {
                 Error::internal(e)
             });
         }
-        let before = self.state.clone();
-        self.state.allocations.retain(|a| a.id != ep.id);
-        self.state.endpoints.push(ep.clone());
-        if let Err(e) = self.commit() {
-            self.state = before;
-            self.undo_connect(&ep).await;
-            return Err(Error::internal(e));
-        }
+        self.commit_attached(&ep).await?;
         log::info!(
             "endpoint {} {verb}: {} {} {}/{} on network {} (host side {})",
             &ep.id[..12],
@@ -358,6 +346,31 @@ impl Daemon {
             ports.push(port);
         }
         Ok(ports)
+    }
+
+    /// Write ahead: records `ep` in `State::connecting` before its first kernel change, so that a
+    /// crash from then on leaves a record of what its attach made.
+    pub(super) fn write_ahead(&mut self, ep: &Endpoint) -> DaemonResult<()> {
+        self.state.connecting.push(ep.clone());
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.connecting.retain(|c| c.id != ep.id);
+            return Err(Error::internal(e));
+        }
+        Ok(())
+    }
+
+    /// Commits the attached endpoint `ep` in place of its allocation; if that fails, undoes the
+    /// attach (the allocation stays as it was).
+    pub(super) async fn commit_attached(&mut self, ep: &Endpoint) -> DaemonResult<()> {
+        let before = self.state.clone();
+        self.state.allocations.retain(|a| a.id != ep.id);
+        self.state.endpoints.push(ep.clone());
+        if let Err(e) = self.commit() {
+            self.state = before;
+            self.undo_connect(ep).await;
+            return Err(Error::internal(e));
+        }
+        Ok(())
     }
 
     /// What already publishes a port that `port` overlaps, said as "<port> is already published

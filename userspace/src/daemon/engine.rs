@@ -76,11 +76,7 @@ impl Daemon {
             // from the uplink take the TC path into this endpoint.
             gro: false,
         };
-        self.state.connecting.push(ep.clone());
-        if let Err(e) = self.store.save(&self.state) {
-            self.state.connecting.retain(|c| c.id != ep.id);
-            return Err(Error::internal(e));
-        }
+        self.write_ahead(&ep)?;
         let peer = handover_veth_name(&ep.id);
         let made = self.make_programmed_veth(&net, &mut ep, &peer, None).await;
         self.state.connecting.retain(|c| c.id != ep.id);
@@ -88,14 +84,7 @@ impl Daemon {
             self.undo_connect(&ep).await;
             return Err(Error::internal(e));
         }
-        let before = self.state.clone();
-        self.state.allocations.retain(|a| a.id != ep.id);
-        self.state.endpoints.push(ep.clone());
-        if let Err(e) = self.commit() {
-            self.state = before;
-            self.undo_connect(&ep).await;
-            return Err(Error::internal(e));
-        }
+        self.commit_attached(&ep).await?;
         log::info!(
             "endpoint {} attached for {}: {} {}/{} on network {} (host side {}, handed over as {peer})",
             &ep.id[..12],
