@@ -85,7 +85,6 @@ impl Collector for Snapshot {
             let labels = [("counter", name.as_str()), ("kind", if *drop { "drop" } else { "forward" })];
             ConstCounter::new(*value).encode(e.encode_family(&labels)?)?;
         }
-        let _ = &mut e;
         let gauges: [(&str, &str, i64); 4] = [
             ("bpfnet_networks", "Networks", self.networks as i64),
             ("bpfnet_services", "Services", self.services as i64),

@@ -7,12 +7,7 @@
 //! Network configuration (in a conflist): `{"type": "bpfnet", "network": "NAME", "socket":
 //! "/run/bpfnet/bpfnet.sock", "capabilities": {"portMappings": true, "ips": true, "aliases":
 //! true}}`; `network` defaults to the configuration's `name`.
-use std::{
-    collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::{hash::Hasher, net::IpAddr, path::PathBuf};
 
 use rscni_plugin::{
     cni::{Cni, Plugin},
@@ -21,6 +16,7 @@ use rscni_plugin::{
 };
 use rscni_types::ipnet::IpNet;
 use serde_json::Value;
+use siphasher::sip::SipHasher13;
 
 use crate::{
     api,
@@ -65,12 +61,16 @@ fn conf(netconf: &NetConf) -> Result<Conf, CniError> {
 }
 
 /// The endpoint of one attachment (container, interface, network): the same for ADD, CHECK and
-/// DEL of it, so DEL needs nothing the runtime does not send again (and works after a restart).
+/// DEL of it, so DEL needs nothing the runtime does not send again (and works after a restart or
+/// an upgrade: SipHash-1-3 with fixed keys, not std's hasher, whose algorithm may change).
 pub fn endpoint_id(container_id: &str, ifname: &str, network: &str) -> String {
-    (0u8..4)
+    (0u64..4)
         .map(|part| {
-            let mut h = DefaultHasher::new();
-            ("bpfnet-cni", part, container_id, ifname, network).hash(&mut h);
+            let mut h = SipHasher13::new_with_keys(0x6270_666e_6574_636e, part);
+            for field in [container_id, ifname, network] {
+                h.write(field.as_bytes());
+                h.write_u8(0);
+            }
             format!("{:016x}", h.finish())
         })
         .collect()
@@ -278,6 +278,10 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, endpoint_id("c0ffee", "eth1", "web"));
         assert_ne!(a, endpoint_id("c0ffee", "eth0", "db"));
+        // Fields cannot run into each other.
+        assert_ne!(endpoint_id("ab", "c", "web"), endpoint_id("a", "bc", "web"));
+        // Fixed forever: a DEL after an upgrade must find what the ADD made.
+        assert_eq!(a, "5e738b1c5c8b2bf0b9b3d072e2d6b64bae3bc3a1f76d1a0c5dfbea7634f9f5d9");
     }
 
     #[test]
