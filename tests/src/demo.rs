@@ -182,10 +182,18 @@ fn endpoint_lifecycle(sb: &mut Sandbox, con1: &str) -> Result<Vec<String>> {
     let w2 = sb.add_netns("w2")?;
     let id = cli(sb, &["endpoint", "create", "backend", "web", "--ip", "10.210.1.50"])?.trim().to_string();
     let mut expect = |what: &str, expected: bool| -> Result<()> {
-        let observed = sb.ping(con1, "10.210.1.50")?;
+        // Answering endpoints get three pings: the first after an attach to a fresh namespace
+        // is lost now and then (seen in this demo, not in the tests: see the note).
+        let tries = if expected { 3 } else { 1 };
+        let answered_at = (1..=tries).find(|_| sb.ping(con1, "10.210.1.50").unwrap_or(false));
+        let observed = answered_at.is_some();
         let word = |b: bool| if b { "answers" } else { "silent" };
         let mark = if expected == observed { "ok" } else { "WRONG" };
-        println!("con1 -> 10.210.1.50 {what}: {} (expected {}) {mark}", word(observed), word(expected));
+        let late = match answered_at {
+            Some(n) if n > 1 => format!(" (ping {n})"),
+            _ => String::new(),
+        };
+        println!("con1 -> 10.210.1.50 {what}: {}{late} (expected {}) {mark}", word(observed), word(expected));
         if expected != observed {
             failures.push(format!("endpoint {what}: expected {}, observed {}", word(expected), word(observed)));
         }
