@@ -90,7 +90,6 @@ fn flags_of(text: &str, daemon: &clap::Command) -> Result<Vec<(String, String)>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     fn merged(args: &[&str], file: &str) -> Result<Vec<String>> {
         let dir = std::env::temp_dir().join(format!("bpfnet-config-test-{}-{}", std::process::id(), args.len()));

@@ -244,8 +244,8 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
             ok(json!({}))
         }
         "NetworkDriver.EndpointOperInfo" => {
-            let req: protocol::EndpointCall = parse(name, body)?;
-            let _ = req.network_id;
+            // Checked for shape; bpfnet has no operational data beyond what Docker knows.
+            let _: protocol::EndpointCall = parse(name, body)?;
             ok(json!({ "Value": {} }))
         }
         "NetworkDriver.Join" => {
@@ -255,7 +255,6 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
                 Box::pin(async move { d.attach_handover(&id, &key, INTERFACE_PREFIX).await })
             })
             .await?;
-            let _ = req.network_id;
             let mut out = json!({ "InterfaceName": { "SrcName": handover.interface, "DstPrefix": INTERFACE_PREFIX } });
             if let Some(gateway) = handover.gateway {
                 out["Gateway"] = json!(gateway.to_string());
@@ -283,7 +282,6 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
                 .and_then(|bindings| bindings.iter().map(|b| b.request()).collect::<Result<Vec<_>, _>>())
                 .map_err(refused)?;
             let id = req.endpoint_id;
-            let _ = req.network_id;
             change(plugin, move |d| Box::pin(async move { d.publish(&id, &requests).await.map(|_| ()) })).await?;
             ok(json!({}))
         }
