@@ -473,7 +473,7 @@ impl Daemon {
         self.datapath.set_iface(link.index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
         self.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
         for port in &ep.ports {
-            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
+            for (key, target) in ep.port_entries(port) {
                 self.datapath.set_port(key, target)?;
             }
         }
@@ -524,7 +524,7 @@ impl Daemon {
             errors.push(e);
         }
         for port in &ep.ports {
-            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
+            for (key, target) in ep.port_entries(port) {
                 if let Err(e) = self.datapath.remove_port_if(key, target) {
                     errors.push(e);
                 }

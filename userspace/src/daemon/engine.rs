@@ -24,7 +24,6 @@ pub struct Handover {
     pub interface: String,
     /// The network's gateway; `None` on an internal network (no default route).
     pub gateway: Option<IpAddr>,
-    pub mac: [u8; 6],
 }
 
 /// Name of the container's side of a handed-over veth while it is still in the daemon's
@@ -44,7 +43,6 @@ impl Daemon {
                 return Ok(Handover {
                     interface: handover_veth_name(&ep.id),
                     gateway: (!net.internal).then_some(net.gateway),
-                    mac: ep.mac,
                 });
             }
             Found::Attached(ep) => {
@@ -95,7 +93,7 @@ impl Daemon {
             net.name,
             ep.host_interface
         );
-        Ok(Handover { interface: peer, gateway: (!net.internal).then_some(net.gateway), mac: ep.mac })
+        Ok(Handover { interface: peer, gateway: (!net.internal).then_some(net.gateway) })
     }
 
     /// Sets the published ports of the attached endpoint `id` to `requests` (each gets the first
@@ -151,12 +149,12 @@ impl Daemon {
         // New entries first, then the old ones that are not kept: a port kept across the change
         // is never missing from the datapath.
         for port in &chosen {
-            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
+            for (key, target) in ep.port_entries(port) {
                 self.datapath.set_port(key, target).map_err(Error::internal)?;
             }
         }
         for port in ep.ports.iter().filter(|p| !chosen.contains(p)) {
-            for (key, target) in port.entries(ep.address, ep.frontend.holds_port_reservations()) {
+            for (key, target) in ep.port_entries(port) {
                 if let Err(e) = self.datapath.remove_port_if(key, target) {
                     log::warn!("withdrawing {port} of endpoint {}: {e:#}", &ep.id[..12]);
                 }

@@ -9,21 +9,24 @@ use crate::{
 };
 
 impl Daemon {
+    /// What a new subnet must stay clear of besides networks: the prefixes the host routes and
+    /// the addresses it holds; with `pools`, also the pools Docker's IPAM holds (as if routed).
+    pub(super) async fn host_networks(&self, pools: bool) -> DaemonResult<HostNetworks> {
+        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
+        let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
+        if pools {
+            routes.extend(self.state.pools.iter().map(|p| p.subnet));
+        }
+        Ok(HostNetworks { routes, addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)? })
+    }
+
     pub async fn create_network(&mut self, req: api::CreateNetwork) -> DaemonResult<api::NetworkInspect> {
         ipam::validate_name("network", &req.name).map_err(Error::invalid)?;
         if self.state.network_by_name(&req.name).is_some() {
             return Err(Error::conflict(format!("network with name {:?} already exists", req.name)));
         }
-        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
-        let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
-        if req.subnet.is_none() {
-            // A subnet of the default pool: none Docker's IPAM holds.
-            routes.extend(self.state.pools.iter().map(|p| p.subnet));
-        }
-        let host = HostNetworks {
-            routes,
-            addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)?,
-        };
+        // A subnet of the default pool: none Docker's IPAM holds.
+        let host = self.host_networks(req.subnet.is_none()).await?;
         let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
         // A pool Docker's IPAM holds is for the Docker network made on exactly it.
         if let Some(pool) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {

@@ -7,11 +7,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{Daemon, DaemonResult, Error, GATEWAY_LABEL};
-use crate::{
-    ipam::{self, HostNetworks},
-    state::Pool,
-};
+use super::{Daemon, DaemonResult, Error};
+use crate::{ipam, state::Pool};
 
 impl Daemon {
     /// Reserves the subnet `requested`, or the first free one of the default pool.
@@ -22,11 +19,8 @@ impl Daemon {
                 return Err(Error::conflict(format!("subnet {net} overlaps with {}, a pool Docker holds already", pool.subnet)));
             }
         }
-        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
-        let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
         // Pools not yet networks count as taken too.
-        routes.extend(self.state.pools.iter().map(|p| p.subnet));
-        let host = HostNetworks { routes, addresses: self.netlink.host_addresses(GATEWAY_LABEL).await.map_err(Error::internal)? };
+        let host = self.host_networks(true).await?;
         let subnet = ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?;
         self.state.pools.push(Pool { subnet, addresses: vec![] });
         if let Err(e) = self.commit() {

@@ -124,7 +124,7 @@ impl Daemon {
             }
             desired_endpoints.insert(IpKey::from(ep.address));
             desired_ifaces.insert(link.index);
-            desired_ports.extend(ep.ports.iter().flat_map(|p| p.entries(ep.address, ep.frontend.holds_port_reservations())).map(|(key, _)| key));
+            desired_ports.extend(ep.ports.iter().flat_map(|p| ep.port_entries(p)).map(|(key, _)| key));
             // One broken endpoint must not keep the daemon (and every other endpoint) down.
             if let Err(e) = self.program_endpoint(&net, &ep, &link).await {
                 log::error!("could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);

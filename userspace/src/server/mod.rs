@@ -81,14 +81,22 @@ type Reply<T> = std::result::Result<Json<T>, Error>;
 
 /// Runs a change on its own task on the worker: if the client goes away (Ctrl-C on the CLI),
 /// hyper drops the handler, but a change half-way through must still finish or roll back.
+pub(crate) async fn on_worker<T: Send + 'static>(
+    worker: &Handle,
+    request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
+) -> DaemonResult<T> {
+    match worker.spawn(request).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
+    }
+}
+
+/// [`on_worker`], answered as JSON.
 async fn to_completion<T: Send + 'static>(
     worker: &Handle,
     request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
 ) -> Reply<T> {
-    match worker.spawn(request).await {
-        Ok(result) => result.map(Json),
-        Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
-    }
+    on_worker(worker, request).await.map(Json)
 }
 
 async fn list(State(app): State<App>) -> Json<Vec<api::NetworkSummary>> {
