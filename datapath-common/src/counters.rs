@@ -95,6 +95,15 @@ counters! {
     /// As `service_balanced`, done in XDP at the uplink: a new connection from outside to a
     /// published service sent to its backend.
     XdpServiceBalanced = 25, "xdp_service_balanced", pass;
+    /// An address no network sends from or to: a loopback (127.0.0.0/8) or `0.0.0.0/8`
+    /// destination, or such a source, or a multicast or broadcast source, from an uplink or a
+    /// container (a publication on 127.0.0.1 is for the host's own processes).
+    DropMartian = 26, "drop_martian", drop;
+    /// Arrived on an uplink with a source that is a container's or the host's own address.
+    DropUplinkSpoofed = 27, "drop_uplink_spoofed", drop;
+    /// From an uplink to a container's address, outside any tracked connection or publication
+    /// (a LAN peer routing to a container subnet through the host).
+    DropUplinkToContainer = 28, "drop_uplink_to_container", drop;
 }
 
 #[cfg(test)]
@@ -106,10 +115,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 26);
+        assert_eq!(Counter::COUNT, 29);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 13);
+        assert_eq!(drops, 16);
     }
 }

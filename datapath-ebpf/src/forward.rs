@@ -8,7 +8,7 @@ use aya_ebpf::{
 use datapath_common::{iface_flags, Counter, IpKey};
 
 use crate::{
-    arp,
+    arp, guard,
     nat,
     counters::{count, drop_packet},
     maps::{ENDPOINTS, IFACES},
@@ -41,6 +41,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
     if saddr != iface.ipv4 {
         return drop_packet(ctx, Counter::DropSpoofedSource);
+    }
+    if guard::martian_destination(u32::from_ne_bytes(daddr)) {
+        return drop_packet(ctx, Counter::DropMartian);
     }
     if daddr == iface.gateway_ipv4 {
         // The host, or a published port through the gateway's address, or the answer to a

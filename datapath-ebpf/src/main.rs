@@ -20,7 +20,7 @@
 //! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `mem`
 //! (zeroing without byte loops), `arp`,
 //! `conntrack` (tuples, state, the CT maps), `nat`, `lb` (service backends: Maglev, affinity),
-//! `reject` (refusing connections to empty services), `route` (FIB and redirects), `socket`, `forward`
+//! `guard` (martian, spoofed and unsolicited packets), `reject` (refusing connections to empty services), `route` (FIB and redirects), `socket`, `forward`
 //! (container-side decisions), `xdp` (the uplink's XDP path), `counters` and `trace`.
 #![no_std]
 #![no_main]
@@ -30,6 +30,7 @@ mod checksum;
 mod conntrack;
 mod counters;
 mod forward;
+mod guard;
 mod headers;
 mod lb;
 mod maps;

@@ -17,7 +17,7 @@ use crate::{
     },
     lb::{self, Choice},
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
-    reject, route,
+    guard, reject, route,
 };
 
 /// What the packets of one direction of a connection need from its entry, copied out of the map
@@ -97,7 +97,13 @@ pub enum Destination {
 /// outside (masquerade, where the network has it), or the host's.
 #[inline(always)]
 pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destination) -> i32 {
-    let Some(flow) = conntrack::parse(ctx) else { return to_host(ctx) };
+    // From an internal network, only what is translated below leaves for another address than
+    // the gateway: what the host would forward (an untracked fragment, ICMP other than echo,
+    // an ICMP error) is dropped.
+    let Some(flow) = conntrack::parse(ctx) else { return untranslated(ctx, dest) };
+    if dest == Destination::Internal && flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST {
+        return drop_packet(ctx, Counter::DropInternal);
+    }
     if flow.is_icmp_error() {
         return icmp_error_from_container(ctx, &flow);
     }
@@ -145,7 +151,8 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             // Another network's service: isolated like its containers.
             return drop_packet(ctx, Counter::DropIsolation);
         }
-        if dest == Destination::Internal && !vip {
+        // An internal network reaches no published port, through its gateway neither.
+        if iface.flags & iface_flags::INTERNAL != 0 && !vip {
             return drop_packet(ctx, Counter::DropInternal);
         }
         let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
@@ -160,7 +167,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             // address, so that the answers come back through the datapath.
             Some(Choice::Backend(backend)) => hairpin(ctx, &flow, iface, ifindex, &backend, action, len),
             Some(Choice::Refuse) => reject::refuse(ctx, &flow),
-            None => to_host(ctx),
+            None => untranslated(ctx, dest),
         };
     }
     if dest == Destination::Internal {
@@ -192,6 +199,16 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         return drop_packet(ctx, reason);
     }
     send_out(ctx, &flow, &Translation::of(&new.original), &route)
+}
+
+/// A container's packet the datapath does not translate: the host's, except from an internal
+/// network to anywhere but its gateway (the host would forward it).
+#[inline(always)]
+fn untranslated(ctx: &TcContext, dest: Destination) -> i32 {
+    if dest == Destination::Internal {
+        return drop_packet(ctx, Counter::DropInternal);
+    }
+    to_host(ctx)
 }
 
 /// The container a new connection to a published port goes to: the port published on the exact
@@ -345,12 +362,15 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
         return count_uplink_to_host(ctx);
     }
-    let Some(flow) = conntrack::parse(ctx) else { return count_uplink_to_host(ctx) };
+    let Some(flow) = conntrack::parse(ctx) else { return screened_to_host(ctx) };
     if flow.is_icmp_error() {
         return icmp_error_from_uplink(ctx, &flow);
     }
     let len = ctx.len();
     let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
+        if let Some(reason) = guard::uplink_refusal(flow.key.saddr.ipv4_word(), flow.key.daddr.ipv4_word()) {
+            return drop_packet(ctx, reason);
+        }
         // A VIP is reached from its network and the host only.
         let Some(target) = published_target(ctx, &flow, false).filter(|t| t.network == 0) else {
             return count_uplink_to_host(ctx);
@@ -364,11 +384,8 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     };
     // SAFETY: a map value, read before any packet helper runs.
     let translation = Translation::of(unsafe { &*entry });
-    // Only entries that deliver into a container and rewrite one side: a hairpin entry (both
-    // sides rewritten) is matched from containers only, never by a packet from outside.
-    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
-    if translation.ifindex == 0 || translation.action & both == both {
-        return count_uplink_to_host(ctx);
+    if !from_outside(&translation) {
+        return screened_to_host(ctx);
     }
     if !decrement_ttl(ctx) {
         // Untranslated, the host would answer it (a reset): the connection is not the host's.
@@ -419,6 +436,30 @@ pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, tar
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
 }
 
+/// Whether packets from outside may match an entry with `translation`: only the answers of a
+/// masqueraded connection and the packets of a connection to a published port, which deliver
+/// into a container with only their destination rewritten. A hairpin entry (both sides
+/// rewritten) or the answer of a connection through a VIP (the source) is matched from
+/// containers only: a packet from outside that forges its tuple is not delivered.
+#[inline(always)]
+pub fn from_outside(translation: &Translation) -> bool {
+    let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
+    translation.ifindex != 0 && translation.action & both == ct_action::REWRITE_DST
+}
+
+/// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]
+/// refuses it.
+#[inline(always)]
+fn screened_to_host(ctx: &TcContext) -> i32 {
+    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_OFF + IP_SADDR_OFF), ctx.load::<u32>(IP_OFF + IP_DADDR_OFF)) else {
+        return count_uplink_to_host(ctx);
+    };
+    match guard::uplink_refusal(saddr, daddr) {
+        Some(reason) => drop_packet(ctx, reason),
+        None => count_uplink_to_host(ctx),
+    }
+}
+
 #[inline(always)]
 fn count_uplink_to_host(ctx: &TcContext) -> i32 {
     count(ctx, Counter::UplinkToHost);
@@ -450,7 +491,7 @@ fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 
 fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     match translate_icmp_error(ctx, flow) {
         Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
-        None => count_uplink_to_host(ctx),
+        None => screened_to_host(ctx),
     }
 }
 

@@ -3,7 +3,8 @@
 //! host sends itself, so a process connecting to `127.0.0.1:8080` or to the uplink's address is
 //! sent to the container when its socket connects (as Cilium's socket load balancer does):
 //! `connect4` and `sendmsg4` rewrite the destination, `getpeername4` and `recvmsg4` show the
-//! application the address it asked for.
+//! application the address it asked for. A host service listening on the address and port keeps
+//! its clients (unless the publication wins over listeners), as the TC path decides.
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::map,
@@ -14,11 +15,11 @@ use aya_ebpf::{
 use datapath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
     sockets::SOCK_REVNAT_ENTRIES,
-    CtKey, IpKey, PortKey, SockRevKey, SockRevValue,
+    port_flags, CtKey, IpKey, PortKey, SockRevKey, SockRevValue,
 };
 
 use crate::{
-    conntrack::now_ns,
+    conntrack::{self, now_ns},
     lb::{self, Choice},
     maps::{is_host_address, PORTS},
 };
@@ -67,6 +68,15 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
             _ => return PROCEED,
         },
     };
+    // A host service listening there keeps its clients, as at TC (`nat::published_target`),
+    // unless the publication wins over listeners; a VIP is no address of the host's.
+    let listening = CtKey { saddr: IpKey::default(), daddr: asked, sport: 0, dport: port, proto, _pad: [0; 3] };
+    if published.network == 0
+        && published.flags & port_flags::OVER_HOST_LISTENERS == 0
+        && conntrack::host_socket_owns(ctx, &listening, false)
+    {
+        return PROCEED;
+    }
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // The host is one client (affinity keeps it on one backend); each socket is a flow, its

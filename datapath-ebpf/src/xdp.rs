@@ -28,6 +28,7 @@ use crate::{
     checksum::{offload_placeholder, Incremental},
     conntrack::{self, now_ns, observe, Flow, Port, CONNTRACK},
     counters::bump,
+    guard,
     headers::{write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF, TCP_CSUM_OFF, TCP_FLAGS_OFF, UDP_CSUM_OFF},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
@@ -132,13 +133,16 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&p.flow.key) {
         // SAFETY: a map value, copied before the packet is touched.
         let t = Translation::of(unsafe { &*entry });
-        // As at TC: only entries that deliver into a container and rewrite one side.
-        let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
-        if t.ifindex == 0 || t.action & both == both || !delivers(t.ifindex) {
+        // As at TC: only entries that take packets from outside.
+        if !nat::from_outside(&t) || !delivers(t.ifindex) {
             return XDP_PASS;
         }
         observe(entry, &p.flow, p.len, now);
         return deliver(ctx, &p, &t, Counter::XdpNatIn);
+    }
+    // What the guard refuses, TC drops and counts.
+    if guard::uplink_refusal(p.flow.key.saddr.ipv4_word(), p.flow.key.daddr.ipv4_word()).is_some() {
+        return XDP_PASS;
     }
     // A VIP is reached from its network and the host only.
     let Some(target) = nat::published_target(ctx, &p.flow, false).filter(|t| t.network == 0) else { return XDP_PASS };

@@ -306,8 +306,10 @@ struct DaemonArgs {
     /// Lifetime of an ICMP echo exchange.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ct_timeout_icmp: std::time::Duration,
-    /// Source ports (and ICMP identifiers) masquerade picks from, as MIN-MAX. The default stays
-    /// above Linux's ephemeral ports (32768-60999), which the host's own connections use.
+    /// Source ports (and ICMP identifiers) masquerade picks from, as MIN-MAX; a container's own
+    /// port is kept only inside it. It must not overlap the host's ephemeral ports
+    /// (net.ipv4.ip_local_port_range, Linux's default 32768-60999), which the host's own
+    /// connections use: the daemon refuses to start if it does.
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     nat_ports: (u16, u16),
     /// cgroup v2 directory where the socket programs attach (they let processes of the daemon's
@@ -371,6 +373,31 @@ fn parse_table_size(s: &str) -> Result<u32, String> {
     let m: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     crate::maglev::check_table_size(m).map_err(|e| format!("{e:#}"))?;
     Ok(m)
+}
+
+/// The masquerade range must not overlap the ephemeral ports of the daemon's namespace
+/// (`net.ipv4.ip_local_port_range`): a translated port there would take the answers to the
+/// host's own connections.
+fn check_nat_ports((min, max): (u16, u16)) -> Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let (low, high) = parse_local_port_range(&text).with_context(|| format!("{path} holds {:?}", text.trim()))?;
+    if min <= high && low <= max {
+        bail!(
+            "--nat-ports {min}-{max} overlaps the host's ephemeral ports {low}-{high} (net.ipv4.ip_local_port_range): \
+             masquerade would take the answers to the host's own connections; choose a range outside it"
+        );
+    }
+    Ok(())
+}
+
+/// `ip_local_port_range`'s two numbers.
+fn parse_local_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut words = text.split_whitespace().map(str::parse::<u16>);
+    match (words.next(), words.next(), words.next()) {
+        (Some(Ok(low)), Some(Ok(high)), None) if low <= high => Some((low, high)),
+        _ => None,
+    }
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -497,6 +524,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     if let Some(ns) = &args.netns {
         netns::enter(&netns::resolve(ns)?.file)?;
     }
+    check_nat_ports(args.nat_ports)?;
     let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
     let ct_config = datapath_common::CtConfig {
         tcp_syn_ns: ns(args.ct_timeout_tcp_syn),
@@ -905,4 +933,17 @@ async fn run_endpoint(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_range_is_read_and_checked_against_the_masquerade_range() {
+        assert_eq!(parse_local_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_local_port_range("60999 32768"), None);
+        assert_eq!(parse_local_port_range("1 2 3"), None);
+        assert_eq!(parse_local_port_range(""), None);
+    }
 }

@@ -7,7 +7,10 @@ use hyper::{body::Bytes, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::api::ErrorBody;
+use crate::{
+    api::ErrorBody,
+    server::limits::{MAX_BATCH_BODY, MAX_BODY},
+};
 
 /// Why a call failed: the daemon could not be reached (`status: None`) or answered with an
 /// error status and message.
@@ -35,6 +38,18 @@ impl<'a> Client<'a> {
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+        // A body over the daemon's limit would be refused (413) while still being written: say
+        // so here rather than die writing it.
+        let len = body.as_ref().map_or(0, Vec::len);
+        let limit = if path.ends_with("/batch") { MAX_BATCH_BODY } else { MAX_BODY };
+        if len > limit {
+            let hint = if path.starts_with("/services") { " (`bpfnet service apply` sends services in batches)" } else { "" };
+            return Err(ApiError {
+                status: Some(413),
+                message: format!("the request is {len} bytes, more than the {limit} bytes the daemon accepts{hint}"),
+            }
+            .into());
+        }
         let stream = tokio::net::UnixStream::connect(self.socket).await.map_err(|e| ApiError {
             status: None,
             message: format!(

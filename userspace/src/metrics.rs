@@ -25,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api, daemon::Published, datapath::Counters};
+use crate::{api, daemon::Published, datapath::Counters, server::limits::{self, Limits}};
 
 /// Labels of a request's duration: its method and route (the route's pattern, not the path:
 /// network names would make one series per network).
@@ -154,14 +154,15 @@ async fn scrape(State(sources): State<Sources>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
-/// Serves `GET /metrics` on `addr` until the task is aborted.
+/// The metrics port's limits: whoever can reach it (any local user, on a loopback address) holds
+/// at most this many connections, each closed when idle or slow, so it can neither exhaust the
+/// daemon's file descriptors nor reach the API.
+pub const LIMITS: Limits = Limits { max_connections: 32, client_timeout: std::time::Duration::from_secs(5) };
+
+/// Serves `GET /metrics` on `addr` until the task is aborted, within [`LIMITS`].
 pub async fn serve(addr: SocketAddr, sources: Sources) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
     let app = Router::new().route("/metrics", get(scrape)).with_state(sources);
     log::info!("metrics on http://{addr}/metrics");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            log::error!("metrics server stopped: {e}");
-        }
-    }))
+    Ok(tokio::spawn(async move { limits::serve(listener, app, &LIMITS, std::future::pending()).await }))
 }

@@ -6,6 +6,7 @@ use std::{
     sync::Arc,
     fs,
     io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -298,7 +299,7 @@ impl ServiceStore {
             }
             good += line.len();
         }
-        let journal = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let journal = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).with_context(|| format!("opening {}", path.display()))?;
         journal.set_len(good as u64)?;
         self.journal = Some(journal);
         self.journal_bytes = good as u64;
@@ -312,8 +313,12 @@ impl ServiceStore {
             bytes.push(b'\n');
         }
         let journal = self.journal.as_mut().context("the service journal is not open (load it first)")?;
-        journal.write_all(&bytes).context("appending to the service journal")?;
-        journal.sync_data().context("flushing the service journal")?;
+        if let Err(e) = journal.write_all(&bytes).and_then(|()| journal.sync_data()) {
+            // A torn record must not stay behind a change that was refused: back to the last
+            // whole one.
+            let _ = journal.set_len(self.journal_bytes).and_then(|()| journal.sync_data());
+            return Err(e).context("appending to the service journal");
+        }
         self.journal_bytes += bytes.len() as u64;
         Ok(())
     }
@@ -400,7 +405,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        make_private_dir(dir)?;
         Ok(Self { dir: dir.to_path_buf() })
     }
 
@@ -447,15 +452,35 @@ impl Store {
 
 /// Writes `dir/name` so that a crash leaves either the old or the new file, never a mix: a
 /// temporary file, fsynced, renamed over the old one, then the directory fsynced.
+/// A failed write (a full disk) leaves no temporary file behind. Files are root's only (0600):
+/// they name every container, network and address.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    let written = (|| -> Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Creates `dir` if missing and makes it root's only (0700): the state names every container.
+pub fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {

@@ -104,11 +104,14 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 }
 
 /// The container's name as its runtime knows it: `K8S_POD_NAME` in CNI_ARGS (Podman and
-/// Kubernetes runtimes send it), else the first 12 digits of the container id.
+/// Kubernetes runtimes send it), else the container id, whole: a shortened id could name two
+/// containers at once (and resolve to either). An id that is no valid name becomes one through
+/// its hash.
 fn container_name(args: Option<&str>, container_id: &str) -> String {
     match cni_arg(args, "K8S_POD_NAME") {
         Some(name) if crate::ipam::validate_name("container", name).is_ok() => name.to_string(),
-        _ => container_id.chars().take(12).collect(),
+        _ if crate::ipam::validate_name("container", container_id).is_ok() => container_id.to_string(),
+        _ => format!("cni-{}", &endpoint_id(container_id, "", "")[..16]),
     }
 }
 
@@ -297,7 +300,14 @@ mod tests {
     #[test]
     fn container_names_from_cni_args() {
         assert_eq!(container_name(Some("IgnoreUnknown=1;K8S_POD_NAME=web1;K8S_POD_NAMESPACE=x"), "abcdef0123456789"), "web1");
-        assert_eq!(container_name(None, "abcdef0123456789"), "abcdef012345");
-        assert_eq!(container_name(Some("K8S_POD_NAME=bad name"), "abcdef0123456789"), "abcdef012345");
+        assert_eq!(container_name(None, "abcdef0123456789"), "abcdef0123456789");
+        assert_eq!(container_name(Some("K8S_POD_NAME=bad name"), "abcdef0123456789"), "abcdef0123456789");
+        // Two ids that share their first 12 digits are two names.
+        let (a, b) = ("abcdef012345".repeat(2), format!("abcdef012345{}", "9".repeat(12)));
+        assert_ne!(container_name(None, &a), container_name(None, &b));
+        // An id no name can hold becomes one through its hash.
+        let long = "f".repeat(100);
+        let name = container_name(None, &long);
+        assert!(name.starts_with("cni-") && name.len() == 20 && crate::ipam::validate_name("container", &name).is_ok(), "{name}");
     }
 }

@@ -5,8 +5,14 @@
 //! addresses; other names with a dot are forwarded to the upstream resolvers (`--dns-upstream`,
 //! default: the daemon's /etc/resolv.conf), single-label names that are not local get NXDOMAIN.
 //!
+//! An `--internal` network's resolver forwards nothing (REFUSED): its containers reach no
+//! outside, through the resolver neither (Docker's fix of CVE-2024-29018). TCP connections and
+//! forwarded queries are capped in total and per client ([`limits`]).
+//!
 //! Answers are read from the daemon's last committed state ([`Published`]): no lock, no copy.
 //! Messages are parsed and built with hickory-proto.
+pub mod limits;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -27,10 +33,20 @@ use tokio::{
     task::JoinHandle,
 };
 
+use self::limits::{Admission, MAX_FORWARDS, MAX_FORWARDS_PER_CLIENT, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_CLIENT};
 use crate::{
     daemon::Published,
     state::{Network, State},
 };
+
+/// What every resolver shares: the upstreams and the caps.
+#[derive(Clone)]
+struct Shared {
+    published: Published,
+    upstreams: Arc<Vec<SocketAddr>>,
+    tcp: Arc<Admission>,
+    forwards: Arc<Admission>,
+}
 
 /// The resolver's port.
 pub const PORT: u16 = 53;
@@ -63,7 +79,12 @@ pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
 
 /// Serves every network of the published state, following networks as they come and go.
 pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
-    let upstreams = Arc::new(config.upstreams);
+    let shared = Shared {
+        published: published.clone(),
+        upstreams: Arc::new(config.upstreams),
+        tcp: Admission::new(MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_CLIENT),
+        forwards: Admission::new(MAX_FORWARDS, MAX_FORWARDS_PER_CLIENT),
+    };
     tokio::spawn(async move {
         let mut served: HashMap<String, (IpAddr, Vec<JoinHandle<()>>)> = HashMap::new();
         let mut failed: HashMap<String, IpAddr> = HashMap::new();
@@ -84,7 +105,7 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
                 if served.contains_key(&net.id) || failed.contains_key(&net.id) {
                     continue;
                 }
-                match serve(net, published.clone(), upstreams.clone()).await {
+                match serve(net, shared.clone()).await {
                     Ok(tasks) => {
                         log::info!("DNS for network {} on {}:{PORT} (UDP and TCP)", net.name, net.gateway);
                         served.insert(net.id.clone(), (net.gateway, tasks));
@@ -100,20 +121,20 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
 }
 
 /// Binds the network's UDP and TCP sockets and starts serving them.
-async fn serve(net: &Network, published: Published, upstreams: Arc<Vec<SocketAddr>>) -> std::io::Result<Vec<JoinHandle<()>>> {
+async fn serve(net: &Network, shared: Shared) -> std::io::Result<Vec<JoinHandle<()>>> {
     let addr = SocketAddr::new(net.gateway, PORT);
     let udp = Arc::new(UdpSocket::bind(addr).await?);
     let tcp = TcpListener::bind(addr).await?;
-    let id = net.id.clone();
-    let (published_udp, upstreams_udp, id_udp) = (published.clone(), upstreams.clone(), id.clone());
+    let id: Arc<str> = net.id.clone().into();
+    let (shared_udp, id_udp) = (shared.clone(), id.clone());
     let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((n, client)) = udp.recv_from(&mut buf).await else { continue };
             let query = buf[..n].to_vec();
-            let (udp, published, upstreams, id) = (udp.clone(), published_udp.clone(), upstreams_udp.clone(), id_udp.clone());
+            let (udp, shared, id) = (udp.clone(), shared_udp.clone(), id_udp.clone());
             tokio::spawn(async move {
-                if let Some(reply) = handle(&query, client.ip(), &id, &published, &upstreams).await {
+                if let Some(reply) = handle(&query, client.ip(), &id, &shared).await {
                     let _ = udp.send_to(&reply, client).await;
                 }
             });
@@ -121,16 +142,27 @@ async fn serve(net: &Network, published: Published, upstreams: Arc<Vec<SocketAdd
     });
     let tcp_task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, client)) = tcp.accept().await else { continue };
-            let (published, upstreams, id) = (published.clone(), upstreams.clone(), id.clone());
+            let (mut stream, client) = match tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors: wait rather than spin.
+                    log::debug!("DNS: accepting a TCP connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Over its share (or everyone's): closed at once.
+            let Some(ticket) = shared.tcp.admit(client.ip()) else { continue };
+            let (shared, id) = (shared.clone(), id.clone());
             tokio::spawn(async move {
+                let _ticket = ticket;
                 // Length-prefixed messages, until the client closes or idles.
                 loop {
                     let mut len = [0u8; 2];
                     let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await else { return };
                     let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
                     let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await else { return };
-                    let Some(reply) = handle(&query, client.ip(), &id, &published, &upstreams).await else { return };
+                    let Some(reply) = handle(&query, client.ip(), &id, &shared).await else { return };
                     let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
                     framed.extend_from_slice(&reply);
                     if stream.write_all(&framed).await.is_err() {
@@ -144,22 +176,28 @@ async fn serve(net: &Network, published: Published, upstreams: Arc<Vec<SocketAdd
 }
 
 /// The reply to one query (`None`: nothing to send, e.g. an unreadable message).
-async fn handle(query: &[u8], client: IpAddr, network_id: &str, published: &Published, upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+async fn handle(query: &[u8], client: IpAddr, network_id: &str, shared: &Shared) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     if request.metadata.message_type != MessageType::Query {
         return None;
     }
     let answer = {
-        let state = published.get();
+        let state = shared.published.get();
         let net = state.network_by_id(network_id)?;
         answer(&state, net, client, &request)
     };
-    match answer {
-        Some(reply) => reply.to_vec().ok(),
-        None => match forward(query, request.metadata.id, upstreams).await {
-            Some(reply) => Some(reply),
-            None => Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail).to_vec().ok(),
-        },
+    if let Some(reply) = answer {
+        return reply.to_vec().ok();
+    }
+    // A client with too many queries upstream already (or all of them together) is told so at
+    // once, with a reply no larger than its query.
+    let forwarded = match shared.forwards.admit(client) {
+        Some(_ticket) => forward(query, request.metadata.id, &shared.upstreams).await,
+        None => None,
+    };
+    match forwarded {
+        Some(reply) => Some(reply),
+        None => Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail).to_vec().ok(),
     }
 }
 
@@ -186,7 +224,7 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
     if let Ok(prefix) = qname.parse_arpa_name() {
         let ip = prefix.addr();
         if !net.subnet.contains(ip) {
-            return None;
+            return forward_or_refuse(net, reply);
         }
         reply.metadata.authoritative = true;
         match name_of(state, net, ip) {
@@ -203,7 +241,7 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
     let addresses = addresses_of(state, net, text);
     if addresses.is_empty() {
         if text.contains('.') {
-            return None;
+            return forward_or_refuse(net, reply);
         }
         // A single label that names nothing here: no resolver elsewhere knows it either.
         reply.metadata.authoritative = true;
@@ -219,6 +257,16 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
         }
     }
     // AAAA and other types of a known name: no records (NOERROR), so clients do not look on.
+    Some(reply)
+}
+
+/// A name the network does not know: forwarded upstream (`None`), except from an internal
+/// network, whose resolver refuses it.
+fn forward_or_refuse(net: &Network, mut reply: Message) -> Option<Message> {
+    if !net.internal {
+        return None;
+    }
+    reply.metadata.response_code = ResponseCode::Refused;
     Some(reply)
 }
 
@@ -312,5 +360,13 @@ mod tests {
         assert!(answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("4.3.2.1.in-addr.arpa.", RecordType::PTR)).is_none());
         let r = answer(&state, &net, "10.1.0.5".parse().unwrap(), &query("9.0.1.10.in-addr.arpa.", RecordType::PTR)).unwrap();
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+
+        // An internal network's resolver forwards nothing: what would go upstream is refused.
+        let internal = crate::state::Network { internal: true, ..net };
+        for q in [query("data.exfil.example.", RecordType::TXT), query("4.3.2.1.in-addr.arpa.", RecordType::PTR)] {
+            let r = answer(&state, &internal, "10.1.0.5".parse().unwrap(), &q).expect("answered here, not forwarded");
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+            assert!(r.answers.is_empty());
+        }
     }
 }

@@ -17,7 +17,11 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::{io::{AsyncReadExt, AsyncWriteExt}, net::UnixListener, sync::Semaphore};
+use axum::serve::Listener;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::Semaphore,
+};
 
 use crate::api::ErrorBody;
 
@@ -99,7 +103,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 
 /// Answers a connection over the cap with a JSON 503 and closes it. Its request is read first
 /// (briefly), so the client is not cut off while still writing it.
-async fn refuse_busy(mut stream: tokio::net::UnixStream, max: usize) {
+async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, max: usize) {
     let mut head = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head)).await;
     let body = serde_json::to_string(&ErrorBody {
@@ -117,30 +121,24 @@ async fn refuse_busy(mut stream: tokio::net::UnixStream, max: usize) {
     .await;
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, within `limits`.
-pub async fn serve(listener: UnixListener, app: Router, limits: &Limits, shutdown: impl Future<Output = ()>) {
+/// Serves `app` on `listener` (the API's Unix socket, the metrics' TCP port) until `shutdown`
+/// completes, within `limits`. An accept that fails (out of file descriptors) waits before the
+/// next try (axum's `Listener`): no busy loop.
+pub async fn serve<L>(mut listener: L, app: Router, limits: &Limits, shutdown: impl Future<Output = ()>)
+where
+    L: Listener,
+    L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let timeout = limits.client_timeout;
     let app = app
         .layer(middleware::from_fn(move |req, next| buffer_body(timeout, req, next)))
         .layer(middleware::from_fn(json_errors));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut last_accept_error = None::<std::time::Instant>;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors or memory: wait a little rather than spin.
-                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        log::warn!("accepting an API connection: {e}");
-                        last_accept_error = Some(std::time::Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            (stream, _) = listener.accept() => stream,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tokio::spawn(refuse_busy(stream, limits.max_connections));
@@ -155,7 +153,7 @@ pub async fn serve(listener: UnixListener, app: Router, limits: &Limits, shutdow
                 .serve_connection(TokioIo::new(stream), service);
             // A client that vanishes mid-request is its own problem, not the daemon's.
             if let Err(e) = connection.await {
-                log::debug!("API connection ended: {e}");
+                log::debug!("connection ended: {e}");
             }
         });
     }

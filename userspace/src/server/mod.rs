@@ -4,7 +4,7 @@
 //! daemon's or destroying a file; `limits` keeps hostile or broken clients from starving others.
 //!
 //! This is the only place where a daemon [`Error`] becomes an HTTP status code.
-mod limits;
+pub(crate) mod limits;
 mod socket;
 
 use std::{sync::Arc, time::Duration};
@@ -303,7 +303,7 @@ fn lock_dir(dir: &std::path::Path, what: &str) -> Result<std::fs::File> {
 }
 
 fn lock_dirs(config: &Config) -> Result<(std::fs::File, std::fs::File)> {
-    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
+    crate::state::make_private_dir(&config.state_dir)?;
     let state = lock_dir(&config.state_dir, "state directory")?;
     bpffs::ensure(&config.bpffs)?;
     let pins = lock_dir(&config.bpffs, "bpffs directory")?;
