@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checks;
 pub mod demo;
 pub mod enginebench;
+pub mod frames;
 pub mod engines;
 pub mod kubeproxy;
 pub mod lbscale;

@@ -1,0 +1,301 @@
+//! Hostile neighbours: the attacks of the security review, each reproduced end to end against
+//! the real daemon — a router on the uplink's segment that routes container subnets through the
+//! host and sends forged frames, containers that send raw frames (CAP_NET_RAW), a host process
+//! that binds the port a container used, local clients that hold connections open — with what
+//! must still work checked beside each. Needs root.
+use std::{
+    io::Read,
+    net::{Ipv4Addr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use bpfnet_lab::{
+    checks::{addr, counter},
+    frames::{ethernet, mac_of, send_frames, Capture, Ip, UdpRecorder, ICMP, UDP},
+    netns,
+    sandbox::{run_ok, Outside, FAR_IP, UPLINK_IP},
+    traffic::{tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, udp_echo_server, udp_exchange, udp_whoami, udp_whoami_server, NameClient},
+    Sandbox,
+};
+
+const T: Duration = Duration::from_secs(3);
+/// How long to wait for traffic that must NOT arrive.
+const BLOCKED: Duration = Duration::from_millis(800);
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// The outside world and the daemon; `web` (10.240.0.0/24) with `web1` (.2, port 8080
+/// published to its TCP echo server on 7000, another on the unpublished 7002) and `priv`
+/// (10.241.0.0/24, internal) with `int1` (.2, a UDP echo server on 7001).
+struct World {
+    sb: Sandbox,
+    outside: Outside,
+    web1: String,
+    int1: String,
+}
+
+fn world(tag: &str, daemon_args: &[&str]) -> World {
+    let mut sb = Sandbox::new(tag).unwrap();
+    let outside = sb.add_outside().unwrap();
+    udp_whoami_server(&outside.far, addr(FAR_IP, 8001)).unwrap();
+    sb.start_daemon_with(&bpfnet_lab::sandbox::DaemonOptions { args: daemon_args, ..Default::default() }).unwrap();
+    let web1 = sb.add_netns("web1").unwrap();
+    let int1 = sb.add_netns("int1").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.240.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "priv", "--subnet", "10.241.0.0/24", "--internal"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &web1, "-p", "8080:7000"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "priv", &int1]).unwrap();
+    tcp_echo_server(&web1, addr("10.240.0.2", 7000)).unwrap();
+    tcp_echo_server(&web1, addr("10.240.0.2", 7002)).unwrap();
+    udp_echo_server(&int1, addr("10.241.0.2", 7001)).unwrap();
+    World { sb, outside, web1, int1 }
+}
+
+/// The MAC a container sends to for its gateway (the datapath answers its ARP).
+fn gateway_mac(sb: &Sandbox, ns: &str, gateway: &str) -> [u8; 6] {
+    sb.ping(ns, gateway).unwrap();
+    let text = run_ok("ip", &["-n", ns, "neigh", "show", gateway]).unwrap();
+    let word = text.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or_else(|| panic!("no neighbour entry: {text}"));
+    let bytes: Vec<u8> = word.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    bytes.try_into().unwrap()
+}
+
+/// Raw frames from the outside router to the host's uplink.
+fn from_lan(w: &World, packets: Vec<Vec<u8>>) {
+    let (to, from) = (mac_of(&w.sb.host(), "up0").unwrap(), mac_of(&w.outside.ext, "eth0").unwrap());
+    send_frames(&w.outside.ext, "eth0", packets.iter().map(|p| ethernet(to, from, p)).collect()).unwrap();
+}
+
+/// Raw frames from a container to its gateway.
+fn from_container(sb: &Sandbox, ns: &str, gateway: &str, packets: Vec<Vec<u8>>) {
+    let (to, from) = (gateway_mac(sb, ns, gateway), mac_of(ns, "eth0").unwrap());
+    send_frames(ns, "eth0", packets.iter().map(|p| ethernet(to, from, p)).collect()).unwrap();
+}
+
+/// A DNS query for `name` (type A), as bytes.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Whether the other side still holds `s` open: a read waits (rather than reaching the end,
+/// after whatever was sent, or a reset).
+fn still_open(s: &TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&*s).read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => return matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Finding 1: a LAN peer routing to a container subnet through the host reaches nothing but
+/// published ports.
+#[test]
+fn the_lan_reaches_containers_only_through_published_ports() {
+    let w = world("lan", &[]);
+    let ext = &w.outside.ext;
+    run_ok("ip", &["-n", ext, "route", "add", "10.240.0.0/24", "via", UPLINK_IP]).unwrap();
+    run_ok("ip", &["-n", ext, "route", "add", "10.241.0.0/24", "via", UPLINK_IP]).unwrap();
+    assert!(!w.sb.ping(ext, "10.240.0.2").unwrap(), "ping from the LAN straight to a container");
+    assert!(tcp_connect(ext, addr("10.240.0.2", 7002), BLOCKED).is_err(), "an unpublished port from the LAN");
+    assert!(udp_exchange(ext, addr("10.241.0.2", 7001), b"in", BLOCKED).is_err(), "an internal network's container from the LAN");
+    assert!(counter(&w.sb, "drop_uplink_to_container") >= 3);
+    // The published port still works, and the container's own way out.
+    assert_eq!(tcp_exchange(ext, addr(UPLINK_IP, 8080), b"published", T).unwrap(), b"published");
+    assert_eq!(udp_whoami(&w.web1, 0, addr(FAR_IP, 8001), T).unwrap().ip().to_string(), UPLINK_IP);
+}
+
+/// Finding 2: a publication on 127.0.0.1 is for the host's own processes; the LAN and
+/// containers sending raw frames to 127.0.0.1 reach nothing.
+#[test]
+fn a_loopback_publication_answers_the_hosts_processes_only() {
+    let mut w = world("loop", &[]);
+    // web1 (10.240.0.2) is the attacker; the target publishes on 127.0.0.1 only.
+    let target = w.sb.add_netns("target").unwrap();
+    w.sb.bpfnet_ok(&["network", "connect", "web", &target, "--ip", "10.240.0.3", "-p", "127.0.0.1:5353:7001/udp"]).unwrap();
+    let recorder = UdpRecorder::start(&target, addr("10.240.0.3", 7001)).unwrap();
+
+    let host = w.sb.host();
+    netns::within(&host, || Ok(UdpSocket::bind("0.0.0.0:0")?.send_to(b"from-host", "127.0.0.1:5353")?)).unwrap();
+    assert!(recorder.wait_for(b"from-host", T), "the host's process reaches the loopback publication");
+
+    from_lan(&w, vec![Ip::new(ROUTER_IP, ip("127.0.0.1"), UDP).udp(4444, 5353, b"from-lan")]);
+    from_container(&w.sb, &w.web1, "10.240.0.1", vec![Ip::new(ip("10.240.0.2"), ip("127.0.0.1"), UDP).udp(4444, 5353, b"from-container")]);
+    std::thread::sleep(BLOCKED);
+    assert_eq!(recorder.count(b"from-lan"), 0, "a LAN frame to 127.0.0.1 reached the container");
+    assert_eq!(recorder.count(b"from-container"), 0, "a container's frame to 127.0.0.1 reached the container");
+    assert!(counter(&w.sb, "drop_martian") >= 2);
+}
+
+/// Finding 8 (and martian sources): frames from the LAN with a container's, the host's own or a
+/// loopback source reach no host socket and make the resolver forward nothing.
+#[test]
+fn spoofed_and_martian_sources_from_the_lan_reach_nothing() {
+    let w = world("spoof", &[]);
+    let upstream = UdpRecorder::start(&w.outside.far, addr(FAR_IP, 53)).unwrap();
+    let listener = UdpRecorder::start(&w.sb.host(), addr("0.0.0.0", 9999)).unwrap();
+    let query = dns_query("spoofed.example");
+    from_lan(
+        &w,
+        vec![
+            Ip::new(ip("10.240.0.2"), ip("10.240.0.1"), UDP).udp(5353, 53, &query),
+            Ip::new(ip("10.240.0.2"), ip(UPLINK_IP), UDP).udp(4444, 9999, b"as-a-container"),
+            Ip::new(ip(UPLINK_IP), ip(UPLINK_IP), UDP).udp(4444, 9999, b"as-the-host"),
+            Ip::new(ip("127.0.0.1"), ip(UPLINK_IP), UDP).udp(4444, 9999, b"as-loopback"),
+            Ip::new(ROUTER_IP, ip(UPLINK_IP), UDP).udp(4444, 9999, b"as-itself"),
+        ],
+    );
+    assert!(listener.wait_for(b"as-itself", T), "the router's own datagram reaches the host");
+    std::thread::sleep(BLOCKED);
+    for marker in [&b"as-a-container"[..], b"as-the-host", b"as-loopback"] {
+        assert_eq!(listener.count(marker), 0, "{}", String::from_utf8_lossy(marker));
+    }
+    assert_eq!(upstream.count(b"spoofed"), 0, "the resolver forwarded a spoofed query");
+    assert!(counter(&w.sb, "drop_uplink_spoofed") >= 3 && counter(&w.sb, "drop_martian") >= 1);
+}
+
+/// Findings 5 and 3: nothing leaves an internal network — raw ICMP kinds, fragments, another
+/// network's published port through the gateway, names forwarded by the resolver.
+#[test]
+fn internal_networks_have_no_way_out() {
+    let w = world("internal", &[]);
+    let upstream = UdpRecorder::start(&w.outside.far, addr(FAR_IP, 53)).unwrap();
+    let capture = Capture::start(&w.outside.far, "eth0").unwrap();
+    let (me, far) = (ip("10.241.0.2"), ip(FAR_IP));
+    let mut quoted = Ip::new(far, me, UDP).udp(53, 5353, b"q");
+    quoted.extend_from_slice(b"data carried out in an error");
+    let mut fragment = Ip { frag: 100, ..Ip::new(me, far, UDP) }.packet(&[0x5a; 64]);
+    fragment.truncate(20 + 64);
+    from_container(
+        &w.sb,
+        &w.int1,
+        "10.241.0.1",
+        vec![
+            Ip::new(me, far, ICMP).icmp(13, 0, &[0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Ip::new(me, far, ICMP).icmp(3, 3, &[&[0u8; 4][..], &quoted].concat()),
+            fragment,
+        ],
+    );
+    std::thread::sleep(BLOCKED);
+    assert_eq!(capture.from_source(me), 0, "a frame of the internal container reached the outside");
+    assert!(counter(&w.sb, "drop_internal") >= 3);
+    assert!(tcp_connect(&w.int1, addr("10.241.0.1", 8080), BLOCKED).is_err(), "another network's published port via the gateway");
+
+    let out = w.sb.exec(&w.int1, &["dig", "+time=1", "+tries=1", "@10.241.0.1", "data.exfil.example", "TXT"]).unwrap().stdout;
+    assert!(out.contains("status: REFUSED"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upstream.count(b"exfil"), 0, "the resolver forwarded an internal network's query");
+    // A network that is not internal still gets its names forwarded.
+    w.sb.exec(&w.web1, &["dig", "+time=1", "+tries=1", "@10.240.0.1", "allowed.example"]).unwrap();
+    assert!(upstream.wait_for(b"allowed", T), "forwarding for a network that is not internal");
+}
+
+/// Finding 4: a container's source port among the host's ephemeral ports is translated, so
+/// the host's own socket on that port gets its answers.
+#[test]
+fn masquerade_never_takes_the_answers_to_the_hosts_own_sockets() {
+    let w = world("ports", &[]);
+    let seen = udp_whoami(&w.web1, 40000, addr(FAR_IP, 8001), T).unwrap();
+    assert!((61000..=65535).contains(&seen.port()), "translated into the masquerade range: {seen}");
+    let host = udp_whoami(&w.sb.host(), 40000, addr(FAR_IP, 8001), T).expect("the host's own socket gets its answer");
+    assert_eq!(host, addr(UPLINK_IP, 40000));
+    // A port of the range is kept.
+    assert_eq!(udp_whoami(&w.web1, 62000, addr(FAR_IP, 8001), T).unwrap(), addr(UPLINK_IP, 62000));
+}
+
+/// Finding 11: a host service listening on a port a container publishes keeps its clients on
+/// the host (as the TC path decides for the LAN).
+#[test]
+fn a_host_service_keeps_its_clients_when_a_container_publishes_its_port() {
+    let w = world("listener", &[]);
+    let host = w.sb.host();
+    tcp_name_server(&host, addr("0.0.0.0", 2323), "host-service").unwrap();
+    tcp_name_server(&w.web1, addr("10.240.0.2", 80), "container").unwrap();
+    w.sb.bpfnet_ok(&["network", "disconnect", "web", &w.web1]).unwrap();
+    w.sb.bpfnet_ok(&["network", "connect", "web", &w.web1, "--ip", "10.240.0.2", "-p", "2323:80", "-p", "2324:80"]).unwrap();
+    for to in ["127.0.0.1", UPLINK_IP] {
+        let (name, _) = NameClient::connect(&host, addr(to, 2323), T).unwrap().ask().unwrap();
+        assert_eq!(name, "host-service", "the host's client of {to}:2323");
+    }
+    // A port no host service holds goes to the container.
+    let (name, _) = NameClient::connect(&host, addr("127.0.0.1", 2324), T).unwrap().ask().unwrap();
+    assert_eq!(name, "container");
+}
+
+/// Findings 7 and 9: connections held open to the resolver (from a container) and to the
+/// metrics port (from the host) are capped: the daemon's descriptors stay bounded, the API and
+/// other clients are served.
+#[test]
+fn the_resolver_and_the_metrics_port_hold_their_limits() {
+    let w = world("limits", &["--metrics", "127.0.0.1:9464"]);
+    let pid = w.sb.daemon_pid().unwrap();
+    let before = open_fds(pid);
+    let held_dns = netns::within(&w.web1, || {
+        Ok((0..300).filter_map(|_| TcpStream::connect_timeout(&addr("10.240.0.1", 53), Duration::from_secs(1)).ok()).collect::<Vec<_>>())
+    })
+    .unwrap();
+    let held_metrics = netns::within(&w.sb.host(), || {
+        Ok((0..200).filter_map(|_| TcpStream::connect_timeout(&addr("127.0.0.1", 9464), Duration::from_secs(1)).ok()).collect::<Vec<_>>())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(pid);
+    assert!(during < before + 16 + 32 + 40, "the daemon holds {during} descriptors, {before} before");
+    // Over the cap, closed at once.
+    let open = held_dns.iter().filter(|s| still_open(s)).count();
+    assert!(open <= 16, "{open} resolver connections of one client stay open");
+    // The API answers, and another container's names resolve.
+    let started = Instant::now();
+    w.sb.bpfnet_ok(&["network", "ls"]).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "the API took {:?}", started.elapsed());
+    let out = w.sb.exec(&w.int1, &["dig", "+time=1", "+tries=2", "@10.241.0.1", w.int1.as_str()]).unwrap().stdout;
+    assert!(out.contains("status: NOERROR") && out.contains("10.241.0.2"), "{out}");
+    // Idle metrics connections are closed after the timeout; then scraping works.
+    std::thread::sleep(Duration::from_secs(6));
+    let open = held_metrics.iter().filter(|s| still_open(s)).count();
+    assert_eq!(open, 0, "idle metrics connections are closed");
+    drop((held_dns, held_metrics));
+    let text = netns::within(&w.sb.host(), || {
+        let mut s = TcpStream::connect(("127.0.0.1", 9464))?;
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .unwrap();
+    assert!(text.contains("bpfnet_datapath_packets_total"), "{text}");
+}
+
+/// The smaller findings: the state is root's only, and a request over the daemon's limit is
+/// refused with a message (it used to die of SIGPIPE).
+#[test]
+fn the_state_is_private_and_an_oversized_request_is_refused_readably() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world("small", &[]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&w.sb.state_dir()), 0o700);
+    assert_eq!(mode(&w.sb.state_dir().join("state.json")), 0o600);
+    assert!(!w.sb.state_dir().join("state.json.tmp").exists());
+    let backends: Vec<String> = (0..3000).map(|i| format!("--backend=/run/netns/backend-with-a-long-name-{i:05}:8080")).collect();
+    let mut args = vec!["service", "create", "big", "--network", "web", "--port", "80"];
+    args.extend(backends.iter().map(String::as_str));
+    let r = w.sb.bpfnet(&args).unwrap();
+    assert!(!r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("more than the 65536 bytes the daemon accepts"), "{}", r.stderr);
+}
