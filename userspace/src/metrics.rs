@@ -110,7 +110,7 @@ impl Collector for Snapshot {
             let gauge = ConstGauge::new(ct.pressure_percent / 100.0);
             gauge.encode(encoder.encode_descriptor(
                 "bpfnet_conntrack_pressure_ratio",
-                "How full the connection table is (0 to 1); near 1, new connections are refused",
+                "How full the connection table is (0 to 1); near 1, each new connection evicts the least recently used entries (idle connections lose their state)",
                 None,
                 gauge.metric_type(),
             )?)?;
