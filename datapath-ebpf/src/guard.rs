@@ -28,8 +28,7 @@ pub fn martian_destination(word: u32) -> bool {
 /// a sender's address.
 #[inline(always)]
 fn martian_source(word: u32) -> bool {
-    let first = first_byte(word);
-    first == 0 || first == 127 || first >= 224
+    martian_destination(word) || first_byte(word) >= 224
 }
 
 /// Why a packet from an uplink that nothing translated must not reach the host (which would

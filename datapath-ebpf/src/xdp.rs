@@ -140,12 +140,13 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
         observe(entry, &p.flow, p.len, now);
         return deliver(ctx, &p, &t, Counter::XdpNatIn);
     }
-    // What the guard refuses, TC drops and counts.
+    // A VIP is reached from its network and the host only.
+    let Some(target) = nat::published_target(ctx, &p.flow, false).filter(|t| t.network == 0) else { return XDP_PASS };
+    // Only what XDP would publish is screened here (the host's own traffic passes on unchecked,
+    // to TC, which screens it): what the guard refuses, TC drops and counts.
     if guard::uplink_refusal(p.flow.key.saddr.ipv4_word(), p.flow.key.daddr.ipv4_word()).is_some() {
         return XDP_PASS;
     }
-    // A VIP is reached from its network and the host only.
-    let Some(target) = nat::published_target(ctx, &p.flow, false).filter(|t| t.network == 0) else { return XDP_PASS };
     let Some(Choice::Backend(backend)) = lb::choose(&target, &p.flow.key, now) else { return XDP_PASS };
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return XDP_PASS };

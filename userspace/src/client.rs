@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     api::ErrorBody,
-    server::limits::{MAX_BATCH_BODY, MAX_BODY},
+    server::limits::max_body,
 };
 
 /// Why a call failed: the daemon could not be reached (`status: None`) or answered with an
@@ -41,7 +41,7 @@ impl<'a> Client<'a> {
         // A body over the daemon's limit would be refused (413) while still being written: say
         // so here rather than die writing it.
         let len = body.as_ref().map_or(0, Vec::len);
-        let limit = if path.ends_with("/batch") { MAX_BATCH_BODY } else { MAX_BODY };
+        let limit = max_body(path);
         if len > limit {
             let hint = if path.starts_with("/services") { " (`bpfnet service apply` sends services in batches)" } else { "" };
             return Err(ApiError {

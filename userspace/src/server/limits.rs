@@ -31,6 +31,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// 5 MB). The socket is root's only, so the larger buffer is no lever for anyone else.
 pub const MAX_BATCH_BODY: usize = 64 * 1024 * 1024;
 
+/// The largest body the daemon reads for a request to `path` (the CLI checks it before sending).
+pub fn max_body(path: &str) -> usize {
+    if path.ends_with("/batch") { MAX_BATCH_BODY } else { MAX_BODY }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Open client connections at most; one more is answered 503 and closed.
@@ -63,7 +68,7 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 /// so a half-sent body can neither hold a connection forever nor reach the daemon's lock.
 async fn buffer_body(timeout: Duration, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let limit = if parts.uri.path().ends_with("/batch") { MAX_BATCH_BODY } else { MAX_BODY };
+    let limit = max_body(parts.uri.path());
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {timeout:?}")),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
