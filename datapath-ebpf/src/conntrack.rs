@@ -301,10 +301,10 @@ pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bo
 pub enum Port {
     /// As given in the reply key (no translation of the port).
     Fixed,
-    /// The port translated to: `preferred` (network order) if it lies in the masquerade range
-    /// and is free, as iptables keeps a connection's source port when it can (a client that
-    /// reuses its ports then reuses its translations), else one drawn from the range. A port is
-    /// free when no tracked connection and no socket of the host has the reply tuple.
+    /// The port translated to: `preferred` (network order) if it is free, as iptables keeps a
+    /// connection's source port when it can (a client that reuses its ports then reuses its
+    /// translations), else one drawn from the masquerade range. A port is free when no tracked
+    /// connection and no socket of the host has the reply tuple.
     Allocate { preferred: u16 },
 }
 
@@ -320,13 +320,9 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
     new.reply.expires_ns = expires;
     if let Port::Allocate { preferred } = port {
         let span = (config.nat_port_max as u32).saturating_sub(config.nat_port_min as u32) + 1;
-        // Only a port of the masquerade range is kept: the range is disjoint from the host's
-        // ephemeral ports, so a translation never takes the answers to the host's own sockets.
-        let host_order = u16::from_be(preferred);
-        let keep = host_order >= config.nat_port_min && host_order <= config.nat_port_max;
         let mut claimed = false;
         for attempt in 0..NAT_PORT_TRIES {
-            let candidate = if attempt == 0 && keep {
+            let candidate = if attempt == 0 && preferred != 0 {
                 preferred
             } else {
                 // SAFETY: helper without arguments.

@@ -387,6 +387,9 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     if !from_outside(&translation) {
         return screened_to_host(ctx);
     }
+    if host_owns_answer(ctx, &flow, &translation) {
+        return count_uplink_to_host(ctx);
+    }
     if !decrement_ttl(ctx) {
         // Untranslated, the host would answer it (a reset): the connection is not the host's.
         return drop_packet(ctx, Counter::DropTtlExpired);
@@ -445,6 +448,17 @@ pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, tar
 pub fn from_outside(translation: &Translation) -> bool {
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
     translation.ifindex != 0 && translation.action & both == ct_action::REWRITE_DST
+}
+
+/// Whether the answer of a masqueraded connection belongs to a socket of the host: one that took
+/// the same port after the container did (a host process binding it, or the host's own
+/// connection from that ephemeral port to the same server). The host keeps it: a container must
+/// not take the answers to the host's connections (its resolver's, for one). TCP: a connected
+/// socket of that exact tuple; UDP: any socket bound there. Only masquerade answers pay the
+/// lookup; published connections never do. `ctx`: TC's or XDP's.
+#[inline(always)]
+pub fn host_owns_answer<C: EbpfContext>(ctx: &C, flow: &Flow, translation: &Translation) -> bool {
+    translation.action == ct_action::REWRITE_DST && conntrack::host_socket_owns(ctx, &flow.key, flow.key.proto == IPPROTO_TCP)
 }
 
 /// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]

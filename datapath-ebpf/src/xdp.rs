@@ -133,8 +133,9 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&p.flow.key) {
         // SAFETY: a map value, copied before the packet is touched.
         let t = Translation::of(unsafe { &*entry });
-        // As at TC: only entries that take packets from outside.
-        if !nat::from_outside(&t) || !delivers(t.ifindex) {
+        // As at TC: only entries that take packets from outside, and not the answers a socket
+        // of the host owns.
+        if !nat::from_outside(&t) || !delivers(t.ifindex) || nat::host_owns_answer(ctx, &p.flow, &t) {
             return XDP_PASS;
         }
         observe(entry, &p.flow, p.len, now);

@@ -306,8 +306,8 @@ struct DaemonArgs {
     /// Lifetime of an ICMP echo exchange.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ct_timeout_icmp: std::time::Duration,
-    /// Source ports (and ICMP identifiers) masquerade picks from, as MIN-MAX; a container's own
-    /// port is kept only inside it. It must not overlap the host's ephemeral ports
+    /// Source ports (and ICMP identifiers) masquerade picks from, as MIN-MAX, where a container's
+    /// own port is taken. It must not overlap the host's ephemeral ports
     /// (net.ipv4.ip_local_port_range, Linux's default 32768-60999), which the host's own
     /// connections use: the daemon refuses to start if it does.
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
@@ -376,8 +376,8 @@ fn parse_table_size(s: &str) -> Result<u32, String> {
 }
 
 /// The masquerade range must not overlap the ephemeral ports of the daemon's namespace
-/// (`net.ipv4.ip_local_port_range`): a translated port there would take the answers to the
-/// host's own connections.
+/// (`net.ipv4.ip_local_port_range`): ports drawn from it would collide with the host's own
+/// connections.
 fn check_nat_ports((min, max): (u16, u16)) -> Result<()> {
     let path = "/proc/sys/net/ipv4/ip_local_port_range";
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -385,7 +385,7 @@ fn check_nat_ports((min, max): (u16, u16)) -> Result<()> {
     if min <= high && low <= max {
         bail!(
             "--nat-ports {min}-{max} overlaps the host's ephemeral ports {low}-{high} (net.ipv4.ip_local_port_range): \
-             masquerade would take the answers to the host's own connections; choose a range outside it"
+             masquerade's ports would collide with the host's own connections; choose a range outside it"
         );
     }
     Ok(())

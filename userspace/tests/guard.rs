@@ -1,9 +1,9 @@
 //! The datapath's guard (BPF_PROG_TEST_RUN): what arrives from where it must not is dropped and
 //! counted by reason — martian addresses, spoofed sources and direct routing to containers on
 //! the uplink, loopback publications from containers, whatever the host would forward from an
-//! internal network, forged answers to connections made through a VIP — and masquerade keeps
-//! only source ports of its own range (the host's ephemeral ports stay the host's). Each test
-//! also sends what must still pass. Needs root.
+//! internal network, forged answers to connections made through a VIP — and masquerade takes
+//! none of the answers a socket of the host owns. Each test also sends what must still pass.
+//! Needs root.
 mod lab;
 
 use datapath_common::{iface_flags, Counter, GATEWAY_MAC};
@@ -140,19 +140,25 @@ fn a_forged_answer_from_outside_never_matches_a_connection_through_a_vip() {
 }
 
 #[test]
-fn masquerade_keeps_only_ports_of_its_range() {
+fn an_answer_a_host_socket_owns_stays_the_hosts() {
     TestNetns::new("guard-ports").run(MASQ, |lab| {
-        let send = |lab: &mut Lab, sport: u16| {
-            let p = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(sport, 53, b"q"));
+        let query = |lab: &mut Lab, dport: u16| {
+            let p = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(40000, dport, b"q"));
             let out = lab.from_container(&p);
             assert_eq!(out.verdict, REDIRECT);
             port_at(&out.packet, L4)
         };
-        assert_eq!(send(lab, 61234), 61234, "a port of the range is kept where it is free");
-        // The host's ephemeral ports (32768-60999 here) and the ports below are never used.
-        for sport in [40000, 32768, 60999, 1000] {
-            let port = send(lab, sport);
-            assert!(NAT_PORTS.contains(&port), "{sport} became {port}");
-        }
+        assert_eq!(query(lab, 53), 40000, "the container's port is kept where it is free");
+        let answer = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: UDP, ttl: 60, id: 3, frag: 0 }, udp_datagram(53, 40000, b"a"));
+        assert_eq!(lab.from_uplink(&answer).verdict, REDIRECT, "the container's answer");
+
+        // A host process binds the port afterwards (in the namespace the lookups see): the
+        // answers are the host's from now on, and the port is not given to a new translation.
+        let _host = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
+        let out = lab.from_uplink(&answer);
+        assert_eq!((out.verdict, out.packet), (PASS, answer), "the host socket keeps its answer");
+        assert_eq!(lab.counter(Counter::UplinkToHost), 1);
+        let port = query(lab, 54);
+        assert!(port != 40000 && NAT_PORTS.contains(&port), "another port from the range: {port}");
     });
 }

@@ -69,7 +69,7 @@ fn a_backend_reaching_its_own_service_goes_through_the_gateway_address() {
         lab.flags |= iface_flags::SERVICE_BACKEND;
         lab.send_as(backend_ip(0), backend_mac(0));
         let to_vip = Ip { src: backend_ip(0), dst: VIP, proto: TCP, ttl: 64, id: 5, frag: 0x4000 };
-        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), to_vip, tcp_segment(61500, VIP_PORT, 0x02, b"")));
+        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), to_vip, tcp_segment(40000, VIP_PORT, 0x02, b"")));
         assert_eq!(out.verdict, REDIRECT);
         // From the gateway, so that the answer comes back through the datapath (not looped
         // inside the backend's own stack).
@@ -77,17 +77,17 @@ fn a_backend_reaching_its_own_service_goes_through_the_gateway_address() {
             backend_mac(0),
             GATEWAY_MAC,
             Ip { src: GATEWAY_IP, dst: backend_ip(0), ttl: 63, ..to_vip },
-            tcp_segment(61500, BACKEND_PORT, 0x02, b""),
+            tcp_segment(40000, BACKEND_PORT, 0x02, b""),
         );
         assert_eq!(out.packet, expected);
         let answer = Ip { src: backend_ip(0), dst: GATEWAY_IP, proto: TCP, ttl: 64, id: 6, frag: 0x4000 };
-        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), answer, tcp_segment(BACKEND_PORT, 61500, 0x12, b"")));
+        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), answer, tcp_segment(BACKEND_PORT, 40000, 0x12, b"")));
         assert_eq!(out.verdict, REDIRECT);
         let expected = packet(
             backend_mac(0),
             GATEWAY_MAC,
             Ip { src: VIP, dst: backend_ip(0), ttl: 63, ..answer },
-            tcp_segment(VIP_PORT, 61500, 0x12, b""),
+            tcp_segment(VIP_PORT, 40000, 0x12, b""),
         );
         assert_eq!(out.packet, expected, "the answer arrives from VIP:80");
     });

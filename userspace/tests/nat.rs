@@ -22,7 +22,7 @@ fn tcp_is_masqueraded_out_of_the_uplink_and_replies_are_translated_back() {
         let out = lab.from_container(&syn);
         assert_eq!(out.verdict, REDIRECT, "sent out of the uplink");
         let nat_port = port_at(&out.packet, L4);
-        assert!(NAT_PORTS.contains(&nat_port), "a port among the host's ephemeral ones is translated into the masquerade range: {nat_port}");
+        assert_eq!(nat_port, 40000, "the container's port is kept where it is free, as iptables does");
         let expected = packet(
             ROUTER_MAC,
             UPLINK_MAC,
@@ -137,18 +137,18 @@ fn fragments_of_a_large_datagram_follow_their_first_fragment() {
 #[test]
 fn ping_is_masqueraded_by_its_identifier() {
     TestNetns::new("icmp").run(MASQ, |lab| {
-        let request = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, ICMP, 64), icmp_echo(8, 0xf242, 1));
+        let request = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, ICMP, 64), icmp_echo(8, 0x4242, 1));
         let out = lab.from_container(&request);
         assert_eq!(out.verdict, REDIRECT);
         let nat_id = port_at(&out.packet, L4 + 4);
-        assert_eq!(nat_id, 0xf242, "an identifier of the masquerade range is kept where it is free");
+        assert_eq!(nat_id, 0x4242, "the identifier is kept where it is free");
         let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, ttl: 63, ..from_container(CONTAINER_IP, ICMP, 64) }, icmp_echo(8, nat_id, 1));
         assert_eq!(out.packet, expected);
 
         let reply = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: ICMP, ttl: 60, id: 5, frag: 0 }, icmp_echo(0, nat_id, 1));
         let out = lab.from_uplink(&reply);
         assert_eq!(out.verdict, REDIRECT);
-        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: SERVER_IP, dst: CONTAINER_IP, proto: ICMP, ttl: 59, id: 5, frag: 0 }, icmp_echo(0, 0xf242, 1));
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: SERVER_IP, dst: CONTAINER_IP, proto: ICMP, ttl: 59, id: 5, frag: 0 }, icmp_echo(0, 0x4242, 1));
         assert_eq!(out.packet, expected);
     });
 }
@@ -416,11 +416,11 @@ fn containers_reach_published_ports_through_host_addresses() {
         lab.publish(None, 8080, TCP, PUBLISHER_IP, 80);
         lab.send_as(CONTAINER_IP, CONTAINER_MAC);
         let to_gateway = Ip { src: CONTAINER_IP, dst: GATEWAY_IP, proto: TCP, ttl: 64, id: 1, frag: 0x4000 };
-        let syn = packet(GATEWAY_MAC, CONTAINER_MAC, to_gateway, tcp_segment(61500, 8080, 0x02, b""));
+        let syn = packet(GATEWAY_MAC, CONTAINER_MAC, to_gateway, tcp_segment(41000, 8080, 0x02, b""));
         let out = lab.from_container(&syn);
         assert_eq!(out.verdict, REDIRECT);
         let gw_port = port_at(&out.packet, L4);
-        assert_eq!(gw_port, 61500, "a client port of the masquerade range is kept where it is free");
+        assert_eq!(gw_port, 41000, "the client's port is kept where it is free");
         // Into the publisher, from its own gateway (so that its answers come back through here).
         let expected = packet(
             PUBLISHER_MAC,
@@ -437,7 +437,7 @@ fn containers_reach_published_ports_through_host_addresses() {
         let answer = packet(GATEWAY_MAC, PUBLISHER_MAC, Ip { src: PUBLISHER_IP, dst: PUBLISHER_GATEWAY, proto: TCP, ttl: 64, id: 2, frag: 0x4000 }, tcp_segment(80, gw_port, 0x12, b"hi"));
         let out = lab.from_container(&answer);
         assert_eq!(out.verdict, REDIRECT);
-        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 63, id: 2, frag: 0x4000 }, tcp_segment(8080, 61500, 0x12, b"hi"));
+        let expected = packet(CONTAINER_MAC, GATEWAY_MAC, Ip { src: GATEWAY_IP, dst: CONTAINER_IP, proto: TCP, ttl: 63, id: 2, frag: 0x4000 }, tcp_segment(8080, 41000, 0x12, b"hi"));
         assert_eq!(out.packet, expected);
         // A packet whose TTL runs out on the host hop is dropped (counted): handed to the host,
         // its destination, it would be answered with a reset instead.
