@@ -450,15 +450,16 @@ pub fn from_outside(translation: &Translation) -> bool {
     translation.ifindex != 0 && translation.action & both == ct_action::REWRITE_DST
 }
 
-/// Whether the answer of a masqueraded connection belongs to a socket of the host: one that took
-/// the same port after the container did (a host process binding it, or the host's own
-/// connection from that ephemeral port to the same server). The host keeps it: a container must
-/// not take the answers to the host's connections (its resolver's, for one). TCP: a connected
-/// socket of that exact tuple; UDP: any socket bound there. Only masquerade answers pay the
-/// lookup; published connections never do. `ctx`: TC's or XDP's.
+/// Whether the answer of a masqueraded UDP flow belongs to a socket of the host bound to that
+/// port after the container took it (a host process binding it, or the host's resolver sending
+/// from it to the same server). The host keeps it: a container must not take the answers to the
+/// host's queries. Only masquerade answers over UDP pay the lookup. TCP needs none: a host
+/// connection on the tuple of a container's live one cannot be set up at all (the server sees
+/// one connection), and a TCP_RR answer path is measurably slower with a lookup per packet.
+/// `ctx`: TC's or XDP's.
 #[inline(always)]
 pub fn host_owns_answer<C: EbpfContext>(ctx: &C, flow: &Flow, translation: &Translation) -> bool {
-    translation.action == ct_action::REWRITE_DST && conntrack::host_socket_owns(ctx, &flow.key, flow.key.proto == IPPROTO_TCP)
+    translation.action == ct_action::REWRITE_DST && flow.key.proto == IPPROTO_UDP && conntrack::host_socket_owns(ctx, &flow.key, false)
 }
 
 /// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]
