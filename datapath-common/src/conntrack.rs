@@ -1,7 +1,8 @@
-//! `CONNTRACK`: bpfnet's own connection tracking, which also holds every NAT translation, and
-//! `FRAGMENTS`, the ports of fragmented datagrams.
+//! bpfnet's own connection tracking, which also holds every NAT translation: `CONNTRACK`
+//! (established connections), `CT_PENDING` (new ones), `CT_QUOTA` (each endpoint's share of
+//! `CONNTRACK`), and `FRAGMENTS`, the ports of fragmented datagrams.
 //!
-//! A tracked connection is a pair of entries in one LRU hash, one per direction, each keyed by
+//! A tracked connection is a pair of entries, one per direction, each keyed by
 //! the tuple exactly as the datapath sees packets of that direction arrive (before translation):
 //! - the *original* entry, keyed by what the initiator sends, says how to rewrite its packets;
 //! - the *reply* entry, keyed by what comes back, says how to rewrite replies and where the
@@ -10,12 +11,38 @@
 //! NAT source port is claimed by inserting the reply entry with `BPF_NOEXIST` (two containers
 //! can never be given the same reply tuple). Each entry names its peer, which lets the datapath
 //! share TCP state across directions and the daemon list, flush and expire whole pairs.
+//!
+//! A pair starts in `CT_PENDING`, an LRU: a flood of new connections (spoofed SYNs, datagrams
+//! nobody answers) only ever evicts other new connections. Once *assured* (a TCP handshake whose
+//! final ACK acknowledges the answer's sequence number; any answer for UDP and ICMP) it moves to
+//! `CONNTRACK`, a plain hash the kernel never evicts from: only the daemon removes what expired.
+//! Each endpoint (a container's host-side veth) may hold [`CtConfig::endpoint_max`] entries
+//! there; beyond its share, or when `CONNTRACK` is full, an assured connection goes on working
+//! from `CT_PENDING`, where it can be evicted. So an established connection survives floods from
+//! outside and from any one container.
 use bytemuck::{Pod, Zeroable};
 
 use crate::IpKey;
 
 /// Default size of `CONNTRACK` in entries (two per connection), as Cilium's CT tables.
 pub const DEFAULT_CT_ENTRIES: u32 = 524_288;
+
+/// Size of `CT_PENDING` for a `CONNTRACK` of `ct_entries`: a quarter of it (at least 64).
+pub const fn pending_entries(ct_entries: u32) -> u32 {
+    let quarter = ct_entries / 4;
+    if quarter < 64 { 64 } else { quarter }
+}
+
+/// Default share of `CONNTRACK` one endpoint's connections may hold: a quarter of it.
+pub const fn default_endpoint_max(ct_entries: u32) -> u32 {
+    ct_entries / 4
+}
+
+/// How far (in bytes of sequence space) a RST or FIN may lie from where its direction's stream
+/// is: outside it, the segment passes on to the endpoint, which decides, but the tracked state is
+/// not changed (a blind attacker must guess within 2 x this of 2^32 to end a connection's
+/// tracking, as nf_conntrack's window check asks).
+pub const TCP_TRACK_WINDOW: u32 = 1 << 20;
 /// Size of `FRAGMENTS`: datagrams being fragmented at once.
 pub const FRAGMENT_ENTRIES: u32 = 8_192;
 
@@ -68,6 +95,8 @@ pub mod ct_state {
     pub const CLOSING: u8 = 1 << 2;
     /// This entry's direction sent a FIN (per direction, not shared).
     pub const FIN_SENT: u8 = 1 << 3;
+    /// TCP: `tcp_seq_next` holds where this direction's stream is (per direction).
+    pub const SEQ_KNOWN: u8 = 1 << 4;
 }
 
 #[repr(C)]
@@ -109,6 +138,10 @@ pub struct CtEntry {
     /// [`route_flags`] of the cached route.
     pub route_flags: u8,
     pub _pad: [u8; 3],
+    /// TCP: the sequence number after the latest segment of this direction (its sequence number
+    /// plus its length, SYN and FIN counting one). 0 before any segment of this direction.
+    pub tcp_seq_next: u32,
+    pub _pad2: [u8; 4],
 }
 
 /// [`CtEntry::route_flags`].
@@ -117,7 +150,7 @@ pub mod route_flags {
     pub const VETH: u8 = 1 << 0;
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 136);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 144);
 
 /// How long a connection's cached route is trusted before the FIB is asked again (a route or
 /// neighbour change reaches established connections within this time).
@@ -136,7 +169,8 @@ pub struct CtConfig {
     /// Source ports (and ICMP identifiers) masquerade picks from, inclusive, host order.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    pub _pad: [u8; 4],
+    /// Entries of `CONNTRACK` the connections of one endpoint may hold (0: no limit).
+    pub endpoint_max: u32,
 }
 
 const SECOND: u64 = 1_000_000_000;
@@ -153,7 +187,7 @@ impl CtConfig {
         icmp_ns: 30 * SECOND,
         nat_port_min: 61_000,
         nat_port_max: 65_535,
-        _pad: [0; 4],
+        endpoint_max: default_endpoint_max(DEFAULT_CT_ENTRIES),
     };
 }
 

@@ -104,6 +104,15 @@ counters! {
     /// From an uplink to a container's address, outside any tracked connection or publication
     /// (a LAN peer routing to a container subnet through the host).
     DropUplinkToContainer = 28, "drop_uplink_to_container", drop;
+    /// A packet of an assured connection that stays in the new-connection table (where a flood
+    /// can evict it) because its endpoint holds its share of the established table
+    /// (`--ct-max-per-endpoint`). Counted on each of its packets until there is room.
+    CtEndpointShareFull = 29, "ct_endpoint_share_full", pass;
+    /// As `ct_endpoint_share_full`, because the established table is full (`--ct-max`).
+    CtEstablishedFull = 30, "ct_established_full", pass;
+    /// A TCP RST or FIN outside its connection's sequence window: passed on to the endpoint,
+    /// which judges it, without ending the connection's tracking (a blind attacker's reset).
+    CtOutOfWindow = 31, "ct_out_of_window", pass;
 }
 
 #[cfg(test)]
@@ -115,7 +124,7 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 29);
+        assert_eq!(Counter::COUNT, 32);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();

@@ -7,6 +7,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const UPLINKS: &str = "UPLINKS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CT_PENDING: &str = "CT_PENDING";
+    pub const CT_QUOTA: &str = "CT_QUOTA";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const PORTS: &str = "PORTS";
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
@@ -17,8 +19,8 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const VIPS: &str = "VIPS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 14] = [
-        ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
+    pub const ALL: [&str; 16] = [
+        ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
         AFFINITY, VIPS,
     ];
 }

@@ -1,30 +1,107 @@
-//! Connection tracking: the tuple of a packet, the `CONNTRACK` and `FRAGMENTS` maps, state and
-//! lifetimes, and creating a connection's pair of entries (see `datapath_common::conntrack`).
+//! Connection tracking: the tuple of a packet, the connection tables (`CONNTRACK`,
+//! `CT_PENDING`, `CT_QUOTA`) and `FRAGMENTS`, state, sequence windows and lifetimes, creating a
+//! connection's pair of entries and moving it to the established table once assured (see
+//! `datapath_common::conntrack`).
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
     EbpfContext, Global,
 };
 use datapath_common::{
-    conntrack::{DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey,
+    conntrack::{pending_entries, DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_TRACK_WINDOW},
+    ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey, MAX_ENDPOINTS,
 };
 
-use crate::headers::{
-    ptr_at, Ipv4Hdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF, TCP_ACK,
-    TCP_FIN, TCP_FLAGS_OFF, TCP_RST, TCP_SYN,
+use crate::{
+    counters::bump,
+    headers::{
+        ptr_at, Ipv4Hdr, TcpHead, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
+        IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
 };
 
-/// Both directions of every tracked connection. The daemon sizes it (`--ct-max`).
+/// Both directions of every established (assured) connection: a plain hash, which the kernel
+/// never evicts from; the daemon removes what expired. The daemon sizes it (`--ct-max`).
 #[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(DEFAULT_CT_ENTRIES, 0);
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(DEFAULT_CT_ENTRIES, 0);
+
+/// New connections until they are assured (and assured ones that found no room in `CONNTRACK`):
+/// an LRU, so a flood of new connections evicts new connections only. Sized with `CONNTRACK`.
+#[map(name = "CT_PENDING")]
+pub static CT_PENDING: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(pending_entries(DEFAULT_CT_ENTRIES), 0);
+
+/// An endpoint's host-side veth -> the entries its connections hold in `CONNTRACK` (a
+/// connection belongs to the container that receives its original direction, else to the one
+/// that receives its answers). Counted up here without atomics (bpfel has none: a rare lost
+/// update lets one connection more in); the daemon recounts it whenever it expires connections.
+#[map(name = "CT_QUOTA")]
+pub static CT_QUOTA: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// First fragment's ports, for the later fragments of the same datagram (which carry none).
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
+
+/// Which table an entry is in. Both entries of a connection are always in the same one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Established,
+    Pending,
+}
+
+impl Table {
+    #[inline(always)]
+    fn get(self, key: &CtKey) -> Option<&'static CtEntry> {
+        // SAFETY: read-only lookups of plain-old-data values.
+        unsafe {
+            match self {
+                Table::Established => CONNTRACK.get(key),
+                Table::Pending => CT_PENDING.get(key),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn get_ptr_mut(self, key: &CtKey) -> Option<*mut CtEntry> {
+        match self {
+            Table::Established => CONNTRACK.get_ptr_mut(key),
+            Table::Pending => CT_PENDING.get_ptr_mut(key),
+        }
+    }
+
+    #[inline(always)]
+    fn insert(self, key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i64> {
+        match self {
+            Table::Established => CONNTRACK.insert(key, value, flags).map_err(|e| e as i64),
+            Table::Pending => CT_PENDING.insert(key, value, flags).map_err(|e| e as i64),
+        }
+    }
+}
+
+/// The entry a packet's tuple matched, and its table.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    pub entry: *mut CtEntry,
+    pub table: Table,
+}
+
+/// The entry of `key`: established connections first (the packets of most), then new ones.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<Tracked> {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        return Some(Tracked { entry, table: Table::Established });
+    }
+    let entry = CT_PENDING.get_ptr_mut(key)?;
+    Some(Tracked { entry, table: Table::Pending })
+}
+
+/// As [`lookup`], read only.
+#[inline(always)]
+pub fn get(key: &CtKey) -> Option<&'static CtEntry> {
+    Table::Established.get(key).or_else(|| Table::Pending.get(key))
+}
 
 /// A new connection's two entries are built here, not on the 512-byte stack.
 pub struct NewConnection {
@@ -59,6 +136,16 @@ static SOCK_TUPLE: PerCpuArray<bpf_sock_tuple> = PerCpuArray::with_max_entries(1
 #[unsafe(no_mangle)]
 static CT_CONFIG: Global<CtConfig> = Global::new(CtConfig::DEFAULT);
 
+/// One field of `CT_CONFIG`, read alone: `Global::load` copies all 48 bytes onto a stack that is
+/// near its 512-byte limit.
+macro_rules! ct_config {
+    ($field:ident) => {
+        // SAFETY: `Global` is a transparent wrapper of an initialized `CtConfig`; the read is
+        // volatile, as `Global::load`'s, so that it reads what the loader wrote there.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*(core::ptr::addr_of!(CT_CONFIG) as *const CtConfig)).$field)) }
+    };
+}
+
 /// How many random masquerade ports are tried before giving up on a new connection.
 const NAT_PORT_TRIES: u32 = 16;
 const EEXIST: i32 = 17;
@@ -67,10 +154,14 @@ const EEXIST: i32 = 17;
 pub struct Flow {
     /// The tuple as the packet arrived.
     pub key: CtKey,
-    /// Where the L4 header starts.
-    pub l4_off: usize,
+    /// Where the L4 header starts (a u32, not a usize: the flow lives on a crowded stack).
+    pub l4_off: u32,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// TCP: the segment's acknowledgment number and the sequence number after it (host order;
+    /// 0 for other protocols).
+    pub tcp_ack: u32,
+    pub tcp_seq_end: u32,
     /// The ICMP type (0 for other protocols).
     pub icmp_type: u8,
     /// A fragment after the first: no L4 header, ports taken from `FRAGMENTS`.
@@ -78,6 +169,14 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Takes the TCP header's flags and sequence numbers (`l4_len`: the IP payload's length).
+    #[inline(always)]
+    pub fn set_tcp(&mut self, tcp: &TcpHead, l4_len: u32) {
+        self.tcp_flags = tcp.flags;
+        self.tcp_ack = u32::from_be(tcp.ack);
+        self.tcp_seq_end = tcp.seq_end(l4_len);
+    }
+
     /// ICMP other than echo, which has no tuple of its own.
     #[inline(always)]
     pub fn is_icmp_non_echo(&self) -> bool {
@@ -98,8 +197,9 @@ impl Flow {
 pub fn parse(ctx: &TcContext) -> Option<Flow> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, IP_OFF)?;
     // SAFETY: bounds-checked by `ptr_at`.
-    let (version_ihl, frag_off, id, proto, saddr, daddr) =
-        unsafe { ((*ip).version_ihl, u16::from_be((*ip).frag_off), (*ip).id, (*ip).protocol, (*ip).saddr, (*ip).daddr) };
+    let (version_ihl, frag_off, id, proto, tot_len, saddr, daddr) = unsafe {
+        ((*ip).version_ihl, u16::from_be((*ip).frag_off), (*ip).id, (*ip).protocol, u16::from_be((*ip).tot_len), (*ip).saddr, (*ip).daddr)
+    };
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
         return None;
@@ -113,8 +213,10 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
             proto,
             _pad: [0; 3],
         },
-        l4_off: IP_OFF + ihl * 4,
+        l4_off: (IP_OFF + ihl * 4) as u32,
         tcp_flags: 0,
+        tcp_ack: 0,
+        tcp_seq_end: 0,
         icmp_type: 0,
         later_fragment: false,
     };
@@ -128,20 +230,23 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
         return Some(flow);
     }
     match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = ctx.load(flow.l4_off).ok()?;
+        IPPROTO_TCP => {
+            let tcp: TcpHead = ctx.load(flow.l4_off as usize).ok()?;
+            flow.key.sport = tcp.ports[0];
+            flow.key.dport = tcp.ports[1];
+            flow.set_tcp(&tcp, (tot_len as u32).saturating_sub(ihl as u32 * 4));
+        }
+        IPPROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(flow.l4_off as usize).ok()?;
             flow.key.sport = ports[0];
             flow.key.dport = ports[1];
-            if proto == IPPROTO_TCP {
-                flow.tcp_flags = ctx.load(flow.l4_off + TCP_FLAGS_OFF).ok()?;
-            }
         }
         IPPROTO_ICMP => {
-            flow.icmp_type = ctx.load(flow.l4_off).ok()?;
+            flow.icmp_type = ctx.load(flow.l4_off as usize).ok()?;
             if flow.icmp_type == ICMP_ECHO_REQUEST {
-                flow.key.sport = ctx.load(flow.l4_off + ICMP_ID_OFF).ok()?;
+                flow.key.sport = ctx.load(flow.l4_off as usize + ICMP_ID_OFF).ok()?;
             } else if flow.icmp_type == ICMP_ECHO_REPLY {
-                flow.key.dport = ctx.load(flow.l4_off + ICMP_ID_OFF).ok()?;
+                flow.key.dport = ctx.load(flow.l4_off as usize + ICMP_ID_OFF).ok()?;
             }
         }
         _ => {}
@@ -161,63 +266,159 @@ pub fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn lifetime(config: &CtConfig, proto: u8, state: u8) -> u64 {
+fn lifetime(proto: u8, state: u8) -> u64 {
     match proto {
-        IPPROTO_TCP if state & ct_state::CLOSING != 0 => config.tcp_closing_ns,
-        IPPROTO_TCP if state & ct_state::SEEN_REPLY != 0 => config.tcp_established_ns,
-        IPPROTO_TCP => config.tcp_syn_ns,
-        IPPROTO_UDP => config.udp_ns,
-        _ => config.icmp_ns,
+        IPPROTO_TCP if state & ct_state::CLOSING != 0 => ct_config!(tcp_closing_ns),
+        IPPROTO_TCP if state & ct_state::SEEN_REPLY != 0 => ct_config!(tcp_established_ns),
+        IPPROTO_TCP => ct_config!(tcp_syn_ns),
+        IPPROTO_UDP => ct_config!(udp_ns),
+        _ => ct_config!(icmp_ns),
     }
 }
 
-/// Accounts a packet that matched `entry`: counters, state, lifetime, and the peer's state and
-/// lifetime when the connection's shared state changed (first reply, both FINs, RST, a reused
-/// tuple). FINs are per direction: a half-closed connection keeps the established lifetime.
+/// Whether `value` lies within [`TCP_TRACK_WINDOW`] of `mark` in sequence space, either side.
 #[inline(always)]
-pub fn observe(entry: *mut CtEntry, flow: &Flow, len: u32, now: u64) {
+fn near(value: u32, mark: u32) -> bool {
+    value.wrapping_sub(mark).wrapping_add(TCP_TRACK_WINDOW) <= 2 * TCP_TRACK_WINDOW
+}
+
+/// Whether a RST or FIN of `flow` (matching `e`, in `table`) belongs to its connection's stream:
+/// its sequence number near where its direction's stream is, or, for the first segment of a
+/// direction (a reset answering a SYN), acknowledging what the other side sent.
+#[inline(always)]
+fn in_window(table: Table, e: &CtEntry, flow: &Flow) -> bool {
+    if e.state & ct_state::SEQ_KNOWN != 0 {
+        // The segment's end stands for its start: a RST carries no data, a FIN's is within the window.
+        return near(flow.tcp_seq_end, e.tcp_seq_next);
+    }
+    if flow.tcp_flags & TCP_ACK == 0 {
+        return false;
+    }
+    // The peer's key is read in place (a map value is a valid key argument): the stack is short.
+    match table.get(&e.peer) {
+        Some(peer) if peer.state & ct_state::SEQ_KNOWN != 0 => near(flow.tcp_ack, peer.tcp_seq_next),
+        _ => true,
+    }
+}
+
+/// Whether an ACK of `flow` acknowledges what the other side of `e`'s connection sent (at most
+/// a window behind where its stream is): the handshake's last step, which a blind spoofer of
+/// the first one cannot take.
+#[inline(always)]
+fn acknowledges_peer(table: Table, e: &CtEntry, flow: &Flow) -> bool {
+    table
+        .get(&e.peer)
+        .is_some_and(|peer| peer.state & ct_state::SEQ_KNOWN != 0 && peer.tcp_seq_next.wrapping_sub(flow.tcp_ack) <= TCP_TRACK_WINDOW)
+}
+
+/// Accounts a packet that matched `t`: counters, state, lifetime, and the peer's state and
+/// lifetime when the connection's shared state changed (first reply, both FINs, RST, a reused
+/// tuple). FINs are per direction: a half-closed connection keeps the established lifetime. A
+/// RST or FIN outside the stream's window changes nothing but the counters. A new connection
+/// that becomes assured moves to the established table.
+#[inline(always)]
+pub fn observe(t: Tracked, flow: &Flow, len: u32, now: u64) {
     const SHARED: u8 = ct_state::SEEN_REPLY | ct_state::CLOSING;
-    let config = CT_CONFIG.load();
     // SAFETY: `entry` points at a map value; concurrent updates only blur the statistics.
-    let e = unsafe { &mut *entry };
+    let e = unsafe { &mut *t.entry };
+    e.packets += 1;
+    e.bytes += len as u64;
     let old = e.state;
     let mut state = old;
     let mut reopened = false;
+    let mut assured = false;
     if flow.key.proto == IPPROTO_TCP {
-        if flow.tcp_flags & TCP_RST != 0 {
+        let flags = flow.tcp_flags;
+        if flags & (TCP_RST | TCP_FIN) != 0 && !in_window(t.table, e, flow) {
+            bump(Counter::CtOutOfWindow);
+            return;
+        }
+        if flags & TCP_RST != 0 {
             state |= ct_state::CLOSING;
-        } else if flow.tcp_flags & TCP_FIN != 0 {
+        } else if flags & TCP_FIN != 0 {
             state |= ct_state::FIN_SENT;
-            let peer_key = e.peer;
-            // SAFETY: read-only look at the peer's state.
-            if unsafe { CONNTRACK.get(&peer_key) }.is_some_and(|p| p.state & ct_state::FIN_SENT != 0) {
+            if t.table.get(&e.peer).is_some_and(|p| p.state & ct_state::FIN_SENT != 0) {
                 state |= ct_state::CLOSING;
             }
-        } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && state & (ct_state::CLOSING | ct_state::FIN_SENT) != 0
-        {
+        } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN && state & (ct_state::CLOSING | ct_state::FIN_SENT) != 0 {
             // A new connection on the tuple of one that is closing starts afresh.
             state &= ct_state::REPLY;
             reopened = true;
+        } else if t.table == Table::Pending && flags & (TCP_SYN | TCP_ACK) == TCP_ACK && old & (ct_state::REPLY | ct_state::SEEN_REPLY) == ct_state::SEEN_REPLY {
+            assured = acknowledges_peer(t.table, e, flow);
         }
+        if state & ct_state::SEQ_KNOWN == 0 || (flow.tcp_seq_end.wrapping_sub(e.tcp_seq_next) as i32) > 0 {
+            e.tcp_seq_next = flow.tcp_seq_end;
+        }
+        state |= ct_state::SEQ_KNOWN;
     }
     if state & ct_state::REPLY != 0 {
         state |= ct_state::SEEN_REPLY;
     }
+    // UDP and ICMP: an answer assures the flow.
+    if flow.key.proto != IPPROTO_TCP {
+        assured = t.table == Table::Pending && state & ct_state::SEEN_REPLY != 0;
+    }
     e.state = state;
-    e.expires_ns = now + lifetime(&config, flow.key.proto, state);
-    e.packets += 1;
-    e.bytes += len as u64;
+    e.expires_ns = now + lifetime(flow.key.proto, state);
     if reopened || (old ^ state) & SHARED != 0 {
         let peer_key = e.peer;
-        if let Some(peer) = CONNTRACK.get_ptr_mut(&peer_key) {
+        if let Some(peer) = t.table.get_ptr_mut(&peer_key) {
             // SAFETY: as above.
             let peer = unsafe { &mut *peer };
-            let own = if reopened { ct_state::REPLY } else { ct_state::REPLY | ct_state::FIN_SENT };
+            let own = if reopened { ct_state::REPLY } else { ct_state::REPLY | ct_state::FIN_SENT | ct_state::SEQ_KNOWN };
             peer.state = (peer.state & own) | (state & SHARED);
-            peer.expires_ns = now + lifetime(&config, flow.key.proto, peer.state);
+            peer.expires_ns = now + lifetime(flow.key.proto, peer.state);
         }
     }
+    if assured {
+        promote(e, &flow.key);
+    }
+}
+
+/// Moves the assured connection of `e` (keyed `key`, in `CT_PENDING`) to `CONNTRACK`, within its
+/// endpoint's share and the table's room; else it goes on working from `CT_PENDING`. Not
+/// inlined: a frame of its own, off the programs' (which are near the 512-byte stack limit).
+#[inline(never)]
+fn promote(e: &CtEntry, key: &CtKey) {
+    let Some(peer) = Table::Pending.get(&e.peer) else { return };
+    let (original, reply) = if e.state & ct_state::REPLY == 0 { (e, peer) } else { (peer, e) };
+    let owner = if original.ifindex != 0 { original.ifindex } else { reply.ifindex };
+    let endpoint_max: u32 = ct_config!(endpoint_max);
+    if owner != 0 && endpoint_max != 0 {
+        // SAFETY: read-only lookup of a plain-old-data value.
+        let held = unsafe { CT_QUOTA.get(&owner) }.copied().unwrap_or(0);
+        if held.saturating_add(2) > endpoint_max {
+            bump(Counter::CtEndpointShareFull);
+            return;
+        }
+    }
+    match CONNTRACK.insert(&e.peer, peer, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU moved it at this very moment (or another connection holds that tuple).
+        Err(err) if err as i32 == -EEXIST => return,
+        Err(_) => {
+            bump(Counter::CtEstablishedFull);
+            return;
+        }
+    }
+    if CONNTRACK.insert(key, e, 0).is_err() {
+        let _ = CONNTRACK.remove(&e.peer);
+        bump(Counter::CtEstablishedFull);
+        return;
+    }
+    if owner != 0 {
+        match CT_QUOTA.get_ptr_mut(&owner) {
+            // SAFETY: a map value; a concurrent update may be lost (see `CT_QUOTA`).
+            Some(held) => unsafe { *held += 2 },
+            None => {
+                let _ = CT_QUOTA.insert(&owner, &2, BPF_NOEXIST as u64);
+            }
+        }
+    }
+    // The peer first: `e` is the other entry's memory.
+    let _ = CT_PENDING.remove(&e.peer);
+    let _ = CT_PENDING.remove(key);
 }
 
 /// The reply entry of a masqueraded connection: answers go back to the container that sent
@@ -236,9 +437,10 @@ pub fn masquerade_reply(reply: &mut CtEntry, flow: &Flow, ifindex: u32, mac: [u8
 /// to use), unless another connection claimed that reply tuple meanwhile: then `false`, as the
 /// answers would reach the other container.
 #[inline(always)]
-pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6]) -> bool {
-    // SAFETY: read-only lookup of a plain-old-data value.
-    if let Some(reply) = unsafe { CONNTRACK.get(&original.peer) } {
+pub fn ensure_reply(t: Tracked, flow: &Flow, ifindex: u32, mac: [u8; 6]) -> bool {
+    // SAFETY: a map value, read only.
+    let original = unsafe { &*t.entry };
+    if let Some(reply) = get(&original.peer) {
         return reply.peer == flow.key;
     }
     let Some(new) = new_connection() else { return false };
@@ -246,7 +448,7 @@ pub fn ensure_reply(original: &CtEntry, flow: &Flow, ifindex: u32, mac: [u8; 6])
     new.reply.peer = flow.key;
     new.reply.state = ct_state::REPLY | (original.state & (ct_state::SEEN_REPLY | ct_state::CLOSING));
     new.reply.expires_ns = original.expires_ns;
-    CONNTRACK.insert(&original.peer, &new.reply, BPF_NOEXIST as u64).is_ok()
+    t.table.insert(&original.peer, &new.reply, BPF_NOEXIST as u64).is_ok()
 }
 
 /// Whether a socket of the host would take packets of `key` (a reply tuple: from the server to the
@@ -308,31 +510,33 @@ pub enum Port {
     Allocate { preferred: u16 },
 }
 
-/// Tracks a new connection whose first packet is `flow`: `new.original` rewrites the
+/// Tracks a new connection whose first packet is `flow`, in `CT_PENDING` until it is assured
+/// (see [`observe`]): `new.original` rewrites the
 /// initiator's packets, `new.reply` (keyed by `new.reply_key`) the answers. With
 /// [`Port::Allocate`], the original entry writes the chosen port as the new source port.
 #[inline(always)]
 pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port: Port, len: u32) -> Result<(), Counter> {
-    let config = CT_CONFIG.load();
-    let expires = now_ns() + lifetime(&config, flow.key.proto, 0);
+    let expires = now_ns() + lifetime(flow.key.proto, 0);
     new.reply.peer = flow.key;
     new.reply.state = ct_state::REPLY;
     new.reply.expires_ns = expires;
     if let Port::Allocate { preferred } = port {
-        let span = (config.nat_port_max as u32).saturating_sub(config.nat_port_min as u32) + 1;
+        let (port_min, port_max): (u16, u16) = (ct_config!(nat_port_min), ct_config!(nat_port_max));
+        let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
         let mut claimed = false;
         for attempt in 0..NAT_PORT_TRIES {
             let candidate = if attempt == 0 && preferred != 0 {
                 preferred
             } else {
                 // SAFETY: helper without arguments.
-                ((config.nat_port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
+                ((port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
             };
             new.reply_key.dport = candidate;
-            if host_socket_owns(ctx, &new.reply_key, false) {
+            // SAFETY: read-only lookup.
+            if unsafe { CONNTRACK.get(&new.reply_key) }.is_some() || host_socket_owns(ctx, &new.reply_key, false) {
                 continue;
             }
-            match CONNTRACK.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {
+            match CT_PENDING.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {
                 Ok(()) => {
                     claimed = true;
                     break;
@@ -345,16 +549,20 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
             return Err(Counter::DropNatNoPort);
         }
         new.original.src_port = new.reply_key.dport;
-    } else if CONNTRACK.insert(&new.reply_key, &new.reply, 0).is_err() {
+    } else if CT_PENDING.insert(&new.reply_key, &new.reply, 0).is_err() {
         return Err(Counter::DropCtInsertFailed);
     }
     new.original.peer = new.reply_key;
     new.original.state = 0;
+    if flow.key.proto == IPPROTO_TCP {
+        new.original.state = ct_state::SEQ_KNOWN;
+        new.original.tcp_seq_next = flow.tcp_seq_end;
+    }
     new.original.expires_ns = expires;
     new.original.packets = 1;
     new.original.bytes = len as u64;
-    if CONNTRACK.insert(&flow.key, &new.original, 0).is_err() {
-        let _ = CONNTRACK.remove(&new.reply_key);
+    if CT_PENDING.insert(&flow.key, &new.original, 0).is_err() {
+        let _ = CT_PENDING.remove(&new.reply_key);
         return Err(Counter::DropCtInsertFailed);
     }
     Ok(())

@@ -53,7 +53,6 @@ pub const IPV4_MF: u16 = 0x2000;
 pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
 
 /// Offsets inside the L4 headers.
-pub const TCP_FLAGS_OFF: usize = 13;
 pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
@@ -65,6 +64,32 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+/// The first 16 bytes of a TCP header: what connection tracking reads, in one load.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHead {
+    /// Source and destination port, network order.
+    pub ports: [u16; 2],
+    /// Network order.
+    pub seq: u32,
+    pub ack: u32,
+    /// Header length in 32-bit words, in the high nibble.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: u16,
+}
+
+impl TcpHead {
+    /// The sequence number after this segment (host order): its own, plus its payload (the IP
+    /// payload of `l4_len` bytes after the TCP header), plus one for a SYN and one for a FIN.
+    #[inline(always)]
+    pub fn seq_end(&self, l4_len: u32) -> u32 {
+        let header = ((self.doff >> 4) as u32) * 4;
+        let flags = (self.flags & TCP_SYN != 0) as u32 + (self.flags & TCP_FIN != 0) as u32;
+        u32::from_be(self.seq).wrapping_add(l4_len.saturating_sub(header)).wrapping_add(flags)
+    }
+}
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;

@@ -9,7 +9,7 @@ use datapath_common::{
 
 use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
-    conntrack::{self, now_ns, observe, Flow, Port, CONNTRACK},
+    conntrack::{self, now_ns, observe, Flow, Port},
     counters::{count, drop_packet, to_host},
     headers::{
         ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
@@ -55,7 +55,7 @@ impl Translation {
 #[inline(always)]
 fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
     let proto = flow.key.proto;
-    let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off) };
+    let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off as usize) };
     if t.action & ct_action::REWRITE_SRC != 0 {
         set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, t.src, proto, l4_off)?;
         set_port(ctx, proto, l4_off, true, t.src_port)?;
@@ -111,9 +111,9 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         return to_host(ctx);
     }
     let len = ctx.len();
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) {
+    if let Some(tracked) = conntrack::lookup(&flow.key) {
         // SAFETY: a map value, read before any packet helper runs.
-        let translation = Translation::of(unsafe { &*entry });
+        let translation = Translation::of(unsafe { &*tracked.entry });
         let now = now_ns();
         if translation.ifindex != 0 {
             // Between two containers through a published port: one host hop (a router's: the
@@ -124,7 +124,7 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
             if translation.action & both == both && !decrement_ttl(ctx) {
                 return drop_packet(ctx, Counter::DropTtlExpired);
             }
-            observe(entry, &flow, len, now);
+            observe(tracked, &flow, len, now);
             if apply(ctx, &flow, &translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
             }
@@ -134,15 +134,14 @@ pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: De
         if dest == Destination::Internal {
             return drop_packet(ctx, Counter::DropInternal);
         }
-        // SAFETY: as above.
-        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(unsafe { &*entry }, &flow, ifindex, iface.mac) {
+        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(tracked, &flow, ifindex, iface.mac) {
             return drop_packet(ctx, Counter::DropCtReplyLost);
         }
-        let Some(route) = route::cached_lookup(ctx, &flow, entry, now) else { return to_host(ctx) };
+        let Some(route) = route::cached_lookup(ctx, &flow, tracked.entry, now) else { return to_host(ctx) };
         if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
             return to_host(ctx);
         }
-        observe(entry, &flow, len, now);
+        observe(tracked, &flow, len, now);
         return send_out(ctx, &flow, &translation, &route);
     }
     if let Some(target) = published_target(ctx, &flow, dest == Destination::Gateway) {
@@ -321,13 +320,13 @@ fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backen
 #[inline(always)]
 pub fn answer_via_vip(ctx: &TcContext) -> Option<i32> {
     let flow = conntrack::parse(ctx)?;
-    let entry = CONNTRACK.get_ptr_mut(&flow.key)?;
+    let tracked = conntrack::lookup(&flow.key)?;
     // SAFETY: a map value, read before any packet helper runs.
-    let translation = Translation::of(unsafe { &*entry });
+    let translation = Translation::of(unsafe { &*tracked.entry });
     if translation.action != ct_action::REWRITE_SRC | ct_action::SERVICE || translation.ifindex == 0 {
         return None;
     }
-    observe(entry, &flow, ctx.len(), now_ns());
+    observe(tracked, &flow, ctx.len(), now_ns());
     if apply(ctx, &flow, &translation).is_err() {
         return Some(drop_packet(ctx, Counter::DropMalformed));
     }
@@ -367,7 +366,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
         return icmp_error_from_uplink(ctx, &flow);
     }
     let len = ctx.len();
-    let Some(entry) = CONNTRACK.get_ptr_mut(&flow.key) else {
+    let Some(tracked) = conntrack::lookup(&flow.key) else {
         if let Some(reason) = guard::uplink_refusal(flow.key.saddr.ipv4_word(), flow.key.daddr.ipv4_word()) {
             return drop_packet(ctx, reason);
         }
@@ -383,7 +382,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
         };
     };
     // SAFETY: a map value, read before any packet helper runs.
-    let translation = Translation::of(unsafe { &*entry });
+    let translation = Translation::of(unsafe { &*tracked.entry });
     if !from_outside(&translation) {
         return screened_to_host(ctx);
     }
@@ -394,7 +393,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
         // Untranslated, the host would answer it (a reset): the connection is not the host's.
         return drop_packet(ctx, Counter::DropTtlExpired);
     }
-    observe(entry, &flow, len, now_ns());
+    observe(tracked, &flow, len, now_ns());
     if apply(ctx, &flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -550,7 +549,7 @@ fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
     if flow.later_fragment {
         return None;
     }
-    let ip = flow.l4_off + ICMP_ERROR_QUOTE_OFF;
+    let ip = flow.l4_off as usize + ICMP_ERROR_QUOTE_OFF;
     let version_ihl: u8 = ctx.load(ip).ok()?;
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
@@ -589,7 +588,7 @@ fn quote_of(ctx: &TcContext, flow: &Flow) -> Option<Quote> {
 /// error's own ICMP checksum, which covers all the quoted bytes (it has no pseudo-header).
 #[inline(always)]
 fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_addr: u32, port_off: usize, new_port: u16) -> Option<()> {
-    let icmp_csum = flow.l4_off + ICMP_CSUM_OFF;
+    let icmp_csum = flow.l4_off as usize + ICMP_CSUM_OFF;
     let old_addr: u32 = ctx.load(q.ip + addr_off).ok()?;
     let old_port: u16 = ctx.load(port_off).ok()?;
     // The quoted IP header's checksum: plain arithmetic on the field (the l3 helper), which the
@@ -628,7 +627,7 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     let q = quote_of(ctx, flow)?;
     // The quoted packet left the host; a reply to it would be its tuple reversed.
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let translation = Translation::of(unsafe { CONNTRACK.get(&q.reversed_key())? });
+    let translation = Translation::of(conntrack::get(&q.reversed_key())?);
     if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
         return None;
     }
@@ -654,9 +653,9 @@ fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     if key.saddr != flow.key.saddr || key.daddr != flow.key.daddr {
         return to_host(ctx);
     }
-    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else { return to_host(ctx) };
-    // SAFETY: a map value, read before any packet helper runs.
-    let translation = Translation::of(unsafe { &*entry });
+    let Some(entry) = conntrack::get(&key) else { return to_host(ctx) };
+    // A map value, read before any packet helper runs.
+    let translation = Translation::of(entry);
     // Only a connection whose packets from the container are routed out with a new source
     // (masquerade, the answers of a published port); hairpin errors stay the host's.
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
@@ -665,8 +664,7 @@ fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     }
     // The connection's cached route, read only (the entry's route is its own packets' to
     // refresh); else the FIB's answer for the error, which must leave by an uplink.
-    // SAFETY: as above.
-    let route = match route::cached(unsafe { &*entry }, now_ns()) {
+    let route = match route::cached(entry, now_ns()) {
         Some(route) => route,
         None => {
             let Some(mut route) = route::lookup(ctx, flow) else { return to_host(ctx) };

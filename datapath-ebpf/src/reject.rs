@@ -52,7 +52,7 @@ fn swap_macs(ctx: &TcContext) -> Option<()> {
 /// The original IPv4 header, which must have no options (the answer is built at fixed offsets).
 #[inline(always)]
 fn original_ip(ctx: &TcContext, flow: &Flow) -> Option<[u8; IPV4_HDR]> {
-    if flow.l4_off != L4_OFF || flow.later_fragment {
+    if flow.l4_off as usize != L4_OFF || flow.later_fragment {
         return None;
     }
     ctx.load(IP_OFF).ok()

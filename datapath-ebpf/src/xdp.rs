@@ -26,10 +26,10 @@ use datapath_common::{
 
 use crate::{
     checksum::{offload_placeholder, Incremental},
-    conntrack::{self, now_ns, observe, Flow, Port, CONNTRACK},
+    conntrack::{self, now_ns, observe, Flow, Port},
     counters::bump,
     guard,
-    headers::{write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF, TCP_CSUM_OFF, TCP_FLAGS_OFF, UDP_CSUM_OFF},
+    headers::{write_mac, EthHdr, Ipv4Hdr, TcpHead, ETH_HDR_LEN, ETH_P_IP, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     nat::{self, Translation},
@@ -97,13 +97,13 @@ fn parse(ctx: &XdpContext) -> Option<Packet> {
         return None;
     }
     let l4_len = tot_len.checked_sub(20)?;
-    let (csum_off, tcp_flags) = match proto {
+    let (csum_off, tcp) = match proto {
         IPPROTO_TCP => {
-            let flags = ptr_at::<u8>(ctx, L4_OFF + TCP_FLAGS_OFF)?;
+            let tcp = ptr_at::<TcpHead>(ctx, L4_OFF)?;
             // SAFETY: bounds-checked by `ptr_at`.
-            (TCP_CSUM_OFF, unsafe { *flags })
+            (TCP_CSUM_OFF, Some(unsafe { tcp.read_unaligned() }))
         }
-        IPPROTO_UDP => (UDP_CSUM_OFF, 0),
+        IPPROTO_UDP => (UDP_CSUM_OFF, None),
         _ => return None,
     };
     let ports = ptr_at::<[u16; 2]>(ctx, L4_OFF)?;
@@ -115,7 +115,10 @@ fn parse(ctx: &XdpContext) -> Option<Packet> {
         return None;
     }
     let key = CtKey { saddr: IpKey::from_ipv4_octets(saddr), daddr: IpKey::from_ipv4_octets(daddr), sport, dport, proto, _pad: [0; 3] };
-    let flow = Flow { key, l4_off: L4_OFF, tcp_flags, icmp_type: 0, later_fragment: false };
+    let mut flow = Flow { key, l4_off: L4_OFF as u32, tcp_flags: 0, tcp_ack: 0, tcp_seq_end: 0, icmp_type: 0, later_fragment: false };
+    if let Some(tcp) = tcp {
+        flow.set_tcp(&tcp, l4_len as u32);
+    }
     Some(Packet { flow, ip, ports, l4_csum: (!no_checksum).then_some(csum), len: frame as u32 })
 }
 
@@ -130,15 +133,15 @@ fn delivers(ifindex: u32) -> bool {
 pub fn from_uplink(ctx: &XdpContext) -> u32 {
     let Some(p) = parse(ctx) else { return XDP_PASS };
     let now = now_ns();
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&p.flow.key) {
+    if let Some(tracked) = conntrack::lookup(&p.flow.key) {
         // SAFETY: a map value, copied before the packet is touched.
-        let t = Translation::of(unsafe { &*entry });
+        let t = Translation::of(unsafe { &*tracked.entry });
         // As at TC: only entries that take packets from outside, and not the answers a socket
         // of the host owns.
         if !nat::from_outside(&t) || !delivers(t.ifindex) || nat::host_owns_answer(ctx, &p.flow, &t) {
             return XDP_PASS;
         }
-        observe(entry, &p.flow, p.len, now);
+        observe(tracked, &p.flow, p.len, now);
         return deliver(ctx, &p, &t, Counter::XdpNatIn);
     }
     // A VIP is reached from its network and the host only.

@@ -149,9 +149,19 @@ pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> Result<()> {
     netns::within(ns, move || {
         let (fd, addr) = packet_socket(&dev)?;
         for frame in &frames {
-            // SAFETY: a valid buffer and address.
-            let sent = unsafe {
-                libc::sendto(fd, frame.as_ptr().cast(), frame.len(), 0, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            let mut tries = 0;
+            let sent = loop {
+                // SAFETY: a valid buffer and address.
+                let sent = unsafe {
+                    libc::sendto(fd, frame.as_ptr().cast(), frame.len(), 0, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                };
+                // A burst can outrun the device's queue: wait for room, as a flood tool would.
+                if sent < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) && tries < 1000 {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                break sent;
             };
             if sent < 0 {
                 let e = std::io::Error::last_os_error();

@@ -4,17 +4,17 @@
 //! that binds the port a container used, local clients that hold connections open — with what
 //! must still work checked beside each. Needs root.
 use std::{
-    io::Read,
-    net::{Ipv4Addr, TcpStream, UdpSocket},
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
 use bpfnet_lab::{
-    checks::{addr, counter},
-    frames::{ethernet, mac_of, send_frames, Capture, Ip, UdpRecorder, ICMP, UDP},
+    checks::{addr, counter, json},
+    frames::{ethernet, mac_of, send_frames, Capture, Ip, UdpRecorder, ICMP, TCP, UDP},
     netns,
-    sandbox::{run_ok, Outside, FAR_IP, UPLINK_IP},
-    traffic::{tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, udp_echo_server, udp_exchange, udp_whoami, udp_whoami_server, NameClient},
+    sandbox::{run, run_ok, Outside, FAR_IP, UPLINK_IP},
+    traffic::{tcp_connect, tcp_echo_server, tcp_exchange, tcp_round_trip, tcp_name_server, udp_echo_server, udp_exchange, udp_whoami, udp_whoami_server, NameClient},
     Sandbox,
 };
 
@@ -239,6 +239,52 @@ fn a_host_service_keeps_its_clients_when_a_container_publishes_its_port() {
     assert_eq!(name, "container");
 }
 
+/// Finding 6: floods of five times the connection table (`--ct-max 4096`) — SYNs from 20,000
+/// spoofed LAN addresses to a published port, 20,000 answered UDP flows from one container —
+/// evict neither an idle connection through the published port nor an idle masqueraded one:
+/// the next segment of each, from either side, arrives (it used to be answered by a reset). The
+/// pressure shows in `stats`.
+#[test]
+fn established_connections_survive_floods_from_the_lan_and_from_a_container() {
+    let mut w = world("flood", &["--ct-max", "4096"]);
+    let mut published = tcp_connect(&w.outside.ext, addr(UPLINK_IP, 8080), T).unwrap();
+    assert_eq!(tcp_round_trip(&mut published, b"before").unwrap(), b"before");
+    let far_listener = netns::within(&w.outside.far, || Ok(TcpListener::bind(addr(FAR_IP, 9000))?)).unwrap();
+    let mut masqueraded = tcp_connect(&w.web1, addr(FAR_IP, 9000), T).unwrap();
+    let (mut server_side, _) = far_listener.accept().unwrap();
+    server_side.write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    masqueraded.set_read_timeout(Some(T)).unwrap();
+    masqueraded.read_exact(&mut got).unwrap();
+
+    // From the LAN: SYNs from 198.18.0.0/17, each a new connection to the published port.
+    let syns = (0..20_000u32).map(|i| Ip::new(Ipv4Addr::from(0xc612_0000 + i), ip(UPLINK_IP), TCP).tcp_syn(1024 + (i % 50_000) as u16, 8080)).collect();
+    from_lan(&w, syns);
+    // From a container: datagrams from 20,000 ports to a server that answers each.
+    let attacker = w.sb.add_netns("atk").unwrap();
+    w.sb.bpfnet_ok(&["network", "connect", "web", &attacker, "--ip", "10.240.0.3"]).unwrap();
+    // In bursts the server keeps up with, so that nearly every flow is answered.
+    let (to, from) = (gateway_mac(&w.sb, &attacker, "10.240.0.1"), mac_of(&attacker, "eth0").unwrap());
+    for burst in 0..40u32 {
+        let flows = (0..500u32).map(|i| ethernet(to, from, &Ip::new(ip("10.240.0.3"), ip(FAR_IP), UDP).udp(10_000 + (burst * 500 + i) as u16, 8001, b"flood")));
+        send_frames(&attacker, "eth0", flows.collect()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The LAN client's next segment reaches the container; the far server's reaches web1.
+    assert_eq!(tcp_round_trip(&mut published, b"after").unwrap(), b"after", "the published connection survives");
+    server_side.write_all(b"pushed").unwrap();
+    masqueraded.read_exact(&mut got).expect("the masqueraded connection survives");
+    assert_eq!(&got, b"pushed");
+    // Both floods filled what they could: the new-connection table, the container's share.
+    let stats = json(&w.sb.bpfnet_ok(&["stats", "--json"]).unwrap());
+    let ct = &stats["conntrack"];
+    assert!(ct["pending_pressure_percent"].as_f64().unwrap() > 50.0, "{ct}");
+    assert!(ct["entries"].as_u64().unwrap() <= 4096 / 4 + 16, "one container holds at most its share: {ct}");
+    assert!(counter(&w.sb, "ct_endpoint_share_full") > 0, "{ct}");
+}
+
 /// Findings 7 and 9: connections held open to the resolver (from a container) and to the
 /// metrics port (from the host) are capped: the daemon's descriptors stay bounded, the API and
 /// other clients are served.
@@ -299,4 +345,44 @@ fn the_state_is_private_and_an_oversized_request_is_refused_readably() {
     let r = w.sb.bpfnet(&args).unwrap();
     assert!(!r.ok, "{}", r.stderr);
     assert!(r.stderr.contains("more than the 65536 bytes the daemon accepts"), "{}", r.stderr);
+}
+
+/// Finding 10: with the state directory on a full filesystem, a change that cannot be recorded
+/// is not made — a disconnect leaves the container connected and reachable, a batch of services
+/// is refused whole — and a restart brings back exactly what was acknowledged.
+#[test]
+fn a_full_disk_refuses_changes_whole_and_a_restart_brings_back_what_was_acknowledged() {
+    let mut sb = Sandbox::new("full").unwrap();
+    let state = sb.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    // Unmounted by the sandbox's cleanup, which unmounts whatever lies below its directory.
+    run_ok("mount", &["-t", "tmpfs", "-o", "size=512k,mode=0700", "bpfnet-full", state.to_str().unwrap()]).unwrap();
+    sb.start_daemon().unwrap();
+    let c1 = sb.add_netns("c1").unwrap();
+    sb.bpfnet_ok(&["network", "create", "web", "--subnet", "10.240.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "web", &c1, "-p", "8080:80"]).unwrap();
+    let services = sb.state_dir().with_file_name("services.json");
+    let list: Vec<String> = (0..40).map(|i| format!(r#"{{"name": "s{i}", "network": "web", "port": "80", "publish": "{}", "backends": ["{c1}"]}}"#, 9000 + i)).collect();
+    std::fs::write(&services, format!(r#"{{"services": [{}]}}"#, list.join(","))).unwrap();
+
+    // Fill the filesystem (dd stops at ENOSPC).
+    let filler = state.join("filler");
+    let _ = run("dd", &["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]);
+    let r = sb.bpfnet(&["network", "disconnect", "web", &c1]).unwrap();
+    assert!(!r.ok && r.stderr.contains("No space left"), "the disconnect must fail, saying why: {}", r.stderr);
+    assert!(sb.ping(&sb.host(), "10.240.0.2").unwrap(), "the refused disconnect left the container reachable");
+    assert!(sb.bpfnet_ok(&["network", "inspect", "web"]).unwrap().contains("10.240.0.2"));
+    let r = sb.bpfnet(&["service", "apply", services.to_str().unwrap()]).unwrap();
+    assert!(!r.ok, "the batch cannot be recorded: {}", r.stdout);
+    assert_eq!(json(&sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap()).as_array().unwrap().len(), 0, "no service of the refused batch");
+    assert!(!state.join("state.json.tmp").exists(), "no temporary file left behind");
+
+    // Room again, and a restart: what was acknowledged, no more, no less.
+    std::fs::remove_file(&filler).unwrap();
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    assert!(sb.ping(&sb.host(), "10.240.0.2").unwrap(), "the container is still connected after the restart");
+    assert_eq!(json(&sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap()).as_array().unwrap().len(), 0, "no service came back");
+    sb.bpfnet_ok(&["network", "disconnect", "web", &c1]).unwrap();
+    assert!(!sb.ping(&sb.host(), "10.240.0.2").unwrap());
 }

@@ -228,9 +228,18 @@ pub struct Stats {
 /// How full the connection table is (two entries per connection).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConntrackUsage {
+    /// The established table (`--ct-max`): never evicted from.
     pub entries: u64,
     pub max_entries: u64,
     pub pressure_percent: f64,
+    /// The table of new connections (a quarter of `--ct-max`): a flood of new connections
+    /// evicts the least recently used of them.
+    #[serde(default)]
+    pub pending_entries: u64,
+    #[serde(default)]
+    pub pending_max_entries: u64,
+    #[serde(default)]
+    pub pending_pressure_percent: f64,
 }
 
 /// An interface traffic to the outside leaves by, and the address masquerade gives it.
@@ -269,6 +278,10 @@ pub struct Connection {
     pub original_bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// In the established table (a TCP handshake completed, or an answer seen), which floods
+    /// cannot evict from; `false` while it is new (or beyond its container's share).
+    #[serde(default)]
+    pub assured: bool,
 }
 
 /// The answer to `conntrack flush`.

@@ -287,10 +287,20 @@ struct DaemonArgs {
     /// offload take the TC path.
     #[arg(long, value_name = "MODE")]
     xdp: Option<XdpArg>,
-    /// Size of the connection table in entries; each connection takes two. Applies when the
-    /// table is created (a pinned table keeps its size across restarts).
+    /// Size of the table of established connections in entries; each connection takes two. New
+    /// connections wait in a table a quarter of this size until they are established (a TCP
+    /// handshake completed, an answer to UDP or ICMP): a flood of new connections evicts only
+    /// new ones. Applies when the tables are created (pinned tables keep their size across
+    /// restarts).
     #[arg(long, default_value_t = datapath_common::conntrack::DEFAULT_CT_ENTRIES, value_parser = clap::value_parser!(u32).range(64..))]
     ct_max: u32,
+    /// Entries of the established table the connections of one container may hold (a connection
+    /// to a published port counts for the container that serves it). Beyond its share, a
+    /// container's connections still work, from the new-connection table, where floods can
+    /// evict them: one container cannot fill the table. 0: no limit. Default: a quarter of
+    /// --ct-max.
+    #[arg(long, value_name = "ENTRIES")]
+    ct_max_per_endpoint: Option<u32>,
     /// Lifetime of an idle established TCP connection.
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
     ct_timeout_tcp: std::time::Duration,
@@ -534,7 +544,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         icmp_ns: ns(args.ct_timeout_icmp),
         nat_port_min: args.nat_ports.0,
         nat_port_max: args.nat_ports.1,
-        _pad: [0; 4],
+        endpoint_max: args.ct_max_per_endpoint.unwrap_or(datapath_common::conntrack::default_endpoint_max(args.ct_max)),
     };
     let config = Config {
         state_dir: args.state_dir,
@@ -640,6 +650,10 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             println!("{} networks, {} endpoints, {} services ({} backends)", stats.networks, stats.endpoints, stats.services, stats.backends);
             let ct = &stats.conntrack;
             println!("connection table: {} of {} entries in use ({}%)", ct.entries, ct.max_entries, ct.pressure_percent);
+            println!(
+                "new connections:  {} of {} entries in use ({}%; when full, the oldest new ones are evicted)",
+                ct.pending_entries, ct.pending_max_entries, ct.pending_pressure_percent
+            );
             let uplinks: Vec<String> = stats
                 .uplinks
                 .iter()

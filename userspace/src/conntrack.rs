@@ -1,8 +1,14 @@
-//! The connection table as the daemon sees it: listing connections, flushing them, expiring them
-//! (the datapath only stamps deadlines; removal is the daemon's), and forgetting those of an
-//! endpoint that leaves. Works on its own handle on the pinned map, so none of it waits for the
-//! daemon's lock.
-use std::{collections::HashSet, net::IpAddr, path::Path};
+//! The connection tables as the daemon sees them: listing connections, flushing them, expiring
+//! them (the datapath only stamps deadlines; removal is the daemon's, and the established table
+//! is never evicted from), recounting each endpoint's share of the established table, and
+//! forgetting the connections of an endpoint that leaves. Works on its own handles on the pinned
+//! maps, so none of it waits for the daemon's lock. A connection's two entries are in one table:
+//! `CONNTRACK` once established, `CT_PENDING` before (see `datapath_common::conntrack`).
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
@@ -14,9 +20,15 @@ use datapath_common::{
 use crate::{api, bpffs};
 
 pub struct Conntrack {
-    map: HashMap<MapData, CtKey, CtEntry>,
+    /// `CONNTRACK`, then `CT_PENDING`.
+    tables: [HashMap<MapData, CtKey, CtEntry>; 2],
+    quota: HashMap<MapData, u32, u32>,
     max_entries: u32,
+    pending_max_entries: u32,
 }
+
+/// An entry, and whether it is in the established table.
+type Listed = (CtKey, CtEntry, bool);
 
 /// Now on the datapath's clock (`bpf_ktime_get_coarse_ns`), in ns.
 pub fn now_ns() -> u64 {
@@ -66,30 +78,52 @@ fn state_name(proto: u8, state: u8) -> &'static str {
 }
 
 impl Conntrack {
-    /// Opens the table the datapath pinned under `root` (load the datapath first).
+    /// Opens the tables the datapath pinned under `root` (load the datapath first).
     pub fn open(root: &Path) -> Result<Self> {
-        let pin = bpffs::maps_dir(root).join(map_names::CONNTRACK);
-        let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-        let max_entries = data.info()?.max_entries();
-        Ok(Self { map: HashMap::try_from(Map::LruHashMap(data))?, max_entries })
+        let open = |name: &str| -> Result<MapData> {
+            let pin = bpffs::maps_dir(root).join(name);
+            MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))
+        };
+        let established = open(map_names::CONNTRACK)?;
+        let pending = open(map_names::CT_PENDING)?;
+        let max_entries = established.info()?.max_entries();
+        let pending_max_entries = pending.info()?.max_entries();
+        Ok(Self {
+            tables: [HashMap::try_from(Map::HashMap(established))?, HashMap::try_from(Map::LruHashMap(pending))?],
+            quota: HashMap::try_from(Map::HashMap(open(map_names::CT_QUOTA)?))?,
+            max_entries,
+            pending_max_entries,
+        })
     }
 
     pub fn max_entries(&self) -> u32 {
         self.max_entries
     }
 
-    /// Every entry (a snapshot: the datapath goes on changing the table).
-    fn entries(&self) -> Vec<(CtKey, CtEntry)> {
-        self.map.iter().filter_map(|r| r.ok()).collect()
+    /// Every entry of both tables (a snapshot: the datapath goes on changing them).
+    fn entries(&self) -> Vec<Listed> {
+        let [established, pending] = &self.tables;
+        let listed = |map: &HashMap<MapData, CtKey, CtEntry>, assured: bool| -> Vec<Listed> {
+            map.iter().filter_map(|r| r.ok()).map(|(k, e)| (k, e, assured)).collect()
+        };
+        let mut out = listed(established, true);
+        out.extend(listed(pending, false));
+        out
     }
 
-    /// Entries in use and how full the table is.
+    /// Entries in use and how full the tables are.
     pub fn usage(&self) -> api::ConntrackUsage {
-        let entries = self.map.keys().filter(|k| k.is_ok()).count() as u64;
+        let count = |map: &HashMap<MapData, CtKey, CtEntry>| map.keys().filter(|k| k.is_ok()).count() as u64;
+        let entries = count(&self.tables[0]);
+        let pending_entries = count(&self.tables[1]);
+        let percent = |n: u64, max: u32| (n as f64 * 100.0 / max.max(1) as f64 * 10.0).round() / 10.0;
         api::ConntrackUsage {
             entries,
             max_entries: self.max_entries as u64,
-            pressure_percent: (entries as f64 * 100.0 / self.max_entries.max(1) as f64 * 10.0).round() / 10.0,
+            pressure_percent: percent(entries, self.max_entries),
+            pending_entries,
+            pending_max_entries: self.pending_max_entries as u64,
+            pending_pressure_percent: percent(pending_entries, self.pending_max_entries),
         }
     }
 
@@ -97,11 +131,11 @@ impl Conntrack {
     pub fn connections(&self) -> Vec<api::Connection> {
         let now = now_ns();
         let entries = self.entries();
-        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().map(|(k, e, _)| (*k, *e)).collect();
         let mut out: Vec<api::Connection> = entries
             .iter()
-            .filter(|(_, e)| e.state & ct_state::REPLY == 0)
-            .map(|(key, e)| {
+            .filter(|(_, e, _)| e.state & ct_state::REPLY == 0)
+            .map(|(key, e, assured)| {
                 let reply = by_key.get(&e.peer);
                 let expires = reply.map_or(e.expires_ns, |r| r.expires_ns.max(e.expires_ns));
                 api::Connection {
@@ -122,6 +156,7 @@ impl Conntrack {
                     original_bytes: e.bytes,
                     reply_packets: reply.map_or(0, |r| r.packets),
                     reply_bytes: reply.map_or(0, |r| r.bytes),
+                    assured: *assured,
                 }
             })
             .collect();
@@ -129,36 +164,81 @@ impl Conntrack {
         out
     }
 
+    /// Removes the keys from both tables; returns how many entries went.
     fn remove_keys(&mut self, keys: impl IntoIterator<Item = CtKey>) -> usize {
-        keys.into_iter().filter(|k| self.map.remove(k).is_ok()).count()
+        let mut removed = 0;
+        for key in keys {
+            for table in &mut self.tables {
+                removed += table.remove(&key).is_ok() as usize;
+            }
+        }
+        removed
     }
 
     /// Removes every entry; returns how many connections that ended.
     pub fn flush(&mut self) -> usize {
         let entries = self.entries();
-        let connections = entries.iter().filter(|(_, e)| e.state & ct_state::REPLY == 0).count();
-        self.remove_keys(entries.into_iter().map(|(k, _)| k));
+        let connections = entries.iter().filter(|(_, e, _)| e.state & ct_state::REPLY == 0).count();
+        self.remove_keys(entries.into_iter().map(|(k, _, _)| k));
+        self.recount_shares();
         connections
     }
 
     /// Removes the connections whose both directions are past their deadline (and entries whose
-    /// peer is gone and that are past theirs). Returns how many entries went.
+    /// peer is gone and that are past theirs), then recounts each endpoint's share of the
+    /// established table. Returns how many entries went.
     pub fn expire(&mut self, now: u64) -> usize {
-        let entries = self.entries();
-        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-        let expired: Vec<CtKey> = entries
-            .iter()
-            .filter(|(_, e)| e.expires_ns < now && by_key.get(&e.peer).is_none_or(|p| p.expires_ns < now))
-            .map(|(k, _)| *k)
-            .collect();
-        // The walk took a while: a packet may have revived a connection since. Look again
-        // right before each removal.
-        let still_expired = |map: &HashMap<MapData, CtKey, CtEntry>, key: &CtKey| match map.get(key, 0) {
-            Ok(e) => e.expires_ns < now && map.get(&e.peer, 0).map_or(true, |p| p.expires_ns < now),
-            Err(_) => false,
-        };
-        let doomed: Vec<CtKey> = expired.into_iter().filter(|k| still_expired(&self.map, k)).collect();
-        self.remove_keys(doomed)
+        let mut removed = 0;
+        for table in &mut self.tables {
+            let entries: Vec<(CtKey, CtEntry)> = table.iter().filter_map(|r| r.ok()).collect();
+            let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+            let expired: Vec<CtKey> = entries
+                .iter()
+                .filter(|(_, e)| e.expires_ns < now && by_key.get(&e.peer).is_none_or(|p| p.expires_ns < now))
+                .map(|(k, _)| *k)
+                .collect();
+            // The walk took a while: a packet may have revived a connection since. Look again
+            // right before each removal.
+            for key in expired {
+                let still_expired = match table.get(&key, 0) {
+                    Ok(e) => e.expires_ns < now && table.get(&e.peer, 0).map_or(true, |p| p.expires_ns < now),
+                    Err(_) => false,
+                };
+                if still_expired {
+                    removed += table.remove(&key).is_ok() as usize;
+                }
+            }
+        }
+        self.recount_shares();
+        removed
+    }
+
+    /// Writes each endpoint's share of the established table as it is now (the datapath counts
+    /// up as connections move in; only this walk sees them leave). A connection belongs to the
+    /// container its original direction is delivered to, else to the one its answers are.
+    fn recount_shares(&mut self) {
+        let established: Vec<(CtKey, CtEntry)> = self.tables[0].iter().filter_map(|r| r.ok()).collect();
+        let by_key: StdHashMap<CtKey, CtEntry> = established.iter().copied().collect();
+        let mut shares: StdHashMap<u32, u32> = StdHashMap::new();
+        for (_, e) in established.iter().filter(|(_, e)| e.state & ct_state::REPLY == 0) {
+            let reply_ifindex = by_key.get(&e.peer).map_or(0, |r| r.ifindex);
+            let owner = if e.ifindex != 0 { e.ifindex } else { reply_ifindex };
+            if owner != 0 {
+                *shares.entry(owner).or_default() += 2;
+            }
+        }
+        let stale: Vec<u32> = self.quota.keys().filter_map(|k| k.ok()).filter(|k| !shares.contains_key(k)).collect();
+        for owner in stale {
+            let _ = self.quota.remove(&owner);
+        }
+        for (owner, held) in shares {
+            let _ = self.quota.insert(owner, held, 0);
+        }
+    }
+
+    /// Entries each endpoint (by host-side veth) holds in the established table, as last counted.
+    pub fn shares(&self) -> StdHashMap<u32, u32> {
+        self.quota.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or,
@@ -168,13 +248,17 @@ impl Conntrack {
         let key = addr.map(IpKey::from);
         let names = |a: &IpKey| key.as_ref() == Some(a);
         let mut doomed = HashSet::new();
-        for (k, e) in self.entries() {
+        for (k, e, _) in self.entries() {
             if (e.ifindex != 0 && ifindexes.contains(&e.ifindex)) || names(&e.src) || names(&e.dst) || names(&k.saddr) || names(&k.daddr) {
                 doomed.insert(k);
                 doomed.insert(e.peer);
             }
         }
-        self.remove_keys(doomed)
+        let removed = self.remove_keys(doomed);
+        for ifindex in ifindexes {
+            let _ = self.quota.remove(ifindex);
+        }
+        removed
     }
 
     /// Removes the UDP flows a service sent to the backend `addr`:`port` (a datagram client
@@ -183,7 +267,7 @@ impl Conntrack {
     pub fn forget_udp_flows_to(&mut self, addr: IpAddr, port: u16) -> usize {
         let (addr, port) = (IpKey::from(addr), port.to_be());
         let mut doomed = HashSet::new();
-        for (k, e) in self.entries() {
+        for (k, e, _) in self.entries() {
             let to_backend = e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && e.dst == addr && e.dst_port == port;
             if to_backend && k.proto == IPPROTO_UDP {
                 doomed.insert(k);
@@ -199,8 +283,8 @@ impl Conntrack {
         let open = |e: &CtEntry| e.state & (ct_state::REPLY | ct_state::CLOSING) == 0;
         self.entries()
             .into_iter()
-            .filter(|(_, e)| e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && open(e))
-            .map(|(_, e)| (e.dst, e.dst_port))
+            .filter(|(_, e, _)| e.action & ct_action::SERVICE != 0 && e.action & ct_action::REWRITE_DST != 0 && open(e))
+            .map(|(_, e, _)| (e.dst, e.dst_port))
             .collect()
     }
 }

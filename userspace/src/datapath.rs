@@ -180,6 +180,7 @@ impl Datapath {
             .override_global(global_names::CT_CONFIG, &options.ct_config, true)
             .override_global(global_names::NETNS_COOKIE, &options.netns_cookie, true)
             .map_max_entries(map_names::CONNTRACK, options.ct_entries)
+            .map_max_entries(map_names::CT_PENDING, datapath_common::conntrack::pending_entries(options.ct_entries))
             .map_max_entries(map_names::SERVICES, options.max_services + 1)
             .map_max_entries(map_names::MAGLEV, options.maglev_slots().unwrap_or(0).div_ceil(2))
             .map_max_entries(map_names::BACKENDS, options.max_backends)
@@ -393,23 +394,42 @@ impl Datapath {
         retain_keys(&mut map, &keep)
     }
 
-    fn conntrack(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::CONNTRACK).context("CONNTRACK map missing")?)?)
+    /// One of the connection tables: `CONNTRACK` (established) or `CT_PENDING` (new).
+    fn ct_table(&mut self, name: &str) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(name).with_context(|| format!("{name} map missing"))?)?)
     }
 
-    /// One entry of the connection table (for tests of a private instance; the daemon uses
-    /// `crate::conntrack::Conntrack` on the pinned table).
+    /// One entry of the connection tables, and whether it is in the established one (for tests of
+    /// a private instance; the daemon uses `crate::conntrack::Conntrack` on the pinned tables).
+    pub fn conntrack_lookup(&mut self, key: &CtKey) -> Result<Option<(CtEntry, bool)>> {
+        if let Some(entry) = found_or_none(self.ct_table(map_names::CONNTRACK)?.get(key, 0))? {
+            return Ok(Some((entry, true)));
+        }
+        Ok(found_or_none(self.ct_table(map_names::CT_PENDING)?.get(key, 0))?.map(|e| (e, false)))
+    }
+
+    /// As [`Self::conntrack_lookup`], whichever table holds it.
     pub fn conntrack_entry(&mut self, key: &CtKey) -> Result<Option<CtEntry>> {
-        found_or_none(self.conntrack()?.get(key, 0))
+        Ok(self.conntrack_lookup(key)?.map(|(e, _)| e))
     }
 
+    /// Writes an entry into the new-connection table.
     pub fn set_conntrack_entry(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
-        self.conntrack()?.insert(key, entry, 0).context("writing CONNTRACK")?;
+        self.ct_table(map_names::CT_PENDING)?.insert(key, entry, 0).context("writing CT_PENDING")?;
         Ok(())
     }
 
+    /// Removes an entry from both tables.
     pub fn remove_conntrack_entry(&mut self, key: &CtKey) -> Result<()> {
-        remove_ignoring_missing(self.conntrack()?.remove(key))
+        remove_ignoring_missing(self.ct_table(map_names::CONNTRACK)?.remove(key))?;
+        remove_ignoring_missing(self.ct_table(map_names::CT_PENDING)?.remove(key))
+    }
+
+    /// Entries the connections delivered to host-side veth `ifindex` hold in the established
+    /// table, as the datapath counts them.
+    pub fn conntrack_share(&mut self, ifindex: u32) -> Result<u32> {
+        let map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(self.ebpf.map_mut(map_names::CT_QUOTA).context("CT_QUOTA map missing")?)?;
+        Ok(found_or_none(map.get(&ifindex, 0))?.unwrap_or(0))
     }
 
     fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {

@@ -103,17 +103,32 @@ impl Collector for Snapshot {
             gauge.metric_type(),
         )?)?;
         if let Some(ct) = &self.conntrack {
-            let gauge = ConstGauge::new(ct.entries as i64);
-            gauge.encode(encoder.encode_descriptor("bpfnet_conntrack_entries", "Entries in the connection table (two per connection)", None, gauge.metric_type())?)?;
-            let gauge = ConstGauge::new(ct.max_entries as i64);
-            gauge.encode(encoder.encode_descriptor("bpfnet_conntrack_capacity", "Entries the connection table holds at most (--ct-max)", None, gauge.metric_type())?)?;
-            let gauge = ConstGauge::new(ct.pressure_percent / 100.0);
-            gauge.encode(encoder.encode_descriptor(
-                "bpfnet_conntrack_pressure_ratio",
-                "How full the connection table is (0 to 1); near 1, each new connection evicts the least recently used entries (idle connections lose their state)",
-                None,
-                gauge.metric_type(),
-            )?)?;
+            let counts: [(&str, &str, i64); 4] = [
+                ("bpfnet_conntrack_entries", "Entries in the table of established connections (two per connection)", ct.entries as i64),
+                ("bpfnet_conntrack_capacity", "Entries the table of established connections holds at most (--ct-max)", ct.max_entries as i64),
+                ("bpfnet_conntrack_pending_entries", "Entries in the table of new (not yet established) connections", ct.pending_entries as i64),
+                ("bpfnet_conntrack_pending_capacity", "Entries the table of new connections holds at most (a quarter of --ct-max)", ct.pending_max_entries as i64),
+            ];
+            for (name, help, value) in counts {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            }
+            let ratios: [(&str, &str, f64); 2] = [
+                (
+                    "bpfnet_conntrack_pressure_ratio",
+                    "How full the table of established connections is (0 to 1); nothing is evicted from it: when full, new connections stay in the new-connection table, where floods can evict them",
+                    ct.pressure_percent / 100.0,
+                ),
+                (
+                    "bpfnet_conntrack_pending_pressure_ratio",
+                    "How full the table of new connections is (0 to 1); near 1, each new connection evicts the least recently used new ones (a flood of SYNs or unanswered datagrams)",
+                    ct.pending_pressure_percent / 100.0,
+                ),
+            ];
+            for (name, help, value) in ratios {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            }
         }
         Ok(())
     }

@@ -581,7 +581,21 @@ impl Daemon {
 
     /// Removes the attached endpoint `ep` from the kernel and the state; `keep_allocation`: its
     /// allocation stays (detach), else it is freed too.
+    ///
+    /// Recorded first: a removal the state directory cannot take (a full disk) is refused and
+    /// nothing of the endpoint is touched, so what the daemon acknowledged is what a restart
+    /// brings back. Once recorded, the kernel side goes; what a failure leaves of it carries the
+    /// bpfnet alias, and the next start removes it as unrecorded.
     pub(super) async fn remove_endpoint(&mut self, ep: &Endpoint, keep_allocation: bool) -> DaemonResult<()> {
+        let before = self.state.clone();
+        self.state.endpoints.retain(|e| e.id != ep.id);
+        if keep_allocation {
+            self.state.allocations.push(ep.allocation.clone());
+        }
+        if let Err(e) = self.commit() {
+            self.state = before;
+            return Err(Error::internal(e.context(format!("recording the removal of endpoint {} (nothing was removed)", &ep.id[..12]))));
+        }
         // No new connection is sent to it from now on.
         self.drop_backends_of(&ep.id);
         let link = self.locate(ep).await.unwrap_or_else(|e| {
@@ -589,17 +603,17 @@ impl Daemon {
             None
         });
         if let Err(e) = self.teardown_endpoint(ep, link.as_ref()).await {
-            // Whatever is left carries the bpfnet alias: the next start removes it as unrecorded.
             log::warn!("removing endpoint {} of {}: {e:#}", &ep.id[..12], ep.container_name);
-        }
-        self.state.endpoints.retain(|e| e.id != ep.id);
-        if keep_allocation {
-            self.state.allocations.push(ep.allocation.clone());
         }
         if ep.default_route {
             self.move_default_route(ep).await;
+            // Which endpoint holds the namespace's default route is a note (the route itself is
+            // in the namespace): not recording it loses nothing a restart needs.
+            if let Err(e) = self.commit() {
+                log::warn!("recording the default route of {}: {e:#}", ep.container_name);
+            }
         }
-        self.commit().map_err(Error::internal)
+        Ok(())
     }
 
     /// After the endpoint holding a namespace's default route left, route through another one.
