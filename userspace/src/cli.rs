@@ -228,8 +228,9 @@ enum PortCommand {
 
 #[derive(Subcommand)]
 enum ConntrackCommand {
-    /// List tracked connections: tuple as sent, tuple of the replies (after NAT), state, seconds
-    /// left, and packets/bytes each way.
+    /// List tracked connections: tuple as sent, tuple of the replies (after NAT), state
+    /// ([ASSURED]: established, in the table floods cannot evict from), seconds left, and
+    /// packets/bytes each way.
     #[command(alias = "list")]
     Ls {
         /// Print JSON instead of a table.
@@ -684,7 +685,9 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                         tuple(&c.original),
                         tuple(&c.reply),
                         c.nat.clone(),
-                        c.state.clone(),
+                        // As `conntrack -L` marks them: in the established table, which floods
+                        // cannot evict from.
+                        if c.assured { format!("{} [ASSURED]", c.state) } else { c.state.clone() },
                         format!("{}s", c.expires_in_s),
                         format!("{}/{}", c.original_packets, c.reply_packets),
                         format!("{}/{}", c.original_bytes, c.reply_bytes),

@@ -180,7 +180,7 @@ impl Conntrack {
         let entries = self.entries();
         let connections = entries.iter().filter(|(_, e, _)| e.state & ct_state::REPLY == 0).count();
         self.remove_keys(entries.into_iter().map(|(k, _, _)| k));
-        self.recount_shares();
+        self.write_shares(&[]);
         connections
     }
 
@@ -189,35 +189,41 @@ impl Conntrack {
     /// established table. Returns how many entries went.
     pub fn expire(&mut self, now: u64) -> usize {
         let mut removed = 0;
-        for table in &mut self.tables {
+        let mut established_left = Vec::new();
+        for (index, table) in self.tables.iter_mut().enumerate() {
             let entries: Vec<(CtKey, CtEntry)> = table.iter().filter_map(|r| r.ok()).collect();
             let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-            let expired: Vec<CtKey> = entries
+            let expired: HashSet<CtKey> = entries
                 .iter()
                 .filter(|(_, e)| e.expires_ns < now && by_key.get(&e.peer).is_none_or(|p| p.expires_ns < now))
                 .map(|(k, _)| *k)
                 .collect();
             // The walk took a while: a packet may have revived a connection since. Look again
             // right before each removal.
+            let mut gone = HashSet::new();
             for key in expired {
                 let still_expired = match table.get(&key, 0) {
                     Ok(e) => e.expires_ns < now && table.get(&e.peer, 0).map_or(true, |p| p.expires_ns < now),
                     Err(_) => false,
                 };
-                if still_expired {
-                    removed += table.remove(&key).is_ok() as usize;
+                if still_expired && table.remove(&key).is_ok() {
+                    gone.insert(key);
                 }
             }
+            removed += gone.len();
+            if index == 0 {
+                established_left = entries.into_iter().filter(|(k, _)| !gone.contains(k)).collect();
+            }
         }
-        self.recount_shares();
+        self.write_shares(&established_left);
         removed
     }
 
-    /// Writes each endpoint's share of the established table as it is now (the datapath counts
-    /// up as connections move in; only this walk sees them leave). A connection belongs to the
-    /// container its original direction is delivered to, else to the one its answers are.
-    fn recount_shares(&mut self) {
-        let established: Vec<(CtKey, CtEntry)> = self.tables[0].iter().filter_map(|r| r.ok()).collect();
+    /// Writes each endpoint's share of the established table as `established` (its entries, as
+    /// just walked) says (the datapath counts up as connections move in; only this walk sees
+    /// them leave). A connection belongs to the container its original direction is delivered
+    /// to, else to the one its answers are.
+    fn write_shares(&mut self, established: &[(CtKey, CtEntry)]) {
         let by_key: StdHashMap<CtKey, CtEntry> = established.iter().copied().collect();
         let mut shares: StdHashMap<u32, u32> = StdHashMap::new();
         for (_, e) in established.iter().filter(|(_, e)| e.state & ct_state::REPLY == 0) {
@@ -234,11 +240,6 @@ impl Conntrack {
         for (owner, held) in shares {
             let _ = self.quota.insert(owner, held, 0);
         }
-    }
-
-    /// Entries each endpoint (by host-side veth) holds in the established table, as last counted.
-    pub fn shares(&self) -> StdHashMap<u32, u32> {
-        self.quota.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or,

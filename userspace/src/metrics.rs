@@ -85,35 +85,22 @@ impl Collector for Snapshot {
             let labels = [("counter", name.as_str()), ("kind", if *drop { "drop" } else { "forward" })];
             ConstCounter::new(*value).encode(e.encode_family(&labels)?)?;
         }
-        let gauges: [(&str, &str, i64); 4] = [
+        let mut counts: Vec<(&str, &str, i64)> = vec![
             ("bpfnet_networks", "Networks", self.networks as i64),
             ("bpfnet_services", "Services", self.services as i64),
             ("bpfnet_backends", "Backends of all services", self.backends as i64),
             ("bpfnet_endpoints_attached", "Endpoints attached to a namespace", self.endpoints_attached as i64),
+            ("bpfnet_endpoints_allocated", "Endpoints allocated and not attached (a front-end's, between its steps)", self.endpoints_allocated as i64),
         ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        let gauge = ConstGauge::new(self.endpoints_allocated as i64);
-        gauge.encode(encoder.encode_descriptor(
-            "bpfnet_endpoints_allocated",
-            "Endpoints allocated and not attached (a front-end's, between its steps)",
-            None,
-            gauge.metric_type(),
-        )?)?;
+        let mut ratios: Vec<(&str, &str, f64)> = Vec::new();
         if let Some(ct) = &self.conntrack {
-            let counts: [(&str, &str, i64); 4] = [
+            counts.extend([
                 ("bpfnet_conntrack_entries", "Entries in the table of established connections (two per connection)", ct.entries as i64),
                 ("bpfnet_conntrack_capacity", "Entries the table of established connections holds at most (--ct-max)", ct.max_entries as i64),
                 ("bpfnet_conntrack_pending_entries", "Entries in the table of new (not yet established) connections", ct.pending_entries as i64),
                 ("bpfnet_conntrack_pending_capacity", "Entries the table of new connections holds at most (a quarter of --ct-max)", ct.pending_max_entries as i64),
-            ];
-            for (name, help, value) in counts {
-                let gauge = ConstGauge::new(value);
-                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-            }
-            let ratios: [(&str, &str, f64); 2] = [
+            ]);
+            ratios.extend([
                 (
                     "bpfnet_conntrack_pressure_ratio",
                     "How full the table of established connections is (0 to 1); nothing is evicted from it: when full, new connections stay in the new-connection table, where floods can evict them",
@@ -124,11 +111,15 @@ impl Collector for Snapshot {
                     "How full the table of new connections is (0 to 1); near 1, each new connection evicts the least recently used new ones (a flood of SYNs or unanswered datagrams)",
                     ct.pending_pressure_percent / 100.0,
                 ),
-            ];
-            for (name, help, value) in ratios {
-                let gauge = ConstGauge::new(value);
-                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-            }
+            ]);
+        }
+        for (name, help, value) in counts {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        for (name, help, value) in ratios {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
     }

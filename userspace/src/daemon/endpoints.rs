@@ -520,9 +520,6 @@ impl Daemon {
                 errors.push(e);
             }
         }
-        if let Err(e) = self.datapath.detach(&ep.host_interface) {
-            errors.push(e);
-        }
         for port in &ep.ports {
             for (key, target) in ep.port_entries(port) {
                 if let Err(e) = self.datapath.remove_port_if(key, target) {
@@ -530,17 +527,29 @@ impl Daemon {
                 }
             }
         }
-        // Its connections: a later endpoint with the same address must not inherit them (but an
-        // endpoint that holds the address already keeps its own).
-        let addr = (!address_taken).then_some(ep.address);
-        self.conntrack.forget_endpoint(&indexes, addr);
         // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
+        // Only then is the link's pin removed: unpinned first, the veth would pass the
+        // container's packets to the host unchecked (spoofed ones too) until it is gone.
+        let mut gone = true;
         if let Some(link) = link {
             match self.netlink.delete_link(link.index).await {
-                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => errors.push(e),
+                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => {
+                    errors.push(e);
+                    // Still there: it keeps its program (the next start removes it, unrecorded).
+                    gone = false;
+                }
                 _ => {}
             }
         }
+        if gone {
+            if let Err(e) = self.datapath.detach(&ep.host_interface) {
+                errors.push(e);
+            }
+        }
+        // Its connections, once nothing can add one: a later endpoint with the same address must
+        // not inherit them (but an endpoint that holds the address already keeps its own).
+        let addr = (!address_taken).then_some(ep.address);
+        self.conntrack.forget_endpoint(&indexes, addr);
         match errors.len() {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!(errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))),
