@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     api::ErrorBody,
-    server::limits::max_body,
+    limits::max_body,
 };
 
 /// Why a call failed: the daemon could not be reached (`status: None`) or answered with an

@@ -5,7 +5,10 @@
 //! `plumbing` (rtnetlink: veths, addresses, routes) and `datapath` (eBPF programs and maps), rolls
 //! back on failure, persists, and reconciles at start-up. Front-ends besides the CLI drive the
 //! same endpoint lifecycle: `docker` (Docker's network plugin protocol) and `cni` (the CNI plugin,
-//! the same binary run by a container runtime). `dns` serves names per network.
+//! the same binary run by a container runtime). `dns` serves names per network. Readers (the API's
+//! reads, `dns`, `metrics`) see the last committed state through `snapshot`; front-ends hand
+//! changes to the daemon through `worker`: neither imports another front-end or climbs back
+//! into the daemon.
 pub mod api;
 pub mod bpffs;
 pub mod bpfsys;
@@ -20,11 +23,14 @@ pub mod dns;
 pub mod docker;
 pub mod ids;
 pub mod ipam;
+pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod netns;
 pub mod plumbing;
 pub mod ports;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod test_run;
+pub mod worker;

@@ -1,5 +1,5 @@
-//! Serving the API so that no client can starve the others or take the daemon down: a cap on
-//! open connections (the one over it gets a JSON 503 at once), a deadline for every request's
+//! Serving HTTP (the API, the metrics port) so that no client can starve the others or take the
+//! daemon down: a cap on open connections (the one over it gets a JSON 503 at once), a deadline for every request's
 //! head and body, a bounded body, a file-descriptor limit raised to what the system allows, and
 //! every rejection answered as JSON `{"error": ...}` like the daemon's own errors.
 use std::{future::Future, sync::Arc, time::Duration};

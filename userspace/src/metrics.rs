@@ -25,7 +25,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api, daemon::Published, datapath::Counters, server::limits::{self, Limits}};
+use crate::{
+    api,
+    datapath::Counters,
+    limits::{self, Limits},
+    snapshot::Published,
+};
 
 /// Labels of a request's duration: its method and route (the route's pattern, not the path:
 /// network names would make one series per network).

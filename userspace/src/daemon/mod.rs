@@ -20,7 +20,7 @@ pub mod views;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use anyhow::{Context, Result};
@@ -72,19 +72,7 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// The last committed state, shared with readers that must not wait for a change in progress.
-#[derive(Clone, Default)]
-pub struct Published(Arc<RwLock<Arc<State>>>);
-
-impl Published {
-    pub fn get(&self) -> Arc<State> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, state: State) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
-    }
-}
+pub use crate::snapshot::Published;
 
 /// Test hook: `BPFNET_TEST_CRASH_AFTER=<point>` makes the daemon die at that point, so tests can
 /// check that every crash point is recovered. Connect: `veth-unlabelled` (the veth pair exists,

@@ -35,7 +35,7 @@ use tokio::{
 
 use self::limits::{Admission, MAX_FORWARDS, MAX_FORWARDS_PER_CLIENT, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_CLIENT};
 use crate::{
-    daemon::Published,
+    snapshot::Published,
     state::{Network, State},
 };
 

@@ -105,7 +105,7 @@ async fn change<T: Send + 'static>(
     f: impl for<'a> FnOnce(&'a mut Daemon) -> std::pin::Pin<Box<dyn std::future::Future<Output = DaemonResult<T>> + Send + 'a>> + Send + 'static,
 ) -> DaemonResult<T> {
     let daemon = plugin.daemon.clone();
-    crate::server::on_worker(&plugin.worker, async move { f(&mut *daemon.lock().await).await }).await
+    crate::worker::on_worker(&plugin.worker, async move { f(&mut *daemon.lock().await).await }).await
 }
 
 /// `Ok` for what Docker asks to remove and bpfnet no longer has: Docker repeats removals (after

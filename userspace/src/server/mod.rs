@@ -4,7 +4,6 @@
 //! daemon's or destroying a file; `limits` keeps hostile or broken clients from starving others.
 //!
 //! This is the only place where a daemon [`Error`] becomes an HTTP status code.
-pub(crate) mod limits;
 mod socket;
 
 use std::{sync::Arc, time::Duration};
@@ -19,15 +18,18 @@ use axum::{
 };
 use tokio::{runtime::Handle, signal::unix::SignalKind, sync::Mutex};
 
-pub use limits::Limits;
+pub use crate::limits::Limits;
 
 use crate::{
     api, bpffs,
-    daemon::{self, views, Config, Daemon, DaemonResult, Error, Published},
     conntrack::{self, Conntrack},
+    daemon::{self, views, Config, Daemon, DaemonResult, Error},
+    limits,
     datapath::Counters,
     netns,
     plumbing::Netlink,
+    snapshot::Published,
+    worker::{self, on_worker},
 };
 
 /// How often the collector looks for endpoints whose namespace has gone.
@@ -48,19 +50,6 @@ struct App {
     uplinks: Arc<std::sync::RwLock<Vec<api::Uplink>>>,
 }
 
-/// Starts the worker: a thread of its own running a single-threaded runtime, where every change
-/// and the collector run. Kernel work can block a thread for seconds (detaching a TCX program
-/// waits for the RTNL lock, which the kernel holds while it destroys many namespaces); on the
-/// worker it delays only other changes, never the threads that answer reads.
-fn start_worker() -> Result<Handle> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let handle = rt.handle().clone();
-    std::thread::Builder::new()
-        .name("bpfnet-worker".into())
-        .spawn(move || rt.block_on(std::future::pending::<()>()))
-        .context("starting the worker thread")?;
-    Ok(handle)
-}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -79,19 +68,7 @@ impl IntoResponse for Error {
 
 type Reply<T> = std::result::Result<Json<T>, Error>;
 
-/// Runs a change on its own task on the worker: if the client goes away (Ctrl-C on the CLI),
-/// hyper drops the handler, but a change half-way through must still finish or roll back.
-pub(crate) async fn on_worker<T: Send + 'static>(
-    worker: &Handle,
-    request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
-) -> DaemonResult<T> {
-    match worker.spawn(request).await {
-        Ok(result) => result,
-        Err(e) => Err(Error::internal(anyhow::anyhow!("request task failed: {e}"))),
-    }
-}
-
-/// [`on_worker`], answered as JSON.
+/// [`worker::on_worker`], answered as JSON.
 async fn to_completion<T: Send + 'static>(
     worker: &Handle,
     request: impl std::future::Future<Output = DaemonResult<T>> + Send + 'static,
@@ -316,7 +293,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     // Checked before touching anything, so a refused start changes nothing.
     socket::check_free(&config.socket)?;
     let _locks = lock_dirs(&config)?;
-    let worker = start_worker()?;
+    let worker = worker::start()?;
     let daemon = {
         let config = config.clone();
         worker.spawn(async move { Daemon::start(&config).await }).await??
