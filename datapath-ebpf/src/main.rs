@@ -17,11 +17,13 @@
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
 //!
-//! One module per concern: `headers` (layouts, offsets), `checksum` (in-place rewrites), `mem`
-//! (zeroing without byte loops), `arp`,
-//! `conntrack` (tuples, state, the CT maps), `nat`, `lb` (service backends: Maglev, affinity),
-//! `guard` (martian, spoofed and unsolicited packets), `reject` (refusing connections to empty services), `route` (FIB and redirects), `socket`, `forward`
-//! (container-side decisions), `xdp` (the uplink's XDP path), `counters` and `trace`.
+//! The program bodies are in `programs` (`container`, `uplink`, `uplink_xdp`), thin compositions
+//! of one library module per concern, each owning its maps: `headers` (layouts, offsets),
+//! `checksum` (in-place rewrites), `mem` (zeroing without byte loops), `arp`, `conntrack`
+//! (tuples, state, the connection tables), `nat` (translations, new connections' entries,
+//! delivery), `lb` (service backends: Maglev, affinity), `guard` (martian, spoofed and
+//! unsolicited packets), `reject` (refusing connections to empty services), `route` (FIB and
+//! redirects), `socket` (the cgroup programs), `counters` and `trace`.
 #![no_std]
 #![no_main]
 
@@ -29,18 +31,17 @@ mod arp;
 mod checksum;
 mod conntrack;
 mod counters;
-mod forward;
 mod guard;
 mod headers;
 mod lb;
 mod maps;
 mod mem;
 mod nat;
+mod programs;
 mod reject;
 mod route;
 mod socket;
 mod trace;
-mod xdp;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
@@ -49,17 +50,17 @@ use aya_ebpf::{
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    forward::from_container(&ctx)
+    programs::container::from_container(&ctx)
 }
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    nat::from_uplink(&ctx)
+    programs::uplink::from_uplink(&ctx)
 }
 
 #[xdp]
 pub fn xdp_from_uplink(ctx: XdpContext) -> u32 {
-    xdp::from_uplink(&ctx)
+    programs::uplink_xdp::from_uplink(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]

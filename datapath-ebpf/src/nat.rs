@@ -1,10 +1,11 @@
-//! NAT on bpfnet's own connection tracking: masquerade of containers' connections to the
-//! outside, published ports (DNAT from outside, hairpin from containers), translation of replies,
-//! and of ICMP errors about tracked connections.
+//! NAT on bpfnet's own connection tracking, as a library for the programs (`programs::*`):
+//! translations and their rewrites, the entries of new connections (masquerade's reply, a
+//! published port's, hairpin, through a VIP), where a new connection to a published port goes,
+//! delivery into a container and out of an uplink, and ICMP errors about tracked connections.
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, iface_flags, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    ct_action, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
@@ -12,12 +13,11 @@ use crate::{
     conntrack::{self, now_ns, observe, Flow, Port},
     counters::{count, drop_packet, to_host},
     headers::{
-        ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
+        ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
         IP_SADDR_OFF, TCP_ACK, TCP_SYN, UDP_CSUM_OFF,
     },
-    lb::{self, Choice},
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
-    guard, reject, route,
+    route,
 };
 
 /// What the packets of one direction of a connection need from its entry, copied out of the map
@@ -53,7 +53,7 @@ impl Translation {
 
 /// Writes the translation into the packet of `flow`.
 #[inline(always)]
-fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
+pub fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
     let proto = flow.key.proto;
     let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off as usize) };
     if t.action & ct_action::REWRITE_SRC != 0 {
@@ -78,136 +78,6 @@ fn set_port(ctx: &TcContext, proto: u8, l4_off: Option<usize>, source: bool, por
         _ => return Ok(()),
     };
     set_l4_u16(ctx, field, port, proto, l4_off)
-}
-
-/// Where a container's packet that is not for a container of its network is going.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
-    /// Its network's gateway (the host).
-    Gateway,
-    /// Any other address: the host's, a service VIP, or outside.
-    Elsewhere,
-    /// Any other address, from an `--internal` network: only its services' VIPs (and connections
-    /// made to them) are reachable.
-    Internal,
-}
-
-/// A container's packet whose destination is not on its network: part of a tracked connection,
-/// or a new connection to a published port through a host address (hairpin), or a new one to the
-/// outside (masquerade, where the network has it), or the host's.
-#[inline(always)]
-pub fn from_container(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destination) -> i32 {
-    // From an internal network, only what is translated below leaves for another address than
-    // the gateway: what the host would forward (an untracked fragment, ICMP other than echo,
-    // an ICMP error) is dropped.
-    let Some(flow) = conntrack::parse(ctx) else { return untranslated(ctx, dest) };
-    if dest == Destination::Internal && flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST {
-        return drop_packet(ctx, Counter::DropInternal);
-    }
-    if flow.is_icmp_error() {
-        return icmp_error_from_container(ctx, &flow);
-    }
-    if flow.is_icmp_non_echo() {
-        return to_host(ctx);
-    }
-    let len = ctx.len();
-    if let Some(tracked) = conntrack::lookup(&flow.key) {
-        // SAFETY: a map value, read before any packet helper runs.
-        let translation = Translation::of(unsafe { &*tracked.entry });
-        let now = now_ns();
-        if translation.ifindex != 0 {
-            // Between two containers through a published port: one host hop (a router's: the
-            // TTL goes down by one), no routing. Expired there, it is dropped: the host, its
-            // destination, would answer it (a reset), not say "time exceeded". Through a VIP of
-            // the sender's own network (only the destination rewritten) there is no hop.
-            let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
-            if translation.action & both == both && !decrement_ttl(ctx) {
-                return drop_packet(ctx, Counter::DropTtlExpired);
-            }
-            observe(tracked, &flow, len, now);
-            if apply(ctx, &flow, &translation).is_err() {
-                return drop_packet(ctx, Counter::DropMalformed);
-            }
-            let counter = if translation.action & ct_action::SERVICE != 0 { Counter::ViaVip } else { Counter::Hairpin };
-            return deliver(ctx, &translation, counter);
-        }
-        if dest == Destination::Internal {
-            return drop_packet(ctx, Counter::DropInternal);
-        }
-        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(tracked, &flow, ifindex, iface.mac) {
-            return drop_packet(ctx, Counter::DropCtReplyLost);
-        }
-        let Some(route) = route::cached_lookup(ctx, &flow, tracked.entry, now) else { return to_host(ctx) };
-        if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
-            return to_host(ctx);
-        }
-        observe(tracked, &flow, len, now);
-        return send_out(ctx, &flow, &translation, &route);
-    }
-    if let Some(target) = published_target(ctx, &flow, dest == Destination::Gateway) {
-        let vip = target.network != 0;
-        if vip && target.network != iface.network_id {
-            // Another network's service: isolated like its containers.
-            return drop_packet(ctx, Counter::DropIsolation);
-        }
-        // An internal network reaches no published port, through its gateway neither.
-        if iface.flags & iface_flags::INTERNAL != 0 && !vip {
-            return drop_packet(ctx, Counter::DropInternal);
-        }
-        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
-        return match lb::choose(&target, &flow.key, now_ns()) {
-            Some(Choice::Backend(backend)) if vip && backend.addr != flow.key.saddr => {
-                if iface.flags & iface_flags::ICC_DISABLED != 0 {
-                    return drop_packet(ctx, Counter::DropIcc);
-                }
-                via_vip(ctx, &flow, iface, ifindex, &backend, len)
-            }
-            // Through a host address, or a backend reaching its own service: from the gateway's
-            // address, so that the answers come back through the datapath.
-            Some(Choice::Backend(backend)) => hairpin(ctx, &flow, iface, ifindex, &backend, action, len),
-            Some(Choice::Refuse) => reject::refuse(ctx, &flow),
-            None => untranslated(ctx, dest),
-        };
-    }
-    if dest == Destination::Internal {
-        return drop_packet(ctx, Counter::DropInternal);
-    }
-    // Only echo requests start an ICMP connection; a later fragment belongs to its first.
-    if dest == Destination::Gateway
-        || iface.flags & iface_flags::MASQUERADE == 0
-        || flow.later_fragment
-        || flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST
-    {
-        return to_host(ctx);
-    }
-    // Masquerade only what the kernel would route out of an uplink; the rest is the host's.
-    let Some(mut route) = route::lookup(ctx, &flow) else { return to_host(ctx) };
-    let Some(uplink) = route::uplink(&mut route) else { return to_host(ctx) };
-    if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
-        return to_host(ctx);
-    }
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
-    new.original.action = ct_action::REWRITE_SRC;
-    new.original.src = uplink.addr;
-    conntrack::masquerade_reply(&mut new.reply, &flow, ifindex, iface.mac);
-    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
-    route::cache(&mut new.original, &route, now_ns());
-    // Keep the container's port (an echo's identifier) where it is free.
-    let port = Port::Allocate { preferred: flow.key.sport };
-    if let Err(reason) = conntrack::track(ctx, &flow, new, port, len) {
-        return drop_packet(ctx, reason);
-    }
-    send_out(ctx, &flow, &Translation::of(&new.original), &route)
-}
-
-/// A container's packet the datapath does not translate: the host's, except from an internal
-/// network to anywhere but its gateway (the host would forward it).
-#[inline(always)]
-fn untranslated(ctx: &TcContext, dest: Destination) -> i32 {
-    if dest == Destination::Internal {
-        return drop_packet(ctx, Counter::DropInternal);
-    }
-    to_host(ctx)
 }
 
 /// The container a new connection to a published port goes to: the port published on the exact
@@ -250,7 +120,7 @@ pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Op
 /// container, and from the address of that container's gateway, so that its answers come back
 /// through the datapath (a container reaching its own port, too).
 #[inline(always)]
-fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
+pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
     let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
@@ -288,7 +158,7 @@ fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target
 /// backend, which sees the client's real address. Its answers are matched by the reply entry
 /// (see [`answer_via_vip`]) and leave with the VIP as their source.
 #[inline(always)]
-fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
+pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return to_host(ctx) };
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
@@ -334,7 +204,7 @@ pub fn answer_via_vip(ctx: &TcContext) -> Option<i32> {
 }
 
 #[inline(always)]
-fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &route::Route) -> i32 {
+pub fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &route::Route) -> i32 {
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -343,82 +213,13 @@ fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &rou
 
 /// Out along `route`, counted as `counter`.
 #[inline(always)]
-fn leave(ctx: &TcContext, route: &route::Route, counter: Counter) -> i32 {
+pub fn leave(ctx: &TcContext, route: &route::Route, counter: Counter) -> i32 {
     if route::send(ctx, route) {
         count(ctx, counter);
         TC_ACT_REDIRECT as i32
     } else {
         drop_packet(ctx, Counter::DropRedirectFailed)
     }
-}
-
-/// A packet arriving on an uplink: a reply of a tracked connection, or a packet of a connection
-/// to a published port, is translated and delivered straight into its container; an ICMP error
-/// about a tracked connection likewise; the rest is the host's.
-#[inline(always)]
-pub fn from_uplink(ctx: &TcContext) -> i32 {
-    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet).
-    if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
-        return count_uplink_to_host(ctx);
-    }
-    let Some(flow) = conntrack::parse(ctx) else { return screened_to_host(ctx) };
-    if flow.is_icmp_error() {
-        return icmp_error_from_uplink(ctx, &flow);
-    }
-    let len = ctx.len();
-    let Some(tracked) = conntrack::lookup(&flow.key) else {
-        if let Some(reason) = guard::uplink_refusal(flow.key.saddr.ipv4_word(), flow.key.daddr.ipv4_word()) {
-            return drop_packet(ctx, reason);
-        }
-        // A VIP is reached from its network and the host only.
-        let Some(target) = published_target(ctx, &flow, false).filter(|t| t.network == 0) else {
-            return count_uplink_to_host(ctx);
-        };
-        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
-        return match lb::choose(&target, &flow.key, now_ns()) {
-            Some(Choice::Backend(backend)) => publish(ctx, &flow, &backend, action, len),
-            Some(Choice::Refuse) => reject::refuse(ctx, &flow),
-            None => count_uplink_to_host(ctx),
-        };
-    };
-    // SAFETY: a map value, read before any packet helper runs.
-    let translation = Translation::of(unsafe { &*tracked.entry });
-    if !from_outside(&translation) {
-        return screened_to_host(ctx);
-    }
-    if host_owns_answer(ctx, &flow, &translation) {
-        return count_uplink_to_host(ctx);
-    }
-    if !decrement_ttl(ctx) {
-        // Untranslated, the host would answer it (a reset): the connection is not the host's.
-        return drop_packet(ctx, Counter::DropTtlExpired);
-    }
-    observe(tracked, &flow, len, now_ns());
-    if apply(ctx, &flow, &translation).is_err() {
-        return drop_packet(ctx, Counter::DropMalformed);
-    }
-    deliver(ctx, &translation, Counter::NatIn)
-}
-
-/// A new connection from outside to a published port: to the container, keeping the client's
-/// address (no proxy, no source NAT); the answers leave with the host address the client used.
-#[inline(always)]
-fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u32) -> i32 {
-    // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return count_uplink_to_host(ctx) };
-    if !decrement_ttl(ctx) {
-        return count_uplink_to_host(ctx);
-    }
-    let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
-    published_connection(new, flow, target, &server, action);
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
-        return drop_packet(ctx, reason);
-    }
-    let translation = Translation::of(&new.original);
-    if apply(ctx, flow, &translation).is_err() {
-        return drop_packet(ctx, Counter::DropMalformed);
-    }
-    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 /// The entries of a new connection from outside to `target` (a container's published port or a
@@ -461,28 +262,9 @@ pub fn host_owns_answer<C: EbpfContext>(ctx: &C, flow: &Flow, translation: &Tran
     translation.action == ct_action::REWRITE_DST && flow.key.proto == IPPROTO_UDP && conntrack::host_socket_owns(ctx, &flow.key, false)
 }
 
-/// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]
-/// refuses it.
-#[inline(always)]
-fn screened_to_host(ctx: &TcContext) -> i32 {
-    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_OFF + IP_SADDR_OFF), ctx.load::<u32>(IP_OFF + IP_DADDR_OFF)) else {
-        return count_uplink_to_host(ctx);
-    };
-    match guard::uplink_refusal(saddr, daddr) {
-        Some(reason) => drop_packet(ctx, reason),
-        None => count_uplink_to_host(ctx),
-    }
-}
-
-#[inline(always)]
-fn count_uplink_to_host(ctx: &TcContext) -> i32 {
-    count(ctx, Counter::UplinkToHost);
-    aya_ebpf::bindings::TC_ACT_OK as i32
-}
-
 /// Into the container of `translation`, as its gateway would send it.
 #[inline(always)]
-fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 {
+pub fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 {
     if route::set_macs_for_container(ctx, &translation.mac).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -493,19 +275,6 @@ fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 
         verdict as i32
     } else {
         drop_packet(ctx, Counter::DropRedirectFailed)
-    }
-}
-
-/// An ICMP error (unreachable, fragmentation needed, time exceeded) quotes the packet that
-/// caused it: a masqueraded packet, with the uplink's address and port as its source. The reply
-/// entry of that connection says whose it is; the error's destination and the quoted source
-/// are translated back, so the container's stack sees an error about its own packet (path-MTU
-/// discovery, "connection refused").
-#[inline(always)]
-fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
-    match translate_icmp_error(ctx, flow) {
-        Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
-        None => screened_to_host(ctx),
     }
 }
 
@@ -623,7 +392,7 @@ fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_a
 }
 
 #[inline(always)]
-fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
+pub fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     let q = quote_of(ctx, flow)?;
     // The quoted packet left the host; a reply to it would be its tuple reversed.
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
@@ -645,7 +414,7 @@ fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
 /// they leave. The error leaves the same way, from the address the other side talks to, and
 /// quoting what that side sent, so its stack matches it ("connection refused").
 #[inline(always)]
-fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
+pub fn icmp_error_from_container(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(q) = quote_of(ctx, flow) else { return to_host(ctx) };
     let key = q.reversed_key();
     // Only about the sender's own connections (its source address was checked: a container

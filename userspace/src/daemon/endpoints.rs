@@ -13,7 +13,7 @@ use datapath_common::{iface_flags, EndpointInfo, IfaceInfo, GATEWAY_MAC};
 
 use anyhow::{Context, Result};
 
-use super::{crash_point, endpoint_alias, in_netns, reconcile::endpoint_link, views, Daemon, DaemonResult, Error, HOST_VETH_PREFIX};
+use super::{crash_point, endpoint_alias, in_netns, publish, reconcile::endpoint_link, views, Daemon, DaemonResult, Error, HOST_VETH_PREFIX};
 use crate::{
     api,
     datapath::datapath_ipv4,
@@ -320,29 +320,17 @@ impl Daemon {
         if specs.is_empty() {
             return Ok(vec![]);
         }
-        if net.internal {
-            return Err(Error::invalid(format!(
-                "network {:?} is internal: nothing reaches its containers from outside, so they cannot publish ports",
-                net.name
-            )));
-        }
+        publish::refuse_on_internal(net, "its containers' ports")?;
         let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
+        let mut holders = publish::Holders::of(&self.state, None);
         let mut ports: Vec<PublishedPort> = Vec::new();
         for spec in specs {
             let port = ports::parse(spec).map_err(Error::invalid)?;
-            if let Some(ip) = port.host_ip {
-                if !local.iter().any(|a| a.ip == ip) {
-                    return Err(Error::invalid(format!(
-                        "cannot publish {spec:?}: {ip} is not an address of the daemon's namespace"
-                    )));
-                }
+            publish::check_host_address(port.host_ip, &local, spec)?;
+            if let Some(holder) = holders.holder(&port) {
+                return Err(holder.refusal(spec));
             }
-            if let Some(other) = ports.iter().find(|q| q.overlaps(&port)) {
-                return Err(Error::invalid(format!("{spec:?} overlaps {other}, published by the same request")));
-            }
-            if let Some(holder) = self.port_holder(&port, None) {
-                return Err(Error::conflict(format!("cannot publish {spec:?}: {holder}")));
-            }
+            holders.take(port, None);
             ports.push(port);
         }
         Ok(ports)
@@ -371,27 +359,6 @@ impl Daemon {
             return Err(Error::internal(e));
         }
         Ok(())
-    }
-
-    /// What already publishes a port that `port` overlaps, said as "<port> is already published
-    /// by <whom>"; `except`: an endpoint whose own ports do not count.
-    pub(super) fn port_holder(&self, port: &PublishedPort, except: Option<&str>) -> Option<String> {
-        if let Some((held, svc)) = self.state.services.values().find_map(|s| s.publish.filter(|q| q.overlaps(port)).map(|q| (q, &s.name))) {
-            return Some(format!("{held} is already published by service {svc}"));
-        }
-        // Docker publishes an endpoint's ports at every start of its container: a detached
-        // endpoint of Docker's holds none (one Docker forgot, after a crash, must not either).
-        let attached = self.state.endpoints.iter().map(|e| &e.allocation);
-        let allocated = self.state.allocations.iter().filter(|a| a.frontend != Frontend::Docker);
-        attached.chain(allocated).filter(|a| Some(a.id.as_str()) != except).find_map(|ep| {
-            let held = ep.ports.iter().find(|q| q.overlaps(port))?;
-            let network = self.state.network_by_id(&ep.network_id).map_or("?", |n| n.name.as_str());
-            Some(format!(
-                "{held} is already published by {} (network {network:?}, endpoint {})",
-                ep.container_name,
-                &ep.id[..12]
-            ))
-        })
     }
 
     /// Removes what a failed connect made and its write-ahead record. If that fails, the record

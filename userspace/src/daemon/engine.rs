@@ -10,7 +10,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use super::{
     endpoints::{host_veth_name, Found},
-    Daemon, DaemonResult, Error,
+    publish, Daemon, DaemonResult, Error,
 };
 use crate::{
     ports::{PortRequest, PublishedPort},
@@ -105,36 +105,30 @@ impl Daemon {
             Found::Allocated(a) => return Err(Error::conflict(format!("endpoint {} is not attached", &a.id[..12]))),
         };
         let net = self.state.network_by_id(&ep.network_id).cloned().ok_or_else(|| Error::not_found("network gone"))?;
-        if net.internal && !requests.is_empty() {
-            return Err(Error::invalid(format!(
-                "network {:?} is internal: nothing reaches its containers from outside, so they cannot publish ports",
-                net.name
-            )));
+        if !requests.is_empty() {
+            publish::refuse_on_internal(&net, "its containers' ports")?;
         }
         let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
+        // The endpoint's own publications do not count: they are being replaced.
+        let mut holders = publish::Holders::of(&self.state, Some(&ep.id));
         let mut chosen: Vec<PublishedPort> = Vec::new();
         for request in requests {
             if let Some(ip) = request.host_ip {
-                if !local.iter().any(|a| a.ip == ip) {
-                    return Err(Error::invalid(format!("cannot publish on {ip}: it is not an address of the daemon's namespace")));
-                }
+                publish::check_host_address(Some(ip), &local, &ip.to_string())?;
             }
             let mut refusal = None;
-            let found = request.candidates().find(|port| {
-                if let Some(other) = chosen.iter().find(|q| q.overlaps(port)) {
-                    refusal = Some(format!("{other} is published by the same request"));
-                    return false;
+            let found = request.candidates().find(|port| match holders.holder(port) {
+                Some(holder) => {
+                    refusal = Some(holder.to_string());
+                    false
                 }
-                match self.port_holder(port, Some(&ep.id)) {
-                    Some(holder) => {
-                        refusal = Some(holder);
-                        false
-                    }
-                    None => true,
-                }
+                None => true,
             });
             match found {
-                Some(port) => chosen.push(port),
+                Some(port) => {
+                    holders.take(port, None);
+                    chosen.push(port);
+                }
                 None => {
                     let (first, last) = request.host_ports;
                     let ports = if first == last { first.to_string() } else { format!("any of {first}-{last}") };

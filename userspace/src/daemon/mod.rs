@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod networks;
 mod pools;
+mod publish;
 mod reconcile;
 mod services;
 mod uplinks;

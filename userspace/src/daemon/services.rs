@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result};
 use datapath_common::{BackendInfo, IpKey, PortKey, PortTarget, ServiceInfo};
 
-use super::{Daemon, DaemonResult, Error};
+use super::{publish, Daemon, DaemonResult, Error};
 use crate::{
     api, ids, ipam, maglev, netns,
     ports::{self, Protocol, PublishedPort},
@@ -102,6 +102,32 @@ fn parse_affinity(text: &str) -> DaemonResult<u64> {
 
 /// The service's `PORTS` entries: its VIP (reachable from its network and the host), and its
 /// published host port (from anywhere).
+/// A service's `--publish [HOST_IP:]HOST_PORT` of its `port`/`protocol`, within the publication
+/// policy (`holders`: what is held, the batch's earlier services too).
+fn service_publication(
+    spec: &str,
+    port: u16,
+    protocol: Protocol,
+    local: &[ipam::HostAddress],
+    holders: &publish::Holders,
+) -> DaemonResult<PublishedPort> {
+    if spec.contains('/') {
+        return Err(Error::invalid(format!(
+            "--publish {spec:?}: give [HOST_IP:]HOST_PORT only; the protocol is the service's (--port {port}/{protocol})"
+        )));
+    }
+    let full = format!("{spec}:{port}/{protocol}");
+    let published = ports::parse(&full).map_err(|e| Error::invalid(format!("--publish {spec:?}: {e:#}")))?;
+    if published.count != 1 {
+        return Err(Error::invalid(format!("--publish {spec:?}: a service is published on one port")));
+    }
+    publish::check_host_address(published.host_ip, local, spec)?;
+    if let Some(holder) = holders.holder(&published) {
+        return Err(holder.refusal(spec));
+    }
+    Ok(published)
+}
+
 fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
     let proto = svc.protocol.number();
     let vip = PortKey { addr: IpKey::from(svc.vip), port: svc.port.to_be(), proto, _pad: 0 };
@@ -266,14 +292,9 @@ impl Daemon {
         let mut names: HashSet<&str> = HashSet::new();
         let state = self.state.clone();
         let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
-        // Services' published ports by protocol and port: a batch of 10,000 checks each one
-        // against this index, not against every service (which took 0.4 s at that size).
-        let mut published_by_services: HashMap<(Protocol, u16), Vec<(PublishedPort, String)>> = HashMap::new();
-        for s in self.state.services.values() {
-            if let Some(p) = s.publish {
-                published_by_services.entry((p.protocol, p.host_port)).or_default().push((p, s.name.clone()));
-            }
-        }
+        // Indexed by port: a batch of 10,000 checks each one against a few entries, not against
+        // every service (which took 0.4 s at that size).
+        let mut holders = publish::Holders::of(&self.state, None);
         for (req, backends) in &reqs {
             ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
             if self.state.services.contains_key(&req.name) || !names.insert(&req.name) {
@@ -284,19 +305,13 @@ impl Daemon {
             let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
             let publish = match &req.publish {
                 None => None,
-                Some(_) if net.internal => {
-                    return Err(Error::invalid(format!(
-                        "network {:?} is internal: nothing reaches it from outside, so its services cannot be published",
-                        net.name
-                    )));
-                }
                 Some(spec) => {
+                    publish::refuse_on_internal(&net, "its services")?;
                     if local.is_none() {
                         local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
                     }
-                    let published =
-                        self.check_service_publish(spec, port, protocol, local.as_deref().unwrap_or_default(), &published_by_services)?;
-                    published_by_services.entry((published.protocol, published.host_port)).or_default().push((published, req.name.clone()));
+                    let published = service_publication(spec, port, protocol, local.as_deref().unwrap_or_default(), &holders)?;
+                    holders.take(published, Some(&req.name));
                     Some(published)
                 }
             };
@@ -369,43 +384,6 @@ impl Daemon {
         Ok(api::ServicesCreated { created: programmed, elapsed_ms: started.elapsed().as_secs_f64() * 1e3, datapath_ms })
     }
 
-
-    /// A published host port for a service: not held by an endpoint or another service (`held`:
-    /// services' published ports, indexed by protocol and port; a service publishes one port).
-    fn check_service_publish(
-        &self,
-        spec: &str,
-        port: u16,
-        protocol: Protocol,
-        local: &[ipam::HostAddress],
-        held: &HashMap<(Protocol, u16), Vec<(PublishedPort, String)>>,
-    ) -> DaemonResult<PublishedPort> {
-        if spec.contains('/') {
-            return Err(Error::invalid(format!(
-                "--publish {spec:?}: give [HOST_IP:]HOST_PORT only; the protocol is the service's (--port {port}/{protocol})"
-            )));
-        }
-        let full = format!("{spec}:{port}/{protocol}");
-        let published = ports::parse(&full).map_err(|e| Error::invalid(format!("--publish {spec:?}: {e:#}")))?;
-        if published.count != 1 {
-            return Err(Error::invalid(format!("--publish {spec:?}: a service is published on one port")));
-        }
-        if let Some(ip) = published.host_ip {
-            if !local.iter().any(|a| a.ip == ip) {
-                return Err(Error::invalid(format!("cannot publish {spec:?}: {ip} is not an address of the daemon's namespace")));
-            }
-        }
-        for a in self.state.all_allocations() {
-            if let Some(held) = a.ports.iter().find(|q| q.overlaps(&published)) {
-                return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by {}", a.container_name)));
-            }
-        }
-        let holders = held.get(&(published.protocol, published.host_port)).into_iter().flatten();
-        if let Some((held, name)) = holders.into_iter().find(|(q, _)| q.overlaps(&published)) {
-            return Err(Error::conflict(format!("cannot publish {spec:?}: {held} is already published by service {name}")));
-        }
-        Ok(published)
-    }
 
     /// A backend of `svc` on `net` for the namespace `arg` names, with a free datapath id.
     fn new_backend(&mut self, svc: &Service, net: &Network, arg: &BackendArg) -> DaemonResult<Backend> {

@@ -1,7 +1,7 @@
 //! XDP at the uplinks (`bpfnet daemon --xdp native`): the published path before the kernel
 //! allocates an skb. Replies to masqueraded connections, packets of connections to published
 //! ports and services, and new connections to them from outside are translated here with the
-//! same conntrack, NAT and load-balancing decisions as `nat::from_uplink`, and redirected to the
+//! same conntrack, NAT and load-balancing decisions as `programs::uplink`, and redirected to the
 //! container's host-side veth, which hands the frame to the container side.
 //!
 //! Everything else passes on (`XDP_PASS`) to `from_uplink` at TC, which has the skb:

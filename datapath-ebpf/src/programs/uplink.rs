@@ -1,0 +1,120 @@
+//! The `from_uplink` program (TC ingress of every uplink, behind `xdp_from_uplink`): answers of
+//! masqueraded connections and packets of connections to published ports and services are
+//! translated and delivered straight into their container, ICMP errors about them likewise; what
+//! the guard refuses is dropped and counted; the rest is the host's.
+
+use aya_ebpf::programs::TcContext;
+use datapath_common::{ct_action, Counter, PortTarget};
+
+use crate::{
+    checksum::decrement_ttl,
+    conntrack::{self, now_ns, observe, Flow, Port},
+    counters::{count, drop_packet},
+    guard,
+    headers::{ETH_P_IP, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    lb::{self, Choice},
+    maps::ENDPOINTS,
+    nat::{apply, deliver, from_outside, host_owns_answer, published_connection, published_target, translate_icmp_error, Translation},
+    reject,
+};
+
+/// A packet arriving on an uplink: a reply of a tracked connection, or a packet of a connection
+/// to a published port, is translated and delivered straight into its container; an ICMP error
+/// about a tracked connection likewise; the rest is the host's.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext) -> i32 {
+    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet).
+    if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
+        return count_uplink_to_host(ctx);
+    }
+    let Some(flow) = conntrack::parse(ctx) else { return screened_to_host(ctx) };
+    if flow.is_icmp_error() {
+        return icmp_error_from_uplink(ctx, &flow);
+    }
+    let len = ctx.len();
+    let Some(tracked) = conntrack::lookup(&flow.key) else {
+        if let Some(reason) = guard::uplink_refusal(flow.key.saddr.ipv4_word(), flow.key.daddr.ipv4_word()) {
+            return drop_packet(ctx, reason);
+        }
+        // A VIP is reached from its network and the host only.
+        let Some(target) = published_target(ctx, &flow, false).filter(|t| t.network == 0) else {
+            return count_uplink_to_host(ctx);
+        };
+        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
+        return match lb::choose(&target, &flow.key, now_ns()) {
+            Some(Choice::Backend(backend)) => publish(ctx, &flow, &backend, action, len),
+            Some(Choice::Refuse) => reject::refuse(ctx, &flow),
+            None => count_uplink_to_host(ctx),
+        };
+    };
+    // SAFETY: a map value, read before any packet helper runs.
+    let translation = Translation::of(unsafe { &*tracked.entry });
+    if !from_outside(&translation) {
+        return screened_to_host(ctx);
+    }
+    if host_owns_answer(ctx, &flow, &translation) {
+        return count_uplink_to_host(ctx);
+    }
+    if !decrement_ttl(ctx) {
+        // Untranslated, the host would answer it (a reset): the connection is not the host's.
+        return drop_packet(ctx, Counter::DropTtlExpired);
+    }
+    observe(tracked, &flow, len, now_ns());
+    if apply(ctx, &flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, Counter::NatIn)
+}
+
+/// A new connection from outside to a published port: to the container, keeping the client's
+/// address (no proxy, no source NAT); the answers leave with the host address the client used.
+#[inline(always)]
+fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u32) -> i32 {
+    // SAFETY: read-only lookup of a plain-old-data value, copied out.
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return count_uplink_to_host(ctx) };
+    if !decrement_ttl(ctx) {
+        return count_uplink_to_host(ctx);
+    }
+    let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
+    published_connection(new, flow, target, &server, action);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
+}
+
+/// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]
+/// refuses it.
+#[inline(always)]
+fn screened_to_host(ctx: &TcContext) -> i32 {
+    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_OFF + IP_SADDR_OFF), ctx.load::<u32>(IP_OFF + IP_DADDR_OFF)) else {
+        return count_uplink_to_host(ctx);
+    };
+    match guard::uplink_refusal(saddr, daddr) {
+        Some(reason) => drop_packet(ctx, reason),
+        None => count_uplink_to_host(ctx),
+    }
+}
+
+#[inline(always)]
+fn count_uplink_to_host(ctx: &TcContext) -> i32 {
+    count(ctx, Counter::UplinkToHost);
+    aya_ebpf::bindings::TC_ACT_OK as i32
+}
+
+/// An ICMP error (unreachable, fragmentation needed, time exceeded) quotes the packet that
+/// caused it: a masqueraded packet, with the uplink's address and port as its source. The reply
+/// entry of that connection says whose it is; the error's destination and the quoted source
+/// are translated back, so the container's stack sees an error about its own packet (path-MTU
+/// discovery, "connection refused").
+#[inline(always)]
+fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
+    match translate_icmp_error(ctx, flow) {
+        Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
+        None => screened_to_host(ctx),
+    }
+}
