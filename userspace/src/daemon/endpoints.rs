@@ -6,14 +6,18 @@
 //! release; Docker's CreateEndpoint/Join/Leave/DeleteEndpoint and CNI's ADD/DEL map onto the
 //! same steps.
 //!
+//! What an endpoint is in the kernel is its network's driver's business (`drivers`: today the
+//! veth pair with the datapath's program); this file decides when, and keeps the state.
+//!
 //! An attach is write-ahead logged: its record goes into `State::connecting` before the first
 //! kernel change and the endpoint's record replaces it when everything is in place, so a crash
 //! at any point leaves a record of what to remove (see `reconcile`).
-use datapath_common::{iface_flags, EndpointInfo, IfaceInfo, GATEWAY_MAC};
+use datapath_common::{iface_flags, IfaceInfo};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use super::{crash_point, endpoint_alias, in_netns, publish, reconcile::endpoint_link, views, Daemon, DaemonResult, Error, HOST_VETH_PREFIX};
+use super::{crash_point, drivers::{self, NetworkDriver}, in_netns, publish, reconcile::endpoint_link, views, Daemon, DaemonResult, Error};
+pub(super) use drivers::host_veth_name;
 use crate::{
     api,
     datapath::datapath_ipv4,
@@ -23,20 +27,6 @@ use crate::{
     ports::{self, PublishedPort},
     state::{Allocation, Endpoint, Frontend, Network},
 };
-
-/// The container already has an interface with the name its new endpoint was to get.
-#[derive(Debug)]
-struct InterfaceExists;
-
-impl std::fmt::Display for InterfaceExists {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an interface of that name exists in the namespace")
-    }
-}
-
-pub(super) fn host_veth_name(endpoint_id: &str) -> String {
-    format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
-}
 
 /// What the datapath knows of the sender on an endpoint's host-side veth; `backend`: the
 /// endpoint serves some service.
@@ -71,10 +61,6 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
 pub(super) enum Found<'a> {
     Attached(&'a Endpoint),
     Allocated(&'a Allocation),
-}
-
-fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInfo {
-    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2] }
 }
 
 impl Daemon {
@@ -282,7 +268,7 @@ impl Daemon {
         self.state.connecting.retain(|c| c.id != ep.id);
         if let Err(e) = applied {
             self.undo_connect(&ep).await;
-            return Err(if e.downcast_ref::<InterfaceExists>().is_some() {
+            return Err(if e.downcast_ref::<drivers::InterfaceExists>().is_some() {
                 Error::conflict(format!(
                     "cannot create {} in {netns_arg}: an interface of that name exists there already",
                     ep.interface
@@ -388,152 +374,42 @@ impl Daemon {
     /// Creates the endpoint in the kernel. On error the caller tears down whatever was made.
     async fn apply_endpoint(&mut self, net: &Network, ns: &NetnsRef, ep: &mut Endpoint, wants_default_route: bool) -> Result<()> {
         let interface = ep.interface.clone();
-        let index = self.make_programmed_veth(net, ep, &interface, Some(&ns.file)).await?;
-        let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
-        let gateway = wants_default_route.then_some(net.gateway);
-        ep.default_route =
-            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
-                .await
-                .context("configuring the container side")?;
-        // GRO is on in the container's side now: XDP may deliver into it.
-        ep.gro = true;
-        self.datapath.set_iface(index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
-        Ok(())
+        self.make_programmed_veth(net, ep, &interface, Some(&ns.file)).await?;
+        let backend = self.backend_ids.serves(&ep.id);
+        drivers::of(net).configure_container(self.kernel(), net, ep, backend, ns, wants_default_route).await
     }
 
-    /// Makes the endpoint's veth pair, the container's side named `peer` inside `peer_netns` (or,
-    /// without one, here, for an engine to move), marks the host side and programs the datapath
-    /// for it. Returns the host side's index. On error the caller tears down whatever was made.
-    pub(super) async fn make_programmed_veth(
-        &mut self,
-        net: &Network,
-        ep: &mut Endpoint,
-        peer: &str,
-        peer_netns: Option<&std::fs::File>,
-    ) -> Result<u32> {
-        // A host side left by an earlier attachment of this endpoint whose removal failed: its
-        // name is the one the new veth takes.
-        if let Some(stale) = endpoint_link(&self.netlink.links().await?, ep) {
-            log::warn!("endpoint {}: removing {}, left by an earlier attachment", &ep.id[..12], stale.name);
-            self.netlink.delete_link(stale.index).await?;
-        }
-        let index = self
-            .netlink
-            .create_veth(&ep.host_interface, GATEWAY_MAC, peer, ep.mac, peer_netns)
-            .await
-            .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
-        ep.host_ifindex = index;
-        crash_point("veth-unlabelled");
-        self.netlink.set_alias(index, &endpoint_alias(&ep.id)).await?;
-        crash_point("veth");
-        plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
-        let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
-        self.program_endpoint(net, ep, &host_side).await?;
-        crash_point("programmed");
-        Ok(index)
+    /// The driver's connection to the kernel for one call (see [`drivers`]).
+    fn kernel(&mut self) -> drivers::Kernel<'_> {
+        drivers::Kernel { netlink: &self.netlink, datapath: &mut self.datapath, conntrack: &mut self.conntrack }
     }
 
-    /// The host side of an endpoint whose veth `link` exists: maps, program, link up, route,
-    /// neighbour. Idempotent (used by connect and by the reconciler).
+    /// Makes the endpoint's kernel side with its network's driver (the container's interface
+    /// named `peer` inside `peer_netns`, or here for an engine to move); returns the host side's
+    /// index. On error the caller tears down whatever was made.
+    pub(super) async fn make_programmed_veth(&mut self, net: &Network, ep: &mut Endpoint, peer: &str, peer_netns: Option<&std::fs::File>) -> Result<u32> {
+        let backend = self.backend_ids.serves(&ep.id);
+        drivers::of(net).make(self.kernel(), net, ep, backend, peer, peer_netns).await
+    }
+
+    /// Programs the kernel side of an endpoint whose host side `link` exists (idempotent: connect
+    /// and the reconciler).
     pub(super) async fn program_endpoint(&mut self, net: &Network, ep: &Endpoint, link: &LinkInfo) -> Result<()> {
-        // Maps before the program: the first packet must find its entries.
-        self.datapath.set_iface(link.index, iface_info(net, ep, self.backend_ids.serves(&ep.id))?)?;
-        self.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
-        for port in &ep.ports {
-            for (key, target) in ep.port_entries(port) {
-                self.datapath.set_port(key, target)?;
-            }
-        }
-        self.datapath.attach(&ep.host_interface, &link.name)?;
-        self.netlink.set_up(link.index).await?;
-        self.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
-        self.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
-        Ok(())
+        let backend = self.backend_ids.serves(&ep.id);
+        drivers::of(net).program(self.kernel(), net, ep, backend, link).await
     }
 
-    /// Removes everything an endpoint has in the kernel; `link` is its host-side veth if that
-    /// still exists. Idempotent; tolerates half-made endpoints; tries every step even when one
-    /// fails, and reports all failures.
+    /// Removes everything an endpoint has in the kernel; `link` is its host side if that still
+    /// exists. Idempotent; tries every step and reports every failure.
     pub(super) async fn teardown_endpoint(&mut self, ep: &Endpoint, link: Option<&LinkInfo>) -> Result<()> {
-        let mut errors: Vec<anyhow::Error> = Vec::new();
-        // IFACES is keyed by the host veth's ifindex: take it from the veth, the record, or, when
-        // the veth died with its namespace, from the endpoint's ENDPOINTS entry.
-        let mut indexes: Vec<u32> = link.map(|l| l.index).into_iter().collect();
-        if ep.host_ifindex != 0 {
-            indexes.push(ep.host_ifindex);
-        }
-        match self.datapath.endpoint(ep.address) {
-            Ok(Some(info)) if info.mac == ep.mac => indexes.push(info.host_ifindex),
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
-        indexes.sort_unstable();
-        indexes.dedup();
-        for &index in &indexes {
-            match self.datapath.iface(index) {
-                Ok(Some(info)) if Some(info.ipv4) == datapath_ipv4(ep.address).ok() => {
-                    if let Err(e) = self.datapath.remove_iface(index) {
-                        errors.push(e);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(e),
-            }
-        }
         // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
         let address_taken = self.state.endpoints.iter().any(|o| o.id != ep.id && o.address == ep.address);
-        if !address_taken {
-            if let Err(e) = self.datapath.remove_endpoint(ep.address) {
-                errors.push(e);
-            }
-        }
-        for port in &ep.ports {
-            for (key, target) in ep.port_entries(port) {
-                if let Err(e) = self.datapath.remove_port_if(key, target) {
-                    errors.push(e);
-                }
-            }
-        }
-        // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
-        // Only then is the link's pin removed: unpinned first, the veth would pass the
-        // container's packets to the host unchecked (spoofed ones too) until it is gone.
-        let mut gone = true;
-        if let Some(link) = link {
-            match self.netlink.delete_link(link.index).await {
-                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => {
-                    errors.push(e);
-                    // Still there: it keeps its program (the next start removes it, unrecorded).
-                    gone = false;
-                }
-                _ => {}
-            }
-        }
-        if gone {
-            if let Err(e) = self.datapath.detach(&ep.host_interface) {
-                errors.push(e);
-            }
-        }
-        // Its connections, once nothing can add one: a later endpoint with the same address must
-        // not inherit them (but an endpoint that holds the address already keeps its own).
-        let addr = (!address_taken).then_some(ep.address);
-        self.conntrack.forget_endpoint(&indexes, addr);
-        match errors.len() {
-            0 => Ok(()),
-            _ => Err(anyhow::anyhow!(errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))),
-        }
+        drivers::of_endpoint(ep).teardown(self.kernel(), ep, link, address_taken).await
     }
 
-    /// The host-side veth of `ep` as it is now (it may have been renamed): by its recorded index
-    /// when that still carries the endpoint's mark, else by a search of every interface.
+    /// The host side of `ep` as it is now (it may have been renamed).
     pub(super) async fn locate(&self, ep: &Endpoint) -> Result<Option<LinkInfo>> {
-        if ep.host_ifindex != 0 {
-            if let Some(link) = self.netlink.link_by_index(ep.host_ifindex).await? {
-                if endpoint_link(std::slice::from_ref(&link), ep).is_some() {
-                    return Ok(Some(link));
-                }
-            }
-        }
-        Ok(endpoint_link(&self.netlink.links().await?, ep).cloned())
+        drivers::of_endpoint(ep).locate(&self.netlink, ep).await
     }
 
     /// Disconnects the namespace named `netns_arg` (`identity`: its (dev, inode), when the caller

@@ -8,6 +8,7 @@
 //!
 //! Changes are serialized by the caller (one `Daemon` behind a lock); reads never take that lock:
 //! they are served from [`Published`], the last committed state.
+mod drivers;
 mod endpoints;
 mod engine;
 mod error;

@@ -1,0 +1,182 @@
+//! The `veth` driver, every network's today: a veth pair per endpoint, the container's side
+//! created inside its namespace (or here, for an engine to move), the host side marked with the
+//! endpoint's alias, carrying the datapath's TC program (TCX), with a /32 route and a permanent
+//! neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it and where
+//! to deliver.
+use std::fs::File;
+
+use anyhow::{Context, Result};
+use datapath_common::{EndpointInfo, GATEWAY_MAC};
+
+use super::{Kernel, NetworkDriver};
+use crate::{
+    daemon::{crash_point, endpoint_alias, endpoints::iface_info, in_netns, reconcile::endpoint_link, HOST_VETH_PREFIX},
+    datapath::datapath_ipv4,
+    netns::NetnsRef,
+    plumbing::{self, LinkInfo, Netlink},
+    state::{Endpoint, Network},
+};
+
+/// The container already has an interface with the name its new endpoint was to get.
+#[derive(Debug)]
+pub(in crate::daemon) struct InterfaceExists;
+
+impl std::fmt::Display for InterfaceExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an interface of that name exists in the namespace")
+    }
+}
+
+pub(in crate::daemon) fn host_veth_name(endpoint_id: &str) -> String {
+    format!("{HOST_VETH_PREFIX}{}", &endpoint_id[..11])
+}
+
+fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInfo {
+    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2] }
+}
+
+/// The driver (no state of its own: the kernel and the state say everything).
+pub(in crate::daemon) struct Veth;
+
+impl NetworkDriver for Veth {
+    /// Makes the endpoint's veth pair, the container's side named `peer` inside `peer_netns` (or,
+    /// without one, here, for an engine to move), marks the host side and programs the datapath
+    /// for it. Returns the host side's index. On error the caller tears down whatever was made.
+    async fn make(&self, mut k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, peer: &str, peer_netns: Option<&File>) -> Result<u32> {
+        // A host side left by an earlier attachment of this endpoint whose removal failed: its
+        // name is the one the new veth takes.
+        if let Some(stale) = endpoint_link(&k.netlink.links().await?, ep) {
+            log::warn!("endpoint {}: removing {}, left by an earlier attachment", &ep.id[..12], stale.name);
+            k.netlink.delete_link(stale.index).await?;
+        }
+        let index = k
+            .netlink
+            .create_veth(&ep.host_interface, GATEWAY_MAC, peer, ep.mac, peer_netns)
+            .await
+            .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
+        ep.host_ifindex = index;
+        crash_point("veth-unlabelled");
+        k.netlink.set_alias(index, &endpoint_alias(&ep.id)).await?;
+        crash_point("veth");
+        plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
+        let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
+        self.program(k.reborrow(), net, ep, backend, &host_side).await?;
+        crash_point("programmed");
+        Ok(index)
+    }
+
+    /// The host side of an endpoint whose veth `link` exists: maps, program, link up, route,
+    /// neighbour. Idempotent (used by connect and by the reconciler).
+    async fn program(&self, k: Kernel<'_>, net: &Network, ep: &Endpoint, backend: bool, link: &LinkInfo) -> Result<()> {
+        // Maps before the program: the first packet must find its entries.
+        k.datapath.set_iface(link.index, iface_info(net, ep, backend)?)?;
+        k.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
+        for port in &ep.ports {
+            for (key, target) in ep.port_entries(port) {
+                k.datapath.set_port(key, target)?;
+            }
+        }
+        k.datapath.attach(&ep.host_interface, &link.name)?;
+        k.netlink.set_up(link.index).await?;
+        k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
+        k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
+        Ok(())
+    }
+
+    async fn configure_container(&self, k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, ns: &NetnsRef, default_route: bool) -> Result<()> {
+        let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
+        let gateway = default_route.then_some(net.gateway);
+        ep.default_route =
+            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
+                .await
+                .context("configuring the container side")?;
+        // GRO is on in the container's side now: XDP may deliver into it.
+        ep.gro = true;
+        k.datapath.set_iface(ep.host_ifindex, iface_info(net, ep, backend)?)?;
+        Ok(())
+    }
+
+    /// Removes everything an endpoint has in the kernel; `link` is its host-side veth if that
+    /// still exists. Idempotent; tolerates half-made endpoints; tries every step even when one
+    /// fails, and reports all failures.
+    async fn teardown(&self, k: Kernel<'_>, ep: &Endpoint, link: Option<&LinkInfo>, address_taken: bool) -> Result<()> {
+        let mut errors: Vec<anyhow::Error> = Vec::new();
+        // IFACES is keyed by the host veth's ifindex: take it from the veth, the record, or, when
+        // the veth died with its namespace, from the endpoint's ENDPOINTS entry.
+        let mut indexes: Vec<u32> = link.map(|l| l.index).into_iter().collect();
+        if ep.host_ifindex != 0 {
+            indexes.push(ep.host_ifindex);
+        }
+        match k.datapath.endpoint(ep.address) {
+            Ok(Some(info)) if info.mac == ep.mac => indexes.push(info.host_ifindex),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+        indexes.sort_unstable();
+        indexes.dedup();
+        for &index in &indexes {
+            match k.datapath.iface(index) {
+                Ok(Some(info)) if Some(info.ipv4) == datapath_ipv4(ep.address).ok() => {
+                    if let Err(e) = k.datapath.remove_iface(index) {
+                        errors.push(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
+        if !address_taken {
+            if let Err(e) = k.datapath.remove_endpoint(ep.address) {
+                errors.push(e);
+            }
+        }
+        for port in &ep.ports {
+            for (key, target) in ep.port_entries(port) {
+                if let Err(e) = k.datapath.remove_port_if(key, target) {
+                    errors.push(e);
+                }
+            }
+        }
+        // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
+        // Only then is the link's pin removed: unpinned first, the veth would pass the
+        // container's packets to the host unchecked (spoofed ones too) until it is gone.
+        let mut gone = true;
+        if let Some(link) = link {
+            match k.netlink.delete_link(link.index).await {
+                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => {
+                    errors.push(e);
+                    // Still there: it keeps its program (the next start removes it, unrecorded).
+                    gone = false;
+                }
+                _ => {}
+            }
+        }
+        if gone {
+            if let Err(e) = k.datapath.detach(&ep.host_interface) {
+                errors.push(e);
+            }
+        }
+        // Its connections, once nothing can add one: a later endpoint with the same address must
+        // not inherit them (but an endpoint that holds the address already keeps its own).
+        let addr = (!address_taken).then_some(ep.address);
+        k.conntrack.forget_endpoint(&indexes, addr);
+        match errors.len() {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!(errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))),
+        }
+    }
+
+    /// The host-side veth of `ep` as it is now (it may have been renamed): by its recorded index
+    /// when that still carries the endpoint's mark, else by a search of every interface.
+    async fn locate(&self, netlink: &Netlink, ep: &Endpoint) -> Result<Option<LinkInfo>> {
+        if ep.host_ifindex != 0 {
+            if let Some(link) = netlink.link_by_index(ep.host_ifindex).await? {
+                if endpoint_link(std::slice::from_ref(&link), ep).is_some() {
+                    return Ok(Some(link));
+                }
+            }
+        }
+        Ok(endpoint_link(&netlink.links().await?, ep).cloned())
+    }
+}
