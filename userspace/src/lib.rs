@@ -32,5 +32,6 @@ pub mod ports;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod store;
 pub mod test_run;
 pub mod worker;

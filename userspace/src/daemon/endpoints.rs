@@ -326,7 +326,7 @@ impl Daemon {
     /// crash from then on leaves a record of what its attach made.
     pub(super) fn write_ahead(&mut self, ep: &Endpoint) -> DaemonResult<()> {
         self.state.connecting.push(ep.clone());
-        if let Err(e) = self.store.save(&self.state) {
+        if let Err(e) = self.store.commit(&self.state) {
             self.state.connecting.retain(|c| c.id != ep.id);
             return Err(Error::internal(e));
         }
@@ -359,7 +359,7 @@ impl Daemon {
         };
         match self.teardown_endpoint(ep, link.as_ref()).await {
             Ok(()) => {
-                if let Err(e) = self.store.save(&self.state) {
+                if let Err(e) = self.store.commit(&self.state) {
                     log::warn!("undoing the connect of {}: {e:#} (finished at the next start)", ep.container_name);
                 }
             }

@@ -38,7 +38,8 @@ use crate::{
     conntrack::Conntrack,
     datapath::{Datapath, LoadOptions},
     plumbing::Netlink,
-    state::{ServiceStore, State, Store},
+    state::State,
+    store::{FileStore, Store},
 };
 
 /// Every network's gateway address is a /32 on the loopback device of the daemon's namespace,
@@ -98,8 +99,8 @@ struct LbLimits {
 
 pub struct Daemon {
     state: State,
-    store: Store,
-    service_store: ServiceStore,
+    /// Where every change is recorded before it is acknowledged.
+    store: Box<dyn Store>,
     lb: LbLimits,
     backend_ids: services::BackendIds,
     datapath: Datapath,
@@ -132,22 +133,20 @@ impl Daemon {
     /// Refuses to start when the state file is missing but the kernel still holds bpfnet's
     /// endpoints: starting empty would tear every container's network down.
     pub async fn start(config: &Config) -> Result<Self> {
-        let store = Store::new(&config.state_dir)?;
+        let mut store: Box<dyn Store> = Box::new(FileStore::open(&config.state_dir)?);
         let netlink = Netlink::connect()?;
         let gateway_ifindex = netlink.link_index(GATEWAY_DEVICE).await?.context("no loopback device")?;
         let mut found_uplinks = uplinks::find(&netlink, &config.uplinks).await?;
-        let mut service_store = ServiceStore::new(&config.state_dir);
-        let mut state = match store.load()? {
+        let state = match store.load()? {
             Some(state) => state,
             None => {
-                reconcile::refuse_if_datapath_exists(&netlink, gateway_ifindex, &config.bpffs, &store.path()).await?;
-                // From now on the file exists: a missing one always means a lost one.
-                let state = State::empty();
-                store.save(&state)?;
-                state
+                let location = PathBuf::from(store.location());
+                reconcile::refuse_if_datapath_exists(&netlink, gateway_ifindex, &config.bpffs, &location).await?;
+                // From now on the state exists: a missing one always means a lost one.
+                store.commit(&State::empty())?;
+                store.load()?.context("the state just recorded cannot be read back")?
             }
         };
-        state.services = service_store.load()?;
         let mut datapath = Datapath::load_pinned(&config.bpffs, &config.datapath)?;
         let (max_services, max_backends, slots) = datapath.service_capacity()?;
         let table_size = config.datapath.maglev_table_size;
@@ -195,7 +194,6 @@ impl Daemon {
         let mut daemon = Self {
             state,
             store,
-            service_store,
             lb,
             backend_ids,
             datapath,
@@ -239,7 +237,7 @@ impl Daemon {
 
     /// Persists the state and shows it to readers.
     fn commit(&mut self) -> Result<()> {
-        self.store.save(&self.state)?;
+        self.store.commit(&self.state)?;
         self.publish_state();
         Ok(())
     }

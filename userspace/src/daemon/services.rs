@@ -349,7 +349,7 @@ impl Daemon {
         let programming = Instant::now();
         let programmed = self.program_services(&refs, None);
         let datapath_ms = programming.elapsed().as_secs_f64() * 1e3;
-        if let Err(e) = programmed.and_then(|()| self.service_store.save(&refs)) {
+        if let Err(e) = programmed.and_then(|()| self.store.put_services(&refs)) {
             for svc in &made {
                 self.unprogram_service(svc);
             }
@@ -469,7 +469,7 @@ impl Daemon {
             for b in gone {
                 self.datapath.set_backend(b.datapath_id, BackendInfo::default())?;
             }
-            self.service_store.save(&[&new])
+            self.store.put_services(&[&new])
         });
         if let Err(e) = applied {
             let table = build_table(&old, self.lb.table_size).map_err(Error::internal)?;
@@ -545,7 +545,7 @@ impl Daemon {
 
     pub async fn remove_service(&mut self, name: &str) -> DaemonResult<()> {
         let svc = self.service(name)?.clone();
-        self.service_store.remove(&[name]).map_err(Error::internal)?;
+        self.store.remove_services(&[name]).map_err(Error::internal)?;
         self.unprogram_service(&svc);
         if svc.protocol == Protocol::Udp {
             for b in &svc.backends {
@@ -566,7 +566,7 @@ impl Daemon {
 
     /// Folds the service journal into a snapshot when it is due (a failure only costs disk).
     fn compact_services(&mut self) {
-        if let Err(e) = self.service_store.compact_if_due(self.state.services.values().map(|s| s.as_ref())) {
+        if let Err(e) = self.store.compact_services(&mut self.state.services.values().map(|s| s.as_ref())) {
             log::warn!("writing the services' snapshot: {e:#} (the journal keeps every change)");
         }
     }
