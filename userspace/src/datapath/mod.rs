@@ -1,4 +1,5 @@
-//! Loading the eBPF datapath, attaching it to interfaces, and the typed writers of its maps.
+//! Loading the eBPF datapath and attaching it to interfaces (here), and the typed writers of its
+//! maps, one file per concern (`endpoints`, `uplinks`, `services`, `conntrack`, `counters`).
 //!
 //! Maps are pinned under `<bpffs>/maps-v<layout>`, and every TCX attachment is a link pinned under
 //! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>` (and an uplink's XDP
@@ -32,6 +33,13 @@ use datapath_common::{
 };
 
 use crate::bpffs;
+
+// The typed writers of the maps, one file per concern.
+mod conntrack;
+mod counters;
+mod endpoints;
+mod services;
+mod uplinks;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
@@ -253,20 +261,6 @@ impl Datapath {
         Ok(())
     }
 
-    fn host_addrs(&mut self) -> Result<HashMap<&mut MapData, IpKey, u8>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::HOST_ADDRS).context("HOST_ADDRS map missing")?)?)
-    }
-
-    /// Makes `HOST_ADDRS` hold exactly `addrs`: where a port published on every address answers.
-    pub fn set_host_addrs(&mut self, addrs: &[IpAddr]) -> Result<()> {
-        let mut map = self.host_addrs()?;
-        for addr in addrs {
-            map.insert(IpKey::from(*addr), 1, 0).context("writing HOST_ADDRS")?;
-        }
-        let keep: HashSet<IpKey> = addrs.iter().map(|a| IpKey::from(*a)).collect();
-        retain_keys(&mut map, &keep)
-    }
-
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         Ok(self.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?)
     }
@@ -377,215 +371,6 @@ impl Datapath {
     fn pinned_interfaces(&self, dir: fn(&Path) -> PathBuf) -> Vec<String> {
         let pins = self.pins.as_ref().map(|root| pin_names(&dir(root))).unwrap_or_default();
         pins.into_iter().map(|p| p.replace(':', ".")).collect()
-    }
-
-    fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, UplinkInfo>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::UPLINKS).context("UPLINKS map missing")?)?)
-    }
-
-    /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address, is a veth).
-    pub fn set_uplinks(&mut self, uplinks: &[(u32, IpAddr, bool)]) -> Result<()> {
-        let mut map = self.uplinks()?;
-        for (index, addr, veth) in uplinks {
-            let flags = if *veth { datapath_common::uplink_flags::VETH } else { 0 };
-            map.insert(index, UplinkInfo { addr: IpKey::from(*addr), flags }, 0).context("writing UPLINKS")?;
-        }
-        let keep: HashSet<u32> = uplinks.iter().map(|(i, _, _)| *i).collect();
-        retain_keys(&mut map, &keep)
-    }
-
-    /// One of the connection tables: `CONNTRACK` (established) or `CT_PENDING` (new).
-    fn ct_table(&mut self, name: &str) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(name).with_context(|| format!("{name} map missing"))?)?)
-    }
-
-    /// One entry of the connection tables, and whether it is in the established one (for tests of
-    /// a private instance; the daemon uses `crate::conntrack::Conntrack` on the pinned tables).
-    pub fn conntrack_lookup(&mut self, key: &CtKey) -> Result<Option<(CtEntry, bool)>> {
-        if let Some(entry) = found_or_none(self.ct_table(map_names::CONNTRACK)?.get(key, 0))? {
-            return Ok(Some((entry, true)));
-        }
-        Ok(found_or_none(self.ct_table(map_names::CT_PENDING)?.get(key, 0))?.map(|e| (e, false)))
-    }
-
-    /// As [`Self::conntrack_lookup`], whichever table holds it.
-    pub fn conntrack_entry(&mut self, key: &CtKey) -> Result<Option<CtEntry>> {
-        Ok(self.conntrack_lookup(key)?.map(|(e, _)| e))
-    }
-
-    /// Writes an entry into the new-connection table.
-    pub fn set_conntrack_entry(&mut self, key: CtKey, entry: CtEntry) -> Result<()> {
-        self.ct_table(map_names::CT_PENDING)?.insert(key, entry, 0).context("writing CT_PENDING")?;
-        Ok(())
-    }
-
-    /// Removes an entry from both tables.
-    pub fn remove_conntrack_entry(&mut self, key: &CtKey) -> Result<()> {
-        remove_ignoring_missing(self.ct_table(map_names::CONNTRACK)?.remove(key))?;
-        remove_ignoring_missing(self.ct_table(map_names::CT_PENDING)?.remove(key))
-    }
-
-    /// Entries the connections delivered to host-side veth `ifindex` hold in the established
-    /// table, as the datapath counts them.
-    pub fn conntrack_share(&mut self, ifindex: u32) -> Result<u32> {
-        let map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(self.ebpf.map_mut(map_names::CT_QUOTA).context("CT_QUOTA map missing")?)?;
-        Ok(found_or_none(map.get(&ifindex, 0))?.unwrap_or(0))
-    }
-
-    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::ENDPOINTS).context("ENDPOINTS map missing")?)?)
-    }
-
-    fn ifaces(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceInfo>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::IFACES).context("IFACES map missing")?)?)
-    }
-
-    pub fn set_endpoint(&mut self, ip: IpAddr, info: EndpointInfo) -> Result<()> {
-        self.endpoints()?.insert(IpKey::from(ip), info, 0).context("writing ENDPOINTS")?;
-        Ok(())
-    }
-
-    pub fn endpoint(&mut self, ip: IpAddr) -> Result<Option<EndpointInfo>> {
-        found_or_none(self.endpoints()?.get(&IpKey::from(ip), 0))
-    }
-
-    pub fn iface(&mut self, ifindex: u32) -> Result<Option<IfaceInfo>> {
-        found_or_none(self.ifaces()?.get(&ifindex, 0))
-    }
-
-    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<()> {
-        remove_ignoring_missing(self.endpoints()?.remove(&IpKey::from(ip)))
-    }
-
-    pub fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<()> {
-        self.ifaces()?.insert(ifindex, info, 0).context("writing IFACES")?;
-        Ok(())
-    }
-
-    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
-        remove_ignoring_missing(self.ifaces()?.remove(&ifindex))
-    }
-
-    fn ports(&mut self) -> Result<HashMap<&mut MapData, PortKey, PortTarget>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::PORTS).context("PORTS map missing")?)?)
-    }
-
-    pub fn set_port(&mut self, key: PortKey, target: PortTarget) -> Result<()> {
-        self.ports()?.insert(key, target, 0).context("writing PORTS")?;
-        Ok(())
-    }
-
-    /// Removes the published port `key` if it still leads to `target`.
-    pub fn remove_port_if(&mut self, key: PortKey, target: PortTarget) -> Result<()> {
-        let mut ports = self.ports()?;
-        match ports.get(&key, 0) {
-            Ok(current) if current == target => remove_ignoring_missing(ports.remove(&key)),
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).
-    pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>, ports: &HashSet<PortKey>) -> Result<()> {
-        retain_keys(&mut self.endpoints()?, endpoints)?;
-        retain_keys(&mut self.ifaces()?, ifaces)?;
-        retain_keys(&mut self.ports()?, ports)
-    }
-
-    /// How many services and backends the loaded tables hold, and the Maglev slots (a pinned
-    /// table keeps the size it was created with).
-    pub fn service_capacity(&self) -> Result<(u32, u32, u32)> {
-        Ok((self.max_entries(map_names::SERVICES)?.saturating_sub(1), self.max_entries(map_names::BACKENDS)?, self.maglev.len as u32))
-    }
-
-    fn max_entries(&self, name: &str) -> Result<u32> {
-        Ok(map_data(&self.ebpf, name)?.info()?.max_entries())
-    }
-
-    fn array<V: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
-        Ok(Array::try_from(self.ebpf.map_mut(name).with_context(|| format!("{name} map missing"))?)?)
-    }
-
-    pub fn set_service(&mut self, id: u32, info: ServiceInfo) -> Result<()> {
-        self.array(map_names::SERVICES)?.set(id, info, 0).context("writing SERVICES")
-    }
-
-    pub fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {
-        self.array(map_names::BACKENDS)?.set(id, info, 0).context("writing BACKENDS")
-    }
-
-    fn map_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
-        Ok(map_data(&self.ebpf, name)?.fd().as_fd())
-    }
-
-    /// Many services at once, each map in one batched write: backends, then headers, then the
-    /// published and VIP ports, then the VIPs (the Maglev tables are the caller's, written
-    /// before the headers through [`Self::write_maglev`]).
-    pub fn set_services_batch(
-        &mut self,
-        backends: &[(u32, BackendInfo)],
-        services: &[(u32, ServiceInfo)],
-        ports: &[(PortKey, PortTarget)],
-        vips: &[(IpKey, u32)],
-    ) -> Result<()> {
-        fn split<K: Copy, V: Copy>(pairs: &[(K, V)]) -> (Vec<K>, Vec<V>) {
-            pairs.iter().copied().unzip()
-        }
-        let (k, v) = split(backends);
-        crate::bpfsys::update_batch(self.map_fd(map_names::BACKENDS)?, &k, &v).context("writing BACKENDS")?;
-        let (k, v) = split(services);
-        crate::bpfsys::update_batch(self.map_fd(map_names::SERVICES)?, &k, &v).context("writing SERVICES")?;
-        let (k, v) = split(ports);
-        crate::bpfsys::update_batch(self.map_fd(map_names::PORTS)?, &k, &v).context("writing PORTS")?;
-        let (k, v) = split(vips);
-        crate::bpfsys::update_batch(self.map_fd(map_names::VIPS)?, &k, &v).context("writing VIPS")
-    }
-
-    /// Every Maglev slot, as the datapath reads them (see [`Self::write_maglev`]).
-    pub fn maglev_slots(&mut self) -> &mut [u32] {
-        self.maglev.slots()
-    }
-
-    /// Writes a service's Maglev table (backend ids) from slot `base`.
-    pub fn write_maglev(&mut self, base: u32, table: &[u32]) -> Result<()> {
-        let slots = self.maglev.slots();
-        let range = base as usize..base as usize + table.len();
-        anyhow::ensure!(range.end <= slots.len(), "Maglev table {range:?} beyond the {} slots", slots.len());
-        slots[range].copy_from_slice(table);
-        Ok(())
-    }
-
-    fn vips(&mut self) -> Result<HashMap<&mut MapData, IpKey, u32>> {
-        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::VIPS).context("VIPS map missing")?)?)
-    }
-
-    pub fn set_vip(&mut self, vip: IpAddr, network: u32) -> Result<()> {
-        self.vips()?.insert(IpKey::from(vip), network, 0).context("writing VIPS")
-    }
-
-    pub fn remove_vip(&mut self, vip: IpAddr) -> Result<()> {
-        remove_ignoring_missing(self.vips()?.remove(&IpKey::from(vip)))
-    }
-
-    /// Makes `VIPS` hold exactly `vips`, and clears every `SERVICES` and `BACKENDS` slot not in
-    /// `services` and `backends` (left by a crash or a removed service): one batched write of
-    /// empty slots per array, rather than a read and maybe a write per slot.
-    pub fn retain_services(&mut self, vips: &HashSet<IpKey>, services: &HashSet<u32>, backends: &HashSet<u32>) -> Result<()> {
-        retain_keys(&mut self.vips()?, vips)?;
-        let unused = |len: u32, keep: &HashSet<u32>| (0..len).filter(|id| !keep.contains(id)).collect::<Vec<u32>>();
-        let ids = unused(self.max_entries(map_names::SERVICES)?, services);
-        crate::bpfsys::update_batch(self.map_fd(map_names::SERVICES)?, &ids, &vec![ServiceInfo::default(); ids.len()])
-            .context("clearing SERVICES")?;
-        let ids = unused(self.max_entries(map_names::BACKENDS)?, backends);
-        crate::bpfsys::update_batch(self.map_fd(map_names::BACKENDS)?, &ids, &vec![BackendInfo::default(); ids.len()])
-            .context("clearing BACKENDS")
-    }
-
-    /// Every counter summed over CPUs.
-    pub fn counters(&mut self) -> Result<Vec<(Counter, u64)>> {
-        let map: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map_mut(map_names::COUNTERS).context("COUNTERS map missing")?)?;
-        sum_counters(&map)
     }
 }
 
