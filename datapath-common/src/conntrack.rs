@@ -38,6 +38,14 @@ pub const fn default_endpoint_max(ct_entries: u32) -> u32 {
     ct_entries / 4
 }
 
+/// The endpoint (host-side veth) whose share of `CONNTRACK` (`CT_QUOTA`) a connection counts
+/// against, from the `ifindex` of its original and of its reply entry: the container its
+/// original direction is delivered to (a published port's server), else the one its answers are
+/// (a masquerading client); 0: none. The datapath counts by it, the daemon recounts by it.
+pub const fn share_owner(original_ifindex: u32, reply_ifindex: u32) -> u32 {
+    if original_ifindex != 0 { original_ifindex } else { reply_ifindex }
+}
+
 /// How far (in bytes of sequence space) a RST or FIN may lie from where its direction's stream
 /// is: outside it, the segment passes on to the endpoint, which decides, but the tracked state is
 /// not changed (a blind attacker must guess within 2 x this of 2^32 to end a connection's

@@ -11,7 +11,7 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use datapath_common::{
-    conntrack::{pending_entries, DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_TRACK_WINDOW},
+    conntrack::{pending_entries, share_owner, DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_TRACK_WINDOW},
     ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey, MAX_ENDPOINTS,
 };
 
@@ -33,9 +33,8 @@ pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(DEFAUL
 #[map(name = "CT_PENDING")]
 pub static CT_PENDING: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(pending_entries(DEFAULT_CT_ENTRIES), 0);
 
-/// An endpoint's host-side veth -> the entries its connections hold in `CONNTRACK` (a
-/// connection belongs to the container that receives its original direction, else to the one
-/// that receives its answers). Counted up here without atomics (bpfel has none: a rare lost
+/// An endpoint's host-side veth -> the entries its connections hold in `CONNTRACK` (whose
+/// connection it is: `share_owner`). Counted up here without atomics (bpfel has none: a rare lost
 /// update lets one connection more in); the daemon recounts it whenever it expires connections.
 #[map(name = "CT_QUOTA")]
 pub static CT_QUOTA: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
@@ -169,6 +168,12 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The flow of `key` whose L4 header starts at `l4_off`, before its L4 fields are read.
+    #[inline(always)]
+    pub fn new(key: CtKey, l4_off: usize) -> Self {
+        Self { key, l4_off: l4_off as u32, tcp_flags: 0, tcp_ack: 0, tcp_seq_end: 0, icmp_type: 0, later_fragment: false }
+    }
+
     /// Takes the TCP header's flags and sequence numbers (`l4_len`: the IP payload's length).
     #[inline(always)]
     pub fn set_tcp(&mut self, tcp: &TcpHead, l4_len: u32) {
@@ -204,22 +209,8 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
     if version_ihl >> 4 != 4 || ihl < 5 {
         return None;
     }
-    let mut flow = Flow {
-        key: CtKey {
-            saddr: IpKey::from_ipv4_octets(saddr),
-            daddr: IpKey::from_ipv4_octets(daddr),
-            sport: 0,
-            dport: 0,
-            proto,
-            _pad: [0; 3],
-        },
-        l4_off: (IP_OFF + ihl * 4) as u32,
-        tcp_flags: 0,
-        tcp_ack: 0,
-        tcp_seq_end: 0,
-        icmp_type: 0,
-        later_fragment: false,
-    };
+    let key = CtKey { saddr: IpKey::from_ipv4_octets(saddr), daddr: IpKey::from_ipv4_octets(daddr), sport: 0, dport: 0, proto, _pad: [0; 3] };
+    let mut flow = Flow::new(key, IP_OFF + ihl * 4);
     let fragment = FragKey { saddr: flow.key.saddr, daddr: flow.key.daddr, id: id as u32, proto, _pad: [0; 3] };
     if frag_off & IPV4_OFFSET_MASK != 0 {
         // SAFETY: read-only lookup of a plain-old-data value.
@@ -383,7 +374,7 @@ pub fn observe(t: Tracked, flow: &Flow, len: u32, now: u64) {
 fn promote(e: &CtEntry, key: &CtKey) {
     let Some(peer) = Table::Pending.get(&e.peer) else { return };
     let (original, reply) = if e.state & ct_state::REPLY == 0 { (e, peer) } else { (peer, e) };
-    let owner = if original.ifindex != 0 { original.ifindex } else { reply.ifindex };
+    let owner = share_owner(original.ifindex, reply.ifindex);
     let endpoint_max: u32 = ct_config!(endpoint_max);
     if owner != 0 && endpoint_max != 0 {
         // SAFETY: read-only lookup of a plain-old-data value.

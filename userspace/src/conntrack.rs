@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use datapath_common::{
-    conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    conntrack::{share_owner, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ct_action, ct_state, map_names, CtEntry, CtKey, IpKey,
 };
 
@@ -180,7 +180,7 @@ impl Conntrack {
         let entries = self.entries();
         let connections = entries.iter().filter(|(_, e, _)| e.state & ct_state::REPLY == 0).count();
         self.remove_keys(entries.into_iter().map(|(k, _, _)| k));
-        self.write_shares(&[]);
+        self.write_shares(&StdHashMap::new());
         connections
     }
 
@@ -189,30 +189,28 @@ impl Conntrack {
     /// established table. Returns how many entries went.
     pub fn expire(&mut self, now: u64) -> usize {
         let mut removed = 0;
-        let mut established_left = Vec::new();
+        let mut established_left = StdHashMap::new();
         for (index, table) in self.tables.iter_mut().enumerate() {
-            let entries: Vec<(CtKey, CtEntry)> = table.iter().filter_map(|r| r.ok()).collect();
-            let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-            let expired: HashSet<CtKey> = entries
+            let mut by_key: StdHashMap<CtKey, CtEntry> = table.iter().filter_map(|r| r.ok()).collect();
+            let expired: Vec<CtKey> = by_key
                 .iter()
                 .filter(|(_, e)| e.expires_ns < now && by_key.get(&e.peer).is_none_or(|p| p.expires_ns < now))
                 .map(|(k, _)| *k)
                 .collect();
             // The walk took a while: a packet may have revived a connection since. Look again
             // right before each removal.
-            let mut gone = HashSet::new();
             for key in expired {
                 let still_expired = match table.get(&key, 0) {
                     Ok(e) => e.expires_ns < now && table.get(&e.peer, 0).map_or(true, |p| p.expires_ns < now),
                     Err(_) => false,
                 };
                 if still_expired && table.remove(&key).is_ok() {
-                    gone.insert(key);
+                    by_key.remove(&key);
+                    removed += 1;
                 }
             }
-            removed += gone.len();
             if index == 0 {
-                established_left = entries.into_iter().filter(|(k, _)| !gone.contains(k)).collect();
+                established_left = by_key;
             }
         }
         self.write_shares(&established_left);
@@ -220,15 +218,12 @@ impl Conntrack {
     }
 
     /// Writes each endpoint's share of the established table as `established` (its entries, as
-    /// just walked) says (the datapath counts up as connections move in; only this walk sees
-    /// them leave). A connection belongs to the container its original direction is delivered
-    /// to, else to the one its answers are.
-    fn write_shares(&mut self, established: &[(CtKey, CtEntry)]) {
-        let by_key: StdHashMap<CtKey, CtEntry> = established.iter().copied().collect();
+    /// just walked) says: the datapath counts up as connections move in; only this walk sees
+    /// them leave.
+    fn write_shares(&mut self, established: &StdHashMap<CtKey, CtEntry>) {
         let mut shares: StdHashMap<u32, u32> = StdHashMap::new();
-        for (_, e) in established.iter().filter(|(_, e)| e.state & ct_state::REPLY == 0) {
-            let reply_ifindex = by_key.get(&e.peer).map_or(0, |r| r.ifindex);
-            let owner = if e.ifindex != 0 { e.ifindex } else { reply_ifindex };
+        for e in established.values().filter(|e| e.state & ct_state::REPLY == 0) {
+            let owner = share_owner(e.ifindex, established.get(&e.peer).map_or(0, |r| r.ifindex));
             if owner != 0 {
                 *shares.entry(owner).or_default() += 2;
             }

@@ -115,7 +115,7 @@ fn parse(ctx: &XdpContext) -> Option<Packet> {
         return None;
     }
     let key = CtKey { saddr: IpKey::from_ipv4_octets(saddr), daddr: IpKey::from_ipv4_octets(daddr), sport, dport, proto, _pad: [0; 3] };
-    let mut flow = Flow { key, l4_off: L4_OFF as u32, tcp_flags: 0, tcp_ack: 0, tcp_seq_end: 0, icmp_type: 0, later_fragment: false };
+    let mut flow = Flow::new(key, L4_OFF);
     if let Some(tcp) = tcp {
         flow.set_tcp(&tcp, l4_len as u32);
     }
