@@ -3,6 +3,7 @@
 //! and cleanup that runs on drop (also when a test fails) plus a sweep by name prefix.
 pub mod bench;
 pub mod checks;
+pub mod cluster;
 pub mod demo;
 pub mod enginebench;
 pub mod frames;

@@ -410,6 +410,8 @@ pub fn sweep() -> Result<usize> {
     // The pattern must not start with '-' (pkill would take it for an option).
     let _ = run("pkill", &["-KILL", "-f", &format!("daemon --netns {PREFIX}-")]);
     let _ = run("pkill", &["-KILL", "-f", "bpfnet-lab net "]);
+    // etcd members of clusters (see `cluster`), named after their sandbox.
+    let _ = run("pkill", &["-KILL", "-f", &format!("etcd --name {PREFIX}-")]);
     crate::engines::sweep();
     let mut removed = 0;
     let list = run_ok("ip", &["netns", "list"])?;

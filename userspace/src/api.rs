@@ -223,6 +223,9 @@ pub struct Stats {
     pub backends: usize,
     pub conntrack: ConntrackUsage,
     pub uplinks: Vec<Uplink>,
+    /// The cluster this daemon is a node of (`--cluster`); absent on a single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// How full the connection table is (two entries per connection).
@@ -428,4 +431,52 @@ pub struct ServicesCreated {
     /// Time spent in the daemon: validating, building Maglev tables, writing the maps, saving.
     pub elapsed_ms: f64,
     pub datapath_ms: f64,
+}
+
+/// How this node stands in its cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name (`--node`).
+    pub node: String,
+    /// Its address on the underlay, where other nodes reach it.
+    pub underlay: String,
+    /// The etcd members the daemon talks to (`--cluster`).
+    pub etcd: Vec<String>,
+    /// Whether etcd answered the daemon's last request.
+    pub reachable: bool,
+    /// Seconds since `reachable` last changed.
+    pub since_s: u64,
+    /// Why etcd is unreachable, or why this node is not registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// This node holds a live lease in etcd (other nodes see it up).
+    pub registered: bool,
+}
+
+/// `node ls`: the cluster's nodes as etcd holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Nodes {
+    pub cluster: ClusterStatus,
+    /// When etcd cannot be read, what was read last (`cluster.reachable` is false), and how old
+    /// it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_s: Option<u64>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Where the node's tunnels end.
+    pub underlay: String,
+    /// `up` while the node's lease lives, `down` once it expired.
+    pub state: String,
+    /// Overlay endpoints the node has in the cluster.
+    pub endpoints: u64,
+    /// When the node last renewed its lease (seconds since the Unix epoch).
+    pub last_seen: u64,
+    /// The daemon answering is this node.
+    pub this_node: bool,
+    /// bpfnet's version on the node.
+    pub version: String,
 }

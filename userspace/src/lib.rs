@@ -14,6 +14,7 @@ pub mod bpffs;
 pub mod bpfsys;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod cni;
 pub mod config_file;
 pub mod conntrack;

@@ -26,7 +26,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     // dig: the tests' DNS client.
     "bind9-dnsutils",
+    // The etcd client crate compiles etcd's .proto files (protoc and Google's well-known types).
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
+/// etcd for the cluster tests (members run inside the tests' node namespaces). Its package
+/// enables a systemd unit: on a machine with systemd it is stopped and disabled right after the
+/// install, so that no etcd runs in the machine's own namespace.
+const CLUSTER_PACKAGES: &[&str] = &["etcd-server", "etcd-client"];
 /// The container engines the front-end tests drive (inside a sandbox namespace), without the
 /// packages they only recommend (as Debian's docker.io recommends apparmor, git, ...). The machine's
 /// policy-rc.d keeps apt from starting dockerd in the root namespace.
@@ -102,10 +109,12 @@ fn missing_packages(list: &[&'static str]) -> Vec<&'static str> {
 fn setup() -> Result<()> {
     let missing = missing_packages(DEBIAN_PACKAGES);
     let missing_engines = missing_packages(ENGINE_PACKAGES);
-    if !missing.is_empty() || !missing_engines.is_empty() {
+    let missing_cluster = missing_packages(CLUSTER_PACKAGES);
+    if !missing.is_empty() || !missing_engines.is_empty() || !missing_cluster.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
     }
-    for (list, extra) in [(&missing, None), (&missing_engines, Some("--no-install-recommends"))] {
+    let no_recommends = Some("--no-install-recommends");
+    for (list, extra) in [(&missing, None), (&missing_engines, no_recommends), (&missing_cluster, no_recommends)] {
         if list.is_empty() {
             continue;
         }
@@ -115,6 +124,10 @@ fn setup() -> Result<()> {
             .args(extra)
             .args(list.iter())
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    if !missing_cluster.is_empty() && Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl").args(["disable", "--now", "etcd.service"]).status();
     }
 
     let linker = cargo_home_bin().join("bpf-linker");

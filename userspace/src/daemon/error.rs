@@ -10,6 +10,8 @@ pub enum Error {
     NotFound(String),
     /// The request clashes with what exists: a name or address in use, endpoints still attached.
     Conflict(String),
+    /// Something the request needs is out of reach for now (the cluster's etcd): try again later.
+    Unavailable(String),
     /// The daemon or the kernel failed; the message carries the whole cause chain.
     Internal(anyhow::Error),
 }
@@ -24,6 +26,9 @@ impl Error {
     pub fn conflict(e: impl fmt::Display) -> Self {
         Self::Conflict(e.to_string())
     }
+    pub fn unavailable(e: impl fmt::Display) -> Self {
+        Self::Unavailable(e.to_string())
+    }
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         Self::Internal(e.into())
     }
@@ -36,7 +41,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Invalid(m) | Self::NotFound(m) | Self::Conflict(m) => f.write_str(m),
+            Self::Invalid(m) | Self::NotFound(m) | Self::Conflict(m) | Self::Unavailable(m) => f.write_str(m),
             Self::Internal(e) => write!(f, "{e:#}"),
         }
     }

@@ -73,6 +73,8 @@ pub struct Config {
     pub dns: crate::dns::DnsConfig,
     /// `--metrics`: where Prometheus metrics are served (`None`: nowhere).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--cluster`, `--node`: the cluster this daemon is a node of (`None`: a single host).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 pub use crate::snapshot::Published;

@@ -22,6 +22,7 @@ pub use crate::limits::Limits;
 
 use crate::{
     api, bpffs,
+    cluster::Membership,
     conntrack::{self, Conntrack},
     daemon::{self, views, Config, Daemon, DaemonResult, Error},
     limits,
@@ -48,6 +49,8 @@ struct App {
     counters: Arc<Counters>,
     conntrack: Arc<std::sync::Mutex<Conntrack>>,
     uplinks: Arc<std::sync::RwLock<Vec<api::Uplink>>>,
+    /// This node's membership (`--cluster`).
+    cluster: Option<Arc<Membership>>,
 }
 
 
@@ -57,6 +60,7 @@ impl IntoResponse for Error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(e) => {
                 log::error!("request failed: {e:#}");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -99,7 +103,20 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
         backends: state.services.values().map(|s| s.backends.len()).sum(),
         conntrack: with_conntrack(&app, |ct| ct.usage()).await?,
         uplinks: app.uplinks.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        cluster: app.cluster.as_ref().map(|c| c.status()),
     }))
+}
+
+fn membership(app: &App) -> Result<&Membership, Error> {
+    app.cluster.as_deref().ok_or_else(|| {
+        Error::invalid("this daemon is not a node of a cluster: start it with --cluster ETCD_URL[,ETCD_URL...] --node NAME")
+    })
+}
+async fn nodes(State(app): State<App>) -> Reply<api::Nodes> {
+    membership(&app)?.list().await.map(Json)
+}
+async fn node_remove(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
+    membership(&app)?.remove(&name).await.map(|()| Json(serde_json::json!({})))
 }
 
 /// Runs `f` on the connection table off the async threads (a full table takes a while to walk).
@@ -254,6 +271,8 @@ fn router(app: App) -> Router {
         .route("/endpoints/{id}/attach", post(attach))
         .route("/endpoints/{id}/detach", post(detach))
         .route("/stats", get(stats))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{name}", axum::routing::delete(node_remove))
         .route("/conntrack", get(conntrack_list).delete(conntrack_flush))
         .route("/ports", get(ports))
         .route("/services", get(services).post(service_create))
@@ -302,6 +321,10 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let uplinks = Arc::new(std::sync::RwLock::new(daemon.uplinks()));
     let counters = Arc::new(Counters::open(&config.bpffs)?);
     let conntrack = Arc::new(std::sync::Mutex::new(Conntrack::open(&config.bpffs)?));
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(Arc::new(join_cluster(cluster, &daemon.uplinks()).await?)),
+        None => None,
+    };
     let daemon = Arc::new(Mutex::new(daemon));
     let recorder = crate::metrics::Recorder::default();
     let bound = socket::bind(&config.socket)?;
@@ -382,7 +405,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         }
         None => None,
     };
-    let app = App { recorder, daemon: daemon.clone(), worker, published, counters, conntrack, uplinks };
+    let app = App { recorder, daemon: daemon.clone(), worker, published, counters, conntrack, uplinks, cluster };
     limits::serve(bound.listener, router(app), &limits, shutdown).await;
     // Changes run to completion on their own tasks; taking the lock waits for the one in progress
     // (those queued behind it never start), and stops the collector between two batches. Idle
@@ -404,6 +427,22 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     drop(guard);
     log::info!("daemon stopped; the datapath stays attached and keeps forwarding");
     Ok(())
+}
+
+/// Registers this node in its cluster, reachable at `--underlay-address` or else its uplink's
+/// address.
+async fn join_cluster(config: &crate::cluster::ClusterConfig, uplinks: &[api::Uplink]) -> Result<Membership> {
+    let underlay = match config.underlay {
+        Some(address) => address,
+        None => match uplinks.first() {
+            Some(uplink) => uplink.address.parse().with_context(|| format!("the uplink {}'s address {:?}", uplink.interface, uplink.address))?,
+            None => anyhow::bail!(
+                "a cluster node needs an underlay address, where other nodes reach it: give --underlay-address, or an \
+                 --uplink with an IPv4 address"
+            ),
+        },
+    };
+    Membership::start(config.clone(), underlay).await
 }
 
 /// Serves the Docker plugin's socket in `dir` (made if missing) until the returned task is

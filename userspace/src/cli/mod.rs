@@ -1,4 +1,6 @@
 //! Command line: `bpfnet daemon ...` runs the daemon; every other command is a client of its API.
+//! One file per noun as they grow (`node`).
+mod node;
 use std::{collections::BTreeMap, io::Write, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -56,6 +58,10 @@ enum Command {
     /// Kubernetes' ClusterIP/NodePort do.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// The nodes of the cluster this daemon belongs to (`bpfnet daemon --cluster ... --node
+    /// NAME`): list them, forget one that is gone for good.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 #[derive(Subcommand)]
@@ -359,6 +365,25 @@ struct DaemonArgs {
     /// Off by default. The address is one of the daemon's namespace (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// Join a cluster: the etcd members' client URLs (comma-separated or repeated, e.g.
+    /// http://10.0.0.1:2379,http://10.0.0.2:2379). The node registers under a lease it keeps
+    /// alive; `bpfnet node ls` lists the cluster's nodes. Without it the daemon is a single host
+    /// and needs no etcd. When etcd is out of reach the daemon starts (and forwards) anyway and
+    /// registers once etcd answers.
+    #[arg(long = "cluster", value_name = "ETCD_URL", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (letters, digits, '_', '.', '-'; unique). Default: the
+    /// host's name.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// Where other nodes reach this one (tunnels end there). Default: the uplink's address.
+    #[arg(long, value_name = "IP", requires = "cluster")]
+    underlay_address: Option<std::net::IpAddr>,
+    /// How long the node's records outlive its daemon: a daemon restarted within it keeps its
+    /// endpoints on the other nodes; a node dead for longer leaves them (and `node ls` shows it
+    /// down). At least 2s (etcd's shortest lease).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease_ttl, requires = "cluster")]
+    cluster_lease_ttl: std::time::Duration,
     /// Configuration file: every flag of this command as a setting of the same name (e.g.
     /// `ct-max = 262144`, `uplink = ["eth0"]`, `docker-plugin = "/run/docker/plugins"`); flags
     /// given on the command line win. Default: /etc/bpfnet/config.toml, when it exists.
@@ -378,6 +403,14 @@ fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
     text.parse::<std::net::SocketAddr>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, crate::dns::PORT)))
         .map_err(|_| format!("expected an address such as 192.0.2.53 or 192.0.2.53:5353, not {text:?}"))
+}
+
+fn parse_lease_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if ttl < crate::cluster::MIN_LEASE_TTL {
+        return Err(format!("{s:?} is shorter than etcd's shortest lease, 2s"));
+    }
+    Ok(ttl)
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
@@ -569,6 +602,24 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         cgroup_root: args.cgroup_root,
         docker_plugin: args.docker_plugin,
         metrics: args.metrics,
+        cluster: if args.cluster.is_empty() {
+            None
+        } else {
+            Some(crate::cluster::ClusterConfig {
+                etcd: args.cluster,
+                node: {
+                    let node = match args.node {
+                        Some(node) => node,
+                        None => host_name()?,
+                    };
+                    // Checked before anything starts: a refused start changes nothing.
+                    crate::ipam::validate_name("node", &node)?;
+                    node
+                },
+                underlay: args.underlay_address,
+                lease_ttl: args.cluster_lease_ttl,
+            })
+        },
         dns: crate::dns::DnsConfig {
             enabled: args.dns,
             upstreams: if args.dns_upstreams.is_empty() {
@@ -587,6 +638,12 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         let limits = server::Limits { max_connections: args.max_connections as usize, client_timeout: args.client_timeout };
         rt.block_on(server::run(config, limits))
     }
+}
+
+/// The host's name (the default node name of a cluster).
+fn host_name() -> Result<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host's name")?;
+    Ok(text.trim().to_string())
 }
 
 /// The daemon resolves namespace arguments itself: a relative path must not be read relative to
@@ -661,6 +718,15 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 .map(|u| format!("{} ({}, {})", u.interface, u.address, if u.xdp { "XDP" } else { "TC" }))
                 .collect();
             println!("uplinks: {}", if uplinks.is_empty() { "none".to_string() } else { uplinks.join(", ") });
+            if let Some(c) = &stats.cluster {
+                if !c.reachable {
+                    println!("{}", node::unreachable_line(c));
+                } else if !c.registered {
+                    println!("cluster: node {} is not registered: {}", c.node, c.error.as_deref().unwrap_or("registering"));
+                } else {
+                    println!("cluster: node {} ({}), etcd {}", c.node, c.underlay, c.etcd.join(","));
+                }
+            }
             let rows: Vec<Vec<String>> = stats
                 .counters
                 .iter()
@@ -716,6 +782,7 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
         }
         Command::Endpoint(cmd) => run_endpoint(&client, cmd).await?,
         Command::Service(cmd) => run_service(&client, cmd).await?,
+        Command::Node(cmd) => node::run(&client, cmd).await?,
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create { name, subnet, gateway, internal, options } => {
                 let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)? };

@@ -1,0 +1,68 @@
+//! Where bpfnet keeps things in etcd. Every key starts with [`ROOT`] (the layout's version, so that
+//! a later layout can live beside this one during an upgrade); values are JSON.
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `nodes/NODE` | [`NodeRecord`]: the node as it registered, renewed with its lease | none: stays until `node rm` |
+//! | `alive/NODE` | [`NodeRecord`] | the node's: gone when the node's lease expires |
+//! | `endpoints/NODE/ENDPOINT` | the node's overlay endpoints | the node's |
+use serde::{Deserialize, Serialize};
+
+pub const ROOT: &str = "/bpfnet/v1/";
+
+pub fn nodes() -> String {
+    format!("{ROOT}nodes/")
+}
+pub fn node(name: &str) -> String {
+    format!("{ROOT}nodes/{name}")
+}
+pub fn alive_nodes() -> String {
+    format!("{ROOT}alive/")
+}
+pub fn alive(name: &str) -> String {
+    format!("{ROOT}alive/{name}")
+}
+pub fn endpoints() -> String {
+    format!("{ROOT}endpoints/")
+}
+pub fn node_endpoints(name: &str) -> String {
+    format!("{ROOT}endpoints/{name}/")
+}
+
+/// The node whose endpoint `key` (under [`endpoints`]) is.
+pub fn endpoint_node(key: &[u8]) -> Option<&str> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(ROOT)?.strip_prefix("endpoints/")?;
+    rest.split_once('/').map(|(node, _)| node)
+}
+
+/// The last path segment of `key` under `prefix`.
+pub fn name_under<'a>(key: &'a [u8], prefix: &str) -> Option<&'a str> {
+    std::str::from_utf8(key).ok()?.strip_prefix(prefix).filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
+/// A node as it registered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub name: String,
+    /// Where its tunnels end.
+    pub underlay: std::net::IpAddr,
+    /// bpfnet's version on it.
+    pub version: String,
+    /// When it last renewed its lease, seconds since the Unix epoch.
+    pub last_seen: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_node() {
+        assert_eq!(node("n1"), "/bpfnet/v1/nodes/n1");
+        assert_eq!(name_under(node("n1").as_bytes(), &nodes()), Some("n1"));
+        assert_eq!(name_under(b"/bpfnet/v1/nodes/", &nodes()), None);
+        assert_eq!(name_under(b"/bpfnet/v1/nodes/a/b", &nodes()), None);
+        assert_eq!(endpoint_node(format!("{}e1", node_endpoints("n2")).as_bytes()), Some("n2"));
+        assert_eq!(endpoint_node(b"/bpfnet/v1/nodes/n2"), None);
+    }
+}
