@@ -113,6 +113,18 @@ counters! {
     /// A TCP RST or FIN outside its connection's sequence window: passed on to the endpoint,
     /// which judges it, without ending the connection's tracking (a blind attacker's reset).
     CtOutOfWindow = 31, "ct_out_of_window", pass;
+    /// Sent to an endpoint on another node, through the VXLAN device.
+    ToOverlay = 32, "to_overlay", pass;
+    /// Arrived from another node through the VXLAN device and delivered to an endpoint here.
+    FromOverlay = 33, "from_overlay", pass;
+    /// Arrived through the VXLAN device with a VNI that is none of this node's overlay networks.
+    DropOverlayUnknownVni = 34, "drop_overlay_unknown_vni", drop;
+    /// Arrived through the VXLAN device with an inner source that is not an endpoint of the
+    /// VNI's network that etcd places on the node that sent it (the outer source).
+    DropOverlaySpoofed = 35, "drop_overlay_spoofed", drop;
+    /// Arrived through the VXLAN device for an address that is not an endpoint of this node on
+    /// the VNI's network (or is not IPv4).
+    DropOverlayDestination = 36, "drop_overlay_destination", drop;
 }
 
 #[cfg(test)]
@@ -124,10 +136,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 32);
+        assert_eq!(Counter::COUNT, 37);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 16);
+        assert_eq!(drops, 19);
     }
 }

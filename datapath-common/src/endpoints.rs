@@ -7,13 +7,29 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct EndpointInfo {
-    /// Host-side veth of the endpoint: the target of `bpf_redirect_peer`.
+    /// Host-side veth of the endpoint: the target of `bpf_redirect_peer`. For an endpoint on
+    /// another node (`underlay` set): the VXLAN device its packets are sent by.
     pub host_ifindex: u32,
     /// Datapath network id (small integer chosen by the daemon); isolation compares these.
     pub network_id: u32,
     /// MAC address of the container's interface.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Zero for an endpoint of this node; else the underlay address (network order) of the
+    /// node the endpoint lives on, where its packets are tunnelled to.
+    pub underlay: [u8; 4],
+    /// The overlay network's VXLAN id, for an endpoint on another node.
+    pub vni: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+impl EndpointInfo {
+    /// The endpoint lives on another node (its packets go through the tunnel).
+    pub fn is_remote(&self) -> bool {
+        self.underlay != [0; 4]
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
+
+/// Overlay networks a node holds (`OVERLAY_VNIS`: VXLAN id -> datapath network id).
+pub const MAX_OVERLAY_NETWORKS: u32 = 4096;

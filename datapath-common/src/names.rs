@@ -18,10 +18,11 @@ pub mod map_names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const AFFINITY: &str = "AFFINITY";
     pub const VIPS: &str = "VIPS";
+    pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
-        AFFINITY, VIPS,
+        AFFINITY, VIPS, OVERLAY_VNIS,
     ];
 }
 
@@ -33,6 +34,9 @@ pub mod program_names {
     /// XDP on every uplink (`bpfnet daemon --xdp native`): the published path and replies into
     /// containers before the kernel allocates an skb; everything else passes on to `from_uplink`.
     pub const XDP_FROM_UPLINK: &str = "xdp_from_uplink";
+    /// TC ingress on the node's VXLAN device (clusters): packets from endpoints on other nodes,
+    /// checked against what etcd says and delivered into their container.
+    pub const FROM_OVERLAY: &str = "from_overlay";
     /// cgroup socket programs at the cgroup root, acting only on sockets of the daemon's
     /// namespace: a published port reached from the host itself.
     pub const SOCK_CONNECT4: &str = "sock_connect4";

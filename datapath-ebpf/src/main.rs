@@ -14,13 +14,16 @@
 //! same published path as `from_uplink` before the kernel allocates an skb; what it cannot do it
 //! passes on to `from_uplink`.
 //!
+//! `from_overlay` runs at TC ingress of the node's VXLAN device (clusters): packets from endpoints
+//! on other nodes, checked against the tunnel they came by and delivered into their container.
+//!
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
 //!
 //! The program bodies are in `programs` (`container`, `uplink`, `uplink_xdp`), thin compositions
 //! of one library module per concern, each owning its maps: `headers` (layouts, offsets),
-//! `checksum` (in-place rewrites), `mem` (zeroing without byte loops), `arp`, `conntrack`
-//! (tuples, state, the connection tables), `nat` (translations, new connections' entries,
+//! `checksum` (in-place rewrites), `mem` (zeroing without byte loops), `arp`, `overlay` (tunnel keys,
+//! VNIs), `conntrack` (tuples, state, the connection tables), `nat` (translations, new connections' entries,
 //! delivery), `lb` (service backends: Maglev, affinity), `guard` (martian, spoofed and
 //! unsolicited packets), `reject` (refusing connections to empty services), `route` (FIB and
 //! redirects), `socket` (the cgroup programs), `counters` and `trace`.
@@ -37,6 +40,7 @@ mod lb;
 mod maps;
 mod mem;
 mod nat;
+mod overlay;
 mod programs;
 mod reject;
 mod route;
@@ -56,6 +60,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     programs::uplink::from_uplink(&ctx)
+}
+
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    programs::overlay::from_overlay(&ctx)
 }
 
 #[xdp]

@@ -171,3 +171,127 @@ fn cluster_flags_are_checked() -> Result<()> {
     }
     Ok(())
 }
+
+/// `network connect NET NS --json` on node `i`: the container's address.
+fn connect(c: &Cluster, i: usize, net: &str, ns: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["network", "connect", net, ns, "--json"];
+    args.extend_from_slice(extra);
+    let out: serde_json::Value = serde_json::from_str(&c.nodes[i].bpfnet_ok(&args)?)?;
+    let cidr = out["ipv4_address"].as_str().context("no address")?;
+    Ok(cidr.split('/').next().unwrap_or_default().to_string())
+}
+
+/// A VXLAN datagram (VNI `vni`) carrying an ICMP echo from `src` to `dst`, sent from namespace
+/// `from` to `to`:4789 with an ordinary UDP socket (what any LAN host can do).
+fn send_vxlan(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<()> {
+    use bpfnet_lab::frames::{ethernet, Ip};
+    let inner = Ip::new(src.parse()?, dst.parse()?, 1).icmp(8, 0, &[0, 1, 0, 1, 0xbe, 0xef]);
+    let mut datagram = vec![0x08, 0, 0, 0];
+    datagram.extend_from_slice(&(vni << 8).to_be_bytes());
+    datagram.extend_from_slice(&ethernet([0x02, 0x42, 1, 2, 3, 4], [0x02, 0x42, 5, 6, 7, 8], &inner));
+    let to: std::net::SocketAddr = format!("{to}:4789").parse()?;
+    bpfnet_lab::netns::within(from, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..5 {
+            socket.send_to(&datagram, to)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()> {
+    let mut c = Cluster::new("cl-overlay", 3)?;
+    c.start_etcd_cluster()?;
+    for i in 0..3 {
+        c.start_daemon(i, "4s", &[])?;
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "ov", "--driver", "overlay", "--subnet", "10.0.9.0/24", "--gateway", "10.0.9.99"])?;
+    c.nodes[0].bpfnet_ok(&["network", "create", "ov2", "-d", "overlay", "--subnet", "10.0.10.0/24"])?;
+    c.nodes[1].bpfnet_ok(&["network", "create", "quiet", "-d", "overlay", "--subnet", "10.0.12.0/24", "-o", "icc=false"])?;
+    // The cluster refuses a name or a subnet another node's overlay network has.
+    let clash = c.bpfnet(2, &["network", "create", "ov", "-d", "overlay", "--subnet", "10.0.20.0/24"])?;
+    ensure!(!clash.ok && clash.stderr.contains("already exists"), "{clash:?}");
+    let clash = c.bpfnet(2, &["network", "create", "ov3", "-d", "overlay", "--subnet", "10.0.9.128/25"])?;
+    ensure!(!clash.ok && clash.stderr.contains("overlaps"), "{clash:?}");
+
+    // Every node lists them, DRIVER overlay.
+    within(Duration::from_secs(5), || {
+        Ok((0..3).all(|i| {
+            c.nodes[i].bpfnet_ok(&["network", "ls", "--json"]).is_ok_and(|out| {
+                let nets: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                ["ov", "ov2", "quiet"].iter().all(|name| {
+                    nets.as_array().is_some_and(|a| a.iter().any(|n| n["name"] == *name && n["driver"] == "overlay"))
+                })
+            })
+        }))
+    })
+    .context("the overlay networks did not reach every node")?;
+
+    // One container per node on ov, one on ov2 on n2 and n3, one on quiet on n1 and n2.
+    let mut addr = std::collections::BTreeMap::new();
+    for (i, ns, net) in [(0, "a1", "ov"), (1, "a2", "ov"), (2, "a3", "ov"), (1, "b2", "ov2"), (2, "b3", "ov2"), (0, "q1", "quiet"), (1, "q2", "quiet")] {
+        let full = c.nodes[i].add_netns(ns)?;
+        addr.insert(ns, (i, full.clone(), connect(&c, i, net, &full, &[])?));
+    }
+    let ov_addresses: std::collections::BTreeSet<&String> = ["a1", "a2", "a3"].iter().map(|n| &addr[n].2).collect();
+    ensure!(ov_addresses.len() == 3, "an address was handed out twice: {addr:?}");
+    let mtu = c.nodes[0].exec(&addr["a1"].1, &["cat", "/sys/class/net/eth0/mtu"])?.stdout;
+    ensure!(mtu.trim() == "1450", "overlay endpoint MTU {mtu:?}, expected the underlay's 1500 less 50");
+
+    // The connectivity matrix across nodes, expected vs observed.
+    let expected = [
+        ("a1", "a2", true),
+        ("a1", "a3", true),
+        ("a2", "a3", true),
+        ("a3", "a1", true),
+        ("b2", "b3", true),
+        ("b2", "a1", false), // another network
+        ("a1", "b3", false),
+        ("q1", "q2", false), // icc=false, across nodes as on one host
+    ];
+    // The first packets may wait for the other node to see the new endpoints.
+    within(Duration::from_secs(5), || Ok(c.nodes[0].ping(&addr["a1"].1, &addr["a2"].2)?))?;
+    let mut wrong = Vec::new();
+    for (from, to, reach) in expected {
+        let (i, ns, _) = &addr[from];
+        let got = c.nodes[*i].ping(ns, &addr[to].2)?;
+        if got != reach {
+            wrong.push(format!("{from} -> {to}: expected {reach}, got {got}"));
+        }
+    }
+    ensure!(wrong.is_empty(), "connectivity across nodes: {wrong:?}");
+    ensure!(bpfnet_lab::checks::counter(&c.nodes[0], "to_overlay") > 0 && bpfnet_lab::checks::counter(&c.nodes[1], "from_overlay") > 0);
+
+    // An address is the cluster's: --ip of another node's container is refused, naming it.
+    let taken = c.nodes[2].add_netns("x3")?;
+    let refused = c.bpfnet(2, &["network", "connect", "ov", &taken, "--ip", &addr["a1"].2])?;
+    ensure!(!refused.ok && refused.stderr.contains("already in use") && refused.stderr.contains("on node n1"), "{refused:?}");
+    // A network with endpoints on other nodes cannot be removed.
+    let refused = c.bpfnet(0, &["network", "rm", "ov2"])?;
+    ensure!(!refused.ok && refused.stderr.contains("endpoints on other nodes: n2 (1), n3 (1)"), "{refused:?}");
+
+    // Forged tunnels: from a LAN host (the underlay router) with a genuine inner packet, from a
+    // genuine node with another node's container as inner source, and with an unknown VNI.
+    let vni = |name: &str| -> Result<u32> {
+        let out: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", &format!("/bpfnet/v1/networks/{name}"), "--print-value-only"])?.stdout)?;
+        out["vni"].as_u64().map(|v| v as u32).context("vni")
+    };
+    let (spoofed, unknown) = (bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed"), bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_unknown_vni"));
+    send_vxlan(c.underlay(), "10.250.0.1", vni("ov")?, &addr["a2"].2, &addr["a1"].2)?;
+    send_vxlan(&c.nodes[1].host(), "10.250.0.1", vni("ov")?, &addr["a3"].2, &addr["a1"].2)?;
+    send_vxlan(&c.nodes[1].host(), "10.250.0.1", 999, &addr["a2"].2, &addr["a1"].2)?;
+    within(Duration::from_secs(2), || {
+        Ok(bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed") >= spoofed + 10
+            && bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_unknown_vni") >= unknown + 5)
+    })
+    .context("forged VXLAN datagrams were not all dropped and counted")?;
+
+    // A node that dies leaves every other node's datapath within the lease's TTL (4 s) + 2 s.
+    c.nodes[2].stop_daemon(libc::SIGKILL)?;
+    let took = within(Duration::from_secs(6), || Ok(!c.nodes[0].ping(&addr["a1"].1, &addr["a3"].2)?))
+        .context("n3's container still reachable after its lease expired")?;
+    eprintln!("a dead node's endpoints left n1's datapath after {took:?} (lease TTL 4 s)");
+    ensure!(c.nodes[0].ping(&addr["a1"].1, &addr["a2"].2)?, "n2's container lost with n3");
+    Ok(())
+}

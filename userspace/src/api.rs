@@ -16,6 +16,9 @@ pub struct CreateNetwork {
     /// `-o key=value` options, e.g. `icc=false`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// `bpfnet` (this host's, the default) or `overlay` (across the cluster's nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// What an endpoint asks for on its network (`connect` and `endpoint create`).

@@ -70,6 +70,11 @@ pub fn xdp_dir(root: &Path) -> PathBuf {
     root.join("xdp")
 }
 
+/// The link of the overlay program on the node's VXLAN device (clusters).
+pub fn overlay_dir(root: &Path) -> PathBuf {
+    root.join("overlay")
+}
+
 /// Links of the socket programs at the cgroup root.
 pub fn sockets_dir(root: &Path) -> PathBuf {
     root.join("sockets")

@@ -252,6 +252,11 @@ impl<'a> AddressPool<'a> {
         Ok(ip)
     }
 
+    /// Marks `ip` as held by `holder` (an address another node holds).
+    pub fn hold(&mut self, ip: IpAddr, holder: String) {
+        self.held.insert(ip, holder);
+    }
+
     fn take(mut self, requested: Option<&str>) -> Result<IpAddr> {
         self.take_for(requested, "")
     }
@@ -322,6 +327,7 @@ mod tests {
                 options: BTreeMap::new(),
                 datapath_id: 1,
                 created: String::new(),
+                driver: Default::default(),
             }],
             endpoints: vec![],
             allocations: vec![],

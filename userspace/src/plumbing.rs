@@ -88,19 +88,62 @@ impl Netlink {
         peer: &str,
         peer_mac: [u8; 6],
         peer_netns: Option<&File>,
+        mtu: Option<u32>,
     ) -> Result<u32> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec());
         if let Some(ns) = peer_netns {
             peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd());
         }
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+        }
         let peer_msg = peer_msg.build();
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .address(host_mac.to_vec())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+        if let Some(mtu) = mtu {
+            msg = msg.mtu(mtu);
+        }
+        let msg = msg.build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating veth pair {host} / {peer}"))?;
         self.link_index(host).await?.with_context(|| format!("veth {host} vanished after creation"))
+    }
+
+    /// The node's VXLAN device for overlay networks, in external (`collect_md`) mode: one device for
+    /// every VNI, the tunnel key set per packet by the datapath; no learning (etcd says where
+    /// endpoints are). Made if missing, with `mtu`, and set up. Returns its index.
+    pub async fn ensure_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<u32> {
+        let index = match self.link_index(name).await? {
+            Some(index) => index,
+            None => {
+                let msg = LinkMessageBuilder::<rtnetlink::LinkVxlan>::new(name)
+                    .port(port)
+                    .collect_metadata(true)
+                    .learning(false)
+                    .udp_csum(true)
+                    .mtu(mtu)
+                    .build();
+                self.handle.link().add(msg).execute().await.with_context(|| format!("creating the VXLAN device {name}"))?;
+                self.link_index(name).await?.with_context(|| format!("{name} vanished after creation"))?
+            }
+        };
+        self.handle.link().set(LinkUnspec::new_with_index(index).mtu(mtu).up().build()).execute().await
+            .with_context(|| format!("setting {name} up with MTU {mtu}"))?;
+        Ok(index)
+    }
+
+    /// The MTU of interface `index`.
+    pub async fn link_mtu(&self, index: u32) -> Result<Option<u32>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        while let Some(msg) = links.try_next().await.with_context(|| format!("reading interface {index}"))? {
+            for attr in msg.attributes {
+                if let LinkAttribute::Mtu(mtu) = attr {
+                    return Ok(Some(mtu));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sets the interface alias (`ip link set ... alias`). The kernel ignores IFLA_IFALIAS when it

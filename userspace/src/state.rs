@@ -42,6 +42,36 @@ pub struct Network {
     /// Small integer the datapath compares for isolation.
     pub datapath_id: u32,
     pub created: String,
+    /// What kind of network: this host's alone, or an overlay across a cluster's nodes.
+    #[serde(default)]
+    pub driver: Driver,
+}
+
+/// The kind of a network.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Driver {
+    /// This host's alone (`bpfnet` in listings).
+    #[default]
+    Local,
+    /// Spans the nodes of the cluster (defined in etcd, which is its record; this is a node's
+    /// copy): endpoints on other nodes are reached through VXLAN with id `vni`; endpoints here
+    /// get `mtu`, which leaves room for the encapsulation.
+    Overlay { vni: u32, mtu: u32 },
+}
+
+impl Driver {
+    /// The name listings show (`DRIVER`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Driver::Local => "bpfnet",
+            Driver::Overlay { .. } => "overlay",
+        }
+    }
+
+    pub fn is_overlay(&self) -> bool {
+        matches!(self, Driver::Overlay { .. })
+    }
 }
 
 /// What an endpoint holds on its network whether or not it is attached: identity, address, MAC,
@@ -508,6 +538,7 @@ mod tests {
                 options: BTreeMap::new(),
                 datapath_id: 1,
                 created: "2026-01-01T00:00:00Z".into(),
+                driver: Driver::Local,
             }],
             endpoints: vec![],
             allocations: vec![],

@@ -34,17 +34,17 @@ fn datapath_traced(flags: u32, trace: bool) -> Datapath {
     let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
     dp.set_iface(
         TEST_IFINDEX,
-        IfaceInfo { network_id: 1, ipv4: SENDER_IP, gateway_ipv4: GATEWAY_IP, flags, mac: SENDER_MAC, _pad: [0; 2] },
+        IfaceInfo { network_id: 1, ipv4: SENDER_IP, gateway_ipv4: GATEWAY_IP, flags, mac: SENDER_MAC, _pad: [0; 2], ..Default::default() },
     )
     .unwrap();
     dp.set_endpoint(
         IpAddr::from(PEER_IP),
-        EndpointInfo { host_ifindex: PEER_HOST_IFINDEX, network_id: 1, mac: PEER_MAC, _pad: [0; 2] },
+        EndpointInfo { host_ifindex: PEER_HOST_IFINDEX, network_id: 1, mac: PEER_MAC, _pad: [0; 2], ..Default::default() },
     )
     .unwrap();
     dp.set_endpoint(
         IpAddr::from(OTHER_NET_IP),
-        EndpointInfo { host_ifindex: 43, network_id: 2, mac: OTHER_NET_MAC, _pad: [0; 2] },
+        EndpointInfo { host_ifindex: 43, network_id: 2, mac: OTHER_NET_MAC, _pad: [0; 2], ..Default::default() },
     )
     .unwrap();
     dp

@@ -5,12 +5,12 @@
 //! `route`), or the host's.
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
 use datapath_common::{
     conntrack::IPPROTO_ICMP,
-    ct_action, iface_flags, Counter, CtKey, IfaceInfo, IpKey,
+    ct_action, iface_flags, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     headers::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ICMP_ECHO_REQUEST},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
+    overlay,
     nat::{self, apply, deliver, hairpin, icmp_error_from_container, published_target, send_out, via_vip, Translation},
     reject, route,
 };
@@ -81,6 +82,10 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         return drop_packet(ctx, Counter::DropIcc);
     }
 
+    if dest.is_remote() {
+        return to_other_node(ctx, eth, dest, iface);
+    }
+
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
     // may have addressed the gateway), straight into the receiver's namespace.
     // SAFETY: bounds-checked by `ptr_at`.
@@ -96,6 +101,23 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     } else {
         drop_packet(ctx, Counter::DropRedirectFailed)
     }
+}
+
+/// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key
+/// of the endpoint's node and network.
+#[inline(always)]
+fn to_other_node(ctx: &TcContext, eth: *mut EthHdr, dest: &EndpointInfo, iface: &IfaceInfo) -> i32 {
+    // SAFETY: bounds-checked by `ptr_at` (by the caller).
+    unsafe {
+        write_mac(&raw mut (*eth).dst, &dest.mac);
+        write_mac(&raw mut (*eth).src, &iface.mac);
+    }
+    if !overlay::set_tunnel(ctx.skb.skb, overlay::underlay_of(dest), dest.vni) {
+        return drop_packet(ctx, Counter::DropRedirectFailed);
+    }
+    count(ctx, Counter::ToOverlay);
+    // SAFETY: helper call with plain integer arguments; `host_ifindex` is the VXLAN device.
+    unsafe { bpf_redirect(dest.host_ifindex, 0) as i32 }
 }
 
 /// Where a container's packet that is not for a container of its network is going.

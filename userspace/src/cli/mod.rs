@@ -384,6 +384,10 @@ struct DaemonArgs {
     /// down). At least 2s (etcd's shortest lease).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease_ttl, requires = "cluster")]
     cluster_lease_ttl: std::time::Duration,
+    /// MTU of containers' interfaces on overlay networks: room must be left for VXLAN's 50
+    /// bytes on the underlay, or large packets are lost. Default: the uplink's MTU less 50.
+    #[arg(long, value_name = "BYTES", requires = "cluster", value_parser = clap::value_parser!(u32).range(576..=65_000))]
+    overlay_mtu: Option<u32>,
     /// Configuration file: every flag of this command as a setting of the same name (e.g.
     /// `ct-max = 262144`, `uplink = ["eth0"]`, `docker-plugin = "/run/docker/plugins"`); flags
     /// given on the command line win. Default: /etc/bpfnet/config.toml, when it exists.
@@ -470,6 +474,11 @@ enum NetworkCommand {
         /// No traffic leaves the network except to its gateway.
         #[arg(long)]
         internal: bool,
+        /// `bpfnet` (the default: this host's network) or `overlay`: one network across the
+        /// nodes of the cluster (the daemon runs with --cluster), defined once in etcd and listed
+        /// on every node; its containers on different nodes reach each other through VXLAN.
+        #[arg(short = 'd', long, value_name = "DRIVER")]
+        driver: Option<String>,
         /// Driver options as KEY=VALUE; supported: icc=false (containers of the network cannot
         /// talk to each other, only to the gateway), masquerade=false (containers' traffic to the
         /// outside keeps their own address instead of leaving with the uplink's).
@@ -618,6 +627,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> Result<()> {
                 },
                 underlay: args.underlay_address,
                 lease_ttl: args.cluster_lease_ttl,
+                overlay_mtu: args.overlay_mtu,
             })
         },
         dns: crate::dns::DnsConfig {
@@ -784,8 +794,8 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
         Command::Service(cmd) => run_service(&client, cmd).await?,
         Command::Node(cmd) => node::run(&client, cmd).await?,
         Command::Network(cmd) => match cmd {
-            NetworkCommand::Create { name, subnet, gateway, internal, options } => {
-                let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)? };
+            NetworkCommand::Create { name, subnet, gateway, internal, options, driver } => {
+                let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)?, driver };
                 let net: api::NetworkInspect = client.post("/networks", &req).await?;
                 println!("{}", net.id);
             }

@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | `nodes/NODE` | [`NodeRecord`]: the node as it registered, renewed with its lease | none: stays until `node rm` |
 //! | `alive/NODE` | [`NodeRecord`] | the node's: gone when the node's lease expires |
-//! | `endpoints/NODE/ENDPOINT` | the node's overlay endpoints | the node's |
+//! | `networks/NAME` | `NetworkRecord`: an overlay network | none |
+//! | `networks-epoch` | empty; changed with every network change (creations compare it) | none |
+//! | `endpoints/NETWORK_ID/ADDRESS` | `EndpointRecord`: the address's claim by a node's endpoint | the node's |
 use serde::{Deserialize, Serialize};
 
 pub const ROOT: &str = "/bpfnet/v1/";
@@ -22,17 +24,23 @@ pub fn alive_nodes() -> String {
 pub fn alive(name: &str) -> String {
     format!("{ROOT}alive/{name}")
 }
+pub fn networks() -> String {
+    format!("{ROOT}networks/")
+}
+pub fn network(name: &str) -> String {
+    format!("{ROOT}networks/{name}")
+}
+pub fn networks_epoch() -> String {
+    format!("{ROOT}networks-epoch")
+}
 pub fn endpoints() -> String {
     format!("{ROOT}endpoints/")
 }
-pub fn node_endpoints(name: &str) -> String {
-    format!("{ROOT}endpoints/{name}/")
+pub fn network_endpoints(network_id: &str) -> String {
+    format!("{ROOT}endpoints/{network_id}/")
 }
-
-/// The node whose endpoint `key` (under [`endpoints`]) is.
-pub fn endpoint_node(key: &[u8]) -> Option<&str> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(ROOT)?.strip_prefix("endpoints/")?;
-    rest.split_once('/').map(|(node, _)| node)
+pub fn endpoint(network_id: &str, address: std::net::IpAddr) -> String {
+    format!("{ROOT}endpoints/{network_id}/{address}")
 }
 
 /// The last path segment of `key` under `prefix`.
@@ -62,7 +70,8 @@ mod tests {
         assert_eq!(name_under(node("n1").as_bytes(), &nodes()), Some("n1"));
         assert_eq!(name_under(b"/bpfnet/v1/nodes/", &nodes()), None);
         assert_eq!(name_under(b"/bpfnet/v1/nodes/a/b", &nodes()), None);
-        assert_eq!(endpoint_node(format!("{}e1", node_endpoints("n2")).as_bytes()), Some("n2"));
-        assert_eq!(endpoint_node(b"/bpfnet/v1/nodes/n2"), None);
+        assert_eq!(endpoint("abc", "10.0.9.2".parse().unwrap()), "/bpfnet/v1/endpoints/abc/10.0.9.2");
+        assert!(endpoint("abc", "10.0.9.2".parse().unwrap()).starts_with(&network_endpoints("abc")));
+        assert!(!networks_epoch().starts_with(&networks()));
     }
 }

@@ -18,22 +18,22 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use super::{etcd, keys, keys::NodeRecord, ClusterConfig};
 use crate::{
     api,
-    daemon::{DaemonResult, Error},
+    store::shared::{EndpointRecord, SharedError as Error, SharedResult},
 };
 
 /// How long a start waits for etcd before going on without it.
 const START_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Membership {
-    config: ClusterConfig,
-    underlay: IpAddr,
-    client: Client,
-    shared: Arc<Shared>,
+    pub(super) config: ClusterConfig,
+    pub(super) underlay: IpAddr,
+    pub(super) client: Client,
+    pub(super) shared: Arc<Shared>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
 /// What the keeper task and the API share.
-struct Shared {
+pub(super) struct Shared {
     health: RwLock<Health>,
     /// The last list read from etcd, shown (marked stale) while etcd cannot be read.
     last_list: Mutex<Option<(Instant, Vec<api::Node>)>>,
@@ -48,7 +48,7 @@ struct Health {
 }
 
 impl Shared {
-    fn reached(&self) {
+    pub(super) fn reached(&self) {
         let mut h = self.health.write().unwrap_or_else(|e| e.into_inner());
         if !h.reachable {
             log::info!("etcd answers again");
@@ -60,7 +60,7 @@ impl Shared {
         }
     }
 
-    fn unreachable(&self, e: &etcd_client::Error) {
+    pub(super) fn unreachable(&self, e: &etcd_client::Error) {
         let mut h = self.health.write().unwrap_or_else(|e| e.into_inner());
         if h.reachable {
             log::warn!("etcd is out of reach: {}; forwarding goes on with what is known, cluster changes wait", etcd::describe(e));
@@ -71,12 +71,12 @@ impl Shared {
     }
 
     /// `e` as the API answers it: unreachable etcd is 503 (and is noted), the rest internal.
-    fn failed(&self, e: etcd_client::Error) -> Error {
+    pub(super) fn failed(&self, e: etcd_client::Error) -> Error {
         if etcd::is_unreachable(&e) {
             self.unreachable(&e);
-            Error::unavailable(format!("the cluster's etcd is out of reach: {}", etcd::describe(&e)))
+            Error::Unavailable(format!("the cluster's etcd is out of reach: {}", etcd::describe(&e)))
         } else {
-            Error::internal(anyhow::anyhow!("etcd: {}", etcd::describe(&e)))
+            Error::Failed(anyhow::anyhow!("etcd: {}", etcd::describe(&e)))
         }
     }
 }
@@ -141,6 +141,11 @@ impl Membership {
         Ok(Self { config, underlay, client, shared, keeper })
     }
 
+    /// The lease this node's records hang from, while it lives.
+    pub(super) fn lease_id(&self) -> Option<i64> {
+        self.shared.health.read().unwrap_or_else(|e| e.into_inner()).lease
+    }
+
     /// How this node stands (`stats`).
     pub fn status(&self) -> api::ClusterStatus {
         let h = self.shared.health.read().unwrap_or_else(|e| e.into_inner());
@@ -157,14 +162,14 @@ impl Membership {
 
     /// `node ls`: every node etcd knows, read in one transaction; while etcd cannot be read, the
     /// last list read, marked stale.
-    pub async fn list(&self) -> DaemonResult<api::Nodes> {
+    pub async fn list(&self) -> SharedResult<api::Nodes> {
         let read = etcd::retrying(&self.client, |mut c| async move {
             let prefix = || Some(GetOptions::new().with_prefix());
             let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
             c.txn(Txn::new().and_then([
                 TxnOp::get(keys::nodes(), prefix()),
                 TxnOp::get(keys::alive_nodes(), keys_only()),
-                TxnOp::get(keys::endpoints(), keys_only()),
+                TxnOp::get(keys::endpoints(), prefix()),
             ]))
             .await
         })
@@ -192,7 +197,7 @@ impl Membership {
             })
             .collect();
         let [records, alive, endpoints] = &gets[..] else {
-            return Err(Error::internal(anyhow::anyhow!("etcd answered {} reads to 3", gets.len())));
+            return Err(Error::Failed(anyhow::anyhow!("etcd answered {} reads to 3", gets.len())));
         };
         let alive: Vec<&str> = alive.kvs().iter().filter_map(|kv| keys::name_under(kv.key(), &keys::alive_nodes())).collect();
         let mut nodes = Vec::new();
@@ -204,7 +209,11 @@ impl Membership {
                     continue;
                 }
             };
-            let endpoints = endpoints.kvs().iter().filter(|kv| keys::endpoint_node(kv.key()) == Some(&record.name)).count();
+            let endpoints = endpoints
+                .kvs()
+                .iter()
+                .filter(|kv| serde_json::from_slice::<EndpointRecord>(kv.value()).is_ok_and(|e| e.node == record.name))
+                .count();
             nodes.push(api::Node {
                 state: if alive.contains(&record.name.as_str()) { "up" } else { "down" }.into(),
                 endpoints: endpoints as u64,
@@ -219,21 +228,19 @@ impl Membership {
         Ok(api::Nodes { cluster: self.status(), stale_s: None, nodes })
     }
 
-    /// `node rm NAME`: forgets a node that is down (its lease has expired), with whatever it left
-    /// in etcd. A node that is up is refused: its daemon would only register again.
-    pub async fn remove(&self, name: &str) -> DaemonResult<()> {
+    /// `node rm NAME`: forgets a node that is down (its lease has expired; what hung from it went
+    /// with it). A node that is up is refused: its daemon would only register again.
+    pub async fn remove(&self, name: &str) -> SharedResult<()> {
         if name == self.config.node {
-            return Err(Error::conflict(format!("node {name:?} is this daemon's own node: run `node rm` on another node")));
+            return Err(Error::Conflict(format!("node {name:?} is this daemon's own node: run `node rm` on another node")));
         }
         let txn = Txn::new()
             .when([
                 Compare::create_revision(keys::alive(name), CompareOp::Equal, 0),
                 Compare::create_revision(keys::node(name), CompareOp::Greater, 0),
             ])
-            .and_then([
-                TxnOp::delete(keys::node(name), None),
-                TxnOp::delete(keys::node_endpoints(name), Some(etcd_client::DeleteOptions::new().with_prefix())),
-            ])
+            // Its addresses hung from its lease: they went with it.
+            .and_then([TxnOp::delete(keys::node(name), None)])
             .or_else([TxnOp::get(keys::alive(name), None), TxnOp::get(keys::node(name), None)]);
         let response = etcd::retrying(&self.client, |mut c| {
             let txn = txn.clone();
@@ -252,11 +259,11 @@ impl Membership {
             .map(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()))
             .collect();
         match found[..] {
-            [true, _] => Err(Error::conflict(format!(
+            [true, _] => Err(Error::Conflict(format!(
                 "node {name:?} is up (its lease is alive): stop its daemon first; once its lease expires \
                  (--cluster-lease-ttl after its last renewal) `node rm` removes it"
             ))),
-            _ => Err(Error::not_found(format!("no node {name:?} in the cluster"))),
+            _ => Err(Error::NotFound(format!("no node {name:?} in the cluster"))),
         }
     }
 }

@@ -6,12 +6,15 @@
 //! - `etcd`: the client as bpfnet uses it (time limits, no answer without a leader, retries on
 //!   another member) and how its errors read.
 //! - `membership`: the node's registration under a lease, kept alive; `node ls`, `node rm`.
+//! - `overlay`: overlay networks and their addresses' claims (`crate::store::shared::SharedStore`
+//!   over etcd), and the watch that brings every change to every node.
 //!
 //! What is reachable from where: the daemon talks to the etcd members it is given (TCP 2379);
 //! other nodes never talk to a daemon, only to etcd.
 mod etcd;
 mod keys;
 mod membership;
+mod overlay;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -29,6 +32,8 @@ pub struct ClusterConfig {
     /// How long the node's records outlive its daemon: long enough for a restart, short enough
     /// that a dead node's endpoints leave the other nodes soon.
     pub lease_ttl: Duration,
+    /// Endpoints' MTU on overlay networks. `None`: the uplink's less the encapsulation (50).
+    pub overlay_mtu: Option<u32>,
 }
 
 /// Default `--cluster-lease-ttl`: a daemon restarted by its service manager is back well within

@@ -210,19 +210,26 @@ impl Daemon {
             ipam::validate_name("alias", alias).map_err(Error::invalid)?;
         }
         let ports = self.check_ports(net, &req.publish).await?;
-        let address = ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?;
-        Ok(Allocation {
+        let mut allocation = Allocation {
             id: id.unwrap_or_else(ids::random_id),
             network_id: net.id.clone(),
             container_id: ids::random_id(),
             container_name: name,
-            address,
-            mac: ipam::mac_for(address),
+            address: net.gateway,
+            mac: [0; 6],
             aliases: req.aliases,
             ports,
             kept_when_detached,
             frontend,
-        })
+        };
+        // An overlay network's address is the cluster's to give: claimed in etcd for this node.
+        allocation.address = if net.driver.is_overlay() {
+            self.claim_overlay_address(net, &allocation, req.ip.as_deref()).await?
+        } else {
+            ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
+        };
+        allocation.mac = ipam::mac_for(allocation.address);
+        Ok(allocation)
     }
 
     /// Attaches `allocation` (stored in `State::allocations` or not yet stored) to `ns`. On

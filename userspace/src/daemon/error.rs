@@ -48,3 +48,15 @@ impl fmt::Display for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<crate::store::shared::SharedError> for Error {
+    fn from(e: crate::store::shared::SharedError) -> Self {
+        use crate::store::shared::SharedError as S;
+        match e {
+            S::Conflict(m) => Self::Conflict(m),
+            S::NotFound(m) => Self::NotFound(m),
+            S::Unavailable(m) => Self::Unavailable(m),
+            S::Failed(e) => Self::Internal(e),
+        }
+    }
+}

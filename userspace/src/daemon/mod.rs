@@ -13,6 +13,7 @@ mod endpoints;
 mod engine;
 mod error;
 mod networks;
+mod overlay;
 mod pools;
 mod publish;
 mod reconcile;
@@ -113,6 +114,8 @@ pub struct Daemon {
     uplinks: Vec<uplinks::Found>,
     /// Networks have a DNS resolver on their gateway (`--dns`).
     dns: bool,
+    /// Overlay networks (a cluster node's): `None` on a single host.
+    overlay: Option<overlay::OverlayNode>,
 }
 
 /// The alias that marks the host-side veth of endpoint `id`.
@@ -205,6 +208,7 @@ impl Daemon {
             conntrack,
             uplinks,
             dns: config.dns.enabled,
+            overlay: None,
         };
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;

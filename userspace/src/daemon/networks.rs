@@ -5,7 +5,7 @@ use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
 use crate::{
     api, ids,
     ipam::{self, HostNetworks},
-    state::Network,
+    state::{Driver, Network},
 };
 
 impl Daemon {
@@ -34,6 +34,11 @@ impl Daemon {
         }
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
         let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
+        let overlay = match req.driver.as_deref() {
+            None | Some("bpfnet") => false,
+            Some("overlay") => true,
+            Some(other) => return Err(Error::invalid(format!("unknown network driver {other:?}: bpfnet (this host's) or overlay (the cluster's)"))),
+        };
         let net = Network {
             id: ids::random_id(),
             name: req.name,
@@ -45,8 +50,19 @@ impl Daemon {
             options: req.options,
             datapath_id: self.state.free_datapath_id(),
             created: ids::now_rfc3339(),
+            driver: Driver::Local,
         };
+        let net = if overlay { self.create_overlay_network(net).await? } else {
+            self.install_network(&net).await?;
+            net
+        };
+        log::info!("network {} created: {} subnet {}, gateway {} (id {})", net.name, net.driver.name(), net.subnet, net.gateway, &net.id[..12]);
+        Ok(views::inspect_network(&self.state, &net))
+    }
 
+    /// Makes `net` on this host: its gateway address, then its record.
+    pub(super) async fn install_network(&mut self, net: &Network) -> DaemonResult<()> {
+        let gateway = net.gateway;
         // The address first: a crash before the save leaves a labelled gateway of no network,
         // which the reconciler removes.
         self.netlink
@@ -63,8 +79,7 @@ impl Daemon {
         if let Err(e) = self.refresh_host_addresses().await {
             log::warn!("telling the socket programs about gateway {gateway}: {e:#}");
         }
-        log::info!("network {} created: subnet {subnet}, gateway {gateway} (id {})", net.name, &net.id[..12]);
-        Ok(views::inspect_network(&self.state, &net))
+        Ok(())
     }
 
     pub async fn remove_network(&mut self, name: &str) -> DaemonResult<()> {
@@ -97,6 +112,17 @@ impl Daemon {
                 services.join(", ")
             )));
         }
+        if net.driver.is_overlay() {
+            self.remove_overlay_network(&net).await?;
+        }
+        self.forget_network(&net).await?;
+        log::info!("network {name} removed (id {})", &net.id[..12]);
+        Ok(())
+    }
+
+    /// Removes `net` from this host: its record, then its gateway address.
+    pub(super) async fn forget_network(&mut self, net: &Network) -> DaemonResult<()> {
+        let name = &net.name;
         let before = self.state.clone();
         self.state.networks.retain(|n| n.id != net.id);
         if let Err(e) = self.commit() {
@@ -111,7 +137,11 @@ impl Daemon {
         if let Err(e) = self.refresh_host_addresses().await {
             log::warn!("telling the socket programs that gateway {} is gone: {e:#}", net.gateway);
         }
-        log::info!("network {name} removed (id {})", &net.id[..12]);
+        if net.driver.is_overlay() {
+            if let Err(e) = self.program_overlay() {
+                log::warn!("network {name}: updating the overlay maps: {e:#}");
+            }
+        }
         Ok(())
     }
 

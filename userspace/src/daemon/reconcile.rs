@@ -227,6 +227,7 @@ pub async fn cleanup(config: &Config) -> Result<()> {
     if let Some(lo) = netlink.link_index(GATEWAY_DEVICE).await? {
         netlink.delete_addresses(lo, None, Some(GATEWAY_LABEL)).await?;
     }
+    netlink.delete_link_by_name(super::overlay::VXLAN_DEVICE).await?;
     crate::store::Store::remove_all(&mut crate::store::FileStore::open(&config.state_dir)?)?;
     Ok(())
 }

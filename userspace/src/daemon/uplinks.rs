@@ -14,7 +14,7 @@ use crate::{api, datapath::Datapath, plumbing::{self, Netlink}};
 #[derive(Debug, Clone)]
 pub(super) struct Found {
     name: String,
-    index: u32,
+    pub(super) index: u32,
     addr: Ipv4Addr,
     veth: bool,
     /// The XDP program runs on it.

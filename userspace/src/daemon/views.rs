@@ -14,7 +14,7 @@ pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
         .map(|n| api::NetworkSummary {
             id: n.id.clone(),
             name: n.name.clone(),
-            driver: "bpfnet".into(),
+            driver: n.driver.name().into(),
             subnet: n.subnet.to_string(),
             gateway: n.gateway.to_string(),
             internal: n.internal,
@@ -53,8 +53,8 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
         name: net.name.clone(),
         id: net.id.clone(),
         created: net.created.clone(),
-        scope: "local".into(),
-        driver: "bpfnet".into(),
+        scope: if net.driver.is_overlay() { "swarm" } else { "local" }.into(),
+        driver: net.driver.name().into(),
         enable_ipv6: false,
         ipam: api::Ipam {
             driver: "default".into(),

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Datapath {
-    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
+    pub(super) fn endpoints(&mut self) -> Result<HashMap<&mut MapData, IpKey, EndpointInfo>> {
         Ok(HashMap::try_from(self.ebpf.map_mut(map_names::ENDPOINTS).context("ENDPOINTS map missing")?)?)
     }
 
@@ -57,8 +57,12 @@ impl Datapath {
     }
 
     /// Deletes map entries that are not in the desired sets (left by a crash or a gone endpoint).
+    /// Endpoints on other nodes are the cluster's to keep (`set_remote_endpoints`): kept here, so
+    /// that a restart does not interrupt flows between nodes before etcd is read again.
     pub fn retain(&mut self, endpoints: &HashSet<IpKey>, ifaces: &HashSet<u32>, ports: &HashSet<PortKey>) -> Result<()> {
-        retain_keys(&mut self.endpoints()?, endpoints)?;
+        let remote: HashSet<IpKey> = self.endpoints()?.iter().filter_map(|e| e.ok()).filter(|(_, i)| i.is_remote()).map(|(k, _)| k).collect();
+        let keep: HashSet<IpKey> = endpoints.union(&remote).copied().collect();
+        retain_keys(&mut self.endpoints()?, &keep)?;
         retain_keys(&mut self.ifaces()?, ifaces)?;
         retain_keys(&mut self.ports()?, ports)
     }

@@ -1,5 +1,6 @@
 //! Loading the eBPF datapath and attaching it to interfaces (here), and the typed writers of its
-//! maps, one file per concern (`endpoints`, `uplinks`, `services`, `conntrack`, `counters`).
+//! maps, one file per concern (`endpoints`, `uplinks`, `services`, `conntrack`, `counters`,
+//! `overlay`).
 //!
 //! Maps are pinned under `<bpffs>/maps-v<layout>`, and every TCX attachment is a link pinned under
 //! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>` (and an uplink's XDP
@@ -38,6 +39,7 @@ use crate::bpffs;
 mod conntrack;
 mod counters;
 mod endpoints;
+mod overlay;
 mod services;
 mod uplinks;
 
@@ -156,14 +158,14 @@ impl LoadOptions {
 }
 
 /// The datapath's programs, each with where its links are pinned.
-const PROGRAMS: [&str; 2] = [program_names::FROM_CONTAINER, program_names::FROM_UPLINK];
+const PROGRAMS: [&str; 3] = [program_names::FROM_CONTAINER, program_names::FROM_UPLINK, program_names::FROM_OVERLAY];
 
 impl Datapath {
     /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
     /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
     pub fn load_pinned(root: &Path, options: &LoadOptions) -> Result<Self> {
         bpffs::ensure(root)?;
-        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::xdp_dir(root), bpffs::sockets_dir(root)] {
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::xdp_dir(root), bpffs::sockets_dir(root), bpffs::overlay_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut loader = EbpfLoader::new();

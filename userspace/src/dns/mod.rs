@@ -343,6 +343,7 @@ mod tests {
             masquerade: true,
             options: Default::default(),
             datapath_id: 1,
+            driver: Default::default(),
             created: String::new(),
         };
         let mut q = query("x.", RecordType::A);

@@ -327,6 +327,7 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
     }
     ipam::parse_options(&driver_options).map_err(|e| format!("{e:#}"))?;
     Ok(api::CreateNetwork {
+        driver: None,
         name: network_name(&req.network_id),
         subnet: Some(pool.pool.clone()),
         gateway: pool.gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string()),

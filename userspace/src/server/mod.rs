@@ -113,10 +113,11 @@ fn membership(app: &App) -> Result<&Membership, Error> {
     })
 }
 async fn nodes(State(app): State<App>) -> Reply<api::Nodes> {
-    membership(&app)?.list().await.map(Json)
+    Ok(Json(membership(&app)?.list().await?))
 }
 async fn node_remove(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<serde_json::Value> {
-    membership(&app)?.remove(&name).await.map(|()| Json(serde_json::json!({})))
+    membership(&app)?.remove(&name).await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// Runs `f` on the connection table off the async threads (a full table takes a while to walk).
@@ -326,6 +327,10 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         None => None,
     };
     let daemon = Arc::new(Mutex::new(daemon));
+    let cluster_sync = match &cluster {
+        Some(cluster) => Some(follow_cluster(cluster.clone(), daemon.clone(), &worker, config.cluster.as_ref().and_then(|c| c.overlay_mtu)).await?),
+        None => None,
+    };
     let recorder = crate::metrics::Recorder::default();
     let bound = socket::bind(&config.socket)?;
     let dns = config.dns.enabled.then(|| crate::dns::spawn(published.clone(), config.dns.clone()));
@@ -360,6 +365,7 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
                     log::warn!("following the namespace's addresses failed: {e:#}");
                 }
                 d.finish_drains();
+                d.reconcile_claims().await;
                 *uplinks.write().unwrap_or_else(|e| e.into_inner()) = d.uplinks();
             }
         })
@@ -413,6 +419,11 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     let guard = daemon.lock().await;
     collector.abort();
     expirer.abort();
+    if let Some(tasks) = cluster_sync {
+        for task in tasks {
+            task.abort();
+        }
+    }
     if let Some(dns) = dns {
         dns.abort();
     }
@@ -443,6 +454,32 @@ async fn join_cluster(config: &crate::cluster::ClusterConfig, uplinks: &[api::Up
         },
     };
     Membership::start(config.clone(), underlay).await
+}
+
+/// Readies this node for overlay networks, then keeps it in line with the cluster: a watch of
+/// etcd (on this runtime) hands each new view to the daemon (on the worker, under its lock).
+async fn follow_cluster(
+    cluster: Arc<Membership>,
+    daemon: Arc<Mutex<Daemon>>,
+    worker: &Handle,
+    overlay_mtu: Option<u32>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let store: Arc<dyn crate::store::shared::SharedStore> = cluster.clone();
+    {
+        let daemon = daemon.clone();
+        worker.spawn(async move { daemon.lock().await.enable_overlay(store, overlay_mtu).await }).await??;
+    }
+    let (views, mut view) = tokio::sync::watch::channel(None);
+    let watch = tokio::spawn(cluster.watch(views));
+    let sync = worker.spawn(async move {
+        while view.changed().await.is_ok() {
+            let latest = view.borrow_and_update().clone();
+            if let Some(latest) = latest {
+                daemon.lock().await.sync_cluster(latest).await;
+            }
+        }
+    });
+    Ok(vec![watch, sync])
 }
 
 /// Serves the Docker plugin's socket in `dir` (made if missing) until the returned task is

@@ -1,8 +1,10 @@
 //! Where the daemon keeps its state, behind one trait: the core records every change through
 //! [`Store`] before it is acknowledged, and reads it all back at start. Today's store is
 //! [`FileStore`] (`state.json` written atomically, services as a snapshot plus a flushed
-//! journal, see `crate::state`); a cluster's (etcd: leases for addresses and subnets, watches)
-//! is another implementation of the same trait.
+//! journal, see `crate::state`). What a cluster's nodes share (overlay networks, their addresses)
+//! is in [`shared`]: another trait, implemented over etcd by `crate::cluster`.
+pub mod shared;
+
 use std::path::Path;
 
 use anyhow::Result;

@@ -258,7 +258,7 @@ pub struct Lab {
 impl Lab {
     /// The test interface now belongs to the container `ip`/`mac`.
     pub fn send_as(&mut self, ip: [u8; 4], mac: [u8; 6]) {
-        let info = IfaceInfo { network_id: 1, ipv4: ip, gateway_ipv4: GATEWAY_IP, flags: self.flags, mac, _pad: [0; 2] };
+        let info = IfaceInfo { network_id: 1, ipv4: ip, gateway_ipv4: GATEWAY_IP, flags: self.flags, mac, _pad: [0; 2], ..Default::default() };
         self.dp.set_iface(TEST_IFINDEX, info).unwrap();
     }
     pub fn from_container(&self, p: &[u8]) -> TestRunResult {
@@ -284,9 +284,9 @@ impl Lab {
     }
     /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
     pub fn add_container(&mut self, ip: [u8; 4], mac: [u8; 6], ifindex: u32, network_id: u32, gateway: [u8; 4]) {
-        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2] };
+        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2], ..Default::default() };
         self.dp.set_endpoint(IpAddr::from(ip), info).unwrap();
-        let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2] };
+        let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2], ..Default::default() };
         self.dp.set_iface(ifindex, iface).unwrap();
     }
     pub fn counter(&mut self, which: Counter) -> u64 {

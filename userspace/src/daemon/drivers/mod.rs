@@ -1,8 +1,9 @@
 //! Network drivers: what a kind of network does in the kernel for an endpoint. The core
 //! (`endpoints`: allocation, write-ahead, state, rollback; `reconcile`) decides when; a driver
 //! decides how, through the handles the core lends it ([`Kernel`]). Today every network is of
-//! the `veth` kind; an overlay (a tunnel to other nodes), macvlan, host or none are each one more
-//! file here and one more arm in [`of`].
+//! the `veth` kind: an overlay network's endpoints are veth pairs too, with an MTU that leaves
+//! room for the encapsulation (the tunnel is the datapath's, see `datapath-ebpf/src/overlay.rs`);
+//! macvlan, host or none would each be one more file here and one more arm in [`of`].
 mod veth;
 
 use std::fs::File;
@@ -15,7 +16,7 @@ use crate::{
     datapath::Datapath,
     netns::NetnsRef,
     plumbing::{LinkInfo, Netlink},
-    state::{Endpoint, Network},
+    state::{Driver, Endpoint, Network},
 };
 
 /// The kernel handles a driver works through, lent by the core for one call.
@@ -62,12 +63,15 @@ pub(super) trait NetworkDriver {
 /// The driver of the network `net`. A concrete type, not `impl NetworkDriver`: the futures of
 /// its methods must be known to be `Send` (changes run on the worker). With a second kind this
 /// becomes an enum of drivers that implements the trait by matching.
-pub(super) fn of(_net: &Network) -> veth::Veth {
-    veth::Veth
+pub(super) fn of(net: &Network) -> veth::Veth {
+    match net.driver {
+        Driver::Local => veth::Veth { mtu: None },
+        Driver::Overlay { mtu, .. } => veth::Veth { mtu: Some(mtu) },
+    }
 }
 
 /// The driver of the endpoint `ep` (its network's; also for an endpoint whose network record is
 /// gone).
 pub(super) fn of_endpoint(_ep: &Endpoint) -> veth::Veth {
-    veth::Veth
+    veth::Veth { mtu: None }
 }

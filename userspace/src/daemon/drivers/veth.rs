@@ -32,11 +32,14 @@ pub(in crate::daemon) fn host_veth_name(endpoint_id: &str) -> String {
 }
 
 fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInfo {
-    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2] }
+    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2], ..Default::default() }
 }
 
-/// The driver (no state of its own: the kernel and the state say everything).
-pub(in crate::daemon) struct Veth;
+/// The driver (no state of its own: the kernel and the state say everything). `mtu`: the
+/// endpoints' (an overlay network's leaves room for the encapsulation); `None`: the kernel's.
+pub(in crate::daemon) struct Veth {
+    pub mtu: Option<u32>,
+}
 
 impl NetworkDriver for Veth {
     /// Makes the endpoint's veth pair, the container's side named `peer` inside `peer_netns` (or,
@@ -51,7 +54,7 @@ impl NetworkDriver for Veth {
         }
         let index = k
             .netlink
-            .create_veth(&ep.host_interface, GATEWAY_MAC, peer, ep.mac, peer_netns)
+            .create_veth(&ep.host_interface, GATEWAY_MAC, peer, ep.mac, peer_netns, self.mtu)
             .await
             .map_err(|e| if plumbing::errno(&e) == Some(libc::EEXIST) { e.context(InterfaceExists) } else { e })?;
         ep.host_ifindex = index;

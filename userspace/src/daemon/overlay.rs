@@ -1,0 +1,284 @@
+//! Overlay networks on this node (clusters): the VXLAN device, the networks the cluster defines
+//! made local (each node keeps a copy in its own state, with its gateway here, so that masquerade,
+//! `-p`, DNS and every local path work for them as for a local network), the endpoints of other
+//! nodes programmed into the datapath, and this node's claims of addresses kept equal to its
+//! allocations. The cluster is reached only through [`SharedStore`]; what it holds arrives as a
+//! [`ClusterView`] (see `sync_cluster`).
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use anyhow::{Context, Result};
+use datapath_common::{EndpointInfo, IpKey};
+
+use super::{Daemon, DaemonResult, Error};
+use crate::{
+    ipam,
+    state::{Allocation, Driver, Network},
+    store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedStore},
+};
+
+/// The node's VXLAN device (external mode: one for every overlay network).
+pub const VXLAN_DEVICE: &str = "bpfnet-vxlan";
+/// VXLAN's IANA port.
+pub const VXLAN_PORT: u16 = 4789;
+/// What the encapsulation takes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const ENCAPSULATION: u32 = 50;
+/// Tries of an address claim that lost to another node.
+const CLAIM_TRIES: usize = 256;
+
+/// This node's side of the cluster's overlay networks.
+pub(super) struct OverlayNode {
+    store: Arc<dyn SharedStore>,
+    vxlan_ifindex: u32,
+    /// Endpoints' MTU on overlay networks.
+    mtu: u32,
+    /// The cluster as last read.
+    view: Option<ClusterView>,
+    /// Overlay networks this node cannot take (a local network has the name or the subnet),
+    /// reported once each.
+    refused: BTreeSet<String>,
+}
+
+impl OverlayNode {
+    fn remote_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
+        let node = self.store.node().to_string();
+        self.view.iter().flat_map(|v| v.endpoints.iter()).filter(move |e| e.network_id == network_id && e.node != node)
+    }
+}
+
+fn record_of(net: &Network, vni: u32) -> NetworkRecord {
+    NetworkRecord {
+        id: net.id.clone(),
+        name: net.name.clone(),
+        subnet: net.subnet,
+        gateway: net.gateway,
+        internal: net.internal,
+        icc: net.icc,
+        masquerade: net.masquerade,
+        options: net.options.clone(),
+        vni,
+        created: net.created.clone(),
+    }
+}
+
+impl Daemon {
+    /// Makes this node ready for overlay networks: the VXLAN device (its MTU, and that of overlay
+    /// endpoints, `mtu` or else the uplink's less the encapsulation) with `from_overlay` on it.
+    pub async fn enable_overlay(&mut self, store: Arc<dyn SharedStore>, mtu: Option<u32>) -> Result<()> {
+        let mtu = match mtu {
+            Some(mtu) => mtu,
+            None => {
+                let uplink_mtu = match self.uplinks.first() {
+                    Some(u) => self.netlink.link_mtu(u.index).await?.unwrap_or(1500),
+                    None => 1500,
+                };
+                uplink_mtu.saturating_sub(ENCAPSULATION).max(576)
+            }
+        };
+        let vxlan_ifindex = self.netlink.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
+        crate::plumbing::write_sysctl(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1").ok();
+        self.datapath.attach_overlay(VXLAN_DEVICE).context("attaching the overlay program")?;
+        log::info!("overlay networks: {VXLAN_DEVICE} (UDP {VXLAN_PORT}), endpoint MTU {mtu}, underlay {}", store.underlay());
+        self.overlay = Some(OverlayNode { store, vxlan_ifindex, mtu, view: None, refused: BTreeSet::new() });
+        Ok(())
+    }
+
+    fn overlay(&self) -> DaemonResult<&OverlayNode> {
+        self.overlay.as_ref().ok_or_else(|| {
+            Error::invalid("overlay networks need a cluster: start the daemon with --cluster ETCD_URL[,...] --node NAME")
+        })
+    }
+
+    /// `network create --driver overlay`: defined in etcd first (which refuses a name or subnet
+    /// another node's overlay network has), then made here; other nodes make it when they see it.
+    pub(super) async fn create_overlay_network(&mut self, mut net: Network) -> DaemonResult<Network> {
+        let overlay = self.overlay()?;
+        let (store, mtu) = (overlay.store.clone(), overlay.mtu);
+        let vni = store.create_network(record_of(&net, 0)).await?;
+        net.driver = Driver::Overlay { vni, mtu };
+        if let Err(e) = self.install_network(&net).await {
+            if let Err(undo) = store.remove_network(net.name.clone(), net.id.clone()).await {
+                log::warn!("overlay network {}: could not be made here ({e}) nor removed from the cluster: {undo}", net.name);
+            }
+            return Err(e);
+        }
+        self.program_overlay().map_err(Error::internal)?;
+        Ok(net)
+    }
+
+    /// `network rm` of an overlay network: refused while any node has endpoints on it, else
+    /// removed from etcd (other nodes forget it when they see that).
+    pub(super) async fn remove_overlay_network(&mut self, net: &Network) -> DaemonResult<()> {
+        let store = self.overlay()?.store.clone();
+        store.remove_network(net.name.clone(), net.id.clone()).await?;
+        Ok(())
+    }
+
+    /// The address of a new allocation on overlay network `net`: the one asked for or the lowest
+    /// free one, claimed in etcd for this node (an address another node claimed meanwhile is
+    /// skipped; one asked for is refused, naming its node).
+    pub(super) async fn claim_overlay_address(&self, net: &Network, allocation: &Allocation, requested: Option<&str>) -> DaemonResult<IpAddr> {
+        let overlay = self.overlay()?;
+        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
+        for remote in overlay.remote_of(&net.id) {
+            pool.hold(remote.address, format!("{} on node {}", remote.container_name, remote.node));
+        }
+        for _ in 0..CLAIM_TRIES {
+            let address = pool.take_for(requested, &allocation.container_name).map_err(Error::refused)?;
+            let record = self.endpoint_record(net, &Allocation { address, mac: ipam::mac_for(address), ..allocation.clone() });
+            match overlay.store.claim(record).await {
+                Ok(()) => return Ok(address),
+                Err(SharedError::Conflict(held)) if requested.is_none() => pool.hold(address, held),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::conflict(format!("no free address could be claimed on overlay network {:?}: other nodes took them first", net.name)))
+    }
+
+    fn endpoint_record(&self, net: &Network, a: &Allocation) -> EndpointRecord {
+        let store = &self.overlay.as_ref().expect("overlay enabled").store;
+        EndpointRecord {
+            id: a.id.clone(),
+            network_id: net.id.clone(),
+            network: net.name.clone(),
+            address: a.address,
+            mac: a.mac,
+            node: store.node().to_string(),
+            underlay: store.underlay(),
+            container_name: a.container_name.clone(),
+            aliases: a.aliases.clone(),
+        }
+    }
+
+    /// Brings this node in line with the cluster as `view` shows it: the overlay networks it
+    /// defines made (or forgotten) here, other nodes' endpoints in the datapath, this node's
+    /// claims equal to its allocations.
+    pub async fn sync_cluster(&mut self, view: ClusterView) {
+        let Some(overlay) = self.overlay.as_mut() else { return };
+        overlay.view = Some(view.clone());
+        for record in &view.networks {
+            if self.state.network_by_id(&record.id).is_some() {
+                continue;
+            }
+            if let Err(e) = self.adopt_network(record).await {
+                let overlay = self.overlay.as_mut().expect("overlay enabled");
+                if overlay.refused.insert(record.id.clone()) {
+                    log::error!("overlay network {} is not available on this node: {e}", record.name);
+                }
+            }
+        }
+        let gone: Vec<Network> = self
+            .state
+            .networks
+            .iter()
+            .filter(|n| n.driver.is_overlay() && !view.networks.iter().any(|r| r.id == n.id))
+            .cloned()
+            .collect();
+        for net in gone {
+            if self.state.allocations_of(&net.id).next().is_some() {
+                log::warn!("overlay network {} is gone from the cluster but has endpoints here: kept until they leave", net.name);
+                continue;
+            }
+            log::info!("overlay network {} removed from the cluster: forgotten here", net.name);
+            if let Err(e) = self.forget_network(&net).await {
+                log::warn!("forgetting overlay network {}: {e}", net.name);
+            }
+        }
+        if let Err(e) = self.program_overlay() {
+            log::error!("programming overlay endpoints: {e:#}");
+        }
+        self.reconcile_claims().await;
+    }
+
+    /// Makes the cluster's overlay network `record` here, unless a local network has its name or
+    /// an overlapping subnet.
+    async fn adopt_network(&mut self, record: &NetworkRecord) -> DaemonResult<()> {
+        if let Some(local) = self.state.network_by_name(&record.name) {
+            return Err(Error::conflict(format!("network {:?} of this node has that name", local.name)));
+        }
+        if let Some(local) = self.state.networks.iter().find(|n| ipam::overlaps(&n.subnet, &record.subnet)) {
+            return Err(Error::conflict(format!("its subnet {} overlaps {} of network {:?} here", record.subnet, local.subnet, local.name)));
+        }
+        let mtu = self.overlay.as_ref().expect("overlay enabled").mtu;
+        let net = Network {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            subnet: record.subnet,
+            gateway: record.gateway,
+            internal: record.internal,
+            icc: record.icc,
+            masquerade: record.masquerade,
+            options: record.options.clone(),
+            datapath_id: self.state.free_datapath_id(),
+            created: record.created.clone(),
+            driver: Driver::Overlay { vni: record.vni, mtu },
+        };
+        self.install_network(&net).await?;
+        log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.subnet, net.gateway);
+        Ok(())
+    }
+
+    /// Writes `OVERLAY_VNIS` and the endpoints of other nodes on the overlay networks here.
+    pub(super) fn program_overlay(&mut self) -> Result<()> {
+        let Some(overlay) = self.overlay.as_ref() else { return Ok(()) };
+        let mut vnis = Vec::new();
+        let mut remote: HashMap<IpKey, EndpointInfo> = HashMap::new();
+        for net in &self.state.networks {
+            let Driver::Overlay { vni, .. } = net.driver else { continue };
+            vnis.push((vni, net.datapath_id));
+            for e in overlay.remote_of(&net.id) {
+                let IpAddr::V4(underlay) = e.underlay else { continue };
+                remote.insert(
+                    IpKey::from(e.address),
+                    EndpointInfo {
+                        host_ifindex: overlay.vxlan_ifindex,
+                        network_id: net.datapath_id,
+                        mac: e.mac,
+                        _pad: [0; 2],
+                        underlay: underlay.octets(),
+                        vni,
+                    },
+                );
+            }
+        }
+        self.datapath.set_overlay_vnis(&vnis)?;
+        self.datapath.set_remote_endpoints(&remote)
+    }
+
+    /// Makes this node's claims in etcd equal to its allocations on overlay networks: claims
+    /// what is missing (after a restart, or a lease lost while etcd was out of reach) and gives
+    /// back what no allocation holds any more (a disconnect, a failed connect). Run when the
+    /// cluster changes and every few seconds.
+    pub async fn reconcile_claims(&mut self) {
+        let Some(overlay) = self.overlay.as_ref() else { return };
+        let Some(view) = overlay.view.as_ref() else { return };
+        let store = overlay.store.clone();
+        let mine: Vec<&EndpointRecord> = view.endpoints.iter().filter(|e| e.node == store.node()).collect();
+        let mut wanted = Vec::new();
+        for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {
+            for a in self.state.allocations_of(&net.id) {
+                if !mine.iter().any(|r| r.id == a.id && r.address == a.address && r.network_id == net.id) {
+                    wanted.push(self.endpoint_record(net, a));
+                }
+            }
+        }
+        let stale: Vec<(String, IpAddr, String)> = mine
+            .iter()
+            .filter(|r| !self.state.allocations_of(&r.network_id).any(|a| a.id == r.id && a.address == r.address))
+            .map(|r| (r.network_id.clone(), r.address, r.id.clone()))
+            .collect();
+        for record in wanted {
+            if let Err(e) = store.claim(record.clone()).await {
+                log::warn!("claiming {} of {} on overlay network {}: {e}", record.address, record.container_name, record.network);
+            }
+        }
+        for (network_id, address, id) in stale {
+            if let Err(e) = store.release(network_id, address, id).await {
+                log::warn!("giving back overlay address {address}: {e}");
+            }
+        }
+    }
+}

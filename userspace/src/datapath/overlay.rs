@@ -1,0 +1,48 @@
+//! Overlay networks (clusters): the writer of `OVERLAY_VNIS` (VNI -> datapath network), of the
+//! `ENDPOINTS` entries of endpoints on other nodes, and the attachment of `from_overlay` to the
+//! node's VXLAN device (pinned under `<bpffs>/overlay/<interface>`).
+use super::*;
+
+impl Datapath {
+    fn overlay_vnis(&mut self) -> Result<HashMap<&mut MapData, u32, u32>> {
+        Ok(HashMap::try_from(self.ebpf.map_mut(map_names::OVERLAY_VNIS).context("OVERLAY_VNIS map missing")?)?)
+    }
+
+    /// Makes `OVERLAY_VNIS` hold exactly `vnis` (VNI, datapath network id).
+    pub fn set_overlay_vnis(&mut self, vnis: &[(u32, u32)]) -> Result<()> {
+        let mut map = self.overlay_vnis()?;
+        for (vni, network) in vnis {
+            map.insert(vni, network, 0).context("writing OVERLAY_VNIS")?;
+        }
+        let keep: HashSet<u32> = vnis.iter().map(|(vni, _)| *vni).collect();
+        retain_keys(&mut map, &keep)
+    }
+
+    /// Makes the `ENDPOINTS` entries of endpoints on other nodes exactly `remote` (local ones are
+    /// left alone); writes only what changed.
+    pub fn set_remote_endpoints(&mut self, remote: &std::collections::HashMap<IpKey, EndpointInfo>) -> Result<()> {
+        let mut map = self.endpoints()?;
+        let current: std::collections::HashMap<IpKey, EndpointInfo> = map.iter().collect::<Result<_, _>>()?;
+        for (key, info) in &current {
+            if info.is_remote() && !remote.contains_key(key) {
+                remove_ignoring_missing(map.remove(key))?;
+            }
+        }
+        for (key, info) in remote {
+            match current.get(key) {
+                // An address of this node: etcd and the node disagree for a moment (a move); the
+                // local endpoint wins.
+                Some(here) if !here.is_remote() => {}
+                Some(same) if same == info => {}
+                _ => map.insert(key, info, 0).context("writing ENDPOINTS")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `from_overlay` at TCX ingress of the VXLAN device `ifname`.
+    pub fn attach_overlay(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.pins.as_ref().map(|root| bpffs::overlay_dir(root).join(ifname));
+        self.attach_program(program_names::FROM_OVERLAY, pin, ifname)
+    }
+}
