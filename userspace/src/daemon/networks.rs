@@ -56,7 +56,7 @@ impl Daemon {
             self.install_network(&net).await?;
             net
         };
-        log::info!("network {} created: {} subnet {}, gateway {} (id {})", net.name, net.driver.name(), net.subnet, net.gateway, &net.id[..12]);
+        log::info!("network {} created: subnet {}, gateway {} (id {}, driver {})", net.name, net.subnet, net.gateway, &net.id[..12], net.driver.name());
         Ok(views::inspect_network(&self.state, &net))
     }
 
