@@ -232,7 +232,9 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     let mut addr = std::collections::BTreeMap::new();
     for (i, ns, net) in [(0, "a1", "ov"), (1, "a2", "ov"), (2, "a3", "ov"), (1, "b2", "ov2"), (2, "b3", "ov2"), (0, "q1", "quiet"), (1, "q2", "quiet")] {
         let full = c.nodes[i].add_netns(ns)?;
-        addr.insert(ns, (i, full.clone(), connect(&c, i, net, &full, &[])?));
+        // a2 is also "web2" and publishes its port 80 on n2's port 8080.
+        let extra: &[&str] = if ns == "a2" { &["--alias", "web2", "-p", "8080:80"] } else { &[] };
+        addr.insert(ns, (i, full.clone(), connect(&c, i, net, &full, extra)?));
     }
     let ov_addresses: std::collections::BTreeSet<&String> = ["a1", "a2", "a3"].iter().map(|n| &addr[n].2).collect();
     ensure!(ov_addresses.len() == 3, "an address was handed out twice: {addr:?}");
@@ -286,6 +288,54 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
             && bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_unknown_vni") >= unknown + 5)
     })
     .context("forged VXLAN datagrams were not all dropped and counted")?;
+
+    // Names across nodes: n1's resolver knows n2's container by its alias, and its address.
+    let a1 = addr["a1"].1.clone();
+    let dig = c.nodes[0].exec(&a1, &["dig", "+short", "+time=1", "+tries=1", "@10.0.9.99", "web2"])?.stdout;
+    ensure!(dig.trim() == addr["a2"].2, "web2 from n1: {dig:?}");
+    let reverse = c.nodes[0].exec(&a1, &["dig", "+short", "+time=1", "+tries=1", "@10.0.9.99", "-x", &addr["a2"].2])?.stdout;
+    ensure!(reverse.trim().ends_with("-a2."), "reverse of a2 from n1: {reverse:?}");
+
+    // Between nodes the sender's address is kept; to the outside it leaves masqueraded by its
+    // own node's uplink; a port it publishes answers on its node, with the client's address.
+    use bpfnet_lab::traffic::{tcp_connect, tcp_echo_server, tcp_round_trip, tcp_whoami, tcp_whoami_server};
+    let t = Duration::from_secs(3);
+    let a2: std::net::IpAddr = addr["a2"].2.parse()?;
+    tcp_whoami_server(&addr["a2"].1, "0.0.0.0:80".parse()?)?;
+    tcp_echo_server(&addr["a2"].1, "0.0.0.0:7000".parse()?)?;
+    let seen = tcp_whoami(&a1, std::net::SocketAddr::new(a2, 80), t)?;
+    ensure!(seen.ip().to_string() == addr["a1"].2, "a2 saw a1 as {seen}");
+    tcp_whoami_server(c.underlay(), "10.250.0.254:9000".parse()?)?;
+    let seen = tcp_whoami(&a1, "10.250.0.254:9000".parse()?, t)?;
+    ensure!(seen.ip().to_string() == "10.250.0.1", "the outside saw a1 as {seen}, not n1's uplink");
+    let seen = tcp_whoami(c.underlay(), "10.250.0.2:8080".parse()?, t)?;
+    ensure!(seen.ip().to_string() == "10.250.0.254", "a2 saw the outside client as {seen}");
+
+    // A connection between nodes lives through kill -9 and a restart of either daemon, and
+    // through a full etcd outage (forwarding goes on with the last known state; cluster changes
+    // are refused, local ones are not).
+    let mut flow = tcp_connect(&a1, std::net::SocketAddr::new(a2, 7000), t)?;
+    ensure!(tcp_round_trip(&mut flow, b"before")? == b"before");
+    c.nodes[0].stop_daemon(libc::SIGKILL)?;
+    ensure!(tcp_round_trip(&mut flow, b"n1 down")? == b"n1 down", "the flow broke with n1's daemon");
+    c.start_daemon(0, "4s", &[])?;
+    ensure!(tcp_round_trip(&mut flow, b"n1 back")? == b"n1 back", "the flow broke when n1's daemon started again");
+    for i in 0..3 {
+        c.stop_etcd(i, true);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(tcp_round_trip(&mut flow, b"no etcd")? == b"no etcd", "the flow broke without etcd");
+    ensure!(c.nodes[0].ping(&a1, &addr["a2"].2)?, "no new traffic between nodes without etcd");
+    let refused = c.bpfnet(0, &["network", "create", "ov9", "-d", "overlay", "--subnet", "10.0.19.0/24"])?;
+    ensure!(!refused.ok && refused.stderr.contains("out of reach"), "{refused:?}");
+    c.nodes[0].bpfnet_ok(&["network", "create", "local9", "--subnet", "10.0.29.0/24"])?;
+    for i in 0..3 {
+        c.start_etcd(i)?;
+    }
+    c.wait_etcd_healthy(Duration::from_secs(30))?;
+    ensure!(tcp_round_trip(&mut flow, b"etcd back")? == b"etcd back");
+    within(Duration::from_secs(15), || Ok(c.nodes[0].bpfnet(&["network", "create", "ov9", "-d", "overlay", "--subnet", "10.0.19.0/24"])?.ok))
+        .context("cluster changes still refused after etcd came back")?;
 
     // A node that dies leaves every other node's datapath within the lease's TTL (4 s) + 2 s.
     c.nodes[2].stop_daemon(libc::SIGKILL)?;

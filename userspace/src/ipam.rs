@@ -334,6 +334,7 @@ mod tests {
             connecting: vec![],
             pools: vec![],
             services: Default::default(),
+            remote_endpoints: vec![],
         }
     }
 

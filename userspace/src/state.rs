@@ -207,6 +207,20 @@ pub struct State {
     /// state after a change shares it with the published copy instead of copying 10,000 entries.
     #[serde(skip)]
     pub services: Services,
+    /// Endpoints of other nodes on this node's overlay networks, as etcd holds them (not stored:
+    /// read again from etcd at start): names resolve across nodes.
+    #[serde(skip)]
+    pub remote_endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An endpoint of another node on an overlay network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteEndpoint {
+    pub network_id: String,
+    pub address: IpAddr,
+    pub container_name: String,
+    pub aliases: Vec<String>,
+    pub node: String,
 }
 
 /// A subnet reserved for Docker's IPAM, and the addresses given out of it.
@@ -545,6 +559,7 @@ mod tests {
             connecting: vec![],
             pools: vec![],
             services: Services::new(),
+            remote_endpoints: vec![],
         }
     }
 

@@ -16,7 +16,7 @@ use datapath_common::{EndpointInfo, IpKey};
 use super::{Daemon, DaemonResult, Error};
 use crate::{
     ipam,
-    state::{Allocation, Driver, Network},
+    state::{Allocation, Driver, Network, RemoteEndpoint},
     store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedStore},
 };
 
@@ -189,6 +189,24 @@ impl Daemon {
         }
         if let Err(e) = self.program_overlay() {
             log::error!("programming overlay endpoints: {e:#}");
+        }
+        // Their names, for the resolvers.
+        let node = self.overlay.as_ref().expect("overlay enabled").store.node().to_string();
+        let remote: Vec<RemoteEndpoint> = view
+            .endpoints
+            .iter()
+            .filter(|e| e.node != node && self.state.network_by_id(&e.network_id).is_some())
+            .map(|e| RemoteEndpoint {
+                network_id: e.network_id.clone(),
+                address: e.address,
+                container_name: e.container_name.clone(),
+                aliases: e.aliases.clone(),
+                node: e.node.clone(),
+            })
+            .collect();
+        if remote != self.state.remote_endpoints {
+            self.state.remote_endpoints = remote;
+            self.publish_state();
         }
         self.reconcile_claims().await;
     }

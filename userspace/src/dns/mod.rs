@@ -270,14 +270,17 @@ fn forward_or_refuse(net: &Network, mut reply: Message) -> Option<Message> {
     Some(reply)
 }
 
-/// Addresses `name` (lowercase, no final dot) stands for on `net`: attached endpoints by name or
-/// alias, services by name.
+/// Addresses `name` (lowercase, no final dot) stands for on `net`: attached endpoints (of every
+/// node, on an overlay network) by name or alias, services by name.
 fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
-    let mut found: Vec<IpAddr> = state
-        .endpoints_of(&net.id)
-        .filter(|e| e.container_name.eq_ignore_ascii_case(name) || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
-        .map(|e| e.address)
-        .collect();
+    let named = |container: &str, aliases: &[String]| {
+        container.eq_ignore_ascii_case(name) || aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    };
+    let mut found: Vec<IpAddr> =
+        state.endpoints_of(&net.id).filter(|e| named(&e.container_name, &e.aliases)).map(|e| e.address).collect();
+    found.extend(
+        state.remote_endpoints.iter().filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases)).map(|e| e.address),
+    );
     found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).map(|s| s.vip));
     found.sort();
     found.dedup();
@@ -287,6 +290,9 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
 /// The name of the endpoint or service at `ip` on `net`.
 fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
     if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.address == ip) {
+        return Some(ep.container_name.clone());
+    }
+    if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && e.address == ip) {
         return Some(ep.container_name.clone());
     }
     state.services.values().find(|s| s.network_id == net.id && s.vip == ip).map(|s| s.name.clone())
