@@ -345,3 +345,108 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     ensure!(c.nodes[0].ping(&addr["a1"].1, &addr["a2"].2)?, "n2's container lost with n3");
     Ok(())
 }
+
+#[test]
+fn nodes_allocating_at_the_same_moment_never_share_an_address() -> Result<()> {
+    let mut c = Cluster::new("cl-ipam", 3)?;
+    c.start_etcd_cluster()?;
+    for i in 0..3 {
+        c.start_daemon(i, "10s", &[])?;
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "wide", "-d", "overlay", "--subnet", "10.0.32.0/22"])?;
+    within(Duration::from_secs(5), || Ok((0..3).all(|i| c.nodes[i].bpfnet_ok(&["network", "inspect", "wide"]).is_ok())))?;
+    // 1,000 addresses, a third asked for on each node at the same time (allocations only: the
+    // claims are what is tested, not veth pairs).
+    let per_node = 334;
+    let sockets: Vec<std::path::PathBuf> = c.nodes.iter().map(|n| n.socket()).collect();
+    let started = Instant::now();
+    let workers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            std::thread::spawn(move || -> Result<usize> {
+                for k in 0..per_node {
+                    let out = std::process::Command::new(bpfnet_lab::sandbox::bpfnet_bin())
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["endpoint", "create", "wide", &format!("n{}-e{k}", i + 1)])
+                        .output()?;
+                    ensure!(out.status.success(), "n{}: {}", i + 1, String::from_utf8_lossy(&out.stderr));
+                }
+                Ok(per_node)
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for w in workers {
+        made += w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    eprintln!("{made} addresses claimed by 3 nodes at once in {:?}", started.elapsed());
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..3 {
+        let list: serde_json::Value = serde_json::from_str(&c.nodes[i].bpfnet_ok(&["endpoint", "ls", "--json"])?)?;
+        for e in list.as_array().context("endpoints")? {
+            let address = e["address"].as_str().or(e["ipv4_address"].as_str()).context("no address")?.split('/').next().unwrap().to_string();
+            if let Some(other) = seen.insert(address.clone(), i) {
+                bail!("{address} handed out on n{} and on n{}", other + 1, i + 1);
+            }
+        }
+    }
+    ensure!(seen.len() == made, "{} distinct addresses for {made} endpoints", seen.len());
+    let claims = c.etcdctl(&["get", "--prefix", "/bpfnet/v1/endpoints/", "--keys-only"])?.stdout;
+    let claims = claims.lines().filter(|l| !l.is_empty()).count();
+    ensure!(claims == made, "etcd holds {claims} claims for {made} endpoints");
+    Ok(())
+}
+
+#[test]
+fn a_partitioned_node_rejoins_cleanly_even_after_etcd_compacted_its_watch() -> Result<()> {
+    let mut c = Cluster::new("cl-partition", 3)?;
+    c.start_etcd_cluster()?;
+    for i in 0..3 {
+        c.start_daemon(i, "3s", &[])?;
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "ov", "-d", "overlay", "--subnet", "10.0.40.0/24"])?;
+    let x1 = c.nodes[0].add_netns("x1")?;
+    let x2 = c.nodes[1].add_netns("x2")?;
+    within(Duration::from_secs(5), || Ok(c.nodes[1].bpfnet_ok(&["network", "inspect", "ov"]).is_ok()))?;
+    connect(&c, 0, "ov", &x1, &[])?;
+    let x2_addr = connect(&c, 1, "ov", &x2, &[])?;
+    within(Duration::from_secs(5), || Ok(c.nodes[0].ping(&x1, &x2_addr)?))?;
+
+    // n2 is cut off from the underlay (and its etcd member from the others) for longer than its
+    // lease: the others see it down and its container gone.
+    run_ok_in(c.underlay(), &["ip", "link", "set", "n2", "down"])?;
+    within(Duration::from_secs(8), || Ok(state_of(&c, 0, "n2")?.as_deref() == Some("down")))?;
+    // Meanwhile the cluster changes, and etcd compacts its history past what n2 has seen.
+    c.nodes[0].bpfnet_ok(&["network", "create", "later", "-d", "overlay", "--subnet", "10.0.41.0/24"])?;
+    let status: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", "/", "--write-out=json"])?.stdout)?;
+    let revision = status["header"]["revision"].as_u64().context("revision")?;
+    let compacted = c.etcdctl(&["compact", &revision.to_string(), "--physical"])?;
+    ensure!(compacted.ok, "{compacted:?}");
+    ensure!(!c.nodes[0].ping(&x1, &x2_addr)?, "n2's container still reachable while n2 is cut off");
+
+    // Back: n2 registers again, claims its address again, reads the whole cluster again.
+    run_ok_in(c.underlay(), &["ip", "link", "set", "n2", "up"])?;
+    let took = within(Duration::from_secs(20), || {
+        Ok(state_of(&c, 0, "n2")?.as_deref() == Some("up")
+            && c.nodes[1].bpfnet_ok(&["network", "inspect", "later"]).is_ok()
+            && c.nodes[0].ping(&x1, &x2_addr)?)
+    })
+    .context("n2 did not rejoin whole")?;
+    eprintln!("a partitioned node was whole again {took:?} after the partition healed");
+    let log = std::fs::read_to_string(c.nodes[1].daemon_log())?;
+    ensure!(log.contains("compacted past revision"), "n2 did not notice the compaction: {log}");
+    let nodes = nodes(&c, 2)?;
+    let n2 = nodes["nodes"].as_array().context("nodes")?.iter().find(|n| n["name"] == "n2").context("n2")?.clone();
+    ensure!(n2["endpoints"] == 1, "n2's claims after rejoining: {n2}");
+    Ok(())
+}
+
+/// `ip netns exec NS ARGS` that must succeed.
+fn run_ok_in(ns: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    bpfnet_lab::sandbox::run_ok("ip", &all)?;
+    Ok(())
+}
