@@ -52,9 +52,13 @@ pub struct Options {
     /// noise of the method itself.
     #[arg(long)]
     pub control: bool,
-    /// Container to container only (no masquerade or published-port paths).
+    /// Container to container only (no masquerade or published-port paths, no cross-node section).
     #[arg(long)]
     pub c2c_only: bool,
+    /// Leave out the cross-node section (a container to one on another node: routed vs a
+    /// Docker-style overlay vs bpfnet's; see `bpfnet-lab cross-node-bench --help`).
+    #[arg(long)]
+    pub skip_cross_node: bool,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +82,7 @@ impl Default for Options {
             slice: 0.5,
             control: false,
             c2c_only: false,
+            skip_cross_node: false,
             json: false,
             markdown_out: None,
             quiet: false,
@@ -149,7 +154,7 @@ pub(crate) fn mode_title(mode: Mode) -> &'static str {
     }
 }
 
-fn mode_unit(mode: Mode) -> &'static str {
+pub(crate) fn mode_unit(mode: Mode) -> &'static str {
     match mode {
         Mode::Rr => "tr/s",
         Mode::Crr => "conn/s",
@@ -235,7 +240,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 }
 
 impl ConfigResult {
-    fn new(config: &str, rates: Vec<f64>, direct: &[f64]) -> Self {
+    pub(crate) fn new(config: &str, rates: Vec<f64>, direct: &[f64]) -> Self {
         let rates: Vec<f64> = rates.into_iter().filter(|r| !r.is_nan()).collect();
         let ratios: Vec<f64> = rates.iter().zip(direct).map(|(r, d)| r / d).collect();
         ConfigResult {
@@ -693,7 +698,7 @@ fn wait_for_ping(sb: &Sandbox, pair: &Pair) -> Result<()> {
 // ---- processes ----
 
 /// A benchmark server (`bpfnet-lab net serve`) pinned to the CPU; killed by PID when dropped.
-pub(crate) struct Server {
+pub struct Server {
     child: Child,
     /// Kept open: the server writes nothing more, but must not get SIGPIPE.
     stdout: BufReader<ChildStdout>,
@@ -780,7 +785,7 @@ pub(crate) fn flush_conntrack(ns: &str) {
 
 // ---- facts ----
 
-pub(crate) fn lab_binary() -> PathBuf {
+pub fn lab_binary() -> PathBuf {
     let built = sandbox::repo_root().join("target/release/bpfnet-lab");
     if built.exists() {
         built
@@ -789,7 +794,7 @@ pub(crate) fn lab_binary() -> PathBuf {
     }
 }
 
-pub(crate) fn machine() -> Machine {
+pub fn machine() -> Machine {
     let text = |program: &str, args: &[&str]| {
         sandbox::run(program, args).map(|r| r.stdout.trim().to_string()).unwrap_or_default()
     };
@@ -1112,6 +1117,23 @@ pub fn run(opts: &Options) -> Result<Report> {
     if let Some(path) = &opts.markdown_out {
         write_markdown(path, "bench-results", "bpfnet-lab bench --markdown-out", &report.markdown_section())?;
         eprintln!("bench: results written to {}", path.display());
+    }
+    if !opts.c2c_only && !opts.skip_cross_node && !opts.quiet {
+        let cross = crate::clusterbench::Options {
+            seconds: opts.seconds,
+            reps: opts.reps,
+            modes: opts.modes.clone(),
+            warmup: opts.warmup,
+            slice: opts.slice,
+            control: opts.control,
+            connects: 100,
+            endpoints: 1000,
+            markdown_out: opts.markdown_out.clone(),
+        };
+        let cross = crate::clusterbench::run(&cross)?;
+        if !opts.json {
+            print!("\n## Cross-node\n\n{}", cross.markdown());
+        }
     }
     Ok(report)
 }

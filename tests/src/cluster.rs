@@ -31,6 +31,8 @@ pub struct Cluster {
     /// `nodes[i]` is node `n{i+1}`.
     pub nodes: Vec<Sandbox>,
     etcd: Vec<Option<Child>>,
+    /// How many nodes run an etcd member (the first ones): all, or one (`start_single_etcd`).
+    members: usize,
     /// `http://10.250.0.1:2379,...`: what daemons get as `--cluster`.
     pub etcd_urls: String,
     underlay: String,
@@ -58,7 +60,7 @@ impl Cluster {
             nodes.push(node);
         }
         let etcd_urls = (1..=count).map(|i| format!("http://{}:2379", underlay_ip(i))).collect::<Vec<_>>().join(",");
-        Ok(Self { world, etcd: (0..count).map(|_| None).collect(), nodes, etcd_urls, underlay })
+        Ok(Self { world, etcd: (0..count).map(|_| None).collect(), members: count, nodes, etcd_urls, underlay })
     }
 
     /// The underlay namespace.
@@ -77,7 +79,7 @@ impl Cluster {
             bail!("etcd member {} is running", i + 1);
         }
         let peers: Vec<String> =
-            (0..self.nodes.len()).map(|j| format!("{}=http://{}:2380", self.member_name(j), underlay_ip(j + 1))).collect();
+            (0..self.members).map(|j| format!("{}=http://{}:2380", self.member_name(j), underlay_ip(j + 1))).collect();
         let ip = underlay_ip(i + 1);
         let data = self.world.dir.join(format!("etcd-n{}", i + 1));
         let log = self.world.dir.join(format!("etcd-n{}.log", i + 1));
@@ -110,6 +112,14 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             self.start_etcd(i)?;
         }
+        self.wait_etcd_healthy(Duration::from_secs(30))
+    }
+
+    /// A one-member etcd on node 1 (for benchmarks: quorum is not what they measure).
+    pub fn start_single_etcd(&mut self) -> Result<()> {
+        self.members = 1;
+        self.etcd_urls = format!("http://{}:2379", underlay_ip(1));
+        self.start_etcd(0)?;
         self.wait_etcd_healthy(Duration::from_secs(30))
     }
 

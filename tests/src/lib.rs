@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checks;
 pub mod cluster;
+pub mod clusterbench;
 pub mod demo;
 pub mod enginebench;
 pub mod frames;

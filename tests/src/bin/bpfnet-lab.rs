@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use bpfnet_lab::{bench, demo, enginebench, lbscale, sandbox, svcbench, traffic};
+use bpfnet_lab::{bench, clusterbench, demo, enginebench, lbscale, sandbox, svcbench, traffic};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,6 +18,9 @@ enum Command {
     Demo,
     /// bpfnet vs a direct veth pair vs a Docker-style bridge with iptables, side by side.
     Bench(bench::Options),
+    /// Cross-node: a container to a container on another node, routed without encapsulation vs a
+    /// Docker-style overlay (bridge + kernel VXLAN) vs bpfnet's overlay, side by side.
+    CrossNodeBench(clusterbench::Options),
     /// Service scale: installing N services of B backends in one batch, then adding and removing
     /// one backend at that scale (p50/p99), timed at the API socket.
     LbScale(lbscale::Options),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let result: Result<()> = match Cli::parse().command {
         Command::Demo => demo::run(),
         Command::Bench(opts) => bench::run(&opts).map(|_| ()),
+        Command::CrossNodeBench(opts) => clusterbench::run(&opts).map(|_| ()),
         Command::LbScale(opts) => lbscale::run(&opts).map(|_| ()),
         Command::SvcBench(opts) => svcbench::run(&opts).map(|_| ()),
         Command::EngineBench(opts) => enginebench::run(&opts).map(|_| ()),
