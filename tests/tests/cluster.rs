@@ -124,6 +124,21 @@ fn a_node_starts_without_etcd_and_rides_out_an_etcd_outage() -> Result<()> {
     })
     .context("the nodes did not register once etcd was up")?;
 
+    // One member killed (n1's own): requests that meet it are tried on the others, so every
+    // change still succeeds, from every node.
+    c.stop_etcd(0, true);
+    for k in 0..6 {
+        let i = k % 3;
+        c.nodes[i].bpfnet_ok(&["network", "create", &format!("one-down-{k}"), "-d", "overlay", "--subnet", &format!("10.0.{}.0/24", 50 + k)])?;
+        c.nodes[i].bpfnet_ok(&["network", "rm", &format!("one-down-{k}")]).or_else(|e| {
+            // Another node may still hold it as the watch delivers: refused readably, never lost.
+            if format!("{e:#}").contains("endpoints") { Ok(String::new()) } else { Err(e) }
+        })?;
+    }
+    ensure!(nodes(&c, 2)?["cluster"]["reachable"] == true);
+    c.start_etcd(0)?;
+    c.wait_etcd_healthy(Duration::from_secs(30))?;
+
     // Every member down: the daemons go on, say the cluster is unreachable, show the last list
     // read (marked stale) and refuse cluster changes readably.
     for i in 0..3 {
@@ -209,6 +224,7 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     c.nodes[0].bpfnet_ok(&["network", "create", "ov", "--driver", "overlay", "--subnet", "10.0.9.0/24", "--gateway", "10.0.9.99"])?;
     c.nodes[0].bpfnet_ok(&["network", "create", "ov2", "-d", "overlay", "--subnet", "10.0.10.0/24"])?;
     c.nodes[1].bpfnet_ok(&["network", "create", "quiet", "-d", "overlay", "--subnet", "10.0.12.0/24", "-o", "icc=false"])?;
+    c.nodes[2].bpfnet_ok(&["network", "create", "inner", "-d", "overlay", "--subnet", "10.0.13.0/24", "--internal"])?;
     // The cluster refuses a name or a subnet another node's overlay network has.
     let clash = c.bpfnet(2, &["network", "create", "ov", "-d", "overlay", "--subnet", "10.0.20.0/24"])?;
     ensure!(!clash.ok && clash.stderr.contains("already exists"), "{clash:?}");
@@ -220,7 +236,7 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
         Ok((0..3).all(|i| {
             c.nodes[i].bpfnet_ok(&["network", "ls", "--json"]).is_ok_and(|out| {
                 let nets: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-                ["ov", "ov2", "quiet"].iter().all(|name| {
+                ["ov", "ov2", "quiet", "inner"].iter().all(|name| {
                     nets.as_array().is_some_and(|a| a.iter().any(|n| n["name"] == *name && n["driver"] == "overlay"))
                 })
             })
@@ -230,7 +246,17 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
 
     // One container per node on ov, one on ov2 on n2 and n3, one on quiet on n1 and n2.
     let mut addr = std::collections::BTreeMap::new();
-    for (i, ns, net) in [(0, "a1", "ov"), (1, "a2", "ov"), (2, "a3", "ov"), (1, "b2", "ov2"), (2, "b3", "ov2"), (0, "q1", "quiet"), (1, "q2", "quiet")] {
+    for (i, ns, net) in [
+        (0, "a1", "ov"),
+        (1, "a2", "ov"),
+        (2, "a3", "ov"),
+        (1, "b2", "ov2"),
+        (2, "b3", "ov2"),
+        (0, "q1", "quiet"),
+        (1, "q2", "quiet"),
+        (0, "i1", "inner"),
+        (2, "i3", "inner"),
+    ] {
         let full = c.nodes[i].add_netns(ns)?;
         // a2 is also "web2" and publishes its port 80 on n2's port 8080.
         let extra: &[&str] = if ns == "a2" { &["--alias", "web2", "-p", "8080:80"] } else { &[] };
@@ -251,6 +277,8 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
         ("b2", "a1", false), // another network
         ("a1", "b3", false),
         ("q1", "q2", false), // icc=false, across nodes as on one host
+        ("i1", "i3", true),  // --internal: its containers reach each other across nodes...
+        ("i3", "i1", true),
     ];
     // The first packets may wait for the other node to see the new endpoints.
     within(Duration::from_secs(5), || Ok(c.nodes[0].ping(&addr["a1"].1, &addr["a2"].2)?))?;
@@ -264,6 +292,11 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     }
     ensure!(wrong.is_empty(), "connectivity across nodes: {wrong:?}");
     ensure!(bpfnet_lab::checks::counter(&c.nodes[0], "to_overlay") > 0 && bpfnet_lab::checks::counter(&c.nodes[1], "from_overlay") > 0);
+    // ... and nothing beyond: not the outside, not another overlay network's container.
+    ensure!(!c.nodes[0].ping(&addr["i1"].1, "10.250.0.254")?, "an internal overlay network reached the underlay");
+    ensure!(!c.nodes[0].ping(&addr["i1"].1, &addr["a2"].2)?, "an internal overlay network reached another network");
+    let stats = c.nodes[0].bpfnet_ok(&["stats"])?;
+    ensure!(stats.contains("overlay: 4 networks, "), "{stats}");
 
     // An address is the cluster's: --ip of another node's container is refused, naming it.
     let taken = c.nodes[2].add_netns("x3")?;

@@ -229,6 +229,11 @@ pub struct Stats {
     /// The cluster this daemon is a node of (`--cluster`); absent on a single host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Overlay networks on this node, and the endpoints of other nodes on them.
+    #[serde(default)]
+    pub overlay_networks: usize,
+    #[serde(default)]
+    pub remote_endpoints: usize,
 }
 
 /// How full the connection table is (two entries per connection).

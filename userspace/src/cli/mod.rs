@@ -736,6 +736,12 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 } else {
                     println!("cluster: node {} ({}), etcd {}", c.node, c.underlay, c.etcd.join(","));
                 }
+                println!(
+                    "overlay: {} networks, {} endpoints on other nodes (through {})",
+                    stats.overlay_networks,
+                    stats.remote_endpoints,
+                    crate::daemon::VXLAN_DEVICE
+                );
             }
             let rows: Vec<Vec<String>> = stats
                 .counters

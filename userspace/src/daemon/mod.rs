@@ -29,6 +29,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub use engine::Handover;
+pub use overlay::VXLAN_DEVICE;
 pub use error::{Error, Result as DaemonResult};
 pub use reconcile::{cleanup, collect_gone_endpoints};
 pub use services::{resolve_backends, BackendArg, BackendResolver};

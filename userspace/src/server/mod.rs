@@ -104,6 +104,8 @@ async fn stats(State(app): State<App>) -> Reply<api::Stats> {
         conntrack: with_conntrack(&app, |ct| ct.usage()).await?,
         uplinks: app.uplinks.read().unwrap_or_else(|e| e.into_inner()).clone(),
         cluster: app.cluster.as_ref().map(|c| c.status()),
+        overlay_networks: state.networks.iter().filter(|n| n.driver.is_overlay()).count(),
+        remote_endpoints: state.remote_endpoints.len(),
     }))
 }
 
