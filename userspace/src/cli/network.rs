@@ -1,0 +1,140 @@
+//! `bpfnet network ...`: networks, and connecting namespaces to them.
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::{absolute_netns, endpoint::EndpointSpecArgs, parse_options, print_json, print_table, remove_each, segment};
+use crate::{api, client::Client};
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network. Without --subnet a free /16 is taken from 172.17-31.0.0 (then
+    /// 192.168.0.0/20 blocks), as Docker does; the gateway defaults to the first address.
+    Create {
+        /// Network name: letters, digits, '_', '.', '-'.
+        name: String,
+        /// IPv4 subnet in CIDR form, e.g. 10.10.0.0/24.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (owned by the host) inside the subnet.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// No traffic leaves the network except to its gateway.
+        #[arg(long)]
+        internal: bool,
+        /// `bpfnet` (the default: this host's network) or `overlay`: one network across the
+        /// nodes of the cluster (the daemon runs with --cluster), defined once in etcd and listed
+        /// on every node; its containers on different nodes reach each other through VXLAN.
+        #[arg(short = 'd', long, value_name = "DRIVER")]
+        driver: Option<String>,
+        /// Driver options as KEY=VALUE; supported: icc=false (containers of the network cannot
+        /// talk to each other, only to the gateway), masquerade=false (containers' traffic to the
+        /// outside keeps their own address instead of leaving with the uplink's).
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show networks in detail, as JSON shaped like `docker network inspect`.
+    Inspect {
+        /// Networks to show.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while containers are connected).
+    #[command(alias = "remove")]
+    Rm {
+        /// Networks to remove.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Connect a network namespace to a network: it gets a new interface (eth0, eth1, ... in join
+    /// order), an address, and, for its first network, a default route via the gateway.
+    Connect {
+        /// Network to join.
+        network: String,
+        /// A name under /run/netns, a path to a namespace file, or a PID.
+        netns: String,
+        #[command(flatten)]
+        spec: EndpointSpecArgs,
+        /// Print the new endpoint as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a network namespace from a network, removing its interface.
+    Disconnect {
+        /// Network to leave.
+        network: String,
+        /// The namespace as given to connect, or any other name of it (name, path or PID).
+        netns: String,
+    },
+}
+
+pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
+    match cmd {
+        NetworkCommand::Create { name, subnet, gateway, internal, options, driver } => {
+            let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)?, driver };
+            let net: api::NetworkInspect = client.post("/networks", &req).await?;
+            println!("{}", net.id);
+        }
+        NetworkCommand::Ls { json } => {
+            let nets: Vec<api::NetworkSummary> = client.get("/networks").await?;
+            if json {
+                return print_json(&nets);
+            }
+            let rows: Vec<Vec<String>> = nets
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id[..12].to_string(),
+                        n.name.clone(),
+                        n.driver.clone(),
+                        n.subnet.clone(),
+                        n.gateway.clone(),
+                        if n.internal { "yes" } else { "no" }.into(),
+                        if n.icc { "yes" } else { "no" }.into(),
+                        n.endpoints.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ICC", "ENDPOINTS"], &rows);
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                let net: api::NetworkInspect = client.get(&format!("/networks/{}", segment(name))).await?;
+                out.push(net);
+            }
+            print_json(&out)?;
+        }
+        NetworkCommand::Rm { names } => remove_each(&client, "networks", &names).await?,
+        NetworkCommand::Connect { network, netns, spec, json } => {
+            let req = api::Connect { netns: absolute_netns(netns.clone())?, spec: spec.into() };
+            let ep: api::EndpointCreated =
+                client.post(&format!("/networks/{}/connect", segment(&network)), &req).await?;
+            if json {
+                return print_json(&ep);
+            }
+            println!(
+                "{netns} joined {}: {} {} mac {} (host side {})",
+                ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
+            );
+            for port in &ep.ports {
+                println!("published {port}");
+            }
+            if let Some(resolver) = &ep.resolver {
+                println!("resolver {resolver} (names of {}: put `nameserver {resolver}` in the container's resolv.conf)", ep.network);
+            }
+        }
+        NetworkCommand::Disconnect { network, netns } => {
+            let req = api::Disconnect { netns: absolute_netns(netns)? };
+            let _: serde_json::Value =
+                client.post(&format!("/networks/{}/disconnect", segment(&network)), &req).await?;
+        }
+    }
+    Ok(())
+}
