@@ -308,3 +308,16 @@ fn host_name() -> Result<String> {
     let text = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host's name")?;
     Ok(text.trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_range_is_read_and_checked_against_the_masquerade_range() {
+        assert_eq!(parse_local_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_local_port_range("60999 32768"), None);
+        assert_eq!(parse_local_port_range("1 2 3"), None);
+        assert_eq!(parse_local_port_range(""), None);
+    }
+}

@@ -300,16 +300,3 @@ async fn remove_each(client: &Client<'_>, kind: &str, names: &[String]) -> Resul
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ephemeral_range_is_read_and_checked_against_the_masquerade_range() {
-        assert_eq!(parse_local_port_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(parse_local_port_range("60999 32768"), None);
-        assert_eq!(parse_local_port_range("1 2 3"), None);
-        assert_eq!(parse_local_port_range(""), None);
-    }
-}
