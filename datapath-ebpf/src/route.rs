@@ -174,3 +174,22 @@ pub fn set_macs_for_container(ctx: &TcContext, container_mac: &[u8; 6]) -> Resul
     store_mac(ctx, 6, &datapath_common::GATEWAY_MAC)
 }
 
+
+/// Delivers an Ethernet frame as a bridge would, into the namespace of the endpoint whose
+/// host-side veth is `ifindex`, addressed `dst` from `src`; counted as `counter`.
+#[inline(always)]
+pub fn into_container(ctx: &TcContext, eth: *mut crate::headers::EthHdr, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, counter: datapath_common::Counter) -> i32 {
+    // SAFETY: `eth` was bounds-checked by `ptr_at` (by the caller).
+    unsafe {
+        write_mac(&raw mut (*eth).dst, dst);
+        write_mac(&raw mut (*eth).src, src);
+    }
+    // SAFETY: helper call with plain integer arguments.
+    let verdict = unsafe { bpf_redirect_peer(ifindex, 0) };
+    if verdict == TC_ACT_REDIRECT as i64 {
+        crate::counters::count(ctx, counter);
+        verdict as i32
+    } else {
+        crate::counters::drop_packet(ctx, datapath_common::Counter::DropRedirectFailed)
+    }
+}

@@ -27,8 +27,10 @@ use crate::{
     traffic::Mode,
 };
 
+/// How a benchmark measures: how long, how often, what, and the A/A control (shared by `bench`
+/// and `cross-node-bench`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct Options {
+pub struct Run {
     /// Seconds measured per configuration, mode and repetition.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
@@ -48,10 +50,30 @@ pub struct Options {
     /// slices put every configuration through the same slow and fast moments.
     #[arg(long, default_value_t = 0.5)]
     pub slice: f64,
-    /// Also measure a second, identical direct pair ("A/A control"): its ratio to direct shows the
-    /// noise of the method itself.
+    /// Also measure a second, identical reference ("A/A control"): its ratio to the reference
+    /// shows the noise of the method itself.
     #[arg(long)]
     pub control: bool,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run { seconds: 5.0, reps: 3, modes: vec![Mode::Rr, Mode::Crr, Mode::Stream, Mode::Udp], warmup: 1.0, slice: 0.5, control: false }
+    }
+}
+
+impl Run {
+    /// Interleaved slices per measurement, and each one's length.
+    pub fn slices(&self) -> (usize, f64) {
+        let slices = if self.slice > 0.0 { ((self.seconds / self.slice).round() as usize).max(1) } else { 1 };
+        (slices, self.seconds / slices as f64)
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    #[command(flatten)]
+    pub run: Run,
     /// Container to container only (no masquerade or published-port paths, no cross-node section).
     #[arg(long)]
     pub c2c_only: bool,
@@ -72,28 +94,16 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The CLI's defaults; e.g. `Options { seconds: 1.0, reps: 1, ..Default::default() }`.
+    /// The CLI's defaults; e.g. `Options { run: Run { seconds: 1.0, reps: 1, ..Default::default() }, ..Default::default() }`.
     fn default() -> Self {
-        Options {
-            seconds: 5.0,
-            reps: 3,
-            modes: vec![Mode::Rr, Mode::Crr, Mode::Stream, Mode::Udp],
-            warmup: 1.0,
-            slice: 0.5,
-            control: false,
-            c2c_only: false,
-            skip_cross_node: false,
-            json: false,
-            markdown_out: None,
-            quiet: false,
-        }
+        Options { run: Run::default(), c2c_only: false, skip_cross_node: false, json: false, markdown_out: None, quiet: false }
     }
 }
 
 impl Options {
     /// The demo's short run: 2 s per measurement, 1 repetition, every mode; prints nothing itself.
     pub fn quick() -> Self {
-        Options { seconds: 2.0, reps: 1, warmup: 0.5, quiet: true, ..Default::default() }
+        Options { run: Run { seconds: 2.0, reps: 1, warmup: 0.5, ..Default::default() }, quiet: true, ..Default::default() }
     }
 }
 
@@ -830,15 +840,15 @@ fn command_line(opts: &Options) -> String {
         let program = program.strip_prefix(&root).unwrap_or(program).display().to_string();
         std::iter::once(program).chain(args[1..].iter().cloned()).map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" ")
     } else {
-        let modes: Vec<String> = opts.modes.iter().map(|m| mode_cli_name(*m)).collect();
+        let modes: Vec<String> = opts.run.modes.iter().map(|m| mode_cli_name(*m)).collect();
         format!(
             "target/release/bpfnet-lab bench --seconds {} --reps {} --warmup {} --slice {} --modes {}{}",
-            opts.seconds,
-            opts.reps,
-            opts.warmup,
-            opts.slice,
+            opts.run.seconds,
+            opts.run.reps,
+            opts.run.warmup,
+            opts.run.slice,
             modes.join(","),
-            if opts.control { " --control" } else { "" }
+            if opts.run.control { " --control" } else { "" }
         )
     }
 }
@@ -936,7 +946,7 @@ fn bpfnet_map_memory(sb: &Sandbox) -> Option<String> {
 // `rates` is indexed [mode][config][rep] while rep, mode and config are iterated in other orders.
 #[allow(clippy::needless_range_loop)]
 pub fn run(opts: &Options) -> Result<Report> {
-    if opts.reps == 0 || opts.modes.is_empty() || opts.seconds.is_nan() || opts.seconds <= 0.0 {
+    if opts.run.reps == 0 || opts.run.modes.is_empty() || opts.run.seconds.is_nan() || opts.run.seconds <= 0.0 {
         bail!("nothing to measure: need --reps >= 1, --seconds > 0 and at least one mode");
     }
     let lab = lab_binary();
@@ -946,8 +956,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let machine = machine();
     let cpu = if machine.nproc > 1 { 1 } else { 0 };
 
-    let slices = if opts.slice > 0.0 { ((opts.seconds / opts.slice).round() as usize).max(1) } else { 1 };
-    let slice_seconds = opts.seconds / slices as f64;
+    let (slices, slice_seconds) = opts.run.slices();
 
     // Declared before the servers, so the servers (dropped first) are killed before the namespaces go.
     let mut sb = Sandbox::new("bench")?;
@@ -957,7 +966,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let (bridge, bridge_host) = build_bridge(&mut sb, nat)?;
     pairs.extend(bridge);
     pairs.extend(build_bpfnet(&mut sb, nat)?);
-    if opts.control {
+    if opts.run.control {
         pairs.push(build_direct(&mut sb, Config::Control, "control", 204)?);
     }
     // Table order; direct first (every ratio is to it).
@@ -994,8 +1003,8 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     // rates[mode][config][rep]
     let n = pairs.len();
-    let mut rates = vec![vec![vec![f64::NAN; opts.reps]; n]; opts.modes.len()];
-    for rep in 0..opts.reps {
+    let mut rates = vec![vec![vec![f64::NAN; opts.run.reps]; n]; opts.run.modes.len()];
+    for rep in 0..opts.run.reps {
         // The order of configurations rotates with the repetition and, within it, with every round
         // of slices, so no configuration always runs first or after the same neighbour.
         let order = |round: usize| -> Vec<usize> {
@@ -1003,10 +1012,10 @@ pub fn run(opts: &Options) -> Result<Report> {
             o.rotate_left((rep + round) % n);
             o
         };
-        for (m, &mode) in opts.modes.iter().enumerate() {
-            if opts.warmup > 0.0 {
+        for (m, &mode) in opts.run.modes.iter().enumerate() {
+            if opts.run.warmup > 0.0 {
                 for c in order(0) {
-                    measure(&pairs[c], mode, opts.warmup, "warm-up")?;
+                    measure(&pairs[c], mode, opts.run.warmup, "warm-up")?;
                 }
             }
             let mut sums = vec![0.0; n];
@@ -1025,7 +1034,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 eprintln!(
                     "bench: rep {}/{} {:<10} {:<26} {:>10} {}",
                     rep + 1,
-                    opts.reps,
+                    opts.run.reps,
                     mode_title(mode),
                     pairs[c].config.name(),
                     format_rate(&mode_cli_name(mode), rate),
@@ -1071,7 +1080,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(sb);
 
     let results = opts
-        .modes
+        .run.modes
         .iter()
         .enumerate()
         .map(|(m, &mode)| {
@@ -1096,10 +1105,10 @@ pub fn run(opts: &Options) -> Result<Report> {
         date: date_utc(),
         command: command_line(opts),
         machine,
-        seconds: opts.seconds,
-        warmup_seconds: opts.warmup,
+        seconds: opts.run.seconds,
+        warmup_seconds: opts.run.warmup,
         slices,
-        reps: opts.reps,
+        reps: opts.run.reps,
         cpu,
         configs: pairs
             .iter()
@@ -1120,12 +1129,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if !opts.c2c_only && !opts.skip_cross_node && !opts.quiet {
         let cross = crate::clusterbench::Options {
-            seconds: opts.seconds,
-            reps: opts.reps,
-            modes: opts.modes.clone(),
-            warmup: opts.warmup,
-            slice: opts.slice,
-            control: opts.control,
+            run: opts.run.clone(),
             connects: 100,
             endpoints: 1000,
             markdown_out: opts.markdown_out.clone(),

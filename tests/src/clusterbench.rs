@@ -20,29 +20,12 @@ use crate::{
     bench::{self, client, container_ns, date_utc, format_rate, ip, median, mode_cli_name, mode_title, mode_unit, render_table, Server, PORT},
     cluster::{underlay_ip, Cluster},
     sandbox::run_ok,
-    traffic::Mode,
 };
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// Seconds measured per path, mode and repetition.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-    /// Repetitions; paths are interleaved within each and their order rotated.
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// What to measure: rr, crr, stream, udp.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Rr, Mode::Crr, Mode::Stream, Mode::Udp])]
-    pub modes: Vec<Mode>,
-    /// Seconds of discarded warm-up per path before each mode's measurements.
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Length of one interleaved slice (see `bench --help`).
-    #[arg(long, default_value_t = 0.5)]
-    pub slice: f64,
-    /// Also measure a second routed path (the method's own noise).
-    #[arg(long)]
-    pub control: bool,
+    #[command(flatten)]
+    pub run: bench::Run,
     /// Connects timed for the control plane (0: none).
     #[arg(long, default_value_t = 100)]
     pub connects: usize,
@@ -270,18 +253,17 @@ impl Report {
 }
 
 pub fn run(opts: &Options) -> Result<Report> {
-    if opts.reps == 0 || opts.modes.is_empty() || opts.seconds <= 0.0 {
+    if opts.run.reps == 0 || opts.run.modes.is_empty() || opts.run.seconds <= 0.0 {
         bail!("nothing to measure: need --reps >= 1, --seconds > 0 and at least one mode");
     }
     let lab = bench::lab_binary();
     let machine = bench::machine();
     let cpu = if machine.nproc > 1 { 1 } else { 0 };
-    let slices = if opts.slice > 0.0 { ((opts.seconds / opts.slice).round() as usize).max(1) } else { 1 };
-    let slice_seconds = opts.seconds / slices as f64;
+    let (slices, slice_seconds) = opts.run.slices();
 
     eprintln!("cross-node bench: building the three paths (node namespaces, etcd, daemons)");
     let mut worlds = vec![build_routed(Path::Routed, "xn-routed")?, build_vxlan("xn-vxlan")?, build_bpfnet("xn-bpfnet")?];
-    if opts.control {
+    if opts.run.control {
         worlds.push(build_routed(Path::Control, "xn-control")?);
     }
     for w in &worlds {
@@ -296,20 +278,20 @@ pub fn run(opts: &Options) -> Result<Report> {
         servers.push(Server::start(&lab, &w.server_ns, cpu, PORT)?);
     }
     let n = worlds.len();
-    let mut rates = vec![vec![vec![f64::NAN; opts.reps]; n]; opts.modes.len()];
-    for rep in 0..opts.reps {
+    let mut rates = vec![vec![vec![f64::NAN; opts.run.reps]; n]; opts.run.modes.len()];
+    for rep in 0..opts.run.reps {
         let order = |round: usize| -> Vec<usize> {
             let mut o: Vec<usize> = (0..n).collect();
             o.rotate_left((rep + round) % n);
             o
         };
-        for (m, &mode) in opts.modes.iter().enumerate() {
+        for (m, &mode) in opts.run.modes.iter().enumerate() {
             let measure = |w: &World, seconds: f64| {
                 client(&lab, &w.client_ns, cpu, w.server, mode, seconds).with_context(|| format!("{} on {}", mode_title(mode), w.path.name()))
             };
-            if opts.warmup > 0.0 {
+            if opts.run.warmup > 0.0 {
                 for c in order(0) {
-                    measure(&worlds[c], opts.warmup)?;
+                    measure(&worlds[c], opts.run.warmup)?;
                 }
             }
             let mut sums = vec![0.0; n];
@@ -323,7 +305,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 eprintln!(
                     "cross-node bench: rep {}/{} {:<10} {:<38} {:>10} {}",
                     rep + 1,
-                    opts.reps,
+                    opts.run.reps,
                     mode_title(mode),
                     worlds[c].path.name(),
                     format_rate(&mode_cli_name(mode), rates[m][c][rep]),
@@ -346,7 +328,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         bail!("bpfnet's datapath tunnelled no packet: the bpfnet row did not measure the overlay");
     }
     let results = opts
-        .modes
+        .run.modes
         .iter()
         .enumerate()
         .map(|(m, &mode)| ModeRows {
@@ -362,7 +344,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 .collect(),
         })
         .collect();
-    let report = Report { date: date_utc(), seconds: opts.seconds, reps: opts.reps, results, propagation_ms, cluster_endpoints };
+    let report = Report { date: date_utc(), seconds: opts.run.seconds, reps: opts.run.reps, results, propagation_ms, cluster_endpoints };
     eprintln!("{}", report.markdown());
     if let Some(path) = &opts.markdown_out {
         bench::write_markdown(path, "cross-node-results", "bpfnet-lab cross-node-bench --markdown-out", &report.markdown_section())?;

@@ -3,11 +3,7 @@
 //! network here; a destination beyond the network (the gateway, a VIP, a published port through
 //! a host address, the outside) by connection tracking and NAT (`nat`, `conntrack`, `lb`,
 //! `route`), or the host's.
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_redirect, bpf_redirect_peer},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use datapath_common::{
     conntrack::IPPROTO_ICMP,
     ct_action, iface_flags, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey,
@@ -88,19 +84,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
     // may have addressed the gateway), straight into the receiver's namespace.
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe {
-        write_mac(&raw mut (*eth).dst, &dest.mac);
-        write_mac(&raw mut (*eth).src, &iface.mac);
-    }
-    // SAFETY: helper call with plain integer arguments.
-    let verdict = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
-    if verdict == TC_ACT_REDIRECT as i64 {
-        count(ctx, Counter::Redirected);
-        verdict as i32
-    } else {
-        drop_packet(ctx, Counter::DropRedirectFailed)
-    }
+    route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
 }
 
 /// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key

@@ -4,14 +4,15 @@
 //! on the node that sent the packet (the outer source), the inner destination an endpoint of that
 //! network here; `icc=false` holds as on one host. Then delivered like a packet between two
 //! local containers, straight into the receiver's namespace.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use datapath_common::{iface_flags, Counter, IpKey, GATEWAY_MAC};
 
 use crate::{
-    counters::{count, drop_packet},
-    headers::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP},
+    counters::drop_packet,
+    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP},
     maps::{ENDPOINTS, IFACES},
     overlay::{network_of, tunnel_of, underlay_of},
+    route,
 };
 
 #[inline(always)]
@@ -53,17 +54,5 @@ pub fn from_overlay(ctx: &TcContext) -> i32 {
     if icc_off {
         return drop_packet(ctx, Counter::DropIcc);
     }
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe {
-        write_mac(&raw mut (*eth).dst, &dest.mac);
-        write_mac(&raw mut (*eth).src, &GATEWAY_MAC);
-    }
-    // SAFETY: helper call with plain integer arguments.
-    let verdict = unsafe { bpf_redirect_peer(dest.host_ifindex, 0) };
-    if verdict == TC_ACT_REDIRECT as i64 {
-        count(ctx, Counter::FromOverlay);
-        verdict as i32
-    } else {
-        drop_packet(ctx, Counter::DropRedirectFailed)
-    }
+    route::into_container(ctx, eth, &dest.mac, &GATEWAY_MAC, dest.host_ifindex, Counter::FromOverlay)
 }

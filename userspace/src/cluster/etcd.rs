@@ -58,6 +58,15 @@ where
     }
 }
 
+/// One transaction, [`retrying`].
+pub async fn txn(client: &Client, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    retrying(client, |mut c| {
+        let txn = txn.clone();
+        async move { c.txn(txn).await }
+    })
+    .await
+}
+
 /// `e` as users read it: the gRPC message without its transport details.
 pub fn describe(e: &etcd_client::Error) -> String {
     match e {

@@ -141,6 +141,13 @@ impl Membership {
         Ok(Self { config, underlay, client, shared, keeper })
     }
 
+    /// One transaction; its outcome tells the node's health (etcd reachable or not).
+    pub(super) async fn txn(&self, txn: Txn) -> SharedResult<etcd_client::TxnResponse> {
+        let response = etcd::txn(&self.client, txn).await.map_err(|e| self.shared.failed(e))?;
+        self.shared.reached();
+        Ok(response)
+    }
+
     /// The lease this node's records hang from, while it lives.
     pub(super) fn lease_id(&self) -> Option<i64> {
         self.shared.health.read().unwrap_or_else(|e| e.into_inner()).lease
@@ -163,16 +170,15 @@ impl Membership {
     /// `node ls`: every node etcd knows, read in one transaction; while etcd cannot be read, the
     /// last list read, marked stale.
     pub async fn list(&self) -> SharedResult<api::Nodes> {
-        let read = etcd::retrying(&self.client, |mut c| async move {
-            let prefix = || Some(GetOptions::new().with_prefix());
-            let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
-            c.txn(Txn::new().and_then([
+        let prefix = || Some(GetOptions::new().with_prefix());
+        let read = etcd::txn(
+            &self.client,
+            Txn::new().and_then([
                 TxnOp::get(keys::nodes(), prefix()),
-                TxnOp::get(keys::alive_nodes(), keys_only()),
+                TxnOp::get(keys::alive_nodes(), Some(GetOptions::new().with_prefix().with_keys_only())),
                 TxnOp::get(keys::endpoints(), prefix()),
-            ]))
-            .await
-        })
+            ]),
+        )
         .await;
         let response = match read {
             Ok(response) => response,
@@ -242,13 +248,7 @@ impl Membership {
             // Its addresses hung from its lease: they went with it.
             .and_then([TxnOp::delete(keys::node(name), None)])
             .or_else([TxnOp::get(keys::alive(name), None), TxnOp::get(keys::node(name), None)]);
-        let response = etcd::retrying(&self.client, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-        .map_err(|e| self.shared.failed(e))?;
-        self.shared.reached();
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             log::info!("node {name:?} removed from the cluster");
             return Ok(());
@@ -324,11 +324,7 @@ async fn register(client: &Client, node: &str, underlay: IpAddr, ttl: Duration) 
         TxnOp::put(keys::node(node), value.clone(), None),
         TxnOp::put(alive_key, value, Some(PutOptions::new().with_lease(lease))),
     ]);
-    let done = etcd::retrying(client, |mut c| {
-        let txn = txn.clone();
-        async move { c.txn(txn).await }
-    })
-    .await?;
+    let done = etcd::txn(client, txn).await?;
     if !done.succeeded() {
         return Err(Refused::NameTaken(format!("another daemon registered node {node:?} at the same moment")));
     }

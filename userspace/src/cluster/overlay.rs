@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use futures::future::BoxFuture;
 
-use super::{etcd, keys, Membership};
+use super::{keys, Membership};
 use crate::store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedResult, SharedStore};
 
 /// The first VNI handed out (Docker's overlay driver starts at 4096 too); each network takes the
@@ -55,17 +55,6 @@ impl Membership {
     fn lease(&self) -> SharedResult<i64> {
         self.lease_id()
             .ok_or_else(|| SharedError::Unavailable("this node is not registered in the cluster yet (etcd out of reach?)".into()))
-    }
-
-    async fn txn(&self, txn: Txn) -> SharedResult<etcd_client::TxnResponse> {
-        let response = etcd::retrying(&self.client, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-        .map_err(|e| self.shared.failed(e))?;
-        self.shared.reached();
-        Ok(response)
     }
 
     async fn create_network_record(&self, mut record: NetworkRecord) -> SharedResult<u32> {
