@@ -187,10 +187,15 @@ impl Cluster {
 
     /// Starts node `i`'s daemon with `daemon_args(i, ttl)` and `extra` arguments.
     pub fn start_daemon(&mut self, i: usize, ttl: &str, extra: &[&str]) -> Result<()> {
+        self.start_daemon_with_env(i, ttl, extra, &[])
+    }
+
+    /// [`Self::start_daemon`] with extra environment (test hooks such as BPFNET_TEST_CRASH_AFTER).
+    pub fn start_daemon_with_env(&mut self, i: usize, ttl: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
         let owned = self.daemon_args(i, ttl);
         let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
-        self.nodes[i].start_daemon_with(&DaemonOptions { args: &args, ..Default::default() })
+        self.nodes[i].start_daemon_with(&DaemonOptions { args: &args, env, ..Default::default() })
     }
 
     /// `bpfnet ARGS` against node `i`'s daemon.

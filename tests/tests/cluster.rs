@@ -426,9 +426,25 @@ fn nodes_allocating_at_the_same_moment_never_share_an_address() -> Result<()> {
         }
     }
     ensure!(seen.len() == made, "{} distinct addresses for {made} endpoints", seen.len());
-    let claims = c.etcdctl(&["get", "--prefix", "/bpfnet/v1/endpoints/", "--keys-only"])?.stdout;
-    let claims = claims.lines().filter(|l| !l.is_empty()).count();
-    ensure!(claims == made, "etcd holds {claims} claims for {made} endpoints");
+    let claims = |c: &Cluster| -> Result<usize> {
+        let keys = c.etcdctl(&["get", "--prefix", "/bpfnet/v1/endpoints/", "--keys-only"])?.stdout;
+        Ok(keys.lines().filter(|l| !l.is_empty()).count())
+    };
+    ensure!(claims(&c)? == made, "etcd holds {} claims for {made} endpoints", claims(&c)?);
+
+    // A connect that dies half-way (its address claimed, the veth made, nothing committed): the
+    // restarted daemon removes what it made and gives the claim back — nothing stale in etcd.
+    c.nodes[0].stop_daemon(libc::SIGTERM)?;
+    c.start_daemon_with_env(0, "10s", &[], &[("BPFNET_TEST_CRASH_AFTER", "configured")])?;
+    let victim = c.nodes[0].add_netns("victim")?;
+    let crashed = c.bpfnet(0, &["network", "connect", "wide", &victim])?;
+    ensure!(!crashed.ok, "the connect was to crash the daemon");
+    c.nodes[0].wait_daemon_exit()?;
+    ensure!(claims(&c)? == made + 1, "the interrupted connect's claim is not in etcd: {}", claims(&c)?);
+    c.start_daemon(0, "10s", &[])?;
+    within(Duration::from_secs(10), || Ok(claims(&c)? == made)).context("the interrupted connect's claim stayed in etcd")?;
+    let addresses = c.nodes[0].exec(&victim, &["ip", "-br", "-4", "addr"])?.stdout;
+    ensure!(!addresses.contains("10.0."), "the interrupted connect left an interface: {addresses}");
     Ok(())
 }
 
