@@ -173,6 +173,37 @@ impl Cluster {
         let _ = child.wait();
     }
 
+    /// Makes sure member `i` is not etcd's leader (a new leader gives every lease a fresh TTL:
+    /// a node whose member led would outlive its TTL by an election), moving leadership to another
+    /// member if it is. Returns whether it moved (every lease's TTL then counts from now).
+    pub fn move_leader_away_from(&self, i: usize) -> Result<bool> {
+        let status = self.etcdctl(&["endpoint", "status", "--write-out=json"])?.stdout;
+        let status: serde_json::Value = serde_json::from_str(&status).context("etcdctl endpoint status")?;
+        let entries = status.as_array().context("endpoint status is no list")?;
+        let leader = entries.iter().find_map(|e| e["Status"]["leader"].as_u64()).context("no leader")?;
+        let id_of = |url: &str| {
+            entries.iter().find(|e| e["Endpoint"] == url).and_then(|e| e["Status"]["header"]["member_id"].as_u64())
+        };
+        let mine = id_of(&format!("http://{}:2379", underlay_ip(i + 1))).context("member not found")?;
+        if leader != mine {
+            return Ok(false);
+        }
+        let other = (0..self.nodes.len()).find(|j| *j != i && self.etcd[*j].is_some()).context("no other member")?;
+        let target = id_of(&format!("http://{}:2379", underlay_ip(other + 1))).context("member not found")?;
+        let moved = self.etcdctl(&["move-leader", &format!("{target:x}")])?;
+        if !moved.ok {
+            bail!("etcdctl move-leader: {}{}", moved.stdout, moved.stderr);
+        }
+        Ok(true)
+    }
+
+    /// Node `i` dies whole: its daemon and etcd member killed, its namespace removed.
+    pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].stop_daemon(libc::SIGKILL)?;
+        self.stop_etcd(i, true);
+        self.nodes[i].delete_netns("host")
+    }
+
     /// Arguments that make a daemon node `n{i+1}` of this cluster, with leases of `ttl`.
     pub fn daemon_args(&self, i: usize, ttl: &str) -> Vec<String> {
         vec![

@@ -19,6 +19,9 @@ use crate::store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedErr
 const FIRST_VNI: u32 = 4097;
 /// VXLAN ids are 24 bits.
 const MAX_VNI: u32 = (1 << 24) - 1;
+/// How soon a broken watch is opened again, at first and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Tries of a network creation that met another change of the network list.
 const CREATE_TRIES: usize = 5;
 
@@ -205,6 +208,9 @@ impl Membership {
     /// etcd is out of reach `view` keeps the last state (forwarding goes on with it).
     pub async fn watch(self: Arc<Self>, view: tokio::sync::watch::Sender<Option<ClusterView>>) {
         let mut known: Option<(BTreeMap<String, Vec<u8>>, i64)> = None;
+        // After a failure: soon (a dead member's stream is resumed on another at once), then
+        // less often while etcd stays out of reach.
+        let mut backoff = RETRY_FIRST;
         loop {
             let (mut all, mut revision) = match known.take() {
                 Some(k) => k,
@@ -214,7 +220,8 @@ impl Membership {
                         read
                     }
                     Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
                         continue;
                     }
                 },
@@ -225,7 +232,8 @@ impl Membership {
                 Err(e) => {
                     self.shared.unreachable(&e);
                     known = Some((all, revision));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
                     continue;
                 }
             };
@@ -241,6 +249,7 @@ impl Membership {
                             break;
                         }
                         self.shared.reached();
+                        backoff = RETRY_FIRST;
                         let mut changed = false;
                         for event in response.events() {
                             let Some(kv) = event.kv() else { continue };
@@ -265,7 +274,8 @@ impl Membership {
                         // The member went away or lost its leader: resume where this left off.
                         self.shared.unreachable(&etcd_client::Error::WatchError("the watch ended".into()));
                         known = Some((all, revision));
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
                         break;
                     }
                 }
