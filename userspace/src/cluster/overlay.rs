@@ -60,7 +60,7 @@ impl Membership {
             .ok_or_else(|| SharedError::Unavailable("this node is not registered in the cluster yet (etcd out of reach?)".into()))
     }
 
-    async fn create_network_record(&self, mut record: NetworkRecord) -> SharedResult<u32> {
+    async fn create_network_record(&self, mut record: NetworkRecord) -> SharedResult<(u32, i64)> {
         for _ in 0..CREATE_TRIES {
             let read = self
                 .txn(Txn::new().and_then([
@@ -97,13 +97,13 @@ impl Membership {
                 .await?;
             if done.succeeded() {
                 log::info!("overlay network {} defined in the cluster: subnet {}, VNI {}", record.name, record.subnet, record.vni);
-                return Ok(record.vni);
+                return Ok((record.vni, done.header().map(|h| h.revision()).unwrap_or(0)));
             }
         }
         Err(SharedError::Conflict("the cluster's networks kept changing while this one was created: try again".into()))
     }
 
-    async fn remove_network_record(&self, name: String, id: String) -> SharedResult<()> {
+    async fn remove_network_record(&self, name: String, id: String) -> SharedResult<i64> {
         let no_endpoints = Compare::create_revision(keys::network_endpoints(&id), CompareOp::Equal, 0).with_prefix();
         let done = self
             .txn(
@@ -118,7 +118,7 @@ impl Membership {
             .await?;
         if done.succeeded() {
             log::info!("overlay network {name} removed from the cluster");
-            return Ok(());
+            return Ok(done.header().map(|h| h.revision()).unwrap_or(0));
         }
         let found = gets(&done);
         let holders: Vec<EndpointRecord> = found.first().map(|g| records(g.kvs())).unwrap_or_default();
@@ -134,7 +134,7 @@ impl Membership {
             )));
         }
         // Not in etcd any more: nothing to remove there.
-        Ok(())
+        Ok(0)
     }
 
     async fn claim_record(&self, record: EndpointRecord) -> SharedResult<()> {
@@ -216,7 +216,7 @@ impl Membership {
                 Some(k) => k,
                 None => match self.read_all().await {
                     Ok(read) => {
-                        view.send_replace(Some(view_of(&read.0)));
+                        view.send_replace(Some(view_of(&read.0, read.1)));
                         read
                     }
                     Err(_) => {
@@ -267,7 +267,7 @@ impl Membership {
                             revision = revision.max(header.revision());
                         }
                         if changed {
-                            view.send_replace(Some(view_of(&all)));
+                            view.send_replace(Some(view_of(&all, revision)));
                         }
                     }
                     Ok(None) | Err(_) => {
@@ -284,8 +284,8 @@ impl Membership {
     }
 }
 
-fn view_of(all: &BTreeMap<String, Vec<u8>>) -> ClusterView {
-    let mut view = ClusterView::default();
+fn view_of(all: &BTreeMap<String, Vec<u8>>, revision: i64) -> ClusterView {
+    let mut view = ClusterView { revision, ..Default::default() };
     for (key, value) in all {
         if key.starts_with(&keys::networks()) {
             if let Ok(n) = serde_json::from_slice(value) {
@@ -307,10 +307,10 @@ impl SharedStore for Membership {
     fn underlay(&self) -> IpAddr {
         self.underlay
     }
-    fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<u32>> {
+    fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<(u32, i64)>> {
         Box::pin(self.create_network_record(network))
     }
-    fn remove_network(&self, name: String, id: String) -> BoxFuture<'_, SharedResult<()>> {
+    fn remove_network(&self, name: String, id: String) -> BoxFuture<'_, SharedResult<i64>> {
         Box::pin(self.remove_network_record(name, id))
     }
     fn claim(&self, endpoint: EndpointRecord) -> BoxFuture<'_, SharedResult<()>> {

@@ -40,6 +40,9 @@ pub(super) struct OverlayNode {
     /// Overlay networks this node cannot take (a local network has the name or the subnet),
     /// reported once each.
     refused: BTreeSet<String>,
+    /// The store's revision of this node's last own change of a network: an older view does not
+    /// show it yet (it would undo a creation or bring back a removal) and is passed over.
+    own_revision: i64,
 }
 
 impl OverlayNode {
@@ -82,7 +85,7 @@ impl Daemon {
         crate::plumbing::write_sysctl(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1").ok();
         self.datapath.attach_overlay(VXLAN_DEVICE).context("attaching the overlay program")?;
         log::info!("overlay networks: {VXLAN_DEVICE} (UDP {VXLAN_PORT}), endpoint MTU {mtu}, underlay {}", store.underlay());
-        self.overlay = Some(OverlayNode { store, vxlan_ifindex, mtu, view: None, refused: BTreeSet::new() });
+        self.overlay = Some(OverlayNode { store, vxlan_ifindex, mtu, view: None, refused: BTreeSet::new(), own_revision: 0 });
         Ok(())
     }
 
@@ -97,7 +100,8 @@ impl Daemon {
     pub(super) async fn create_overlay_network(&mut self, mut net: Network) -> DaemonResult<Network> {
         let overlay = self.overlay()?;
         let (store, mtu) = (overlay.store.clone(), overlay.mtu);
-        let vni = store.create_network(record_of(&net, 0)).await?;
+        let (vni, revision) = store.create_network(record_of(&net, 0)).await?;
+        self.note_own_revision(revision);
         net.driver = Driver::Overlay { vni, mtu };
         if let Err(e) = self.install_network(&net).await {
             if let Err(undo) = store.remove_network(net.name.clone(), net.id.clone()).await {
@@ -113,8 +117,15 @@ impl Daemon {
     /// removed from etcd (other nodes forget it when they see that).
     pub(super) async fn remove_overlay_network(&mut self, net: &Network) -> DaemonResult<()> {
         let store = self.overlay()?.store.clone();
-        store.remove_network(net.name.clone(), net.id.clone()).await?;
+        let revision = store.remove_network(net.name.clone(), net.id.clone()).await?;
+        self.note_own_revision(revision);
         Ok(())
+    }
+
+    fn note_own_revision(&mut self, revision: i64) {
+        if let Some(overlay) = self.overlay.as_mut() {
+            overlay.own_revision = overlay.own_revision.max(revision);
+        }
     }
 
     /// The address of a new allocation on overlay network `net`: the one asked for or the lowest
@@ -158,6 +169,10 @@ impl Daemon {
     /// claims equal to its allocations.
     pub async fn sync_cluster(&mut self, view: ClusterView) {
         let Some(overlay) = self.overlay.as_mut() else { return };
+        if view.revision < overlay.own_revision {
+            // Older than a change this node made: the next view shows it.
+            return;
+        }
         overlay.view = Some(view.clone());
         for record in &view.networks {
             if self.state.network_by_id(&record.id).is_some() {

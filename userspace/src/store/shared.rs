@@ -46,6 +46,9 @@ pub struct EndpointRecord {
 pub struct ClusterView {
     pub networks: Vec<NetworkRecord>,
     pub endpoints: Vec<EndpointRecord>,
+    /// The store's revision this view shows (a view older than a change of this node's own does
+    /// not show that change yet).
+    pub revision: i64,
 }
 
 /// Why the shared store refused or failed a change, in the user's terms.
@@ -76,10 +79,11 @@ pub trait SharedStore: Send + Sync {
     fn node(&self) -> &str;
     fn underlay(&self) -> IpAddr;
     /// Defines `network` (its `vni` is chosen here) unless its name is taken or its subnet
-    /// overlaps another overlay network's. Returns the VNI.
-    fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<u32>>;
+    /// overlaps another overlay network's. Returns the VNI and the store's revision of the change.
+    fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<(u32, i64)>>;
     /// Removes the network `name` (id `id`), refused while any node holds an address on it.
-    fn remove_network(&self, name: String, id: String) -> BoxFuture<'_, SharedResult<()>>;
+    /// Returns the store's revision of the change.
+    fn remove_network(&self, name: String, id: String) -> BoxFuture<'_, SharedResult<i64>>;
     /// Claims `endpoint.address` for this node's endpoint (again, after a restart: a claim of the
     /// same endpoint is no clash).
     fn claim(&self, endpoint: EndpointRecord) -> BoxFuture<'_, SharedResult<()>>;
