@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// third of the tries meet it (the client does not avoid it), so a few are needed for a request
 /// to fail only when etcd as a whole is gone; and no more than [`RETRY_WINDOW`] in all.
 const TRIES: usize = 8;
-const RETRY_WINDOW: Duration = Duration::from_secs(5);
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
 /// A client of the members at `urls` (connections are made lazily, per request).
 pub async fn connect(urls: &[String]) -> anyhow::Result<Client> {

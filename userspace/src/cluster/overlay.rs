@@ -307,6 +307,9 @@ impl SharedStore for Membership {
     fn underlay(&self) -> IpAddr {
         self.underlay
     }
+    fn reachable(&self) -> bool {
+        self.status().reachable
+    }
     fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<(u32, i64)>> {
         Box::pin(self.create_network_record(network))
     }

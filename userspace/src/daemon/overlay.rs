@@ -289,6 +289,11 @@ impl Daemon {
         let Some(overlay) = self.overlay.as_ref() else { return };
         let Some(view) = overlay.view.as_ref() else { return };
         let store = overlay.store.clone();
+        // Run under the daemon's lock: while etcd is out of reach (every request could wait for
+        // its time limit) it waits for etcd to answer the keep-alives again, not the API.
+        if !store.reachable() {
+            return;
+        }
         let mine: Vec<&EndpointRecord> = view.endpoints.iter().filter(|e| e.node == store.node()).collect();
         let mut wanted = Vec::new();
         for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {

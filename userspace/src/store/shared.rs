@@ -78,6 +78,8 @@ pub trait SharedStore: Send + Sync {
     /// This node's name and underlay address.
     fn node(&self) -> &str;
     fn underlay(&self) -> IpAddr;
+    /// Whether the store answered its last request (background work waits while it does not).
+    fn reachable(&self) -> bool;
     /// Defines `network` (its `vni` is chosen here) unless its name is taken or its subnet
     /// overlaps another overlay network's. Returns the VNI and the store's revision of the change.
     fn create_network(&self, network: NetworkRecord) -> BoxFuture<'_, SharedResult<(u32, i64)>>;
