@@ -73,6 +73,36 @@ pub async fn txn(client: &Client, txn: etcd_client::Txn) -> Result<etcd_client::
     .await
 }
 
+/// A record as stored (JSON).
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+/// The records of a `get` answer (those that do not parse are skipped, with a warning).
+pub fn records<T: serde::de::DeserializeOwned>(kvs: &[etcd_client::KeyValue]) -> Vec<T> {
+    kvs.iter()
+        .filter_map(|kv| match serde_json::from_slice(kv.value()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("etcd: skipping {}: {e}", String::from_utf8_lossy(kv.key()));
+                None
+            }
+        })
+        .collect()
+}
+
+/// The answers of a transaction's reads, in order.
+pub fn gets(response: &etcd_client::TxnResponse) -> Vec<etcd_client::GetResponse> {
+    response
+        .op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `e` as users read it: the gRPC message without its transport details.
 pub fn describe(e: &etcd_client::Error) -> String {
     match e {

@@ -60,6 +60,18 @@ pub struct NodeRecord {
     pub last_seen: u64,
 }
 
+impl NodeRecord {
+    /// This node's record as of now.
+    pub fn now(name: &str, underlay: std::net::IpAddr) -> Self {
+        Self { name: name.into(), underlay, version: env!("CARGO_PKG_VERSION").into(), last_seen: unix_now() }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

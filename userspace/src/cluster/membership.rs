@@ -8,14 +8,20 @@
 //! the lease, for the same reason. A name held by a live node on another underlay address is
 //! refused: two hosts must not share a name.
 use std::{
+    collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use super::{etcd, keys, keys::NodeRecord, ClusterConfig};
+use super::{
+    etcd::{self, gets},
+    keys,
+    keys::NodeRecord,
+    ClusterConfig,
+};
 use crate::{
     api,
     store::shared::{EndpointRecord, SharedError as Error, SharedResult},
@@ -92,10 +98,6 @@ impl From<etcd_client::Error> for Refused {
     fn from(e: etcd_client::Error) -> Self {
         Self::Etcd(e)
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Whether `e` is etcd saying the lease is gone (expired or revoked).
@@ -194,42 +196,26 @@ impl Membership {
             }
         };
         self.shared.reached();
-        let gets: Vec<_> = response
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                TxnOpResponse::Get(g) => Some(g),
-                _ => None,
-            })
-            .collect();
-        let [records, alive, endpoints] = &gets[..] else {
-            return Err(Error::Failed(anyhow::anyhow!("etcd answered {} reads to 3", gets.len())));
+        let [records, alive, endpoints] = &gets(&response)[..] else {
+            return Err(Error::Failed(anyhow::anyhow!("etcd answered 3 reads with another count")));
         };
         let alive: Vec<&str> = alive.kvs().iter().filter_map(|kv| keys::name_under(kv.key(), &keys::alive_nodes())).collect();
-        let mut nodes = Vec::new();
-        for kv in records.kvs() {
-            let record: NodeRecord = match serde_json::from_slice(kv.value()) {
-                Ok(r) => r,
-                Err(e) => {
-                    log::warn!("skipping {}: not a node record ({e})", String::from_utf8_lossy(kv.key()));
-                    continue;
-                }
-            };
-            let endpoints = endpoints
-                .kvs()
-                .iter()
-                .filter(|kv| serde_json::from_slice::<EndpointRecord>(kv.value()).is_ok_and(|e| e.node == record.name))
-                .count();
-            nodes.push(api::Node {
+        let mut per_node: HashMap<String, u64> = HashMap::new();
+        for e in etcd::records::<EndpointRecord>(endpoints.kvs()) {
+            *per_node.entry(e.node).or_default() += 1;
+        }
+        let nodes: Vec<api::Node> = etcd::records::<NodeRecord>(records.kvs())
+            .into_iter()
+            .map(|record| api::Node {
                 state: if alive.contains(&record.name.as_str()) { "up" } else { "down" }.into(),
-                endpoints: endpoints as u64,
+                endpoints: per_node.get(&record.name).copied().unwrap_or(0),
                 last_seen: record.last_seen,
                 this_node: record.name == self.config.node,
                 underlay: record.underlay.to_string(),
                 version: record.version,
                 name: record.name,
-            });
-        }
+            })
+            .collect();
         *self.shared.last_list.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), nodes.clone()));
         Ok(api::Nodes { cluster: self.status(), stale_s: None, nodes })
     }
@@ -253,11 +239,7 @@ impl Membership {
             log::info!("node {name:?} removed from the cluster");
             return Ok(());
         }
-        let found: Vec<bool> = response
-            .op_responses()
-            .into_iter()
-            .map(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()))
-            .collect();
+        let found: Vec<bool> = gets(&response).iter().map(|g| !g.kvs().is_empty()).collect();
         match found[..] {
             [true, _] => Err(Error::Conflict(format!(
                 "node {name:?} is up (its lease is alive): stop its daemon first; once its lease expires \
@@ -294,7 +276,7 @@ async fn register(client: &Client, node: &str, underlay: IpAddr, ttl: Duration) 
                     "node name {node:?} is held by a live node at {} (last seen {} s ago): give this node another \
                      --node, or stop that one and wait for its lease to expire",
                     r.underlay,
-                    now_unix().saturating_sub(r.last_seen)
+                    keys::unix_now().saturating_sub(r.last_seen)
                 )));
             }
             _ => match client.clone().lease_keep_alive(kv.lease()).await {
@@ -314,8 +296,7 @@ async fn register(client: &Client, node: &str, underlay: IpAddr, ttl: Duration) 
             etcd::retrying(client, |mut c| async move { c.lease_grant(secs, None).await }).await?.id()
         }
     };
-    let record = NodeRecord { name: node.into(), underlay, version: env!("CARGO_PKG_VERSION").into(), last_seen: now_unix() };
-    let value = serde_json::to_vec(&record).expect("a node record serializes");
+    let value = etcd::encode(&NodeRecord::now(node, underlay));
     let unchanged = match existing {
         Some(kv) => Compare::mod_revision(alive_key.clone(), CompareOp::Equal, kv.mod_revision()),
         None => Compare::create_revision(alive_key.clone(), CompareOp::Equal, 0),
@@ -359,8 +340,7 @@ async fn keep(client: Client, node: String, underlay: IpAddr, ttl: Duration, sha
         match renewed {
             Ok(Ok(_)) => {
                 shared.reached();
-                let record = NodeRecord { name: node.clone(), underlay, version: env!("CARGO_PKG_VERSION").into(), last_seen: now_unix() };
-                let value = serde_json::to_vec(&record).expect("a node record serializes");
+                let value = etcd::encode(&NodeRecord::now(&node, underlay));
                 // The permanent record only: `alive/NODE` stays as written, so watchers of it see
                 // a node come and go, not every renewal.
                 if let Err(e) = client.clone().put(keys::node(&node), value, None).await {

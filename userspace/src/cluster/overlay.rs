@@ -8,10 +8,13 @@
 //! address blocks); a network is removed only if no key exists under its endpoints' prefix.
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use futures::future::BoxFuture;
 
-use super::{keys, Membership};
+use super::{
+    etcd::{encode, gets, records},
+    keys, Membership,
+};
 use crate::store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedResult, SharedStore};
 
 /// The first VNI handed out (Docker's overlay driver starts at 4096 too); each network takes the
@@ -24,34 +27,6 @@ const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Tries of a network creation that met another change of the network list.
 const CREATE_TRIES: usize = 5;
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialize")
-}
-
-/// The records of a `get` answer (those that do not parse are skipped, with a warning).
-fn records<T: serde::de::DeserializeOwned>(kvs: &[etcd_client::KeyValue]) -> Vec<T> {
-    kvs.iter()
-        .filter_map(|kv| match serde_json::from_slice(kv.value()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::warn!("etcd: skipping {}: {e}", String::from_utf8_lossy(kv.key()));
-                None
-            }
-        })
-        .collect()
-}
-
-fn gets(response: &etcd_client::TxnResponse) -> Vec<etcd_client::GetResponse> {
-    response
-        .op_responses()
-        .into_iter()
-        .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        })
-        .collect()
-}
 
 impl Membership {
     /// The lease this node's claims hang from.

@@ -5,7 +5,7 @@
 //! allocations. The cluster is reached only through [`SharedStore`]; what it holds arrives as a
 //! [`ClusterView`] (see `sync_cluster`).
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
@@ -205,24 +205,6 @@ impl Daemon {
         if let Err(e) = self.program_overlay() {
             log::error!("programming overlay endpoints: {e:#}");
         }
-        // Their names, for the resolvers.
-        let node = self.overlay.as_ref().expect("overlay enabled").store.node().to_string();
-        let remote: Vec<RemoteEndpoint> = view
-            .endpoints
-            .iter()
-            .filter(|e| e.node != node && self.state.network_by_id(&e.network_id).is_some())
-            .map(|e| RemoteEndpoint {
-                network_id: e.network_id.clone(),
-                address: e.address,
-                container_name: e.container_name.clone(),
-                aliases: e.aliases.clone(),
-                node: e.node.clone(),
-            })
-            .collect();
-        if remote != self.state.remote_endpoints {
-            self.state.remote_endpoints = remote;
-            self.publish_state();
-        }
         self.reconcile_claims().await;
     }
 
@@ -254,15 +236,24 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes `OVERLAY_VNIS` and the endpoints of other nodes on the overlay networks here.
+    /// Writes `OVERLAY_VNIS` and the endpoints of other nodes on the overlay networks here, and
+    /// gives their names to the resolvers (`State::remote_endpoints`).
     pub(super) fn program_overlay(&mut self) -> Result<()> {
         let Some(overlay) = self.overlay.as_ref() else { return Ok(()) };
         let mut vnis = Vec::new();
         let mut remote: HashMap<IpKey, EndpointInfo> = HashMap::new();
+        let mut names = Vec::new();
         for net in &self.state.networks {
             let Driver::Overlay { vni, .. } = net.driver else { continue };
             vnis.push((vni, net.datapath_id));
             for e in overlay.remote_of(&net.id) {
+                names.push(RemoteEndpoint {
+                    network_id: e.network_id.clone(),
+                    address: e.address,
+                    container_name: e.container_name.clone(),
+                    aliases: e.aliases.clone(),
+                    node: e.node.clone(),
+                });
                 let IpAddr::V4(underlay) = e.underlay else { continue };
                 remote.insert(
                     IpKey::from(e.address),
@@ -276,6 +267,10 @@ impl Daemon {
                     },
                 );
             }
+        }
+        if names != self.state.remote_endpoints {
+            self.state.remote_endpoints = names;
+            self.publish_state();
         }
         self.datapath.set_overlay_vnis(&vnis)?;
         self.datapath.set_remote_endpoints(&remote)
@@ -294,19 +289,26 @@ impl Daemon {
         if !store.reachable() {
             return;
         }
-        let mine: Vec<&EndpointRecord> = view.endpoints.iter().filter(|e| e.node == store.node()).collect();
+        // A claim, as (network id, address, endpoint id).
+        let claimed: HashSet<(&str, IpAddr, &str)> = view
+            .endpoints
+            .iter()
+            .filter(|e| e.node == store.node())
+            .map(|e| (e.network_id.as_str(), e.address, e.id.as_str()))
+            .collect();
+        let mut held = HashSet::new();
         let mut wanted = Vec::new();
         for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {
             for a in self.state.allocations_of(&net.id) {
-                if !mine.iter().any(|r| r.id == a.id && r.address == a.address && r.network_id == net.id) {
+                held.insert((net.id.as_str(), a.address, a.id.as_str()));
+                if !claimed.contains(&(net.id.as_str(), a.address, a.id.as_str())) {
                     wanted.push(self.endpoint_record(net, a));
                 }
             }
         }
-        let stale: Vec<(String, IpAddr, String)> = mine
-            .iter()
-            .filter(|r| !self.state.allocations_of(&r.network_id).any(|a| a.id == r.id && a.address == r.address))
-            .map(|r| (r.network_id.clone(), r.address, r.id.clone()))
+        let stale: Vec<(String, IpAddr, String)> = claimed
+            .difference(&held)
+            .map(|(network_id, address, id)| (network_id.to_string(), *address, id.to_string()))
             .collect();
         for record in wanted {
             if let Err(e) = store.claim(record.clone()).await {
