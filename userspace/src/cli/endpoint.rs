@@ -2,7 +2,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{absolute_netns, print_json, print_table, remove_each, segment};
+use super::{inspect_each, absolute_netns, print_json, print_table, remove_each, segment};
 use crate::{api, client::Client};
 
 /// What an endpoint asks for on its network (`network connect`, `endpoint create`).
@@ -138,14 +138,7 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
                 .collect();
             print_table(&["ENDPOINT ID", "NAME", "NETWORK", "ADDRESS", "STATE", "NAMESPACE", "INTERFACE", "FRONTEND"], &rows);
         }
-        EndpointCommand::Inspect { endpoints } => {
-            let mut out = Vec::new();
-            for id in &endpoints {
-                let ep: api::EndpointView = client.get(&format!("/endpoints/{}", segment(id))).await?;
-                out.push(ep);
-            }
-            print_json(&out)?;
-        }
+        EndpointCommand::Inspect { endpoints } => inspect_each::<api::EndpointView>(client, "endpoints", &endpoints).await?,
     }
     Ok(())
 }

@@ -284,6 +284,15 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
 
 /// `DELETE /<kind>/<name>` for each name. Like docker: removes what can be removed, reports the
 /// others, fails if any failed.
+/// `inspect`: each named object of `kind` (`networks`, `endpoints`, `services`), as one JSON list.
+async fn inspect_each<T: serde::de::DeserializeOwned + serde::Serialize>(client: &Client<'_>, kind: &str, names: &[String]) -> Result<()> {
+    let mut out: Vec<T> = Vec::new();
+    for name in names {
+        out.push(client.get(&format!("/{kind}/{}", segment(name))).await?);
+    }
+    print_json(&out)
+}
+
 async fn remove_each(client: &Client<'_>, kind: &str, names: &[String]) -> Result<()> {
     let mut failed = 0;
     for name in names {

@@ -2,7 +2,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{absolute_netns, endpoint::EndpointSpecArgs, parse_options, print_json, print_table, remove_each, segment};
+use super::{inspect_each, absolute_netns, endpoint::EndpointSpecArgs, parse_options, print_json, print_table, remove_each, segment};
 use crate::{api, client::Client};
 
 #[derive(Subcommand)]
@@ -103,14 +103,7 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
                 .collect();
             print_table(&["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ICC", "ENDPOINTS"], &rows);
         }
-        NetworkCommand::Inspect { names } => {
-            let mut out = Vec::new();
-            for name in &names {
-                let net: api::NetworkInspect = client.get(&format!("/networks/{}", segment(name))).await?;
-                out.push(net);
-            }
-            print_json(&out)?;
-        }
+        NetworkCommand::Inspect { names } => inspect_each::<api::NetworkInspect>(client, "networks", &names).await?,
         NetworkCommand::Rm { names } => remove_each(&client, "networks", &names).await?,
         NetworkCommand::Connect { network, netns, spec, json } => {
             let req = api::Connect { netns: absolute_netns(netns.clone())?, spec: spec.into() };

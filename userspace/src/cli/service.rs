@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use super::{absolute_netns, print_json, print_table, remove_each, segment};
+use super::{inspect_each, absolute_netns, print_json, print_table, remove_each, segment};
 use crate::{api, client::Client};
 
 #[derive(Subcommand)]
@@ -158,14 +158,7 @@ pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
                 .collect();
             print_table(&["NAME", "NETWORK", "VIP", "PUBLISHED", "BACKENDS", "AFFINITY"], &rows);
         }
-        ServiceCommand::Inspect { names } => {
-            let mut out = Vec::new();
-            for name in &names {
-                let s: api::ServiceInspect = client.get(&format!("/services/{}", segment(name))).await?;
-                out.push(s);
-            }
-            print_json(&out)?;
-        }
+        ServiceCommand::Inspect { names } => inspect_each::<api::ServiceInspect>(client, "services", &names).await?,
         ServiceCommand::Rm { names } => remove_each(client, "services", &names).await?,
     }
     Ok(())
