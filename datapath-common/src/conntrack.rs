@@ -91,6 +91,10 @@ pub mod ct_action {
     pub const PUBLISHED: u8 = 1 << 2;
     /// The connection was made to a service (its VIP or its published port).
     pub const SERVICE: u8 = 1 << 3;
+    /// Matching packets are delivered through the overlay: by the VXLAN device `ifindex`, to the
+    /// node at `tunnel_underlay`, with VNI `tunnel_vni` (a service's backend on another node, or
+    /// the answers of a connection another node balanced to a backend here).
+    pub const TUNNEL: u8 = 1 << 4;
 }
 
 /// [`CtEntry::state`] bits, shared by both entries of a connection.
@@ -145,11 +149,13 @@ pub struct CtEntry {
     pub route_smac: [u8; 6],
     /// [`route_flags`] of the cached route.
     pub route_flags: u8,
-    pub _pad: [u8; 3],
+    /// A connection across the overlay: the VXLAN id (24 bits, network order) and the underlay
+    /// address of the node at the tunnel's other end (see [`ct_action::TUNNEL`]); zero otherwise.
+    pub tunnel_vni: [u8; 3],
     /// TCP: the sequence number after the latest segment of this direction (its sequence number
     /// plus its length, SYN and FIN counting one). 0 before any segment of this direction.
     pub tcp_seq_next: u32,
-    pub _pad2: [u8; 4],
+    pub tunnel_underlay: [u8; 4],
 }
 
 /// [`CtEntry::route_flags`].

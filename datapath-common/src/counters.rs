@@ -125,6 +125,12 @@ counters! {
     /// Arrived through the VXLAN device for an address that is not an endpoint of this node on
     /// the VNI's network (or is not IPv4).
     DropOverlayDestination = 36, "drop_overlay_destination", drop;
+    /// A packet of a connection from outside that another node took on a published port of a
+    /// cluster service and balanced to a backend here (routing mesh), delivered to it.
+    MeshIn = 37, "mesh_in", pass;
+    /// The answer of a connection this node balanced to a backend on another node, come back
+    /// through the tunnel and sent out with the published address restored.
+    MeshOut = 38, "mesh_out", pass;
 }
 
 #[cfg(test)]
@@ -136,7 +142,7 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 37);
+        assert_eq!(Counter::COUNT, 39);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();

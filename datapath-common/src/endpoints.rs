@@ -14,7 +14,9 @@ pub struct EndpointInfo {
     pub network_id: u32,
     /// MAC address of the container's interface.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// [`endpoint_flags`].
+    pub flags: u8,
+    pub _pad: u8,
     /// Zero for an endpoint of this node; else the underlay address (network order) of the
     /// node the endpoint lives on, where its packets are tunnelled to.
     pub underlay: [u8; 4],
@@ -30,6 +32,17 @@ impl EndpointInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
+
+/// [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// An endpoint on another node that is a backend of a service of the cluster: its answers
+    /// to connections this node balanced to it are translated back here.
+    pub const SERVICE_BACKEND: u8 = 1 << 0;
+}
+
+/// Backends on this node of the cluster's services (`MESH_BACKENDS`), which other nodes balance
+/// connections from outside to.
+pub const MAX_MESH_BACKENDS: u32 = 65_536;
 
 /// Overlay networks a node holds (`OVERLAY_VNIS`: VXLAN id -> datapath network id).
 pub const MAX_OVERLAY_NETWORKS: u32 = 4096;

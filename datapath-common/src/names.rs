@@ -19,10 +19,11 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const VIPS: &str = "VIPS";
     pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
+    pub const MESH_BACKENDS: &str = "MESH_BACKENDS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
-        AFFINITY, VIPS, OVERLAY_VNIS,
+        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS,
     ];
 }
 

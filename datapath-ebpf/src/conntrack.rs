@@ -96,6 +96,14 @@ pub fn lookup(key: &CtKey) -> Option<Tracked> {
     Some(Tracked { entry, table: Table::Pending })
 }
 
+/// The entry of the other direction of `t`'s connection (in the same table).
+#[inline(always)]
+pub fn peer_of(t: Tracked) -> Option<*mut CtEntry> {
+    // SAFETY: a map value; `peer` is written once, when the connection is tracked.
+    let peer = unsafe { (*t.entry).peer };
+    t.table.get_ptr_mut(&peer)
+}
+
 /// As [`lookup`], read only.
 #[inline(always)]
 pub fn get(key: &CtKey) -> Option<&'static CtEntry> {
@@ -540,8 +548,15 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
             return Err(Counter::DropNatNoPort);
         }
         new.original.src_port = new.reply_key.dport;
-    } else if CT_PENDING.insert(&new.reply_key, &new.reply, 0).is_err() {
-        return Err(Counter::DropCtInsertFailed);
+    } else {
+        // The answers' tuple of a connection that came another way before (through another
+        // node of a cluster, say) and is over: the client reuses its tuple only then. Its
+        // established entry would shadow the new one (looked up first); it goes (the daemon's
+        // recount corrects the endpoint's share).
+        let _ = CONNTRACK.remove(&new.reply_key);
+        if CT_PENDING.insert(&new.reply_key, &new.reply, 0).is_err() {
+            return Err(Counter::DropCtInsertFailed);
+        }
     }
     new.original.peer = new.reply_key;
     new.original.state = 0;

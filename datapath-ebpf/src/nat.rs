@@ -17,7 +17,7 @@ use crate::{
         IP_SADDR_OFF, TCP_ACK, TCP_SYN, UDP_CSUM_OFF,
     },
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
-    route,
+    overlay, route,
 };
 
 /// What the packets of one direction of a connection need from its entry, copied out of the map
@@ -31,9 +31,11 @@ pub struct Translation {
     pub dst: u32,
     pub src_port: u16,
     pub dst_port: u16,
-    /// Where the packet is delivered: the container's host-side veth (0: routed) and MAC.
+    /// Where the packet is delivered: the container's host-side veth (0: routed) and MAC; with
+    /// `ct_action::TUNNEL`, the VXLAN device, and the node (host order) and VNI it goes to.
     pub ifindex: u32,
     pub mac: [u8; 6],
+    pub tunnel: overlay::Tunnel,
 }
 
 impl Translation {
@@ -47,7 +49,20 @@ impl Translation {
             dst_port: entry.dst_port,
             ifindex: entry.ifindex,
             mac: entry.mac,
+            tunnel: overlay::Tunnel { vni: overlay::vni_of(entry.tunnel_vni), remote: u32::from_be_bytes(entry.tunnel_underlay) },
         }
+    }
+}
+
+/// Makes `original` deliver through the tunnel when `server` lives on another node (a
+/// service's backend there); the answers come back from that node (`reply`'s tunnel end).
+#[inline(always)]
+fn through_tunnel_if_remote(original: &mut CtEntry, reply: &mut CtEntry, server: &EndpointInfo) {
+    if server.is_remote() {
+        original.action |= ct_action::TUNNEL;
+        original.tunnel_underlay = server.underlay;
+        original.tunnel_vni = overlay::vni_bytes(server.vni);
+        reply.tunnel_underlay = server.underlay;
     }
 }
 
@@ -174,6 +189,7 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     new.reply.mac = iface.mac;
     new.reply_key =
         CtKey { saddr: backend.addr, daddr: flow.key.saddr, sport: backend.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
+    through_tunnel_if_remote(&mut new.original, &mut new.reply, &server);
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
@@ -181,7 +197,7 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &translation, Counter::ServiceBalanced)
+    deliver_anywhere(ctx, &translation, Counter::ServiceBalanced)
 }
 
 /// A backend's packet to a container of its network: the answer of a connection that container
@@ -237,6 +253,7 @@ pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, tar
     new.reply.src = flow.key.daddr;
     new.reply.src_port = flow.key.dport;
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
+    through_tunnel_if_remote(&mut new.original, &mut new.reply, server);
 }
 
 /// Whether packets from outside may match an entry with `translation`: only the answers of a
@@ -262,7 +279,18 @@ pub fn host_owns_answer<C: EbpfContext>(ctx: &C, flow: &Flow, translation: &Tran
     translation.action == ct_action::REWRITE_DST && flow.key.proto == IPPROTO_UDP && conntrack::host_socket_owns(ctx, &flow.key, false)
 }
 
-/// Into the container of `translation`, as its gateway would send it.
+/// As [`deliver`], or through the tunnel for a container on another node (a service's backend
+/// there, or the client of a connection another node balanced here). Only where such a
+/// connection can be: each branch more costs the verifier a path through every caller.
+#[inline(always)]
+pub fn deliver_anywhere(ctx: &TcContext, t: &Translation, counter: Counter) -> i32 {
+    if t.action & ct_action::TUNNEL != 0 {
+        return overlay::send(ctx, &t.mac, t.ifindex, &t.tunnel, counter);
+    }
+    deliver(ctx, t, counter)
+}
+
+/// Into the container of `translation` (on this node), as its gateway would send it.
 #[inline(always)]
 pub fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 {
     if route::set_macs_for_container(ctx, &translation.mac).is_err() {
@@ -397,7 +425,10 @@ pub fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation>
     // The quoted packet left the host; a reply to it would be its tuple reversed.
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let translation = Translation::of(conntrack::get(&q.reversed_key())?);
-    if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || !decrement_ttl(ctx) {
+    // An error about a connection through the tunnel stays the host's: the node beyond it could
+    // not tell it from a forged one.
+    let tunnelled = translation.action & ct_action::TUNNEL != 0;
+    if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || tunnelled || !decrement_ttl(ctx) {
         return None;
     }
     // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).

@@ -1132,6 +1132,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             run: opts.run.clone(),
             connects: 100,
             endpoints: 1000,
+            services: 1000,
             markdown_out: opts.markdown_out.clone(),
         };
         let cross = crate::clusterbench::run(&cross)?;

@@ -32,6 +32,10 @@ pub struct Options {
     /// Endpoints the cluster holds while they are timed (allocated on node 2 beforehand).
     #[arg(long, default_value_t = 1000)]
     pub endpoints: usize,
+    /// Cluster services installed for the control plane (0: none): created one by one on node 1,
+    /// timed until node 2 has them all.
+    #[arg(long, default_value_t = 1000)]
+    pub services: usize,
     /// Write the results to this markdown file, between its `cross-node-results` markers.
     #[arg(long, value_name = "PATH")]
     pub markdown_out: Option<PathBuf>,
@@ -179,6 +183,9 @@ pub struct Report {
     /// datapath, sorted; and how many endpoints the cluster held meanwhile.
     pub propagation_ms: Vec<f64>,
     pub cluster_endpoints: usize,
+    /// Cluster services installed: how many, seconds until node 1 had created them all, seconds
+    /// until node 2 had them all.
+    pub services: Option<(usize, f64, f64)>,
 }
 
 fn spread(values: &[f64]) -> String {
@@ -234,6 +241,12 @@ impl Report {
                 p(0.5),
                 p(0.99),
                 self.propagation_ms.last().copied().unwrap_or(f64::NAN)
+            ));
+        }
+        if let Some((count, created, everywhere)) = self.services {
+            s.push_str(&format!(
+                "\nCluster services: {count} created one by one on node 1 (one request each, an etcd transaction each) in \
+                 {created:.2} s; all of them made on node 2 (published, tables built) {everywhere:.2} s after the first request\n"
             ));
         }
         s
@@ -322,6 +335,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     } else {
         (vec![], 0)
     };
+    let services = if opts.services > 0 { Some(install_services(&worlds[bpfnet], opts.services)?) } else { None };
     let names: Vec<&str> = worlds.iter().map(|w| w.path.name()).collect();
     drop(worlds);
     if tunnelled == 0 {
@@ -344,12 +358,54 @@ pub fn run(opts: &Options) -> Result<Report> {
                 .collect(),
         })
         .collect();
-    let report = Report { date: date_utc(), seconds: opts.run.seconds, reps: opts.run.reps, results, propagation_ms, cluster_endpoints };
+    let report =
+        Report { date: date_utc(), seconds: opts.run.seconds, reps: opts.run.reps, results, propagation_ms, cluster_endpoints, services };
     eprintln!("{}", report.markdown());
     if let Some(path) = &opts.markdown_out {
         bench::write_markdown(path, "cross-node-results", "bpfnet-lab cross-node-bench --markdown-out", &report.markdown_section())?;
     }
     Ok(report)
+}
+
+/// Creates `count` cluster services on node 1 (on the overlay network `bench`, each with one
+/// backend on node 2 and a port of its own), one request each; returns how many, the seconds the
+/// requests took, and the seconds until node 2 listed them all.
+fn install_services(w: &World, count: usize) -> Result<(usize, f64, f64)> {
+    use std::time::{Duration, Instant};
+    eprintln!("cross-node bench: creating {count} cluster services on node 1");
+    let socket = w.cluster.nodes[0].socket();
+    let client = bpfnet::client::Client::new(&socket);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for k in 0..count {
+            let req = bpfnet::api::CreateService {
+                name: format!("svc-{k}"),
+                network: "bench".into(),
+                port: format!("{}", 10_000 + k),
+                vip: None,
+                publish: None,
+                affinity: None,
+                backends: vec![format!("filler-{}", k % 100)],
+            };
+            let _: bpfnet::api::ServiceInspect = client.post("/services", &req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let created = started.elapsed().as_secs_f64();
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&w.cluster.nodes[1].bpfnet_ok(&["service", "ls", "--json"])?)?;
+        if list.as_array().map_or(0, Vec::len) >= count {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("node 2 did not have the {count} services within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let everywhere = started.elapsed().as_secs_f64();
+    eprintln!("cross-node bench: {count} services created in {created:.2} s, on node 2 after {everywhere:.2} s");
+    Ok((count, created, everywhere))
 }
 
 /// A datapath counter of node 1's daemon in `w`.

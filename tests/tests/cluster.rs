@@ -531,6 +531,248 @@ fn a_partitioned_node_rejoins_cleanly_even_after_etcd_compacted_its_watch() -> R
     Ok(())
 }
 
+/// The service `name` as node `i` lists it (`None`: not listed).
+fn service_on(c: &Cluster, i: usize, name: &str) -> Result<Option<serde_json::Value>> {
+    let list: serde_json::Value = serde_json::from_str(&c.nodes[i].bpfnet_ok(&["service", "ls", "--json"])?)?;
+    Ok(list.as_array().context("services")?.iter().find(|s| s["name"] == name).cloned())
+}
+
+/// Which replica answers a datagram from `ns`, port `from_port`, to `to` (a UDP name server).
+fn udp_replica(ns: &str, from_port: u16, to: std::net::SocketAddr) -> Result<String> {
+    bpfnet_lab::netns::within(ns, move || {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", from_port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"?", to)?;
+        let mut buf = [0u8; 256];
+        let (n, _) = socket.recv_from(&mut buf).with_context(|| format!("no answer from {to} to port {from_port}"))?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        Ok(text.split(' ').next().unwrap_or_default().to_string())
+    })
+}
+
+#[test]
+fn the_routing_mesh_answers_on_every_node_with_the_clients_address() -> Result<()> {
+    use bpfnet_lab::traffic::{spread, tcp_name_server, udp_name_server, NameClient};
+    let mut c = Cluster::new("cl-mesh", 3)?;
+    c.start_etcd_cluster()?;
+    // n3 dies at the end: its member must not lead then (see the overlay test).
+    c.move_leader_away_from(2)?;
+    for i in 0..3 {
+        c.start_daemon(i, "4s", &[])?;
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "ov", "-d", "overlay", "--subnet", "10.0.9.0/24"])?;
+    within(Duration::from_secs(5), || Ok((1..3).all(|i| c.nodes[i].bpfnet_ok(&["network", "inspect", "ov"]).is_ok())))?;
+    // Replicas: one on n1, one on n2, two on n3 (TCP and UDP name servers on port 80); a client
+    // container on n2.
+    let mut replicas = std::collections::BTreeMap::new();
+    for (i, name) in [(0, "w1"), (1, "w2"), (2, "w3"), (2, "w4")] {
+        let ns = c.nodes[i].add_netns(name)?;
+        let address = connect(&c, i, "ov", &ns, &[])?;
+        tcp_name_server(&ns, "0.0.0.0:80".parse()?, name)?;
+        udp_name_server(&ns, "0.0.0.0:80".parse()?, name)?;
+        replicas.insert(name, (i, ns, address));
+    }
+    let client = c.nodes[1].add_netns("cli")?;
+    let client_addr = connect(&c, 1, "ov", &client, &[])?;
+
+    // Created on n1, its replicas named across nodes: a namespace here, another node's
+    // container by name, one by address.
+    let (w2_name, w3_addr) = (replicas["w2"].1.clone(), replicas["w3"].2.clone());
+    let refused = c.bpfnet(0, &["service", "create", "web", "--network", "ov", "--port", "80", "--publish", "10.250.0.1:8080"])?;
+    ensure!(!refused.ok && refused.stderr.contains("every address of every node"), "{refused:?}");
+    let refused = c.bpfnet(0, &["service", "create", "web", "--network", "ov", "--port", "80", "--backend", "nobody"])?;
+    ensure!(!refused.ok && refused.stderr.contains("no endpoint of it on any node"), "{refused:?}");
+    let created = c.nodes[0].bpfnet_ok(&[
+        "service", "create", "web", "--network", "ov", "--port", "80", "--publish", "8080", "--backend", &replicas["w1"].1,
+        "--backend", &w2_name, "--backend", &w3_addr, "--backend", &format!("{}:80", replicas["w4"].2),
+    ])?;
+    ensure!(created.contains("n3"), "inspect does not name the backends' nodes: {created}");
+    // A UDP one created on n3: w1 by its container's name (another node's), w3 by namespace.
+    c.nodes[2].bpfnet_ok(&[
+        "service", "create", "dns", "--network", "ov", "--port", "80/udp", "--publish", "5353", "--backend", &replicas["w1"].1,
+        "--backend", &replicas["w3"].1,
+    ])?;
+    // Defined once: the name is the cluster's.
+    let clash = c.bpfnet(1, &["service", "create", "web", "--network", "ov", "--port", "81"])?;
+    ensure!(!clash.ok && clash.stderr.contains("exists already"), "{clash:?}");
+    // Every node has it, scope cluster, four backends.
+    within(Duration::from_secs(5), || {
+        Ok((0..3).all(|i| {
+            service_on(&c, i, "web").ok().flatten().is_some_and(|s| s["scope"] == "cluster" && s["backends"] == 4)
+        }))
+    })
+    .context("the cluster service did not reach every node with its four backends")?;
+
+    // From outside, on every node's address: spread over every replica, wherever it lives, and
+    // each replica sees the client's own address.
+    let t = Duration::from_secs(3);
+    for i in 1..=3 {
+        let to: std::net::SocketAddr = format!("10.250.0.{i}:8080").parse()?;
+        let seen = spread(c.underlay(), to, 80, t).with_context(|| format!("through n{i}"))?;
+        ensure!(seen.len() == 4 && seen.values().all(|n| *n >= 5), "through n{i}: {seen:?}");
+        for _ in 0..8 {
+            let (replica, client_seen) = NameClient::connect(c.underlay(), to, t)?.ask()?;
+            ensure!(client_seen == "10.250.0.254", "{replica} saw the client through n{i} as {client_seen}");
+        }
+    }
+    ensure!(bpfnet_lab::checks::counter(&c.nodes[2], "mesh_in") > 0 && bpfnet_lab::checks::counter(&c.nodes[0], "mesh_out") > 0);
+
+    // Every node has the same table: a flow keeps its replica whichever node it lands on. An
+    // address of all three nodes, routed to one and then another (as a load balancer in front
+    // would), datagrams from the same ports.
+    for i in 0..3 {
+        run_ok_in(&c.nodes[i].host(), &["ip", "addr", "add", "10.250.0.100/32", "dev", "up0"])?;
+    }
+    let anycast: std::net::SocketAddr = "10.250.0.100:5353".parse()?;
+    // The daemons follow their namespace's addresses every 2 s: the new one answers within that.
+    run_ok_in(c.underlay(), &["ip", "route", "replace", "10.250.0.100/32", "via", "10.250.0.3"])?;
+    within(Duration::from_secs(5), || Ok(udp_replica(c.underlay(), 39_999, anycast).is_ok()))?;
+    let mut first = Vec::new();
+    for (round, via) in ["10.250.0.1", "10.250.0.2", "10.250.0.3"].iter().enumerate() {
+        run_ok_in(c.underlay(), &["ip", "route", "replace", "10.250.0.100/32", "via", via])?;
+        for k in 0..12u16 {
+            let replica = udp_replica(c.underlay(), 40_000 + k, anycast).with_context(|| format!("via {via}"))?;
+            if round == 0 {
+                first.push(replica);
+            } else {
+                ensure!(first[k as usize] == replica, "port {}: {} via n1, {replica} via {via}", 40_000 + k, first[k as usize]);
+            }
+        }
+    }
+    ensure!(first.iter().collect::<std::collections::BTreeSet<_>>().len() == 2, "12 flows all on one replica: {first:?}");
+
+    // From a container on any node, by the VIP and by name: spread, with its own address seen.
+    let inspect: serde_json::Value = serde_json::from_str(&c.nodes[1].bpfnet_ok(&["service", "inspect", "web"])?)?;
+    let vip = inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().context("vip")?.split('/').next().unwrap_or_default().to_string();
+    let resolved = c.nodes[1].exec(&client, &["dig", "+short", "+time=1", "+tries=1", "@10.0.9.1", "web"])?.stdout;
+    ensure!(resolved.trim() == vip, "web resolved on n2 to {resolved:?}, VIP {vip}");
+    let to = std::net::SocketAddr::new(vip.parse()?, 80);
+    let seen = spread(&client, to, 40, t)?;
+    ensure!(seen.len() >= 3, "through the VIP from n2: {seen:?}");
+    for _ in 0..6 {
+        let (replica, client_seen) = NameClient::connect(&client, to, t)?.ask()?;
+        ensure!(client_seen == client_addr, "{replica} saw the container as {client_seen}");
+    }
+
+    // A replica removed on one node leaves every node's table.
+    c.nodes[1].bpfnet_ok(&["service", "rm-backend", "web", &w3_addr])?;
+    within(Duration::from_secs(5), || Ok((0..3).all(|i| service_on(&c, i, "web").ok().flatten().is_some_and(|s| s["backends"] == 3))))?;
+    let seen = spread(c.underlay(), "10.250.0.1:8080".parse()?, 40, t)?;
+    ensure!(!seen.contains_key("w3") && seen.len() == 3, "after rm-backend: {seen:?}");
+
+    // A node that dies takes its replicas out of every table within the lease's TTL + 2 s.
+    c.kill_node(2)?;
+    let took = within(Duration::from_secs(6), || Ok(service_on(&c, 0, "web")?.is_some_and(|s| s["backends"] == 2)))
+        .context("n3's replica still in n1's table")?;
+    eprintln!("a dead node's replicas left the routing mesh after {took:?} (lease TTL 4 s)");
+    for i in 1..=2 {
+        let seen = spread(c.underlay(), format!("10.250.0.{i}:8080").parse()?, 30, t)?;
+        ensure!(seen.keys().map(String::as_str).collect::<Vec<_>>() == ["w1", "w2"], "through n{i} after n3 died: {seen:?}");
+    }
+
+    // Removed on any node: gone from all, the port closed.
+    c.nodes[1].bpfnet_ok(&["service", "rm", "web"])?;
+    within(Duration::from_secs(5), || Ok(service_on(&c, 0, "web")?.is_none()))?;
+    ensure!(NameClient::connect(c.underlay(), "10.250.0.1:8080".parse()?, Duration::from_secs(1)).is_err(), "port 8080 still answers");
+    Ok(())
+}
+
+#[test]
+fn docker_and_podman_on_two_nodes_put_containers_on_an_overlay_network() -> Result<()> {
+    use bpfnet_lab::engines::{docker_installed, podman_installed, Docker, Podman, BUSYBOX_IMAGE};
+    ensure!(docker_installed() && podman_installed(), "dockerd or podman is missing: `cargo xtask setup` installs them");
+    let mut c = Cluster::new("cl-docker", 2)?;
+    c.start_etcd_cluster()?;
+    let mut dockers = Vec::new();
+    for i in 0..2 {
+        let plugin = Docker::plugin_arg(&c.nodes[i]);
+        c.start_daemon(i, "4s", &[&plugin])?;
+        let docker = Docker::start(&c.nodes[i])?;
+        docker.import_busybox()?;
+        dockers.push(docker);
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "ov", "-d", "overlay", "--subnet", "10.0.9.0/24"])?;
+    within(Duration::from_secs(5), || Ok(c.nodes[1].bpfnet_ok(&["network", "inspect", "ov"]).is_ok()))?;
+
+    // Docker's own IPAM knows one node only: refused, saying what to do instead.
+    let refused = dockers[0].run(&["network", "create", "-d", "bpfnet", "--subnet", "10.0.9.0/24", "-o", "bpfnet.overlay=ov", "ovd"])?;
+    ensure!(!refused.ok && refused.stderr.contains("--ipam-driver bpfnet --subnet 10.0.9.0/24"), "{}", refused.stderr);
+    let refused = dockers[0].run(&[
+        "network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.0.9.0/24", "-o", "bpfnet.overlay=ov", "-o",
+        "icc=false", "ovd",
+    ])?;
+    ensure!(!refused.ok && refused.stderr.contains("has its own options"), "{}", refused.stderr);
+    // On each node, a Docker network that stands for the overlay network there.
+    for docker in &dockers {
+        docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.0.9.0/24", "-o", "bpfnet.overlay=ov", "ovd"])?;
+    }
+    let networks: serde_json::Value = serde_json::from_str(&c.nodes[0].bpfnet_ok(&["network", "ls", "--json"])?)?;
+    ensure!(networks.as_array().map(Vec::len) == Some(1), "a Docker network of its own was made: {networks}");
+
+    // Two containers per node, started on both nodes at once: four distinct addresses.
+    let run = |i: usize, name: &str| -> Result<()> {
+        dockers[i].ok(&["run", "-d", "--name", name, "--network", "ovd", BUSYBOX_IMAGE, "sleep", "600"])?;
+        Ok(())
+    };
+    std::thread::scope(|s| -> Result<()> {
+        let a = s.spawn(|| run(0, "c1").and_then(|()| run(0, "c3")));
+        let b = s.spawn(|| run(1, "c2").and_then(|()| run(1, "c4")));
+        a.join().map_err(|_| anyhow::anyhow!("n1's docker run panicked"))??;
+        b.join().map_err(|_| anyhow::anyhow!("n2's docker run panicked"))??;
+        Ok(())
+    })?;
+    let address = |i: usize, name: &str| -> Result<String> {
+        dockers[i].ok(&["inspect", "-f", "{{.NetworkSettings.Networks.ovd.IPAddress}}", name])
+    };
+    let addrs = [address(0, "c1")?, address(1, "c2")?, address(0, "c3")?, address(1, "c4")?];
+    let distinct: std::collections::BTreeSet<&String> = addrs.iter().collect();
+    ensure!(distinct.len() == 4 && addrs.iter().all(|a| a.starts_with("10.0.9.")), "addresses {addrs:?}");
+
+    // Across nodes, both ways; and a container of bpfnet's own CLI reaches Docker's.
+    let pings = |i: usize, from: &str, to: &str| -> Result<bool> { Ok(dockers[i].run(&["exec", from, "ping", "-c", "1", "-W", "1", to])?.ok) };
+    within(Duration::from_secs(5), || pings(0, "c1", &addrs[1]))?;
+    ensure!(pings(1, "c2", &addrs[0])? && pings(1, "c4", &addrs[2])?, "Docker's containers do not reach across nodes");
+    let x2 = c.nodes[1].add_netns("x2")?;
+    connect(&c, 1, "ov", &x2, &[])?;
+    within(Duration::from_secs(5), || Ok(c.nodes[1].ping(&x2, &addrs[0])?))?;
+    let claims = |i: usize| -> Result<u64> {
+        let list = nodes(&c, 0)?;
+        let node = list["nodes"].as_array().context("nodes")?.iter().find(|n| n["name"] == format!("n{}", i + 1)).cloned();
+        node.and_then(|n| n["endpoints"].as_u64()).context("endpoints")
+    };
+    ensure!(claims(0)? == 2 && claims(1)? == 3, "claims n1 {} n2 {}", claims(0)?, claims(1)?);
+
+    // CNI too: Podman on both nodes, its conflist naming the overlay network.
+    let mut podmans = Vec::new();
+    for i in 0..2 {
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": "ov", "plugins": [{
+            "type": "bpfnet", "network": "ov", "socket": c.nodes[i].socket().display().to_string()}]});
+        let podman = Podman::new(&c.nodes[i], &[("ov", conflist)])?;
+        podman.import_busybox()?;
+        podman.run_detached(&format!("p{}", i + 1), &["--network", "ov", BUSYBOX_IMAGE, "sleep", "600"])?;
+        podmans.push(podman);
+    }
+    let podman_ip = |i: usize| -> Result<String> {
+        podmans[i].ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &format!("p{}", i + 1)])
+    };
+    let (p1, p2) = (podman_ip(0)?, podman_ip(1)?);
+    ensure!(p1 != p2 && !addrs.contains(&p1) && !addrs.contains(&p2), "Podman's addresses {p1} {p2}, Docker's {addrs:?}");
+    within(Duration::from_secs(5), || Ok(podmans[0].run(&["exec", "p1", "ping", "-c", "1", "-W", "1", &p2])?.ok))
+        .context("Podman's container on n1 does not reach n2's")?;
+    ensure!(podmans[1].run(&["exec", "p2", "ping", "-c", "1", "-W", "1", &addrs[0]])?.ok, "Podman on n2 does not reach Docker on n1");
+    drop(podmans);
+
+    // A container removed gives its address back to the cluster; the Docker network removed on
+    // one node leaves the overlay network alone.
+    dockers[0].ok(&["rm", "-f", "c3"])?;
+    within(Duration::from_secs(5), || Ok(claims(0)? == 1))?;
+    dockers[1].ok(&["rm", "-f", "c2", "c4"])?;
+    dockers[1].ok(&["network", "rm", "ovd"])?;
+    c.nodes[1].bpfnet_ok(&["network", "inspect", "ov"])?;
+    ensure!(c.nodes[1].ping(&x2, &addrs[0])?, "the overlay network broke when a node's Docker network went");
+    Ok(())
+}
+
 /// `ip netns exec NS ARGS` that must succeed.
 fn run_ok_in(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["netns", "exec", ns];

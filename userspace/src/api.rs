@@ -358,6 +358,9 @@ pub struct ServiceSummary {
     pub backends: usize,
     pub draining: usize,
     pub affinity: Option<String>,
+    /// `local` (this node's), or `cluster` (on every node: the routing mesh), as Docker's SCOPE.
+    #[serde(default)]
+    pub scope: String,
 }
 
 /// `service inspect`, shaped like `docker service inspect` (with the backends bpfnet spreads over).
@@ -430,6 +433,9 @@ pub struct BackendView {
     pub address: String,
     /// `active` (takes new connections) or `draining`.
     pub state: String,
+    /// The node it lives on, for a cluster service's backend on another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What a batch of service creations took.

@@ -333,6 +333,7 @@ mod tests {
             allocations: vec![],
             connecting: vec![],
             pools: vec![],
+            docker_overlays: Default::default(),
             services: Default::default(),
             remote_endpoints: vec![],
         }

@@ -203,6 +203,10 @@ pub struct State {
     /// before Docker creates the network on them, with the addresses Docker took.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Docker networks (by Docker's id) that stand for an overlay network of the cluster (by
+    /// bpfnet's id) on this node: `docker network create -d bpfnet -o bpfnet.overlay=NAME`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub docker_overlays: std::collections::BTreeMap<String, String>,
     /// Services by name, stored apart (see [`ServiceStore`]). A persistent map: publishing the
     /// state after a change shares it with the published copy instead of copying 10,000 entries.
     #[serde(skip)]
@@ -250,6 +254,10 @@ pub struct Service {
     /// Index in the datapath's `SERVICES` (from 1); its Maglev table is the `datapath_id - 1`th.
     pub datapath_id: u32,
     pub created: String,
+    /// A service of the cluster (routing mesh): defined in etcd, made here from it, its backends
+    /// on any node (see `daemon::mesh`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -264,6 +272,9 @@ pub struct Backend {
     /// `rm-backend --drain`: no new connections; removed once its connections have ended.
     #[serde(default)]
     pub draining: bool,
+    /// The node it lives on, for a backend of a cluster service on another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Backend {
@@ -558,6 +569,7 @@ mod tests {
             allocations: vec![],
             connecting: vec![],
             pools: vec![],
+            docker_overlays: Default::default(),
             services: Services::new(),
             remote_endpoints: vec![],
         }
@@ -615,10 +627,12 @@ mod tests {
                     port: 80,
                     datapath_id: i as u32 + 1,
                     draining: false,
+                    node: None,
                 })
                 .collect(),
             datapath_id: 1,
             created: String::new(),
+            cluster: false,
         }
     }
 

@@ -39,12 +39,12 @@ fn datapath_traced(flags: u32, trace: bool) -> Datapath {
     .unwrap();
     dp.set_endpoint(
         IpAddr::from(PEER_IP),
-        EndpointInfo { host_ifindex: PEER_HOST_IFINDEX, network_id: 1, mac: PEER_MAC, _pad: [0; 2], ..Default::default() },
+        EndpointInfo { host_ifindex: PEER_HOST_IFINDEX, network_id: 1, mac: PEER_MAC, ..Default::default() },
     )
     .unwrap();
     dp.set_endpoint(
         IpAddr::from(OTHER_NET_IP),
-        EndpointInfo { host_ifindex: 43, network_id: 2, mac: OTHER_NET_MAC, _pad: [0; 2], ..Default::default() },
+        EndpointInfo { host_ifindex: 43, network_id: 2, mac: OTHER_NET_MAC, ..Default::default() },
     )
     .unwrap();
     dp

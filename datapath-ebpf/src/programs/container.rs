@@ -3,7 +3,7 @@
 //! network here; a destination beyond the network (the gateway, a VIP, a published port through
 //! a host address, the outside) by connection tracking and NAT (`nat`, `conntrack`, `lb`,
 //! `route`), or the host's.
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use datapath_common::{
     conntrack::IPPROTO_ICMP,
     ct_action, iface_flags, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey,
@@ -13,13 +13,13 @@ use crate::{
     arp,
     checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
-    counters::{count, drop_packet, to_host},
+    counters::{drop_packet, to_host},
     guard,
-    headers::{ptr_at, write_mac, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ICMP_ECHO_REQUEST},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ICMP_ECHO_REQUEST},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     overlay,
-    nat::{self, apply, deliver, hairpin, icmp_error_from_container, published_target, send_out, via_vip, Translation},
+    nat::{self, apply, deliver_anywhere, hairpin, icmp_error_from_container, published_target, send_out, via_vip, Translation},
     reject, route,
 };
 
@@ -79,7 +79,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     }
 
     if dest.is_remote() {
-        return to_other_node(ctx, eth, dest, iface);
+        return to_other_node(ctx, dest);
     }
 
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
@@ -90,18 +90,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 /// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key
 /// of the endpoint's node and network.
 #[inline(always)]
-fn to_other_node(ctx: &TcContext, eth: *mut EthHdr, dest: &EndpointInfo, iface: &IfaceInfo) -> i32 {
-    // SAFETY: bounds-checked by `ptr_at` (by the caller).
-    unsafe {
-        write_mac(&raw mut (*eth).dst, &dest.mac);
-        write_mac(&raw mut (*eth).src, &iface.mac);
-    }
-    if !overlay::set_tunnel(ctx.skb.skb, overlay::underlay_of(dest), dest.vni) {
-        return drop_packet(ctx, Counter::DropRedirectFailed);
-    }
-    count(ctx, Counter::ToOverlay);
-    // SAFETY: helper call with plain integer arguments; `host_ifindex` is the VXLAN device.
-    unsafe { bpf_redirect(dest.host_ifindex, 0) as i32 }
+fn to_other_node(ctx: &TcContext, dest: &EndpointInfo) -> i32 {
+    let tunnel = overlay::Tunnel { vni: dest.vni, remote: overlay::underlay_of(dest) };
+    overlay::send(ctx, &dest.mac, dest.host_ifindex, &tunnel, Counter::ToOverlay)
 }
 
 /// Where a container's packet that is not for a container of its network is going.
@@ -153,7 +144,7 @@ fn beyond_network(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destin
                 return drop_packet(ctx, Counter::DropMalformed);
             }
             let counter = if translation.action & ct_action::SERVICE != 0 { Counter::ViaVip } else { Counter::Hairpin };
-            return deliver(ctx, &translation, counter);
+            return deliver_anywhere(ctx, &translation, counter);
         }
         if dest == Destination::Internal {
             return drop_packet(ctx, Counter::DropInternal);

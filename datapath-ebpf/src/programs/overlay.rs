@@ -1,17 +1,30 @@
-//! The `from_overlay` program (TC ingress of the node's VXLAN device): packets that endpoints on
-//! other nodes send to endpoints here. Accepted only when everything agrees with what etcd says:
-//! the VNI is an overlay network of this node, the inner source is an endpoint of that network
-//! on the node that sent the packet (the outer source), the inner destination an endpoint of that
-//! network here; `icc=false` holds as on one host. Then delivered like a packet between two
-//! local containers, straight into the receiver's namespace.
+//! The `from_overlay` program (TC ingress of the node's VXLAN device): what other nodes send to
+//! this one. Accepted only when everything agrees with what etcd says, the VNI being an overlay
+//! network of this node in every case:
+//! - between endpoints: the inner source is an endpoint of that network on the node that sent
+//!   the packet (the outer source), the inner destination an endpoint of that network here;
+//!   `icc=false` holds as on one host. Delivered like a packet between two local containers,
+//!   straight into the receiver's namespace (the answer of a connection made through a service
+//!   VIP to a backend there has the VIP restored first);
+//! - routing mesh, from a client outside the cluster to a backend here of a cluster service, that
+//!   the sending node took on its published port and balanced here: only to a backend address
+//!   and port in `MESH_BACKENDS`, the connection tracked with the node it came through, so that
+//!   the backend's answers go back through it (the backend sees the client's own address);
+//! - the answers of such a connection this node balanced to a backend there: sent out to the
+//!   client with this node's published address and port restored.
 use aya_ebpf::programs::TcContext;
-use datapath_common::{iface_flags, Counter, IpKey, GATEWAY_MAC};
+use datapath_common::{
+    ct_action, endpoint_flags, iface_flags, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC,
+};
 
 use crate::{
+    checksum::decrement_ttl,
+    conntrack::{self, now_ns, observe, Flow, Port},
     counters::drop_packet,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, TCP_ACK, TCP_SYN},
     maps::{ENDPOINTS, IFACES},
-    overlay::{network_of, tunnel_of, underlay_of},
+    nat::{self, Translation},
+    overlay::{self, network_of, tunnel_of, underlay_of, Tunnel},
     route,
 };
 
@@ -36,18 +49,33 @@ pub fn from_overlay(ctx: &TcContext) -> i32 {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let sender = unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(saddr)) };
-    let genuine = sender.is_some_and(|s| s.is_remote() && s.network_id == network_id && underlay_of(s) == tunnel.remote);
+    // SAFETY: read-only lookups of plain-old-data values, copied out.
+    let dest = unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(daddr)) }.copied();
+    let Some(sender) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(saddr)) }).copied() else {
+        // Not an endpoint: only a mesh connection from outside, to a backend here.
+        return match dest {
+            Some(dest) if !dest.is_remote() && dest.network_id == network_id => mesh_in(ctx, &tunnel, &dest),
+            _ => drop_packet(ctx, Counter::DropOverlaySpoofed),
+        };
+    };
+    let genuine = sender.is_remote() && sender.network_id == network_id && underlay_of(&sender) == tunnel.remote;
     if !genuine {
         return drop_packet(ctx, Counter::DropOverlaySpoofed);
     }
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(daddr)) }) else {
+    let Some(dest) = dest else {
+        // Beyond the network: the answer of a connection this node balanced to that backend.
+        if sender.flags & endpoint_flags::SERVICE_BACKEND != 0 {
+            return mesh_out(ctx, &tunnel);
+        }
         return drop_packet(ctx, Counter::DropOverlayDestination);
     };
     if dest.is_remote() || dest.network_id != network_id {
         return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    if sender.flags & endpoint_flags::SERVICE_BACKEND != 0 {
+        if let Some(verdict) = nat::answer_via_vip(ctx) {
+            return verdict;
+        }
     }
     // SAFETY: read-only lookup of a plain-old-data value.
     let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);
@@ -55,4 +83,99 @@ pub fn from_overlay(ctx: &TcContext) -> i32 {
         return drop_packet(ctx, Counter::DropIcc);
     }
     route::into_container(ctx, eth, &dest.mac, &GATEWAY_MAC, dest.host_ifindex, Counter::FromOverlay)
+}
+
+/// A packet from a client outside the cluster to `dest`, a backend here, through the node that
+/// balanced it: a packet of a connection that node started here, or the first packet of a new
+/// one to a backend port of a cluster service. Delivered untranslated (the backend sees the
+/// client); the answers are tracked to go back through the same node.
+#[inline(always)]
+fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
+    let Some(flow) = conntrack::parse(ctx) else { return drop_packet(ctx, Counter::DropMalformed) };
+    let len = ctx.len();
+    let came_by = tunnel.remote.to_be_bytes();
+    let backend = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
+    let starts = first_of_connection(&flow) && overlay::is_mesh_backend(&backend);
+    if let Some(tracked) = conntrack::lookup(&flow.key) {
+        // SAFETY: a map value, read before any packet helper runs.
+        let entry = unsafe { &mut *tracked.entry };
+        let rewrites = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | ct_action::TUNNEL;
+        if entry.ifindex != dest.host_ifindex || entry.action & rewrites != 0 {
+            return drop_packet(ctx, Counter::DropOverlaySpoofed);
+        }
+        if entry.tunnel_underlay != came_by {
+            // Another node balanced the same tuple here: the client's traffic moved to it (a
+            // datagram, or a new connection on a reused port). Its answers go back that way.
+            if !starts {
+                return drop_packet(ctx, Counter::DropOverlaySpoofed);
+            }
+            let Some(reply) = conntrack::peer_of(tracked) else { return drop_packet(ctx, Counter::DropOverlaySpoofed) };
+            // SAFETY: a map value; a concurrent packet of the same flow writes the same.
+            unsafe {
+                (*reply).tunnel_underlay = came_by;
+                (*reply).tunnel_vni = overlay::vni_bytes(tunnel.vni);
+            }
+            entry.tunnel_underlay = came_by;
+        }
+        observe(tracked, &flow, len, now_ns());
+        return nat::deliver(ctx, &Translation::of(entry), Counter::MeshIn);
+    }
+    if !starts {
+        return drop_packet(ctx, Counter::DropOverlaySpoofed);
+    }
+    let Some(new) = conntrack::new_connection() else { return drop_packet(ctx, Counter::DropCtInsertFailed) };
+    new.original.action = ct_action::SERVICE;
+    new.original.ifindex = dest.host_ifindex;
+    new.original.mac = dest.mac;
+    new.original.tunnel_underlay = came_by;
+    new.reply.action = ct_action::SERVICE | ct_action::TUNNEL;
+    // SAFETY: `skb` points at the program's context for the whole run.
+    new.reply.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    new.reply.mac = GATEWAY_MAC;
+    new.reply.tunnel_underlay = came_by;
+    new.reply.tunnel_vni = overlay::vni_bytes(tunnel.vni);
+    new.reply_key = flow.key.reversed();
+    if let Err(reason) = conntrack::track(ctx, &flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    nat::deliver(ctx, &Translation::of(&new.original), Counter::MeshIn)
+}
+
+/// Only the first packet of a connection starts one: for TCP, a SYN without ACK; UDP's first
+/// datagram (not a later fragment).
+#[inline(always)]
+fn first_of_connection(flow: &Flow) -> bool {
+    match flow.key.proto {
+        datapath_common::conntrack::IPPROTO_TCP => !flow.later_fragment && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        datapath_common::conntrack::IPPROTO_UDP => !flow.later_fragment,
+        _ => false,
+    }
+}
+
+/// A backend's answer, through the tunnel, to a client outside that this node balanced to it:
+/// the published address and port restored, routed out as any answer of a published port.
+#[inline(always)]
+fn mesh_out(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
+    let Some(flow) = conntrack::parse(ctx) else { return drop_packet(ctx, Counter::DropMalformed) };
+    let Some(tracked) = conntrack::lookup(&flow.key) else { return drop_packet(ctx, Counter::DropOverlayDestination) };
+    // SAFETY: a map value, read before any packet helper runs.
+    let entry = unsafe { &*tracked.entry };
+    let translation = Translation::of(entry);
+    let answer = ct_action::REWRITE_SRC | ct_action::SERVICE;
+    if translation.action != answer || translation.ifindex != 0 || entry.tunnel_underlay != tunnel.remote.to_be_bytes() {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    let now = now_ns();
+    // Never the host's to forward untranslated: what cannot leave here is dropped.
+    let Some(route) = route::cached_lookup(ctx, &flow, tracked.entry, now) else {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    };
+    if !route::fits(ctx, &route) || !decrement_ttl(ctx) {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    observe(tracked, &flow, ctx.len(), now);
+    if nat::apply(ctx, &flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    nat::leave(ctx, &route, Counter::MeshOut)
 }

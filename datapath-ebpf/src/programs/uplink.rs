@@ -14,7 +14,7 @@ use crate::{
     headers::{ETH_P_IP, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
-    nat::{apply, deliver, from_outside, host_owns_answer, published_connection, published_target, translate_icmp_error, Translation},
+    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_connection, published_target, translate_icmp_error, Translation},
     reject,
 };
 
@@ -63,7 +63,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     if apply(ctx, &flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &translation, Counter::NatIn)
+    deliver_anywhere(ctx, &translation, Counter::NatIn)
 }
 
 /// A new connection from outside to a published port: to the container, keeping the client's
@@ -84,7 +84,7 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u
     if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
+    deliver_anywhere(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 /// A packet from an uplink that nothing translates: the host's, unless [`guard::uplink_refusal`]

@@ -32,6 +32,9 @@ pub enum ServiceCommand {
         affinity: Option<String>,
         /// NETNS[:PORT] of a replica (repeatable): a namespace connected to the network; PORT
         /// defaults to the service port. A service with no backend refuses connections.
+        /// On an overlay network (a cluster service, published on every node: the routing
+        /// mesh) a replica may also be NAME[:PORT] or ADDRESS[:PORT] of an endpoint of the
+        /// network on any node.
         #[arg(long = "backend", value_name = "NETNS[:PORT]")]
         backends: Vec<String>,
         /// Print the service as JSON.
@@ -99,8 +102,12 @@ fn print_service(s: &api::ServiceInspect) {
         println!("  published {ip}:{p}");
     }
     println!("  affinity  {}", s.spec.affinity);
-    let rows: Vec<Vec<String>> = s.backends.iter().map(|b| vec![b.name.clone(), b.address.clone(), b.state.clone()]).collect();
-    print_table(&["BACKEND", "ADDRESS", "STATE"], &rows);
+    let rows: Vec<Vec<String>> = s
+        .backends
+        .iter()
+        .map(|b| vec![b.name.clone(), b.address.clone(), b.node.clone().unwrap_or_else(|| "(this node)".into()), b.state.clone()])
+        .collect();
+    print_table(&["BACKEND", "ADDRESS", "NODE", "STATE"], &rows);
 }
 
 pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
@@ -153,10 +160,11 @@ pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
                         s.published.clone().unwrap_or_else(|| "-".into()),
                         backends,
                         s.affinity.clone().unwrap_or_else(|| "-".into()),
+                        s.scope.clone(),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "NETWORK", "VIP", "PUBLISHED", "BACKENDS", "AFFINITY"], &rows);
+            print_table(&["NAME", "NETWORK", "VIP", "PUBLISHED", "BACKENDS", "AFFINITY", "SCOPE"], &rows);
         }
         ServiceCommand::Inspect { names } => inspect_each::<api::ServiceInspect>(client, "services", &names).await?,
         ServiceCommand::Rm { names } => remove_each(client, "services", &names).await?,

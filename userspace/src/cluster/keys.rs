@@ -8,6 +8,8 @@
 //! | `networks/NAME` | `NetworkRecord`: an overlay network | none |
 //! | `networks-epoch` | empty; changed with every network change (creations compare it) | none |
 //! | `endpoints/NETWORK_ID/ADDRESS` | `EndpointRecord`: the address's claim by a node's endpoint | the node's |
+//! | `endpoints/NETWORK_ID/VIP` | `EndpointRecord` with `service` set: a cluster service's VIP | none |
+//! | `services/NAME` | `ServiceRecord`: a service of the cluster (routing mesh) | none |
 use serde::{Deserialize, Serialize};
 
 pub const ROOT: &str = "/bpfnet/v1/";
@@ -41,6 +43,13 @@ pub fn network_endpoints(network_id: &str) -> String {
 }
 pub fn endpoint(network_id: &str, address: std::net::IpAddr) -> String {
     format!("{ROOT}endpoints/{network_id}/{address}")
+}
+
+pub fn services() -> String {
+    format!("{ROOT}services/")
+}
+pub fn service(name: &str) -> String {
+    format!("{ROOT}services/{name}")
 }
 
 /// The last path segment of `key` under `prefix`.

@@ -15,6 +15,7 @@ mod etcd;
 mod keys;
 mod membership;
 mod overlay;
+mod services;
 
 use std::{net::IpAddr, time::Duration};
 

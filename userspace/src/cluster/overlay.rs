@@ -15,7 +15,7 @@ use super::{
     etcd::{encode, gets, records},
     keys, Membership,
 };
-use crate::store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedResult, SharedStore};
+use crate::store::shared::{BackendRecord, ClusterView, EndpointRecord, NetworkRecord, ServiceRecord, SharedError, SharedResult, SharedStore};
 
 /// The first VNI handed out (Docker's overlay driver starts at 4096 too); each network takes the
 /// next above the highest in use.
@@ -99,6 +99,13 @@ impl Membership {
         let holders: Vec<EndpointRecord> = found.first().map(|g| records(g.kvs())).unwrap_or_default();
         if !holders.is_empty() {
             let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+            let services: Vec<&str> = holders.iter().filter(|e| e.service).map(|e| e.container_name.as_str()).collect();
+            if !services.is_empty() {
+                return Err(SharedError::Conflict(format!(
+                    "network {name:?} has cluster services: {}; remove them first",
+                    services.join(", ")
+                )));
+            }
             for e in &holders {
                 *per_node.entry(e.node.as_str()).or_default() += 1;
             }
@@ -132,11 +139,15 @@ impl Membership {
         let found = gets(&done);
         let holder: Option<EndpointRecord> = found.first().and_then(|g| records(g.kvs()).into_iter().next());
         match holder {
-            // This endpoint's own claim (made before a restart): renewed under the current lease.
-            Some(h) if h.id == record.id && h.node == record.node => {
+            // This endpoint's own claim (made before a restart), or the address this node reserved
+            // for it: renewed under the current lease, as the endpoint's.
+            Some(h) if (h.id == record.id || h.is_reservation()) && h.node == record.node => {
                 let put = TxnOp::put(key, encode(&record), Some(PutOptions::new().with_lease(lease)));
                 self.txn(Txn::new().and_then([put])).await?;
                 Ok(())
+            }
+            Some(h) if h.service => {
+                Err(SharedError::Conflict(format!("address {} is the VIP of cluster service {}", record.address, h.container_name)))
             }
             Some(h) => Err(SharedError::Conflict(format!(
                 "address {} is in use on node {} ({})",
@@ -165,6 +176,7 @@ impl Membership {
             .txn(Txn::new().and_then([
                 TxnOp::get(keys::networks(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(keys::endpoints(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(keys::services(), Some(GetOptions::new().with_prefix())),
             ]))
             .await?;
         let revision = read.header().map(|h| h.revision()).unwrap_or(0);
@@ -229,7 +241,7 @@ impl Membership {
                         for event in response.events() {
                             let Some(kv) = event.kv() else { continue };
                             let key = String::from_utf8_lossy(kv.key()).into_owned();
-                            if !key.starts_with(&keys::networks()) && !key.starts_with(&keys::endpoints()) {
+                            if !viewed(&key) {
                                 continue;
                             }
                             changed = true;
@@ -259,6 +271,11 @@ impl Membership {
     }
 }
 
+/// Whether a key is part of what [`ClusterView`] shows.
+fn viewed(key: &str) -> bool {
+    [keys::networks(), keys::endpoints(), keys::services()].iter().any(|prefix| key.starts_with(prefix))
+}
+
 fn view_of(all: &BTreeMap<String, Vec<u8>>, revision: i64) -> ClusterView {
     let mut view = ClusterView { revision, ..Default::default() };
     for (key, value) in all {
@@ -267,8 +284,15 @@ fn view_of(all: &BTreeMap<String, Vec<u8>>, revision: i64) -> ClusterView {
                 view.networks.push(n);
             }
         } else if key.starts_with(&keys::endpoints()) {
-            if let Ok(e) = serde_json::from_slice(value) {
-                view.endpoints.push(e);
+            // A service's VIP is no endpoint: it comes with its service.
+            if let Ok(e) = serde_json::from_slice::<EndpointRecord>(value) {
+                if !e.service {
+                    view.endpoints.push(e);
+                }
+            }
+        } else if key.starts_with(&keys::services()) {
+            if let Ok(s) = serde_json::from_slice(value) {
+                view.services.push(s);
             }
         }
     }
@@ -296,5 +320,19 @@ impl SharedStore for Membership {
     }
     fn release(&self, network_id: String, address: IpAddr, endpoint_id: String) -> BoxFuture<'_, SharedResult<()>> {
         Box::pin(self.release_record(network_id, address, endpoint_id))
+    }
+    fn create_service(&self, service: ServiceRecord) -> BoxFuture<'_, SharedResult<i64>> {
+        Box::pin(self.create_service_record(service))
+    }
+    fn remove_service(&self, name: String) -> BoxFuture<'_, SharedResult<i64>> {
+        Box::pin(self.remove_service_record(name))
+    }
+    fn change_backends(
+        &self,
+        name: String,
+        add: Vec<BackendRecord>,
+        remove: Vec<BackendRecord>,
+    ) -> BoxFuture<'_, SharedResult<(ServiceRecord, i64)>> {
+        Box::pin(self.change_backends_record(name, add, remove))
     }
 }

@@ -11,6 +11,7 @@
 mod drivers;
 mod endpoints;
 mod engine;
+mod mesh;
 mod error;
 mod networks;
 mod overlay;

@@ -11,13 +11,13 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use datapath_common::{EndpointInfo, IpKey};
+use datapath_common::{endpoint_flags, EndpointInfo, IpKey};
 
 use super::{Daemon, DaemonResult, Error};
 use crate::{
     ipam,
     state::{Allocation, Driver, Network, RemoteEndpoint},
-    store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedStore},
+    store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedStore, RESERVATION_PREFIX},
 };
 
 /// The node's VXLAN device (external mode: one for every overlay network).
@@ -31,15 +31,15 @@ const CLAIM_TRIES: usize = 256;
 
 /// This node's side of the cluster's overlay networks.
 pub(super) struct OverlayNode {
-    store: Arc<dyn SharedStore>,
+    pub(super) store: Arc<dyn SharedStore>,
     vxlan_ifindex: u32,
     /// Endpoints' MTU on overlay networks.
     mtu: u32,
     /// The cluster as last read.
-    view: Option<ClusterView>,
-    /// Overlay networks this node cannot take (a local network has the name or the subnet),
-    /// reported once each.
-    refused: BTreeSet<String>,
+    pub(super) view: Option<ClusterView>,
+    /// Overlay networks and cluster services this node cannot take (a local network or service
+    /// has the name, the subnet or the port), reported once each (by id).
+    pub(super) refused: BTreeSet<String>,
     /// The store's revision of this node's last own change of a network: an older view does not
     /// show it yet (it would undo a creation or bring back a removal) and is passed over.
     own_revision: i64,
@@ -89,7 +89,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn overlay(&self) -> DaemonResult<&OverlayNode> {
+    pub(super) fn overlay(&self) -> DaemonResult<&OverlayNode> {
         self.overlay.as_ref().ok_or_else(|| {
             Error::invalid("overlay networks need a cluster: start the daemon with --cluster ETCD_URL[,...] --node NAME")
         })
@@ -122,7 +122,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn note_own_revision(&mut self, revision: i64) {
+    pub(super) fn note_own_revision(&mut self, revision: i64) {
         if let Some(overlay) = self.overlay.as_mut() {
             overlay.own_revision = overlay.own_revision.max(revision);
         }
@@ -149,6 +149,120 @@ impl Daemon {
         Err(Error::conflict(format!("no free address could be claimed on overlay network {:?}: other nodes took them first", net.name)))
     }
 
+    /// The addresses of overlay network `network_id` that other nodes' endpoints and the
+    /// cluster's services hold.
+    pub(super) fn cluster_held(&self, network_id: &str) -> Vec<IpAddr> {
+        let Some(view) = self.overlay.as_ref().and_then(|o| o.view.as_ref()) else { return vec![] };
+        let node = self.overlay.as_ref().map(|o| o.store.node()).unwrap_or_default();
+        let endpoints = view.endpoints.iter().filter(|e| e.network_id == network_id && e.node != node).map(|e| e.address);
+        endpoints.chain(view.services.iter().filter(|s| s.network_id == network_id).map(|s| s.vip)).collect()
+    }
+
+    /// Makes Docker's network `docker_id` stand for overlay network `overlay` on this node:
+    /// Docker's pool must be the overlay network's own subnet, given out by bpfnet's IPAM (the
+    /// cluster's addresses are claimed in etcd; Docker's own IPAM knows only this node).
+    pub fn bind_docker_overlay(&mut self, docker_id: &str, overlay: &str, pool: &str, gateway: Option<&str>, from_bpfnet_ipam: bool) -> DaemonResult<()> {
+        let net = self.network(overlay)?.clone();
+        if !net.driver.is_overlay() {
+            return Err(Error::invalid(format!("network {overlay:?} is not an overlay network (bpfnet.overlay names one of the cluster's)")));
+        }
+        if pool != net.subnet.to_string() || !from_bpfnet_ipam {
+            return Err(Error::invalid(format!(
+                "a Docker network for overlay network {overlay:?} takes its addresses from the cluster: create it with \
+                 --ipam-driver bpfnet --subnet {}",
+                net.subnet
+            )));
+        }
+        if let Some(gw) = gateway {
+            if gw != net.gateway.to_string() {
+                return Err(Error::invalid(format!("overlay network {overlay:?} has gateway {}, not {gw}", net.gateway)));
+            }
+        }
+        if let Some((other, _)) = self.state.docker_overlays.iter().find(|(_, id)| **id == net.id) {
+            return Err(Error::conflict(format!("Docker network {} stands for overlay network {overlay:?} already", &other[..other.len().min(12)])));
+        }
+        self.state.docker_overlays.insert(docker_id.to_string(), net.id.clone());
+        if let Err(e) = self.commit() {
+            self.state.docker_overlays.remove(docker_id);
+            return Err(Error::internal(e));
+        }
+        log::info!("docker: network {} stands for overlay network {} here", &docker_id[..docker_id.len().min(12)], net.name);
+        Ok(())
+    }
+
+    /// The bpfnet network of Docker's network `docker_id`: the overlay network it stands for, or
+    /// the one made for it.
+    pub fn docker_network(&self, docker_id: &str) -> String {
+        match self.state.docker_overlays.get(docker_id).and_then(|id| self.state.network_by_id(id)) {
+            Some(net) => net.name.clone(),
+            None => crate::docker::network_name(docker_id),
+        }
+    }
+
+    /// Forgets that Docker's network `docker_id` stands for an overlay network; `false` if it
+    /// did not (it is a network of its own).
+    pub fn unbind_docker_network(&mut self, docker_id: &str) -> DaemonResult<bool> {
+        if self.state.docker_overlays.remove(docker_id).is_none() {
+            return Ok(false);
+        }
+        self.commit().map_err(Error::internal)?;
+        Ok(true)
+    }
+
+    /// The addresses Docker's IPAM gave out of pools that are overlay networks' subnets, with
+    /// the id of their reservation.
+    fn docker_reservations(&self) -> Vec<(IpAddr, String)> {
+        let overlays: Vec<&Network> = self.state.networks.iter().filter(|n| n.driver.is_overlay()).collect();
+        self.state
+            .pools
+            .iter()
+            .filter(|p| overlays.iter().any(|n| n.subnet == p.subnet))
+            .flat_map(|p| p.addresses.iter().copied())
+            .filter(|a| !overlays.iter().any(|n| n.gateway == *a))
+            .map(|a| (a, format!("{RESERVATION_PREFIX}{a}")))
+            .collect()
+    }
+
+    fn reservation_record(&self, net: &Network, address: IpAddr) -> EndpointRecord {
+        let store = &self.overlay.as_ref().expect("overlay enabled").store;
+        EndpointRecord {
+            id: format!("{RESERVATION_PREFIX}{address}"),
+            network_id: net.id.clone(),
+            network: net.name.clone(),
+            address,
+            mac: ipam::mac_for(address),
+            node: store.node().to_string(),
+            underlay: store.underlay(),
+            container_name: "reserved-by-docker-ipam".into(),
+            aliases: vec![],
+            service: false,
+        }
+    }
+
+    /// An address of overlay network `net` for Docker's IPAM (`requested`, or the lowest free
+    /// one but `held`), claimed in etcd for this node before Docker has it: two nodes asked at
+    /// the same moment never get the same one.
+    pub(super) async fn reserve_overlay_address(&self, net: &Network, requested: Option<IpAddr>, held: &[IpAddr]) -> DaemonResult<IpAddr> {
+        let store = self.overlay()?.store.clone();
+        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
+        for address in held {
+            pool.hold(*address, "an address Docker holds".into());
+        }
+        for address in self.cluster_held(&net.id) {
+            pool.hold(address, "held on another node".into());
+        }
+        let requested_text = requested.map(|a| a.to_string());
+        for _ in 0..CLAIM_TRIES {
+            let address = pool.take_for(requested_text.as_deref(), "Docker's IPAM").map_err(Error::refused)?;
+            match store.claim(self.reservation_record(net, address)).await {
+                Ok(()) => return Ok(address),
+                Err(SharedError::Conflict(other)) if requested.is_none() => pool.hold(address, other),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::conflict(format!("no free address could be claimed on overlay network {:?}: other nodes took them first", net.name)))
+    }
+
     fn endpoint_record(&self, net: &Network, a: &Allocation) -> EndpointRecord {
         let store = &self.overlay.as_ref().expect("overlay enabled").store;
         EndpointRecord {
@@ -161,6 +275,7 @@ impl Daemon {
             underlay: store.underlay(),
             container_name: a.container_name.clone(),
             aliases: a.aliases.clone(),
+            service: false,
         }
     }
 
@@ -205,6 +320,7 @@ impl Daemon {
         if let Err(e) = self.program_overlay() {
             log::error!("programming overlay endpoints: {e:#}");
         }
+        self.sync_mesh();
         self.reconcile_claims().await;
     }
 
@@ -243,10 +359,18 @@ impl Daemon {
         let mut vnis = Vec::new();
         let mut remote: HashMap<IpKey, EndpointInfo> = HashMap::new();
         let mut names = Vec::new();
+        // Other nodes' endpoints that back a cluster service: their answers to connections
+        // balanced here are translated back here.
+        let backends: HashSet<(&str, IpAddr)> = overlay
+            .view
+            .iter()
+            .flat_map(|v| &v.services)
+            .flat_map(|s| s.backends.iter().map(move |b| (s.network_id.as_str(), b.address)))
+            .collect();
         for net in &self.state.networks {
             let Driver::Overlay { vni, .. } = net.driver else { continue };
             vnis.push((vni, net.datapath_id));
-            for e in overlay.remote_of(&net.id) {
+            for e in overlay.remote_of(&net.id).filter(|e| !e.is_reservation()) {
                 names.push(RemoteEndpoint {
                     network_id: e.network_id.clone(),
                     address: e.address,
@@ -261,7 +385,8 @@ impl Daemon {
                         host_ifindex: overlay.vxlan_ifindex,
                         network_id: net.datapath_id,
                         mac: e.mac,
-                        _pad: [0; 2],
+                        flags: if backends.contains(&(net.id.as_str(), e.address)) { endpoint_flags::SERVICE_BACKEND } else { 0 },
+                        _pad: 0,
                         underlay: underlay.octets(),
                         vni,
                     },
@@ -298,11 +423,22 @@ impl Daemon {
             .collect();
         let mut held = HashSet::new();
         let mut wanted = Vec::new();
+        let reserved = self.docker_reservations();
         for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {
             for a in self.state.allocations_of(&net.id) {
                 held.insert((net.id.as_str(), a.address, a.id.as_str()));
                 if !claimed.contains(&(net.id.as_str(), a.address, a.id.as_str())) {
                     wanted.push(self.endpoint_record(net, a));
+                }
+            }
+            // Addresses Docker's IPAM gave out here for endpoints Docker has not made yet.
+            for (address, id) in reserved.iter().filter(|(a, _)| net.subnet.contains(*a)) {
+                if self.state.allocations_of(&net.id).any(|a| a.address == *address) {
+                    continue;
+                }
+                held.insert((net.id.as_str(), *address, id.as_str()));
+                if !claimed.contains(&(net.id.as_str(), *address, id.as_str())) {
+                    wanted.push(self.reservation_record(net, *address));
                 }
             }
         }

@@ -19,9 +19,20 @@ impl Daemon {
                 return Err(Error::conflict(format!("subnet {net} overlaps with {}, a pool Docker holds already", pool.subnet)));
             }
         }
-        // Pools not yet networks count as taken too.
-        let host = self.host_networks(true).await?;
-        let subnet = ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?;
+        // An overlay network's own subnet: for a Docker network that stands for it on this node
+        // (its addresses are then the cluster's, see `request_address`).
+        let overlay = requested
+            .and_then(|text| ipam::parse_subnet(text).ok())
+            .and_then(|net| self.state.networks.iter().find(|n| n.driver.is_overlay() && n.subnet == net))
+            .map(|n| n.subnet);
+        let subnet = match overlay {
+            Some(subnet) => subnet,
+            None => {
+                // Pools not yet networks count as taken too.
+                let host = self.host_networks(true).await?;
+                ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?
+            }
+        };
         self.state.pools.push(Pool { subnet, addresses: vec![] });
         if let Err(e) = self.commit() {
             self.state.pools.pop();
@@ -33,7 +44,7 @@ impl Daemon {
 
     /// Gives out `requested` or the lowest free address of pool `pool_id` (the gateway's when
     /// `gateway`: the first address unless one is requested). Returns it with the prefix length.
-    pub fn request_address(&mut self, pool_id: &str, requested: Option<IpAddr>, gateway: bool) -> DaemonResult<(IpAddr, u8)> {
+    pub async fn request_address(&mut self, pool_id: &str, requested: Option<IpAddr>, gateway: bool) -> DaemonResult<(IpAddr, u8)> {
         let i = self.pool_index(pool_id)?;
         let subnet = self.state.pools[i].subnet;
         // What the network (once created) holds besides the pool's own record.
@@ -43,6 +54,22 @@ impl Daemon {
             held.push(net.gateway);
             held.extend(self.state.allocations_of(&net.id).map(|a| a.address));
             held.extend(self.state.services.values().filter(|s| s.network_id == net.id).map(|s| s.vip));
+            if net.driver.is_overlay() {
+                if gateway && requested.is_none_or(|ip| ip == net.gateway) {
+                    // Every node is the overlay network's gateway, at the same address.
+                    return Ok((net.gateway, subnet.prefix()));
+                }
+                // The cluster's address: claimed in etcd for this node now (the endpoint's
+                // claim takes the reservation's place when Docker makes it).
+                let net = net.clone();
+                let ip = self.reserve_overlay_address(&net, requested, &held).await?;
+                self.state.pools[i].addresses.push(ip);
+                if let Err(e) = self.commit() {
+                    self.state.pools[i].addresses.retain(|a| *a != ip);
+                    return Err(Error::internal(e));
+                }
+                return Ok((ip, subnet.prefix()));
+            }
         }
         let ip = match requested {
             Some(ip) => {

@@ -31,6 +31,19 @@ pub struct BackendArg {
     pub dev: u64,
     pub inode: u64,
     pub port: Option<u16>,
+    /// Why `netns` names no namespace here: a local service refuses the backend with it; a
+    /// cluster service looks for an endpoint of that name or address on any node.
+    pub unresolved: Option<String>,
+}
+
+impl BackendArg {
+    /// The namespace, or why there is none.
+    pub(super) fn require_netns(&self) -> DaemonResult<(u64, u64)> {
+        match &self.unresolved {
+            Some(why) => Err(Error::not_found(why.clone())),
+            None => Ok((self.dev, self.inode)),
+        }
+    }
 }
 
 /// Splits `NETNS[:PORT]` and resolves the namespace.
@@ -42,7 +55,7 @@ pub fn resolve_backends(args: &[String]) -> DaemonResult<Vec<BackendArg>> {
 /// 10,000 services over the same replicas names each 10,000 times).
 #[derive(Default)]
 pub struct BackendResolver {
-    seen: HashMap<String, (u64, u64)>,
+    seen: HashMap<String, Result<(u64, u64), String>>,
 }
 
 impl BackendResolver {
@@ -61,20 +74,21 @@ impl BackendResolver {
             }
             _ => (arg, None),
         };
-        let (dev, inode) = match self.seen.get(netns) {
-            Some(id) => *id,
-            None => {
-                let ns = netns::resolve(netns).map_err(|e| Error::not_found(format!("backend {arg:?}: {e:#}")))?;
-                self.seen.insert(netns.to_string(), (ns.dev, ns.inode));
-                (ns.dev, ns.inode)
-            }
+        let found = self
+            .seen
+            .entry(netns.to_string())
+            .or_insert_with(|| netns::resolve(netns).map(|ns| (ns.dev, ns.inode)).map_err(|e| format!("backend {arg:?}: {e:#}")))
+            .clone();
+        let ((dev, inode), unresolved) = match found {
+            Ok(id) => (id, None),
+            Err(why) => ((0, 0), Some(why)),
         };
-        Ok(BackendArg { arg: arg.to_string(), netns: netns.to_string(), dev, inode, port })
+        Ok(BackendArg { arg: arg.to_string(), netns: netns.to_string(), dev, inode, port, unresolved })
     }
 }
 
 /// `PORT[/tcp|/udp]`.
-fn parse_service_port(text: &str) -> DaemonResult<(u16, Protocol)> {
+pub(super) fn parse_service_port(text: &str) -> DaemonResult<(u16, Protocol)> {
     let (port, protocol) = match text.rsplit_once('/') {
         Some((p, "tcp")) => (p, Protocol::Tcp),
         Some((p, "udp")) => (p, Protocol::Udp),
@@ -88,7 +102,7 @@ fn parse_service_port(text: &str) -> DaemonResult<(u16, Protocol)> {
 }
 
 /// `client-ip[:SECONDS]` (default 10800 s, kube-proxy's).
-fn parse_affinity(text: &str) -> DaemonResult<u64> {
+pub(super) fn parse_affinity(text: &str) -> DaemonResult<u64> {
     let bad = || Error::invalid(format!("invalid --affinity {text:?}: expected client-ip[:SECONDS], e.g. client-ip:600"));
     match text.split_once(':') {
         None if text == "client-ip" => Ok(10_800),
@@ -158,7 +172,7 @@ fn build_table_into(svc: &Service, out: &mut [u32]) -> Result<()> {
     Ok(())
 }
 
-fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
+pub(super) fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
     let mut out = vec![0; m as usize];
     build_table_into(svc, &mut out)?;
     Ok(out)
@@ -166,7 +180,7 @@ fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
 
 /// The lowest id from `*cursor` up to `max` (inclusive) not in `used`; taken (added to `used`)
 /// and the cursor moved past it, so that a batch finds its ids in one pass.
-fn take_free(used: &mut HashSet<u32>, cursor: &mut u32, max: u32) -> Option<u32> {
+pub(super) fn take_free(used: &mut HashSet<u32>, cursor: &mut u32, max: u32) -> Option<u32> {
     let id = (*cursor..=max).find(|id| !used.contains(id))?;
     used.insert(id);
     *cursor = id + 1;
@@ -202,12 +216,12 @@ impl BackendIds {
     }
 
     /// `b` (its id taken before) is now part of a service.
-    fn added(&mut self, b: &Backend) {
+    pub(super) fn added(&mut self, b: &Backend) {
         *self.per_endpoint.entry(b.endpoint_id.clone()).or_insert(0) += 1;
     }
 
     /// `b` left its service: its id is free, its endpoint serves one service less.
-    fn removed(&mut self, b: &Backend) {
+    pub(super) fn removed(&mut self, b: &Backend) {
         self.release(b.datapath_id);
         if let Some(n) = self.per_endpoint.get_mut(&b.endpoint_id) {
             *n -= 1;
@@ -217,7 +231,7 @@ impl BackendIds {
         }
     }
 
-    fn take(&mut self) -> Option<u32> {
+    pub(super) fn take(&mut self) -> Option<u32> {
         let start = self.hint.clamp(1, self.max.max(1));
         let id = (start..=self.max).chain(1..start).find(|id| !self.used.contains(id))?;
         self.used.insert(id);
@@ -225,7 +239,7 @@ impl BackendIds {
         Some(id)
     }
 
-    fn release(&mut self, id: u32) {
+    pub(super) fn release(&mut self, id: u32) {
         self.used.remove(&id);
     }
 }
@@ -269,12 +283,22 @@ fn write_tables(services: &[&Service], m: u32, slots: &mut [u32]) -> Result<()> 
 }
 
 impl Daemon {
-    fn service(&self, name: &str) -> DaemonResult<&Arc<Service>> {
+    pub(super) fn service(&self, name: &str) -> DaemonResult<&Arc<Service>> {
         self.state.services.get(name).ok_or_else(|| Error::not_found(format!("service {name:?} not found")))
     }
 
     /// Creates services as one change: all of them, or (on any error) none.
     pub async fn create_services(&mut self, reqs: Vec<(api::CreateService, Vec<BackendArg>)>) -> DaemonResult<api::ServicesCreated> {
+        let on_overlay = |req: &api::CreateService| self.network(&req.network).is_ok_and(|n| n.driver.is_overlay());
+        if reqs.iter().any(|(req, _)| on_overlay(req)) {
+            let [(req, backends)] = &reqs[..] else {
+                return Err(Error::invalid("services of overlay networks (the cluster's) are created one at a time, not in a batch"));
+            };
+            let started = Instant::now();
+            self.create_cluster_service(req, backends).await?;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            return Ok(api::ServicesCreated { created: 1, elapsed_ms, datapath_ms: elapsed_ms });
+        }
         let result = self.try_create_services(reqs).await;
         if result.is_err() {
             // Backend ids taken by what was refused are free again.
@@ -334,6 +358,7 @@ impl Daemon {
                 backends: vec![],
                 datapath_id,
                 created: ids::now_rfc3339(),
+                cluster: false,
             };
             for b in backends {
                 let backend = self.new_backend(&svc, &net, b)?;
@@ -387,9 +412,10 @@ impl Daemon {
 
     /// A backend of `svc` on `net` for the namespace `arg` names, with a free datapath id.
     fn new_backend(&mut self, svc: &Service, net: &Network, arg: &BackendArg) -> DaemonResult<Backend> {
+        let (dev, inode) = arg.require_netns()?;
         let ep = self
             .state
-            .endpoints_in_netns(arg.dev, arg.inode)
+            .endpoints_in_netns(dev, inode)
             .find(|e| e.network_id == net.id)
             .ok_or_else(|| Error::invalid(format!("backend {:?} is not connected to network {:?}", arg.netns, net.name)))?;
         let port = arg.port.unwrap_or(svc.port);
@@ -400,7 +426,7 @@ impl Daemon {
         let id = self.backend_ids.take().ok_or_else(|| {
             Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))
         })?;
-        Ok(Backend { endpoint_id, container_name, address, port, datapath_id: id, draining: false })
+        Ok(Backend { endpoint_id, container_name, address, port, datapath_id: id, draining: false, node: None })
     }
 
     /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
@@ -443,7 +469,7 @@ impl Daemon {
     }
 
     /// Removes a service from the datapath (best effort: every step is tried).
-    fn unprogram_service(&mut self, svc: &Service) {
+    pub(super) fn unprogram_service(&mut self, svc: &Service) {
         let net = self.state.network_by_id(&svc.network_id).cloned();
         let mut result: Result<()> = Ok(());
         if let Some(net) = net {
@@ -462,7 +488,7 @@ impl Daemon {
     }
 
     /// Replaces service `name` with `new` (datapath, then its file), undoing the datapath on failure.
-    fn change_service(&mut self, new: Service, gone: &[&Backend]) -> DaemonResult<()> {
+    pub(super) fn change_service(&mut self, new: Service, gone: &[&Backend]) -> DaemonResult<()> {
         let old = self.state.services.get(&new.name).cloned().expect("caller found it");
         let table = build_table(&new, self.lb.table_size).map_err(Error::internal)?;
         let applied = self.program_service(&new, table).and_then(|()| {
@@ -495,6 +521,9 @@ impl Daemon {
     }
 
     pub async fn add_backend(&mut self, name: &str, arg: BackendArg) -> DaemonResult<api::ServiceInspect> {
+        if self.service(name)?.cluster {
+            return self.change_cluster_backends(name, &arg, true).await;
+        }
         let mut svc = Service::clone(self.service(name)?);
         let net = self.state.network_by_id(&svc.network_id).cloned().expect("a service's network exists");
         let backend = self.new_backend(&svc, &net, &arg)?;
@@ -509,9 +538,15 @@ impl Daemon {
     }
 
     pub async fn remove_backend(&mut self, name: &str, arg: BackendArg, drain: bool) -> DaemonResult<api::ServiceInspect> {
+        if self.service(name)?.cluster {
+            if drain {
+                return Err(Error::invalid("--drain is not available for a cluster service's backends yet: remove it without"));
+            }
+            return self.change_cluster_backends(name, &arg, false).await;
+        }
         let mut svc = Service::clone(self.service(name)?);
-        let ep_ids: HashSet<&str> =
-            self.state.endpoints_in_netns(arg.dev, arg.inode).map(|e| e.id.as_str()).collect();
+        let (dev, inode) = arg.require_netns()?;
+        let ep_ids: HashSet<&str> = self.state.endpoints_in_netns(dev, inode).map(|e| e.id.as_str()).collect();
         let matches = |b: &Backend| ep_ids.contains(b.endpoint_id.as_str()) && arg.port.is_none_or(|p| p == b.port);
         if !svc.backends.iter().any(|b| matches(b)) {
             return Err(Error::not_found(format!("{} is not a backend of service {name:?}", arg.arg)));
@@ -544,6 +579,14 @@ impl Daemon {
     }
 
     pub async fn remove_service(&mut self, name: &str) -> DaemonResult<()> {
+        if self.service(name)?.cluster {
+            return self.remove_cluster_service(name).await;
+        }
+        self.remove_local_service(name)
+    }
+
+    /// Removes service `name` from this node: its file, the datapath, the state.
+    pub(super) fn remove_local_service(&mut self, name: &str) -> DaemonResult<()> {
         let svc = self.service(name)?.clone();
         self.store.remove_services(&[name]).map_err(Error::internal)?;
         self.unprogram_service(&svc);
@@ -565,7 +608,7 @@ impl Daemon {
     }
 
     /// Folds the service journal into a snapshot when it is due (a failure only costs disk).
-    fn compact_services(&mut self) {
+    pub(super) fn compact_services(&mut self) {
         if let Err(e) = self.store.compact_services(&mut self.state.services.values().map(|s| s.as_ref())) {
             log::warn!("writing the services' snapshot: {e:#} (the journal keeps every change)");
         }
@@ -624,7 +667,7 @@ impl Daemon {
     }
 
     /// Sets or clears the `SERVICE_BACKEND` flag of the attached endpoints `ids`.
-    fn mark_backends(&mut self, ids: &[String]) {
+    pub(super) fn mark_backends(&mut self, ids: &[String]) {
         let mut seen = HashSet::new();
         for id in ids {
             if !seen.insert(id.as_str()) {

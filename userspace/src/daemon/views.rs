@@ -164,6 +164,7 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
             affinity: affinity(s),
+            scope: if s.cluster { "cluster" } else { "local" }.into(),
         })
         .collect()
 }
@@ -195,6 +196,7 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
                 endpoint_id: b.endpoint_id.clone(),
                 address: format!("{}:{}", b.address, b.port),
                 state: if b.draining { "draining" } else { "active" }.into(),
+                node: b.node.clone(),
             })
             .collect(),
     })

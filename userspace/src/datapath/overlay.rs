@@ -1,5 +1,6 @@
 //! Overlay networks (clusters): the writer of `OVERLAY_VNIS` (VNI -> datapath network), of the
-//! `ENDPOINTS` entries of endpoints on other nodes, and the attachment of `from_overlay` to the
+//! `ENDPOINTS` entries of endpoints on other nodes, of `MESH_BACKENDS` (the backends here of the
+//! cluster's services), and the attachment of `from_overlay` to the
 //! node's VXLAN device (pinned under `<bpffs>/overlay/<interface>`).
 use super::*;
 
@@ -38,6 +39,18 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Makes `MESH_BACKENDS` hold exactly `backends` (address, port, protocol of a backend here
+    /// of a cluster service -> the service's datapath id).
+    pub fn set_mesh_backends(&mut self, backends: &std::collections::HashMap<PortKey, u32>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, PortKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::MESH_BACKENDS).context("MESH_BACKENDS map missing")?)?;
+        for (key, service) in backends {
+            map.insert(key, service, 0).context("writing MESH_BACKENDS")?;
+        }
+        let keep: HashSet<PortKey> = backends.keys().copied().collect();
+        retain_keys(&mut map, &keep)
     }
 
     /// Attaches `from_overlay` at TCX ingress of the VXLAN device `ifname`.

@@ -17,6 +17,13 @@
 //! then chosen clear of every bpfnet network and of what the host routes.
 //!
 //! Docker's own resolver (127.0.0.11) keeps serving names on these networks.
+//!
+//! Clusters: a Docker network per node can stand for an overlay network of the cluster
+//! (`docker network create -d bpfnet --ipam-driver bpfnet --subnet SUBNET -o bpfnet.overlay=NAME
+//! NAME`, on each node; Docker 20.10's remote drivers are local-scope): its containers are then
+//! endpoints of the overlay network, their addresses claimed cluster-wide, and they reach the
+//! containers of every node. Names of other nodes' containers come from bpfnet's resolver on the
+//! gateway (`docker run --dns GATEWAY`: Docker's resolver forwards what it does not know).
 pub mod protocol;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
@@ -39,7 +46,7 @@ use crate::{
     ipam,
     state::Frontend,
 };
-use protocol::{GENERIC_OPTIONS, INTERNAL_OPTION};
+use protocol::{GENERIC_OPTIONS, INTERNAL_OPTION, OVERLAY_OPTION};
 
 /// The plugin's name: `docker network create -d bpfnet`.
 pub const PLUGIN_NAME: &str = "bpfnet";
@@ -161,7 +168,7 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
                 .is_some_and(|t| t == protocol::GATEWAY_ADDRESS);
             let pool = req.pool_id;
             let (ip, prefix) =
-                change(plugin, move |d| Box::pin(async move { d.request_address(&pool, requested, gateway) })).await?;
+                change(plugin, move |d| Box::pin(async move { d.request_address(&pool, requested, gateway).await })).await?;
             ok(json!({ "Address": format!("{ip}/{prefix}"), "Data": {} }))
         }
         "IpamDriver.ReleaseAddress" => {
@@ -180,6 +187,16 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
         "NetworkDriver.GetCapabilities" => ok(json!({ "Scope": "local", "ConnectivityScope": "local" })),
         "NetworkDriver.CreateNetwork" => {
             let req: protocol::CreateNetwork = parse(name, body)?;
+            if let Some(binding) = overlay_binding(&req).map_err(refused)? {
+                let id = req.network_id.clone();
+                change(plugin, move |d| {
+                    Box::pin(async move {
+                        d.bind_docker_overlay(&id, &binding.overlay, &binding.pool, binding.gateway.as_deref(), binding.from_bpfnet_ipam)
+                    })
+                })
+                .await?;
+                return ok(json!({}));
+            }
             let create = network_request(&req).map_err(refused)?;
             log::info!("docker: creating network {} for Docker's {}", create.name, &req.network_id);
             change(plugin, move |d| Box::pin(async move { d.create_network(create).await.map(|_| ()) })).await?;
@@ -187,8 +204,17 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
         }
         "NetworkDriver.DeleteNetwork" => {
             let req: protocol::NetworkCall = parse(name, body)?;
-            let network = network_name(&req.network_id);
-            change(plugin, move |d| Box::pin(async move { gone_is_done(d.remove_network(&network).await) })).await?;
+            let id = req.network_id;
+            change(plugin, move |d| {
+                Box::pin(async move {
+                    // One that stands for an overlay network only goes: the network is the cluster's.
+                    if d.unbind_docker_network(&id)? {
+                        return Ok(());
+                    }
+                    gone_is_done(d.remove_network(&network_name(&id)).await)
+                })
+            })
+            .await?;
             ok(json!({}))
         }
         "NetworkDriver.CreateEndpoint" => {
@@ -201,10 +227,11 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
                 "" => None,
                 text => Some(text.parse().map_err(|_| refused(format!("invalid address {:?}", iface.address)))?),
             };
-            let network = network_name(&req.network_id);
+            let docker_network = req.network_id.clone();
             let id = req.endpoint_id.clone();
             let view = change(plugin, move |d| {
                 Box::pin(async move {
+                    let network = d.docker_network(&docker_network);
                     if let Some(ip) = address {
                         d.reclaim_address(&network, ip, Frontend::Docker).await?;
                     }
@@ -299,6 +326,38 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
         "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => ok(json!({})),
         other => Err(Answer(Err((StatusCode::NOT_FOUND, format!("bpfnet: the plugin has no call {other}"))))),
     }
+}
+
+/// What `-o bpfnet.overlay=NAME` asks of CreateNetwork.
+struct OverlayBinding {
+    overlay: String,
+    pool: String,
+    gateway: Option<String>,
+    from_bpfnet_ipam: bool,
+}
+
+/// The overlay network Docker's CreateNetwork binds to, if it names one (no other option then:
+/// the overlay network has its own).
+fn overlay_binding(req: &protocol::CreateNetwork) -> Result<Option<OverlayBinding>, String> {
+    let options = req.options.clone().unwrap_or_default();
+    let generic = options.get(GENERIC_OPTIONS).and_then(Value::as_object);
+    let Some(overlay) = generic.and_then(|g| g.get(OVERLAY_OPTION)) else { return Ok(None) };
+    let overlay = overlay.as_str().unwrap_or_default().to_string();
+    if let Some(other) = generic.into_iter().flat_map(|g| g.keys()).find(|k| *k != OVERLAY_OPTION) {
+        return Err(format!("-o {other} cannot go with -o {OVERLAY_OPTION}: the overlay network {overlay:?} has its own options"));
+    }
+    if options.get(INTERNAL_OPTION).is_some_and(|v| v == &Value::Bool(true)) {
+        return Err(format!("--internal cannot go with -o {OVERLAY_OPTION}: the overlay network {overlay:?} says whether it is internal"));
+    }
+    let [pool] = req.ipv4_data.as_deref().unwrap_or_default() else {
+        return Err(format!("a Docker network for overlay network {overlay:?} has one IPv4 pool, its subnet"));
+    };
+    Ok(Some(OverlayBinding {
+        overlay,
+        pool: pool.pool.clone(),
+        gateway: pool.gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string()),
+        from_bpfnet_ipam: pool.address_space == ADDRESS_SPACE,
+    }))
 }
 
 /// The bpfnet network for Docker's CreateNetwork: Docker's pool and gateway (from its IPAM),

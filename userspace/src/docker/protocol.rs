@@ -10,6 +10,9 @@ use crate::ports::{PortRequest, Protocol, DYNAMIC_PORTS};
 
 /// Driver options of `docker network create -o key=value` arrive under this key of `Options`.
 pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
+/// `docker network create -o bpfnet.overlay=NAME`: the Docker network stands for the cluster's
+/// overlay network NAME on this node.
+pub const OVERLAY_OPTION: &str = "bpfnet.overlay";
 /// `docker network create --internal`.
 pub const INTERNAL_OPTION: &str = "com.docker.network.internal";
 /// `docker run -p`: the publications, in CreateEndpoint, Join and ProgramExternalConnectivity.
@@ -18,6 +21,9 @@ pub const PORT_MAP_OPTION: &str = "com.docker.network.portmap";
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpamData {
+    /// The IPAM driver's address space: bpfnet's (`--ipam-driver bpfnet`) or Docker's own.
+    #[serde(default)]
+    pub address_space: String,
     #[serde(default)]
     pub pool: String,
     #[serde(default)]

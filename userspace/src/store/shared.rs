@@ -39,6 +39,49 @@ pub struct EndpointRecord {
     pub container_name: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The claim is a cluster service's VIP (`container_name` names the service; no node, no
+    /// lease: it lives as long as the service). Such claims are not endpoints: they come back in
+    /// [`ClusterView::services`], not in [`ClusterView::endpoints`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
+}
+
+/// The id of a claim that holds an address for an endpoint not made yet (Docker's IPAM gives
+/// out the address before Docker makes the endpoint): `reserved-ADDRESS`. The endpoint's own
+/// claim takes its place.
+pub const RESERVATION_PREFIX: &str = "reserved-";
+
+impl EndpointRecord {
+    pub fn is_reservation(&self) -> bool {
+        self.id.starts_with(RESERVATION_PREFIX)
+    }
+}
+
+/// A service of the cluster (routing mesh): defined once, made on every node that holds its
+/// overlay network, published there on every address, balanced over its backends wherever they
+/// live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub network: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: crate::ports::Protocol,
+    /// The host port it is published on, on every node (all their addresses).
+    pub publish: Option<u16>,
+    pub affinity_secs: Option<u64>,
+    /// Addresses on the network and ports; a backend serves while its address is claimed (its
+    /// endpoint lives, on whichever node).
+    pub backends: Vec<BackendRecord>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct BackendRecord {
+    pub address: IpAddr,
+    pub port: u16,
 }
 
 /// What etcd holds of overlay networks and their endpoints, as last read.
@@ -46,6 +89,7 @@ pub struct EndpointRecord {
 pub struct ClusterView {
     pub networks: Vec<NetworkRecord>,
     pub endpoints: Vec<EndpointRecord>,
+    pub services: Vec<ServiceRecord>,
     /// The store's revision this view shows (a view older than a change of this node's own does
     /// not show that change yet).
     pub revision: i64,
@@ -91,4 +135,18 @@ pub trait SharedStore: Send + Sync {
     fn claim(&self, endpoint: EndpointRecord) -> BoxFuture<'_, SharedResult<()>>;
     /// Gives back the address of this node's endpoint `endpoint_id`.
     fn release(&self, network_id: String, address: IpAddr, endpoint_id: String) -> BoxFuture<'_, SharedResult<()>>;
+    /// Defines `service` and claims its VIP, unless the name or the VIP is taken. Returns the
+    /// store's revision of the change.
+    fn create_service(&self, service: ServiceRecord) -> BoxFuture<'_, SharedResult<i64>>;
+    /// Removes service `name` and gives back its VIP. Returns the store's revision.
+    fn remove_service(&self, name: String) -> BoxFuture<'_, SharedResult<i64>>;
+    /// Adds `add` to and removes `remove` from the backends of service `name`, as one change
+    /// against the service as stored (another node's change meanwhile is kept). Returns the
+    /// service as changed and the store's revision.
+    fn change_backends(
+        &self,
+        name: String,
+        add: Vec<BackendRecord>,
+        remove: Vec<BackendRecord>,
+    ) -> BoxFuture<'_, SharedResult<(ServiceRecord, i64)>>;
 }

@@ -284,7 +284,7 @@ impl Lab {
     }
     /// Makes `ip` a container whose host-side veth is `ifindex`, on a network with `gateway`.
     pub fn add_container(&mut self, ip: [u8; 4], mac: [u8; 6], ifindex: u32, network_id: u32, gateway: [u8; 4]) {
-        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, _pad: [0; 2], ..Default::default() };
+        let info = EndpointInfo { host_ifindex: ifindex, network_id, mac, ..Default::default() };
         self.dp.set_endpoint(IpAddr::from(ip), info).unwrap();
         let iface = IfaceInfo { network_id, ipv4: ip, gateway_ipv4: gateway, flags: self.flags, mac, _pad: [0; 2], ..Default::default() };
         self.dp.set_iface(ifindex, iface).unwrap();

@@ -32,7 +32,7 @@ pub(in crate::daemon) fn host_veth_name(endpoint_id: &str) -> String {
 }
 
 fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInfo {
-    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, _pad: [0; 2], ..Default::default() }
+    EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, ..Default::default() }
 }
 
 /// The driver (no state of its own: the kernel and the state say everything). `mtu`: the
