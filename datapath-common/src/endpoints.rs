@@ -44,5 +44,11 @@ pub mod endpoint_flags {
 /// connections from outside to.
 pub const MAX_MESH_BACKENDS: u32 = 65_536;
 
+/// `OVERLAY_NODE`: one entry, this node's underlay address (network order) when the datapath
+/// encapsulates and decapsulates VXLAN itself (0: it leaves that to the node's VXLAN device).
+pub const OVERLAY_NODE_ENTRIES: u32 = 1;
+/// VXLAN's UDP port (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
 /// Overlay networks a node holds (`OVERLAY_VNIS`: VXLAN id -> datapath network id).
 pub const MAX_OVERLAY_NETWORKS: u32 = 4096;

@@ -20,10 +20,12 @@ pub mod map_names {
     pub const VIPS: &str = "VIPS";
     pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
     pub const MESH_BACKENDS: &str = "MESH_BACKENDS";
+    pub const OVERLAY_NODE: &str = "OVERLAY_NODE";
+    pub const OVERLAY_PROGS: &str = "OVERLAY_PROGS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
-        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS,
+        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS, OVERLAY_NODE, OVERLAY_PROGS,
     ];
 }
 
@@ -38,6 +40,9 @@ pub mod program_names {
     /// TC ingress on the node's VXLAN device (clusters): packets from endpoints on other nodes,
     /// checked against what etcd says and delivered into their container.
     pub const FROM_OVERLAY: &str = "from_overlay";
+    /// Not attached: `from_uplink` tail-calls it (through `OVERLAY_PROGS`) with a packet whose
+    /// VXLAN headers it took off.
+    pub const FROM_UNDERLAY: &str = "from_underlay";
     /// cgroup socket programs at the cgroup root, acting only on sockets of the daemon's
     /// namespace: a published port reached from the host itself.
     pub const SOCK_CONNECT4: &str = "sock_connect4";

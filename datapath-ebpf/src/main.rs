@@ -16,6 +16,8 @@
 //!
 //! `from_overlay` runs at TC ingress of the node's VXLAN device (clusters): packets from endpoints
 //! on other nodes, checked against the tunnel they came by and delivered into their container.
+//! Where the datapath does VXLAN itself, `from_uplink` takes the headers off and tail-calls
+//! `from_underlay`, which does the same.
 //!
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
@@ -65,6 +67,11 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
     programs::overlay::from_overlay(&ctx)
+}
+
+#[classifier]
+pub fn from_underlay(ctx: TcContext) -> i32 {
+    programs::overlay::from_underlay(&ctx)
 }
 
 #[xdp]

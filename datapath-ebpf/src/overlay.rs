@@ -6,19 +6,53 @@
 //! them alike; this module owns `OVERLAY_VNIS` (VNI -> datapath network), the tunnel keys and the
 //! check of what arrives.
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_tunnel_key, TC_ACT_REDIRECT},
+    bindings::{
+        __sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT,
+    },
     helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::map,
-    maps::HashMap,
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::TcContext,
 };
-use datapath_common::{Counter, EndpointInfo, PortKey, GATEWAY_MAC, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS};
+use datapath_common::{
+    Counter, EndpointInfo, PortKey, GATEWAY_MAC, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, OVERLAY_NODE_ENTRIES, VXLAN_PORT,
+};
 
 use crate::{
     counters::{bump, count, drop_packet},
-    headers::{ptr_at, write_mac, EthHdr},
+    headers::{ptr_at, write_mac, EthHdr, ETH_HDR_LEN, ETH_P_IP, IP_OFF},
     mem::zero,
+    route,
 };
+
+/// This node's underlay address (network order) when the datapath encapsulates VXLAN itself
+/// (see `encapsulate`); 0: the node's VXLAN device does it.
+#[map(name = "OVERLAY_NODE")]
+pub static OVERLAY_NODE: Array<u32> = Array::with_max_entries(OVERLAY_NODE_ENTRIES, 0);
+
+/// What VXLAN adds in front of the inner IPv4 packet, after the outer Ethernet header: outer
+/// IPv4 (20), UDP (8), VXLAN (8), inner Ethernet (14).
+pub const VXLAN_HEADERS: usize = 50;
+const OUTER_UDP_OFF: usize = IP_OFF + 20;
+const VXLAN_OFF: usize = OUTER_UDP_OFF + 8;
+/// VXLAN's flags: the VNI is valid.
+const VXLAN_VNI_VALID: u8 = 0x08;
+/// Source ports of the outer UDP header (as Linux's VXLAN: a hash of the inner flow, for ECMP).
+const SOURCE_PORT_MIN: u32 = 49_152;
+
+/// Entry 0: the `from_underlay` program, which `from_uplink` hands a packet whose VXLAN headers
+/// it took off (a tail call: the checks and delivery of `arrived` get a stack of their own).
+#[map(name = "OVERLAY_PROGS")]
+static OVERLAY_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The tunnel of the packet handed over to `from_underlay` (same CPU, same packet).
+#[map(name = "TUNNEL_SCRATCH")]
+static TUNNEL_SCRATCH: PerCpuArray<Tunnel> = PerCpuArray::with_max_entries(1, 0);
+
+/// The headers a packet gets, built here off the 512-byte stack.
+#[map(name = "ENCAP_SCRATCH")]
+static ENCAP_SCRATCH: PerCpuArray<[u8; VXLAN_HEADERS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// VNI -> the datapath network id of the overlay network with that VNI on this node.
 #[map(name = "OVERLAY_VNIS")]
@@ -54,6 +88,7 @@ pub fn set_tunnel(skb: *mut __sk_buff, underlay: u32, vni: u32) -> bool {
 }
 
 /// The tunnel a packet arrived by: its VNI and the sending node's underlay address (host order).
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Tunnel {
     pub vni: u32,
@@ -76,23 +111,14 @@ pub fn tunnel_of(skb: *mut __sk_buff) -> Option<Tunnel> {
     Some(Tunnel { vni: key.tunnel_id, remote: unsafe { key.__bindgen_anon_1.remote_ipv4 } })
 }
 
-/// Sends the frame to `mac` on the node and VNI of `tunnel` through the VXLAN device `ifindex`;
-/// counted as `counter` (and `to_overlay`). One way out on failure, one traced count on
-/// success: it is inlined on many paths of `from_container`, each tail costs the verifier.
+/// Sends the frame to `mac` on the node and VNI of `tunnel` (`ifindex`: the node's VXLAN
+/// device); counted as `counter` (and `to_overlay`). Encapsulated here and routed out when the
+/// datapath does VXLAN itself, else through the device. One way out on failure, one traced count
+/// on success: it is inlined on many paths of `from_container`, each tail costs the verifier.
 #[inline(always)]
 pub fn send(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel, counter: Counter) -> i32 {
-    let sent = match ptr_at::<EthHdr>(ctx, 0) {
-        Some(eth) => {
-            // SAFETY: bounds-checked by `ptr_at`.
-            unsafe {
-                write_mac(&raw mut (*eth).dst, mac);
-                write_mac(&raw mut (*eth).src, &GATEWAY_MAC);
-            }
-            // SAFETY: helper call with plain integer arguments.
-            set_tunnel(ctx.skb.skb, tunnel.remote, tunnel.vni) && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
-        }
-        None => false,
-    };
+    let local = OVERLAY_NODE.get(0).copied().unwrap_or(0);
+    let sent = if local != 0 { encapsulate(ctx, mac, tunnel, local) } else { through_device(ctx, mac, ifindex, tunnel) };
     if !sent {
         return drop_packet(ctx, Counter::DropRedirectFailed);
     }
@@ -101,6 +127,133 @@ pub fn send(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel, count
     }
     count(ctx, counter);
     TC_ACT_REDIRECT as i32
+}
+
+/// Through the node's VXLAN device (external mode), with the tunnel key set.
+#[inline(always)]
+fn through_device(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe {
+        write_mac(&raw mut (*eth).dst, mac);
+        write_mac(&raw mut (*eth).src, &GATEWAY_MAC);
+    }
+    // SAFETY: helper call with plain integer arguments.
+    set_tunnel(ctx.skb.skb, tunnel.remote, tunnel.vni) && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
+}
+
+/// Wraps the frame in VXLAN here (outer IPv4 from `local`, this node's underlay address, to the
+/// tunnel's node; UDP to 4789; the VNI; an inner Ethernet header to `mac`) and sends it out
+/// along the underlay's route: no VXLAN device, no pass through the host's IP stack. A GSO
+/// packet stays one (the kernel segments it with its outer headers). Not inlined: its frame
+/// (the header's checksum) stays off the callers' stack, and the verifier checks it once per
+/// distinct state.
+#[inline(never)]
+fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> bool {
+    let inner_len = ctx.len().saturating_sub(ETH_HDR_LEN as u32);
+    // Entropy for the underlay's ECMP: the inner addresses.
+    let (Ok(inner_src), Ok(inner_dst)) = (ctx.load::<u32>(IP_OFF + 12), ctx.load::<u32>(IP_OFF + 16)) else { return false };
+    let hash = datapath_common::services::flow_hash(inner_src, inner_dst, 0, 0, 0);
+    let remote = tunnel.remote.to_be();
+    let Some(h) = ENCAP_SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let h = unsafe { &mut *h };
+    let total = (inner_len as usize + VXLAN_HEADERS) as u16;
+    let udp_len = total - 20;
+    let sport = (SOURCE_PORT_MIN + hash % (65_536 - SOURCE_PORT_MIN)) as u16;
+    let [l0, l1, l2, l3] = local.to_ne_bytes();
+    let [r0, r1, r2, r3] = remote.to_ne_bytes();
+    let [v1, v2, v3] = vni_bytes(tunnel.vni);
+    let [t0, t1] = total.to_be_bytes();
+    let [u0, u1] = udp_len.to_be_bytes();
+    let [s0, s1] = sport.to_be_bytes();
+    let [p0, p1] = VXLAN_PORT.to_be_bytes();
+    let [e0, e1] = ETH_P_IP.to_be_bytes();
+    *h = [
+        // Outer IPv4: version 4, 20 bytes, DF, TTL 64, UDP; checksum below.
+        0x45, 0, t0, t1, 0, 0, 0x40, 0, TUNNEL_TTL, 17, 0, 0, l0, l1, l2, l3, r0, r1, r2, r3,
+        // UDP (no checksum: allowed over IPv4, as Linux's VXLAN sends by default).
+        s0, s1, p0, p1, u0, u1, 0, 0,
+        // VXLAN: flags, reserved, VNI, reserved.
+        VXLAN_VNI_VALID, 0, 0, 0, v1, v2, v3, 0,
+        // Inner Ethernet: to the endpoint, from the gateway.
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], GATEWAY_MAC[0], GATEWAY_MAC[1], GATEWAY_MAC[2], GATEWAY_MAC[3],
+        GATEWAY_MAC[4], GATEWAY_MAC[5], e0, e1,
+    ];
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let [c0, c1] = (!(sum as u16)).to_be_bytes();
+    h[10] = c0;
+    h[11] = c1;
+    // The inner Ethernet header's length goes in the flags' top byte (BPF_F_ADJ_ROOM_ENCAP_L2).
+    let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+        as u64
+        | (ETH_HDR_LEN as u64) << 56;
+    if ctx.adjust_room(VXLAN_HEADERS as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+        return false;
+    }
+    if ctx.store(IP_OFF, h, 0).is_err() {
+        return false;
+    }
+    let Some(route) = route::lookup_addrs(ctx, local, remote, 17) else { return false };
+    let mut route = route;
+    route::uplink(&mut route);
+    route::send(ctx, &route)
+}
+
+/// Whether a packet arriving on an uplink is VXLAN for this node's datapath to take apart
+/// (IPv4 without options, UDP to 4789, to this node's underlay address).
+#[inline(always)]
+pub fn is_vxlan_here(ctx: &TcContext) -> bool {
+    let (Ok(version_ihl), Ok(proto)) = (ctx.load::<u8>(IP_OFF), ctx.load::<u8>(IP_OFF + 9)) else { return false };
+    if version_ihl != 0x45 || proto != 17 || ctx.load::<u16>(OUTER_UDP_OFF + 2).ok() != Some(VXLAN_PORT.to_be()) {
+        return false;
+    }
+    let local = OVERLAY_NODE.get(0).copied().unwrap_or(0);
+    local != 0 && ctx.load::<u32>(IP_OFF + 16).ok() == Some(local)
+}
+
+/// Takes the VXLAN headers off a packet [`is_vxlan_here`] accepted: the tunnel it came by (its
+/// VNI, the sending node's underlay address), the frame left with the inner packet behind the
+/// outer Ethernet header. `None`: not VXLAN as expected (nothing changed).
+#[inline(always)]
+pub fn decapsulate(ctx: &TcContext) -> Option<Tunnel> {
+    let flags: u8 = ctx.load(VXLAN_OFF).ok()?;
+    let vni: [u8; 4] = ctx.load(VXLAN_OFF + 4).ok()?;
+    let remote: u32 = ctx.load(IP_OFF + 12).ok()?;
+    let inner_type: u16 = ctx.load(VXLAN_OFF + 8 + 12).ok()?;
+    if flags & VXLAN_VNI_VALID == 0 || inner_type != ETH_P_IP.to_be() {
+        return None;
+    }
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+    ctx.adjust_room(-(VXLAN_HEADERS as i32), BPF_ADJ_ROOM_MAC, flags as u64).ok()?;
+    Some(Tunnel { vni: u32::from_be_bytes([0, vni[0], vni[1], vni[2]]), remote: u32::from_be(remote) })
+}
+
+/// Hands a packet that came by `tunnel` (its VXLAN headers gone) to `from_underlay`; returns
+/// only if that program is not there (the packet is then dropped and counted).
+#[inline(always)]
+pub fn hand_over(ctx: &TcContext, tunnel: Tunnel) -> i32 {
+    if let Some(slot) = TUNNEL_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
+        unsafe {
+            *slot = tunnel;
+            OVERLAY_PROGS.tail_call(ctx, 0);
+        }
+    }
+    drop_packet(ctx, Counter::DropRedirectFailed)
+}
+
+/// The tunnel [`hand_over`] left for `from_underlay`.
+#[inline(always)]
+pub fn handed_over() -> Option<Tunnel> {
+    TUNNEL_SCRATCH.get(0).copied()
 }
 
 /// A VNI as a connection entry keeps it (24 bits, network order), and back.

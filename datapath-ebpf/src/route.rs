@@ -91,7 +91,13 @@ static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(
 /// address, no route, forwarding off): the host stack then decides.
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
-    let (rc, params) = fib(ctx, flow)?;
+    let k = &flow.key;
+    route_of(fib_of(ctx, k.saddr.ipv4_word(), k.daddr.ipv4_word(), k.proto, k.sport, k.dport)?)
+}
+
+/// A FIB answer as a route: the neighbour resolved or to be resolved by the kernel.
+#[inline(always)]
+fn route_of((rc, params): (i64, &'static bpf_fib_lookup)) -> Option<Route> {
     let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
     if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return None;
@@ -99,23 +105,31 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
     Some(Route { ifindex: params.ifindex, resolved, veth: false, smac: params.smac, dmac: params.dmac })
 }
 
+/// The route of an IPv4 packet from `saddr` to `daddr` (wire-order words) as the kernel would
+/// forward it, entering by the interface the packet arrived on: as [`lookup`], for a packet the
+/// datapath makes (a tunnel's outer header).
 #[inline(always)]
-fn fib(ctx: &TcContext, flow: &Flow) -> Option<(i64, &'static bpf_fib_lookup)> {
+pub fn lookup_addrs(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Option<Route> {
+    route_of(fib_of(ctx, saddr, daddr, proto, 0, 0)?)
+}
+
+#[inline(always)]
+fn fib_of(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let params = unsafe { &mut *slot };
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request: plain integers.
     unsafe { crate::mem::zero(params) };
     params.family = AF_INET;
-    params.l4_protocol = flow.key.proto;
-    params.sport = flow.key.sport;
-    params.dport = flow.key.dport;
+    params.l4_protocol = proto;
+    params.sport = sport;
+    params.dport = dport;
     // tot_len stays 0: no MTU check here, as a GSO super-packet is longer than any MTU; the
     // device segments it.
     // SAFETY: `skb` points at the program's context for the whole run.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv4_src = flow.key.saddr.ipv4_word();
-    params.__bindgen_anon_4.ipv4_dst = flow.key.daddr.ipv4_word();
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size given.
     let rc = unsafe {
         fib_lookup(ctx.skb.skb as *mut _, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)

@@ -46,6 +46,8 @@ enum Path {
     Routed,
     Vxlan,
     Bpfnet,
+    /// bpfnet with `--overlay-encap device`: the node's VXLAN device wraps the packets.
+    BpfnetDevice,
     Control,
 }
 
@@ -55,6 +57,7 @@ impl Path {
             Path::Routed => "routed (no encapsulation)",
             Path::Vxlan => "Docker-style overlay (bridge + VXLAN)",
             Path::Bpfnet => "bpfnet overlay",
+            Path::BpfnetDevice => "bpfnet overlay, VXLAN device",
             Path::Control => "routed again (A/A control)",
         }
     }
@@ -130,11 +133,12 @@ fn build_vxlan(tag: &str) -> Result<World> {
     Ok(World { path: Path::Vxlan, server: "10.220.0.3:5201".parse()?, client_ns: containers[0].clone(), server_ns: containers[1].clone(), cluster: c })
 }
 
-fn build_bpfnet(tag: &str) -> Result<World> {
+fn build_bpfnet(path: Path, tag: &str) -> Result<World> {
     let mut c = nodes(tag, false)?;
     c.start_single_etcd()?;
+    let encap = if path == Path::BpfnetDevice { "device" } else { "datapath" };
     for i in 0..2 {
-        c.start_daemon(i, "30s", &["--xdp", "off"])?;
+        c.start_daemon(i, "30s", &["--xdp", "off", "--overlay-encap", encap])?;
     }
     c.nodes[0].bpfnet_ok(&["network", "create", "bench", "-d", "overlay", "--subnet", "10.230.0.0/20"])?;
     let mut containers = vec![];
@@ -153,7 +157,7 @@ fn build_bpfnet(tag: &str) -> Result<World> {
         addresses.push(address);
     }
     let server = format!("{}:{PORT}", addresses[1]).parse()?;
-    Ok(World { path: Path::Bpfnet, server, client_ns: containers[0].clone(), server_ns: containers[1].clone(), cluster: c })
+    Ok(World { path, server, client_ns: containers[0].clone(), server_ns: containers[1].clone(), cluster: c })
 }
 
 /// One path's results for one mode.
@@ -274,8 +278,13 @@ pub fn run(opts: &Options) -> Result<Report> {
     let cpu = if machine.nproc > 1 { 1 } else { 0 };
     let (slices, slice_seconds) = opts.run.slices();
 
-    eprintln!("cross-node bench: building the three paths (node namespaces, etcd, daemons)");
-    let mut worlds = vec![build_routed(Path::Routed, "xn-routed")?, build_vxlan("xn-vxlan")?, build_bpfnet("xn-bpfnet")?];
+    eprintln!("cross-node bench: building the four paths (node namespaces, etcd, daemons)");
+    let mut worlds = vec![
+        build_routed(Path::Routed, "xn-routed")?,
+        build_vxlan("xn-vxlan")?,
+        build_bpfnet(Path::Bpfnet, "xn-bpfnet")?,
+        build_bpfnet(Path::BpfnetDevice, "xn-bpfdev")?,
+    ];
     if opts.run.control {
         worlds.push(build_routed(Path::Control, "xn-control")?);
     }

@@ -53,8 +53,8 @@ fn uplink_path(sb: &Sandbox) -> bool {
 
 #[test]
 fn the_published_path_runs_in_xdp_and_passes_the_rest_to_tc() {
-    let (mut sb, outside, client, _replicas) = lab("xdp", &[]);
-    assert!(uplink_path(&sb), "XDP is on by default on a veth uplink");
+    let (mut sb, outside, client, _replicas) = lab("xdp", &["--xdp", "native"]);
+    assert!(uplink_path(&sb), "--xdp native runs XDP on a veth uplink");
     let link = sb.exec(&sb.host(), &["ip", "link", "show", "up0"]).unwrap().stdout;
     assert!(link.contains("prog/xdp"), "the uplink runs an XDP program:\n{link}");
 
@@ -107,9 +107,16 @@ fn the_published_path_runs_in_xdp_and_passes_the_rest_to_tc() {
     assert_eq!(seen.values().sum::<usize>(), 300, "every connection answered: {seen:?}");
     assert_eq!(counter(&sb, "xdp_service_balanced"), in_xdp, "nothing in XDP");
 
-    // Back on (the default), the pinned XDP link is made again.
+    // The default (`--xdp auto`) keeps a veth uplink on TC, and says why.
     sb.stop_daemon(libc::SIGTERM).unwrap();
     sb.start_daemon().unwrap();
+    assert!(!uplink_path(&sb), "auto runs XDP on a veth");
+    let stats = sb.bpfnet_ok(&["stats"]).unwrap();
+    assert!(stats.contains("up0 (192.0.2.1, TC: a veth, where XDP only adds a NAPI hop"), "{stats}");
+
+    // Back on, the pinned XDP link is made again.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon_with(&DaemonOptions { args: &["--xdp", "native"], ..Default::default() }).unwrap();
     assert!(uplink_path(&sb));
     let seen = spread(&outside.ext, web, 300, T).unwrap();
     assert_eq!(seen.values().sum::<usize>(), 300);

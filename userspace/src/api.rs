@@ -261,6 +261,9 @@ pub struct Uplink {
     /// The XDP program runs on it (`bpfnet daemon --xdp`).
     #[serde(default)]
     pub xdp: bool,
+    /// Why it takes that path (`--xdp auto` decides by the driver).
+    #[serde(default)]
+    pub why: String,
 }
 
 /// One direction of a connection: `address:port` (ICMP: the address, and the echo identifier).

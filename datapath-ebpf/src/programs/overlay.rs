@@ -1,5 +1,6 @@
-//! The `from_overlay` program (TC ingress of the node's VXLAN device): what other nodes send to
-//! this one. Accepted only when everything agrees with what etcd says, the VNI being an overlay
+//! What other nodes send to this one through the overlay: the `from_overlay` program (TC
+//! ingress of the node's VXLAN device) and, where the datapath does VXLAN itself, the packets
+//! `from_uplink` takes the VXLAN headers off (`arrived`, shared by both). Accepted only when everything agrees with what etcd says, the VNI being an overlay
 //! network of this node in every case:
 //! - between endpoints: the inner source is an endpoint of that network on the node that sent
 //!   the packet (the outer source), the inner destination an endpoint of that network here;
@@ -30,9 +31,27 @@ use crate::{
 
 #[inline(always)]
 pub fn from_overlay(ctx: &TcContext) -> i32 {
-    let Some(tunnel) = tunnel_of(ctx.skb.skb) else {
-        return drop_packet(ctx, Counter::DropOverlayUnknownVni);
-    };
+    match tunnel_of(ctx.skb.skb) {
+        Some(tunnel) => arrived(ctx, &tunnel),
+        None => drop_packet(ctx, Counter::DropOverlayUnknownVni),
+    }
+}
+
+/// The `from_underlay` program (tail-called by `from_uplink`): a packet whose VXLAN headers the
+/// datapath took off.
+#[inline(always)]
+pub fn from_underlay(ctx: &TcContext) -> i32 {
+    match overlay::handed_over() {
+        Some(tunnel) => arrived(ctx, &tunnel),
+        None => drop_packet(ctx, Counter::DropOverlayUnknownVni),
+    }
+}
+
+/// A packet another node sent by `tunnel`, its VXLAN headers gone (taken off by the VXLAN
+/// device, or by `from_uplink` where the datapath does VXLAN itself): checked and delivered.
+#[inline(always)]
+pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
+    let tunnel = *tunnel;
     let Some(network_id) = network_of(tunnel.vni) else {
         return drop_packet(ctx, Counter::DropOverlayUnknownVni);
     };

@@ -14,6 +14,7 @@ use crate::{
     headers::{ETH_P_IP, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
+    overlay,
     nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_connection, published_target, translate_icmp_error, Translation},
     reject,
 };
@@ -26,6 +27,13 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet).
     if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
         return count_uplink_to_host(ctx);
+    }
+    // Another node's overlay traffic, where the datapath does VXLAN itself.
+    if overlay::is_vxlan_here(ctx) {
+        return match overlay::decapsulate(ctx) {
+            Some(tunnel) => overlay::hand_over(ctx, tunnel),
+            None => drop_packet(ctx, Counter::DropMalformed),
+        };
     }
     let Some(flow) = conntrack::parse(ctx) else { return screened_to_host(ctx) };
     if flow.is_icmp_error() {

@@ -7,9 +7,17 @@ use clap::Args;
 
 use crate::{daemon::{Config, XdpSetting}, datapath::LoadOptions, netns, server};
 
+/// `--overlay-encap`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum OverlayEncapArg {
+    Datapath,
+    Device,
+}
+
 /// `--xdp`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum XdpArg {
+    Auto,
     Native,
     Off,
 }
@@ -46,13 +54,16 @@ pub struct DaemonArgs {
     uplinks: Vec<String>,
     /// Run the uplinks' published path in XDP: replies into containers and connections from
     /// outside to published ports and services are translated and delivered before the kernel
-    /// allocates an skb (what XDP cannot do passes on to TC). `native` needs the driver's XDP and
-    /// fails otherwise; `off` keeps TC alone. Default: native where the uplink's driver has it.
-    /// XDP needs complete checksums from the uplink (a NIC's frames have them; the peer of a veth
-    /// uplink sends them with `ethtool -K PEER tx off`): frames whose checksum was left to
-    /// offload take the TC path.
-    #[arg(long, value_name = "MODE")]
-    xdp: Option<XdpArg>,
+    /// allocates an skb (what XDP cannot do passes on to TC). `auto` (the default): native XDP on
+    /// an uplink whose driver runs XDP before it builds an skb (a NIC), TC alone on a veth (XDP
+    /// there queues every frame to the veth's NAPI ring and takes the GSO off the frames that
+    /// pass: measured slower, see docs/BENCHMARKS.md); `native` on every uplink, or the daemon
+    /// fails; `off` keeps TC alone. XDP needs complete checksums from the uplink (a NIC's frames
+    /// have them; the peer of a veth uplink sends them with `ethtool -K PEER tx off`): frames
+    /// whose checksum was left to offload take the TC path. `bpfnet stats` says which path each
+    /// uplink takes and why.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    xdp: XdpArg,
     /// Size of the table of established connections in entries; each connection takes two. New
     /// connections wait in a table a quarter of this size until they are established (a TCP
     /// handshake completed, an answer to UDP or ICMP): a flood of new connections evicts only
@@ -147,6 +158,11 @@ pub struct DaemonArgs {
     /// bytes on the underlay, or large packets are lost. Default: the uplink's MTU less 50.
     #[arg(long, value_name = "BYTES", requires = "cluster", value_parser = clap::value_parser!(u32).range(576..=65_000))]
     overlay_mtu: Option<u32>,
+    /// Who wraps overlay traffic in VXLAN: `datapath` (the default: the TC programs add and take
+    /// off the headers and route the packet out of the uplink themselves), or `device` (the
+    /// node's VXLAN device, through the host's IP stack). Nodes of either kind talk to each other.
+    #[arg(long, value_name = "WHO", requires = "cluster", default_value = "datapath")]
+    overlay_encap: OverlayEncapArg,
     /// Configuration file: every flag of this command as a setting of the same name (e.g.
     /// `ct-max = 262144`, `uplink = ["eth0"]`, `docker-plugin = "/run/docker/plugins"`); flags
     /// given on the command line win. Default: /etc/bpfnet/config.toml, when it exists.
@@ -257,9 +273,9 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         },
         uplinks: args.uplinks,
         xdp: match args.xdp {
-            None => XdpSetting::NativeWhereSupported,
-            Some(XdpArg::Native) => XdpSetting::Native,
-            Some(XdpArg::Off) => XdpSetting::Off,
+            XdpArg::Auto => XdpSetting::Auto,
+            XdpArg::Native => XdpSetting::Native,
+            XdpArg::Off => XdpSetting::Off,
         },
         cgroup_root: args.cgroup_root,
         docker_plugin: args.docker_plugin,
@@ -281,6 +297,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
                 underlay: args.underlay_address,
                 lease_ttl: args.cluster_lease_ttl,
                 overlay_mtu: args.overlay_mtu,
+                encap_in_datapath: matches!(args.overlay_encap, OverlayEncapArg::Datapath),
             })
         },
         dns: crate::dns::DnsConfig {

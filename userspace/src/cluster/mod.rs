@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Endpoints' MTU on overlay networks. `None`: the uplink's less the encapsulation (50).
     pub overlay_mtu: Option<u32>,
+    /// The datapath wraps and unwraps VXLAN itself (`--overlay-encap datapath`), rather than the
+    /// node's VXLAN device.
+    pub encap_in_datapath: bool,
 }
 
 /// Default `--cluster-lease-ttl`: a daemon restarted by its service manager is back well within

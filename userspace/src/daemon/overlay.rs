@@ -70,7 +70,7 @@ fn record_of(net: &Network, vni: u32) -> NetworkRecord {
 impl Daemon {
     /// Makes this node ready for overlay networks: the VXLAN device (its MTU, and that of overlay
     /// endpoints, `mtu` or else the uplink's less the encapsulation) with `from_overlay` on it.
-    pub async fn enable_overlay(&mut self, store: Arc<dyn SharedStore>, mtu: Option<u32>) -> Result<()> {
+    pub async fn enable_overlay(&mut self, store: Arc<dyn SharedStore>, mtu: Option<u32>, encap_in_datapath: bool) -> Result<()> {
         let mtu = match mtu {
             Some(mtu) => mtu,
             None => {
@@ -84,7 +84,18 @@ impl Daemon {
         let vxlan_ifindex = self.netlink.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
         crate::plumbing::write_sysctl(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1").ok();
         self.datapath.attach_overlay(VXLAN_DEVICE).context("attaching the overlay program")?;
-        log::info!("overlay networks: {VXLAN_DEVICE} (UDP {VXLAN_PORT}), endpoint MTU {mtu}, underlay {}", store.underlay());
+        // VXLAN in the datapath needs an IPv4 underlay address of this node's own.
+        let native = match store.underlay() {
+            IpAddr::V4(v4) if encap_in_datapath => Some(v4),
+            _ => None,
+        };
+        self.datapath.set_overlay_node(native)?;
+        let who = if native.is_some() { "the datapath (TC)" } else { VXLAN_DEVICE };
+        log::info!(
+            "overlay networks: VXLAN (UDP {VXLAN_PORT}) by {who}, endpoint MTU {mtu}, underlay {}; {VXLAN_DEVICE} receives from \
+             nodes that use their device",
+            store.underlay()
+        );
         self.overlay = Some(OverlayNode { store, vxlan_ifindex, mtu, view: None, refused: BTreeSet::new(), own_revision: 0 });
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! Uplinks: the interfaces traffic to the outside leaves by. The daemon turns on forwarding in
 //! its namespace (the FIB lookups of the datapath need it), attaches the uplink program to each
 //! uplink and tells the datapath the address masquerade gives traffic leaving by it. With `--xdp`
-//! native (the default where the driver has it) each uplink also runs the XDP program, which takes
-//! the published path before the kernel allocates an skb.
+//! auto (the default) an uplink whose driver runs XDP natively, other than a veth, also runs the
+//! XDP program, which takes the published path before the kernel allocates an skb.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +19,8 @@ pub(super) struct Found {
     veth: bool,
     /// The XDP program runs on it.
     xdp: bool,
+    /// Why it takes the path it takes (`stats`).
+    why: String,
 }
 
 /// `bpfnet daemon --xdp`: whether the uplinks run the XDP program.
@@ -28,8 +30,9 @@ pub enum XdpSetting {
     Off,
     /// Native XDP on every uplink, or the daemon does not start (`--xdp native`).
     Native,
-    /// Native XDP where the uplink's driver has it, TC alone elsewhere (no `--xdp`).
-    NativeWhereSupported,
+    /// Native XDP where the uplink's driver has it and runs it before the skb exists; TC alone on
+    /// a veth and where the driver has no XDP (the default).
+    Auto,
 }
 
 /// Finds the uplinks: `names`, or the interfaces of the default route. Touches nothing, so a
@@ -62,7 +65,7 @@ pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Foun
             bail!("--uplink {name}: the interface has no IPv4 address for masquerade to use");
         };
         let veth = netlink.is_veth(index).await?;
-        found.push(Found { name, index, addr, veth, xdp: false });
+        found.push(Found { name, index, addr, veth, xdp: false, why: String::new() });
     }
     Ok(found)
 }
@@ -73,21 +76,27 @@ pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetti
     for f in found.iter_mut() {
         // TC first: XDP passes on to it whatever it does not handle.
         datapath.attach_uplink(&f.name)?;
-        f.xdp = match xdp {
+        (f.xdp, f.why) = match xdp {
             XdpSetting::Off => {
                 datapath.detach_uplink_xdp(&f.name)?;
-                false
+                (false, "--xdp off".into())
             }
             XdpSetting::Native => {
                 datapath.attach_uplink_xdp(&f.name).with_context(|| format!("--xdp native on uplink {}", f.name))?;
-                true
+                (true, "--xdp native".into())
             }
-            XdpSetting::NativeWhereSupported => match datapath.attach_uplink_xdp(&f.name) {
-                Ok(()) => true,
+            XdpSetting::Auto if f.veth => {
+                // A veth runs XDP in a NAPI poll of its own: every frame is queued there and loses
+                // its GSO, which costs more than XDP saves (measured).
+                datapath.detach_uplink_xdp(&f.name)?;
+                (false, "a veth, where XDP only adds a NAPI hop (--xdp native forces it)".into())
+            }
+            XdpSetting::Auto => match datapath.attach_uplink_xdp(&f.name) {
+                Ok(()) => (true, "the driver runs XDP natively".into()),
                 Err(e) => {
                     log::warn!("uplink {}: no native XDP ({e:#}); its traffic takes the TC path", f.name);
                     datapath.detach_uplink_xdp(&f.name)?;
-                    false
+                    (false, "the driver has no native XDP".into())
                 }
             },
         };
@@ -111,7 +120,12 @@ pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetti
         plumbing::write_sysctl("net/ipv4/ip_forward", "1")?;
         for u in &uplinks {
             let path = if u.xdp { "XDP and TC" } else { "TC" };
-            log::info!("uplink {} ({}): masqueraded traffic leaves by it; traffic arriving takes the {path} path", u.interface, u.address);
+            log::info!(
+                "uplink {} ({}): masqueraded traffic leaves by it; traffic arriving takes the {path} path ({})",
+                u.interface,
+                u.address,
+                u.why
+            );
         }
     }
     Ok(uplinks)
@@ -124,7 +138,10 @@ fn datapath_uplinks(found: &[Found]) -> Vec<(u32, IpAddr, bool)> {
 
 /// The uplinks as `stats` shows them.
 pub(super) fn views(found: &[Found]) -> Vec<api::Uplink> {
-    found.iter().map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string(), xdp: f.xdp }).collect()
+    found
+        .iter()
+        .map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string(), xdp: f.xdp, why: f.why.clone() })
+        .collect()
 }
 
 /// Follows address changes of the uplinks (DHCP, an address replaced by hand): masquerade uses an

@@ -158,7 +158,8 @@ impl LoadOptions {
 }
 
 /// The datapath's programs, each with where its links are pinned.
-const PROGRAMS: [&str; 3] = [program_names::FROM_CONTAINER, program_names::FROM_UPLINK, program_names::FROM_OVERLAY];
+const PROGRAMS: [&str; 4] =
+    [program_names::FROM_CONTAINER, program_names::FROM_UPLINK, program_names::FROM_OVERLAY, program_names::FROM_UNDERLAY];
 
 impl Datapath {
     /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
@@ -232,6 +233,14 @@ impl Datapath {
         let name = program_names::XDP_FROM_UPLINK;
         let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
         prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
+        // `from_uplink` hands decapsulated overlay packets to `from_underlay` (a tail call).
+        let underlay = {
+            let prog: &SchedClassifier = ebpf.program(program_names::FROM_UNDERLAY).context("from_underlay missing")?.try_into()?;
+            prog.fd()?.try_clone()?
+        };
+        let mut progs: aya::maps::ProgramArray<&mut MapData> =
+            aya::maps::ProgramArray::try_from(ebpf.map_mut(map_names::OVERLAY_PROGS).context("OVERLAY_PROGS map missing")?)?;
+        progs.set(0, &underlay, 0).context("writing OVERLAY_PROGS")?;
         let maglev = MappedArray::map(map_data(&ebpf, map_names::MAGLEV)?, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
         Ok(Self { ebpf, pins, maglev })
     }

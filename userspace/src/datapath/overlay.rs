@@ -53,6 +53,15 @@ impl Datapath {
         retain_keys(&mut map, &keep)
     }
 
+    /// Makes the datapath wrap and unwrap VXLAN itself with `underlay` as this node's address
+    /// (`None`: the node's VXLAN device does it).
+    pub fn set_overlay_node(&mut self, underlay: Option<std::net::Ipv4Addr>) -> Result<()> {
+        let mut map: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map_names::OVERLAY_NODE).context("OVERLAY_NODE map missing")?)?;
+        let word = underlay.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+        map.set(0, word, 0).context("writing OVERLAY_NODE")
+    }
+
     /// Attaches `from_overlay` at TCX ingress of the VXLAN device `ifname`.
     pub fn attach_overlay(&mut self, ifname: &str) -> Result<()> {
         let pin = self.pins.as_ref().map(|root| bpffs::overlay_dir(root).join(ifname));

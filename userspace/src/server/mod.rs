@@ -330,7 +330,10 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
     };
     let daemon = Arc::new(Mutex::new(daemon));
     let cluster_sync = match &cluster {
-        Some(cluster) => Some(follow_cluster(cluster.clone(), daemon.clone(), &worker, config.cluster.as_ref().and_then(|c| c.overlay_mtu)).await?),
+        Some(cluster) => {
+            let (mtu, encap) = config.cluster.as_ref().map_or((None, true), |c| (c.overlay_mtu, c.encap_in_datapath));
+            Some(follow_cluster(cluster.clone(), daemon.clone(), &worker, mtu, encap).await?)
+        }
         None => None,
     };
     let recorder = crate::metrics::Recorder::default();
@@ -465,11 +468,12 @@ async fn follow_cluster(
     daemon: Arc<Mutex<Daemon>>,
     worker: &Handle,
     overlay_mtu: Option<u32>,
+    encap_in_datapath: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let store: Arc<dyn crate::store::shared::SharedStore> = cluster.clone();
     {
         let daemon = daemon.clone();
-        worker.spawn(async move { daemon.lock().await.enable_overlay(store, overlay_mtu).await }).await??;
+        worker.spawn(async move { daemon.lock().await.enable_overlay(store, overlay_mtu, encap_in_datapath).await }).await??;
     }
     let (views, mut view) = tokio::sync::watch::channel(None);
     let watch = tokio::spawn(cluster.watch(views));
