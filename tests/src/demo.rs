@@ -301,7 +301,8 @@ fn swarm_example(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
 }
 
 /// Three hosts: node namespaces with their own daemons on a three-member etcd cluster; an overlay
-/// network across them, the matrix by name across nodes, and a node that dies.
+/// network across them, the matrix by name across nodes, the routing mesh answered from every
+/// node, and a node that dies.
 fn three_hosts() -> Result<Vec<String>> {
     use crate::cluster::Cluster;
     let mut failures = Vec::new();
@@ -362,6 +363,33 @@ fn three_hosts() -> Result<Vec<String>> {
     }
     on(&c, 0, &["stats"]).map(|_| ())?;
 
+    println!("\nThe routing mesh: service `site` on n1, replicas w2 (n2) and w3 (n3), published on port 8080 of every node");
+    for (i, ns) in web.iter().enumerate() {
+        crate::traffic::tcp_name_server(ns, "0.0.0.0:80".parse()?, &format!("w{}", i + 1))?;
+    }
+    on(&c, 0, &["service", "create", "site", "--network", "web", "--port", "80", "--publish", "8080", "--backend", "w2", "--backend", "w3"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    on(&c, 2, &["service", "ls"])?;
+    for i in 1..=3 {
+        let to: std::net::SocketAddr = format!("{}:8080", crate::cluster::underlay_ip(i)).parse()?;
+        match crate::traffic::spread(c.underlay(), to, 60, Duration::from_secs(3)) {
+            Ok(seen) => {
+                let (_, client) = crate::traffic::NameClient::connect(c.underlay(), to, Duration::from_secs(3))?.ask()?;
+                let counted: Vec<String> = seen.iter().map(|(name, n)| format!("{name} {n}")).collect();
+                let right = seen.len() == 2 && client == crate::cluster::UNDERLAY_ROUTER;
+                println!(
+                    "  60 connections from outside to n{i}:8080 -> {} (the replica saw the client as {client}) {}",
+                    counted.join(", "),
+                    if right { "ok" } else { "WRONG" }
+                );
+                if !right {
+                    failures.push(format!("routing mesh through n{i}: {seen:?}, client seen as {client}"));
+                }
+            }
+            Err(e) => failures.push(format!("routing mesh through n{i}: {e:#}")),
+        }
+    }
+
     println!("\nNode n3 dies (its daemon killed, lease TTL 4 s): its container leaves the other nodes");
     c.nodes[2].stop_daemon(libc::SIGKILL)?;
     let died = std::time::Instant::now();
@@ -389,7 +417,14 @@ fn three_hosts() -> Result<Vec<String>> {
     if !still {
         failures.push("w1 lost w2 when n3 died".into());
     }
-    println!("(The routing mesh, services answering on every node, is not built yet.)");
+    let to: std::net::SocketAddr = format!("{}:8080", crate::cluster::underlay_ip(1)).parse()?;
+    match crate::traffic::spread(c.underlay(), to, 30, Duration::from_secs(3)) {
+        Ok(seen) if seen.keys().map(String::as_str).collect::<Vec<_>>() == ["w2"] => {
+            println!("the routing mesh after n3 died: 30 connections to n1:8080 -> w2 {} ok", seen["w2"])
+        }
+        Ok(seen) => failures.push(format!("the routing mesh after n3 died: {seen:?}")),
+        Err(e) => failures.push(format!("the routing mesh after n3 died: {e:#}")),
+    }
     Ok(failures)
 }
 

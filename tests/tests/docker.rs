@@ -216,4 +216,12 @@ fn bpfnet_ipam_keeps_docker_networks_clear_of_others() {
     let state = std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap();
     assert_eq!(json(&state)["pools"], serde_json::json!([]), "every pool released");
     docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.214.0.0/24", "again"]).unwrap();
+
+    // --ip-range: bpfnet's IPAM hands addresses out of it.
+    docker
+        .ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--subnet", "10.215.0.0/24", "--ip-range", "10.215.0.64/26", "ranged"])
+        .unwrap();
+    run_idle(&docker, "r1", &["--network", "ranged"]);
+    assert_eq!(ip("r1"), "10.215.0.64", "the range's first address");
+    docker.ok(&["rm", "-f", "r1"]).unwrap();
 }

@@ -267,6 +267,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "--gateway", "10.207.0.1"], "outside the subnet"),
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "-o", "icc=maybe"], "invalid value"),
         (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "-o", "mtu=1400"], "unknown network option"),
+        (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "--ip-range", "10.207.0.0/25"], "not inside the subnet"),
+        (vec!["network", "create", "x", "--subnet", "10.206.0.0/24", "--ip-range", "10.206.0.1/25"], "host bits"),
         (vec!["network", "create", "x y"], "invalid network name"),
         (vec!["network", "create", "big", "--subnet", "10.206.0.0/24"], "already exists"),
         (vec!["network", "rm", "big"], "active endpoints"),

@@ -19,6 +19,9 @@ pub struct CreateNetwork {
     /// `bpfnet` (this host's, the default) or `overlay` (across the cluster's nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// `--ip-range`: a prefix of the subnet that addresses are handed out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
 }
 
 /// What an endpoint asks for on its network (`connect` and `endpoint create`).
@@ -146,6 +149,8 @@ pub struct Ipam {
 pub struct IpamConfig {
     pub subnet: String,
     pub gateway: String,
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -194,6 +194,19 @@ pub fn choose_gateway(net: &IpNetwork, requested: Option<&str>) -> Result<IpAddr
     }
 }
 
+/// Checks `--ip-range` against the network's `subnet`: a prefix inside it, with room for an
+/// address to hand out.
+pub fn parse_ip_range(text: &str, subnet: &IpNetwork) -> Result<IpNetwork> {
+    let range: IpNetwork = text.parse().map_err(|_| anyhow::anyhow!("invalid --ip-range {text:?}: expected a prefix such as 10.0.9.128/25"))?;
+    if range.is_ipv4() != subnet.is_ipv4() || range.prefix() < subnet.prefix() || !subnet.contains(range.network()) {
+        bail!("--ip-range {text} is not inside the subnet {subnet}");
+    }
+    if range.network() != range.ip() {
+        bail!("--ip-range {text} has host bits set; did you mean {}/{}?", range.network(), range.prefix());
+    }
+    Ok(range)
+}
+
 /// Picks an endpoint's address: the user's (checked), or the lowest free one. Every allocation of
 /// the network holds its address, attached or not, and every service its VIP.
 pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) -> Result<IpAddr> {
@@ -218,7 +231,7 @@ impl<'a> AddressPool<'a> {
         for s in state.services.values().filter(|s| s.network_id == network_id) {
             held.insert(s.vip, format!("service {}", s.name));
         }
-        Self { net, held, next: 1 }
+        Self { net, held, next: 0 }
     }
 
     /// The address asked for (checked), or the lowest free one; held from now on by `holder`.
@@ -238,12 +251,16 @@ impl<'a> AddressPool<'a> {
                 ip
             }
             None => {
+                // From the network's --ip-range, else the whole subnet (its first address is the
+                // network's own, its last the broadcast: neither is handed out).
+                let range = net.ip_range.unwrap_or(net.subnet);
                 let found = (self.next..)
-                    .map_while(|offset| nth_address(&net.subnet, offset).map(|ip| (offset, ip)))
-                    .filter(|(_, ip)| Some(*ip) != broadcast(&net.subnet))
+                    .map_while(|offset| nth_address(&range, offset).map(|ip| (offset, ip)))
+                    .filter(|(_, ip)| Some(*ip) != broadcast(&net.subnet) && *ip != net.subnet.network())
                     .find(|(_, ip)| *ip != net.gateway && !self.held.contains_key(ip));
-                let (offset, ip) =
-                    found.ok_or_else(|| anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.subnet))?;
+                let (offset, ip) = found.ok_or_else(|| {
+                    anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.ip_range.unwrap_or(net.subnet))
+                })?;
                 self.next = offset + 1;
                 ip
             }
@@ -328,6 +345,7 @@ mod tests {
                 datapath_id: 1,
                 created: String::new(),
                 driver: Default::default(),
+                ip_range: None,
             }],
             endpoints: vec![],
             allocations: vec![],
@@ -443,6 +461,25 @@ mod tests {
         assert!(err.contains("outside"), "{err}");
         let err = choose_address(&s, "n1", Some("fd00::2")).unwrap_err().to_string();
         assert!(err.contains("other address family"), "{err}");
+    }
+
+    #[test]
+    fn an_ip_range_bounds_what_is_handed_out_but_not_what_is_asked_for() {
+        let subnet: IpNetwork = "10.0.0.0/24".parse().unwrap();
+        let mut s = state_with("10.0.0.0/24");
+        s.networks[0].ip_range = Some(parse_ip_range("10.0.0.252/30", &subnet).unwrap());
+        // .252-.254 (.255 is the subnet's broadcast), then none left.
+        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 252));
+        for ip in ["10.0.0.252", "10.0.0.253", "10.0.0.254"] {
+            s.endpoints.push(endpoint(ip));
+        }
+        let err = choose_address(&s, "n1", None).unwrap_err().to_string();
+        assert!(err.contains("no free address left") && err.contains("10.0.0.252/30"), "{err}");
+        assert_eq!(choose_address(&s, "n1", Some("10.0.0.7")).unwrap(), Ipv4Addr::new(10, 0, 0, 7), "--ip anywhere in the subnet");
+        for (bad, why) in [("10.1.0.0/25", "not inside"), ("10.0.0.0/16", "not inside"), ("10.0.0.1/25", "host bits"), ("x", "invalid")] {
+            let err = parse_ip_range(bad, &subnet).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

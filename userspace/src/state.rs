@@ -45,6 +45,10 @@ pub struct Network {
     /// What kind of network: this host's alone, or an overlay across a cluster's nodes.
     #[serde(default)]
     pub driver: Driver,
+    /// `--ip-range`: where addresses are handed out from (the whole subnet if none); `--ip`
+    /// may still ask for any address of the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<IpNetwork>,
 }
 
 /// The kind of a network.
@@ -232,6 +236,9 @@ pub struct RemoteEndpoint {
 pub struct Pool {
     pub subnet: IpNetwork,
     pub addresses: Vec<IpAddr>,
+    /// `--ip-range`: where addresses are handed out from (the whole subnet if none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<IpNetwork>,
 }
 
 /// Services by name, in name order.
@@ -564,6 +571,7 @@ mod tests {
                 datapath_id: 1,
                 created: "2026-01-01T00:00:00Z".into(),
                 driver: Driver::Local,
+                ip_range: None,
             }],
             endpoints: vec![],
             allocations: vec![],

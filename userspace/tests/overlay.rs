@@ -1,16 +1,19 @@
 //! Overlay (cluster) decisions of the datapath on hand-made packets (BPF_PROG_TEST_RUN): a
-//! packet to an endpoint on another node leaves by the VXLAN device, addressed to that endpoint;
-//! another network's endpoint there stays isolated; a connection from outside balanced to a
-//! backend on another node is translated exactly as for a local one and sent through the tunnel
-//! (XDP, which cannot set a tunnel key, leaves it to TC), its later packets too. What arrives by
-//! the tunnel needs the tunnel's key, which BPF_PROG_TEST_RUN cannot give a packet: `from_overlay`
-//! drops a frame without one, and its checks (VNI, inner source on the sending node, routing
-//! mesh) are tested end to end with forged VXLAN datagrams (tests/tests/cluster.rs). Needs root.
+//! packet to an endpoint on another node leaves by the VXLAN device, addressed to that endpoint,
+//! or, where the datapath does VXLAN itself, wrapped here byte for byte (outer headers and their
+//! checksum computed independently); another network's endpoint there stays isolated; a
+//! connection from outside balanced to a backend on another node is translated exactly as for a
+//! local one and sent through the tunnel (XDP leaves it to TC), its later packets too. VXLAN
+//! arriving on the uplink is unwrapped and checked: the genuine packet delivered byte for byte,
+//! a spoofed inner source, an unknown VNI, a destination not here, and a routing-mesh packet to
+//! anything but a backend port dropped and counted. (The VXLAN device's own program,
+//! `from_overlay`, reads the tunnel key, which BPF_PROG_TEST_RUN cannot give a packet: it drops a
+//! frame without one; tests/tests/cluster.rs forges VXLAN end to end.) Needs root.
 mod lab;
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
-use datapath_common::{program_names, Counter, EndpointInfo, GATEWAY_MAC};
+use datapath_common::{program_names, services::flow_hash, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC};
 use lab::*;
 
 /// The node's VXLAN device, as remote endpoints' entries name it.
@@ -89,5 +92,118 @@ fn what_arrives_by_the_tunnel_without_its_key_is_dropped() {
         assert_eq!(out.verdict, DROP);
         assert_eq!(lab.counter(Counter::DropOverlayUnknownVni), 1);
         assert_eq!(lab.counter(Counter::FromOverlay), 0);
+    });
+}
+
+/// The lab node does VXLAN itself, with the uplink's address as its underlay address; network
+/// `NETWORK` is VNI `VNI` here, with the container here and `REMOTE_IP` on node 2.
+fn datapath_vxlan(lab: &mut Lab) {
+    lab.dp.set_overlay_node(Some(UPLINK_IP.into())).unwrap();
+    lab.dp.set_overlay_vnis(&[(VNI, NETWORK)]).unwrap();
+    lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, NETWORK, GATEWAY_IP);
+    on_node2(lab, REMOTE_IP, REMOTE_MAC, NETWORK);
+}
+
+/// `inner` (an IPv4 packet) in VXLAN with `vni`, from `from` to the lab node's uplink.
+fn vxlan_frame(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(&inner_eth.0);
+    payload.extend_from_slice(&inner_eth.1);
+    payload.extend_from_slice(&[0x08, 0x00]);
+    payload.extend_from_slice(inner);
+    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&payload);
+    let outer = Ip { src: from, dst: UPLINK_IP, proto: UDP, ttl: 63, id: 0, frag: 0x4000 };
+    frame(UPLINK_MAC, ROUTER_MAC, &outer, &udp)
+}
+
+/// An inner TCP packet (IP header and segment, checksums exact).
+fn inner_tcp(ip: Ip, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    packet([0; 6], [0; 6], ip, tcp_segment(sport, dport, flags, b"hi"))[14..].to_vec()
+}
+
+#[test]
+fn the_datapath_wraps_a_packet_to_another_node_in_vxlan_byte_for_byte() {
+    TestNetns::new("ov-wrap").run(MASQ, |lab| {
+        datapath_vxlan(lab);
+        let ip = Ip { src: CONTAINER_IP, dst: REMOTE_IP, proto: TCP, ttl: 64, id: 1, frag: 0x4000 };
+        let sent = packet(GATEWAY_MAC, CONTAINER_MAC, ip, tcp_segment(40000, 80, 0x02, b""));
+        let out = lab.from_container(&sent);
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink");
+
+        // Built here from scratch: the outer headers to node 2 (the underlay route: the uplink's
+        // router), UDP from a port the inner addresses choose, VXLAN with the network's VNI, the
+        // inner frame to the endpoint from the gateway.
+        let hash = flow_hash(u32::from_ne_bytes(CONTAINER_IP), u32::from_ne_bytes(REMOTE_IP), 0, 0, 0);
+        let sport = (49_152 + hash % 16_384) as u16;
+        let mut vxlan = vec![0x08, 0, 0, 0];
+        vxlan.extend_from_slice(&(VNI << 8).to_be_bytes());
+        vxlan.extend_from_slice(&REMOTE_MAC);
+        vxlan.extend_from_slice(&GATEWAY_MAC);
+        vxlan.extend_from_slice(&[0x08, 0x00]);
+        vxlan.extend_from_slice(&sent[14..]);
+        let mut udp = sport.to_be_bytes().to_vec();
+        udp.extend_from_slice(&4789u16.to_be_bytes());
+        udp.extend_from_slice(&((8 + vxlan.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&vxlan);
+        let outer = Ip { src: UPLINK_IP, dst: NODE2, proto: UDP, ttl: 64, id: 0, frag: 0x4000 };
+        let mut expected = ROUTER_MAC.to_vec();
+        expected.extend_from_slice(&UPLINK_MAC);
+        expected.extend_from_slice(&[0x08, 0x00]);
+        expected.extend_from_slice(&ip_header(&outer, udp.len()));
+        expected.extend_from_slice(&udp);
+        assert_eq!(out.packet, expected, "outer Ethernet, IPv4 (checksum), UDP, VXLAN, inner frame");
+        assert_eq!(lab.counter(Counter::ToOverlay), 1);
+    });
+}
+
+#[test]
+fn vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
+    TestNetns::new("ov-unwrap").run(MASQ, |lab| {
+        datapath_vxlan(lab);
+        let ip = Ip { src: REMOTE_IP, dst: CONTAINER_IP, proto: TCP, ttl: 64, id: 3, frag: 0x4000 };
+        let inner = inner_tcp(ip, 80, 40000, 0x12);
+
+        // Genuine: node 2's endpoint, by node 2, with the network's VNI.
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
+        assert_eq!(out.verdict, REDIRECT, "into the container");
+        let mut expected = CONTAINER_MAC.to_vec();
+        expected.extend_from_slice(&GATEWAY_MAC);
+        expected.extend_from_slice(&[0x08, 0x00]);
+        expected.extend_from_slice(&inner);
+        assert_eq!(out.packet, expected, "the inner packet untouched, addressed to the container");
+        assert_eq!(lab.counter(Counter::FromOverlay), 1);
+
+        // Node 3 speaking for node 2's endpoint; an unknown VNI; an endpoint not here.
+        let out = lab.from_uplink(&vxlan_frame([10, 250, 0, 3], VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 1));
+        let out = lab.from_uplink(&vxlan_frame(NODE2, 999, (GATEWAY_MAC, REMOTE_MAC), &inner));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayUnknownVni)), (DROP, 1));
+        let elsewhere = inner_tcp(Ip { dst: [10, 0, 0, 77], ..ip }, 80, 40000, 0x12);
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), &elsewhere));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayDestination)), (DROP, 1));
+        assert_eq!(lab.counter(Counter::FromOverlay), 1);
+
+        // Routing mesh: a client from outside, balanced here by node 2, only to a backend port.
+        let mesh = HashMap::from([(PortKey { addr: IpKey::from_ipv4_octets(CONTAINER_IP), port: 8080u16.to_be(), proto: TCP, _pad: 0 }, 1)]);
+        lab.dp.set_mesh_backends(&mesh).unwrap();
+        let from_client = Ip { src: CLIENT_IP, dst: CONTAINER_IP, proto: TCP, ttl: 63, id: 4, frag: 0x4000 };
+        let syn = inner_tcp(from_client, 33000, 8080, 0x02);
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &syn));
+        assert_eq!(out.verdict, REDIRECT, "to the backend, untranslated");
+        assert_eq!(&out.packet[14..], &syn[..], "the client's address kept");
+        assert_eq!(lab.counter(Counter::MeshIn), 1);
+        let other_port = inner_tcp(from_client, 33001, 22, 0x02);
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &other_port));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 2), "no other port of it");
+
+        // Where the node leaves VXLAN to its device, the datagram is the host's (its socket).
+        lab.dp.set_overlay_node(None).unwrap();
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
+        assert_eq!(out.verdict, PASS);
     });
 }

@@ -18,6 +18,10 @@ pub enum NetworkCommand {
         /// Gateway address (owned by the host) inside the subnet.
         #[arg(long)]
         gateway: Option<String>,
+        /// Hand out addresses from this prefix of the subnet only (e.g. 10.10.0.128/25); --ip
+        /// may still ask for any address of the subnet.
+        #[arg(long, value_name = "PREFIX")]
+        ip_range: Option<String>,
         /// No traffic leaves the network except to its gateway.
         #[arg(long)]
         internal: bool,
@@ -76,8 +80,8 @@ pub enum NetworkCommand {
 
 pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
     match cmd {
-        NetworkCommand::Create { name, subnet, gateway, internal, options, driver } => {
-            let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)?, driver };
+        NetworkCommand::Create { name, subnet, gateway, ip_range, internal, options, driver } => {
+            let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)?, driver, ip_range };
             let net: api::NetworkInspect = client.post("/networks", &req).await?;
             println!("{}", net.id);
         }

@@ -20,7 +20,7 @@ use datapath_common::{IpKey, PortKey};
 
 use super::{
     publish,
-    services::{build_table, parse_affinity, parse_service_port, take_free, BackendArg},
+    services::{build_table, take_free, BackendArg, ServiceBasics},
     Daemon, DaemonResult, Error,
 };
 use crate::{
@@ -60,18 +60,14 @@ impl Daemon {
     /// see it.
     pub(super) async fn create_cluster_service(&mut self, req: &api::CreateService, args: &[BackendArg]) -> DaemonResult<()> {
         let store = self.overlay_store()?;
-        ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
+        let ServiceBasics { net, port, protocol, affinity_secs } = self.service_basics(req)?;
         let view_has = self.cluster_services().iter().any(|s| s.name == req.name);
         if self.state.services.contains_key(&req.name) || view_has {
             return Err(Error::conflict(format!("a service named {:?} exists already", req.name)));
         }
-        let net = self.network(&req.network)?.clone();
-        let (port, protocol) = parse_service_port(&req.port)?;
-        let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
         let publish = match &req.publish {
             None => None,
             Some(spec) => {
-                publish::refuse_on_internal(&net, "its services")?;
                 let host_port = mesh_publish(spec)?;
                 if let Some(holder) = publish::Holders::of(&self.state, None).holder(&publication(host_port, port, protocol)?) {
                     return Err(holder.refusal(spec));
@@ -272,10 +268,8 @@ impl Daemon {
         let holders = self.holders();
         for record in &records {
             if let Err(e) = self.apply_cluster_service(record, &holders) {
-                let overlay = self.overlay.as_mut().expect("overlay enabled");
-                if overlay.refused.insert(record.id.clone()) {
-                    log::error!("cluster service {} is not available on this node: {e}", record.name);
-                }
+                let what = format!("cluster service {}", record.name);
+                self.overlay.as_mut().expect("overlay enabled").report_refused(&record.id, &what, &e);
             }
         }
         let gone: Vec<String> = self

@@ -33,6 +33,11 @@ impl Daemon {
             return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", pool.subnet)));
         }
         let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
+        let ip_range = match req.ip_range.as_deref() {
+            Some(r) => Some(ipam::parse_ip_range(r, &subnet).map_err(Error::invalid)?),
+            // A Docker network takes the range of the pool Docker's IPAM reserved for it.
+            None => self.state.pools.iter().find(|p| p.subnet == subnet).and_then(|p| p.ip_range),
+        };
         let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let overlay = match req.driver.as_deref() {
             None | Some("bpfnet") => false,
@@ -51,6 +56,7 @@ impl Daemon {
             datapath_id: self.state.free_datapath_id(),
             created: ids::now_rfc3339(),
             driver: Driver::Local,
+            ip_range,
         };
         let net = if overlay { self.create_overlay_network(net).await? } else {
             self.install_network(&net).await?;

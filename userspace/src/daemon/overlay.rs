@@ -46,6 +46,13 @@ pub(super) struct OverlayNode {
 }
 
 impl OverlayNode {
+    /// Logs once (per id) that the cluster's `what` cannot be made on this node, and why.
+    pub(super) fn report_refused(&mut self, id: &str, what: &str, why: &Error) {
+        if self.refused.insert(id.to_string()) {
+            log::error!("{what} is not available on this node: {why}");
+        }
+    }
+
     fn remote_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
         let node = self.store.node().to_string();
         self.view.iter().flat_map(|v| v.endpoints.iter()).filter(move |e| e.network_id == network_id && e.node != node)
@@ -64,6 +71,7 @@ fn record_of(net: &Network, vni: u32) -> NetworkRecord {
         options: net.options.clone(),
         vni,
         created: net.created.clone(),
+        ip_range: net.ip_range,
     }
 }
 
@@ -305,10 +313,8 @@ impl Daemon {
                 continue;
             }
             if let Err(e) = self.adopt_network(record).await {
-                let overlay = self.overlay.as_mut().expect("overlay enabled");
-                if overlay.refused.insert(record.id.clone()) {
-                    log::error!("overlay network {} is not available on this node: {e}", record.name);
-                }
+                let what = format!("overlay network {}", record.name);
+                self.overlay.as_mut().expect("overlay enabled").report_refused(&record.id, &what, &e);
             }
         }
         let gone: Vec<Network> = self
@@ -357,6 +363,7 @@ impl Daemon {
             datapath_id: self.state.free_datapath_id(),
             created: record.created.clone(),
             driver: Driver::Overlay { vni: record.vni, mtu },
+            ip_range: record.ip_range,
         };
         self.install_network(&net).await?;
         log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.subnet, net.gateway);

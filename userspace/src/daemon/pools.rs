@@ -11,8 +11,9 @@ use super::{Daemon, DaemonResult, Error};
 use crate::{ipam, state::Pool};
 
 impl Daemon {
-    /// Reserves the subnet `requested`, or the first free one of the default pool.
-    pub async fn request_pool(&mut self, requested: Option<&str>) -> DaemonResult<IpNetwork> {
+    /// Reserves the subnet `requested`, or the first free one of the default pool; addresses are
+    /// then handed out from `ip_range` (Docker's `--ip-range`) if given.
+    pub async fn request_pool(&mut self, requested: Option<&str>, ip_range: Option<&str>) -> DaemonResult<IpNetwork> {
         if let Some(text) = requested {
             let net = ipam::parse_subnet(text).map_err(Error::invalid)?;
             if let Some(pool) = self.state.pools.iter().find(|p| ipam::overlaps(&p.subnet, &net)) {
@@ -33,7 +34,8 @@ impl Daemon {
                 ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?
             }
         };
-        self.state.pools.push(Pool { subnet, addresses: vec![] });
+        let ip_range = ip_range.map(|r| ipam::parse_ip_range(r, &subnet)).transpose().map_err(Error::invalid)?;
+        self.state.pools.push(Pool { subnet, addresses: vec![], ip_range });
         if let Err(e) = self.commit() {
             self.state.pools.pop();
             return Err(Error::internal(e));
@@ -81,7 +83,11 @@ impl Daemon {
             }
             None => {
                 let broadcast = ipam::broadcast(&subnet);
-                let mut candidates = (1u128..).map_while(|o| ipam::nth_address(&subnet, o)).filter(|ip| Some(*ip) != broadcast);
+                // The gateway takes the subnet's first address; endpoints come from the range.
+                let from = if gateway { subnet } else { self.state.pools[i].ip_range.unwrap_or(subnet) };
+                let mut candidates = (0u128..)
+                    .map_while(|o| ipam::nth_address(&from, o))
+                    .filter(|ip| Some(*ip) != broadcast && *ip != subnet.network());
                 let found = if gateway { candidates.next() } else { candidates.find(|ip| !held.contains(ip)) };
                 found.ok_or_else(|| Error::conflict(format!("no free address left in pool {subnet}")))?
             }

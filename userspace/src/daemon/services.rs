@@ -114,6 +114,14 @@ pub(super) fn parse_affinity(text: &str) -> DaemonResult<u64> {
     }
 }
 
+/// What every service request gives, checked: its network, port and protocol, affinity.
+pub(super) struct ServiceBasics {
+    pub net: Network,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub affinity_secs: Option<u64>,
+}
+
 /// The service's `PORTS` entries: its VIP (reachable from its network and the host), and its
 /// published host port (from anywhere).
 /// A service's `--publish [HOST_IP:]HOST_PORT` of its `port`/`protocol`, within the publication
@@ -283,6 +291,19 @@ fn write_tables(services: &[&Service], m: u32, slots: &mut [u32]) -> Result<()> 
 }
 
 impl Daemon {
+    /// Checks what every service request gives (name, network, port, affinity; a publication on
+    /// an internal network), local or the cluster's.
+    pub(super) fn service_basics(&self, req: &api::CreateService) -> DaemonResult<ServiceBasics> {
+        ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
+        let net = self.network(&req.network)?.clone();
+        let (port, protocol) = parse_service_port(&req.port)?;
+        let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
+        if req.publish.is_some() {
+            publish::refuse_on_internal(&net, "its services")?;
+        }
+        Ok(ServiceBasics { net, port, protocol, affinity_secs })
+    }
+
     pub(super) fn service(&self, name: &str) -> DaemonResult<&Arc<Service>> {
         self.state.services.get(name).ok_or_else(|| Error::not_found(format!("service {name:?} not found")))
     }
@@ -320,17 +341,13 @@ impl Daemon {
         // every service (which took 0.4 s at that size).
         let mut holders = publish::Holders::of(&self.state, None);
         for (req, backends) in &reqs {
-            ipam::validate_name("service name", &req.name).map_err(Error::invalid)?;
+            let ServiceBasics { net, port, protocol, affinity_secs } = self.service_basics(req)?;
             if self.state.services.contains_key(&req.name) || !names.insert(&req.name) {
                 return Err(Error::conflict(format!("a service named {:?} exists already", req.name)));
             }
-            let net = self.network(&req.network)?.clone();
-            let (port, protocol) = parse_service_port(&req.port)?;
-            let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
             let publish = match &req.publish {
                 None => None,
                 Some(spec) => {
-                    publish::refuse_on_internal(&net, "its services")?;
                     if local.is_none() {
                         local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
                     }

@@ -59,7 +59,11 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
         ipam: api::Ipam {
             driver: "default".into(),
             options: BTreeMap::new(),
-            config: vec![api::IpamConfig { subnet: net.subnet.to_string(), gateway: net.gateway.to_string() }],
+            config: vec![api::IpamConfig {
+                subnet: net.subnet.to_string(),
+                gateway: net.gateway.to_string(),
+                ip_range: net.ip_range.map(|r| r.to_string()),
+            }],
         },
         internal: net.internal,
         attachable: true,

@@ -350,6 +350,7 @@ mod tests {
             options: Default::default(),
             datapath_id: 1,
             driver: Default::default(),
+            ip_range: None,
             created: String::new(),
         };
         let mut q = query("x.", RecordType::A);

@@ -148,11 +148,10 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
             if req.v6 {
                 return Err(refused("IPv6 pools are not supported yet"));
             }
-            if !req.sub_pool.is_empty() {
-                return Err(refused("--ip-range is not supported: bpfnet gives out addresses from the whole subnet"));
-            }
             let requested = (!req.pool.is_empty()).then_some(req.pool);
-            let subnet = change(plugin, move |d| Box::pin(async move { d.request_pool(requested.as_deref()).await })).await?;
+            let range = (!req.sub_pool.is_empty()).then_some(req.sub_pool);
+            let subnet =
+                change(plugin, move |d| Box::pin(async move { d.request_pool(requested.as_deref(), range.as_deref()).await })).await?;
             ok(json!({ "PoolID": subnet.to_string(), "Pool": subnet.to_string(), "Data": {} }))
         }
         "IpamDriver.RequestAddress" => {
@@ -392,6 +391,7 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
         gateway: pool.gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string()),
         internal,
         options: driver_options,
+        ip_range: None,
     })
 }
 

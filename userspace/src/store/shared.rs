@@ -22,6 +22,9 @@ pub struct NetworkRecord {
     /// Its VXLAN id, unique in the cluster.
     pub vni: u32,
     pub created: String,
+    /// `--ip-range`: where addresses are handed out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<IpNetwork>,
 }
 
 /// An address of an overlay network claimed by a node for one of its endpoints (it lives as long
