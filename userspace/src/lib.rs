@@ -8,7 +8,8 @@
 //! the same binary run by a container runtime). `dns` serves names per network. Readers (the API's
 //! reads, `dns`, `metrics`) see the last committed state through `snapshot`; front-ends hand
 //! changes to the daemon through `worker`: neither imports another front-end or climbs back
-//! into the daemon.
+//! into the daemon. `runtime` is the process around them all: locks, start, tickers, the
+//! cluster's watch, shutdown.
 pub mod api;
 pub mod bpffs;
 pub mod bpfsys;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod netns;
 pub mod plumbing;
 pub mod ports;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod state;

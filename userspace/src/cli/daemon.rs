@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::{daemon::{Config, XdpSetting}, datapath::LoadOptions, netns, server};
+use crate::{daemon::{Config, XdpSetting}, datapath::LoadOptions, netns, runtime};
 
 /// `--overlay-encap`.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -311,12 +311,12 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if args.cleanup {
-        rt.block_on(server::cleanup(config))?;
+        rt.block_on(runtime::cleanup(config))?;
         log::info!("removed every interface, pinned object and state file bpfnet created");
         Ok(())
     } else {
-        let limits = server::Limits { max_connections: args.max_connections as usize, client_timeout: args.client_timeout };
-        rt.block_on(server::run(config, limits))
+        let limits = runtime::Limits { max_connections: args.max_connections as usize, client_timeout: args.client_timeout };
+        rt.block_on(runtime::run(config, limits))
     }
 }
 

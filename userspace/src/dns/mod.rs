@@ -56,6 +56,8 @@ const TTL: u32 = 10;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the set of served networks is compared with the state.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How soon a network whose resolver could not bind its sockets is tried again.
+const RETRY_BIND: Duration = Duration::from_secs(5);
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -87,7 +89,10 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
     };
     tokio::spawn(async move {
         let mut served: HashMap<String, (IpAddr, Vec<JoinHandle<()>>)> = HashMap::new();
-        let mut failed: HashMap<String, IpAddr> = HashMap::new();
+        // Networks whose sockets could not be bound, with when to try again.
+        let mut failed: HashMap<String, (IpAddr, tokio::time::Instant)> = HashMap::new();
+        // Networks whose failure was logged (once: a port held for good would log every try).
+        let mut reported: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         loop {
             tick.tick().await;
@@ -100,19 +105,25 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
                 }
                 keep
             });
-            failed.retain(|id, gateway| state.network_by_id(id).is_some_and(|n| n.gateway == *gateway));
+            let now = tokio::time::Instant::now();
+            // A failed bind is tried again a while later (an address not ready yet), and at once
+            // when the gateway changes.
+            failed.retain(|id, (gateway, retry)| now < *retry && state.network_by_id(id).is_some_and(|n| n.gateway == *gateway));
             for net in &state.networks {
                 if served.contains_key(&net.id) || failed.contains_key(&net.id) {
                     continue;
                 }
                 match serve(net, shared.clone()).await {
                     Ok(tasks) => {
+                        reported.remove(&net.id);
                         log::info!("DNS for network {} on {}:{PORT} (UDP and TCP)", net.name, net.gateway);
                         served.insert(net.id.clone(), (net.gateway, tasks));
                     }
                     Err(e) => {
-                        log::warn!("no DNS for network {} on {}:{PORT}: {e}", net.name, net.gateway);
-                        failed.insert(net.id.clone(), net.gateway);
+                        if reported.insert(net.id.clone()) {
+                            log::warn!("no DNS for network {} on {}:{PORT} yet: {e} (tried again every {RETRY_BIND:?})", net.name, net.gateway);
+                        }
+                        failed.insert(net.id.clone(), (net.gateway, now + RETRY_BIND));
                     }
                 }
             }
