@@ -176,6 +176,17 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Whether this packet may start a connection (to a published port, a service, a backend
+    /// of the routing mesh): TCP or UDP, not a later fragment, for TCP a SYN without ACK.
+    #[inline(always)]
+    pub fn starts_connection(&self) -> bool {
+        match self.key.proto {
+            IPPROTO_TCP => !self.later_fragment && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            IPPROTO_UDP => !self.later_fragment,
+            _ => false,
+        }
+    }
+
     /// The flow of `key` whose L4 header starts at `l4_off`, before its L4 fields are read.
     #[inline(always)]
     pub fn new(key: CtKey, l4_off: usize) -> Self {

@@ -14,7 +14,7 @@ use crate::{
     counters::{count, drop_packet, to_host},
     headers::{
         ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
-        IP_SADDR_OFF, TCP_ACK, TCP_SYN, UDP_CSUM_OFF,
+        IP_SADDR_OFF, UDP_CSUM_OFF,
     },
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
     overlay, route,
@@ -100,11 +100,7 @@ fn set_port(ctx: &TcContext, proto: u8, l4_off: Option<usize>, source: bool, por
 /// `ctx`: the TC or XDP program's.
 #[inline(always)]
 pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
-    if flow.later_fragment || (flow.key.proto != IPPROTO_TCP && flow.key.proto != IPPROTO_UDP) {
-        return None;
-    }
-    // Only the first packet of a connection starts one: for TCP, a SYN without ACK.
-    if flow.key.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    if !flow.starts_connection() {
         return None;
     }
     let exact = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };

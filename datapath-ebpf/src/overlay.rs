@@ -20,8 +20,9 @@ use datapath_common::{
 };
 
 use crate::{
+    checksum,
     counters::{bump, count, drop_packet},
-    headers::{ptr_at, write_mac, EthHdr, ETH_HDR_LEN, ETH_P_IP, IP_OFF},
+    headers::{ETH_HDR_LEN, ETH_P_IP, IP_OFF},
     mem::zero,
     route,
 };
@@ -30,6 +31,12 @@ use crate::{
 /// (see `encapsulate`); 0: the node's VXLAN device does it.
 #[map(name = "OVERLAY_NODE")]
 pub static OVERLAY_NODE: Array<u32> = Array::with_max_entries(OVERLAY_NODE_ENTRIES, 0);
+
+/// This node's underlay address (network order), or 0 where its VXLAN device does VXLAN.
+#[inline(always)]
+fn local_underlay() -> u32 {
+    OVERLAY_NODE.get(0).copied().unwrap_or(0)
+}
 
 /// What VXLAN adds in front of the inner IPv4 packet, after the outer Ethernet header: outer
 /// IPv4 (20), UDP (8), VXLAN (8), inner Ethernet (14).
@@ -117,7 +124,7 @@ pub fn tunnel_of(skb: *mut __sk_buff) -> Option<Tunnel> {
 /// on success: it is inlined on many paths of `from_container`, each tail costs the verifier.
 #[inline(always)]
 pub fn send(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel, counter: Counter) -> i32 {
-    let local = OVERLAY_NODE.get(0).copied().unwrap_or(0);
+    let local = local_underlay();
     let sent = if local != 0 { encapsulate(ctx, mac, tunnel, local) } else { through_device(ctx, mac, ifindex, tunnel) };
     if !sent {
         return drop_packet(ctx, Counter::DropRedirectFailed);
@@ -132,14 +139,10 @@ pub fn send(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel, count
 /// Through the node's VXLAN device (external mode), with the tunnel key set.
 #[inline(always)]
 fn through_device(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel) -> bool {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe {
-        write_mac(&raw mut (*eth).dst, mac);
-        write_mac(&raw mut (*eth).src, &GATEWAY_MAC);
-    }
     // SAFETY: helper call with plain integer arguments.
-    set_tunnel(ctx.skb.skb, tunnel.remote, tunnel.vni) && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
+    route::set_macs_for_container(ctx, mac).is_ok()
+        && set_tunnel(ctx.skb.skb, tunnel.remote, tunnel.vni)
+        && unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64
 }
 
 /// Wraps the frame in VXLAN here (outer IPv4 from `local`, this node's underlay address, to the
@@ -180,15 +183,8 @@ fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> b
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], GATEWAY_MAC[0], GATEWAY_MAC[1], GATEWAY_MAC[2], GATEWAY_MAC[3],
         GATEWAY_MAC[4], GATEWAY_MAC[5], e0, e1,
     ];
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < 20 {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let [c0, c1] = (!(sum as u16)).to_be_bytes();
+    let Ok(ip) = <&[u8; 20]>::try_from(&h[..20]) else { return false };
+    let [c0, c1] = checksum::fold(checksum::sum16(ip)).to_ne_bytes();
     h[10] = c0;
     h[11] = c1;
     // The inner Ethernet header's length goes in the flags' top byte (BPF_F_ADJ_ROOM_ENCAP_L2).
@@ -215,7 +211,7 @@ pub fn is_vxlan_here(ctx: &TcContext) -> bool {
     if version_ihl != 0x45 || proto != 17 || ctx.load::<u16>(OUTER_UDP_OFF + 2).ok() != Some(VXLAN_PORT.to_be()) {
         return false;
     }
-    let local = OVERLAY_NODE.get(0).copied().unwrap_or(0);
+    let local = local_underlay();
     local != 0 && ctx.load::<u32>(IP_OFF + 16).ok() == Some(local)
 }
 
@@ -233,7 +229,7 @@ pub fn decapsulate(ctx: &TcContext) -> Option<Tunnel> {
     }
     let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
     ctx.adjust_room(-(VXLAN_HEADERS as i32), BPF_ADJ_ROOM_MAC, flags as u64).ok()?;
-    Some(Tunnel { vni: u32::from_be_bytes([0, vni[0], vni[1], vni[2]]), remote: u32::from_be(remote) })
+    Some(Tunnel { vni: vni_of([vni[0], vni[1], vni[2]]), remote: u32::from_be(remote) })
 }
 
 /// Hands a packet that came by `tunnel` (its VXLAN headers gone) to `from_underlay`; returns

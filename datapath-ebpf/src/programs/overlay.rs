@@ -20,9 +20,9 @@ use datapath_common::{
 
 use crate::{
     checksum::decrement_ttl,
-    conntrack::{self, now_ns, observe, Flow, Port},
+    conntrack::{self, now_ns, observe, Port},
     counters::drop_packet,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, TCP_ACK, TCP_SYN},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP},
     maps::{ENDPOINTS, IFACES},
     nat::{self, Translation},
     overlay::{self, network_of, tunnel_of, underlay_of, Tunnel},
@@ -114,7 +114,7 @@ fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
     let len = ctx.len();
     let came_by = tunnel.remote.to_be_bytes();
     let backend = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
-    let starts = first_of_connection(&flow) && overlay::is_mesh_backend(&backend);
+    let starts = flow.starts_connection() && overlay::is_mesh_backend(&backend);
     if let Some(tracked) = conntrack::lookup(&flow.key) {
         // SAFETY: a map value, read before any packet helper runs.
         let entry = unsafe { &mut *tracked.entry };
@@ -158,17 +158,6 @@ fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
         return drop_packet(ctx, reason);
     }
     nat::deliver(ctx, &Translation::of(&new.original), Counter::MeshIn)
-}
-
-/// Only the first packet of a connection starts one: for TCP, a SYN without ACK; UDP's first
-/// datagram (not a later fragment).
-#[inline(always)]
-fn first_of_connection(flow: &Flow) -> bool {
-    match flow.key.proto {
-        datapath_common::conntrack::IPPROTO_TCP => !flow.later_fragment && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        datapath_common::conntrack::IPPROTO_UDP => !flow.later_fragment,
-        _ => false,
-    }
 }
 
 /// A backend's answer, through the tunnel, to a client outside that this node balanced to it:

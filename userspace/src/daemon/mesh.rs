@@ -24,7 +24,7 @@ use super::{
     Daemon, DaemonResult, Error,
 };
 use crate::{
-    api, ids, ipam,
+    api, ids,
     ports::{self, PublishedPort},
     state::{Backend, Network, Service},
     store::shared::{BackendRecord, ServiceRecord, SharedError},
@@ -178,20 +178,6 @@ impl Daemon {
         if let Some(view) = self.overlay.as_mut().and_then(|o| o.view.as_mut()) {
             view.services.retain(|s| s.name != name);
         }
-    }
-
-    /// The addresses of `net` held here and on every node (endpoints, services' VIPs).
-    fn cluster_pool<'a>(&'a self, net: &Network) -> ipam::AddressPool<'a> {
-        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
-        if let Some(view) = self.overlay.as_ref().and_then(|o| o.view.as_ref()) {
-            for e in view.endpoints.iter().filter(|e| e.network_id == net.id) {
-                pool.hold(e.address, format!("{} on node {}", e.container_name, e.node));
-            }
-            for s in view.services.iter().filter(|s| s.network_id == net.id) {
-                pool.hold(s.vip, format!("service {}", s.name));
-            }
-        }
-        pool
     }
 
     /// A backend given as a namespace of this node connected to `net`, or as the name, an alias

@@ -152,10 +152,7 @@ impl Daemon {
     /// skipped; one asked for is refused, naming its node).
     pub(super) async fn claim_overlay_address(&self, net: &Network, allocation: &Allocation, requested: Option<&str>) -> DaemonResult<IpAddr> {
         let overlay = self.overlay()?;
-        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
-        for remote in overlay.remote_of(&net.id) {
-            pool.hold(remote.address, format!("{} on node {}", remote.container_name, remote.node));
-        }
+        let mut pool = self.cluster_pool(net);
         for _ in 0..CLAIM_TRIES {
             let address = pool.take_for(requested, &allocation.container_name).map_err(Error::refused)?;
             let record = self.endpoint_record(net, &Allocation { address, mac: ipam::mac_for(address), ..allocation.clone() });
@@ -168,13 +165,20 @@ impl Daemon {
         Err(Error::conflict(format!("no free address could be claimed on overlay network {:?}: other nodes took them first", net.name)))
     }
 
-    /// The addresses of overlay network `network_id` that other nodes' endpoints and the
-    /// cluster's services hold.
-    pub(super) fn cluster_held(&self, network_id: &str) -> Vec<IpAddr> {
-        let Some(view) = self.overlay.as_ref().and_then(|o| o.view.as_ref()) else { return vec![] };
-        let node = self.overlay.as_ref().map(|o| o.store.node()).unwrap_or_default();
-        let endpoints = view.endpoints.iter().filter(|e| e.network_id == network_id && e.node != node).map(|e| e.address);
-        endpoints.chain(view.services.iter().filter(|s| s.network_id == network_id).map(|s| s.vip)).collect()
+    /// The free addresses of overlay network `net` as the cluster sees them: this node's
+    /// allocations and services, other nodes' claims (their endpoints and reservations), and the
+    /// cluster's service VIPs.
+    pub(super) fn cluster_pool<'a>(&'a self, net: &Network) -> ipam::AddressPool<'a> {
+        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
+        if let Some(overlay) = self.overlay.as_ref() {
+            for remote in overlay.remote_of(&net.id) {
+                pool.hold(remote.address, format!("{} on node {}", remote.container_name, remote.node));
+            }
+            for s in overlay.view.iter().flat_map(|v| &v.services).filter(|s| s.network_id == net.id) {
+                pool.hold(s.vip, format!("service {}", s.name));
+            }
+        }
+        pool
     }
 
     /// Makes Docker's network `docker_id` stand for overlay network `overlay` on this node:
@@ -263,12 +267,9 @@ impl Daemon {
     /// the same moment never get the same one.
     pub(super) async fn reserve_overlay_address(&self, net: &Network, requested: Option<IpAddr>, held: &[IpAddr]) -> DaemonResult<IpAddr> {
         let store = self.overlay()?.store.clone();
-        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
+        let mut pool = self.cluster_pool(net);
         for address in held {
             pool.hold(*address, "an address Docker holds".into());
-        }
-        for address in self.cluster_held(&net.id) {
-            pool.hold(address, "held on another node".into());
         }
         let requested_text = requested.map(|a| a.to_string());
         for _ in 0..CLAIM_TRIES {
