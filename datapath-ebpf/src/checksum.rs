@@ -1,17 +1,18 @@
-//! Rewriting addresses and ports in place with the kernel's checksum helpers.
+//! Rewriting addresses and ports in place with the kernel's checksum helpers (at TC; XDP's
+//! stand-ins are `packet`'s).
 //!
 //! The helpers, not hand-written arithmetic, because they know the skb's checksum state: a
 //! container's TCP/UDP packet on a veth is usually CHECKSUM_PARTIAL (the L4 field holds only the
 //! pseudo-header sum, finished by the device that sends it), a packet from a NIC may carry
 //! CHECKSUM_COMPLETE; `bpf_l4_csum_replace` keeps each of them right. Headers built from
 //! scratch (the refusals in `reject`) are summed here in full: `sum16` and `fold`.
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use datapath_common::conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::headers::{read_at, write_at, ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF};
+use crate::{
+    headers::{read_at, write_at, ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    packet::Packet,
+};
 
 /// Where a protocol's L4 checksum sits and the flags its updates need: UDP's 0 means "no
 /// checksum" and must stay 0 (BPF_F_MARK_MANGLED_0); ICMP's has no pseudo-header.
@@ -32,7 +33,7 @@ fn l4_csum(proto: u8) -> Option<(usize, u64, bool)> {
 /// verifier only follows at constant offsets; fields at variable offsets (ports after an IP
 /// header of any length) use the helpers.
 #[inline(always)]
-pub fn set_ipv4_addr(ctx: &TcContext, addr_off: usize, new: u32, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
+pub fn set_ipv4_addr(ctx: &impl Packet, addr_off: usize, new: u32, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
     let old: u32 = read_at(ctx, addr_off)?;
     if old == new {
         return Ok(());
@@ -47,7 +48,7 @@ pub fn set_ipv4_addr(ctx: &TcContext, addr_off: usize, new: u32, proto: u8, l4_o
 /// Replaces the 16-bit L4 field at `field_off` (a port, or an ICMP echo identifier) with `new`
 /// (wire order), updating the L4 checksum.
 #[inline(always)]
-pub fn set_l4_u16(ctx: &TcContext, field_off: usize, new: u16, proto: u8, l4_off: usize) -> Result<(), i64> {
+pub fn set_l4_u16(ctx: &impl Packet, field_off: usize, new: u16, proto: u8, l4_off: usize) -> Result<(), i64> {
     let old: u16 = ctx.load(field_off)?;
     if old == new {
         return Ok(());
@@ -55,13 +56,13 @@ pub fn set_l4_u16(ctx: &TcContext, field_off: usize, new: u16, proto: u8, l4_off
     if let Some((csum_off, flags, _)) = l4_csum(proto) {
         ctx.l4_csum_replace(l4_off + csum_off, old as u64, new as u64, flags | 2)?;
     }
-    ctx.store(field_off, &new, 0)
+    ctx.store(field_off, &new)
 }
 
 /// Decrements the TTL of a packet the datapath routes, as a router does. `false` when it would
 /// reach zero: the caller hands the packet to the host stack, which answers "time exceeded".
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext) -> bool {
+pub fn decrement_ttl(ctx: &impl Packet) -> bool {
     // The TTL shares its checksummed 16-bit word with the protocol.
     let Ok(old) = read_at::<[u8; 2]>(ctx, IP_OFF + IP_TTL_OFF) else { return false };
     if old[0] <= 1 {
@@ -97,8 +98,8 @@ pub fn fold(mut sum: u32) -> u16 {
 
 /// For XDP, which has no skb and so no checksum helpers that know its state: a running
 /// RFC 1624 update of a checksum, `HC' = ~(~HC + ~m + m')`, over 16-bit words in memory order.
-/// Exact only for a checksum the sender completed (a NIC's frames always are; `xdp` passes
-/// on the ones left to offload).
+/// Exact only for a checksum the sender completed (a NIC's frames always are; `uplink_xdp`
+/// passes on the ones left to offload).
 #[derive(Clone, Copy)]
 pub struct Incremental(u32);
 

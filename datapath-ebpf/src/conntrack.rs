@@ -7,7 +7,6 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
     EbpfContext, Global,
 };
 use datapath_common::{
@@ -21,6 +20,7 @@ use crate::{
         ptr_at, Ipv4Hdr, TcpHead, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
         IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
+    packet::Packet,
 };
 
 /// Both directions of every established (assured) connection: a plain hash, which the kernel
@@ -215,10 +215,10 @@ impl Flow {
     }
 }
 
-/// Reads the tuple of the IPv4 packet in `ctx`. `None` for a header the datapath cannot track:
+/// Reads the tuple of the IPv4 packet in `ctx` (TC's or XDP's). `None` for a header the datapath cannot track:
 /// a malformed one, or a later fragment of a datagram whose first fragment it did not see.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Flow> {
+pub fn parse(ctx: &impl Packet) -> Option<Flow> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, IP_OFF)?;
     // SAFETY: bounds-checked by `ptr_at`.
     let (version_ihl, frag_off, id, proto, tot_len, saddr, daddr) = unsafe {

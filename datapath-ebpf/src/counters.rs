@@ -1,22 +1,19 @@
 //! Per-CPU packet counters, read and summed by `bpfnet stats`. Every packet is counted exactly
 //! once, with the outcome that decided its fate: that is also where the opt-in trace records it.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::TcContext,
-};
 use datapath_common::Counter;
 
-use crate::{maps::COUNTERS, trace};
+use crate::{maps::COUNTERS, packet::Packet, trace};
 
 #[inline(always)]
-pub fn count(ctx: &TcContext, counter: Counter) {
+pub fn count(ctx: &impl Packet, counter: Counter) {
     bump(counter);
     if trace::enabled() {
         trace::outcome(ctx, counter);
     }
 }
 
-/// Counts a packet without tracing it (XDP: the trace reads packets through the TC context).
+/// Counts without tracing: for what is not a packet's fate (a connection evicted, a drop the
+/// caller counts itself).
 #[inline(always)]
 pub fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -27,14 +24,14 @@ pub fn bump(counter: Counter) {
 
 /// Counts a drop reason and returns the verdict that drops the packet.
 #[inline(always)]
-pub fn drop_packet(ctx: &TcContext, reason: Counter) -> i32 {
+pub fn drop_packet<P: Packet>(ctx: &P, reason: Counter) -> P::Verdict {
     count(ctx, reason);
-    TC_ACT_SHOT as i32
+    P::DROP
 }
 
 /// Hands the packet to the host's network stack.
 #[inline(always)]
-pub fn to_host(ctx: &TcContext) -> i32 {
+pub fn to_host<P: Packet>(ctx: &P) -> P::Verdict {
     count(ctx, Counter::ToHost);
-    TC_ACT_OK as i32
+    P::PASS
 }

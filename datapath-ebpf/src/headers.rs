@@ -1,5 +1,6 @@
-//! Header layouts, field offsets and bounds-checked access to packet bytes (direct packet access).
-use aya_ebpf::programs::TcContext;
+//! Header layouts, field offsets and bounds-checked access to packet bytes (direct packet access,
+//! TC and XDP alike).
+use crate::packet::Packet;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -98,15 +99,9 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// A pointer to a `T` at `offset` in the packet, or `None` if the packet is too short.
-///
-/// The skb pointer goes through an opaque barrier: otherwise LLVM may compute `skb + 80` (the
-/// `data_end` field) once, keep it in a register or on the stack, and load through it later,
-/// which the verifier refuses ("dereference of modified ctx ptr").
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let skb = core::hint::black_box(ctx.skb.skb);
-    // SAFETY: `skb` is the program's context, valid for the whole run.
-    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
+    let (start, end) = ctx.bounds();
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -129,7 +124,7 @@ pub unsafe fn write_mac(dst: *mut [u8; 6], mac: &[u8; 6]) {
 
 /// Reads a `T` at `offset` in the packet by direct packet access (no helper call).
 #[inline(always)]
-pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
+pub fn read_at<T: Copy>(ctx: &impl Packet, offset: usize) -> Result<T, i64> {
     let p = ptr_at::<T>(ctx, offset).ok_or(-1i64)?;
     // SAFETY: bounds-checked by `ptr_at`.
     Ok(unsafe { p.read_unaligned() })
@@ -138,7 +133,7 @@ pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
 /// Writes a `T` at `offset` in the packet by direct packet access (no helper call). Checksums
 /// are the caller's (see `checksum`).
 #[inline(always)]
-pub fn write_at<T: Copy>(ctx: &TcContext, offset: usize, value: T) -> Result<(), i64> {
+pub fn write_at<T: Copy>(ctx: &impl Packet, offset: usize, value: T) -> Result<(), i64> {
     let p = ptr_at::<T>(ctx, offset).ok_or(-1i64)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe { p.write_unaligned(value) };

@@ -10,7 +10,7 @@
 //! `from_uplink` runs at TC ingress of every uplink: replies to masqueraded connections, and ICMP
 //! errors about them, are translated back and delivered straight into their container.
 //!
-//! `xdp_from_uplink` runs in XDP on every uplink (`bpfnet daemon --xdp native`, the default): the
+//! `xdp_from_uplink` runs in XDP on every uplink where the driver runs XDP natively (`--xdp auto`): the
 //! same published path as `from_uplink` before the kernel allocates an skb; what it cannot do it
 //! passes on to `from_uplink`.
 //!
@@ -22,8 +22,9 @@
 //! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
 //! for sockets of the daemon's namespace only: a process of the host reaching a published port.
 //!
-//! The program bodies are in `programs` (`container`, `uplink`, `uplink_xdp`), thin compositions
-//! of one library module per concern, each owning its maps: `headers` (layouts, offsets),
+//! The program bodies are in `programs` (`container`, `uplink`, `uplink_xdp`, `overlay`), thin
+//! compositions of one library module per concern, each owning its maps, written once for TC and
+//! XDP over `packet::Packet` (packet access, checksum updates, verdicts, delivery): `headers` (layouts, offsets),
 //! `checksum` (in-place rewrites), `mem` (zeroing without byte loops), `arp`, `overlay` (tunnel keys,
 //! VNIs), `conntrack` (tuples, state, the connection tables), `nat` (translations, new connections' entries,
 //! delivery), `lb` (service backends: Maglev, affinity), `guard` (martian, spoofed and
@@ -43,6 +44,7 @@ mod maps;
 mod mem;
 mod nat;
 mod overlay;
+mod packet;
 mod programs;
 mod reject;
 mod route;

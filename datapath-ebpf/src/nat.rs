@@ -2,7 +2,7 @@
 //! translations and their rewrites, the entries of new connections (masquerade's reply, a
 //! published port's, hairpin, through a VIP), where a new connection to a published port goes,
 //! delivery into a container and out of an uplink, and ICMP errors about tracked connections.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext, EbpfContext};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ct_action, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
@@ -17,7 +17,9 @@ use crate::{
         IP_SADDR_OFF, UDP_CSUM_OFF,
     },
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
-    overlay, route,
+    overlay,
+    packet::Packet,
+    route,
 };
 
 /// What the packets of one direction of a connection need from its entry, copied out of the map
@@ -68,7 +70,7 @@ fn through_tunnel_if_remote(original: &mut CtEntry, reply: &mut CtEntry, server:
 
 /// Writes the translation into the packet of `flow`.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
+pub fn apply(ctx: &impl Packet, flow: &Flow, t: &Translation) -> Result<(), i64> {
     let proto = flow.key.proto;
     let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off as usize) };
     if t.action & ct_action::REWRITE_SRC != 0 {
@@ -83,7 +85,7 @@ pub fn apply(ctx: &TcContext, flow: &Flow, t: &Translation) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn set_port(ctx: &TcContext, proto: u8, l4_off: Option<usize>, source: bool, port: u16) -> Result<(), i64> {
+fn set_port(ctx: &impl Packet, proto: u8, l4_off: Option<usize>, source: bool, port: u16) -> Result<(), i64> {
     let Some(l4_off) = l4_off else { return Ok(()) };
     let field = match proto {
         IPPROTO_TCP | IPPROTO_UDP => l4_off + if source { 0 } else { 2 },
@@ -235,11 +237,11 @@ pub fn leave(ctx: &TcContext, route: &route::Route, counter: Counter) -> i32 {
 }
 
 /// The entries of a new connection from outside to `target` (a container's published port or a
-/// service's backend, `server`), for TC and XDP alike: the client's packets go to the container
+/// service's backend, `server`): the client's packets go to the container
 /// with only their destination rewritten; the answers leave with the address and port the
 /// client used. `action`: `PUBLISHED` or `SERVICE`.
 #[inline(always)]
-pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8) {
+fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8) {
     new.original.action = ct_action::REWRITE_DST | action;
     new.original.dst = target.addr;
     new.original.dst_port = target.port;
@@ -250,6 +252,16 @@ pub fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, tar
     new.reply.src_port = flow.key.dport;
     new.reply_key = CtKey { saddr: target.addr, daddr: flow.key.saddr, sport: target.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
     through_tunnel_if_remote(&mut new.original, &mut new.reply, server);
+}
+
+/// Tracks a new connection from outside to `target` (see [`published_connection`]): the
+/// translation of its first packet; `Some(Err)`: refused by conntrack, with the reason to
+/// count; `None`: no scratch space (the packet goes on untranslated).
+#[inline(always)]
+pub fn track_published(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8, len: u32) -> Option<Result<Translation, Counter>> {
+    let new = conntrack::new_connection()?;
+    published_connection(new, flow, target, server, action);
+    Some(conntrack::track(ctx, flow, new, Port::Fixed, len).map(|()| Translation::of(&new.original)))
 }
 
 /// Whether packets from outside may match an entry with `translation`: only the answers of a
@@ -288,18 +300,11 @@ pub fn deliver_anywhere(ctx: &TcContext, t: &Translation, counter: Counter) -> i
 
 /// Into the container of `translation` (on this node), as its gateway would send it.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, translation: &Translation, counter: Counter) -> i32 {
+pub fn deliver<P: Packet>(ctx: &P, translation: &Translation, counter: Counter) -> P::Verdict {
     if route::set_macs_for_container(ctx, &translation.mac).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    // SAFETY: helper call with plain integer arguments.
-    let verdict = unsafe { bpf_redirect_peer(translation.ifindex, 0) };
-    if verdict == TC_ACT_REDIRECT as i64 {
-        count(ctx, counter);
-        verdict as i32
-    } else {
-        drop_packet(ctx, Counter::DropRedirectFailed)
-    }
+    route::redirected(ctx, ctx.redirect_into_container(translation.ifindex), counter)
 }
 
 /// The packet an ICMP error quotes (after the error's own 8 bytes): its IP header and the first

@@ -8,12 +8,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use datapath_common::{conntrack::ROUTE_RECHECK_NS, route_flags, uplink_flags, CtEntry, UplinkInfo};
+use datapath_common::{conntrack::ROUTE_RECHECK_NS, route_flags, uplink_flags, Counter, CtEntry, UplinkInfo};
 
 use crate::{
     conntrack::Flow,
+    counters::{count, drop_packet},
     headers::{ptr_at, write_mac},
     maps::UPLINKS,
+    packet::Packet,
 };
 
 const AF_INET: u8 = 2;
@@ -173,7 +175,7 @@ pub fn send(ctx: &TcContext, route: &Route) -> bool {
 
 /// Writes a MAC at `offset` with `write_mac` (a `[u8; 6]` copy would call a byte-loop subprogram).
 #[inline(always)]
-fn store_mac(ctx: &TcContext, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
+fn store_mac(ctx: &impl Packet, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
     let dst = ptr_at::<[u8; 6]>(ctx, offset).ok_or(-1i64)?;
     // SAFETY: bounds-checked by `ptr_at`.
     unsafe { write_mac(dst, mac) };
@@ -183,7 +185,7 @@ fn store_mac(ctx: &TcContext, offset: usize, mac: &[u8; 6]) -> Result<(), i64> {
 /// Rewrites the Ethernet header of a packet delivered into a container: from the gateway to
 /// the container's MAC.
 #[inline(always)]
-pub fn set_macs_for_container(ctx: &TcContext, container_mac: &[u8; 6]) -> Result<(), i64> {
+pub fn set_macs_for_container(ctx: &impl Packet, container_mac: &[u8; 6]) -> Result<(), i64> {
     store_mac(ctx, 0, container_mac)?;
     store_mac(ctx, 6, &datapath_common::GATEWAY_MAC)
 }
@@ -192,18 +194,23 @@ pub fn set_macs_for_container(ctx: &TcContext, container_mac: &[u8; 6]) -> Resul
 /// Delivers an Ethernet frame as a bridge would, into the namespace of the endpoint whose
 /// host-side veth is `ifindex`, addressed `dst` from `src`; counted as `counter`.
 #[inline(always)]
-pub fn into_container(ctx: &TcContext, eth: *mut crate::headers::EthHdr, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, counter: datapath_common::Counter) -> i32 {
+pub fn into_container<P: Packet>(ctx: &P, eth: *mut crate::headers::EthHdr, dst: &[u8; 6], src: &[u8; 6], ifindex: u32, counter: Counter) -> P::Verdict {
     // SAFETY: `eth` was bounds-checked by `ptr_at` (by the caller).
     unsafe {
         write_mac(&raw mut (*eth).dst, dst);
         write_mac(&raw mut (*eth).src, src);
     }
-    // SAFETY: helper call with plain integer arguments.
-    let verdict = unsafe { bpf_redirect_peer(ifindex, 0) };
-    if verdict == TC_ACT_REDIRECT as i64 {
-        crate::counters::count(ctx, counter);
-        verdict as i32
-    } else {
-        crate::counters::drop_packet(ctx, datapath_common::Counter::DropRedirectFailed)
+    redirected(ctx, ctx.redirect_into_container(ifindex), counter)
+}
+
+/// The verdict of a redirect the kernel accepted (`Some`), counted as `counter`, or a drop.
+#[inline(always)]
+pub fn redirected<P: Packet>(ctx: &P, verdict: Option<P::Verdict>, counter: Counter) -> P::Verdict {
+    match verdict {
+        Some(verdict) => {
+            count(ctx, counter);
+            verdict
+        }
+        None => drop_packet(ctx, Counter::DropRedirectFailed),
     }
 }

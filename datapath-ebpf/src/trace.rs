@@ -3,11 +3,14 @@
 //! its own log. `TRACE` is read-only data fixed when the program is loaded, so with tracing off
 //! the verifier removes the trace code as dead: a packet pays one load of the flag (the program
 //! grows from 4760 to 5456 translated bytes, against 26056 with tracing on).
-use aya_ebpf::{programs::TcContext, Global};
+use aya_ebpf::Global;
 use aya_log_ebpf::info;
 use datapath_common::Counter;
 
-use crate::headers::{ptr_at, ArpHdr, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP};
+use crate::{
+    headers::{ptr_at, ArpHdr, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP},
+    packet::Packet,
+};
 
 /// Named by `datapath_common::global_names::TRACE`.
 #[unsafe(no_mangle)]
@@ -21,9 +24,8 @@ pub fn enabled() -> bool {
 /// Logs what happened to the packet in `ctx`. A function of its own (a BPF-to-BPF call), so
 /// the logging code exists once, not at every place a packet's fate is decided.
 #[inline(never)]
-pub fn outcome(ctx: &TcContext, counter: Counter) {
-    // SAFETY: `skb` points at the program's context for the whole run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+pub fn outcome(ctx: &impl Packet, counter: Counter) {
+    let ifindex = ctx.ifindex();
     let what = counter.name();
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         info!(ctx, "datapath: {} on ifindex {}", what, ifindex);

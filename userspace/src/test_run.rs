@@ -38,8 +38,8 @@ pub struct TestRunResult {
     pub packet: Vec<u8>,
 }
 
-/// Runs the TC program `prog_fd` on `packet` `repeat` times and returns the kernel's mean time
-/// per run in ns (the program alone: no device, no redirect is carried out).
+/// Runs the TC or XDP program `prog_fd` on `packet` `repeat` times and returns the kernel's mean
+/// time per run in ns (the program alone: no device, no redirect is carried out).
 pub fn time_tc(prog_fd: RawFd, packet: &[u8], repeat: u32) -> Result<u32> {
     Ok(test_run(prog_fd, packet, repeat)?.1)
 }

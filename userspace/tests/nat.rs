@@ -483,6 +483,17 @@ fn program_time_per_packet() {
             println!("{what:<45} {:>4} ns per packet", total / N as u64);
         }
     });
+    // The same answer in XDP (an uplink whose driver runs XDP natively), into a container that
+    // can take XDP's frames.
+    TestNetns::new("timingxdp").run(MASQ | iface_flags::XDP_DELIVERY, |lab| {
+        const N: u32 = 100_000;
+        let out = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, TCP, 64), tcp_segment(40000, 80, 0x10, b"x"));
+        lab.from_container(&out);
+        let reply = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: TCP, ttl: 50, id: 7, frag: 0 }, tcp_segment(80, 40000, 0x10, b"x"));
+        assert_eq!(lab.from_uplink_xdp(&reply).verdict, XDP_REDIRECT, "the timed path is XDP's delivery");
+        let total: u64 = (0..N).map(|_| time_tc(lab.uplink_xdp, &reply, 1).unwrap() as u64).sum();
+        println!("{:<45} {:>4} ns per packet", "masqueraded, existing connection, reply in XDP", total / N as u64);
+    });
     // A connection's first packet, each with a tuple of its own (1500 connections: 3000 of the
     // table's 4096 entries, so no eviction is timed).
     const NEW: u16 = 1500;

@@ -8,14 +8,14 @@ use datapath_common::{ct_action, Counter, PortTarget};
 
 use crate::{
     checksum::decrement_ttl,
-    conntrack::{self, now_ns, observe, Flow, Port},
+    conntrack::{self, now_ns, observe, Flow},
     counters::{count, drop_packet},
     guard,
     headers::{ETH_P_IP, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
     overlay,
-    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_connection, published_target, translate_icmp_error, Translation},
+    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_target, track_published, translate_icmp_error, Translation},
     reject,
 };
 
@@ -83,12 +83,11 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u
     if !decrement_ttl(ctx) {
         return count_uplink_to_host(ctx);
     }
-    let Some(new) = conntrack::new_connection() else { return count_uplink_to_host(ctx) };
-    published_connection(new, flow, target, &server, action);
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
-        return drop_packet(ctx, reason);
-    }
-    let translation = Translation::of(&new.original);
+    let translation = match track_published(ctx, flow, target, &server, action, len) {
+        Some(Ok(translation)) => translation,
+        Some(Err(reason)) => return drop_packet(ctx, reason),
+        None => return count_uplink_to_host(ctx),
+    };
     if apply(ctx, flow, &translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
