@@ -113,8 +113,10 @@ enum Config {
     Direct,
     Bridge,
     Bpfnet,
+    RoutedOut,
     BridgeOut,
     BpfnetOut,
+    RoutedIn,
     BridgeIn,
     BpfnetIn,
     Control,
@@ -126,8 +128,10 @@ impl Config {
             Config::Direct => "direct",
             Config::Bridge => "bridge+iptables",
             Config::Bpfnet => "bpfnet",
+            Config::RoutedOut => "out: routed, no NAT (reference)",
             Config::BridgeOut => "out: bridge+iptables MASQUERADE",
             Config::BpfnetOut => "out: bpfnet masquerade",
+            Config::RoutedIn => "in: routed, no NAT (reference)",
             Config::BridgeIn => "in: bridge+iptables DNAT",
             Config::BpfnetIn => "in: bpfnet -p",
             Config::Control => "direct again (A/A control)",
@@ -138,8 +142,13 @@ impl Config {
             Config::Direct => "veth pair directly between the two namespaces (the limit, for every path)",
             Config::Bridge => "container to container: Linux bridge, br_netfilter, Docker 20.10's iptables rules for one bridge network",
             Config::Bpfnet => "container to container: bpfnet daemon, one network, both namespaces connected with `bpfnet network connect`",
+            Config::RoutedOut => {
+                "container to a server behind the host's uplink by plain kernel forwarding: the NAT paths' two veth hops, \
+                 no bridge, no netfilter hook registered, no NAT (the outside has a route to the container)"
+            }
             Config::BridgeOut => "container to a server behind the host's uplink: bridge, forwarding, Docker's MASQUERADE rule",
             Config::BpfnetOut => "container to a server behind the host's uplink: bpfnet masquerade",
+            Config::RoutedIn => "a client behind the uplink to the container's own address, forwarded as routed out (the reference for `in`)",
             Config::BridgeIn => "a client behind the uplink to a published port (-p 8080:5201): Docker's DNAT rule, no userland proxy",
             Config::BpfnetIn => "a client behind the uplink to a published port: `bpfnet network connect ... -p 8080:5201`",
             Config::Control => "a second veth pair built like direct: the method's own noise",
@@ -337,6 +346,47 @@ impl Report {
         render_table(&header, &rows)
     }
 
+    /// The NAT rows against the routed reference (`None` without it, as with `--c2c-only`): per
+    /// repetition each NAT rate divided by the routed rate of the same repetition; median, then
+    /// min-max. Above 1.00x the translation costs less than nothing against plain forwarding.
+    pub fn markdown_vs_routed(&self) -> Option<String> {
+        let routed_out = Config::RoutedOut.name();
+        let routed_in = Config::RoutedIn.name();
+        let modes: Vec<&ModeResult> = self
+            .results
+            .iter()
+            .filter(|m| m.configs.iter().any(|c| (c.config == routed_out || c.config == routed_in) && !c.rates.is_empty()))
+            .collect();
+        if modes.is_empty() {
+            return None;
+        }
+        let rows_of = [
+            (Config::BpfnetOut, routed_out),
+            (Config::BridgeOut, routed_out),
+            (Config::BpfnetIn, routed_in),
+            (Config::BridgeIn, routed_in),
+        ];
+        let mut header = vec!["NAT path".to_string()];
+        header.extend(modes.iter().map(|m| format!("{} (x routed)", m.title)));
+        let rows: Vec<Vec<String>> = rows_of
+            .iter()
+            .map(|(config, reference)| {
+                let mut row = vec![config.name().to_string()];
+                for m in &modes {
+                    let find = |name: &str| m.configs.iter().find(|c| c.config == name).map(|c| c.rates.clone()).unwrap_or_default();
+                    let result = ConfigResult::new(config.name(), find(config.name()), &find(reference));
+                    row.push(if result.ratios.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.2}x ({:.2}-{:.2})", result.median_ratio, result.min_ratio, result.max_ratio)
+                    });
+                }
+                row
+            })
+            .collect();
+        Some(render_table(&header, &rows))
+    }
+
     /// Every repetition's rate, in the table's units, with its ratio to direct.
     pub fn markdown_raw(&self) -> String {
         let mut header = vec!["mode".to_string(), "config".to_string()];
@@ -357,6 +407,9 @@ impl Report {
     /// A compact report: how the run was made, the table, and the checks made during the run.
     pub fn markdown(&self) -> String {
         let mut s = format!("{}\n\n{}", self.summary_line(), self.markdown_table());
+        if let Some(vs_routed) = self.markdown_vs_routed() {
+            s.push_str(&format!("\nNAT against the routed reference (the same two hops without NAT):\n\n{vs_routed}"));
+        }
         if !self.checks.is_empty() {
             s.push('\n');
             for c in &self.checks {
@@ -409,8 +462,16 @@ impl Report {
         s.push_str(&self.markdown_table());
         s.push_str(
             "\nEach cell: median rate over the repetitions (ratio to direct: median of the per-repetition \
-             ratios, then their min-max).\n\nPer repetition (rate, and ratio to direct measured in the same repetition):\n\n",
+             ratios, then their min-max).\n",
         );
+        if let Some(vs_routed) = self.markdown_vs_routed() {
+            s.push_str(&format!(
+                "\nThe NAT paths against the routed reference (the same two veth hops, plain kernel forwarding, \
+                 no netfilter hook, no NAT; median of the per-repetition ratios, then their min-max): what is \
+                 left below 1.00x is the cost of the translation, the rest of the gap to direct is the hops'.\n\n{vs_routed}"
+            ));
+        }
+        s.push_str("\nPer repetition (rate, and ratio to direct measured in the same repetition):\n\n");
         s.push_str(&self.markdown_raw());
         if !self.checks.is_empty() {
             s.push_str("\nChecks made during the run:\n\n");
@@ -662,6 +723,28 @@ fn build_bridge(sb: &mut Sandbox, nat: bool) -> Result<(Vec<Pair>, String)> {
         pairs.push(Pair { config: Config::BridgeIn, client_ns: ext, server_ns, server: SocketAddr::from((UPLINK, PUBLISHED_PORT)) });
     }
     Ok((pairs, host))
+}
+
+/// (d) The NAT paths' reference: a container behind a host namespace that forwards as a plain
+/// router (no bridge, no iptables rule, so no netfilter hook registered in it, no NAT), its
+/// uplink to an outside namespace that has a route back to the container's subnet. What is left
+/// between a NAT row and this one is the cost of translating, not of the two hops.
+fn build_routed(sb: &mut Sandbox) -> Result<Vec<Pair>> {
+    let host = sb.add_netns("routed-host")?;
+    base_sysctls(&host, true)?;
+    let container = container_ns(sb, "routed-c")?;
+    ip(&container, &["link", "add", "eth0", "type", "veth", "peer", "name", "veth-c", "netns", &host])?;
+    ip(&host, &["addr", "add", "10.205.0.1/24", "dev", "veth-c"])?;
+    ip(&host, &["link", "set", "veth-c", "up"])?;
+    ip(&container, &["addr", "add", "10.205.0.2/24", "dev", "eth0"])?;
+    ip(&container, &["link", "set", "eth0", "up"])?;
+    ip(&container, &["route", "add", "default", "via", "10.205.0.1"])?;
+    let ext = uplink_to_outside(sb, &host, "routed-ext")?;
+    ip(&ext, &["route", "add", "10.205.0.0/24", "via", "192.0.2.1"])?;
+    Ok(vec![
+        Pair { config: Config::RoutedOut, client_ns: container.clone(), server_ns: ext.clone(), server: SocketAddr::from((OUTSIDE_SERVER, PORT)) },
+        Pair { config: Config::RoutedIn, client_ns: ext, server_ns: container, server: SocketAddr::from(([10, 205, 0, 2], PORT)) },
+    ])
 }
 
 /// (c) bpfnet: the daemon in the sandbox's host namespace, one network, two containers; with
@@ -966,6 +1049,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     let (bridge, bridge_host) = build_bridge(&mut sb, nat)?;
     pairs.extend(bridge);
     pairs.extend(build_bpfnet(&mut sb, nat)?);
+    if nat {
+        pairs.extend(build_routed(&mut sb)?);
+    }
     if opts.run.control {
         pairs.push(build_direct(&mut sb, Config::Control, "control", 204)?);
     }
@@ -1194,6 +1280,22 @@ mod tests {
         assert!(table.contains("| direct | 100.0k (1.00x)"), "{table}");
         assert!(table.contains("97.0k (0.97x, 0.95-1.00)"), "{table}");
         assert_eq!(format_rate("stream", 9.41e9), "9.41");
+    }
+
+    #[test]
+    fn nat_rows_against_the_routed_reference() {
+        let mut r = report();
+        assert_eq!(r.markdown_vs_routed(), None, "no routed reference, no table");
+        let direct = [100_000.0, 110_000.0, 90_000.0];
+        let routed = [80_000.0, 80_000.0, 80_000.0];
+        r.results[0].configs.push(ConfigResult::new(Config::RoutedOut.name(), routed.to_vec(), &direct));
+        r.results[0].configs.push(ConfigResult::new(Config::BpfnetOut.name(), vec![84_000.0, 80_000.0, 76_000.0], &direct));
+        let table = r.markdown_vs_routed().unwrap();
+        assert!(table.contains("TCP_RR (x routed)"), "{table}");
+        let row = |name: &str| table.lines().find(|l| l.starts_with(&format!("| {name} "))).unwrap_or_default().to_string();
+        assert!(row(Config::BpfnetOut.name()).ends_with("| 1.00x (0.95-1.05) |"), "{table}");
+        // A row whose configuration was not measured says so.
+        assert!(row(Config::BridgeIn.name()).ends_with("| -                 |"), "{table}");
     }
 
     #[test]
