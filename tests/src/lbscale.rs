@@ -68,6 +68,10 @@ pub struct Report {
     /// Resident memory of the daemon after the install (kB), and the Maglev tables' size.
     pub daemon_rss_kb: u64,
     pub maglev_mb: f64,
+    /// A daemon restart with every service installed: until the API answers (at the client,
+    /// polled every 50 ms), and the daemon's own account (start to ready).
+    pub restart_ms: f64,
+    pub restart_daemon_ms: Option<f64>,
     pub peers: Vec<PeerReport>,
 }
 
@@ -137,6 +141,23 @@ pub fn run(opts: &Options) -> Result<Report> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
+    // A restart: the daemon reads its services back, rebuilds their tables in place and
+    // reconciles the datapath before its API answers.
+    sb.stop_daemon(libc::SIGTERM)?;
+    let restarting = Instant::now();
+    sb.start_daemon_with(&DaemonOptions { args: &args, ..Default::default() })?;
+    let restart_ms = restarting.elapsed().as_secs_f64() * 1e3;
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap_or_default();
+    if let Some(line) = log.lines().filter(|l| l.contains("started: state read")).last() {
+        eprintln!("lb-scale: restart: {}", line.split("] ").last().unwrap_or(line));
+    }
+    let restart_daemon_ms = log
+        .lines()
+        .filter_map(|l| l.split("daemon ready in ").nth(1))
+        .last()
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|ms| ms.parse().ok());
+    let table_size = bpfnet::maglev::table_size_for(opts.backends, opts.table_size);
     let report = Report {
         services: opts.services,
         backends: opts.backends,
@@ -149,13 +170,18 @@ pub fn run(opts: &Options) -> Result<Report> {
         remove_p99_ms: percentile(&removes, 0.99),
         changes: adds.len() + removes.len(),
         daemon_rss_kb,
-        maglev_mb: opts.services as f64 * opts.table_size as f64 * 4.0 / 1e6,
+        maglev_mb: opts.services as f64 * table_size as f64 * 4.0 / 1e6,
+        restart_ms,
+        restart_daemon_ms,
         peers: if opts.peers { peers(&mut sb, opts)? } else { vec![] },
     };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("services x backends        {} x {} ({}-slot Maglev tables)", report.services, report.backends, opts.table_size);
+        println!(
+            "services x backends        {} x {} ({table_size}-slot Maglev tables, of at most {})",
+            report.services, report.backends, opts.table_size
+        );
         println!(
             "install (one batch)        {:.0} ms at the client, {:.0} ms in the daemon, {:.0} ms of it writing the datapath",
             report.install_ms, report.install_daemon_ms, report.install_datapath_ms
@@ -163,6 +189,11 @@ pub fn run(opts: &Options) -> Result<Report> {
         println!("add one backend            p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.add_p50_ms, report.add_p99_ms, adds.len());
         println!("remove one backend         p50 {:.2} ms, p99 {:.2} ms ({} changes)", report.remove_p50_ms, report.remove_p99_ms, removes.len());
         println!("daemon memory (RSS)        {} MB; Maglev tables {:.0} MB", report.daemon_rss_kb / 1024, report.maglev_mb);
+        println!(
+            "daemon restart             {:.0} ms until its API answers ({} in the daemon)",
+            report.restart_ms,
+            report.restart_daemon_ms.map_or("?".to_string(), |ms| format!("{ms:.0} ms"))
+        );
         for p in &report.peers {
             println!(
                 "{:<26} install {:.0} ms; change one service p50 {:.2} ms, p99 {:.2} ms ({} changes, the tool's start included)",

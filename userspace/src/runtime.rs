@@ -49,6 +49,7 @@ fn lock_dirs(config: &Config) -> Result<(std::fs::File, std::fs::File)> {
 
 /// Runs the daemon until SIGTERM or SIGINT. The caller has already entered the right namespace.
 pub async fn run(config: Config, limits: Limits) -> Result<()> {
+    let began = std::time::Instant::now();
     limits::raise_fd_limit();
     // Checked before touching anything, so a refused start changes nothing.
     socket::check_free(&config.socket)?;
@@ -82,7 +83,8 @@ pub async fn run(config: Config, limits: Limits) -> Result<()> {
         None => None,
     };
     log::info!(
-        "daemon ready, API on {} (at most {} connections, {} s per request head or body)",
+        "daemon ready in {} ms, API on {} (at most {} connections, {} s per request head or body)",
+        began.elapsed().as_millis(),
         config.socket.display(),
         limits.max_connections,
         limits.client_timeout.as_secs_f32()

@@ -104,12 +104,13 @@ pub struct DaemonArgs {
     /// root of the mounted cgroup v2 hierarchy.
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
-    /// Services the datapath holds. Each takes a Maglev table of --maglev-table-size 4-byte
-    /// slots, allocated when the table is created (default: 1024 x 16381 x 4 B = 64 MiB).
+    /// Services the datapath holds. Each has room for a Maglev table of --maglev-table-size
+    /// 4-byte slots, allocated when the table is created (default: 1024 x 16381 x 4 B = 64 MiB).
     #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
     max_services: u32,
-    /// Slots of each service's Maglev table: a prime, about 100 x the most backends a service
-    /// has or more (each backend owns about M/N slots).
+    /// The most slots a service's Maglev table takes (a prime). Each service's table is sized
+    /// by its backends: the smallest of 251, 509, 1021, 2039, 4093, 8191, 16381, ... with 100
+    /// slots per backend (each backend owns about M/N of them), and never more than this.
     #[arg(long, default_value_t = datapath_common::services::DEFAULT_MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
     maglev_table_size: u32,
     /// Backends of all services together (24 bytes each).

@@ -180,8 +180,15 @@ fn build_table_into(svc: &Service, out: &mut [u32]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn build_table(svc: &Service, m: u32) -> Result<Vec<u32>> {
-    let mut out = vec![0; m as usize];
+/// The size of `svc`'s table when tables hold at most `max` slots: by the backends that take
+/// new connections (see [`maglev::table_size_for`]).
+pub(super) fn table_size(svc: &Service, max: u32) -> u32 {
+    maglev::table_size_for(svc.backends.iter().filter(|b| !b.draining).count(), max)
+}
+
+/// `svc`'s table (of [`table_size`] slots) when tables hold at most `max`.
+pub(super) fn build_table(svc: &Service, max: u32) -> Result<Vec<u32>> {
+    let mut out = vec![0; table_size(svc, max) as usize];
     build_table_into(svc, &mut out)?;
     Ok(out)
 }
@@ -253,12 +260,18 @@ impl BackendIds {
 }
 
 /// The tables of many services, built on every core straight into `slots` (the mapped
-/// `MAGLEV`: service `s` owns `m` slots from `(s.datapath_id - 1) * m`). Only for services no
-/// packet uses yet, or whose table comes out the same (a restart): a table rewritten in place
-/// may name, for a moment, backends whose entries are not written yet.
+/// `MAGLEV`: service `s` owns `m` slots from `(s.datapath_id - 1) * m`, and its table fills the
+/// first [`table_size`] of them). Only for services no packet uses yet, or whose table comes out
+/// the same (a restart): a table rewritten in place may name, for a moment, backends whose
+/// entries are not written yet.
 fn write_tables(services: &[&Service], m: u32, slots: &mut [u32]) -> Result<()> {
-    let ranges: Vec<std::ops::Range<usize>> =
-        services.iter().map(|s| (s.datapath_id as usize - 1) * m as usize..s.datapath_id as usize * m as usize).collect();
+    let ranges: Vec<std::ops::Range<usize>> = services
+        .iter()
+        .map(|s| {
+            let start = (s.datapath_id as usize - 1) * m as usize;
+            start..start + table_size(s, m) as usize
+        })
+        .collect();
     anyhow::ensure!(ranges.iter().all(|r| r.end <= slots.len()), "a service's table lies beyond the {} slots", slots.len());
     // Disjoint ranges (datapath ids are unique) of one slice, shared by the threads.
     struct Slots(*mut u32);
@@ -475,7 +488,8 @@ impl Daemon {
             let base = (svc.datapath_id - 1) * m;
             let active = svc.backends.iter().filter(|b| !b.draining).count() as u32;
             let affinity_ns = svc.affinity_secs.map_or(0, |s| s * 1_000_000_000);
-            headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: m, backends: active, _pad: 0, affinity_ns }));
+            let size = table_size(svc, m);
+            headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: size, backends: active, _pad: 0, affinity_ns }));
             ports.extend(port_entries(svc, net));
             vips.push((IpKey::from(svc.vip), net.datapath_id));
             if let Some(tables) = &tables {

@@ -22,7 +22,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -220,19 +220,31 @@ impl Datapath {
     }
 
     fn with_programs_loaded(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Self> {
-        for name in PROGRAMS {
-            let prog: &mut SchedClassifier =
-                ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
-            prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
+        // Each program is verified on a thread of its own: the verifier takes most of a start
+        // (0.5-0.9 s on this project's 2-vCPU VM, `from_container` alone 0.45-0.75 s), and the
+        // others (about 0.25 s together) verify beside it instead of after it.
+        let expected: Vec<&str> = PROGRAMS.iter().chain(program_names::SOCKET_PROGRAMS.iter()).copied().chain([program_names::XDP_FROM_UPLINK]).collect();
+        for name in &expected {
+            ebpf.program(name).with_context(|| format!("the eBPF object has no {name} program"))?;
         }
-        for name in program_names::SOCKET_PROGRAMS {
-            let prog: &mut CgroupSockAddr =
-                ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
-            prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
-        }
-        let name = program_names::XDP_FROM_UPLINK;
-        let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("the eBPF object has no {name} program"))?.try_into()?;
-        prog.load().with_context(|| format!("the kernel refused the {name} program"))?;
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = ebpf
+                .programs_mut()
+                .filter(|(name, _)| expected.contains(name))
+                .map(|(name, prog)| {
+                    scope.spawn(move || {
+                        match prog {
+                            Program::SchedClassifier(p) => p.load(),
+                            Program::CgroupSockAddr(p) => p.load(),
+                            Program::Xdp(p) => p.load(),
+                            _ => return Err(anyhow::anyhow!("{name} is of a kind the datapath does not load")),
+                        }
+                        .with_context(|| format!("the kernel refused the {name} program"))
+                    })
+                })
+                .collect();
+            loads.into_iter().try_for_each(|load| load.join().map_err(|_| anyhow::anyhow!("loading a program panicked"))?)
+        })?;
         // `from_uplink` hands decapsulated overlay packets to `from_underlay` (a tail call).
         let underlay = {
             let prog: &SchedClassifier = ebpf.program(program_names::FROM_UNDERLAY).context("from_underlay missing")?.try_into()?;
