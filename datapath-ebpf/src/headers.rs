@@ -99,13 +99,19 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// A pointer to a `T` at `offset` in the packet, or `None` if the packet is too short.
+///
+/// For a 1-byte `T` the end of the access is kept opaque: LLVM turns `p + 1 > end` into
+/// `p >= end`, from which the verifier learns no range for `p` (at a variable offset, XDP's
+/// loads, the access is then refused).
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
     let (start, end) = ctx.bounds();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
+    let p = start + offset;
+    let mut last = p + core::mem::size_of::<T>();
+    if core::mem::size_of::<T>() == 1 {
+        last = core::hint::black_box(last);
     }
-    Some((start + offset) as *mut T)
+    (last <= end).then_some(p as *mut T)
 }
 
 /// Writes a MAC address into packet memory as one 4-byte and one 2-byte store (a `[u8; 6]`

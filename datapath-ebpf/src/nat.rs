@@ -11,7 +11,7 @@ use datapath_common::{
 use crate::{
     checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
     conntrack::{self, now_ns, observe, Flow, Port},
-    counters::{count, drop_packet, to_host},
+    counters::{drop_packet, to_host},
     headers::{
         ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
         IP_SADDR_OFF, UDP_CSUM_OFF,
@@ -228,12 +228,7 @@ pub fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: 
 /// Out along `route`, counted as `counter`.
 #[inline(always)]
 pub fn leave(ctx: &TcContext, route: &route::Route, counter: Counter) -> i32 {
-    if route::send(ctx, route) {
-        count(ctx, counter);
-        TC_ACT_REDIRECT as i32
-    } else {
-        drop_packet(ctx, Counter::DropRedirectFailed)
-    }
+    route::redirected(ctx, route::send(ctx, route).then_some(TC_ACT_REDIRECT as i32), counter)
 }
 
 /// The entries of a new connection from outside to `target` (a container's published port or a

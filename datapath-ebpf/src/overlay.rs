@@ -22,7 +22,7 @@ use datapath_common::{
 use crate::{
     checksum,
     counters::{bump, count, drop_packet},
-    headers::{ETH_HDR_LEN, ETH_P_IP, IP_OFF},
+    headers::{ptr_at, read_at, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IP_OFF},
     mem::zero,
     route,
 };
@@ -197,8 +197,7 @@ fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> b
     if ctx.store(IP_OFF, h, 0).is_err() {
         return false;
     }
-    let Some(route) = route::lookup_addrs(ctx, local, remote, 17) else { return false };
-    let mut route = route;
+    let Some(mut route) = route::lookup_addrs(ctx, local, remote, 17) else { return false };
     route::uplink(&mut route);
     route::send(ctx, &route)
 }
@@ -207,12 +206,19 @@ fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> b
 /// (IPv4 without options, UDP to 4789, to this node's underlay address).
 #[inline(always)]
 pub fn is_vxlan_here(ctx: &TcContext) -> bool {
-    let (Ok(version_ihl), Ok(proto)) = (ctx.load::<u8>(IP_OFF), ctx.load::<u8>(IP_OFF + 9)) else { return false };
-    if version_ihl != 0x45 || proto != 17 || ctx.load::<u16>(OUTER_UDP_OFF + 2).ok() != Some(VXLAN_PORT.to_be()) {
+    // Every packet of every uplink asks: nothing read where the datapath does no VXLAN, and the
+    // outer header read directly, not by helper calls.
+    let local = local_underlay();
+    if local == 0 {
         return false;
     }
-    let local = local_underlay();
-    local != 0 && ctx.load::<u32>(IP_OFF + 16).ok() == Some(local)
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, IP_OFF) else { return false };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (version_ihl, proto, daddr) = unsafe { ((*ip).version_ihl, (*ip).protocol, (*ip).daddr) };
+    version_ihl == 0x45
+        && proto == 17
+        && u32::from_ne_bytes(daddr) == local
+        && read_at::<u16>(ctx, OUTER_UDP_OFF + 2).ok() == Some(VXLAN_PORT.to_be())
 }
 
 /// Takes the VXLAN headers off a packet [`is_vxlan_here`] accepted: the tunnel it came by (its

@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::checksum::Incremental;
+use crate::{checksum::Incremental, headers::ptr_at};
 
 /// A packet as the library modules see it, in a TC or an XDP program.
 pub trait Packet: EbpfContext {
@@ -128,15 +128,15 @@ impl Packet for XdpContext {
     // load or store costs no helper call.
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
-        let p = xdp_ptr_at::<T>(self, offset).ok_or(-1i64)?;
-        // SAFETY: bounds-checked by `xdp_ptr_at`.
+        let p = ptr_at::<T>(self, offset).ok_or(-1i64)?;
+        // SAFETY: bounds-checked by `ptr_at`.
         Ok(unsafe { p.read_unaligned() })
     }
 
     #[inline(always)]
     fn store<T>(&self, offset: usize, value: &T) -> Result<(), i64> {
-        let p = xdp_ptr_at::<T>(self, offset).ok_or(-1i64)?;
-        // SAFETY: bounds-checked by `xdp_ptr_at`; a bitwise copy of plain data (one store, where
+        let p = ptr_at::<T>(self, offset).ok_or(-1i64)?;
+        // SAFETY: bounds-checked by `ptr_at`; a bitwise copy of plain data (one store, where
         // a byte copy would call `memcpy`).
         unsafe { p.write_unaligned(core::ptr::read(value)) };
         Ok(())
@@ -171,20 +171,6 @@ impl Packet for XdpContext {
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as u32;
         (verdict == XDP_REDIRECT).then_some(verdict)
     }
-}
-
-/// `headers::ptr_at` for a variable `offset`: LLVM turns a 1-byte access's `p + 1 > end` into
-/// `p >= end`, from which the verifier learns no range for `p`; the end of the access is kept
-/// opaque for it.
-#[inline(always)]
-fn xdp_ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let (start, end) = ctx.bounds();
-    let p = start + offset;
-    let mut last = p + core::mem::size_of::<T>();
-    if core::mem::size_of::<T>() == 1 {
-        last = core::hint::black_box(last);
-    }
-    (last <= end).then_some(p as *mut T)
 }
 
 /// `check` after a field of `size` bytes went from `from` to `to` (memory order).

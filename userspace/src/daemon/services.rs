@@ -486,9 +486,9 @@ impl Daemon {
                 backends.push((b.datapath_id, info));
             }
             let base = (svc.datapath_id - 1) * m;
-            let active = svc.backends.iter().filter(|b| !b.draining).count() as u32;
+            let active = svc.backends.iter().filter(|b| !b.draining).count();
             let affinity_ns = svc.affinity_secs.map_or(0, |s| s * 1_000_000_000);
-            let size = table_size(svc, m);
+            let (size, active) = (maglev::table_size_for(active, m), active as u32);
             headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: size, backends: active, _pad: 0, affinity_ns }));
             ports.extend(port_entries(svc, net));
             vips.push((IpKey::from(svc.vip), net.datapath_id));
