@@ -1,6 +1,6 @@
 //! bpfnet datapath: TC programs that replace the Linux bridge under container networks.
 //!
-//! `from_container` runs at TC ingress (TCX) of the host-side veth of every endpoint, i.e. on every
+//! `from_container` runs at TC ingress (a direct-action filter) of the host-side veth of every endpoint, i.e. on every
 //! packet a container sends. It answers ARP itself (there is no bridge to flood), enforces isolation
 //! between networks and `icc=false`, delivers same-network traffic straight into the receiving
 //! container's namespace with `bpf_redirect_peer`, masquerades traffic to the outside (connection

@@ -57,6 +57,31 @@ pub fn map_dumps(sb: &Sandbox) -> String {
     out
 }
 
+/// The interfaces of the host namespace whose ingress runs `from_container` (the endpoints'
+/// program, a cls_bpf filter), by name.
+pub fn endpoint_filters(sb: &Sandbox) -> BTreeSet<String> {
+    endpoint_programs(sb).into_keys().collect()
+}
+
+/// The id of the `from_container` program each interface of the host namespace runs at ingress.
+pub fn endpoint_programs(sb: &Sandbox) -> BTreeMap<String, u64> {
+    let host = sb.host();
+    let links = json(&run_ok("ip", &["-n", &host, "-j", "link"]).unwrap());
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter_map(|name| {
+            let filters = run_ok("tc", &["-n", &host, "filter", "show", "dev", name, "ingress"]).unwrap_or_default();
+            let line = filters.lines().find(|l| l.contains("from_container") && l.contains("direct-action"))?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let id = words.iter().position(|w| *w == "id").and_then(|i| words.get(i + 1)).and_then(|w| w.parse().ok())?;
+            Some((name.to_string(), id))
+        })
+        .collect()
+}
+
 /// Everything observable that a request could leave behind: links, addresses and routes of the
 /// host namespace, map entries, pinned links and the state file.
 pub fn snapshot(sb: &Sandbox) -> String {
@@ -65,10 +90,9 @@ pub fn snapshot(sb: &Sandbox) -> String {
     let addrs = run_ok("ip", &["-n", &host, "-br", "addr"]).unwrap();
     let routes = run_ok("ip", &["-n", &host, "route"]).unwrap();
     let maps = map_dumps(sb);
-    let mut pinned: Vec<_> = std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
-    pinned.sort();
+    let filters = endpoint_filters(sb);
     let state = std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap_or_default();
-    format!("{links}\n{addrs}\n{routes}\n{maps}\n{pinned:?}\n{state}")
+    format!("{links}\n{addrs}\n{routes}\n{maps}\n{filters:?}\n{state}")
 }
 
 /// A raw HTTP/1.1 exchange on the API socket: sends `request` as is, then reads until the
@@ -178,11 +202,12 @@ pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
     let ifindexes: BTreeSet<u64> = endpoints.iter().map(|e| e["host_ifindex"].as_u64().unwrap()).collect();
     assert_eq!(map_ifindexes, ifindexes, "IFACES entries");
 
-    // Pinned links: one per endpoint.
-    let pins: BTreeSet<String> =
-        std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    // The program: a filter on every endpoint's host side, on no other interface.
     let names: BTreeSet<String> = endpoints.iter().map(|e| e["host_interface"].as_str().unwrap().to_string()).collect();
-    assert_eq!(pins, names, "pinned links");
+    let programs = endpoint_programs(sb);
+    assert_eq!(programs.keys().cloned().collect::<BTreeSet<_>>(), names, "interfaces that run from_container");
+    let ids: BTreeSet<u64> = programs.values().copied().collect();
+    assert!(ids.len() <= 1, "every endpoint runs the running daemon's program: {programs:?}");
 
     // Container sides: every ethN belongs to an endpoint of that namespace, with its address.
     for ns in containers {

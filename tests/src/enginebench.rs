@@ -24,6 +24,10 @@ pub struct Options {
     /// Containers per configuration.
     #[arg(long, default_value_t = 100)]
     pub containers: usize,
+    /// Endpoints connected one after another with `bpfnet network connect` for the CLI's own
+    /// row (p50/p99 over all of them, and of the first and last 100); 0 leaves it out.
+    #[arg(long, default_value_t = 1000)]
+    pub endpoints: usize,
     /// Write the result tables into this markdown file (between markers, replacing the last run's).
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
@@ -156,6 +160,63 @@ pub fn podman(n: usize) -> Result<Row> {
     Ok(row)
 }
 
+/// `bpfnet network connect` times as a network fills up.
+#[derive(Debug, Default, Clone)]
+pub struct ConnectScale {
+    pub all: Timings,
+    pub first: Timings,
+    pub last: Timings,
+}
+
+impl ConnectScale {
+    pub fn line(&self, n: usize) -> String {
+        format!(
+            "`bpfnet network connect` (the CLI's whole run, from its start to its exit), {n} containers one after another on one network: p50 {:.1} ms, \
+             p99 {:.1} ms; the first 100: p50 {:.1} ms, the last 100 (with {} endpoints already there): p50 {:.1} ms, \
+             p99 {:.1} ms.",
+            self.all.p50(),
+            self.all.p99(),
+            self.first.p50(),
+            n.saturating_sub(100),
+            self.last.p50(),
+            self.last.p99()
+        )
+    }
+}
+
+/// The CLI: `n` namespaces connected one after another to one network, each connect timed.
+pub fn cli_connects(n: usize) -> Result<ConnectScale> {
+    let mut sb = Sandbox::new("enginebenchc")?;
+    sb.start_daemon()?;
+    sb.bpfnet_ok(&["network", "create", "scale", "--subnet", "10.236.0.0/20"])?;
+    let mut scale = ConnectScale::default();
+    let mut first = String::new();
+    for i in 0..n {
+        let ns = sb.add_netns(&format!("c{i}"))?;
+        let t = Instant::now();
+        sb.bpfnet_ok(&["network", "connect", "scale", &ns])?;
+        let took = t.elapsed();
+        scale.all.push(took);
+        if i < 100 {
+            scale.first.push(took);
+        }
+        if i + 100 >= n {
+            scale.last.push(took);
+        }
+        if i == 0 {
+            first = ns;
+        } else if i + 1 == n {
+            // The last container is reachable from the first, through the datapath.
+            let ip = format!("10.236.{}.{}", (i + 2) / 256, (i + 2) % 256);
+            let r = sb.exec(&first, &["ping", "-c", "1", "-W", "1", "-q", &ip])?;
+            if !r.ok {
+                bail!("the last container ({ip}) does not answer the first");
+            }
+        }
+    }
+    Ok(scale)
+}
+
 pub fn table(rows: &[Row], n: usize) -> String {
     let mut out = format!(
         "| operation ({n} containers each, alternating) | bpfnet p50 / p99 | reference p50 / p99 | bpfnet / reference (p50) |\n|---|---|---|---|\n"
@@ -189,18 +250,23 @@ pub fn run(opts: &Options) -> Result<Vec<Row>> {
     } else {
         eprintln!("engine-bench: Podman is not installed (cargo xtask setup): skipped");
     }
-    let text = table(&rows, opts.containers);
+    let mut text = table(&rows, opts.containers);
+    if opts.endpoints > 0 {
+        eprintln!("engine-bench: the CLI, {} connects on one network", opts.endpoints);
+        text += &format!("\n{}\n", cli_connects(opts.endpoints)?.line(opts.endpoints));
+    }
     println!("{text}");
     if let Some(path) = &opts.markdown_out {
         let when = crate::sandbox::run_ok("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
         let section = format!(
             "## Starting containers: Docker and Podman on bpfnet and on their bridges\n\n\
-             Run {when}on this 2-vCPU VM by `target/release/bpfnet-lab engine-bench --containers {n} --markdown-out {path}`. \
+             Run {when}on this 2-vCPU VM by `target/release/bpfnet-lab engine-bench --containers {n} --endpoints {e} --markdown-out {path}`. \
              Each time is from the engine command's start until the container's address answers a ping from the host's \
              namespace (polled every 10 ms); bpfnet and the reference alternate container by container; the first \
              container of each side is a warm-up and not counted.\n\n{text}\n",
             when = if when.trim().is_empty() { String::new() } else { format!("{} ", when.trim()) },
             n = opts.containers,
+            e = opts.endpoints,
             path = path.display()
         );
         crate::bench::write_markdown(path, "engine-bench", "bpfnet-lab engine-bench", &section)?;

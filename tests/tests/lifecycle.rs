@@ -187,3 +187,73 @@ fn a_vanished_namespace_detaches_a_front_end_endpoint_and_a_crash_mid_attach_kee
     sb.bpfnet_ok(&["endpoint", "rm", &id]).unwrap();
     assert!(json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap()).as_array().unwrap().is_empty());
 }
+
+/// `bpf(2)` with `attr`, from the calling thread (its network namespace decides what an ifindex
+/// names). Returns the file descriptor or value the kernel gives.
+fn bpf_call<T>(cmd: i64, attr: &mut T) -> i64 {
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    assert!(r >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    r
+}
+
+/// What an older bpfnet left: the endpoint's program on a TCX link pinned under
+/// `<bpffs>/links/<host veth>`, and no filter. Made with the program the filter runs now.
+fn attach_as_older_version(sb: &Sandbox, veth: &str, prog_id: u64) {
+    let host = sb.host();
+    let ifindex: u32 = run_ok("ip", &["-n", &host, "-j", "link", "show", veth]).map(|o| json(&o)[0]["ifindex"].as_u64().unwrap() as u32).unwrap();
+    let pin = std::ffi::CString::new(sb.bpffs().join("links").join(veth).to_str().unwrap()).unwrap();
+    // BPF_PROG_GET_FD_BY_ID (13): { prog_id, next_id, open_flags }.
+    let mut by_id = [prog_id as u32, 0, 0];
+    let prog = bpf_call(13, &mut by_id);
+    // BPF_LINK_CREATE (28) at BPF_TCX_INGRESS (46): { prog_fd, target_ifindex, attach_type, flags, relative, _, revision }.
+    let mut create = [prog as u32, ifindex, 46, 0, 0, 0, 0, 0];
+    let link = bpf_call(28, &mut create);
+    // BPF_OBJ_PIN (6): { pathname, bpf_fd, file_flags, path_fd }.
+    #[repr(C)]
+    struct Pin(u64, u32, u32, i32, u32);
+    bpf_call(6, &mut Pin(pin.as_ptr() as u64, link as u32, 0, 0, 0));
+    unsafe {
+        libc::close(link as i32);
+        libc::close(prog as i32);
+    }
+    run_ok("tc", &["-n", &host, "filter", "del", "dev", veth, "ingress"]).unwrap();
+}
+
+/// Endpoints attached by an older bpfnet (TCX links pinned in bpffs) keep forwarding while the
+/// daemon is stopped, and the next start moves them to filters with no pin left.
+#[test]
+fn endpoints_of_an_older_version_move_from_tcx_links_to_filters() {
+    let mut sb = Sandbox::new("upgr").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    sb.bpfnet_ok(&["network", "create", "n", "--subnet", "10.236.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n", &a]).unwrap(); // 10.236.0.2
+    sb.bpfnet_ok(&["network", "connect", "n", &b]).unwrap(); // 10.236.0.3
+    let programs = bpfnet_lab::checks::endpoint_programs(&sb);
+    assert_eq!(programs.len(), 2, "a filter on each endpoint's veth: {programs:?}");
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+
+    // The netns of the ifindex the link is made for: the daemon's.
+    let ns = std::fs::File::open(format!("/run/netns/{}", sb.host())).unwrap();
+    let (sb_ref, programs_ref) = (&sb, &programs);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "entering the host namespace");
+            for (veth, id) in programs_ref {
+                attach_as_older_version(sb_ref, veth, *id);
+            }
+        });
+    });
+    assert!(bpfnet_lab::checks::endpoint_programs(&sb).is_empty(), "no filter is left");
+    assert!(sb.ping(&a, "10.236.0.3").unwrap(), "the older version's links forward while no daemon runs");
+
+    sb.start_daemon().unwrap();
+    let pins: Vec<_> = std::fs::read_dir(sb.bpffs().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(pins.is_empty(), "the TCX links are gone: {pins:?}");
+    bpfnet_lab::checks::assert_consistent(&sb, &[a.clone(), b.clone()]);
+    assert!(sb.ping(&a, "10.236.0.3").unwrap(), "a reaches b through the filters");
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    assert!(log.contains("removed 2 endpoint TCX links an older bpfnet pinned"), "{log}");
+}

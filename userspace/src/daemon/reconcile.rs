@@ -83,7 +83,6 @@ impl Daemon {
                     _ => {}
                 }
             }
-            self.datapath.detach(&ep.host_interface)?;
         }
 
         // Allocations whose network no longer exists (a state written before `network rm`
@@ -105,10 +104,10 @@ impl Daemon {
         let recorded: HashSet<String> = self.state.endpoints.iter().map(|e| endpoint_alias(&e.id)).collect();
         for name in remove_unrecorded_veths(&self.netlink, &recorded).await? {
             log::info!("removed {name}, an endpoint interface with no record (left by a crash)");
-            self.datapath.detach(&name)?;
         }
 
         let links = self.netlink.links().await?;
+        let mut unprogrammed = HashSet::new();
         let mut desired_endpoints = HashSet::new();
         let mut desired_ifaces = HashSet::new();
         let mut desired_ports = HashSet::new();
@@ -128,15 +127,16 @@ impl Daemon {
             // One broken endpoint must not keep the daemon (and every other endpoint) down.
             if let Err(e) = self.program_endpoint(&net, &ep, &link).await {
                 log::error!("could not restore endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name);
+                unprogrammed.insert(ep.host_interface.clone());
             }
         }
         desired_ports.extend(self.reconcile_services()?);
         self.datapath.retain(&desired_endpoints, &desired_ifaces, &desired_ports)?;
-        let wanted: HashSet<&str> = self.state.endpoints.iter().map(|e| e.host_interface.as_str()).collect();
-        for pin in self.datapath.pinned_links() {
-            if !wanted.contains(pin.as_str()) {
-                self.datapath.detach(&pin)?;
-            }
+        // An older bpfnet's TCX links, now that every endpoint has its filter (an endpoint that
+        // could not get one keeps its link, and with it a program).
+        let forgotten = self.datapath.forget_endpoint_links(&unprogrammed)?;
+        if forgotten > 0 {
+            log::info!("removed {forgotten} endpoint TCX links an older bpfnet pinned (endpoints run their program as a filter now)");
         }
         self.commit()
     }

@@ -2,12 +2,12 @@
 //! maps, one file per concern (`endpoints`, `uplinks`, `services`, `conntrack`, `counters`,
 //! `overlay`).
 //!
-//! Maps are pinned under `<bpffs>/maps-v<layout>`, and every TCX attachment is a link pinned under
-//! `<bpffs>/links/<interface>` (endpoints) or `<bpffs>/uplinks/<interface>` (and an uplink's XDP
-//! link under `<bpffs>/xdp/<interface>`), so forwarding and
-//! tracked connections go on while the daemon is stopped. A daemon that
-//! starts again re-opens the pinned maps and swaps its freshly loaded program into the pinned
-//! links atomically (`bpf_link_update`), which also upgrades the datapath code.
+//! Maps are pinned under `<bpffs>/maps-v<layout>`, an uplink's TCX link under
+//! `<bpffs>/uplinks/<interface>` (and its XDP link under `<bpffs>/xdp/<interface>`); an
+//! endpoint's program is a filter its veth holds (see [`Datapath::attach_endpoint`]). So
+//! forwarding and tracked connections go on while the daemon is stopped. A daemon that starts
+//! again re-opens the pinned maps and swaps its freshly loaded program into the pinned links
+//! (`bpf_link_update`) and the filters, atomically, which also upgrades the datapath code.
 use std::{
     collections::HashSet,
     net::IpAddr,
@@ -20,9 +20,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
         xdp::XdpLink,
-        CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -298,12 +298,35 @@ impl Datapath {
         Ok(self.ebpf.program(name).with_context(|| format!("{name} program missing"))?.fd()?.as_fd().as_raw_fd())
     }
 
-    /// Attaches from_container at TCX ingress of an endpoint's host-side veth `ifname` and pins
-    /// the link as `pin_name` (the interface's name at creation, which a rename does not change),
-    /// or, when that pinned link exists already, swaps this instance's program into it. Idempotent.
-    pub fn attach(&mut self, pin_name: &str, ifname: &str) -> Result<()> {
-        let pin = self.pins.as_ref().map(|root| bpffs::links_dir(root).join(pin_name));
-        self.attach_program(program_names::FROM_CONTAINER, pin, ifname)
+    /// Attaches from_container to an endpoint's host-side veth `ifname`: a direct-action
+    /// cls_bpf filter at the ingress of its clsact qdisc, or, when the filter is there already,
+    /// this instance's program swapped into it (atomically). Idempotent.
+    ///
+    /// Not a TCX link, as the uplinks have: creating a TCX link waits for an RCU grace period
+    /// with the RTNL lock held (10-25 ms on a 2-vCPU VM, most of a connect's time, and every
+    /// netlink request of the host waits behind it); a filter takes tens of microseconds. The
+    /// filter lives as long as the interface, with no pin and no process holding it: deleting
+    /// the interface removes it, and a daemon that stops leaves it working.
+    pub fn attach_endpoint(&mut self, ifname: &str) -> Result<()> {
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("adding the clsact qdisc to {ifname}")),
+        }
+        let prog = self.program(program_names::FROM_CONTAINER)?;
+        let options = NlOptions { priority: ENDPOINT_FILTER_PRIORITY, handle: ENDPOINT_FILTER_HANDLE, classid: None };
+        let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::Netlink(options)) {
+            Ok(id) => id,
+            Err(ProgramError::TcError(TcError::NetlinkError(e))) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let ours = SchedClassifierLink::attached(ifname, TcAttachType::Ingress, ENDPOINT_FILTER_PRIORITY, ENDPOINT_FILTER_HANDLE, None)
+                    .with_context(|| format!("finding the filter of {ifname}"))?;
+                prog.attach_to_link(ours).with_context(|| format!("updating the program on {ifname}"))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("attaching the datapath to {ifname}")),
+        };
+        // Dropping the handle would delete the filter: it belongs to the interface now.
+        std::mem::forget(prog.take_link(id)?);
+        Ok(())
     }
 
     /// Attaches from_uplink at TCX ingress of the uplink `ifname` (same rules as [`Self::attach`]).
@@ -369,20 +392,22 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets the pinned link of endpoint interface `ifname` (detaching it if the interface
-    /// still exists).
-    pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        unpin(self.pins.as_ref().map(|root| bpffs::links_dir(root).join(ifname)))
+    /// Removes the pinned TCX links endpoints had before their program became a filter (an
+    /// older bpfnet's), once every endpoint has its filter: a TCX program runs before the
+    /// filter, so until then it keeps serving; those of `keep` stay. Returns how many went.
+    pub fn forget_endpoint_links(&mut self, keep: &HashSet<String>) -> Result<usize> {
+        let Some(root) = self.pins.as_ref() else { return Ok(0) };
+        let dir = bpffs::links_dir(root);
+        let names: Vec<String> = pin_names(&dir).into_iter().filter(|n| !keep.contains(n)).collect();
+        for name in &names {
+            unpin(Some(dir.join(name)))?;
+        }
+        Ok(names.len())
     }
 
     /// Forgets the pinned link of uplink `ifname`.
     pub fn detach_uplink(&mut self, ifname: &str) -> Result<()> {
         unpin(self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(uplink_pin_name(ifname))))
-    }
-
-    /// Endpoint interfaces that have a pinned link.
-    pub fn pinned_links(&self) -> Vec<String> {
-        self.pins.as_ref().map(|root| pin_names(&bpffs::links_dir(root))).unwrap_or_default()
     }
 
     /// Uplinks that have a pinned link.
@@ -396,6 +421,10 @@ impl Datapath {
         pins.into_iter().map(|p| p.replace(':', ".")).collect()
     }
 }
+
+/// Where the endpoints' filter sits on their clsact qdisc (`tc filter show dev IFACE ingress`).
+const ENDPOINT_FILTER_PRIORITY: u16 = 1;
+const ENDPOINT_FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// The map `name` of `ebpf` (an array or a hash).
 fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {

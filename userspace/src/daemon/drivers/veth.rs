@@ -1,7 +1,7 @@
 //! The `veth` driver, every network's today: a veth pair per endpoint, the container's side
 //! created inside its namespace (or here, for an engine to move), the host side marked with the
-//! endpoint's alias, carrying the datapath's TC program (TCX), with a /32 route and a permanent
-//! neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it and where
+//! endpoint's alias, carrying the datapath's TC program (a cls_bpf filter), with a /32 route and a
+//! permanent neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it and where
 //! to deliver.
 use std::fs::File;
 
@@ -79,7 +79,7 @@ impl NetworkDriver for Veth {
                 k.datapath.set_port(key, target)?;
             }
         }
-        k.datapath.attach(&ep.host_interface, &link.name)?;
+        k.datapath.attach_endpoint(&link.name)?;
         k.netlink.set_up(link.index).await?;
         k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
         k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
@@ -141,23 +141,13 @@ impl NetworkDriver for Veth {
                 }
             }
         }
-        // Deleting the host side deletes the pair, its routes and neighbours, and the TCX link.
-        // Only then is the link's pin removed: unpinned first, the veth would pass the
-        // container's packets to the host unchecked (spoofed ones too) until it is gone.
-        let mut gone = true;
+        // Deleting the host side deletes the pair, its routes and neighbours, and the program's
+        // filter with them: the container's packets never reach the host unchecked meanwhile.
         if let Some(link) = link {
             match k.netlink.delete_link(link.index).await {
-                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => {
-                    errors.push(e);
-                    // Still there: it keeps its program (the next start removes it, unrecorded).
-                    gone = false;
-                }
+                // Still there: it keeps its program (the next start removes it, unrecorded).
+                Err(e) if plumbing::errno(&e) != Some(libc::ENODEV) => errors.push(e),
                 _ => {}
-            }
-        }
-        if gone {
-            if let Err(e) = k.datapath.detach(&ep.host_interface) {
-                errors.push(e);
             }
         }
         // Its connections, once nothing can add one: a later endpoint with the same address must
