@@ -41,19 +41,7 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(msg.header.index)),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                if errno(&e) == Some(libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e.context(format!("looking up interface {name}")))
-                }
-            }
-        }
+        Ok(self.link_by_name(name).await?.map(|l| l.index))
     }
 
     /// Every interface of the namespace, in one dump.
@@ -64,6 +52,18 @@ impl Netlink {
             found.push(LinkInfo::from(&msg));
         }
         Ok(found)
+    }
+
+    /// The interface named `name`, if there is one.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(LinkInfo::from)),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if errno(&e) == Some(libc::ENODEV) { Ok(None) } else { Err(e.context(format!("looking up interface {name}"))) }
+            }
+        }
     }
 
     /// The interface with index `index`, if there is one.
