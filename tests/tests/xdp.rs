@@ -118,7 +118,15 @@ fn the_published_path_runs_in_xdp_and_passes_the_rest_to_tc() {
     sb.stop_daemon(libc::SIGTERM).unwrap();
     sb.start_daemon_with(&DaemonOptions { args: &["--xdp", "native"], ..Default::default() }).unwrap();
     assert!(uplink_path(&sb));
+    let at_tc = counter(&sb, "service_balanced");
     let seen = spread(&outside.ext, web, 300, T).unwrap();
     assert_eq!(seen.values().sum::<usize>(), 300);
-    assert_eq!(counter(&sb, "xdp_service_balanced"), in_xdp + 300, "balanced in XDP again");
+    // Seen once (299 of 300): the other counters say where a connection that missed XDP went.
+    assert_eq!(
+        counter(&sb, "xdp_service_balanced"),
+        in_xdp + 300,
+        "balanced in XDP again (meanwhile balanced at TC: {}; {})",
+        counter(&sb, "service_balanced").saturating_sub(at_tc),
+        sb.bpfnet_ok(&["stats"]).unwrap()
+    );
 }
