@@ -257,3 +257,43 @@ fn endpoints_of_an_older_version_move_from_tcx_links_to_filters() {
     let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
     assert!(log.contains("removed 2 endpoint TCX links an older bpfnet pinned"), "{log}");
 }
+
+/// The last "started:" line of the daemon's log.
+fn last_start_line(sb: &Sandbox) -> String {
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    log.lines().filter(|l| l.contains("started: state read")).last().unwrap_or_default().to_string()
+}
+
+/// A restart with the same binary and options takes the TC programs from the pins the last start
+/// left (no verification: the same programs keep running); other options load them afresh.
+#[test]
+fn a_restart_reuses_the_verified_programs_unless_the_options_changed() {
+    let mut sb = Sandbox::new("reuse").unwrap();
+    sb.start_daemon().unwrap();
+    assert!(last_start_line(&sb).contains("programs loaded (verified)"), "{}", last_start_line(&sb));
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    sb.bpfnet_ok(&["network", "create", "n", "--subnet", "10.237.0.0/24"]).unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n", &a]).unwrap(); // 10.237.0.2
+    sb.bpfnet_ok(&["network", "connect", "n", &b]).unwrap(); // 10.237.0.3
+    let before = bpfnet_lab::checks::endpoint_programs(&sb);
+
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    assert!(last_start_line(&sb).contains("taken from the last start's pins"), "{}", last_start_line(&sb));
+    assert_eq!(bpfnet_lab::checks::endpoint_programs(&sb), before, "the same programs run on");
+    assert!(sb.ping(&a, "10.237.0.3").unwrap());
+    let c = sb.add_netns("c").unwrap();
+    sb.bpfnet_ok(&["network", "connect", "n", &c]).unwrap();
+    bpfnet_lab::checks::assert_consistent(&sb, &[a.clone(), b.clone(), c]);
+
+    // Another connection lifetime is baked into the programs: verified again, and they run.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon_with(&bpfnet_lab::sandbox::DaemonOptions { args: &["--ct-timeout-udp", "61s"], ..Default::default() }).unwrap();
+    assert!(last_start_line(&sb).contains("programs loaded (verified)"), "{}", last_start_line(&sb));
+    let after = bpfnet_lab::checks::endpoint_programs(&sb);
+    assert_ne!(after.values().next(), before.values().next(), "new programs on the endpoints");
+    assert!(sb.ping(&a, "10.237.0.3").unwrap());
+    let keys: Vec<_> = std::fs::read_dir(sb.bpffs().join("programs")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(keys.len(), 1, "only the running programs stay pinned: {keys:?}");
+}

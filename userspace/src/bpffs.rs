@@ -75,6 +75,22 @@ pub fn overlay_dir(root: &Path) -> PathBuf {
     root.join("overlay")
 }
 
+/// Programs pinned for the next start to reuse, one directory per object, options and maps
+/// (see `Datapath::load_pinned`).
+pub fn programs_dir(root: &Path) -> PathBuf {
+    root.join("programs")
+}
+
+/// Removes the program pins of other objects, options or maps than `keep`'s (unused from now on).
+pub fn remove_other_program_pins(root: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(programs_dir(root)) else { return };
+    for entry in entries.flatten() {
+        if entry.path() != keep {
+            fs::remove_dir_all(entry.path()).ok();
+        }
+    }
+}
+
 /// Links of the socket programs at the cgroup root.
 pub fn sockets_dir(root: &Path) -> PathBuf {
     root.join("sockets")
@@ -111,7 +127,12 @@ pub fn remove_all(root: &Path) -> Result<()> {
             continue;
         }
         for pin in fs::read_dir(&sub)?.flatten() {
-            fs::remove_file(pin.path()).with_context(|| format!("unpinning {}", pin.path().display()))?;
+            if pin.path().is_dir() {
+                // `programs/<key>/`: one level more.
+                fs::remove_dir_all(pin.path()).with_context(|| format!("unpinning {}", pin.path().display()))?;
+            } else {
+                fs::remove_file(pin.path()).with_context(|| format!("unpinning {}", pin.path().display()))?;
+            }
         }
         fs::remove_dir(&sub).ok();
     }

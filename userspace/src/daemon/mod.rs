@@ -219,8 +219,9 @@ impl Daemon {
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;
         log::info!(
-            "started: state read in {} ms, programs loaded (verified) by {} ms, attached by {} ms, reconciled by {} ms",
+            "started: state read in {} ms, programs loaded ({}) by {} ms, attached by {} ms, reconciled by {} ms",
             state_read.as_millis(),
+            if daemon.datapath.programs_reused() { "the TC programs taken from the last start's pins" } else { "verified" },
             loaded.as_millis(),
             attached.as_millis(),
             began.elapsed().as_millis()

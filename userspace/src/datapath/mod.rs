@@ -51,6 +51,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Programs a previous start loaded from this very object with the same options and maps,
+    /// taken from their pins instead of verified again (see [`Datapath::load_pinned`]); the
+    /// others are `ebpf`'s.
+    reused: std::collections::HashMap<&'static str, Program>,
     /// Root of the pins; `None` for a private, unpinned instance (datapath tests).
     pins: Option<PathBuf>,
     /// `MAGLEV`, mapped into the daemon's memory: whole tables are written with a copy.
@@ -166,7 +170,7 @@ impl Datapath {
     /// With `trace`, the program logs every packet's outcome (see [`Datapath::forward_trace`]).
     pub fn load_pinned(root: &Path, options: &LoadOptions) -> Result<Self> {
         bpffs::ensure(root)?;
-        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::xdp_dir(root), bpffs::sockets_dir(root), bpffs::overlay_dir(root)] {
+        for dir in [bpffs::maps_dir(root), bpffs::links_dir(root), bpffs::uplinks_dir(root), bpffs::xdp_dir(root), bpffs::sockets_dir(root), bpffs::overlay_dir(root), bpffs::programs_dir(root)] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut loader = EbpfLoader::new();
@@ -174,15 +178,55 @@ impl Datapath {
             loader.map_pin_path(name, bpffs::maps_dir(root).join(name));
         }
         let ebpf = Self::configure(&mut loader, options).load(OBJECT).context("loading the eBPF object")?;
-        let datapath = Self::with_programs_loaded(ebpf, Some(root.to_path_buf()))?;
+        // The verifier takes most of a start (0.5-1.1 s here): the programs a previous start
+        // loaded from this object, with these options and these very maps, are taken from their
+        // pins. Not with `--trace`: its log buffer is each load's own.
+        let reuse_dir = (!options.trace).then(|| reuse_key(root, options)).transpose()?.map(|key| bpffs::programs_dir(root).join(key));
+        let reused = match &reuse_dir {
+            Some(dir) => pinned_programs(dir),
+            None => Default::default(),
+        };
+        let fresh = reused.is_empty();
+        let mut datapath = Self::with_programs_loaded(ebpf, reused, Some(root.to_path_buf()))?;
+        if let (true, Some(dir)) = (fresh, &reuse_dir) {
+            // For the next start; a failure here costs it only the verification again.
+            if let Err(e) = datapath.pin_programs(dir) {
+                log::warn!("the programs could not be pinned for the next start (it verifies them again): {e:#}");
+            }
+        }
+        if let Some(dir) = &reuse_dir {
+            bpffs::remove_other_program_pins(root, dir);
+        }
         bpffs::remove_other_layouts(root);
         Ok(datapath)
+    }
+
+    /// Whether the programs were taken from a previous start's pins.
+    pub fn programs_reused(&self) -> bool {
+        !self.reused.is_empty()
+    }
+
+    /// Pins the programs that can be reused under `dir`.
+    fn pin_programs(&mut self, dir: &Path) -> Result<()> {
+        // bpffs refuses names with a '.'.
+        let tmp = dir.with_file_name(format!("{}-new", dir.file_name().and_then(|n| n.to_str()).unwrap_or("programs")));
+        std::fs::remove_dir_all(&tmp).ok();
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for name in REUSABLE {
+            let prog = self.program_entry(name)?;
+            let pin = tmp.join(name);
+            let prog: &mut SchedClassifier = prog.try_into()?;
+            prog.pin(&pin)?;
+        }
+        // Whole or not at all: the directory appears with every pin in it.
+        std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        Ok(())
     }
 
     /// Loads a private instance whose maps nobody else sees: for running programs on test packets.
     pub fn load_unpinned(options: &LoadOptions) -> Result<Self> {
         let ebpf = Self::configure(&mut EbpfLoader::new(), options).load(OBJECT).context("loading the eBPF object")?;
-        Self::with_programs_loaded(ebpf, None)
+        Self::with_programs_loaded(ebpf, Default::default(), None)
     }
 
     fn configure<'a, 'b>(loader: &'a mut EbpfLoader<'b>, options: &'b LoadOptions) -> &'a mut EbpfLoader<'b> {
@@ -219,7 +263,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn with_programs_loaded(mut ebpf: Ebpf, pins: Option<PathBuf>) -> Result<Self> {
+    fn with_programs_loaded(mut ebpf: Ebpf, reused: std::collections::HashMap<&'static str, Program>, pins: Option<PathBuf>) -> Result<Self> {
         // Each program is verified on a thread of its own: the verifier takes most of a start
         // (0.5-0.9 s on this project's 2-vCPU VM, `from_container` alone 0.45-0.75 s), and the
         // others (about 0.25 s together) verify beside it instead of after it.
@@ -230,7 +274,7 @@ impl Datapath {
         std::thread::scope(|scope| {
             let loads: Vec<_> = ebpf
                 .programs_mut()
-                .filter(|(name, _)| expected.contains(name))
+                .filter(|(name, _)| expected.contains(name) && !reused.contains_key(name))
                 .map(|(name, prog)| {
                     scope.spawn(move || {
                         match prog {
@@ -247,14 +291,18 @@ impl Datapath {
         })?;
         // `from_uplink` hands decapsulated overlay packets to `from_underlay` (a tail call).
         let underlay = {
-            let prog: &SchedClassifier = ebpf.program(program_names::FROM_UNDERLAY).context("from_underlay missing")?.try_into()?;
+            let entry = match reused.get(program_names::FROM_UNDERLAY) {
+                Some(p) => p,
+                None => ebpf.program(program_names::FROM_UNDERLAY).context("from_underlay missing")?,
+            };
+            let prog: &SchedClassifier = entry.try_into()?;
             prog.fd()?.try_clone()?
         };
         let mut progs: aya::maps::ProgramArray<&mut MapData> =
             aya::maps::ProgramArray::try_from(ebpf.map_mut(map_names::OVERLAY_PROGS).context("OVERLAY_PROGS map missing")?)?;
         progs.set(0, &underlay, 0).context("writing OVERLAY_PROGS")?;
         let maglev = MappedArray::map(map_data(&ebpf, map_names::MAGLEV)?, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
-        Ok(Self { ebpf, pins, maglev })
+        Ok(Self { ebpf, reused, pins, maglev })
     }
 
     /// Attaches the socket programs to the cgroup `root` (they act only on sockets of the
@@ -284,8 +332,16 @@ impl Datapath {
         Ok(())
     }
 
+    /// The program `name`: reused from a previous start's pin, or loaded by this one.
+    fn program_entry(&mut self, name: &str) -> Result<&mut Program> {
+        match self.reused.get_mut(name) {
+            Some(p) => Ok(p),
+            None => self.ebpf.program_mut(name).with_context(|| format!("{name} program missing")),
+        }
+    }
+
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        Ok(self.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?)
+        Ok(self.program_entry(name)?.try_into()?)
     }
 
     /// File descriptor of the from_container program (for BPF_PROG_TEST_RUN).
@@ -295,7 +351,7 @@ impl Datapath {
 
     /// File descriptor of program `name`, of any type (for BPF_PROG_TEST_RUN).
     pub fn program_fd_of(&mut self, name: &str) -> Result<RawFd> {
-        Ok(self.ebpf.program(name).with_context(|| format!("{name} program missing"))?.fd()?.as_fd().as_raw_fd())
+        Ok(self.program_entry(name)?.fd()?.as_fd().as_raw_fd())
     }
 
     /// Attaches from_container to an endpoint's host-side veth `ifname`: a direct-action
@@ -342,7 +398,7 @@ impl Datapath {
         let pin = bpffs::xdp_dir(self.pins.as_ref().context("attach needs a pinned datapath")?).join(uplink_pin_name(ifname));
         let existing = PinnedLink::from_pin(&pin).ok();
         let name = program_names::XDP_FROM_UPLINK;
-        let prog: &mut Xdp = self.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?;
+        let prog: &mut Xdp = self.program_entry(name)?.try_into()?;
         match existing {
             Some(pinned) => {
                 let link = XdpLink::try_from(FdLink::from(pinned))
@@ -420,6 +476,42 @@ impl Datapath {
         let pins = self.pins.as_ref().map(|root| pin_names(&dir(root))).unwrap_or_default();
         pins.into_iter().map(|p| p.replace(':', ".")).collect()
     }
+}
+
+/// The programs a later start may take from their pins: the TC ones (the socket programs and
+/// the XDP one, small, are always loaded).
+const REUSABLE: [&str; 4] = PROGRAMS;
+
+/// What a loaded program depends on: the object's bytes, the load options (baked into its
+/// read-only data) and the identity of every pinned map it refers to (a map made anew, after a
+/// cleanup or a layout change, has a new id). Programs pinned under another key are not used.
+fn reuse_key(root: &Path, options: &LoadOptions) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    OBJECT.hash(&mut hasher);
+    format!("{options:?}").hash(&mut hasher);
+    datapath_common::LAYOUT_VERSION.hash(&mut hasher);
+    for name in map_names::ALL {
+        let pin = bpffs::maps_dir(root).join(name);
+        let info = aya::maps::MapInfo::from_pin(&pin).with_context(|| format!("reading {}", pin.display()))?;
+        info.id().hash(&mut hasher);
+    }
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// The reusable programs pinned in `dir`, all of them or none.
+fn pinned_programs(dir: &Path) -> std::collections::HashMap<&'static str, Program> {
+    let mut found = std::collections::HashMap::new();
+    for name in REUSABLE {
+        let pin = dir.join(name);
+        match SchedClassifier::from_pin(&pin).map(Program::SchedClassifier) {
+            Ok(p) => {
+                found.insert(name, p);
+            }
+            Err(_) => return Default::default(),
+        }
+    }
+    found
 }
 
 /// Where the endpoints' filter sits on their clsact qdisc (`tc filter show dev IFACE ingress`).
