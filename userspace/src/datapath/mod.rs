@@ -385,7 +385,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches from_uplink at TCX ingress of the uplink `ifname` (same rules as [`Self::attach`]).
+    /// Attaches from_uplink at TCX ingress of the uplink `ifname`: a pinned link, or, when that
+    /// exists, this instance's program swapped into it.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
         let pin = self.pins.as_ref().map(|root| bpffs::uplinks_dir(root).join(uplink_pin_name(ifname)));
         self.attach_program(program_names::FROM_UPLINK, pin, ifname)
