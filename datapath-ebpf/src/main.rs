@@ -1,11 +1,11 @@
 //! bpfnet datapath: TC programs that replace the Linux bridge under container networks.
 //!
-//! `from_container` runs at TC ingress (a direct-action filter) of the host-side veth of every endpoint, i.e. on every
-//! packet a container sends. It answers ARP itself (there is no bridge to flood), enforces isolation
-//! between networks and `icc=false`, delivers same-network traffic straight into the receiving
-//! container's namespace with `bpf_redirect_peer`, masquerades traffic to the outside (connection
-//! tracking and SNAT in BPF maps, then out of the uplink through the FIB), and hands traffic for the
-//! host to the host stack.
+//! `from_container` runs at TC ingress (a direct-action filter) of the host-side veth of every
+//! endpoint, i.e. on every packet a container sends. It answers ARP itself (there is no bridge to
+//! flood), enforces isolation between networks and `icc=false`, delivers same-network traffic
+//! straight into the receiving container's namespace with `bpf_redirect_peer`, masquerades traffic
+//! to the outside (connection tracking and SNAT in BPF maps, then out of the uplink through the
+//! FIB), and hands traffic for the host to the host stack.
 //!
 //! `from_uplink` runs at TC ingress of every uplink: replies to masqueraded connections, and ICMP
 //! errors about them, are translated back and delivered straight into their container.

@@ -56,24 +56,21 @@ impl Netlink {
 
     /// The interface named `name`, if there is one.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(LinkInfo::from)),
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                if errno(&e) == Some(libc::ENODEV) { Ok(None) } else { Err(e.context(format!("looking up interface {name}"))) }
-            }
-        }
+        self.one_link(self.handle.link().get().match_name(name.to_string()), name).await
     }
 
     /// The interface with index `index`, if there is one.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        match links.try_next().await {
+        self.one_link(self.handle.link().get().match_index(index), index).await
+    }
+
+    /// The interface `request` asks for (named `what` in errors); none when the kernel says so.
+    async fn one_link(&self, request: rtnetlink::LinkGetRequest, what: impl std::fmt::Display) -> Result<Option<LinkInfo>> {
+        match request.execute().try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(LinkInfo::from)),
             Err(e) => {
                 let e = anyhow::Error::from(e);
-                if errno(&e) == Some(libc::ENODEV) { Ok(None) } else { Err(e.context(format!("looking up interface {index}"))) }
+                if errno(&e) == Some(libc::ENODEV) { Ok(None) } else { Err(e.context(format!("looking up interface {what}"))) }
             }
         }
     }

@@ -1,8 +1,8 @@
 //! The `veth` driver, every network's today: a veth pair per endpoint, the container's side
 //! created inside its namespace (or here, for an engine to move), the host side marked with the
 //! endpoint's alias, carrying the datapath's TC program (a cls_bpf filter), with a /32 route and a
-//! permanent neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it and where
-//! to deliver.
+//! permanent neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it
+//! and where to deliver.
 use std::fs::File;
 
 use anyhow::{Context, Result};
