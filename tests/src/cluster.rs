@@ -176,6 +176,22 @@ impl Cluster {
     /// Makes sure member `i` is not etcd's leader (a new leader gives every lease a fresh TTL:
     /// a node whose member led would outlive its TTL by an election), moving leadership to another
     /// member if it is. Returns whether it moved (every lease's TTL then counts from now).
+    /// The member (node index) that leads now.
+    pub fn leader(&self) -> Result<usize> {
+        let status = self.etcdctl(&["endpoint", "status", "--write-out=json"])?.stdout;
+        let status: serde_json::Value = serde_json::from_str(&status).context("etcdctl endpoint status")?;
+        let entries = status.as_array().context("endpoint status is no list")?;
+        let leader = entries.iter().find_map(|e| e["Status"]["leader"].as_u64()).context("no leader")?;
+        let url = entries
+            .iter()
+            .find(|e| e["Status"]["header"]["member_id"].as_u64() == Some(leader))
+            .and_then(|e| e["Endpoint"].as_str())
+            .context("the leader is not among the members answering")?;
+        (0..self.nodes.len())
+            .find(|i| url == format!("http://{}:2379", underlay_ip(i + 1)))
+            .with_context(|| format!("no node has member {url}"))
+    }
+
     pub fn move_leader_away_from(&self, i: usize) -> Result<bool> {
         let status = self.etcdctl(&["endpoint", "status", "--write-out=json"])?.stdout;
         let status: serde_json::Value = serde_json::from_str(&status).context("etcdctl endpoint status")?;

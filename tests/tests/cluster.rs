@@ -124,9 +124,10 @@ fn a_node_starts_without_etcd_and_rides_out_an_etcd_outage() -> Result<()> {
     })
     .context("the nodes did not register once etcd was up")?;
 
-    // One member killed (n1's own): requests that meet it are tried on the others, so every
-    // change still succeeds, from every node.
-    c.stop_etcd(0, true);
+    // The leader killed: requests that meet its dead member are tried on the others, those that
+    // meet the election wait for it, so every change still succeeds, from every node.
+    let leader = c.leader()?;
+    c.stop_etcd(leader, true);
     for k in 0..6 {
         let i = k % 3;
         c.nodes[i].bpfnet_ok(&["network", "create", &format!("one-down-{k}"), "-d", "overlay", "--subnet", &format!("10.0.{}.0/24", 50 + k)])?;
@@ -136,7 +137,7 @@ fn a_node_starts_without_etcd_and_rides_out_an_etcd_outage() -> Result<()> {
         })?;
     }
     ensure!(nodes(&c, 2)?["cluster"]["reachable"] == true);
-    c.start_etcd(0)?;
+    c.start_etcd(leader)?;
     c.wait_etcd_healthy(Duration::from_secs(30))?;
 
     // Every member down: the daemons go on, say the cluster is unreachable, show the last list

@@ -6,7 +6,9 @@
 //!   serving stale reads or holding writes; an open watch is ended the same way, so the daemon
 //!   learns that the cluster is gone.
 //! - The client spreads requests over the members and does not avoid a dead one: a request that
-//!   meets a dead member is tried again (the next try goes to another member).
+//!   meets a dead member is tried again (the next try goes to another member). A member that
+//!   answers "no leader" means an election is under way (the leader died): such a request waits
+//!   for it, up to [`ELECTION_WINDOW`].
 use std::{future::Future, time::Duration};
 
 use etcd_client::{Client, ConnectOptions};
@@ -14,11 +16,17 @@ use etcd_client::{Client, ConnectOptions};
 /// Time limit of one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Tries of a request that met an unreachable member: with one member of three down, about a
-/// third of the tries meet it (the client does not avoid it), so a few are needed for a request
-/// to fail only when etcd as a whole is gone; and no more than [`RETRY_WINDOW`] in all.
+/// Tries of a request that met no member at all: with one member of three down, about a third
+/// of the tries meet it (the client does not avoid it), so a few are needed for a request to fail
+/// only when etcd as a whole is gone; and that failure must come fast (a daemon's request waits
+/// for it).
 const TRIES: usize = 8;
-const RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// How long a request waits while members answer but have no leader: an election after the
+/// leader's death takes etcd's election timeout (1 s by default) and a vote or two.
+const ELECTION_WINDOW: Duration = Duration::from_secs(8);
+/// Pause between tries; while a member says it has no leader, it doubles up to the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const LONGEST_PAUSE: Duration = Duration::from_millis(400);
 
 /// A client of the members at `urls` (connections are made lazily, per request).
 pub async fn connect(urls: &[String]) -> anyhow::Result<Client> {
@@ -44,20 +52,38 @@ pub fn is_unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Runs `request` with a fresh handle of `client`, again (up to [`TRIES`] times, within
-/// [`RETRY_WINDOW`]) while it meets unreachable members.
-pub async fn retrying<T, F, Fut>(client: &Client, mut request: F) -> Result<T, etcd_client::Error>
+/// Whether `e` came from a member that is alive but cannot serve for now ("etcdserver: no
+/// leader", "leader changed", "request timed out"): the cluster is electing a leader.
+fn is_electing(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status) if status.message().starts_with("etcdserver:"))
+}
+
+/// Runs `request` with a fresh handle of `client`, again while it meets unreachable members: up
+/// to [`TRIES`] times while no member answers, and for up to [`ELECTION_WINDOW`] once one has
+/// answered that it has no leader (tries that fail fast must not use up the wait for an
+/// election).
+pub async fn retrying<C: Clone, T, F, Fut>(client: &C, mut request: F) -> Result<T, etcd_client::Error>
 where
-    F: FnMut(Client) -> Fut,
+    F: FnMut(C) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let started = std::time::Instant::now();
     let mut tries = 0;
+    let mut electing = false;
+    let mut pause = FIRST_PAUSE;
     loop {
         tries += 1;
         match request(client.clone()).await {
-            Err(e) if tries < TRIES && started.elapsed() < RETRY_WINDOW && is_unreachable(&e) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
+            Err(e) if is_unreachable(&e) => {
+                electing |= is_electing(&e);
+                let again = if electing { started.elapsed() + pause < ELECTION_WINDOW } else { tries < TRIES };
+                if !again {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                if electing {
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
             }
             result => return result,
         }
@@ -108,5 +134,66 @@ pub fn describe(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(status) if !status.message().is_empty() => status.message().to_string(),
         e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn unavailable(message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable(message))
+    }
+
+    /// `request` answered by `answers` in turn (the last one repeated): the result and the tries.
+    fn run(answers: Vec<Result<u8, &'static str>>) -> (Result<u8, etcd_client::Error>, usize, Duration) {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let started = Instant::now();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let result = rt.block_on(retrying(&(), |()| {
+            let i = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = answers[i.min(answers.len() - 1)];
+            async move { answer.map_err(unavailable) }
+        }));
+        (result, tries.into_inner(), started.elapsed())
+    }
+
+    #[test]
+    fn a_dead_member_is_tried_past_and_a_dead_cluster_fails_fast() {
+        let (result, tries, _) = run(vec![Err("tcp connect error"), Err("tcp connect error"), Ok(7)]);
+        assert_eq!((result.unwrap(), tries), (7, 3));
+        let (result, tries, took) = run(vec![Err("tcp connect error")]);
+        assert_eq!(describe(&result.unwrap_err()), "tcp connect error");
+        assert_eq!(tries, TRIES);
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+
+    #[test]
+    fn an_election_is_waited_for_longer_than_the_fast_tries() {
+        // Twenty "no leader" answers (an election of about 5 s): more than TRIES, still a success.
+        let mut answers = vec![Err("tcp connect error")];
+        answers.extend(std::iter::repeat_n(Err("etcdserver: no leader"), 20));
+        answers.push(Ok(1));
+        let (result, tries, _) = run(answers);
+        assert_eq!((result.unwrap(), tries), (1, 22));
+        // An election that never ends: given up after the window.
+        let (result, _, took) = run(vec![Err("etcdserver: no leader")]);
+        assert_eq!(describe(&result.unwrap_err()), "etcdserver: no leader");
+        assert!(took >= ELECTION_WINDOW - LONGEST_PAUSE && took < ELECTION_WINDOW + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn refusals_are_not_tried_again() {
+        let refused = || etcd_client::Error::GRpcStatus(tonic::Status::failed_precondition("etcdserver: requested lease not found"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let mut tries = 0;
+        let result: Result<(), _> = rt.block_on(retrying(&(), |()| {
+            tries += 1;
+            async { Err(refused()) }
+        }));
+        assert!(result.is_err());
+        assert_eq!(tries, 1);
     }
 }
