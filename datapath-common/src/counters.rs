@@ -56,7 +56,8 @@ counters! {
     DropInternal = 8, "drop_internal", drop;
     /// ARP request for an address that has no owner in the sender's network.
     DropArpUnknownTarget = 9, "drop_arp_unknown_target", drop;
-    /// An ethertype the datapath does not forward (IPv6 for now).
+    /// An ethertype the datapath does not forward (neither IPv4, IPv6 nor ARP), or IPv6 from an
+    /// endpoint without an IPv6 address, or to where IPv6 is not forwarded yet.
     DropUnsupportedProtocol = 10, "drop_unsupported_protocol", drop;
     /// The redirect helper refused the packet (it only does for invalid flags). A packet for a
     /// target whose veth just vanished is dropped later by the kernel and not counted here.
@@ -131,6 +132,13 @@ counters! {
     /// The answer of a connection this node balanced to a backend on another node, come back
     /// through the tunnel and sent out with the published address restored.
     MeshOut = 38, "mesh_out", pass;
+    /// An IPv6 neighbour solicitation answered by the datapath (as `arp_replied` for IPv4).
+    NdpReplied = 39, "ndp_replied", pass;
+    /// A neighbour solicitation for an address that has no owner in the sender's network.
+    DropNdpUnknownTarget = 40, "drop_ndp_unknown_target", drop;
+    /// An IPv6 multicast packet other than a neighbour solicitation (router solicitations, MLD
+    /// reports): no router advertises and nothing floods, addresses and routes are static.
+    DropIpv6Multicast = 41, "drop_ipv6_multicast", drop;
 }
 
 #[cfg(test)]
@@ -142,10 +150,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 39);
+        assert_eq!(Counter::COUNT, 42);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 19);
+        assert_eq!(drops, 21);
     }
 }

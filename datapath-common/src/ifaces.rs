@@ -37,6 +37,19 @@ pub struct IfaceInfo {
     /// MAC address of the container's interface.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The endpoint's IPv6 address (wire order), all zero if it has none: its packets from
+    /// anything else but its link-local address (from `mac`) are spoofed.
+    pub ipv6: [u32; 4],
+    /// The network's IPv6 gateway (wire order), owned by the host; zero without IPv6.
+    pub gateway_ipv6: [u32; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 24);
+impl IfaceInfo {
+    /// The endpoint has an IPv6 address.
+    #[inline(always)]
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6[0] | self.ipv6[1] | self.ipv6[2] | self.ipv6[3] != 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 56);

@@ -49,3 +49,18 @@ pub fn uplink_refusal(saddr: u32, daddr: u32) -> Option<Counter> {
     }
     None
 }
+
+/// As [`uplink_refusal`] for IPv6 (`saddr`/`daddr` in wire-order words): a container's address
+/// as source or destination. The host's own IPv6 addresses are its stack's to judge.
+#[inline(always)]
+pub fn uplink_refusal_v6(saddr: [u32; 4], daddr: [u32; 4]) -> Option<Counter> {
+    // SAFETY: read-only lookups.
+    if unsafe { ENDPOINTS.get(&IpKey { addr: saddr }).is_some() } {
+        return Some(Counter::DropUplinkSpoofed);
+    }
+    // SAFETY: as above.
+    if unsafe { ENDPOINTS.get(&IpKey { addr: daddr }).is_some() } {
+        return Some(Counter::DropUplinkToContainer);
+    }
+    None
+}

@@ -4,6 +4,7 @@ use crate::packet::Packet;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -42,6 +43,21 @@ pub struct Ipv4Hdr {
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
 }
+
+/// The IPv6 header (RFC 8200). Addresses are four words in wire order, as [`datapath_common::IpKey`]
+/// holds them, so a key is built with four word copies.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class, flow label.
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+pub const IPV6_HDR_LEN: usize = core::mem::size_of::<Ipv6Hdr>();
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Where the IPv4 header starts (after an untagged Ethernet header) and its fields' offsets.
 pub const IP_OFF: usize = ETH_HDR_LEN;

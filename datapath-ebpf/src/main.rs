@@ -43,6 +43,7 @@ mod lb;
 mod maps;
 mod mem;
 mod nat;
+mod ndp;
 mod overlay;
 mod packet;
 mod programs;

@@ -184,6 +184,15 @@ pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
         lo.lines().filter(|l| l.contains("lo:bpfnet")).map(|l| l.split_whitespace().nth(3).unwrap().trim_end_matches("/32").to_string()).collect();
     let wanted: BTreeSet<String> = networks.iter().map(|n| n["gateway"].as_str().unwrap().to_string()).collect();
     assert_eq!(gateways, wanted, "gateway addresses");
+    // IPv6 gateways on lo: every address there but the loopback's own.
+    let lo6 = run_ok("ip", &["-n", &sb.host(), "-6", "-o", "addr", "show", "dev", "lo"]).unwrap();
+    let gateways6: BTreeSet<String> = lo6
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap().trim_end_matches("/128").to_string())
+        .filter(|a| a != "::1")
+        .collect();
+    let wanted6: BTreeSet<String> = networks.iter().filter_map(|n| n["ipv6"]["gateway"].as_str().map(str::to_string)).collect();
+    assert_eq!(gateways6, wanted6, "IPv6 gateway addresses");
 
     // Datapath maps: ENDPOINTS by address, IFACES by host ifindex.
     let maps_dir = std::fs::read_dir(sb.bpffs()).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("maps-v")).unwrap();
@@ -195,8 +204,18 @@ pub fn assert_consistent(sb: &Sandbox, containers: &[String]) {
             .map(|e| e["key"].as_array().unwrap().iter().map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()).collect())
             .collect()
     };
-    let map_ips: BTreeSet<String> = dump("ENDPOINTS").iter().map(|k| format!("{}.{}.{}.{}", k[12], k[13], k[14], k[15])).collect();
-    let ips: BTreeSet<String> = endpoints.iter().map(|e| e["address"].as_str().unwrap().to_string()).collect();
+    let map_ips: BTreeSet<String> = dump("ENDPOINTS")
+        .iter()
+        .map(|k| {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&k[..16]).unwrap());
+            v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
+        })
+        .collect();
+    let ips: BTreeSet<String> = endpoints
+        .iter()
+        .flat_map(|e| [&e["address"], &e["address6"]])
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
     assert_eq!(map_ips, ips, "ENDPOINTS entries");
     let map_ifindexes: BTreeSet<u64> = dump("IFACES").iter().map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u64).collect();
     let ifindexes: BTreeSet<u64> = endpoints.iter().map(|e| e["host_ifindex"].as_u64().unwrap()).collect();

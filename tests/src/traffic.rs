@@ -117,9 +117,15 @@ pub fn tcp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration)
     tcp_round_trip(&mut stream, payload)
 }
 
+/// The wildcard address and port of `to`'s family, for a socket that talks to it.
+fn any_of(to: &SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = if to.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    SocketAddr::new(ip, 0)
+}
+
 /// Sends one datagram from `ns` to a UDP echo server and returns the reply.
 pub fn udp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-    let socket = netns::within(ns, || Ok(UdpSocket::bind("0.0.0.0:0")?))?;
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(any_of(&to))?))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(payload, to)?;
     let mut buf = [0u8; 65536];
@@ -135,7 +141,7 @@ pub fn udp_exchange(ns: &str, to: SocketAddr, payload: &[u8], timeout: Duration)
 /// on an answer or none within `timeout`.
 pub fn udp_refused(ns: &str, to: SocketAddr, timeout: Duration) -> Result<bool> {
     let socket = netns::within(ns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(any_of(&to))?;
         socket.connect(to)?;
         Ok(socket)
     })?;

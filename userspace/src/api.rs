@@ -22,6 +22,14 @@ pub struct CreateNetwork {
     /// `--ip-range`: a prefix of the subnet that addresses are handed out from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<String>,
+    /// An IPv6 subnet besides the IPv4 one (dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    /// `--ipv6`: dual stack; without `subnet6`, a /64 of the daemon's IPv6 pool.
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 /// What an endpoint asks for on its network (`connect` and `endpoint create`).
@@ -29,6 +37,9 @@ pub struct CreateNetwork {
 pub struct EndpointSpec {
     /// The address to use instead of the next free one.
     pub ip: Option<String>,
+    /// The IPv6 address to use instead of the next free one (dual-stack networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// `-p` values: `[HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`.
@@ -83,6 +94,9 @@ pub struct EndpointView {
     /// The container's name (for `network connect`: the namespace as given).
     pub name: String,
     pub ipv4_address: String,
+    /// `ADDRESS/PREFIX` on a dual-stack network, else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
     pub mac_address: String,
     pub aliases: Vec<String>,
     /// Published ports, as `HOST_IP:PORT->PORT/PROTO` (in the datapath while attached).
@@ -109,6 +123,9 @@ pub struct NetworkSummary {
     pub driver: String,
     pub subnet: String,
     pub gateway: String,
+    /// The IPv6 subnet of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
     pub internal: bool,
     pub icc: bool,
     #[serde(default)]
@@ -204,6 +221,9 @@ pub struct EndpointCreated {
     pub interface: String,
     pub host_interface: String,
     pub ipv4_address: String,
+    /// `ADDRESS/PREFIX` on a dual-stack network, else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
     pub mac_address: String,
     /// Published ports, as `HOST_IP:PORT->PORT/PROTO`.
     #[serde(default)]

@@ -1,11 +1,11 @@
 //! Address management and validation of what users ask for: names, subnets, gateways, addresses.
 //!
-//! Addresses are `IpAddr`/`IpNetwork` throughout; only IPv4 subnets are accepted until the
-//! datapath forwards IPv6 (`parse_subnet` says so).
+//! Addresses are `IpAddr`/`IpNetwork` throughout. A network has an IPv4 subnet (`parse_subnet`)
+//! and may have an IPv6 one besides (`parse_subnet6`, dual stack).
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Result};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::state::State;
 
@@ -56,7 +56,7 @@ pub fn validate_interface_name(name: &str) -> Result<()> {
 /// Parses and checks a user-given subnet.
 pub fn parse_subnet(text: &str) -> Result<IpNetwork> {
     if text.contains(':') {
-        bail!("invalid subnet {text:?}: IPv6 networks are not supported yet");
+        bail!("invalid subnet {text:?}: an IPv6 subnet goes beside an IPv4 one (dual stack; IPv6-only networks are not supported yet)");
     }
     let Ok(net) = text.parse::<Ipv4Network>() else {
         bail!("invalid subnet {text:?}: expected an IPv4 CIDR such as 10.10.0.0/24");
@@ -82,12 +82,77 @@ pub fn parse_subnet(text: &str) -> Result<IpNetwork> {
     Ok(IpNetwork::V4(net))
 }
 
+/// Where `--ipv6` without an IPv6 subnet takes one: the /64s of this unique local /48
+/// (RFC 4193), in order.
+pub const DEFAULT_IPV6_POOL: &str = "fd62:7066::/48";
+
+/// IPv6 ranges no container network may use.
+const RESERVED_V6: [(&str, &str); 3] = [
+    ("::/8", "the unspecified, loopback and IPv4-mapped addresses"),
+    ("fe80::/10", "link-local addresses"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Parses and checks a user-given IPv6 subnet.
+pub fn parse_subnet6(text: &str) -> Result<IpNetwork> {
+    let Ok(net) = text.parse::<Ipv6Network>() else {
+        bail!("invalid subnet {text:?}: expected an IPv6 CIDR such as fd00:1::/64");
+    };
+    if !text.contains('/') {
+        bail!("invalid subnet {text:?}: give a prefix length, e.g. {text}/64");
+    }
+    if net.ip() != net.network() {
+        bail!("invalid subnet {text:?}: host bits are set; did you mean {}/{}?", net.network(), net.prefix());
+    }
+    if net.prefix() > 120 {
+        bail!("invalid subnet {text:?}: too small, use a prefix of /120 or shorter (/64 is usual)");
+    }
+    if net.prefix() < 16 {
+        bail!("invalid subnet {text:?}: too large, use a prefix of /16 or longer");
+    }
+    for (reserved, what) in RESERVED_V6 {
+        let reserved: IpNetwork = reserved.parse().unwrap();
+        if overlaps(&reserved, &IpNetwork::V6(net)) {
+            bail!("invalid subnet {text:?}: it overlaps {reserved}, which is reserved for {what}");
+        }
+    }
+    Ok(IpNetwork::V6(net))
+}
+
+/// Picks the IPv6 subnet of a new dual-stack network: the user's (checked against every other
+/// network's and the host's routes and addresses), or the first free /64 of `pool`.
+pub fn choose_subnet6(state: &State, requested: Option<&str>, host: &HostNetworks, pool: &IpNetwork) -> Result<IpNetwork> {
+    let taken = |c: &IpNetwork| state.networks.iter().filter_map(|n| n.ipv6).find(|v6| overlaps(&v6.subnet, c));
+    match requested {
+        Some(text) => {
+            let net = parse_subnet6(text)?;
+            if let Some(other) = state.networks.iter().find(|n| n.ipv6.is_some_and(|v6| overlaps(&v6.subnet, &net))) {
+                let theirs = other.ipv6.map(|v6| v6.subnet.to_string()).unwrap_or_default();
+                return Err(InUse(format!("subnet {net} overlaps with network {:?} ({theirs})", other.name)).into());
+            }
+            if let Some(why) = host_clash(&net, host) {
+                return Err(InUse(why).into());
+            }
+            Ok(net)
+        }
+        None => {
+            let IpNetwork::V6(pool) = pool else { bail!("the IPv6 pool {pool} is not IPv6") };
+            let blocks = 1u128 << (64u8.saturating_sub(pool.prefix()).min(16));
+            (0..blocks)
+                .filter_map(|i| Ipv6Network::new((u128::from(pool.network()) + (i << 64)).into(), 64).ok().map(IpNetwork::V6))
+                .find(|c| taken(c).is_none() && host_clash(c, host).is_none())
+                .ok_or_else(|| anyhow::anyhow!("the IPv6 pool {pool} is exhausted: give an IPv6 --subnet"))
+        }
+    }
+}
+
 /// An address given for a network of subnet `net`: of the subnet's family.
 pub fn parse_address(what: &str, text: &str, net: &IpNetwork) -> Result<IpAddr> {
     match (text.parse::<IpAddr>(), net) {
         (Ok(ip @ IpAddr::V4(_)), IpNetwork::V4(_)) | (Ok(ip @ IpAddr::V6(_)), IpNetwork::V6(_)) => Ok(ip),
         (Ok(ip), _) => bail!("invalid {what} {ip}: the subnet {net} is of the other address family"),
-        (Err(_), _) => bail!("invalid {what} {text:?}: expected an IPv4 address such as 10.10.0.5"),
+        (Err(_), IpNetwork::V4(_)) => bail!("invalid {what} {text:?}: expected an IPv4 address such as 10.10.0.5"),
+        (Err(_), IpNetwork::V6(_)) => bail!("invalid {what} {text:?}: expected an IPv6 address such as fd00:1::5"),
     }
 }
 
@@ -213,10 +278,15 @@ pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) 
     AddressPool::new(state, network_id).take(requested)
 }
 
-/// The free addresses of one network, for handing out several (a batch of service VIPs) with
-/// one look at what holds them.
+/// The free addresses of one network in one address family, for handing out several (a batch
+/// of service VIPs) with one look at what holds them.
 pub struct AddressPool<'a> {
-    net: &'a crate::state::Network,
+    /// The network's name, for messages.
+    name: &'a str,
+    subnet: IpNetwork,
+    gateway: IpAddr,
+    /// `--ip-range` (IPv4 only): where addresses are handed out from.
+    range: Option<IpNetwork>,
     /// Address -> who holds it.
     held: std::collections::HashMap<IpAddr, String>,
     /// Offsets below this one are all taken (the lowest free address is searched from here).
@@ -224,6 +294,7 @@ pub struct AddressPool<'a> {
 }
 
 impl<'a> AddressPool<'a> {
+    /// The network's IPv4 addresses.
     pub fn new(state: &'a State, network_id: &str) -> Self {
         let net = state.network_by_id(network_id).expect("caller checked the network");
         let mut held: std::collections::HashMap<IpAddr, String> =
@@ -231,21 +302,29 @@ impl<'a> AddressPool<'a> {
         for s in state.services.values().filter(|s| s.network_id == network_id) {
             held.insert(s.vip, format!("service {}", s.name));
         }
-        Self { net, held, next: 0 }
+        Self { name: &net.name, subnet: net.subnet, gateway: net.gateway, range: net.ip_range, held, next: 0 }
+    }
+
+    /// The network's IPv6 addresses (`None`: it has no IPv6 subnet).
+    pub fn new6(state: &'a State, network_id: &str) -> Option<Self> {
+        let net = state.network_by_id(network_id).expect("caller checked the network");
+        let v6 = net.ipv6?;
+        let held = state.allocations_of(network_id).filter_map(|a| Some((a.address6?, a.container_name.clone()))).collect();
+        Some(Self { name: &net.name, subnet: v6.subnet, gateway: v6.gateway, range: None, held, next: 0 })
     }
 
     /// The address asked for (checked), or the lowest free one; held from now on by `holder`.
     pub fn take_for(&mut self, requested: Option<&str>, holder: &str) -> Result<IpAddr> {
-        let net = self.net;
+        let (subnet, name) = (self.subnet, self.name);
         let ip = match requested {
             Some(text) => {
-                let ip = parse_address("address", text, &net.subnet)?;
-                check_host_address("address", ip, &net.subnet)?;
-                if ip == net.gateway {
-                    bail!("address {ip} is the gateway of network {:?}", net.name);
+                let ip = parse_address("address", text, &subnet)?;
+                check_host_address("address", ip, &subnet)?;
+                if ip == self.gateway {
+                    bail!("address {ip} is the gateway of network {name:?}");
                 }
                 if let Some(holder) = self.held.get(&ip) {
-                    let msg = format!("address {ip} is already in use in network {:?} by {holder}", net.name);
+                    let msg = format!("address {ip} is already in use in network {name:?} by {holder}");
                     return Err(InUse(msg).into());
                 }
                 ip
@@ -253,14 +332,13 @@ impl<'a> AddressPool<'a> {
             None => {
                 // From the network's --ip-range, else the whole subnet (its first address is the
                 // network's own, its last the broadcast: neither is handed out).
-                let range = net.ip_range.unwrap_or(net.subnet);
+                let range = self.range.unwrap_or(subnet);
                 let found = (self.next..)
                     .map_while(|offset| nth_address(&range, offset).map(|ip| (offset, ip)))
-                    .filter(|(_, ip)| Some(*ip) != broadcast(&net.subnet) && *ip != net.subnet.network())
-                    .find(|(_, ip)| *ip != net.gateway && !self.held.contains_key(ip));
-                let (offset, ip) = found.ok_or_else(|| {
-                    anyhow::anyhow!("no free address left in network {:?} ({})", net.name, net.ip_range.unwrap_or(net.subnet))
-                })?;
+                    .filter(|(_, ip)| Some(*ip) != broadcast(&subnet) && *ip != subnet.network())
+                    .find(|(_, ip)| *ip != self.gateway && !self.held.contains_key(ip));
+                let (offset, ip) =
+                    found.ok_or_else(|| anyhow::anyhow!("no free address left in network {name:?} ({range})"))?;
                 self.next = offset + 1;
                 ip
             }
@@ -276,6 +354,19 @@ impl<'a> AddressPool<'a> {
 
     fn take(mut self, requested: Option<&str>) -> Result<IpAddr> {
         self.take_for(requested, "")
+    }
+}
+
+/// Picks an endpoint's IPv6 address on a dual-stack network: the user's (checked), or the
+/// lowest free one. `None` on a network without IPv6 (where asking for one is an error).
+pub fn choose_address6(state: &State, network_id: &str, requested: Option<&str>) -> Result<Option<IpAddr>> {
+    match AddressPool::new6(state, network_id) {
+        Some(pool) => pool.take(requested).map(Some),
+        None if requested.is_some() => {
+            let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
+            bail!("network {name:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet")
+        }
+        None => Ok(None),
     }
 }
 
@@ -346,6 +437,7 @@ mod tests {
                 created: String::new(),
                 driver: Default::default(),
                 ip_range: None,
+                ipv6: None,
             }],
             endpoints: vec![],
             allocations: vec![],
@@ -364,6 +456,7 @@ mod tests {
             container_id: "c".into(),
             container_name: "con".into(),
             address: ip.parse().unwrap(),
+            address6: None,
             mac: [0; 6],
             aliases: vec![],
             ports: vec![],
@@ -461,6 +554,50 @@ mod tests {
         assert!(err.contains("outside"), "{err}");
         let err = choose_address(&s, "n1", Some("fd00::2")).unwrap_err().to_string();
         assert!(err.contains("other address family"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_subnets_and_addresses() {
+        for (text, expected) in [
+            ("fd00:1::/121", "/120 or shorter"),
+            ("fd00::/12", "too large"),
+            ("fd00:1::1/64", "host bits"),
+            ("fd00:1::", "prefix length"),
+            ("10.0.0.0/24", "expected an IPv6 CIDR"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/64", "multicast"),
+            ("::ffff:10.0.0.0/120", "IPv4-mapped"),
+        ] {
+            let err = parse_subnet6(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let mut s = state_with("10.0.0.0/24");
+        let pool: IpNetwork = DEFAULT_IPV6_POOL.parse().unwrap();
+        let host = HostNetworks { routes: vec!["fd62:7066::/64".parse().unwrap()], addresses: vec![] };
+        // The pool's first /64 the host routes already: the next one.
+        let first = choose_subnet6(&s, None, &host, &pool).unwrap();
+        assert_eq!(first.to_string(), "fd62:7066:0:1::/64");
+        s.networks[0].ipv6 = Some(crate::state::Ipv6Subnet { subnet: first, gateway: choose_gateway(&first, None).unwrap() });
+        assert_eq!(choose_subnet6(&s, None, &host, &pool).unwrap().to_string(), "fd62:7066:0:2::/64");
+        let err = choose_subnet6(&s, Some("fd62:7066:0:1:8000::/80"), &HostNetworks::default(), &pool).unwrap_err();
+        assert!(err.downcast_ref::<InUse>().is_some() && err.to_string().contains("\"backend\""), "{err}");
+
+        // Addresses: the lowest free after the gateway; asked-for ones checked like IPv4's.
+        assert_eq!(choose_address6(&s, "n1", None).unwrap().unwrap().to_string(), "fd62:7066:0:1::2");
+        let mut taken = endpoint("10.0.0.2");
+        taken.allocation.address6 = Some("fd62:7066:0:1::2".parse().unwrap());
+        s.endpoints.push(taken);
+        assert_eq!(choose_address6(&s, "n1", None).unwrap().unwrap().to_string(), "fd62:7066:0:1::3");
+        let err = choose_address6(&s, "n1", Some("fd62:7066:0:1::2")).unwrap_err();
+        assert!(err.downcast_ref::<InUse>().is_some(), "{err}");
+        for (asked, expected) in [("fd62:7066:0:1::1", "gateway"), ("fd00::5", "outside"), ("10.0.0.9", "other address family")] {
+            let err = choose_address6(&s, "n1", Some(asked)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{asked}: {err}");
+        }
+        // A network without IPv6: none, and asking for one is an error.
+        s.networks[0].ipv6 = None;
+        assert_eq!(choose_address6(&s, "n1", None).unwrap(), None);
+        assert!(choose_address6(&s, "n1", Some("fd00::5")).unwrap_err().to_string().contains("no IPv6 subnet"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol},
         link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
         neighbour::NeighbourState,
         route::{RouteAddress, RouteAttribute, RouteScope},
@@ -170,26 +170,41 @@ impl Netlink {
         Ok(())
     }
 
+    /// Adds `ip/prefix`; an IPv6 address without duplicate address detection (the datapath
+    /// answers for every address of the link, and IPAM made it unique), usable at once.
     pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
-        self.handle.address().add(index, ip, prefix).replace().execute().await
-            .with_context(|| format!("adding address {ip}/{prefix}"))
+        let mut req = self.handle.address().add(index, ip, prefix).replace();
+        if ip.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.with_context(|| format!("adding address {ip}/{prefix}"))
     }
 
-    /// Adds `ip/32` (`/128`) to `lo` with `label` (e.g. `lo:bpfnet`), so the address is local to
-    /// the host and recognisable as bpfnet's in `ip addr` and when sweeping.
+    /// Adds `ip/32` (`/128`) to `lo` marked as bpfnet's, so the address is local to the host and
+    /// recognisable as bpfnet's in `ip addr` and when sweeping: an IPv4 address carries `label`
+    /// (e.g. `lo:bpfnet`), an IPv6 one (IPv6 has no labels) the address protocol
+    /// [`OWN_ADDRESS_PROTOCOL`].
     pub async fn add_labelled_local_address(&self, lo_index: u32, ip: IpAddr, label: &str) -> Result<()> {
         let mut req = self.handle.address().add(lo_index, ip, full_prefix(ip)).replace();
-        req.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
+        let attributes = &mut req.message_mut().attributes;
+        match ip {
+            IpAddr::V4(_) => attributes.push(AddressAttribute::Label(label.to_string())),
+            IpAddr::V6(_) => {
+                attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(OWN_ADDRESS_PROTOCOL)));
+                attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+        }
         req.execute().await.with_context(|| format!("adding gateway address {ip}"))
     }
 
-    /// Addresses of interface `index` that are `ip` (if given) and carry `label` (if given).
+    /// Addresses of interface `index` that are `ip` (if given) and carry `label` (if given; an
+    /// IPv6 address matches by [`OWN_ADDRESS_PROTOCOL`] instead).
     async fn matching_addresses(&self, index: u32, ip: Option<IpAddr>, label: Option<&str>) -> Result<Vec<AddressMessage>> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         let mut found = Vec::new();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
             let ip_ok = ip.is_none_or(|ip| address_of(&msg) == Some(ip));
-            let label_ok = label.is_none_or(|l| msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Label(x) if x == l)));
+            let label_ok = label.is_none_or(|l| is_labelled(&msg, l));
             if ip_ok && label_ok {
                 found.push(msg);
             }
@@ -207,8 +222,9 @@ impl Netlink {
                 AddressAttribute::Label(l) => Some(l.clone()),
                 _ => None,
             });
+            let ours = is_labelled(&msg, except_label);
             let label = label.unwrap_or_else(|| format!("#{}", msg.header.index));
-            if let (Some(ip), false) = (address_of(&msg), label == except_label) {
+            if let (Some(ip), false) = (address_of(&msg), ours) {
                 found.push(crate::ipam::HostAddress { ip, interface: label });
             }
         }
@@ -356,6 +372,19 @@ impl From<&LinkMessage> for LinkInfo {
     }
 }
 
+/// The address protocol (`IFA_PROTO`, `ip addr ... proto 0xbf`) that marks bpfnet's IPv6
+/// gateway addresses, as the label `lo:bpfnet` marks its IPv4 ones.
+pub const OWN_ADDRESS_PROTOCOL: u8 = 0xbf;
+
+/// Whether the address carries `label`, or, for IPv6, bpfnet's [`OWN_ADDRESS_PROTOCOL`].
+fn is_labelled(msg: &AddressMessage, label: &str) -> bool {
+    msg.attributes.iter().any(|a| match a {
+        AddressAttribute::Label(x) => x == label,
+        AddressAttribute::Protocol(AddressProtocol::Other(p)) => *p == OWN_ADDRESS_PROTOCOL && !label.is_empty(),
+        _ => false,
+    })
+}
+
 fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
         AddressAttribute::Address(ip) => Some(*ip),
@@ -373,19 +402,35 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("setting sysctl {path}"))
 }
 
-/// Configures the container's side of an endpoint. Runs inside the container's namespace.
-/// Returns whether the default route now goes through this endpoint.
+/// Configures the container's side of an endpoint: `ip/prefix`, and on a dual-stack network
+/// `ipv6` (address, prefix, gateway). Runs inside the container's namespace. Returns whether the
+/// (IPv4) default route now goes through this endpoint.
 pub async fn configure_container_side(
     ifname: String,
     ip: IpAddr,
     prefix: u8,
+    ipv6: Option<(IpAddr, u8, IpAddr)>,
     default_gateway: Option<IpAddr>,
 ) -> Result<bool> {
     let nl = Netlink::connect()?;
     let index = nl.link_index(&ifname).await?.with_context(|| format!("{ifname} missing in the namespace"))?;
-    // No IPv6 on the endpoint yet: the datapath forwards IPv4 and ARP only.
-    write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok();
+    match ipv6 {
+        // No IPv6 on an endpoint of an IPv4-only network: its packets would only be dropped.
+        None => write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok(),
+        // Static: no router advertisements taken, no duplicate address detection (the datapath
+        // answers neighbour solicitations, IPAM made the addresses unique), the link-local
+        // address from the MAC (modified EUI-64, which the datapath's anti-spoofing expects).
+        Some(_) => {
+            for (key, value) in [("accept_ra", "0"), ("accept_dad", "0"), ("addr_gen_mode", "0"), ("disable_ipv6", "0")] {
+                write_sysctl(&format!("net/ipv6/conf/{ifname}/{key}"), value)?;
+            }
+            Some(())
+        }
+    };
     nl.add_address(index, ip, prefix).await?;
+    if let Some((ip6, prefix6, _)) = ipv6 {
+        nl.add_address(index, ip6, prefix6).await?;
+    }
     nl.set_up(index).await?;
     // Once up: GRO turned on while the veth is down enables NAPI at open, but the kernel (6.18)
     // then does not mark the peer as a target of XDP redirects.
@@ -393,10 +438,15 @@ pub async fn configure_container_side(
     if let Some(lo) = nl.link_index("lo").await? {
         nl.set_up(lo).await?;
     }
-    match default_gateway {
-        Some(gw) => nl.add_default_route(gw).await,
-        None => Ok(false),
+    let default_route = match default_gateway {
+        Some(gw) => nl.add_default_route(gw).await?,
+        None => false,
+    };
+    // An IPv6 default route too, unless the namespace has one already.
+    if let (Some(_), Some((_, _, gateway6))) = (default_gateway, ipv6) {
+        nl.add_default_route(gateway6).await?;
     }
+    Ok(default_route)
 }
 
 /// Turns GRO on for interface `ifname` (ethtool's `gro on`, through the ioctl: no netlink

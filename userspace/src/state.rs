@@ -49,6 +49,23 @@ pub struct Network {
     /// may still ask for any address of the subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<IpNetwork>,
+    /// The network's IPv6 side (dual stack), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Subnet>,
+}
+
+impl Network {
+    /// Its gateway addresses (the host's): the IPv4 one, and the IPv6 one of a dual-stack network.
+    pub fn gateways(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.gateway).chain(self.ipv6.map(|v6| v6.gateway))
+    }
+}
+
+/// An IPv6 subnet of a network and its gateway (owned by the host, as the IPv4 one).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ipv6Subnet {
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
 }
 
 /// The kind of a network.
@@ -92,6 +109,9 @@ pub struct Allocation {
     pub container_name: String,
     #[serde(alias = "ipv4")]
     pub address: IpAddr,
+    /// The IPv6 address, on a network with an IPv6 subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<IpAddr>,
     pub mac: [u8; 6],
     pub aliases: Vec<String>,
     /// Published ports (`-p`): reserved by the allocation, in the datapath while attached.
@@ -169,6 +189,11 @@ pub struct Endpoint {
 }
 
 impl Allocation {
+    /// Its addresses: the IPv4 one, and the IPv6 one if it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.address).chain(self.address6)
+    }
+
     /// The `PORTS` entries of its publication `port`: whether they win over host listeners
     /// depends on its front-end (see [`Frontend::holds_port_reservations`]).
     pub fn port_entries(&self, port: &crate::ports::PublishedPort) -> Vec<(datapath_common::PortKey, datapath_common::PortTarget)> {
@@ -572,6 +597,7 @@ mod tests {
                 created: "2026-01-01T00:00:00Z".into(),
                 driver: Driver::Local,
                 ip_range: None,
+                ipv6: None,
             }],
             endpoints: vec![],
             allocations: vec![],

@@ -52,7 +52,7 @@ fn a_container_reaches_a_service_vip_and_the_backend_answers_from_the_vip() {
 
         // A container of another network does not reach this network's VIP.
         let stranger =
-            IfaceInfo { network_id: 2, ipv4: OTHER_CONTAINER_IP, gateway_ipv4: [10, 0, 0, 1], flags: MASQ, mac: OTHER_CONTAINER_MAC, _pad: [0; 2] };
+            IfaceInfo { network_id: 2, ipv4: OTHER_CONTAINER_IP, gateway_ipv4: [10, 0, 0, 1], flags: MASQ, mac: OTHER_CONTAINER_MAC, _pad: [0; 2], ..Default::default() };
         lab.dp.set_iface(TEST_IFINDEX, stranger).unwrap();
         let from_other = Ip { src: OTHER_CONTAINER_IP, ..to_vip };
         let out = lab.from_container(&packet(GATEWAY_MAC, OTHER_CONTAINER_MAC, from_other, tcp_segment(40001, VIP_PORT, 0x02, b"")));

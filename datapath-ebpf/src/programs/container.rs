@@ -11,11 +11,12 @@ use datapath_common::{
 
 use crate::{
     arp,
+    ndp,
     checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
     guard,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ICMP_ECHO_REQUEST},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     overlay,
@@ -38,6 +39,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == ETH_P_ARP.to_be() {
         return arp::handle(ctx, eth, iface, ifindex);
+    }
+    if ether_type == ETH_P_IPV6.to_be() {
+        return from_container_v6(ctx, eth, iface, ifindex);
     }
     if ether_type != ETH_P_IP.to_be() {
         return drop_packet(ctx, Counter::DropUnsupportedProtocol);
@@ -84,6 +88,68 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
     // may have addressed the gateway), straight into the receiver's namespace.
+    route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
+}
+
+/// A container's IPv6 packet: neighbour discovery answered, the source checked, delivery to a
+/// container of the same network (isolation, `icc` and `--internal` as for IPv4); the gateway's
+/// and what leaves the network are the host's (no NAT66 yet), except from an internal network.
+/// Same-network delivery is a bridge's: the hop limit stays.
+#[inline(always)]
+fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32) -> i32 {
+    if !iface.has_ipv6() {
+        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
+    }
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
+        return drop_packet(ctx, Counter::DropMalformed);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (saddr, daddr, nexthdr, hop_limit) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).nexthdr, (*ip).hop_limit) };
+    // Neighbour discovery may come from the sender's link-local address; nothing else may.
+    let own = saddr == iface.ipv6;
+    if !own && saddr != ndp::link_local_of(&iface.mac) {
+        return drop_packet(ctx, Counter::DropSpoofedSource);
+    }
+    if nexthdr == IPPROTO_ICMPV6 {
+        let icmp_type = ctx.load::<u8>(ETH_HDR_LEN + IPV6_HDR_LEN).unwrap_or(0);
+        if icmp_type == ndp::NEIGHBOUR_SOLICITATION {
+            return ndp::answer(ctx, iface, ifindex, saddr, hop_limit);
+        }
+        if icmp_type == ndp::ROUTER_SOLICITATION {
+            return drop_packet(ctx, Counter::DropIpv6Multicast);
+        }
+    }
+    // ff00::/8: router solicitations, MLD reports, anything a bridge would flood.
+    if daddr[0].to_ne_bytes()[0] == 0xff {
+        return drop_packet(ctx, Counter::DropIpv6Multicast);
+    }
+    if !own {
+        return drop_packet(ctx, Counter::DropSpoofedSource);
+    }
+    // ::/127 (unspecified, loopback): no packet on a wire goes to them.
+    if daddr[0] | daddr[1] | daddr[2] == 0 && u32::from_be(daddr[3]) <= 1 {
+        return drop_packet(ctx, Counter::DropMartian);
+    }
+    if daddr == iface.gateway_ipv6 {
+        return to_host(ctx);
+    }
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) }) else {
+        if iface.flags & iface_flags::INTERNAL != 0 {
+            return drop_packet(ctx, Counter::DropInternal);
+        }
+        return to_host(ctx);
+    };
+    if dest.network_id != iface.network_id {
+        return drop_packet(ctx, Counter::DropIsolation);
+    }
+    if iface.flags & iface_flags::ICC_DISABLED != 0 {
+        return drop_packet(ctx, Counter::DropIcc);
+    }
+    if dest.is_remote() {
+        // Overlay networks carry IPv4 only for now.
+        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
+    }
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
 }
 

@@ -11,7 +11,7 @@ use crate::{
     conntrack::{self, now_ns, observe, Flow},
     counters::{count, drop_packet},
     guard,
-    headers::{ETH_P_IP, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    headers::{ETH_P_IP, ETH_P_IPV6, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
     overlay,
@@ -24,8 +24,17 @@ use crate::{
 /// about a tracked connection likewise; the rest is the host's.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> i32 {
-    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet).
-    if ctx.load::<u16>(12).ok() != Some(ETH_P_IP.to_be()) {
+    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet);
+    // IPv6 is screened and left to the host (no NAT66 yet).
+    let ether_type = ctx.load::<u16>(12).ok();
+    if ether_type == Some(ETH_P_IPV6.to_be()) {
+        let addrs = ctx.load::<[[u32; 4]; 2]>(IP_OFF + 8);
+        if let Some(reason) = addrs.ok().and_then(|[saddr, daddr]| guard::uplink_refusal_v6(saddr, daddr)) {
+            return drop_packet(ctx, reason);
+        }
+        return count_uplink_to_host(ctx);
+    }
+    if ether_type != Some(ETH_P_IP.to_be()) {
         return count_uplink_to_host(ctx);
     }
     // Another node's overlay traffic, where the datapath does VXLAN itself.

@@ -11,6 +11,9 @@ pub struct EndpointSpecArgs {
     /// Address to use instead of the next free one.
     #[arg(long)]
     ip: Option<String>,
+    /// IPv6 address to use instead of the next free one (a dual-stack network's).
+    #[arg(long)]
+    ip6: Option<String>,
     /// Another name for the container on this network (repeatable).
     #[arg(long = "alias")]
     aliases: Vec<String>,
@@ -25,7 +28,7 @@ pub struct EndpointSpecArgs {
 
 impl From<EndpointSpecArgs> for api::EndpointSpec {
     fn from(a: EndpointSpecArgs) -> Self {
-        Self { ip: a.ip, aliases: a.aliases, publish: a.publish }
+        Self { ip: a.ip, ip6: a.ip6, aliases: a.aliases, publish: a.publish }
     }
 }
 
@@ -103,8 +106,9 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
+            let v6 = if ep.ipv6_address.is_empty() { String::new() } else { format!(" {}", ep.ipv6_address) };
             println!(
-                "{netns} joined {}: {} {} mac {} (host side {})",
+                "{netns} joined {}: {} {}{v6} mac {} (host side {})",
                 ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
             );
         }
@@ -128,7 +132,7 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
                         e.endpoint_id[..12].to_string(),
                         e.name.clone(),
                         e.network.clone(),
-                        e.ipv4_address.clone(),
+                        if e.ipv6_address.is_empty() { e.ipv4_address.clone() } else { format!("{}, {}", e.ipv4_address, e.ipv6_address) },
                         if e.attachment.is_some() { "attached" } else { "allocated" }.into(),
                         netns,
                         interface,

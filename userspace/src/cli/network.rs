@@ -7,17 +7,23 @@ use crate::{api, client::Client};
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
-    /// Create a network. Without --subnet a free /16 is taken from 172.17-31.0.0 (then
+    /// Create a network. Without an IPv4 --subnet a free /16 is taken from 172.17-31.0.0 (then
     /// 192.168.0.0/20 blocks), as Docker does; the gateway defaults to the first address.
+    /// Dual stack: give an IPv6 --subnet too, or --ipv6 for a free /64 of fd62:7066::/48.
     Create {
         /// Network name: letters, digits, '_', '.', '-'.
         name: String,
-        /// IPv4 subnet in CIDR form, e.g. 10.10.0.0/24.
+        /// Subnet in CIDR form: IPv4 (10.10.0.0/24), IPv6 (fd00:10::/64), or one of each
+        /// (the option twice) for a dual-stack network.
+        #[arg(long, value_name = "CIDR")]
+        subnet: Vec<String>,
+        /// Gateway address (owned by the host) inside the subnet of its family; once per
+        /// subnet.
+        #[arg(long, value_name = "IP")]
+        gateway: Vec<String>,
+        /// IPv6 too (dual stack): with no IPv6 --subnet, the first free /64 of fd62:7066::/48.
         #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway address (owned by the host) inside the subnet.
-        #[arg(long)]
-        gateway: Option<String>,
+        ipv6: bool,
         /// Hand out addresses from this prefix of the subnet only (e.g. 10.10.0.128/25); --ip
         /// may still ask for any address of the subnet.
         #[arg(long, value_name = "PREFIX")]
@@ -78,10 +84,26 @@ pub enum NetworkCommand {
     },
 }
 
+/// `values` of `option` split by address family: at most one IPv4 (first) and one IPv6 (second),
+/// told apart by a ':'.
+fn by_family(option: &str, values: Vec<String>) -> Result<[Option<String>; 2]> {
+    let mut found: [Option<String>; 2] = [None, None];
+    for value in values {
+        let slot = &mut found[usize::from(value.contains(':'))];
+        if let Some(first) = slot.replace(value.clone()) {
+            anyhow::bail!("{option} {first} and {option} {value}: give at most one IPv4 and one IPv6 {}", &option[2..]);
+        }
+    }
+    Ok(found)
+}
+
 pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
     match cmd {
-        NetworkCommand::Create { name, subnet, gateway, ip_range, internal, options, driver } => {
-            let req = api::CreateNetwork { name, subnet, gateway, internal, options: parse_options(&options)?, driver, ip_range };
+        NetworkCommand::Create { name, subnet, gateway, ipv6, ip_range, internal, options, driver } => {
+            let [subnet, subnet6] = by_family("--subnet", subnet)?;
+            let [gateway, gateway6] = by_family("--gateway", gateway)?;
+            let options = parse_options(&options)?;
+            let req = api::CreateNetwork { name, subnet, gateway, internal, options, driver, ip_range, subnet6, gateway6, ipv6 };
             let net: api::NetworkInspect = client.post("/networks", &req).await?;
             println!("{}", net.id);
         }
@@ -97,7 +119,7 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
                         n.id[..12].to_string(),
                         n.name.clone(),
                         n.driver.clone(),
-                        n.subnet.clone(),
+                        n.subnet6.as_ref().map_or_else(|| n.subnet.clone(), |v6| format!("{}, {v6}", n.subnet)),
                         n.gateway.clone(),
                         if n.internal { "yes" } else { "no" }.into(),
                         if n.icc { "yes" } else { "no" }.into(),
@@ -116,8 +138,9 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
+            let v6 = if ep.ipv6_address.is_empty() { String::new() } else { format!(" {}", ep.ipv6_address) };
             println!(
-                "{netns} joined {}: {} {} mac {} (host side {})",
+                "{netns} joined {}: {} {}{v6} mac {} (host side {})",
                 ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
             );
             for port in &ep.ports {

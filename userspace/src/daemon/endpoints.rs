@@ -12,7 +12,7 @@
 //! An attach is write-ahead logged: its record goes into `State::connecting` before the first
 //! kernel change and the endpoint's record replaces it when everything is in place, so a crash
 //! at any point leaves a record of what to remove (see `reconcile`).
-use datapath_common::{iface_flags, IfaceInfo};
+use datapath_common::{iface_flags, IfaceInfo, IpKey};
 
 use anyhow::Result;
 
@@ -47,6 +47,10 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
     if ep.gro {
         flags |= iface_flags::XDP_DELIVERY;
     }
+    let (ipv6, gateway_ipv6) = match (ep.address6, net.ipv6) {
+        (Some(address6), Some(v6)) => (IpKey::from(address6).addr, IpKey::from(v6.gateway).addr),
+        _ => Default::default(),
+    };
     Ok(IfaceInfo {
         network_id: net.datapath_id,
         ipv4: datapath_ipv4(ep.address)?,
@@ -54,6 +58,8 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
         flags,
         mac: ep.mac,
         _pad: [0; 2],
+        ipv6,
+        gateway_ipv6,
     })
 }
 
@@ -216,6 +222,7 @@ impl Daemon {
             container_id: ids::random_id(),
             container_name: name,
             address: net.gateway,
+            address6: None,
             mac: [0; 6],
             aliases: req.aliases,
             ports,
@@ -228,6 +235,7 @@ impl Daemon {
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
         };
+        allocation.address6 = ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?;
         allocation.mac = ipam::mac_for(allocation.address);
         Ok(allocation)
     }
@@ -301,6 +309,7 @@ impl Daemon {
             interface: ep.interface.clone(),
             host_interface: ep.host_interface.clone(),
             ipv4_address: format!("{}/{}", ep.address, net.subnet.prefix()),
+            ipv6_address: views::address6_of(net, ep.address6),
             mac_address: ipam::format_mac(&ep.mac),
             ports: ep.ports.iter().map(|p| p.to_string()).collect(),
             resolver: self.dns.then(|| net.gateway.to_string()),
@@ -410,8 +419,10 @@ impl Daemon {
     /// exists. Idempotent; tries every step and reports every failure.
     pub(super) async fn teardown_endpoint(&mut self, ep: &Endpoint, link: Option<&LinkInfo>) -> Result<()> {
         // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
-        let address_taken = self.state.endpoints.iter().any(|o| o.id != ep.id && o.address == ep.address);
-        drivers::of_endpoint(ep).teardown(self.kernel(), ep, link, address_taken).await
+        let others = self.state.endpoints.iter().filter(|o| o.id != ep.id);
+        let held: std::collections::HashSet<std::net::IpAddr> = others.flat_map(|o| o.addresses()).collect();
+        let taken: Vec<std::net::IpAddr> = ep.addresses().filter(|a| held.contains(a)).collect();
+        drivers::of_endpoint(ep).teardown(self.kernel(), ep, link, &taken).await
     }
 
     /// The host side of `ep` as it is now (it may have been renamed).

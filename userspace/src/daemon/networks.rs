@@ -5,14 +5,14 @@ use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
 use crate::{
     api, ids,
     ipam::{self, HostNetworks},
-    state::{Driver, Network},
+    state::{Driver, Ipv6Subnet, Network},
 };
 
 impl Daemon {
     /// What a new subnet must stay clear of besides networks: the prefixes the host routes and
     /// the addresses it holds; with `pools`, also the pools Docker's IPAM holds (as if routed).
     pub(super) async fn host_networks(&self, pools: bool) -> DaemonResult<HostNetworks> {
-        let ours: Vec<IpAddr> = self.state.endpoints.iter().map(|e| e.address).collect();
+        let ours: Vec<IpAddr> = self.state.endpoints.iter().flat_map(|e| e.addresses()).collect();
         let mut routes = self.netlink.routed_prefixes(&ours).await.map_err(Error::internal)?;
         if pools {
             routes.extend(self.state.pools.iter().map(|p| p.subnet));
@@ -44,6 +44,19 @@ impl Daemon {
             Some("overlay") => true,
             Some(other) => return Err(Error::invalid(format!("unknown network driver {other:?}: bpfnet (this host's) or overlay (the cluster's)"))),
         };
+        let ipv6 = if req.ipv6 || req.subnet6.is_some() {
+            if overlay {
+                return Err(Error::invalid("overlay networks carry IPv4 only for now: drop --ipv6 and the IPv6 --subnet"));
+            }
+            let pool = ipam::DEFAULT_IPV6_POOL.parse().expect("a valid prefix");
+            let subnet = ipam::choose_subnet6(&self.state, req.subnet6.as_deref(), &host, &pool).map_err(Error::refused)?;
+            let gateway = ipam::choose_gateway(&subnet, req.gateway6.as_deref()).map_err(Error::invalid)?;
+            Some(Ipv6Subnet { subnet, gateway })
+        } else if let Some(gateway6) = &req.gateway6 {
+            return Err(Error::invalid(format!("gateway {gateway6} is IPv6 but the network has no IPv6 subnet: add --ipv6 or an IPv6 --subnet")));
+        } else {
+            None
+        };
         let net = Network {
             id: ids::random_id(),
             name: req.name,
@@ -57,29 +70,33 @@ impl Daemon {
             created: ids::now_rfc3339(),
             driver: Driver::Local,
             ip_range,
+            ipv6,
         };
         let net = if overlay { self.create_overlay_network(net).await? } else {
             self.install_network(&net).await?;
             net
         };
-        log::info!("network {} created: subnet {}, gateway {} (id {}, driver {})", net.name, net.subnet, net.gateway, &net.id[..12], net.driver.name());
+        let v6 = net.ipv6.map(|v6| format!(", IPv6 subnet {}, gateway {}", v6.subnet, v6.gateway)).unwrap_or_default();
+        log::info!("network {} created: subnet {}, gateway {}{v6} (id {}, driver {})", net.name, net.subnet, net.gateway, &net.id[..12], net.driver.name());
         Ok(views::inspect_network(&self.state, &net))
     }
 
-    /// Makes `net` on this host: its gateway address, then its record.
+    /// Makes `net` on this host: its gateway addresses, then its record.
     pub(super) async fn install_network(&mut self, net: &Network) -> DaemonResult<()> {
         let gateway = net.gateway;
-        // The address first: a crash before the save leaves a labelled gateway of no network,
+        // The addresses first: a crash before the save leaves a labelled gateway of no network,
         // which the reconciler removes.
-        self.netlink
-            .add_labelled_local_address(self.gateway_ifindex, gateway, GATEWAY_LABEL)
-            .await
-            .map_err(Error::internal)?;
+        for address in net.gateways() {
+            if let Err(e) = self.netlink.add_labelled_local_address(self.gateway_ifindex, address, GATEWAY_LABEL).await {
+                self.remove_gateways(net).await;
+                return Err(Error::internal(e));
+            }
+        }
         super::crash_point("gateway-added");
         self.state.networks.push(net.clone());
         if let Err(e) = self.commit() {
             self.state.networks.pop();
-            self.netlink.delete_addresses(self.gateway_ifindex, Some(gateway), Some(GATEWAY_LABEL)).await.ok();
+            self.remove_gateways(net).await;
             return Err(Error::internal(e));
         }
         if let Err(e) = self.refresh_host_addresses().await {
@@ -126,7 +143,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes `net` from this host: its record, then its gateway address.
+    /// Removes `net` from this host: its record, then its gateway addresses.
     pub(super) async fn forget_network(&mut self, net: &Network) -> DaemonResult<()> {
         let name = &net.name;
         let before = self.state.clone();
@@ -137,9 +154,7 @@ impl Daemon {
         }
         super::crash_point("network-forgotten");
         // Committed: a failure from here on is the reconciler's to finish, not the user's error.
-        if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(net.gateway), Some(GATEWAY_LABEL)).await {
-            log::warn!("network {name}: removing its gateway {}: {e:#} (retried at the next start)", net.gateway);
-        }
+        self.remove_gateways(net).await;
         if let Err(e) = self.refresh_host_addresses().await {
             log::warn!("telling the socket programs that gateway {} is gone: {e:#}", net.gateway);
         }
@@ -149,6 +164,15 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Removes the gateway addresses of `net` (failures logged: the next start retries).
+    async fn remove_gateways(&self, net: &Network) {
+        for address in net.gateways() {
+            if let Err(e) = self.netlink.delete_addresses(self.gateway_ifindex, Some(address), Some(GATEWAY_LABEL)).await {
+                log::warn!("network {}: removing its gateway {address}: {e:#} (retried at the next start)", net.name);
+            }
+        }
     }
 
     pub(super) fn network(&self, name: &str) -> DaemonResult<&Network> {

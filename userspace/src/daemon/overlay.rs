@@ -365,6 +365,7 @@ impl Daemon {
             created: record.created.clone(),
             driver: Driver::Overlay { vni: record.vni, mtu },
             ip_range: record.ip_range,
+            ipv6: None,
         };
         self.install_network(&net).await?;
         log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.subnet, net.gateway);

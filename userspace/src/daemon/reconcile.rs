@@ -62,11 +62,13 @@ impl Daemon {
     /// Makes the kernel match the desired state. Idempotent: safe after a crash at any point.
     pub(super) async fn reconcile(&mut self) -> Result<()> {
         for net in self.state.networks.clone() {
-            self.netlink.add_labelled_local_address(self.gateway_ifindex, net.gateway, GATEWAY_LABEL).await?;
+            for address in net.gateways() {
+                self.netlink.add_labelled_local_address(self.gateway_ifindex, address, GATEWAY_LABEL).await?;
+            }
         }
         // Gateways of networks that no longer exist (a crash between saving and removing).
         for ip in self.netlink.labelled_addresses(self.gateway_ifindex, GATEWAY_LABEL).await? {
-            if !self.state.networks.iter().any(|n| n.gateway == ip) {
+            if !self.state.networks.iter().any(|n| n.gateways().any(|g| g == ip)) {
                 log::info!("removing gateway address {ip}, which no network has");
                 self.netlink.delete_addresses(self.gateway_ifindex, Some(ip), Some(GATEWAY_LABEL)).await?;
             }
@@ -121,7 +123,7 @@ impl Daemon {
             if link.name != ep.host_interface {
                 log::info!("endpoint {} ({}): its host side {} is now named {}", &ep.id[..12], ep.container_name, ep.host_interface, link.name);
             }
-            desired_endpoints.insert(IpKey::from(ep.address));
+            desired_endpoints.extend(ep.addresses().map(IpKey::from));
             desired_ifaces.insert(link.index);
             desired_ports.extend(ep.ports.iter().flat_map(|p| ep.port_entries(p)).map(|(key, _)| key));
             // One broken endpoint must not keep the daemon (and every other endpoint) down.

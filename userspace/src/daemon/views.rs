@@ -17,6 +17,7 @@ pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
             driver: n.driver.name().into(),
             subnet: n.subnet.to_string(),
             gateway: n.gateway.to_string(),
+            subnet6: n.ipv6.map(|v6| v6.subnet.to_string()),
             internal: n.internal,
             icc: n.icc,
             masquerade: n.masquerade && !n.internal,
@@ -40,7 +41,7 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
                 endpoint_id: e.id.clone(),
                 mac_address: ipam::format_mac(&e.mac),
                 ipv4_address: format!("{}/{}", e.address, net.subnet.prefix()),
-                ipv6_address: String::new(),
+                ipv6_address: address6_of(net, e.address6),
                 interface: e.interface.clone(),
                 host_interface: e.host_interface.clone(),
                 netns: e.netns_path.display().to_string(),
@@ -55,21 +56,31 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
         created: net.created.clone(),
         scope: if net.driver.is_overlay() { "swarm" } else { "local" }.into(),
         driver: net.driver.name().into(),
-        enable_ipv6: false,
+        enable_ipv6: net.ipv6.is_some(),
         ipam: api::Ipam {
             driver: "default".into(),
             options: BTreeMap::new(),
-            config: vec![api::IpamConfig {
+            config: std::iter::once(api::IpamConfig {
                 subnet: net.subnet.to_string(),
                 gateway: net.gateway.to_string(),
                 ip_range: net.ip_range.map(|r| r.to_string()),
-            }],
+            })
+            .chain(net.ipv6.map(|v6| api::IpamConfig { subnet: v6.subnet.to_string(), gateway: v6.gateway.to_string(), ip_range: None }))
+            .collect(),
         },
         internal: net.internal,
         attachable: true,
         containers,
         options: net.options.clone(),
         labels: BTreeMap::new(),
+    }
+}
+
+/// `ADDRESS/PREFIX` of an endpoint's IPv6 address on `net`, or empty.
+pub fn address6_of(net: &Network, address6: Option<std::net::IpAddr>) -> String {
+    match (address6, net.ipv6) {
+        (Some(ip), Some(v6)) => format!("{ip}/{}", v6.subnet.prefix()),
+        _ => String::new(),
     }
 }
 
@@ -81,6 +92,7 @@ pub fn allocation_view(state: &State, a: &Allocation, attached: Option<&Endpoint
         network: net.map_or_else(String::new, |n| n.name.clone()),
         name: a.container_name.clone(),
         ipv4_address: net.map_or_else(|| a.address.to_string(), |n| format!("{}/{}", a.address, n.subnet.prefix())),
+        ipv6_address: net.map(|n| address6_of(n, a.address6)).unwrap_or_default(),
         mac_address: ipam::format_mac(&a.mac),
         aliases: a.aliases.clone(),
         ports: a.ports.iter().map(|p| p.to_string()).collect(),

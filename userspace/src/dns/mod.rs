@@ -1,8 +1,8 @@
 //! The embedded DNS resolver: one per network, on its gateway address, port 53, UDP and TCP.
 //! It answers for the network it serves only, and only to clients inside that network's subnet
 //! (a name of another network does not resolve): the names and aliases of the network's attached
-//! endpoints and the names of its services (A; AAAA is empty until IPv6), PTR for their
-//! addresses; other names with a dot are forwarded to the upstream resolvers (`--dns-upstream`,
+//! endpoints and the names of its services (A, and AAAA on a dual-stack network, where it
+//! listens on the IPv6 gateway too), PTR for their addresses (also under ip6.arpa); other names with a dot are forwarded to the upstream resolvers (`--dns-upstream`,
 //! default: the daemon's /etc/resolv.conf), single-label names that are not local get NXDOMAIN.
 //!
 //! An `--internal` network's resolver forwards nothing (REFUSED): its containers reach no
@@ -23,7 +23,7 @@ use std::{
 use hickory_proto::{
     op::{Message, MessageType, Metadata, OpCode, ResponseCode},
     rr::{
-        rdata::{A, PTR},
+        rdata::{A, AAAA, PTR},
         Name, RData, Record, RecordType,
     },
 };
@@ -116,7 +116,8 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
                 match serve(net, shared.clone()).await {
                     Ok(tasks) => {
                         reported.remove(&net.id);
-                        log::info!("DNS for network {} on {}:{PORT} (UDP and TCP)", net.name, net.gateway);
+                        let on: Vec<String> = net.gateways().map(|g| SocketAddr::new(g, PORT).to_string()).collect();
+                        log::info!("DNS for network {} on {} (UDP and TCP)", net.name, on.join(" and "));
                         served.insert(net.id.clone(), (net.gateway, tasks));
                     }
                     Err(e) => {
@@ -131,9 +132,23 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
     })
 }
 
-/// Binds the network's UDP and TCP sockets and starts serving them.
+/// Binds the network's UDP and TCP sockets on each of its gateways and starts serving them.
 async fn serve(net: &Network, shared: Shared) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let addr = SocketAddr::new(net.gateway, PORT);
+    let mut tasks = Vec::new();
+    for gateway in net.gateways() {
+        match serve_on(SocketAddr::new(gateway, PORT), net, shared.clone()).await {
+            Ok(more) => tasks.extend(more),
+            Err(e) => {
+                tasks.iter().for_each(JoinHandle::abort);
+                return Err(e);
+            }
+        }
+    }
+    Ok(tasks)
+}
+
+/// Binds UDP and TCP sockets on `addr` and starts serving them for `net`.
+async fn serve_on(addr: SocketAddr, net: &Network, shared: Shared) -> std::io::Result<Vec<JoinHandle<()>>> {
     let udp = Arc::new(UdpSocket::bind(addr).await?);
     let tcp = TcpListener::bind(addr).await?;
     let id: Arc<str> = net.id.clone().into();
@@ -223,7 +238,7 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
         return Some(reply);
     }
     // Only the network's own clients: a container of another network learns nothing here.
-    if !net.subnet.contains(client) {
+    if !in_network(net, client) {
         reply.metadata.response_code = ResponseCode::Refused;
         return Some(reply);
     }
@@ -234,7 +249,7 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
 
     if let Ok(prefix) = qname.parse_arpa_name() {
         let ip = prefix.addr();
-        if !net.subnet.contains(ip) {
+        if !in_network(net, ip) {
             return forward_or_refuse(net, reply);
         }
         reply.metadata.authoritative = true;
@@ -260,15 +275,27 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
         return Some(reply);
     }
     reply.metadata.authoritative = true;
-    if query.query_type() == RecordType::A || query.query_type() == RecordType::ANY {
-        for ip in addresses {
-            if let IpAddr::V4(v4) = ip {
-                reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::A(A(v4))));
-            }
+    let (want_a, want_aaaa) = match query.query_type() {
+        RecordType::A => (true, false),
+        RecordType::AAAA => (false, true),
+        RecordType::ANY => (true, true),
+        _ => (false, false),
+    };
+    for ip in addresses {
+        match ip {
+            IpAddr::V4(v4) if want_a => reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::A(A(v4)))),
+            IpAddr::V6(v6) if want_aaaa => reply.answers.push(Record::from_rdata(qname.clone(), TTL, RData::AAAA(AAAA(v6)))),
+            _ => {}
         }
     }
-    // AAAA and other types of a known name: no records (NOERROR), so clients do not look on.
+    // Other types of a known name (AAAA of an IPv4-only one): no records (NOERROR), so clients
+    // do not look on.
     Some(reply)
+}
+
+/// Whether `ip` is in one of `net`'s subnets.
+fn in_network(net: &Network, ip: IpAddr) -> bool {
+    net.subnet.contains(ip) || net.ipv6.is_some_and(|v6| v6.subnet.contains(ip))
 }
 
 /// A name the network does not know: forwarded upstream (`None`), except from an internal
@@ -288,7 +315,7 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
         container.eq_ignore_ascii_case(name) || aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     };
     let mut found: Vec<IpAddr> =
-        state.endpoints_of(&net.id).filter(|e| named(&e.container_name, &e.aliases)).map(|e| e.address).collect();
+        state.endpoints_of(&net.id).filter(|e| named(&e.container_name, &e.aliases)).flat_map(|e| e.addresses()).collect();
     found.extend(
         state.remote_endpoints.iter().filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases)).map(|e| e.address),
     );
@@ -300,7 +327,7 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
 
 /// The name of the endpoint or service at `ip` on `net`.
 fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
-    if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.address == ip) {
+    if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.addresses().any(|a| a == ip)) {
         return Some(ep.container_name.clone());
     }
     if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && e.address == ip) {
@@ -348,6 +375,64 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_network_answers_aaaa_and_ip6_arpa_to_its_ipv6_clients() {
+        let net = crate::state::Network {
+            id: "n".into(),
+            name: "web".into(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            internal: false,
+            icc: true,
+            masquerade: true,
+            options: Default::default(),
+            datapath_id: 1,
+            driver: Default::default(),
+            ip_range: None,
+            ipv6: Some(crate::state::Ipv6Subnet { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() }),
+            created: String::new(),
+        };
+        let allocation = crate::state::Allocation {
+            id: "e".into(),
+            network_id: "n".into(),
+            container_id: "c".into(),
+            container_name: "api".into(),
+            address: "10.1.0.2".parse().unwrap(),
+            address6: Some("fd00:1::2".parse().unwrap()),
+            mac: [0; 6],
+            aliases: vec![],
+            ports: vec![],
+            kept_when_detached: false,
+            frontend: Default::default(),
+        };
+        let endpoint = crate::state::Endpoint {
+            allocation,
+            netns_path: "/run/netns/x".into(),
+            netns_dev: 0,
+            netns_inode: 0,
+            interface: "eth0".into(),
+            host_interface: "bn-e".into(),
+            host_ifindex: 0,
+            default_route: true,
+            gro: true,
+        };
+        let state = State { networks: vec![net.clone()], endpoints: vec![endpoint], ..Default::default() };
+        let client: IpAddr = "fd00:1::9".parse().unwrap();
+        let answers = |name: &str, kind| answer(&state, &net, client, &query(name, kind)).unwrap().answers;
+        let aaaa = answers("api.", RecordType::AAAA);
+        assert_eq!(aaaa.len(), 1);
+        assert_eq!(aaaa[0].data, RData::AAAA(AAAA("fd00:1::2".parse().unwrap())));
+        let a = answers("api.", RecordType::A);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].data, RData::A(A("10.1.0.2".parse().unwrap())));
+        assert_eq!(answers("api.", RecordType::ANY).len(), 2);
+        let ptr = answers("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa.", RecordType::PTR);
+        assert_eq!(ptr[0].data, RData::PTR(PTR(Name::from_ascii("api.").unwrap())));
+        // Another network's IPv6 client learns nothing.
+        let r = answer(&state, &net, "fd00:2::9".parse().unwrap(), &query("api.", RecordType::AAAA)).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
     fn queries_of_other_kinds_are_not_implemented() {
         let state = State::default();
         let net = crate::state::Network {
@@ -362,6 +447,7 @@ mod tests {
             datapath_id: 1,
             driver: Default::default(),
             ip_range: None,
+            ipv6: None,
             created: String::new(),
         };
         let mut q = query("x.", RecordType::A);

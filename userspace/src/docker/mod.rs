@@ -392,6 +392,9 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
         internal,
         options: driver_options,
         ip_range: None,
+        subnet6: None,
+        gateway6: None,
+        ipv6: false,
     })
 }
 

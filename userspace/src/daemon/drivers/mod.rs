@@ -6,7 +6,7 @@
 //! macvlan, host or none would each be one more file here and one more arm in [`of`].
 mod veth;
 
-use std::fs::File;
+use std::{fs::File, net::IpAddr};
 
 use anyhow::Result;
 
@@ -52,9 +52,9 @@ pub(super) trait NetworkDriver {
     async fn configure_container(&self, k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, ns: &NetnsRef, default_route: bool) -> Result<()>;
 
     /// Removes everything the endpoint has in the kernel; `link`: its host side if that still
-    /// exists; `address_taken`: another endpoint holds its address now (its entries stay).
+    /// exists; `taken`: those of its addresses another endpoint holds now (their entries stay).
     /// Idempotent; tolerates half-made endpoints; tries every step and reports every failure.
-    async fn teardown(&self, k: Kernel<'_>, ep: &Endpoint, link: Option<&LinkInfo>, address_taken: bool) -> Result<()>;
+    async fn teardown(&self, k: Kernel<'_>, ep: &Endpoint, link: Option<&LinkInfo>, taken: &[IpAddr]) -> Result<()>;
 
     /// The endpoint's host side as it is now (it may have been renamed), if it exists.
     async fn locate(&self, netlink: &Netlink, ep: &Endpoint) -> Result<Option<LinkInfo>>;

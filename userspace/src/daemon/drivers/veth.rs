@@ -3,7 +3,7 @@
 //! endpoint's alias, carrying the datapath's TC program (a cls_bpf filter), with a /32 route and a
 //! permanent neighbour entry; the datapath's maps (IFACES, ENDPOINTS, PORTS) say who sends on it
 //! and where to deliver.
-use std::fs::File;
+use std::{fs::File, net::IpAddr};
 
 use anyhow::{Context, Result};
 use datapath_common::{EndpointInfo, GATEWAY_MAC};
@@ -35,6 +35,21 @@ fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInf
     EndpointInfo { host_ifindex, network_id: net.datapath_id, mac: ep.mac, ..Default::default() }
 }
 
+/// IPv6 on an endpoint's host side: off on an IPv4-only network; on a dual-stack one on, but
+/// with no address of its own (no link-local, hence no router or neighbour solicitations of its
+/// own), no router advertisements taken (a container must not route the host), so that the
+/// host takes the container's packets to the gateway and routes to the container over it.
+fn host_side_ipv6(ifname: &str, dual_stack: bool) -> Result<()> {
+    if !dual_stack {
+        plumbing::write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok();
+        return Ok(());
+    }
+    for (key, value) in [("addr_gen_mode", "1"), ("accept_ra", "0"), ("accept_dad", "0"), ("disable_ipv6", "0")] {
+        plumbing::write_sysctl(&format!("net/ipv6/conf/{ifname}/{key}"), value)?;
+    }
+    Ok(())
+}
+
 /// The driver (no state of its own: the kernel and the state say everything). `mtu`: the
 /// endpoints' (an overlay network's leaves room for the encapsulation); `None`: the kernel's.
 pub(in crate::daemon) struct Veth {
@@ -63,7 +78,7 @@ impl NetworkDriver for Veth {
         crash_point("veth-unlabelled");
         k.netlink.set_alias(index, &endpoint_alias(&ep.id)).await?;
         crash_point("veth");
-        plumbing::write_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", ep.host_interface), "1").ok();
+        host_side_ipv6(&ep.host_interface, ep.address6.is_some())?;
         let host_side = LinkInfo { index, name: ep.host_interface.clone(), alias: Some(endpoint_alias(&ep.id)) };
         self.program(k.reborrow(), net, ep, backend, &host_side).await?;
         crash_point("programmed");
@@ -75,7 +90,9 @@ impl NetworkDriver for Veth {
     async fn program(&self, k: Kernel<'_>, net: &Network, ep: &Endpoint, backend: bool, link: &LinkInfo) -> Result<()> {
         // Maps before the program: the first packet must find its entries.
         k.datapath.set_iface(link.index, iface_info(net, ep, backend)?)?;
-        k.datapath.set_endpoint(ep.address, endpoint_info(net, ep, link.index))?;
+        for address in ep.addresses() {
+            k.datapath.set_endpoint(address, endpoint_info(net, ep, link.index))?;
+        }
         for port in &ep.ports {
             for (key, target) in ep.port_entries(port) {
                 k.datapath.set_port(key, target)?;
@@ -85,14 +102,19 @@ impl NetworkDriver for Veth {
         k.netlink.set_up(link.index).await?;
         k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
         k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
+        if let (Some(address6), Some(v6)) = (ep.address6, net.ipv6) {
+            k.netlink.replace_host_route(address6, link.index, v6.gateway).await?;
+            k.netlink.replace_neighbour(link.index, address6, ep.mac).await?;
+        }
         Ok(())
     }
 
     async fn configure_container(&self, k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, ns: &NetnsRef, default_route: bool) -> Result<()> {
         let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
+        let ipv6 = ep.address6.zip(net.ipv6).map(|(ip6, v6)| (ip6, v6.subnet.prefix(), v6.gateway));
         let gateway = default_route.then_some(net.gateway);
         ep.default_route =
-            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, gateway))
+            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, ipv6, gateway))
                 .await
                 .context("configuring the container side")?;
         // GRO is on in the container's side now: XDP may deliver into it.
@@ -104,7 +126,7 @@ impl NetworkDriver for Veth {
     /// Removes everything an endpoint has in the kernel; `link` is its host-side veth if that
     /// still exists. Idempotent; tolerates half-made endpoints; tries every step even when one
     /// fails, and reports all failures.
-    async fn teardown(&self, k: Kernel<'_>, ep: &Endpoint, link: Option<&LinkInfo>, address_taken: bool) -> Result<()> {
+    async fn teardown(&self, k: Kernel<'_>, ep: &Endpoint, link: Option<&LinkInfo>, taken: &[IpAddr]) -> Result<()> {
         let mut errors: Vec<anyhow::Error> = Vec::new();
         // IFACES is keyed by the host veth's ifindex: take it from the veth, the record, or, when
         // the veth died with its namespace, from the endpoint's ENDPOINTS entry.
@@ -130,9 +152,9 @@ impl NetworkDriver for Veth {
                 Err(e) => errors.push(e),
             }
         }
-        // Only if no other endpoint holds the address (it may have been handed out again meanwhile).
-        if !address_taken {
-            if let Err(e) = k.datapath.remove_endpoint(ep.address) {
+        // Only the addresses no other endpoint holds (one may have been handed out again meanwhile).
+        for address in ep.addresses().filter(|a| !taken.contains(a)) {
+            if let Err(e) = k.datapath.remove_endpoint(address) {
                 errors.push(e);
             }
         }
@@ -154,7 +176,7 @@ impl NetworkDriver for Veth {
         }
         // Its connections, once nothing can add one: a later endpoint with the same address must
         // not inherit them (but an endpoint that holds the address already keeps its own).
-        let addr = (!address_taken).then_some(ep.address);
+        let addr = (!taken.contains(&ep.address)).then_some(ep.address);
         k.conntrack.forget_endpoint(&indexes, addr);
         match errors.len() {
             0 => Ok(()),

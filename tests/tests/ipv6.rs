@@ -1,0 +1,190 @@
+//! IPv6 end to end (dual-stack networks on one host): the real daemon in a private "host"
+//! namespace, containers as namespaces, real TCP/UDP/ICMPv6 traffic between them, to their
+//! gateway and from the host; what must be dropped is, and counted; bad input is refused with
+//! nothing changed. Needs root.
+use std::time::Duration;
+
+use bpfnet_lab::{
+    checks::{addr, assert_consistent, counter, json},
+    traffic::{payload, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
+    Sandbox,
+};
+
+const T: Duration = Duration::from_secs(2);
+/// How long to wait for traffic that must NOT arrive.
+const BLOCKED: Duration = Duration::from_millis(700);
+
+fn ping6(sb: &Sandbox, ns: &str, ip: &str) -> bool {
+    sb.exec(ns, &["ping", "-6", "-c", "1", "-W", "1", "-q", ip]).unwrap().ok
+}
+
+/// `network connect NET NS [extra] --json`: the endpoint's (IPv4, IPv6) addresses.
+fn connect(sb: &Sandbox, net: &str, ns: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["network", "connect", net, ns, "--json"];
+    args.extend_from_slice(extra);
+    let out = json(&sb.bpfnet_ok(&args).unwrap());
+    let bare = |key: &str| out[key].as_str().unwrap_or_default().split('/').next().unwrap().to_string();
+    (bare("ipv4_address"), bare("ipv6_address"))
+}
+
+#[test]
+fn dual_stack_networks_forward_ipv6_between_containers_and_isolate_them() {
+    let mut sb = Sandbox::new("v6").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    let c = sb.add_netns("c").unwrap();
+    let d = sb.add_netns("d").unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.220.0.0/24", "--subnet", "fd00:220::/64"]).unwrap();
+    // --ipv6 alone: the first /64 of the default pool.
+    sb.bpfnet_ok(&["network", "create", "pooled", "--subnet", "10.221.0.0/24", "--ipv6"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.222.0.0/24"]).unwrap();
+    assert_eq!(connect(&sb, "dual", &a, &[]), ("10.220.0.2".into(), "fd00:220::2".into()));
+    assert_eq!(connect(&sb, "dual", &b, &["--ip6", "fd00:220::50"]), ("10.220.0.3".into(), "fd00:220::50".into()));
+    assert_eq!(connect(&sb, "pooled", &c, &[]), ("10.221.0.2".into(), "fd62:7066::2".into()));
+    assert_eq!(connect(&sb, "v4only", &d, &[]), ("10.222.0.2".into(), String::new()));
+
+    // The container side: the address usable at once (no duplicate address detection pending),
+    // the default route through the gateway, the link-local address from the MAC.
+    let addrs = sb.exec(&a, &["ip", "-6", "-o", "addr", "show", "dev", "eth0"]).unwrap().stdout;
+    let global = addrs.lines().find(|l| l.contains("fd00:220::2/64")).unwrap_or_else(|| panic!("{addrs}"));
+    assert!(!global.contains("tentative"), "{addrs}");
+    assert!(addrs.contains("fe80::42:aff:fedc:2/64"), "{addrs}");
+    let routes = sb.exec(&a, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00:220::1 dev eth0"), "{routes}");
+    let none = sb.exec(&d, &["ip", "-6", "-o", "addr", "show", "dev", "eth0"]).unwrap().stdout;
+    assert!(none.trim().is_empty(), "an IPv4-only network's endpoint has no IPv6: {none}");
+
+    // Between containers of the network, both ways, TCP and UDP with real payloads.
+    for (ns, ip) in [(&a, "fd00:220::2"), (&b, "fd00:220::50"), (&c, "fd62:7066::2")] {
+        tcp_echo_server(ns, addr(ip, 7000)).unwrap();
+        udp_echo_server(ns, addr(ip, 7001)).unwrap();
+    }
+    for (i, (from, to)) in [(&a, "fd00:220::50"), (&b, "fd00:220::2")].into_iter().enumerate() {
+        let data = payload(i as u8, 3000);
+        assert_eq!(tcp_exchange(from, addr(to, 7000), &data, T).unwrap(), data, "TCP {from} -> {to}");
+        let data = payload(50 + i as u8, 1200);
+        assert_eq!(udp_exchange(from, addr(to, 7001), &data, T).unwrap(), data, "UDP {from} -> {to}");
+    }
+    assert!(ping6(&sb, &a, "fd00:220::50"));
+    // The gateways answer, and the host reaches every dual-stack container.
+    assert!(ping6(&sb, &a, "fd00:220::1"));
+    assert!(ping6(&sb, &c, "fd62:7066::1"));
+    for ip in ["fd00:220::2", "fd00:220::50", "fd62:7066::2"] {
+        assert!(ping6(&sb, &sb.host(), ip), "host -> {ip}");
+    }
+    assert!(counter(&sb, "ndp_replied") > 0);
+
+    // Names: the network's resolver answers AAAA (and ip6.arpa) on its IPv6 gateway too.
+    std::thread::sleep(Duration::from_millis(500)); // the resolvers follow new networks within 200 ms
+    let dig = |args: &[&str]| {
+        let mut all = vec!["dig", "+time=1", "+tries=3", "+short", "@fd00:220::1"];
+        all.extend_from_slice(args);
+        sb.exec(&a, &all).unwrap().stdout.trim().to_string()
+    };
+    assert_eq!(dig(&["AAAA", &b]), "fd00:220::50");
+    assert_eq!(dig(&["A", &b]), "10.220.0.3");
+    assert_eq!(dig(&["-x", "fd00:220::50"]), format!("{b}."));
+
+    // Other networks' containers are out of reach in IPv6 as in IPv4.
+    let isolated = counter(&sb, "drop_isolation");
+    assert!(tcp_exchange(&a, addr("fd62:7066::2", 7000), b"x", BLOCKED).is_err());
+    assert!(udp_exchange(&c, addr("fd00:220::2", 7001), b"x", BLOCKED).is_err());
+    assert!(!ping6(&sb, &c, "fd00:220::50"));
+    assert!(counter(&sb, "drop_isolation") >= isolated + 3);
+
+    // A source that is not the container's own: dropped and counted.
+    sb.exec(&a, &["ip", "addr", "add", "fd00:220::99/64", "dev", "eth0", "nodad"]).unwrap();
+    let spoofed = counter(&sb, "drop_spoofed_source");
+    assert!(!sb.exec(&a, &["ping", "-6", "-c", "1", "-W", "1", "-q", "-I", "fd00:220::99", "fd00:220::50"]).unwrap().ok);
+    assert!(counter(&sb, "drop_spoofed_source") > spoofed);
+    sb.exec(&a, &["ip", "addr", "del", "fd00:220::99/64", "dev", "eth0"]).unwrap();
+
+    // Docker-shaped inspect, listings with both families.
+    let net = &json(&sb.bpfnet_ok(&["network", "inspect", "dual"]).unwrap())[0];
+    assert_eq!(net["EnableIPv6"], true);
+    assert_eq!(net["IPAM"]["Config"][1]["Subnet"], "fd00:220::/64");
+    assert_eq!(net["IPAM"]["Config"][1]["Gateway"], "fd00:220::1");
+    let ca = net["Containers"].as_object().unwrap().values().find(|e| e["Name"] == a.as_str()).unwrap();
+    assert_eq!(ca["IPv6Address"], "fd00:220::2/64");
+    let v4 = &json(&sb.bpfnet_ok(&["network", "inspect", "v4only"]).unwrap())[0];
+    assert_eq!((v4["EnableIPv6"].clone(), v4["IPAM"]["Config"].as_array().unwrap().len()), (serde_json::json!(false), 1));
+    let ls = sb.bpfnet_ok(&["network", "ls"]).unwrap();
+    assert!(ls.lines().any(|l| l.contains("pooled") && l.contains("10.221.0.0/24, fd62:7066::/64")), "{ls}");
+    let eps = sb.bpfnet_ok(&["endpoint", "ls"]).unwrap();
+    assert!(eps.contains("10.220.0.3/24, fd00:220::50/64"), "{eps}");
+    assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone()]);
+
+    // A restart keeps it all; a disconnect removes the IPv6 entries too.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    assert_eq!(tcp_exchange(&a, addr("fd00:220::50", 7000), b"again", T).unwrap(), b"again");
+    sb.bpfnet_ok(&["network", "disconnect", "dual", &b]).unwrap();
+    assert!(!ping6(&sb, &a, "fd00:220::50"));
+    assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone()]);
+    for net in ["dual", "pooled"] {
+        for ns in [&a, &c] {
+            sb.bpfnet(&["network", "disconnect", net, ns]).unwrap();
+        }
+        sb.bpfnet_ok(&["network", "rm", net]).unwrap();
+    }
+    assert_consistent(&sb, &[a, b, c, d]);
+}
+
+#[test]
+fn icc_false_and_internal_hold_in_ipv6() {
+    let mut sb = Sandbox::new("v6opt").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    let i = sb.add_netns("i").unwrap();
+    sb.bpfnet_ok(&["network", "create", "quiet", "--subnet", "10.223.0.0/24", "--subnet", "fd00:223::/64", "-o", "icc=false"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "inner", "--subnet", "10.224.0.0/24", "--subnet", "fd00:224::/64", "--internal"]).unwrap();
+    connect(&sb, "quiet", &a, &[]);
+    connect(&sb, "quiet", &b, &[]);
+    connect(&sb, "inner", &i, &[]);
+    tcp_echo_server(&b, addr("fd00:223::3", 7000)).unwrap();
+    let before = counter(&sb, "drop_icc");
+    assert!(tcp_exchange(&a, addr("fd00:223::3", 7000), b"x", BLOCKED).is_err());
+    assert!(counter(&sb, "drop_icc") > before);
+    assert!(ping6(&sb, &a, "fd00:223::1"), "the gateway stays reachable with icc=false");
+
+    // An internal network: its gateway, nothing beyond (here another network's gateway).
+    let routes = sb.exec(&i, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.trim().is_empty(), "an internal network gives no default route: {routes}");
+    assert!(ping6(&sb, &i, "fd00:224::1"));
+    sb.exec(&i, &["ip", "-6", "route", "add", "fd00:223::/64", "via", "fd00:224::1"]).unwrap();
+    let before = counter(&sb, "drop_internal");
+    assert!(!ping6(&sb, &i, "fd00:223::1"));
+    assert!(counter(&sb, "drop_internal") > before);
+}
+
+#[test]
+fn bad_ipv6_input_is_refused_clearly_with_nothing_changed() {
+    let mut sb = Sandbox::new("v6bad").unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.225.0.0/24", "--subnet", "fd00:225::/64"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.226.0.0/24"]).unwrap();
+    let networks = sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap();
+    for (args, expected) in [
+        (vec!["network", "create", "x", "--subnet", "fd00:225::/80"], "overlaps with network \"dual\""),
+        (vec!["network", "create", "x", "--subnet", "fd00:9::/121"], "/120 or shorter"),
+        (vec!["network", "create", "x", "--subnet", "fd00:9::1/64"], "host bits"),
+        (vec!["network", "create", "x", "--subnet", "fe80::/64"], "link-local"),
+        (vec!["network", "create", "x", "--subnet", "fd00:9::/64", "--gateway", "fd00:8::1"], "outside the subnet"),
+        (vec!["network", "create", "x", "--subnet", "fd00:9::/64", "--subnet", "fd00:10::/64"], "at most one IPv4 and one IPv6"),
+        (vec!["network", "create", "x", "--gateway", "fd00:9::1"], "no IPv6 subnet"),
+        (vec!["network", "connect", "v4only", &a, "--ip6", "fd00:226::5"], "has no IPv6 subnet"),
+        (vec!["network", "connect", "dual", &a, "--ip6", "fd00:226::5"], "outside the subnet"),
+        (vec!["network", "connect", "dual", &a, "--ip6", "fd00:225::1"], "gateway"),
+        (vec!["network", "connect", "dual", &a, "--ip6", "10.225.0.9"], "other address family"),
+    ] {
+        let out = sb.bpfnet(&args).unwrap();
+        assert!(!out.ok && out.stderr.contains(expected), "{args:?}: {out:?}");
+    }
+    assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap(), networks, "nothing changed");
+    let links = sb.exec(&a, &["ip", "-o", "link"]).unwrap().stdout;
+    assert_eq!(links.lines().count(), 1, "no interface made: {links}");
+    assert_consistent(&sb, &[a]);
+}
