@@ -81,6 +81,10 @@ pub struct Options {
     /// Docker-style overlay vs bpfnet's; see `bpfnet-lab cross-node-bench --help`).
     #[arg(long)]
     pub skip_cross_node: bool,
+    /// Leave out the IPv6 rows (container to container over IPv6: a direct pair, the bridge
+    /// through ip6tables, bpfnet on a dual-stack network).
+    #[arg(long)]
+    pub skip_ipv6: bool,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -96,7 +100,7 @@ pub struct Options {
 impl Default for Options {
     /// The CLI's defaults; e.g. `Options { run: Run { seconds: 1.0, reps: 1, ..Default::default() }, ..Default::default() }`.
     fn default() -> Self {
-        Options { run: Run::default(), c2c_only: false, skip_cross_node: false, json: false, markdown_out: None, quiet: false }
+        Options { run: Run::default(), c2c_only: false, skip_cross_node: false, skip_ipv6: false, json: false, markdown_out: None, quiet: false }
     }
 }
 
@@ -119,6 +123,9 @@ enum Config {
     RoutedIn,
     BridgeIn,
     BpfnetIn,
+    DirectV6,
+    BridgeV6,
+    BpfnetV6,
     Control,
 }
 
@@ -134,6 +141,9 @@ impl Config {
             Config::RoutedIn => "in: routed, no NAT (reference)",
             Config::BridgeIn => "in: bridge+iptables DNAT",
             Config::BpfnetIn => "in: bpfnet -p",
+            Config::DirectV6 => "IPv6: direct",
+            Config::BridgeV6 => "IPv6: bridge+ip6tables",
+            Config::BpfnetV6 => "IPv6: bpfnet",
             Config::Control => "direct again (A/A control)",
         }
     }
@@ -151,12 +161,29 @@ impl Config {
             Config::RoutedIn => "a client behind the uplink to the container's own address, forwarded as routed out (the reference for `in`)",
             Config::BridgeIn => "a client behind the uplink to a published port (-p 8080:5201): Docker's DNAT rule, no userland proxy",
             Config::BpfnetIn => "a client behind the uplink to a published port: `bpfnet network connect ... -p 8080:5201`",
+            Config::DirectV6 => "IPv6 over a veth pair directly between two namespaces (the limit for the IPv6 rows, their ratios' reference)",
+            Config::BridgeV6 => {
+                "IPv6 container to container on the bridge: br_netfilter through ip6tables, Docker's rules for the network \
+                 (its ip6tables mirror of the IPv4 ones)"
+            }
+            Config::BpfnetV6 => "IPv6 container to container: bpfnet, the same network made dual-stack (`--subnet fd00:201::/64`)",
             Config::Control => "a second veth pair built like direct: the method's own noise",
         }
     }
     /// The bulk stream is measured container to container only (it does not separate datapaths).
     fn measures(self, mode: Mode) -> bool {
-        mode != Mode::Stream || matches!(self, Config::Direct | Config::Bridge | Config::Bpfnet | Config::Control)
+        mode != Mode::Stream
+            || matches!(self, Config::Direct | Config::Bridge | Config::Bpfnet | Config::Control)
+            || self.is_ipv6()
+    }
+
+    fn is_ipv6(self) -> bool {
+        matches!(self, Config::DirectV6 | Config::BridgeV6 | Config::BpfnetV6)
+    }
+
+    /// The configuration this one's ratio is to: the direct pair of its address family.
+    fn reference(self) -> Config {
+        if self.is_ipv6() { Config::DirectV6 } else { Config::Direct }
     }
 }
 
@@ -462,7 +489,7 @@ impl Report {
         s.push_str(&self.markdown_table());
         s.push_str(
             "\nEach cell: median rate over the repetitions (ratio to direct: median of the per-repetition \
-             ratios, then their min-max).\n",
+             ratios, then their min-max; the IPv6 rows' ratios are to the IPv6 direct pair).\n",
         );
         if let Some(vs_routed) = self.markdown_vs_routed() {
             s.push_str(&format!(
@@ -563,8 +590,41 @@ fn build_direct(sb: &mut Sandbox, config: Config, role: &str, net: u8) -> Result
     Ok(Pair { config, client_ns: a, server_ns: b, server: SocketAddr::from(([10, net, 0, 3], PORT)) })
 }
 
+/// IPv6 servers listen on a port of their own (a namespace may serve both families).
+pub(crate) const PORT6: u16 = 5202;
+
+/// IPv6 on in `ns` (the base turns it off), without duplicate address detection to wait for.
+fn ipv6_on(ns: &str) -> Result<()> {
+    sysctl(
+        ns,
+        &[
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            ("net.ipv6.conf.lo.disable_ipv6", "0"),
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ],
+    )
+}
+
+/// The IPv6 limit: a veth pair straight between two namespaces, fd00:203::2 and ::3.
+fn build_direct_v6(sb: &mut Sandbox) -> Result<Pair> {
+    let a = container_ns(sb, "direct6-a")?;
+    let b = container_ns(sb, "direct6-b")?;
+    ipv6_on(&a)?;
+    ipv6_on(&b)?;
+    ip(&a, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b])?;
+    for (ns, host) in [(&a, 2), (&b, 3)] {
+        ip(ns, &["addr", "add", &format!("fd00:203::{host}/64"), "dev", "eth0", "nodad"])?;
+        ip(ns, &["link", "set", "eth0", "up"])?;
+    }
+    let server = SocketAddr::new("fd00:203::3".parse().unwrap(), PORT6);
+    Ok(Pair { config: Config::DirectV6, client_ns: a, server_ns: b, server })
+}
+
 const BRIDGE: &str = "br-bench";
 const BRIDGE_SUBNET: &str = "10.202.0.0/24";
+const BRIDGE_SUBNET6: &str = "fd00:202::/64";
 
 /// The filter and nat rules dockerd 20.10 installs for one user-defined bridge network (as
 /// `iptables-save` shows them on a Docker host), in the order it creates them.
@@ -669,8 +729,10 @@ fn docker_publish_rules() -> Vec<Vec<String>> {
 
 /// (b) Docker's default datapath: a bridge in a host namespace with bridged traffic through iptables.
 /// With `nat`, also an uplink to an outside namespace and a published port: pairs for
-/// masquerade (container to outside) and DNAT (outside to the published port).
-fn build_bridge(sb: &mut Sandbox, nat: bool) -> Result<(Vec<Pair>, String)> {
+/// masquerade (container to outside) and DNAT (outside to the published port). With `ipv6`,
+/// the network dual-stack as `docker network create --ipv6` makes it (ip6tables 20.10's rules
+/// too, bridged IPv6 through ip6tables), and an IPv6 pair.
+fn build_bridge(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<(Vec<Pair>, String)> {
     let host = sb.add_netns("bridge-host")?;
     base_sysctls(&host, true)?;
     // Built into this kernel and per namespace: bridged IPv4 goes through iptables, as on a Docker host.
@@ -695,6 +757,22 @@ fn build_bridge(sb: &mut Sandbox, nat: bool) -> Result<(Vec<Pair>, String)> {
         args.extend(rule);
         run_ok("ip", &args)?;
     }
+    if ipv6 {
+        ipv6_on(&host)?;
+        sysctl(&host, &[("net.bridge.bridge-nf-call-ip6tables", "1")])?;
+        ip(&host, &["addr", "add", "fd00:202::1/64", "dev", BRIDGE, "nodad"])?;
+        for (n, ns) in containers.iter().enumerate() {
+            ipv6_on(ns)?;
+            ip(ns, &["addr", "add", &format!("fd00:202::{}/64", n + 2), "dev", "eth0", "nodad"])?;
+            ip(ns, &["-6", "route", "add", "default", "via", "fd00:202::1"])?;
+        }
+        for rule in docker_rules() {
+            let rule: Vec<&str> = rule.into_iter().map(|a| if a == BRIDGE_SUBNET { BRIDGE_SUBNET6 } else { a }).collect();
+            let mut args = vec!["netns", "exec", &host, "ip6tables", "-w"];
+            args.extend(rule);
+            run_ok("ip", &args)?;
+        }
+    }
     let check = run_ok("ip", &["netns", "exec", &host, "sysctl", "-n", "net.bridge.bridge-nf-call-iptables"])?;
     if check.trim() != "1" {
         bail!("bridge-nf-call-iptables is {:?} in {host}", check.trim());
@@ -707,6 +785,10 @@ fn build_bridge(sb: &mut Sandbox, nat: bool) -> Result<(Vec<Pair>, String)> {
         server_ns: server_ns.clone(),
         server: SocketAddr::from(([10, 202, 0, 3], PORT)),
     }];
+    if ipv6 {
+        let server = SocketAddr::new("fd00:202::3".parse().unwrap(), PORT6);
+        pairs.push(Pair { config: Config::BridgeV6, client_ns: client_ns.clone(), server_ns: server_ns.clone(), server });
+    }
     if nat {
         let ext = uplink_to_outside(sb, &host, "bridge-ext")?;
         for rule in docker_publish_rules() {
@@ -748,19 +830,31 @@ fn build_routed(sb: &mut Sandbox) -> Result<Vec<Pair>> {
 }
 
 /// (c) bpfnet: the daemon in the sandbox's host namespace, one network, two containers; with
-/// `nat`, an uplink to an outside namespace and `-p 8080:5201` (tcp and udp) on the server.
-fn build_bpfnet(sb: &mut Sandbox, nat: bool) -> Result<Vec<Pair>> {
+/// `nat`, an uplink to an outside namespace and `-p 8080:5201` (tcp and udp) on the server;
+/// with `ipv6`, the network dual-stack and an IPv6 pair.
+fn build_bpfnet(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<Vec<Pair>> {
     let host = sb.host();
     base_sysctls(&host, true)?;
+    if ipv6 {
+        // The IPv6 gateway goes on lo.
+        ipv6_on(&host)?;
+    }
     // The uplink before the daemon starts: it takes the default route's interface.
     let ext = if nat { Some(uplink_to_outside(sb, &host, "bpfnet-ext")?) } else { None };
     sb.start_daemon()?;
     let c1 = container_ns(sb, "bpfnet-c1")?;
     let c2 = container_ns(sb, "bpfnet-c2")?;
-    sb.bpfnet_ok(&["network", "create", "bench", "--subnet", "10.201.0.0/24"])?;
+    let mut create = vec!["network", "create", "bench", "--subnet", "10.201.0.0/24"];
+    if ipv6 {
+        create.extend(["--subnet", "fd00:201::/64"]);
+    }
+    sb.bpfnet_ok(&create)?;
     sb.bpfnet_ok(&["network", "connect", "bench", &c1, "--ip", "10.201.0.2"])?;
     let publish = [format!("{PUBLISHED_PORT}:{PORT}"), format!("{PUBLISHED_PORT}:{PORT}/udp")];
     let mut args = vec!["network", "connect", "bench", c2.as_str(), "--ip", "10.201.0.3"];
+    if ipv6 {
+        args.extend(["--ip6", "fd00:201::3"]);
+    }
     if nat {
         args.extend(["-p", publish[0].as_str(), "-p", publish[1].as_str()]);
     }
@@ -771,6 +865,10 @@ fn build_bpfnet(sb: &mut Sandbox, nat: bool) -> Result<Vec<Pair>> {
         server_ns: c2.clone(),
         server: SocketAddr::from(([10, 201, 0, 3], PORT)),
     }];
+    if ipv6 {
+        let server = SocketAddr::new("fd00:201::3".parse().unwrap(), PORT6);
+        pairs.push(Pair { config: Config::BpfnetV6, client_ns: c1.clone(), server_ns: c2.clone(), server });
+    }
     if let Some(ext) = ext {
         pairs.push(Pair { config: Config::BpfnetOut, client_ns: c1, server_ns: ext.clone(), server: SocketAddr::from((OUTSIDE_SERVER, PORT)) });
         pairs.push(Pair { config: Config::BpfnetIn, client_ns: ext, server_ns: c2, server: SocketAddr::from((UPLINK, PUBLISHED_PORT)) });
@@ -798,11 +896,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub(crate) fn start(lab: &Path, ns: &str, cpu: usize, port: u16) -> Result<Server> {
+    /// `ipv6`: the server listens on IPv6 instead of IPv4.
+    pub(crate) fn start(lab: &Path, ns: &str, cpu: usize, port: u16, ipv6: bool) -> Result<Server> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string()])
             .arg(lab)
             .args(["net", "serve", "--port", &port.to_string()])
+            .args(ipv6.then_some("--ipv6"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1045,10 +1145,14 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut sb = Sandbox::new("bench")?;
     eprintln!("bench: building the configurations in namespaces {}-*", sb.name);
     let nat = !opts.c2c_only;
+    let ipv6 = !opts.skip_ipv6;
     let mut pairs = vec![build_direct(&mut sb, Config::Direct, "direct", 203)?];
-    let (bridge, bridge_host) = build_bridge(&mut sb, nat)?;
+    if ipv6 {
+        pairs.push(build_direct_v6(&mut sb)?);
+    }
+    let (bridge, bridge_host) = build_bridge(&mut sb, nat, ipv6)?;
     pairs.extend(bridge);
-    pairs.extend(build_bpfnet(&mut sb, nat)?);
+    pairs.extend(build_bpfnet(&mut sb, nat, ipv6)?);
     if nat {
         pairs.extend(build_routed(&mut sb)?);
     }
@@ -1061,11 +1165,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         wait_for_ping(&sb, pair)?;
     }
     let mut servers = vec![];
-    let mut serving: Vec<&str> = vec![];
+    let mut serving: Vec<(&str, bool)> = vec![];
     for pair in &pairs {
-        if !serving.contains(&pair.server_ns.as_str()) {
-            servers.push(Server::start(&lab, &pair.server_ns, cpu, PORT)?);
-            serving.push(&pair.server_ns);
+        let key = (pair.server_ns.as_str(), pair.server.is_ipv6());
+        if !serving.contains(&key) {
+            servers.push(Server::start(&lab, &pair.server_ns, cpu, pair.server.port(), key.1)?);
+            serving.push(key);
         }
     }
     let nat_before = nat_counters(&sb, &bridge_host);
@@ -1170,7 +1275,11 @@ pub fn run(opts: &Options) -> Result<Report> {
         .iter()
         .enumerate()
         .map(|(m, &mode)| {
-            let direct = rates[m][0].clone();
+            // Each configuration's ratio is to the direct pair of its address family.
+            let reference = |config: Config| {
+                let r = pairs.iter().position(|p| p.config == config.reference()).unwrap_or(0);
+                rates[m][r].clone()
+            };
             ModeResult {
                 mode: mode_cli_name(mode),
                 title: mode_title(mode).into(),
@@ -1181,7 +1290,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 configs: pairs
                     .iter()
                     .enumerate()
-                    .map(|(c, pair)| ConfigResult::new(pair.config.name(), rates[m][c].clone(), &direct))
+                    .map(|(c, pair)| ConfigResult::new(pair.config.name(), rates[m][c].clone(), &reference(pair.config)))
                     .collect(),
             }
         })

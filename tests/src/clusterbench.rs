@@ -297,7 +297,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     let mut servers = vec![];
     for w in &worlds {
-        servers.push(Server::start(&lab, &w.server_ns, cpu, PORT)?);
+        servers.push(Server::start(&lab, &w.server_ns, cpu, PORT, false)?);
     }
     let n = worlds.len();
     let mut rates = vec![vec![vec![f64::NAN; opts.run.reps]; n]; opts.run.modes.len()];

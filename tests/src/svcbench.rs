@@ -199,7 +199,7 @@ fn build_bpfnet(peer: Peer, max_services: usize, lab: &std::path::Path, cpu: usi
     sb.bpfnet_ok(&["network", "connect", "bench", &server, "--ip", &SERVER_IP.to_string()])?;
     let spare = container_ns(&mut sb, "spare")?;
     sb.bpfnet_ok(&["network", "connect", "bench", &spare])?;
-    let serving = Server::start(lab, &server, cpu, PORT)?;
+    let serving = Server::start(lab, &server, cpu, PORT, false)?;
     Ok((sb, Setup { peer, sandbox: 0, host, client, spare: Some(spare) }, serving))
 }
 
@@ -216,7 +216,7 @@ fn build_peer(sb: &mut Sandbox, peer: Peer, role: &str, lab: &std::path::Path, c
     run_ok("ip", &["-n", &host, "addr", "add", "10.96.0.1/16", "dev", "s0"])?;
     run_ok("ip", &["-n", &host, "link", "set", "s0", "up"])?;
     run_ok("ip", &["-n", &server, "route", "add", "default", "via", "10.96.0.1"])?;
-    let serving = Server::start(lab, &server, cpu, PORT)?;
+    let serving = Server::start(lab, &server, cpu, PORT, false)?;
     Ok((Setup { peer, sandbox: 0, host, client, spare: None }, serving))
 }
 

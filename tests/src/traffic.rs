@@ -243,10 +243,12 @@ pub fn payload(seed: u8, len: usize) -> Vec<u8> {
 /// wants: `C` one transaction served right in the accept loop, as netserver serves TCP_CRR (a
 /// thread per connection would cost more than the datapath being measured); `E` echo and `S` sink
 /// on a thread of their own.
-pub fn serve(port: u16) -> Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port))?;
+/// `ipv6`: on every IPv6 address (`[::]`) instead of every IPv4 one.
+pub fn serve(port: u16, ipv6: bool) -> Result<()> {
+    let any: std::net::IpAddr = if ipv6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let listener = TcpListener::bind((any, port))?;
     // UDP_RR: every datagram is sent back to its sender, from the same port.
-    let udp = UdpSocket::bind(("0.0.0.0", port))?;
+    let udp = UdpSocket::bind((any, port))?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {
@@ -338,7 +340,7 @@ pub fn client(to: SocketAddr, mode: Mode, duration: Duration) -> Result<f64> {
             Ok(count as f64 / start.elapsed().as_secs_f64())
         }
         Mode::Udp => {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            let socket = UdpSocket::bind(any_of(&to))?;
             socket.connect(to)?;
             // A datagram lost in the middle of a measurement is sent again after this long.
             socket.set_read_timeout(Some(Duration::from_millis(200)))?;

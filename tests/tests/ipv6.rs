@@ -164,6 +164,13 @@ fn bad_ipv6_input_is_refused_clearly_with_nothing_changed() {
     let mut sb = Sandbox::new("v6bad").unwrap();
     sb.start_daemon().unwrap();
     let a = sb.add_netns("a").unwrap();
+    // A host namespace with IPv6 off cannot hold an IPv6 gateway: said so. (Turning it off
+    // removes lo's IPv6 addresses: done before any network has one.)
+    sb.exec(&sb.host(), &["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"]).unwrap();
+    let out = sb.bpfnet(&["network", "create", "x", "--ipv6"]).unwrap();
+    assert!(!out.ok && out.stderr.contains("IPv6 is off"), "{out:?}");
+    sb.exec(&sb.host(), &["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"]).unwrap();
+    assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap().trim(), "[]");
     sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.225.0.0/24", "--subnet", "fd00:225::/64"]).unwrap();
     sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.226.0.0/24"]).unwrap();
     let networks = sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap();

@@ -44,6 +44,9 @@ enum NetCommand {
     Serve {
         #[arg(long)]
         port: u16,
+        /// Listen on IPv6 (`[::]`) instead of IPv4.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// One measurement; prints the rate per second.
     Client {
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
                 eprintln!("bpfnet-lab: removed {n} leftover namespaces");
             }
         }),
-        Command::Net(NetCommand::Serve { port }) => traffic::serve(port),
+        Command::Net(NetCommand::Serve { port, ipv6 }) => traffic::serve(port, ipv6),
         Command::Net(NetCommand::Client { to, mode, seconds }) => {
             traffic::client(to, mode, Duration::from_secs_f64(seconds)).map(|rate| println!("{rate:.1}"))
         }

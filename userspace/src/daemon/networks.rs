@@ -48,6 +48,13 @@ impl Daemon {
             if overlay {
                 return Err(Error::invalid("overlay networks carry IPv4 only for now: drop --ipv6 and the IPv6 --subnet"));
             }
+            // The IPv6 gateway goes on lo: a namespace with IPv6 off cannot hold it.
+            let lo = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6").unwrap_or_else(|_| "1".into());
+            if lo.trim() != "0" {
+                return Err(Error::refused(anyhow::anyhow!(
+                    "IPv6 is off in the daemon's namespace (net.ipv6.conf.lo.disable_ipv6 is not 0): turn it on for dual-stack networks"
+                )));
+            }
             let pool = ipam::DEFAULT_IPV6_POOL.parse().expect("a valid prefix");
             let subnet = ipam::choose_subnet6(&self.state, req.subnet6.as_deref(), &host, &pool).map_err(Error::refused)?;
             let gateway = ipam::choose_gateway(&subnet, req.gateway6.as_deref()).map_err(Error::invalid)?;
