@@ -767,7 +767,15 @@ fn build_bridge(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<(Vec<Pair>, S
             ip(ns, &["-6", "route", "add", "default", "via", "fd00:202::1"])?;
         }
         for rule in docker_rules() {
-            let rule: Vec<&str> = rule.into_iter().map(|a| if a == BRIDGE_SUBNET { BRIDGE_SUBNET6 } else { a }).collect();
+            // Docker's ip6tables rules are the IPv4 ones with IPv6 prefixes.
+            let rule: Vec<&str> = rule
+                .into_iter()
+                .map(|a| match a {
+                    BRIDGE_SUBNET => BRIDGE_SUBNET6,
+                    "127.0.0.0/8" => "::1/128",
+                    a => a,
+                })
+                .collect();
             let mut args = vec!["netns", "exec", &host, "ip6tables", "-w"];
             args.extend(rule);
             run_ok("ip", &args)?;
