@@ -137,8 +137,13 @@ counters! {
     /// A neighbour solicitation for an address that has no owner in the sender's network.
     DropNdpUnknownTarget = 40, "drop_ndp_unknown_target", drop;
     /// An IPv6 multicast packet other than a neighbour solicitation (router solicitations, MLD
-    /// reports): no router advertises and nothing floods, addresses and routes are static.
+    /// reports), or duplicate address detection (a solicitation from `::`): no router
+    /// advertises, nothing floods, nothing answers; addresses and routes are static.
     DropIpv6Multicast = 41, "drop_ipv6_multicast", drop;
+    /// A container's neighbour discovery message other than a solicitation (an advertisement, a
+    /// redirect, a router's message): the datapath answers for the link; a container may not
+    /// tell another where an address is.
+    DropNdpForbidden = 42, "drop_ndp_forbidden", drop;
 }
 
 #[cfg(test)]
@@ -150,10 +155,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 42);
+        assert_eq!(Counter::COUNT, 43);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 21);
+        assert_eq!(drops, 22);
     }
 }

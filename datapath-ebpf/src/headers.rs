@@ -58,6 +58,41 @@ pub struct Ipv6Hdr {
 }
 pub const IPV6_HDR_LEN: usize = core::mem::size_of::<Ipv6Hdr>();
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers that may stand before the upper-layer header (RFC 8200 4.1).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DESTINATION_OPTIONS: u8 = 60;
+/// How many extension headers are walked; a packet with more is not looked into.
+const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
+
+/// The upper-layer protocol of the IPv6 packet whose header starts at `ip_off` (next header
+/// `next`) and where its header starts, past hop-by-hop, routing, destination options and
+/// fragment headers: `Some((IPV6_FRAGMENT, _))` for a fragment after the first (no upper-layer
+/// header in it), `None` for a chain longer than [`IPV6_MAX_EXTENSION_HEADERS`] or cut short.
+#[inline(always)]
+pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
+    let mut off = ip_off + IPV6_HDR_LEN;
+    for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
+                let [following, len]: [u8; 2] = ctx.load(off).ok()?;
+                next = following;
+                off += (len as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let [following, _, offset_hi, offset_lo]: [u8; 4] = ctx.load(off).ok()?;
+                if u16::from_be_bytes([offset_hi, offset_lo]) & !0x7 != 0 {
+                    return Some((IPV6_FRAGMENT, off));
+                }
+                next = following;
+                off += 8;
+            }
+            upper => return Some((upper, off)),
+        }
+    }
+    None
+}
 
 /// Where the IPv4 header starts (after an untagged Ethernet header) and its fields' offsets.
 pub const IP_OFF: usize = ETH_HDR_LEN;

@@ -12,8 +12,15 @@ use crate::{
     maps::ENDPOINTS,
 };
 
-pub const ROUTER_SOLICITATION: u8 = 133;
 pub const NEIGHBOUR_SOLICITATION: u8 = 135;
+
+/// ICMPv6 types of the link's own control: router solicitation and advertisement, neighbour
+/// solicitation and advertisement, redirect (RFC 4861), and their certification path messages
+/// (RFC 3971). Only the datapath speaks for the link.
+#[inline(always)]
+pub fn is_link_control(icmp_type: u8) -> bool {
+    matches!(icmp_type, 133..=137 | 148 | 149)
+}
 const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 /// Advertisement flags (first byte after the checksum): router, solicited, override.
 const ROUTER: u8 = 0x80;
@@ -61,6 +68,10 @@ pub fn answer(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, src: [u32; 4], h
     let Ok(target) = ctx.load::<[u32; 4]>(ICMP_OFF + 8) else { return drop_packet(ctx, Counter::DropMalformed) };
     if head[1] != 0 || hop_limit != LINK_HOP_LIMIT {
         return drop_packet(ctx, Counter::DropMalformed);
+    }
+    // ::/8 holds the IPv4-mapped keys of IPv4 endpoints: never an IPv6 neighbour.
+    if target[0].to_ne_bytes()[0] == 0 {
+        return drop_packet(ctx, Counter::DropNdpUnknownTarget);
     }
     let (mac, flags) = if target == iface.gateway_ipv6 {
         (GATEWAY_MAC, ROUTER | SOLICITED | OVERRIDE)

@@ -4,8 +4,10 @@
 //! docker.io and busybox-static (installed by `cargo xtask test`).
 use std::time::Duration;
 
+use serde_json::json;
+
 use bpfnet_lab::{
-    checks::{addr, json},
+    checks::{addr, counter, json},
     engines::{docker_installed, Docker, BUSYBOX_IMAGE},
     sandbox::{DaemonOptions, Outside, FAR_IP, UPLINK_IP},
     traffic::{tcp_whoami, tcp_whoami_server, udp_whoami, udp_whoami_server},
@@ -224,4 +226,40 @@ fn bpfnet_ipam_keeps_docker_networks_clear_of_others() {
     run_idle(&docker, "r1", &["--network", "ranged"]);
     assert_eq!(ip("r1"), "10.215.0.64", "the range's first address");
     docker.ok(&["rm", "-f", "r1"]).unwrap();
+}
+
+#[test]
+fn docker_dual_stack_networks_carry_ipv6_with_either_ipam() {
+    let (sb, _outside, docker) = docker_sandbox("docker6");
+    // Docker's own IPAM, a given IPv6 subnet; bpfnet's IPAM, an IPv6 /64 of its pool.
+    docker.ok(&["network", "create", "-d", "bpfnet", "--ipv6", "--subnet", "10.216.1.0/24", "--subnet", "fd00:216:1::/64", "dual"]).unwrap();
+    docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--ipv6", "--subnet", "10.216.2.0/24", "dualipam"]).unwrap();
+    let dual = bpfnet_network(&sb, &docker, "dual");
+    assert_eq!((dual["EnableIPv6"].clone(), dual["IPAM"]["Config"][1]["Subnet"].clone()), (json!(true), json!("fd00:216:1::/64")), "{dual}");
+    let pooled = bpfnet_network(&sb, &docker, "dualipam");
+    assert_eq!(pooled["IPAM"]["Config"][1]["Subnet"], "fd62:7066::/64", "{pooled}");
+
+    run_idle(&docker, "d1", &["--network", "dual"]);
+    run_idle(&docker, "d2", &["--network", "dual", "--ip6", "fd00:216:1::50"]);
+    run_idle(&docker, "p1", &["--network", "dualipam"]);
+    let ip6 = |c: &str| docker.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", c]).unwrap();
+    assert_eq!(ip6("d2"), "fd00:216:1::50");
+    let (d1, p1) = (ip6("d1"), ip6("p1"));
+    assert!(d1.starts_with("fd00:216:1::") && p1.starts_with("fd62:7066::"), "{d1} {p1}");
+    // What Docker says is what bpfnet holds.
+    let holds = bpfnet_network(&sb, &docker, "dual")["Containers"].as_object().unwrap().values().any(|c| c["IPv6Address"] == format!("{d1}/64"));
+    assert!(holds, "bpfnet's endpoint has Docker's address {d1}");
+
+    let ping6 = |from: &str, to: &str| docker.run(&["exec", from, "ping", "-6", "-c", "1", "-W", "1", to]).unwrap().ok;
+    assert!(ping6("d1", "fd00:216:1::50"), "between containers of the network");
+    assert!(ping6("d1", "fd00:216:1::1"), "to the gateway");
+    assert!(ping6("p1", "fd62:7066::1"));
+    let isolated = counter(&sb, "drop_isolation");
+    assert!(!ping6("d1", &p1), "not to another network's container");
+    assert!(counter(&sb, "drop_isolation") > isolated);
+
+    docker.ok(&["rm", "-f", "d1", "d2", "p1"]).unwrap();
+    docker.ok(&["network", "rm", "dual", "dualipam"]).unwrap();
+    let state = json(&std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap());
+    assert_eq!((state["pools"].clone(), state["networks"].clone()), (json!([]), json!([])), "every pool and network released");
 }

@@ -60,3 +60,25 @@ fn podman_attaches_containers_through_the_cni_plugin() {
     let eps = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
     assert_eq!(eps.as_array().unwrap().len(), 0, "{eps}");
 }
+
+#[test]
+fn podman_containers_on_a_dual_stack_network_get_ipv6_through_the_cni_result() {
+    assert!(podman_installed(), "podman is missing: `cargo xtask setup` installs it");
+    let mut sb = Sandbox::new("podman6").unwrap();
+    sb.start_daemon().unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.219.0.0/24", "--subnet", "fd00:219::/64"]).unwrap();
+    let conflist = j!({"cniVersion": "1.0.0", "name": "dual", "plugins": [{
+        "type": "bpfnet", "network": "dual", "socket": sb.socket().display().to_string(),
+        "capabilities": {"portMappings": true, "aliases": true, "ips": true}}]});
+    let podman = Podman::new(&sb, &[("dual", conflist)]).unwrap();
+    podman.import_busybox().unwrap();
+    podman.run_detached("q1", &["--network", "dual", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    podman.run_detached("q2", &["--network", "dual", "--ip6", "fd00:219::50", BUSYBOX_IMAGE, "sleep", "600"]).unwrap();
+    let ip6 = |c: &str| podman.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", c]).unwrap();
+    assert_eq!((ip6("q1"), ip6("q2")), ("fd00:219::2".to_string(), "fd00:219::50".to_string()), "bpfnet's addresses, --ip6 through `ips`");
+    assert!(podman.run(&["exec", "q1", "ping", "-6", "-c", "1", "-W", "1", "fd00:219::50"]).unwrap().ok, "q1 -> q2 over IPv6");
+    assert!(podman.run(&["exec", "q2", "ping", "-6", "-c", "1", "-W", "1", "fd00:219::1"]).unwrap().ok, "q2 -> the IPv6 gateway");
+    podman.ok(&["rm", "-f", "-t", "0", "q1", "q2"]).unwrap();
+    let eps = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
+    assert_eq!(eps.as_array().unwrap().len(), 0, "{eps}");
+}

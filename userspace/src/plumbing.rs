@@ -403,13 +403,13 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
 }
 
 /// Configures the container's side of an endpoint: `ip/prefix`, and on a dual-stack network
-/// `ipv6` (address, prefix, gateway). Runs inside the container's namespace. Returns whether the
+/// `ipv6` (address, prefix, and the gateway of a default route unless the namespace has one). Runs inside the container's namespace. Returns whether the
 /// (IPv4) default route now goes through this endpoint.
 pub async fn configure_container_side(
     ifname: String,
     ip: IpAddr,
     prefix: u8,
-    ipv6: Option<(IpAddr, u8, IpAddr)>,
+    ipv6: Option<(IpAddr, u8, Option<IpAddr>)>,
     default_gateway: Option<IpAddr>,
 ) -> Result<bool> {
     let nl = Netlink::connect()?;
@@ -442,8 +442,8 @@ pub async fn configure_container_side(
         Some(gw) => nl.add_default_route(gw).await?,
         None => false,
     };
-    // An IPv6 default route too, unless the namespace has one already.
-    if let (Some(_), Some((_, _, gateway6))) = (default_gateway, ipv6) {
+    // An IPv6 default route, unless the namespace has one already.
+    if let Some((_, _, Some(gateway6))) = ipv6 {
         nl.add_default_route(gateway6).await?;
     }
     Ok(default_route)

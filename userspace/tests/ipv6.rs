@@ -55,6 +55,8 @@ fn datapath(flags: u32) -> Datapath {
     dp.set_endpoint(PEER.parse().unwrap(), peer).unwrap();
     let other = EndpointInfo { host_ifindex: 43, network_id: 2, mac: [0x02, 0x42, 10, 1, 0, 2], ..Default::default() };
     dp.set_endpoint(OTHER_NET.parse().unwrap(), other).unwrap();
+    // The peer's IPv4 address (an IPv4-mapped key): never reached through IPv6.
+    dp.set_endpoint("10.0.0.3".parse().unwrap(), peer).unwrap();
     dp
 }
 
@@ -170,13 +172,85 @@ fn solicitations_that_must_not_be_answered_are_dropped_and_counted() {
         (solicitation(PEER, GATEWAY, true, 255), Counter::DropSpoofedSource),
         (solicitation("fe80::42:aff:fe00:3", GATEWAY, true, 255), Counter::DropSpoofedSource),
         // Duplicate address detection (from ::): nothing answers, so the address is unique.
-        (solicitation("::", GATEWAY, true, 255), Counter::DropSpoofedSource),
+        (solicitation("::", GATEWAY, true, 255), Counter::DropIpv6Multicast),
+        // An IPv4 endpoint's key (IPv4-mapped) is no IPv6 neighbour.
+        (solicitation(SENDER, "::ffff:10.0.0.3", true, 255), Counter::DropNdpUnknownTarget),
+        // Behind an extension header: not answered, and not let through either (multicast).
+        (behind_destination_options(solicitation(SENDER, GATEWAY, true, 255)), Counter::DropIpv6Multicast),
     ] {
         let before = counter(&mut dp, reason);
         assert_eq!(run_tc(fd, &packet).unwrap().verdict, DROP, "{reason:?}");
         assert_eq!(counter(&mut dp, reason), before + 1, "{reason:?}");
     }
     assert_eq!(counter(&mut dp, Counter::NdpReplied), 0);
+}
+
+#[test]
+fn a_solicitation_with_more_options_gets_the_same_exact_advertisement() {
+    let mut dp = datapath(0);
+    let fd = dp.program_fd().unwrap();
+    // A nonce option (RFC 3971 5.3.2) after the link-layer address: the reply is shorter.
+    let mut ns = solicitation(SENDER, PEER, true, 255);
+    ns.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6]);
+    let len = (ns.len() - 54) as u16;
+    ns[18..20].copy_from_slice(&len.to_be_bytes());
+    let out = run_tc(fd, &ns).unwrap();
+    assert_eq!(out.verdict, REDIRECT);
+    assert_eq!(out.packet, advertisement(SENDER, PEER, PEER_MAC, SOLICITED | OVERRIDE));
+}
+
+/// `packet` (Ethernet + IPv6 + its upper layer) with a Destination Options header (PadN only)
+/// put in front of the upper layer.
+fn behind_destination_options(mut packet: Vec<u8>) -> Vec<u8> {
+    let upper = packet[20];
+    packet[20] = 60;
+    let len = u16::from_be_bytes([packet[18], packet[19]]) + 8;
+    packet[18..20].copy_from_slice(&len.to_be_bytes());
+    packet.splice(54..54, [upper, 0, 1, 4, 0, 0, 0, 0]);
+    packet
+}
+
+/// An ICMPv6 message of `icmp_type` from the sender to `dst` (unicast, hop limit 255), with a
+/// target (the gateway) and a target link-layer address option (a forged MAC).
+fn link_control(icmp_type: u8, dst: &str) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend_from_slice(&v6(GATEWAY));
+    icmp.extend_from_slice(&[2, 1, 0x02, 0xba, 0xd0, 0xba, 0xd0, 0x01]);
+    frame(PEER_MAC, SENDER, dst, ICMPV6, 255, &icmp)
+}
+
+#[test]
+fn containers_cannot_speak_for_the_link() {
+    let mut dp = datapath(0);
+    let fd = dp.program_fd().unwrap();
+    // An advertisement to a neighbour that the gateway is at a forged MAC (which would cut it
+    // off from its gateway), plain or behind an extension header; a redirect; a router's
+    // advertisement; to a container or to the gateway.
+    let forged = [
+        link_control(136, PEER),
+        behind_destination_options(link_control(136, PEER)),
+        link_control(137, PEER),
+        link_control(134, PEER),
+        link_control(136, GATEWAY),
+        // A unicast solicitation behind an extension header: not the datapath's to answer.
+        behind_destination_options(link_control(135, GATEWAY)),
+    ];
+    for (i, packet) in forged.iter().enumerate() {
+        assert_eq!(run_tc(fd, packet).unwrap().verdict, DROP, "forged message {i}");
+    }
+    assert_eq!(counter(&mut dp, Counter::DropNdpForbidden), forged.len() as u64);
+    // Other ICMPv6 (an echo request) still goes through, also behind an extension header.
+    let echo = frame(PEER_MAC, SENDER, PEER, ICMPV6, 64, &[128, 0, 0, 0, 0, 1, 0, 1]);
+    for packet in [echo.clone(), behind_destination_options(echo)] {
+        assert_eq!(run_tc(fd, &packet).unwrap().verdict, REDIRECT);
+    }
+    // A chain of extension headers longer than the datapath looks into: dropped.
+    let mut long = tcp(PEER_MAC, SENDER, PEER);
+    for _ in 0..5 {
+        long = behind_destination_options(long);
+    }
+    assert_eq!(run_tc(fd, &long).unwrap().verdict, DROP);
+    assert_eq!(counter(&mut dp, Counter::DropMalformed), 1);
 }
 
 #[test]
@@ -201,6 +275,7 @@ fn ipv6_drops_are_counted_by_reason() {
         (0, tcp(PEER_MAC, SENDER_LINK_LOCAL, PEER), DROP, Counter::DropSpoofedSource),
         (0, tcp(GATEWAY_MAC, SENDER, OTHER_NET), DROP, Counter::DropIsolation),
         (0, tcp(GATEWAY_MAC, SENDER, "::1"), DROP, Counter::DropMartian),
+        (0, tcp(GATEWAY_MAC, SENDER, "::ffff:10.0.0.3"), DROP, Counter::DropMartian),
         (iface_flags::ICC_DISABLED, tcp(PEER_MAC, SENDER, PEER), DROP, Counter::DropIcc),
         (iface_flags::INTERNAL, tcp(GATEWAY_MAC, SENDER, "2001:db8::1"), DROP, Counter::DropInternal),
         // MLD report and router solicitation: nothing floods, nothing advertises.

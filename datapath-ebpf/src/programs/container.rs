@@ -16,7 +16,7 @@ use crate::{
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
     guard,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
+    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     overlay,
@@ -105,19 +105,15 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (saddr, daddr, nexthdr, hop_limit) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).nexthdr, (*ip).hop_limit) };
-    // Neighbour discovery may come from the sender's link-local address; nothing else may.
     let own = saddr == iface.ipv6;
-    if !own && saddr != ndp::link_local_of(&iface.mac) {
-        return drop_packet(ctx, Counter::DropSpoofedSource);
-    }
-    if nexthdr == IPPROTO_ICMPV6 {
-        let icmp_type = ctx.load::<u8>(ETH_HDR_LEN + IPV6_HDR_LEN).unwrap_or(0);
-        if icmp_type == ndp::NEIGHBOUR_SOLICITATION {
+    if nexthdr == IPPROTO_ICMPV6 && ctx.load::<u8>(ETH_HDR_LEN + IPV6_HDR_LEN).ok() == Some(ndp::NEIGHBOUR_SOLICITATION) {
+        // Neighbour discovery may come from the sender's link-local address too.
+        if own || saddr == ndp::link_local_of(&iface.mac) {
             return ndp::answer(ctx, iface, ifindex, saddr, hop_limit);
         }
-        if icmp_type == ndp::ROUTER_SOLICITATION {
-            return drop_packet(ctx, Counter::DropIpv6Multicast);
-        }
+        // Duplicate address detection (from ::) goes unanswered: the address is unique.
+        let reason = if saddr == [0; 4] { Counter::DropIpv6Multicast } else { Counter::DropSpoofedSource };
+        return drop_packet(ctx, reason);
     }
     // ff00::/8: router solicitations, MLD reports, anything a bridge would flood.
     if daddr[0].to_ne_bytes()[0] == 0xff {
@@ -126,9 +122,19 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
     if !own {
         return drop_packet(ctx, Counter::DropSpoofedSource);
     }
-    // ::/127 (unspecified, loopback): no packet on a wire goes to them.
-    if daddr[0] | daddr[1] | daddr[2] == 0 && u32::from_be(daddr[3]) <= 1 {
+    // ::/8 (unspecified, loopback, IPv4-mapped and -compatible): never a container's destination
+    // (and the IPv4-mapped keys are IPv4 endpoints').
+    if daddr[0].to_ne_bytes()[0] == 0 {
         return drop_packet(ctx, Counter::DropMartian);
+    }
+    // The link's control is the datapath's: an advertisement, a redirect or a router's message
+    // from a container (also behind extension headers) would tell others where an address is.
+    match ipv6_upper_layer(ctx, ETH_HDR_LEN, nexthdr) {
+        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, ndp::is_link_control) => {
+            return drop_packet(ctx, Counter::DropNdpForbidden);
+        }
+        Some(_) => {}
+        None => return drop_packet(ctx, Counter::DropMalformed),
     }
     if daddr == iface.gateway_ipv6 {
         return to_host(ctx);

@@ -124,7 +124,11 @@ fn cni_arg<'a>(args: Option<&'a str>, key: &str) -> Option<&'a str> {
 /// this network; or the address in CNI_ARGS' `IP` (how Podman passes `--ip`, as for host-local).
 fn runtime_spec(netconf: &NetConf, network: &str, cni_args: Option<&str>) -> Result<api::EndpointSpec, CniError> {
     let mut spec = api::EndpointSpec::default();
-    spec.ip = cni_arg(cni_args, "IP").map(|ip| ip.split('/').next().unwrap_or(ip).to_string());
+    // IP= in CNI_ARGS (Podman's --ip and --ip6): one address, or several separated by commas.
+    for ip in cni_arg(cni_args, "IP").into_iter().flat_map(|ips| ips.split(',')).map(|ip| ip.split('/').next().unwrap_or(ip)) {
+        let slot = if ip.contains(':') { &mut spec.ip6 } else { &mut spec.ip };
+        *slot = Some(ip.to_string());
+    }
     let Some(rc) = &netconf.runtime_config else { return Ok(spec) };
     for pm in &rc.port_mappings {
         let protocol = pm.protocol.map(|p| serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string))).flatten();
@@ -137,9 +141,12 @@ fn runtime_spec(netconf: &NetConf, network: &str, cni_args: Option<&str>) -> Res
         });
     }
     if let Some(ips) = rc.custom.get("ips").and_then(Value::as_array) {
-        let first = ips.iter().filter_map(Value::as_str).map(|s| s.split('/').next().unwrap_or(s)).find(|s| !s.contains(':'));
-        if let Some(ip) = first {
+        let bare: Vec<&str> = ips.iter().filter_map(Value::as_str).map(|s| s.split('/').next().unwrap_or(s)).collect();
+        if let Some(ip) = bare.iter().find(|s| !s.contains(':')) {
             spec.ip = Some(ip.to_string());
+        }
+        if let Some(ip6) = bare.iter().find(|s| s.contains(':')) {
+            spec.ip6 = Some(ip6.to_string());
         }
     }
     if let Some(aliases) = rc.custom.get("aliases").and_then(|a| a.get(network)).and_then(Value::as_array) {
@@ -238,11 +245,23 @@ impl Cni for BpfnetCni {
     }
 }
 
-/// The ADD result: the interface in the container, its address, the default route (unless the
-/// network is internal), and the network's resolver.
+/// The ADD result: the interface in the container, its addresses (IPv4, and IPv6 on a
+/// dual-stack network), the default routes (unless the network is internal), and the network's
+/// resolver.
 fn result(net: &api::NetworkInspect, created: &api::EndpointCreated, netns: &str) -> CNIResult {
     let gateway: Option<IpAddr> = net.ipam.config.first().and_then(|c| c.gateway.parse().ok());
+    let gateway6: Option<IpAddr> = net.ipam.config.get(1).and_then(|c| c.gateway.parse().ok());
     let address: Option<IpNet> = created.ipv4_address.parse().ok();
+    let address6: Option<IpNet> = created.ipv6_address.parse().ok();
+    let default = |dst: &str, gw: IpAddr| Route {
+        dst: dst.parse().expect("a valid prefix"),
+        gw: Some(gw),
+        mtu: None,
+        advmss: None,
+        priority: None,
+        table: None,
+        scope: None,
+    };
     CNIResult {
         interfaces: vec![Interface {
             name: created.interface.clone(),
@@ -252,18 +271,14 @@ fn result(net: &api::NetworkInspect, created: &api::EndpointCreated, netns: &str
             socket_path: None,
             pci_id: None,
         }],
-        ips: address.map(|address| IpConfig { interface: Some(0), address, gateway }).into_iter().collect(),
-        routes: match (gateway, net.internal) {
-            (Some(gw), false) => vec![Route {
-                dst: "0.0.0.0/0".parse().expect("a valid prefix"),
-                gw: Some(gw),
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            }],
-            _ => vec![],
+        ips: address
+            .map(|address| IpConfig { interface: Some(0), address, gateway })
+            .into_iter()
+            .chain(address6.map(|address| IpConfig { interface: Some(0), address, gateway: gateway6 }))
+            .collect(),
+        routes: match net.internal {
+            false => gateway.map(|gw| default("0.0.0.0/0", gw)).into_iter().chain(gateway6.map(|gw| default("::/0", gw))).collect(),
+            true => vec![],
         },
         dns: created.resolver.as_ref().map(|r| Dns { nameservers: vec![r.clone()], ..Default::default() }),
     }
@@ -294,7 +309,42 @@ mod tests {
         assert_eq!(runtime_spec(&conf, "web", None).unwrap().ip, None);
         let conf: NetConf =
             serde_json::from_str(r#"{"cniVersion":"1.0.0","name":"web","type":"bpfnet","runtimeConfig":{"ips":["fd00::5/64","10.1.0.7/24"]}}"#).unwrap();
-        assert_eq!(runtime_spec(&conf, "web", Some("IP=10.1.0.9")).unwrap().ip.as_deref(), Some("10.1.0.7"));
+        let spec = runtime_spec(&conf, "web", Some("IP=10.1.0.9")).unwrap();
+        assert_eq!((spec.ip.as_deref(), spec.ip6.as_deref()), (Some("10.1.0.7"), Some("fd00::5")));
+        let conf: NetConf = serde_json::from_str(r#"{"cniVersion":"1.0.0","name":"web","type":"bpfnet"}"#).unwrap();
+        let spec = runtime_spec(&conf, "web", Some("IP=fd00::9")).unwrap();
+        assert_eq!((spec.ip.as_deref(), spec.ip6.as_deref()), (None, Some("fd00::9")));
+        let spec = runtime_spec(&conf, "web", Some("IP=10.1.0.9,fd00::9/64")).unwrap();
+        assert_eq!((spec.ip.as_deref(), spec.ip6.as_deref()), (Some("10.1.0.9"), Some("fd00::9")));
+    }
+
+    #[test]
+    fn a_dual_stack_result_carries_both_addresses_and_default_routes() {
+        let net: api::NetworkInspect = serde_json::from_value(serde_json::json!({
+            "Name": "web", "Id": "n", "Created": "", "Scope": "local", "Driver": "bpfnet", "EnableIPv6": true,
+            "IPAM": {"Driver": "default", "Options": {}, "Config": [
+                {"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.1"}, {"Subnet": "fd00:1::/64", "Gateway": "fd00:1::1"}]},
+            "Internal": false, "Attachable": true, "Containers": {}, "Options": {}, "Labels": {}
+        }))
+        .unwrap();
+        let created: api::EndpointCreated = serde_json::from_value(serde_json::json!({
+            "endpoint_id": "e", "network": "web", "interface": "eth0", "host_interface": "bn-e",
+            "ipv4_address": "10.1.0.2/24", "ipv6_address": "fd00:1::2/64", "mac_address": "02:42:0a:01:00:02"
+        }))
+        .unwrap();
+        let r = result(&net, &created, "/run/netns/x");
+        let ips: Vec<(String, Option<IpAddr>)> = r.ips.iter().map(|c| (c.address.to_string(), c.gateway)).collect();
+        assert_eq!(ips, vec![
+            ("10.1.0.2/24".to_string(), Some("10.1.0.1".parse().unwrap())),
+            ("fd00:1::2/64".to_string(), Some("fd00:1::1".parse().unwrap())),
+        ]);
+        let routes: Vec<(String, Option<IpAddr>)> = r.routes.iter().map(|r| (r.dst.to_string(), r.gw)).collect();
+        assert_eq!(routes, vec![
+            ("0.0.0.0/0".to_string(), Some("10.1.0.1".parse().unwrap())),
+            ("::/0".to_string(), Some("fd00:1::1".parse().unwrap())),
+        ]);
+        let internal = api::NetworkInspect { internal: true, ..net };
+        assert!(result(&internal, &created, "/run/netns/x").routes.is_empty());
     }
 
     #[test]

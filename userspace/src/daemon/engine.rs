@@ -24,6 +24,15 @@ pub struct Handover {
     pub interface: String,
     /// The network's gateway; `None` on an internal network (no default route).
     pub gateway: Option<IpAddr>,
+    /// The network's IPv6 gateway, on a dual-stack network that is not internal.
+    pub gateway6: Option<IpAddr>,
+}
+
+impl Handover {
+    fn of(interface: String, net: &crate::state::Network) -> Self {
+        let routed = !net.internal;
+        Handover { interface, gateway: routed.then_some(net.gateway), gateway6: net.ipv6.filter(|_| routed).map(|v6| v6.gateway) }
+    }
 }
 
 /// Name of the container's side of a handed-over veth while it is still in the daemon's
@@ -40,10 +49,7 @@ impl Daemon {
         let allocation = match self.find_endpoint(id)? {
             Found::Attached(ep) if ep.netns_path.as_os_str() == sandbox_path => {
                 let net = self.state.network_by_id(&ep.network_id).ok_or_else(|| Error::not_found("network gone"))?;
-                return Ok(Handover {
-                    interface: handover_veth_name(&ep.id),
-                    gateway: (!net.internal).then_some(net.gateway),
-                });
+                return Ok(Handover::of(handover_veth_name(&ep.id), net));
             }
             Found::Attached(ep) => {
                 return Err(Error::conflict(format!(
@@ -93,7 +99,7 @@ impl Daemon {
             net.name,
             ep.host_interface
         );
-        Ok(Handover { interface: peer, gateway: (!net.internal).then_some(net.gateway) })
+        Ok(Handover::of(peer, &net))
     }
 
     /// Sets the published ports of the attached endpoint `id` to `requests` (each gets the first
@@ -177,7 +183,7 @@ impl Daemon {
         let stale: Vec<String> = self
             .state
             .all_allocations()
-            .filter(|a| a.network_id == net.id && a.address == address && a.frontend == frontend)
+            .filter(|a| a.network_id == net.id && a.addresses().any(|a| a == address) && a.frontend == frontend)
             .map(|a| a.id.clone())
             .collect();
         for id in stale {

@@ -56,7 +56,13 @@ impl Daemon {
                 )));
             }
             let pool = ipam::DEFAULT_IPV6_POOL.parse().expect("a valid prefix");
+            // A /64 of the default pool: none Docker's IPAM holds either.
+            let host = self.host_networks(req.subnet6.is_none()).await?;
             let subnet = ipam::choose_subnet6(&self.state, req.subnet6.as_deref(), &host, &pool).map_err(Error::refused)?;
+            // A pool Docker's IPAM holds is for the Docker network made on exactly it.
+            if let Some(held) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {
+                return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", held.subnet)));
+            }
             let gateway = ipam::choose_gateway(&subnet, req.gateway6.as_deref()).map_err(Error::invalid)?;
             Some(Ipv6Subnet { subnet, gateway })
         } else if let Some(gateway6) = &req.gateway6 {

@@ -11,11 +11,13 @@ use super::{Daemon, DaemonResult, Error};
 use crate::{ipam, state::Pool};
 
 impl Daemon {
-    /// Reserves the subnet `requested`, or the first free one of the default pool; addresses are
-    /// then handed out from `ip_range` (Docker's `--ip-range`) if given.
-    pub async fn request_pool(&mut self, requested: Option<&str>, ip_range: Option<&str>) -> DaemonResult<IpNetwork> {
+    /// Reserves the subnet `requested`, or the first free one of the default pool (`v6`: an IPv6
+    /// subnet, a /64 of the IPv6 pool by default); addresses are then handed out from
+    /// `ip_range` (Docker's `--ip-range`) if given.
+    pub async fn request_pool(&mut self, requested: Option<&str>, ip_range: Option<&str>, v6: bool) -> DaemonResult<IpNetwork> {
+        let parse = |text: &str| if v6 { ipam::parse_subnet6(text) } else { ipam::parse_subnet(text) };
         if let Some(text) = requested {
-            let net = ipam::parse_subnet(text).map_err(Error::invalid)?;
+            let net = parse(text).map_err(Error::invalid)?;
             if let Some(pool) = self.state.pools.iter().find(|p| ipam::overlaps(&p.subnet, &net)) {
                 return Err(Error::conflict(format!("subnet {net} overlaps with {}, a pool Docker holds already", pool.subnet)));
             }
@@ -23,6 +25,7 @@ impl Daemon {
         // An overlay network's own subnet: for a Docker network that stands for it on this node
         // (its addresses are then the cluster's, see `request_address`).
         let overlay = requested
+            .filter(|_| !v6)
             .and_then(|text| ipam::parse_subnet(text).ok())
             .and_then(|net| self.state.networks.iter().find(|n| n.driver.is_overlay() && n.subnet == net))
             .map(|n| n.subnet);
@@ -31,7 +34,12 @@ impl Daemon {
             None => {
                 // Pools not yet networks count as taken too.
                 let host = self.host_networks(true).await?;
-                ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?
+                if v6 {
+                    let pool = ipam::DEFAULT_IPV6_POOL.parse().expect("a valid prefix");
+                    ipam::choose_subnet6(&self.state, requested, &host, &pool).map_err(Error::refused)?
+                } else {
+                    ipam::choose_subnet(&self.state, requested, &host).map_err(Error::refused)?
+                }
             }
         };
         let ip_range = ip_range.map(|r| ipam::parse_ip_range(r, &subnet)).transpose().map_err(Error::invalid)?;
@@ -50,8 +58,13 @@ impl Daemon {
         let i = self.pool_index(pool_id)?;
         let subnet = self.state.pools[i].subnet;
         // What the network (once created) holds besides the pool's own record.
-        let network = self.state.networks.iter().find(|n| n.subnet == subnet);
         let mut held: Vec<IpAddr> = self.state.pools[i].addresses.clone();
+        // A dual-stack network's IPv6 pool: its gateway and its endpoints' IPv6 addresses.
+        if let Some(net) = self.state.networks.iter().find(|n| n.ipv6.is_some_and(|v6| v6.subnet == subnet)) {
+            held.extend(net.ipv6.map(|v6| v6.gateway));
+            held.extend(self.state.allocations_of(&net.id).filter_map(|a| a.address6));
+        }
+        let network = self.state.networks.iter().find(|n| n.subnet == subnet);
         if let Some(net) = network {
             held.push(net.gateway);
             held.extend(self.state.allocations_of(&net.id).map(|a| a.address));

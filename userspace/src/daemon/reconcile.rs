@@ -62,8 +62,12 @@ impl Daemon {
     /// Makes the kernel match the desired state. Idempotent: safe after a crash at any point.
     pub(super) async fn reconcile(&mut self) -> Result<()> {
         for net in self.state.networks.clone() {
-            for address in net.gateways() {
-                self.netlink.add_labelled_local_address(self.gateway_ifindex, address, GATEWAY_LABEL).await?;
+            self.netlink.add_labelled_local_address(self.gateway_ifindex, net.gateway, GATEWAY_LABEL).await?;
+            // Without its IPv6 gateway (IPv6 turned off here since) a network still serves IPv4.
+            if let Some(v6) = net.ipv6 {
+                if let Err(e) = self.netlink.add_labelled_local_address(self.gateway_ifindex, v6.gateway, GATEWAY_LABEL).await {
+                    log::warn!("network {}: its IPv6 gateway {}: {e:#} (is IPv6 off on lo?)", net.name, v6.gateway);
+                }
             }
         }
         // Gateways of networks that no longer exist (a crash between saving and removing).

@@ -1,6 +1,6 @@
 //! The embedded DNS resolver: one per network, on its gateway address, port 53, UDP and TCP.
-//! It answers for the network it serves only, and only to clients inside that network's subnet
-//! (a name of another network does not resolve): the names and aliases of the network's attached
+//! It answers for the network it serves only, and only to that network's endpoints (a name of
+//! another network does not resolve, a LAN host posing as an unused address learns nothing): the names and aliases of the network's attached
 //! endpoints and the names of its services (A, and AAAA on a dual-stack network, where it
 //! listens on the IPv6 gateway too), PTR for their addresses (also under ip6.arpa); other names with a dot are forwarded to the upstream resolvers (`--dns-upstream`,
 //! default: the daemon's /etc/resolv.conf), single-label names that are not local get NXDOMAIN.
@@ -237,8 +237,9 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
         reply.metadata.response_code = ResponseCode::NotImp;
         return Some(reply);
     }
-    // Only the network's own clients: a container of another network learns nothing here.
-    if !in_network(net, client) {
+    // Only the network's own endpoints: a container of another network, or a host of the LAN
+    // posing as an unused address of the subnet, learns nothing here.
+    if !state.endpoints_of(&net.id).any(|e| e.addresses().any(|a| a == client)) {
         reply.metadata.response_code = ResponseCode::Refused;
         return Some(reply);
     }
@@ -367,44 +368,22 @@ mod tests {
         m
     }
 
-    #[test]
-    fn resolv_conf_upstreams() {
-        let text = "# comment\nnameserver 192.0.2.53\nnameserver 127.0.0.53\nsearch x\nnameserver  2001:db8::1\n";
-        let ups = upstreams_from_resolv_conf(text);
-        assert_eq!(ups, vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::1]:53".parse().unwrap()]);
-    }
-
-    #[test]
-    fn a_dual_stack_network_answers_aaaa_and_ip6_arpa_to_its_ipv6_clients() {
-        let net = crate::state::Network {
-            id: "n".into(),
-            name: "web".into(),
-            subnet: "10.1.0.0/24".parse().unwrap(),
-            gateway: "10.1.0.1".parse().unwrap(),
-            internal: false,
-            icc: true,
-            masquerade: true,
-            options: Default::default(),
-            datapath_id: 1,
-            driver: Default::default(),
-            ip_range: None,
-            ipv6: Some(crate::state::Ipv6Subnet { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() }),
-            created: String::new(),
-        };
+    /// An endpoint `name` of network "n" at `ip` (and `ip6`).
+    fn member(name: &str, ip: &str, ip6: Option<&str>) -> crate::state::Endpoint {
         let allocation = crate::state::Allocation {
             id: "e".into(),
             network_id: "n".into(),
             container_id: "c".into(),
-            container_name: "api".into(),
-            address: "10.1.0.2".parse().unwrap(),
-            address6: Some("fd00:1::2".parse().unwrap()),
+            container_name: name.into(),
+            address: ip.parse().unwrap(),
+            address6: ip6.map(|a| a.parse().unwrap()),
             mac: [0; 6],
             aliases: vec![],
             ports: vec![],
             kept_when_detached: false,
             frontend: Default::default(),
         };
-        let endpoint = crate::state::Endpoint {
+        crate::state::Endpoint {
             allocation,
             netns_path: "/run/netns/x".into(),
             netns_dev: 0,
@@ -414,28 +393,12 @@ mod tests {
             host_ifindex: 0,
             default_route: true,
             gro: true,
-        };
-        let state = State { networks: vec![net.clone()], endpoints: vec![endpoint], ..Default::default() };
-        let client: IpAddr = "fd00:1::9".parse().unwrap();
-        let answers = |name: &str, kind| answer(&state, &net, client, &query(name, kind)).unwrap().answers;
-        let aaaa = answers("api.", RecordType::AAAA);
-        assert_eq!(aaaa.len(), 1);
-        assert_eq!(aaaa[0].data, RData::AAAA(AAAA("fd00:1::2".parse().unwrap())));
-        let a = answers("api.", RecordType::A);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].data, RData::A(A("10.1.0.2".parse().unwrap())));
-        assert_eq!(answers("api.", RecordType::ANY).len(), 2);
-        let ptr = answers("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa.", RecordType::PTR);
-        assert_eq!(ptr[0].data, RData::PTR(PTR(Name::from_ascii("api.").unwrap())));
-        // Another network's IPv6 client learns nothing.
-        let r = answer(&state, &net, "fd00:2::9".parse().unwrap(), &query("api.", RecordType::AAAA)).unwrap();
-        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        }
     }
 
-    #[test]
-    fn queries_of_other_kinds_are_not_implemented() {
-        let state = State::default();
-        let net = crate::state::Network {
+    /// Network "web", 10.1.0.0/24, IPv4 only.
+    fn web() -> crate::state::Network {
+        crate::state::Network {
             id: "n".into(),
             name: "web".into(),
             subnet: "10.1.0.0/24".parse().unwrap(),
@@ -449,7 +412,43 @@ mod tests {
             ip_range: None,
             ipv6: None,
             created: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn resolv_conf_upstreams() {
+        let text = "# comment\nnameserver 192.0.2.53\nnameserver 127.0.0.53\nsearch x\nnameserver  2001:db8::1\n";
+        let ups = upstreams_from_resolv_conf(text);
+        assert_eq!(ups, vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::1]:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_dual_stack_network_answers_aaaa_and_ip6_arpa_to_its_ipv6_clients() {
+        let mut net = web();
+        net.ipv6 = Some(crate::state::Ipv6Subnet { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() });
+        let state = State { networks: vec![net.clone()], endpoints: vec![member("api", "10.1.0.2", Some("fd00:1::2"))], ..Default::default() };
+        let client: IpAddr = "fd00:1::2".parse().unwrap();
+        let answers = |name: &str, kind| answer(&state, &net, client, &query(name, kind)).unwrap().answers;
+        let aaaa = answers("api.", RecordType::AAAA);
+        assert_eq!(aaaa.len(), 1);
+        assert_eq!(aaaa[0].data, RData::AAAA(AAAA("fd00:1::2".parse().unwrap())));
+        let a = answers("api.", RecordType::A);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].data, RData::A(A("10.1.0.2".parse().unwrap())));
+        assert_eq!(answers("api.", RecordType::ANY).len(), 2);
+        let ptr = answers("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa.", RecordType::PTR);
+        assert_eq!(ptr[0].data, RData::PTR(PTR(Name::from_ascii("api.").unwrap())));
+        // Another network's IPv6 client, or an unused address of the subnet, learns nothing.
+        for stranger in ["fd00:2::9", "fd00:1::9"] {
+            let r = answer(&state, &net, stranger.parse().unwrap(), &query("api.", RecordType::AAAA)).unwrap();
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{stranger}");
+        }
+    }
+
+    #[test]
+    fn queries_of_other_kinds_are_not_implemented() {
+        let net = web();
+        let state = State { networks: vec![net.clone()], endpoints: vec![member("c5", "10.1.0.5", None)], ..Default::default() };
         let mut q = query("x.", RecordType::A);
         q.metadata.op_code = OpCode::Status;
         let r = answer(&state, &net, "10.1.0.5".parse().unwrap(), &q).unwrap();

@@ -145,13 +145,13 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
         }
         "IpamDriver.RequestPool" => {
             let req: protocol::RequestPool = parse(name, body)?;
-            if req.v6 {
-                return Err(refused("IPv6 pools are not supported yet"));
-            }
             let requested = (!req.pool.is_empty()).then_some(req.pool);
             let range = (!req.sub_pool.is_empty()).then_some(req.sub_pool);
-            let subnet =
-                change(plugin, move |d| Box::pin(async move { d.request_pool(requested.as_deref(), range.as_deref()).await })).await?;
+            let v6 = req.v6;
+            let subnet = change(plugin, move |d| {
+                Box::pin(async move { d.request_pool(requested.as_deref(), range.as_deref(), v6).await })
+            })
+            .await?;
             ok(json!({ "PoolID": subnet.to_string(), "Pool": subnet.to_string(), "Data": {} }))
         }
         "IpamDriver.RequestAddress" => {
@@ -219,22 +219,27 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
         "NetworkDriver.CreateEndpoint" => {
             let req: protocol::CreateEndpoint = parse(name, body)?;
             let iface = req.interface.unwrap_or_default();
-            if !iface.address_ipv6.is_empty() {
-                return Err(refused("IPv6 addresses are not supported yet"));
-            }
-            let address: Option<IpAddr> = match iface.address.split_once('/').map_or(iface.address.as_str(), |(a, _)| a) {
-                "" => None,
-                text => Some(text.parse().map_err(|_| refused(format!("invalid address {:?}", iface.address)))?),
+            let bare = |text: &str| -> Result<Option<IpAddr>, Answer> {
+                match text.split_once('/').map_or(text, |(a, _)| a) {
+                    "" => Ok(None),
+                    ip => Ok(Some(ip.parse().map_err(|_| refused(format!("invalid address {text:?}")))?)),
+                }
             };
+            let address = bare(&iface.address)?;
+            let address6 = bare(&iface.address_ipv6)?;
             let docker_network = req.network_id.clone();
             let id = req.endpoint_id.clone();
             let view = change(plugin, move |d| {
                 Box::pin(async move {
                     let network = d.docker_network(&docker_network);
-                    if let Some(ip) = address {
+                    for ip in address.into_iter().chain(address6) {
                         d.reclaim_address(&network, ip, Frontend::Docker).await?;
                     }
-                    let spec = api::EndpointSpec { ip: address.map(|a| a.to_string()), ..Default::default() };
+                    let spec = api::EndpointSpec {
+                        ip: address.map(|a| a.to_string()),
+                        ip6: address6.map(|a| a.to_string()),
+                        ..Default::default()
+                    };
                     let name = format!("docker-{}", &id[..id.len().min(12)]);
                     d.allocate_for(&network, name, spec, Frontend::Docker, Some(id)).await
                 })
@@ -256,6 +261,9 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
             let mut out = serde_json::Map::new();
             if address.is_none() {
                 out.insert("Address".into(), json!(view.ipv4_address));
+            }
+            if address6.is_none() && !view.ipv6_address.is_empty() {
+                out.insert("AddressIPv6".into(), json!(view.ipv6_address));
             }
             out.insert("MacAddress".into(), json!(view.mac_address));
             ok(json!({ "Interface": out }))
@@ -281,6 +289,9 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
             let mut out = json!({ "InterfaceName": { "SrcName": handover.interface, "DstPrefix": INTERFACE_PREFIX } });
             if let Some(gateway) = handover.gateway {
                 out["Gateway"] = json!(gateway.to_string());
+            }
+            if let Some(gateway6) = handover.gateway6 {
+                out["GatewayIPv6"] = json!(gateway6.to_string());
             }
             ok(out)
         }
@@ -351,6 +362,9 @@ fn overlay_binding(req: &protocol::CreateNetwork) -> Result<Option<OverlayBindin
     let [pool] = req.ipv4_data.as_deref().unwrap_or_default() else {
         return Err(format!("a Docker network for overlay network {overlay:?} has one IPv4 pool, its subnet"));
     };
+    if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(format!("--ipv6 cannot go with -o {OVERLAY_OPTION}: overlay networks carry IPv4 only for now"));
+    }
     Ok(Some(OverlayBinding {
         overlay,
         pool: pool.pool.clone(),
@@ -362,15 +376,18 @@ fn overlay_binding(req: &protocol::CreateNetwork) -> Result<Option<OverlayBindin
 /// The bpfnet network for Docker's CreateNetwork: Docker's pool and gateway (from its IPAM),
 /// `--internal`, and the driver options (`-o icc=false`, `-o masquerade=false`).
 fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, String> {
-    if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err("IPv6 networks are not supported yet".into());
-    }
     let pools = req.ipv4_data.as_deref().unwrap_or_default();
     let pool = match pools {
-        [] => return Err("the network has no IPv4 pool".into()),
+        [] => return Err("the network has no IPv4 pool (IPv6-only networks are not supported yet)".into()),
         [one] => one,
         _ => return Err("bpfnet networks have one IPv4 subnet; this one has several".into()),
     };
+    let pool6 = match req.ipv6_data.as_deref().unwrap_or_default() {
+        [] => None,
+        [one] => Some(one),
+        _ => return Err("bpfnet networks have one IPv6 subnet; this one has several".into()),
+    };
+    let bare = |gateway: &Option<String>| gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string());
     let options = req.options.clone().unwrap_or_default();
     let internal = options.get(INTERNAL_OPTION).is_some_and(|v| v == &Value::Bool(true));
     let mut driver_options = BTreeMap::new();
@@ -388,13 +405,13 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
         driver: None,
         name: network_name(&req.network_id),
         subnet: Some(pool.pool.clone()),
-        gateway: pool.gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string()),
+        gateway: bare(&pool.gateway),
         internal,
         options: driver_options,
         ip_range: None,
-        subnet6: None,
-        gateway6: None,
-        ipv6: false,
+        subnet6: pool6.map(|p| p.pool.clone()),
+        gateway6: pool6.and_then(|p| bare(&p.gateway)),
+        ipv6: pool6.is_some(),
     })
 }
 
@@ -427,8 +444,14 @@ mod tests {
         )
         .unwrap();
         assert!(network_request(&bad).is_err());
-        let v6: protocol::CreateNetwork =
-            serde_json::from_str(r#"{"NetworkID":"ab","IPv4Data":[{"Pool":"10.1.0.0/16"}],"IPv6Data":[{"Pool":"fd00::/64"}]}"#).unwrap();
-        assert!(network_request(&v6).unwrap_err().contains("IPv6"));
+        let dual: protocol::CreateNetwork = serde_json::from_str(
+            r#"{"NetworkID":"ab","IPv4Data":[{"Pool":"10.1.0.0/16"}],"IPv6Data":[{"Pool":"fd00::/64","Gateway":"fd00::1/64"}]}"#,
+        )
+        .unwrap();
+        let create = network_request(&dual).unwrap();
+        assert_eq!((create.subnet6.as_deref(), create.gateway6.as_deref(), create.ipv6), (Some("fd00::/64"), Some("fd00::1"), true));
+        let v6_only: protocol::CreateNetwork =
+            serde_json::from_str(r#"{"NetworkID":"ab","IPv4Data":[],"IPv6Data":[{"Pool":"fd00::/64"}]}"#).unwrap();
+        assert!(network_request(&v6_only).unwrap_err().contains("IPv6-only"));
     }
 }

@@ -111,7 +111,9 @@ impl NetworkDriver for Veth {
 
     async fn configure_container(&self, k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, ns: &NetnsRef, default_route: bool) -> Result<()> {
         let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
-        let ipv6 = ep.address6.zip(net.ipv6).map(|(ip6, v6)| (ip6, v6.subnet.prefix(), v6.gateway));
+        // An IPv6 default route from every dual-stack network that is not internal, unless the
+        // namespace has one already (IPv4's goes with `default_route`).
+        let ipv6 = ep.address6.zip(net.ipv6).map(|(ip6, v6)| (ip6, v6.subnet.prefix(), (!net.internal).then_some(v6.gateway)));
         let gateway = default_route.then_some(net.gateway);
         ep.default_route =
             in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, ipv6, gateway))
