@@ -39,6 +39,36 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
+/// Prints the matrix of `sources` (name, namespace, networks) to `targets` (name, address,
+/// network): expected and observed; what differs goes into `failures`.
+fn matrix(targets: &[(&str, &str, &str)], sources: &[(&str, &String, &[&str])], failures: &mut Vec<String>) {
+    // Wide enough for "blocked/blocked WRONG" and for the longest heading.
+    let width = targets.iter().map(|(name, ip, _)| name.len() + ip.len() + 3).max().unwrap_or(0).max(24);
+    print!("{:<8}", "from\\to");
+    for (name, ip, _) in targets {
+        print!("{:<width$}", format!("{name} {ip}"));
+    }
+    println!();
+    for (src, ns, nets) in sources {
+        print!("{src:<8}");
+        for (dst, ip, net) in targets {
+            if src == dst {
+                print!("{:<width$}", "-");
+                continue;
+            }
+            let expected = nets.contains(net);
+            let observed = reachable(ns, ip);
+            let word = |b: bool| if b { "pass" } else { "blocked" };
+            let mark = if expected == observed { "ok" } else { "WRONG" };
+            print!("{:<width$}", format!("{}/{} {mark}", word(expected), word(observed)));
+            if expected != observed {
+                failures.push(format!("{src} -> {dst} {ip}: expected {}, observed {}", word(expected), word(observed)));
+            }
+        }
+        println!();
+    }
+}
+
 /// Does TCP and UDP traffic with a payload get through and come back intact?
 fn reachable(from: &str, ip: &str) -> bool {
     let data = payload(ip.len() as u8, 1400);
@@ -440,53 +470,38 @@ pub fn run() -> Result<()> {
     let con3 = sb.add_netns("con3")?;
     let mut failures = Vec::new();
 
-    step("Reference scenario: backend {con1, con2}, frontend {con3}, then con2 joins frontend");
-    cli(&sb, &["network", "create", "backend", "--subnet", "10.210.1.0/24"])?;
-    cli(&sb, &["network", "create", "frontend", "--subnet", "10.210.2.0/24"])?;
+    step("Reference scenario (dual stack): backend {con1, con2}, frontend {con3}, then con2 joins frontend");
+    cli(&sb, &["network", "create", "backend", "--subnet", "10.210.1.0/24", "--subnet", "fd00:210:1::/64"])?;
+    cli(&sb, &["network", "create", "frontend", "--subnet", "10.210.2.0/24", "--subnet", "fd00:210:2::/64"])?;
     cli(&sb, &["network", "connect", "backend", &con1])?;
     cli(&sb, &["network", "connect", "backend", &con2])?;
     cli(&sb, &["network", "connect", "frontend", &con3])?;
     cli(&sb, &["network", "connect", "frontend", &con2])?;
     cli(&sb, &["network", "ls"])?;
-    println!("$ ip netns exec con2 ip -br -4 addr");
-    print!("{}", sb.exec(&con2, &["ip", "-br", "-4", "addr"])?.stdout);
+    println!("$ ip netns exec con2 ip -br addr show scope global");
+    print!("{}", sb.exec(&con2, &["ip", "-br", "addr", "show", "scope", "global"])?.stdout);
 
-    let targets = [
+    let targets4 = [
         ("con1", "10.210.1.2", "backend"),
         ("con2", "10.210.1.3", "backend"),
         ("con2", "10.210.2.3", "frontend"),
         ("con3", "10.210.2.2", "frontend"),
     ];
+    let targets6 = [
+        ("con1", "fd00:210:1::2", "backend"),
+        ("con2", "fd00:210:1::3", "backend"),
+        ("con2", "fd00:210:2::3", "frontend"),
+        ("con3", "fd00:210:2::2", "frontend"),
+    ];
     let sources = [("con1", &con1, &["backend"][..]), ("con2", &con2, &["backend", "frontend"][..]), ("con3", &con3, &["frontend"][..])];
-    for (name, ip, _) in targets {
+    for (name, ip, _) in targets4.iter().chain(&targets6) {
         let ns = sb.ns(name);
         tcp_echo_server(&ns, addr(ip, 7000))?;
         udp_echo_server(&ns, addr(ip, 7001))?;
     }
-
-    step("Connectivity matrix: TCP and UDP echo of a 1400-byte payload (expected / observed)");
-    print!("{:<8}", "from\\to");
-    for (name, ip, _) in targets {
-        print!("{:<24}", format!("{name} {ip}"));
-    }
-    println!();
-    for (src, ns, nets) in sources {
-        print!("{src:<8}");
-        for (dst, ip, net) in targets {
-            if src == dst {
-                print!("{:<24}", "-");
-                continue;
-            }
-            let expected = nets.contains(&net);
-            let observed = reachable(ns, ip);
-            let word = |b: bool| if b { "pass" } else { "blocked" };
-            let mark = if expected == observed { "ok" } else { "WRONG" };
-            print!("{:<24}", format!("{}/{} {mark}", word(expected), word(observed)));
-            if expected != observed {
-                failures.push(format!("{src} -> {dst} {ip}: expected {}, observed {}", word(expected), word(observed)));
-            }
-        }
-        println!();
+    for (family, targets) in [("IPv4", &targets4), ("IPv6", &targets6)] {
+        step(&format!("Connectivity matrix, {family}: TCP and UDP echo of a 1400-byte payload (expected / observed)"));
+        matrix(targets, &sources, &mut failures);
     }
 
     step("icc=false: containers of one network cannot talk to each other, only to the gateway");
