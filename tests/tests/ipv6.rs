@@ -115,6 +115,19 @@ fn dual_stack_networks_forward_ipv6_between_containers_and_isolate_them() {
     assert!(eps.contains("10.220.0.3/24, fd00:220::50/64"), "{eps}");
     assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone()]);
 
+    // A namespace on an IPv4-only network first, then a dual-stack one: an IPv6 default route
+    // all the same; when that endpoint leaves, another dual-stack one carries it.
+    let e = sb.add_netns("e").unwrap();
+    connect(&sb, "v4only", &e, &[]);
+    connect(&sb, "pooled", &e, &[]);
+    let default6 = |ns: &str| sb.exec(ns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(default6(&e).contains("via fd62:7066::1"), "{}", default6(&e));
+    connect(&sb, "dual", &e, &[]);
+    sb.bpfnet_ok(&["network", "disconnect", "pooled", &e]).unwrap();
+    assert!(default6(&e).contains("via fd00:220::1"), "moved: {}", default6(&e));
+    sb.bpfnet_ok(&["network", "disconnect", "dual", &e]).unwrap();
+    sb.bpfnet_ok(&["network", "disconnect", "v4only", &e]).unwrap();
+
     // A restart keeps it all; a disconnect removes the IPv6 entries too.
     sb.stop_daemon(libc::SIGTERM).unwrap();
     sb.start_daemon().unwrap();

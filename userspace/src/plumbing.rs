@@ -482,7 +482,16 @@ pub fn enable_gro(ifname: &str) -> Result<()> {
     Ok(())
 }
 
-/// Points the namespace's default route at `gateway` (used when the endpoint that had it leaves).
-pub async fn set_container_default_route(gateway: IpAddr) -> Result<bool> {
-    Netlink::connect()?.add_default_route(gateway).await
+/// Points the namespace's default routes at `gateway` and `gateway6` (when the endpoint that
+/// had them leaves); an IPv6 one the namespace has already stays. Returns whether the IPv4 one
+/// was set.
+pub async fn set_container_default_routes(gateway: Option<IpAddr>, gateway6: Option<IpAddr>) -> Result<bool> {
+    let nl = Netlink::connect()?;
+    if let Some(gateway6) = gateway6 {
+        nl.add_default_route(gateway6).await?;
+    }
+    match gateway {
+        Some(gateway) => nl.add_default_route(gateway).await,
+        None => Ok(false),
+    }
 }

@@ -475,8 +475,10 @@ impl Daemon {
         if let Err(e) = self.teardown_endpoint(ep, link.as_ref()).await {
             log::warn!("removing endpoint {} of {}: {e:#}", &ep.id[..12], ep.container_name);
         }
-        if ep.default_route {
+        if ep.default_route || ep.address6.is_some() {
             self.move_default_route(ep).await;
+        }
+        if ep.default_route {
             // Which endpoint holds the namespace's default route is a note (the route itself is
             // in the namespace): not recording it loses nothing a restart needs.
             if let Err(e) = self.commit() {
@@ -486,23 +488,39 @@ impl Daemon {
         Ok(())
     }
 
-    /// After the endpoint holding a namespace's default route left, route through another one.
+    /// After an endpoint left its namespace, the default routes it carried go through another
+    /// endpoint of a network that is not internal: IPv4's if it held it, IPv6's (gone with its
+    /// interface) through another dual-stack one unless the namespace has one still.
     pub(super) async fn move_default_route(&mut self, gone: &Endpoint) {
-        let next = self.state.endpoints.iter().position(|e| {
-            e.netns_dev == gone.netns_dev
-                && e.netns_inode == gone.netns_inode
-                && self.state.network_by_id(&e.network_id).is_some_and(|n| !n.internal)
-        });
-        let Some(i) = next else { return };
-        let gateway = self.state.network_by_id(&self.state.endpoints[i].network_id).unwrap().gateway;
-        let path = self.state.endpoints[i].netns_path.display().to_string();
+        let state = &self.state;
+        let routed = |e: &Endpoint| {
+            (e.netns_dev, e.netns_inode) == (gone.netns_dev, gone.netns_inode)
+                && state.network_by_id(&e.network_id).is_some_and(|n| !n.internal)
+        };
+        let next4 = if gone.default_route { state.endpoints.iter().position(routed) } else { None };
+        let gateway4 = next4.and_then(|i| state.network_by_id(&state.endpoints[i].network_id)).map(|n| n.gateway);
+        let gateway6 = match gone.address6 {
+            Some(_) => state
+                .endpoints
+                .iter()
+                .filter(|e| routed(e) && e.address6.is_some())
+                .find_map(|e| state.network_by_id(&e.network_id)?.ipv6.map(|v6| v6.gateway)),
+            None => None,
+        };
+        if gateway4.is_none() && gateway6.is_none() {
+            return;
+        }
         // The path may now name another namespace: only the one the endpoints live in will do.
-        let ns = match netns::resolve(&path) {
+        let ns = match netns::resolve(&gone.netns_path.display().to_string()) {
             Ok(ns) if (ns.dev, ns.inode) == (gone.netns_dev, gone.netns_inode) => ns,
             _ => return,
         };
-        match in_netns(ns.file, move || plumbing::set_container_default_route(gateway)).await {
-            Ok(set) => self.state.endpoints[i].default_route = set,
+        match in_netns(ns.file, move || plumbing::set_container_default_routes(gateway4, gateway6)).await {
+            Ok(set) => {
+                if let Some(i) = next4 {
+                    self.state.endpoints[i].default_route = set;
+                }
+            }
             Err(e) => log::warn!("could not move the default route of {}: {e:#}", gone.container_name),
         }
     }

@@ -176,7 +176,7 @@ impl Daemon {
             if ep.kept_when_detached {
                 self.state.allocations.push(ep.allocation.clone());
             }
-            if ep.default_route {
+            if ep.default_route || ep.address6.is_some() {
                 self.move_default_route(ep).await;
             }
         }
