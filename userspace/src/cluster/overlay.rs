@@ -259,6 +259,7 @@ impl Membership {
                     }
                     Ok(None) | Err(_) => {
                         // The member went away or lost its leader: resume where this left off.
+                        log::info!("etcd: the cluster watch ended; it resumes after revision {revision}");
                         self.shared.unreachable(&etcd_client::Error::WatchError("the watch ended".into()));
                         known = Some((all, revision));
                         tokio::time::sleep(backoff).await;
