@@ -32,6 +32,12 @@ impl IpKey {
         self.addr[3]
     }
 
+    /// Whether this is an IPv4 address's key (IPv4-mapped), not an IPv6 address's.
+    #[inline(always)]
+    pub const fn is_ipv4(&self) -> bool {
+        self.addr[0] == 0 && self.addr[1] == 0 && self.addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    }
+
     /// `octets` is the IPv6 address as it appears on the wire.
     pub fn from_ipv6_octets(octets: [u8; 16]) -> Self {
         let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);

@@ -1,5 +1,5 @@
-//! `UPLINKS`: ifindex of an interface traffic leaves the host by -> the address masquerade
-//! gives it. The daemon attaches the uplink program to each and keeps their addresses current
+//! `UPLINKS`: ifindex of an interface traffic leaves the host by -> the addresses masquerade
+//! gives it (IPv4, and IPv6 where the uplink has a global one). The daemon attaches the uplink program to each and keeps their addresses current
 //! (checked every 2 s).
 use bytemuck::{Pod, Zeroable};
 
@@ -18,10 +18,13 @@ pub mod uplink_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct UplinkInfo {
-    /// The source address of masqueraded traffic leaving by this interface.
+    /// The source address of masqueraded IPv4 traffic leaving by this interface.
     pub addr: IpKey,
+    /// The source address of masqueraded IPv6 traffic leaving by it; all zero: none (IPv6
+    /// from containers is not masqueraded out of this uplink).
+    pub addr6: IpKey,
     /// [`uplink_flags`].
     pub flags: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 36);

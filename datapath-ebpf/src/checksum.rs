@@ -10,18 +10,20 @@ use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use datapath_common::conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    headers::{read_at, write_at, ICMP_CSUM_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    headers::{read_at, write_at, ICMP_CSUM_OFF, IPPROTO_ICMPV6, IPV6_HOP_LIMIT_OFF, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
     packet::Packet,
 };
 
 /// Where a protocol's L4 checksum sits and the flags its updates need: UDP's 0 means "no
-/// checksum" and must stay 0 (BPF_F_MARK_MANGLED_0); ICMP's has no pseudo-header.
+/// checksum" and must stay 0 (BPF_F_MARK_MANGLED_0); ICMP's has no pseudo-header, ICMPv6's has.
 #[inline(always)]
 fn l4_csum(proto: u8) -> Option<(usize, u64, bool)> {
     match proto {
         IPPROTO_TCP => Some((TCP_CSUM_OFF, 0, true)),
         IPPROTO_UDP => Some((UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64, true)),
         IPPROTO_ICMP => Some((ICMP_CSUM_OFF, 0, false)),
+        // ICMPv6's checksum covers a pseudo-header, as TCP's and UDP's.
+        IPPROTO_ICMPV6 => Some((ICMP_CSUM_OFF, 0, true)),
         _ => None,
     }
 }
@@ -43,6 +45,25 @@ pub fn set_ipv4_addr(ctx: &impl Packet, addr_off: usize, new: u32, proto: u8, l4
     }
     ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 4)?;
     write_at(ctx, addr_off, new)
+}
+
+/// As [`set_ipv4_addr`] for the IPv6 address (four wire-order words) at the constant
+/// `addr_off`: IPv6 has no header checksum, so only the L4 checksum (its pseudo-header covers
+/// the address, for ICMPv6 too) follows, word by word.
+#[inline(always)]
+pub fn set_ipv6_addr(ctx: &impl Packet, addr_off: usize, new: [u32; 4], proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
+    // Word by word: a 16-byte copy would compile to a byte loop.
+    for (i, new) in new.into_iter().enumerate() {
+        let old: u32 = read_at(ctx, addr_off + 4 * i)?;
+        if old == new {
+            continue;
+        }
+        if let (Some(l4_off), Some((csum_off, flags, true))) = (l4_off, l4_csum(proto)) {
+            ctx.l4_csum_replace(l4_off + csum_off, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+        }
+        write_at(ctx, addr_off + 4 * i, new)?;
+    }
+    Ok(())
 }
 
 /// Replaces the 16-bit L4 field at `field_off` (a port, or an ICMP echo identifier) with `new`
@@ -72,6 +93,13 @@ pub fn decrement_ttl(ctx: &impl Packet) -> bool {
     let (old, new) = (u16::from_ne_bytes(old), u16::from_ne_bytes(new));
     ctx.l3_csum_replace(IP_OFF + IP_CSUM_OFF, old as u64, new as u64, 2).is_ok()
         && write_at(ctx, IP_OFF + IP_TTL_OFF, new).is_ok()
+}
+
+/// As [`decrement_ttl`] for IPv6's hop limit (no header checksum).
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &impl Packet) -> bool {
+    let Ok(old) = read_at::<u8>(ctx, IP_OFF + IPV6_HOP_LIMIT_OFF) else { return false };
+    old > 1 && write_at(ctx, IP_OFF + IPV6_HOP_LIMIT_OFF, old - 1).is_ok()
 }
 
 /// For a header built from scratch (no field to update incrementally): the one's-complement

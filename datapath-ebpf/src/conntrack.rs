@@ -3,7 +3,7 @@
 //! connection's pair of entries and moving it to the established table once assured (see
 //! `datapath_common::conntrack`).
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN},
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS, BPF_NOEXIST, BPF_TCP_LISTEN},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -17,7 +17,7 @@ use datapath_common::{
 use crate::{
     counters::bump,
     headers::{
-        ptr_at, Ipv4Hdr, TcpHead, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
+        ipv6_unfragmented_upper_layer, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
         IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     packet::Packet,
@@ -157,7 +157,7 @@ macro_rules! ct_config {
 const NAT_PORT_TRIES: u32 = 16;
 const EEXIST: i32 = 17;
 
-/// What the datapath knows of an IPv4 packet's connection.
+/// What the datapath knows of an IP packet's connection.
 pub struct Flow {
     /// The tuple as the packet arrived.
     pub key: CtKey,
@@ -265,6 +265,67 @@ pub fn parse(ctx: &impl Packet) -> Option<Flow> {
         let ports = FragPorts { sport: flow.key.sport, dport: flow.key.dport };
         // A full table only costs the later fragments of this datagram their translation.
         let _ = FRAGMENTS.insert(&fragment, &ports, 0);
+    }
+    Some(flow)
+}
+
+/// Per-CPU room for an IPv6 packet's [`Flow`] (internal: not pinned, not read by the daemon):
+/// the container program's stack is at its 512-byte limit with IPv4's paths.
+#[map(name = "FLOW6_SCRATCH")]
+static FLOW6_SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reads the tuple of the IPv6 packet in `ctx`: TCP, UDP or ICMPv6 echo (the identifier as
+/// the port, as for IPv4), behind at most the extension headers `headers` walks. `None` for a
+/// fragment (not tracked yet), a chain too long, a truncated header, or another protocol. The
+/// flow is this CPU's [`FLOW6_SCRATCH`], valid until the program returns.
+#[inline(always)]
+pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
+    let slot = FLOW6_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let flow = unsafe { &mut *slot };
+    // Field by field, into the slot: a whole `Flow` built first would take the stack's room.
+    let ip = ptr_at::<Ipv6Hdr>(ctx, IP_OFF)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (nexthdr, payload_len) = unsafe {
+        flow.key.saddr.addr = (*ip).saddr;
+        flow.key.daddr.addr = (*ip).daddr;
+        ((*ip).nexthdr, u16::from_be((*ip).payload_len))
+    };
+    let (proto, l4_off) = ipv6_unfragmented_upper_layer(ctx, IP_OFF, nexthdr)?;
+    flow.key.proto = proto;
+    flow.key._pad = [0; 3];
+    flow.key.sport = 0;
+    flow.key.dport = 0;
+    flow.l4_off = l4_off as u32;
+    flow.tcp_flags = 0;
+    flow.tcp_ack = 0;
+    flow.tcp_seq_end = 0;
+    flow.icmp_type = 0;
+    flow.later_fragment = false;
+    match proto {
+        IPPROTO_TCP => {
+            let tcp: TcpHead = ctx.load(l4_off).ok()?;
+            flow.key.sport = tcp.ports[0];
+            flow.key.dport = tcp.ports[1];
+            // The payload length counts the extension headers too.
+            let l4_len = (payload_len as u32).saturating_sub((l4_off - IP_OFF - IPV6_HDR_LEN) as u32);
+            flow.set_tcp(&tcp, l4_len);
+        }
+        IPPROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(l4_off).ok()?;
+            flow.key.sport = ports[0];
+            flow.key.dport = ports[1];
+        }
+        IPPROTO_ICMPV6 => {
+            flow.icmp_type = ctx.load(l4_off).ok()?;
+            let id = ctx.load(l4_off + ICMP_ID_OFF).ok()?;
+            match flow.icmp_type {
+                ICMPV6_ECHO_REQUEST => flow.key.sport = id,
+                ICMPV6_ECHO_REPLY => flow.key.dport = id,
+                _ => return None,
+            }
+        }
+        _ => return None,
     }
     Some(flow)
 }
@@ -465,21 +526,34 @@ pub fn ensure_reply(t: Tracked, flow: &Flow, ifindex: u32, mac: [u8; 6]) -> bool
 /// host's address and port): a port the host itself uses there is no port for NAT. `ctx`: a TC
 /// or an XDP program's context (the socket lookups serve both). `connected_only`: only a
 /// connected socket counts (one of the host's own flows), not a listener or an unconnected UDP
-/// socket.
+/// socket. `ipv6`: the key's family, a constant at each call (a branch on the key itself would
+/// double the paths the verifier walks through every caller).
 #[inline(always)]
-pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool) -> bool {
+pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool, ipv6: bool) -> bool {
     let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let tuple = unsafe { &mut *slot };
-    // SAFETY: writing the IPv4 member of the union.
-    unsafe {
-        let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.saddr = key.saddr.ipv4_word();
-        t.daddr = key.daddr.ipv4_word();
-        t.sport = key.sport;
-        t.dport = key.dport;
-    }
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let size = if !ipv6 {
+        // SAFETY: writing the IPv4 member of the union.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = key.saddr.ipv4_word();
+            t.daddr = key.daddr.ipv4_word();
+            t.sport = key.sport;
+            t.dport = key.dport;
+        }
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32
+    } else {
+        // SAFETY: writing the IPv6 member of the union.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = key.saddr.addr;
+            t.daddr = key.daddr.addr;
+            t.sport = key.sport;
+            t.dport = key.dport;
+        }
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32
+    };
     let ctx_ptr = ctx.as_ptr();
     // SAFETY: helpers with a valid tuple of the given size; a found socket is released at once.
     unsafe {
@@ -516,8 +590,8 @@ pub enum Port {
     /// The port translated to: `preferred` (network order) if it is free, as iptables keeps a
     /// connection's source port when it can (a client that reuses its ports then reuses its
     /// translations), else one drawn from the masquerade range. A port is free when no tracked
-    /// connection and no socket of the host has the reply tuple.
-    Allocate { preferred: u16 },
+    /// connection and no socket of the host has the reply tuple. `ipv6`: the connection's family.
+    Allocate { preferred: u16, ipv6: bool },
 }
 
 /// Tracks a new connection whose first packet is `flow`, in `CT_PENDING` until it is assured
@@ -530,7 +604,7 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
     new.reply.peer = flow.key;
     new.reply.state = ct_state::REPLY;
     new.reply.expires_ns = expires;
-    if let Port::Allocate { preferred } = port {
+    if let Port::Allocate { preferred, ipv6 } = port {
         let (port_min, port_max): (u16, u16) = (ct_config!(nat_port_min), ct_config!(nat_port_max));
         let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
         let mut claimed = false;
@@ -543,7 +617,7 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
             };
             new.reply_key.dport = candidate;
             // SAFETY: read-only lookup.
-            if unsafe { CONNTRACK.get(&new.reply_key) }.is_some() || host_socket_owns(ctx, &new.reply_key, false) {
+            if unsafe { CONNTRACK.get(&new.reply_key) }.is_some() || host_socket_owns(ctx, &new.reply_key, false, ipv6) {
                 continue;
             }
             match CT_PENDING.insert(&new.reply_key, &new.reply, BPF_NOEXIST as u64) {

@@ -58,10 +58,16 @@ pub struct Ipv6Hdr {
 }
 pub const IPV6_HDR_LEN: usize = core::mem::size_of::<Ipv6Hdr>();
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// Offsets inside the IPv6 header.
+pub const IPV6_HOP_LIMIT_OFF: usize = 7;
+pub const IPV6_SADDR_OFF: usize = 8;
+pub const IPV6_DADDR_OFF: usize = 24;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// IPv6 extension headers that may stand before the upper-layer header (RFC 8200 4.1).
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DESTINATION_OPTIONS: u8 = 60;
 /// How many extension headers are walked; a packet with more is not looked into.
 const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
@@ -71,7 +77,19 @@ const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// fragment headers: `Some((IPV6_FRAGMENT, _))` for a fragment after the first (no upper-layer
 /// header in it), `None` for a chain longer than [`IPV6_MAX_EXTENSION_HEADERS`] or cut short.
 #[inline(always)]
-pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
+pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, next: u8) -> Option<(u8, usize)> {
+    walk_ipv6_extensions::<false>(ctx, ip_off, next)
+}
+
+/// As [`ipv6_upper_layer`], for a packet connection tracking can follow: `None` also for any
+/// fragment, the first included (IPv6 fragments are not tracked yet: the host's).
+#[inline(always)]
+pub fn ipv6_unfragmented_upper_layer(ctx: &impl Packet, ip_off: usize, next: u8) -> Option<(u8, usize)> {
+    walk_ipv6_extensions::<true>(ctx, ip_off, next)
+}
+
+#[inline(always)]
+fn walk_ipv6_extensions<const NO_FRAGMENTS: bool>(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
     let mut off = ip_off + IPV6_HDR_LEN;
     for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
         match next {
@@ -80,6 +98,7 @@ pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Optio
                 next = following;
                 off += (len as usize + 1) * 8;
             }
+            IPV6_FRAGMENT if NO_FRAGMENTS => return None,
             IPV6_FRAGMENT => {
                 let [following, _, offset_hi, offset_lo]: [u8; 4] = ctx.load(off).ok()?;
                 if u16::from_be_bytes([offset_hi, offset_lo]) & !0x7 != 0 {

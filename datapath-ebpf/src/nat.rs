@@ -2,19 +2,19 @@
 //! translations and their rewrites, the entries of new connections (masquerade's reply, a
 //! published port's, hairpin, through a VIP), where a new connection to a published port goes,
 //! delivery into a container and out of an uplink, and ICMP errors about tracked connections.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext, EbpfContext};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, macros::map, maps::PerCpuArray, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ct_action, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
-    checksum::{decrement_ttl, set_ipv4_addr, set_l4_u16},
+    checksum::{decrement_ttl, set_ipv4_addr, set_ipv6_addr, set_l4_u16},
     conntrack::{self, now_ns, observe, Flow, Port},
     counters::{drop_packet, to_host},
     headers::{
-        ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF,
-        IP_SADDR_OFF, UDP_CSUM_OFF,
+        ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IPPROTO_ICMPV6, IPV6_DADDR_OFF, IPV6_SADDR_OFF,
+        IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, UDP_CSUM_OFF,
     },
     maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
     overlay,
@@ -22,15 +22,52 @@ use crate::{
     route,
 };
 
+/// An address family as translations carry its addresses: IPv4 as one wire-order word, IPv6 as
+/// four. What differs between the families is written here once; the rest of NAT is generic.
+pub trait Address: Copy {
+    const IPV6: bool;
+    /// The address of a map key (an IPv4 key is IPv4-mapped).
+    fn of_key(key: &IpKey) -> Self;
+    /// Writes `new` as the packet's source (or destination) address, with every checksum that
+    /// covers it (`l4_off`: `None` for a later fragment, which has no L4 header).
+    fn write(ctx: &impl Packet, source: bool, new: Self, proto: u8, l4_off: Option<usize>) -> Result<(), i64>;
+}
+
+impl Address for u32 {
+    const IPV6: bool = false;
+    #[inline(always)]
+    fn of_key(key: &IpKey) -> Self {
+        key.ipv4_word()
+    }
+
+    #[inline(always)]
+    fn write(ctx: &impl Packet, source: bool, new: Self, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
+        set_ipv4_addr(ctx, IP_OFF + if source { IP_SADDR_OFF } else { IP_DADDR_OFF }, new, proto, l4_off)
+    }
+}
+
+impl Address for [u32; 4] {
+    const IPV6: bool = true;
+    #[inline(always)]
+    fn of_key(key: &IpKey) -> Self {
+        key.addr
+    }
+
+    #[inline(always)]
+    fn write(ctx: &impl Packet, source: bool, new: Self, proto: u8, l4_off: Option<usize>) -> Result<(), i64> {
+        set_ipv6_addr(ctx, IP_OFF + if source { IPV6_SADDR_OFF } else { IPV6_DADDR_OFF }, new, proto, l4_off)
+    }
+}
+
 /// What the packets of one direction of a connection need from its entry, copied out of the map
-/// before the packet helpers run (a concurrent update must not change it half-way): 24 bytes
-/// on the 512-byte stack, where the whole entry would take 136.
+/// before the packet helpers run (a concurrent update must not change it half-way): for IPv4
+/// 24 bytes on the 512-byte stack, where the whole entry would take 136.
 #[derive(Clone, Copy)]
-pub struct Translation {
+pub struct Translated<A: Address> {
     pub action: u8,
-    /// Addresses as wire-order words, ports in network order.
-    pub src: u32,
-    pub dst: u32,
+    /// Addresses in wire order, ports in network order.
+    pub src: A,
+    pub dst: A,
     pub src_port: u16,
     pub dst_port: u16,
     /// Where the packet is delivered: the container's host-side veth (0: routed) and MAC; with
@@ -40,13 +77,18 @@ pub struct Translation {
     pub tunnel: overlay::Tunnel,
 }
 
-impl Translation {
+/// An IPv4 connection's translation.
+pub type Translation = Translated<u32>;
+/// An IPv6 connection's translation.
+pub type Translation6 = Translated<[u32; 4]>;
+
+impl<A: Address> Translated<A> {
     #[inline(always)]
     pub fn of(entry: &CtEntry) -> Self {
         Self {
             action: entry.action,
-            src: entry.src.ipv4_word(),
-            dst: entry.dst.ipv4_word(),
+            src: A::of_key(&entry.src),
+            dst: A::of_key(&entry.dst),
             src_port: entry.src_port,
             dst_port: entry.dst_port,
             ifindex: entry.ifindex,
@@ -54,6 +96,22 @@ impl Translation {
             tunnel: overlay::Tunnel { vni: overlay::vni_of(entry.tunnel_vni), remote: u32::from_be_bytes(entry.tunnel_underlay) },
         }
     }
+}
+
+/// Per-CPU room for an IPv6 connection's [`Translation6`] (internal: not pinned): the container
+/// program's stack is at its 512-byte limit with IPv4's paths.
+#[map(name = "TRANSLATION6")]
+static TRANSLATION6: PerCpuArray<Translation6> = PerCpuArray::with_max_entries(1, 0);
+
+/// `entry`'s translation, copied into this CPU's [`TRANSLATION6`] (valid until the program
+/// returns).
+#[inline(always)]
+pub fn translation6_of(entry: &CtEntry) -> Option<&'static Translation6> {
+    let slot = TRANSLATION6.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let slot = unsafe { &mut *slot };
+    *slot = Translation6::of(entry);
+    Some(slot)
 }
 
 /// Makes `original` deliver through the tunnel when `server` lives on another node (a
@@ -70,15 +128,15 @@ fn through_tunnel_if_remote(original: &mut CtEntry, reply: &mut CtEntry, server:
 
 /// Writes the translation into the packet of `flow`.
 #[inline(always)]
-pub fn apply(ctx: &impl Packet, flow: &Flow, t: &Translation) -> Result<(), i64> {
+pub fn apply<A: Address>(ctx: &impl Packet, flow: &Flow, t: &Translated<A>) -> Result<(), i64> {
     let proto = flow.key.proto;
     let l4_off = if flow.later_fragment { None } else { Some(flow.l4_off as usize) };
     if t.action & ct_action::REWRITE_SRC != 0 {
-        set_ipv4_addr(ctx, IP_OFF + IP_SADDR_OFF, t.src, proto, l4_off)?;
+        A::write(ctx, true, t.src, proto, l4_off)?;
         set_port(ctx, proto, l4_off, true, t.src_port)?;
     }
     if t.action & ct_action::REWRITE_DST != 0 {
-        set_ipv4_addr(ctx, IP_OFF + IP_DADDR_OFF, t.dst, proto, l4_off)?;
+        A::write(ctx, false, t.dst, proto, l4_off)?;
         set_port(ctx, proto, l4_off, false, t.dst_port)?;
     }
     Ok(())
@@ -91,7 +149,7 @@ fn set_port(ctx: &impl Packet, proto: u8, l4_off: Option<usize>, source: bool, p
         IPPROTO_TCP | IPPROTO_UDP => l4_off + if source { 0 } else { 2 },
         // Echo requests carry the identifier as their source "port", replies as their
         // destination: either way it is the same field.
-        IPPROTO_ICMP => l4_off + ICMP_ID_OFF,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => l4_off + ICMP_ID_OFF,
         _ => return Ok(()),
     };
     set_l4_u16(ctx, field, port, proto, l4_off)
@@ -123,7 +181,7 @@ pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Op
     // that happens to be published, or a host service on it unless the publication wins over
     // listeners) stays the host's. A VIP is no address of the host's.
     let connected_only = target.flags & port_flags::OVER_HOST_LISTENERS != 0;
-    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key, connected_only) {
+    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key, connected_only, false) {
         return None;
     }
     Some(target)
@@ -157,7 +215,7 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: target.addr, daddr: gateway, sport: target.port, dport: 0, proto: flow.key.proto, _pad: [0; 3] };
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport }, len) {
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: false }, len) {
         return drop_packet(ctx, reason);
     }
     let translation = Translation::of(&new.original);
@@ -218,7 +276,7 @@ pub fn answer_via_vip(ctx: &TcContext) -> Option<i32> {
 }
 
 #[inline(always)]
-pub fn send_out(ctx: &TcContext, flow: &Flow, translation: &Translation, route: &route::Route) -> i32 {
+pub fn send_out<A: Address>(ctx: &TcContext, flow: &Flow, translation: &Translated<A>, route: &route::Route) -> i32 {
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -265,7 +323,7 @@ pub fn track_published(ctx: &impl Packet, flow: &Flow, target: &PortTarget, serv
 /// rewritten) or the answer of a connection through a VIP (the source) is matched from
 /// containers only: a packet from outside that forges its tuple is not delivered.
 #[inline(always)]
-pub fn from_outside(translation: &Translation) -> bool {
+pub fn from_outside<A: Address>(translation: &Translated<A>) -> bool {
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
     translation.ifindex != 0 && translation.action & both == ct_action::REWRITE_DST
 }
@@ -278,15 +336,15 @@ pub fn from_outside(translation: &Translation) -> bool {
 /// one connection), and a TCP_RR answer path is measurably slower with a lookup per packet.
 /// `ctx`: TC's or XDP's.
 #[inline(always)]
-pub fn host_owns_answer<C: EbpfContext>(ctx: &C, flow: &Flow, translation: &Translation) -> bool {
-    translation.action == ct_action::REWRITE_DST && flow.key.proto == IPPROTO_UDP && conntrack::host_socket_owns(ctx, &flow.key, false)
+pub fn host_owns_answer<C: EbpfContext, A: Address>(ctx: &C, flow: &Flow, translation: &Translated<A>) -> bool {
+    translation.action == ct_action::REWRITE_DST && flow.key.proto == IPPROTO_UDP && conntrack::host_socket_owns(ctx, &flow.key, false, A::IPV6)
 }
 
 /// As [`deliver`], or through the tunnel for a container on another node (a service's backend
 /// there, or the client of a connection another node balanced here). Only where such a
 /// connection can be: each branch more costs the verifier a path through every caller.
 #[inline(always)]
-pub fn deliver_anywhere(ctx: &TcContext, t: &Translation, counter: Counter) -> i32 {
+pub fn deliver_anywhere<A: Address>(ctx: &TcContext, t: &Translated<A>, counter: Counter) -> i32 {
     if t.action & ct_action::TUNNEL != 0 {
         return overlay::send(ctx, &t.mac, t.ifindex, &t.tunnel, counter);
     }
@@ -295,7 +353,7 @@ pub fn deliver_anywhere(ctx: &TcContext, t: &Translation, counter: Counter) -> i
 
 /// Into the container of `translation` (on this node), as its gateway would send it.
 #[inline(always)]
-pub fn deliver<P: Packet>(ctx: &P, translation: &Translation, counter: Counter) -> P::Verdict {
+pub fn deliver<P: Packet, A: Address>(ctx: &P, translation: &Translated<A>, counter: Counter) -> P::Verdict {
     if route::set_macs_for_container(ctx, &translation.mac).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }

@@ -19,6 +19,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Where the FIB sends a packet, when it leaves by an interface.
 pub struct Route {
@@ -62,12 +63,23 @@ pub fn cache(entry: &mut CtEntry, route: &Route, now_ns: u64) {
 /// else the FIB's answer, cached when the neighbour was resolved.
 #[inline(always)]
 pub fn cached_lookup(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
+    cached_or(entry, now_ns, || lookup(ctx, flow))
+}
+
+/// As [`cached_lookup`] for an IPv6 connection.
+#[inline(always)]
+pub fn cached_lookup_v6(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
+    cached_or(entry, now_ns, || lookup_v6(ctx, flow))
+}
+
+#[inline(always)]
+fn cached_or(entry: *mut CtEntry, now_ns: u64, fresh: impl FnOnce() -> Option<Route>) -> Option<Route> {
     // SAFETY: a map value; concurrent refreshes write the same answer.
     let e = unsafe { &mut *entry };
     if let Some(route) = cached(e, now_ns) {
         return Some(route);
     }
-    let mut route = lookup(ctx, flow)?;
+    let mut route = fresh()?;
     uplink(&mut route);
     cache(e, &route, now_ns);
     Some(route)
@@ -94,7 +106,20 @@ static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, flow: &Flow) -> Option<Route> {
     let k = &flow.key;
-    route_of(fib_of(ctx, k.saddr.ipv4_word(), k.daddr.ipv4_word(), k.proto, k.sport, k.dport)?)
+    route_of(fib_of(ctx, Addresses::V4(k.saddr.ipv4_word(), k.daddr.ipv4_word()), k.proto, k.sport, k.dport)?)
+}
+
+/// As [`lookup`] for an IPv6 flow.
+#[inline(always)]
+pub fn lookup_v6(ctx: &TcContext, flow: &Flow) -> Option<Route> {
+    let k = &flow.key;
+    route_of(fib_of(ctx, Addresses::V6(&k.saddr.addr, &k.daddr.addr), k.proto, k.sport, k.dport)?)
+}
+
+/// A FIB request's source and destination, wire-order words.
+enum Addresses<'a> {
+    V4(u32, u32),
+    V6(&'a [u32; 4], &'a [u32; 4]),
 }
 
 /// A FIB answer as a route: the neighbour resolved or to be resolved by the kernel.
@@ -112,17 +137,16 @@ fn route_of((rc, params): (i64, &'static bpf_fib_lookup)) -> Option<Route> {
 /// datapath makes (a tunnel's outer header).
 #[inline(always)]
 pub fn lookup_addrs(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Option<Route> {
-    route_of(fib_of(ctx, saddr, daddr, proto, 0, 0)?)
+    route_of(fib_of(ctx, Addresses::V4(saddr, daddr), proto, 0, 0)?)
 }
 
 #[inline(always)]
-fn fib_of(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
+fn fib_of(ctx: &TcContext, addresses: Addresses, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let params = unsafe { &mut *slot };
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request: plain integers.
     unsafe { crate::mem::zero(params) };
-    params.family = AF_INET;
     params.l4_protocol = proto;
     params.sport = sport;
     params.dport = dport;
@@ -130,8 +154,18 @@ fn fib_of(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8, sport: u16, dport:
     // device segments it.
     // SAFETY: `skb` points at the program's context for the whole run.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
+    match addresses {
+        Addresses::V4(saddr, daddr) => {
+            params.family = AF_INET;
+            params.__bindgen_anon_3.ipv4_src = saddr;
+            params.__bindgen_anon_4.ipv4_dst = daddr;
+        }
+        Addresses::V6(saddr, daddr) => {
+            params.family = AF_INET6;
+            params.__bindgen_anon_3.ipv6_src = *saddr;
+            params.__bindgen_anon_4.ipv6_dst = *daddr;
+        }
+    }
     // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size given.
     let rc = unsafe {
         fib_lookup(ctx.skb.skb as *mut _, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)

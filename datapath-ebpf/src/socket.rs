@@ -73,7 +73,7 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     let listening = CtKey { saddr: IpKey::default(), daddr: asked, sport: 0, dport: port, proto, _pad: [0; 3] };
     if published.network == 0
         && published.flags & port_flags::OVER_HOST_LISTENERS == 0
-        && conntrack::host_socket_owns(ctx, &listening, false)
+        && conntrack::host_socket_owns(ctx, &listening, false, false)
     {
         return PROCEED;
     }

@@ -76,6 +76,9 @@ pub struct Outside {
 pub const UPLINK_IP: &str = "192.0.2.1";
 /// The server behind the outside router.
 pub const FAR_IP: &str = "198.51.100.7";
+/// The same over IPv6 (see [`Sandbox::add_ipv6_outside`]).
+pub const UPLINK_IP6: &str = "2001:db8:2::1";
+pub const FAR_IP6: &str = "2001:db8:100::7";
 
 pub struct Sandbox {
     /// Unique run name: `bpfnetlab-<tag>-<pid>-<n>`.
@@ -346,6 +349,32 @@ impl Sandbox {
         run_ok("ip", &["-n", &ext, "route", "replace", "198.51.100.0/24", "dev", "eth1", "src", "198.51.100.1", "mtu", "lock", "1280"])?;
         run_ok("ip", &["netns", "exec", &ext, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         Ok(Outside { ext, far })
+    }
+
+    /// IPv6 on the outside of [`Self::add_outside`] (call before starting the daemon, which takes
+    /// the uplink's IPv6 address for IPv6 masquerade when it starts):
+    /// ```text
+    /// host up0 2001:db8:2::1/64 ── ext eth0 2001:db8:2::2/64 (a router)
+    ///                               ext eth1 2001:db8:100::1/64 ── far eth0 2001:db8:100::7/64
+    /// ```
+    /// The host's IPv6 default route goes via 2001:db8:2::2; ext reaches far over a 1280-byte
+    /// hop, as for IPv4; neither outside namespace has a route to a container subnet.
+    pub fn add_ipv6_outside(&self, outside: &Outside) -> Result<()> {
+        let host = self.host();
+        let (ext, far) = (&outside.ext, &outside.far);
+        for (ns, dev, addr) in [
+            (&host, "up0", "2001:db8:2::1/64"),
+            (ext, "eth0", "2001:db8:2::2/64"),
+            (ext, "eth1", "2001:db8:100::1/64"),
+            (far, "eth0", "2001:db8:100::7/64"),
+        ] {
+            run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
+        run_ok("ip", &["-n", &host, "-6", "route", "add", "default", "via", "2001:db8:2::2"])?;
+        run_ok("ip", &["-n", far, "-6", "route", "add", "default", "via", "2001:db8:100::1"])?;
+        run_ok("ip", &["-n", ext, "-6", "route", "replace", "2001:db8:100::/64", "dev", "eth1", "mtu", "lock", "1280"])?;
+        run_ok("ip", &["netns", "exec", ext, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(())
     }
 
     /// Joins the namespace `host` to the namespace `outside` by an uplink: `up0` 192.0.2.1/24 in

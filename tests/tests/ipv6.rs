@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use bpfnet_lab::{
     checks::{addr, assert_consistent, counter, json},
-    traffic::{payload, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange},
+    sandbox::{FAR_IP6, UPLINK_IP6},
+    traffic::{
+        payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_whoami, tcp_whoami_server, udp_echo_server, udp_exchange,
+        udp_whoami, udp_whoami_server,
+    },
     Sandbox,
 };
 
@@ -207,4 +211,43 @@ fn bad_ipv6_input_is_refused_clearly_with_nothing_changed() {
     let links = sb.exec(&a, &["ip", "-o", "link"]).unwrap().stdout;
     assert_eq!(links.lines().count(), 1, "no interface made: {links}");
     assert_consistent(&sb, &[a]);
+}
+
+#[test]
+fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
+    let mut sb = Sandbox::new("v6nat").unwrap();
+    let outside = sb.add_outside().unwrap();
+    sb.add_ipv6_outside(&outside).unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let plain = sb.add_netns("plain").unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.227.0.0/24", "--subnet", "fd00:227::/64"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "plain", "--subnet", "10.228.0.0/24", "--ipv6", "-o", "masquerade=false"]).unwrap();
+    let (_, a6) = connect(&sb, "dual", &a, &[]);
+    connect(&sb, "plain", &plain, &[]);
+    let stats = sb.bpfnet_ok(&["stats"]).unwrap();
+    assert!(stats.contains(UPLINK_IP6), "stats names the uplink's IPv6 address: {stats}");
+
+    // The server outside sees the uplink's IPv6 address, the container's port kept where free.
+    tcp_whoami_server(&outside.far, addr(FAR_IP6, 8080)).unwrap();
+    udp_whoami_server(&outside.far, addr(FAR_IP6, 8081)).unwrap();
+    tcp_echo_server(&outside.far, addr(FAR_IP6, 8082)).unwrap();
+    let seen = tcp_whoami(&a, addr(FAR_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), UPLINK_IP6, "TCP source at the server");
+    let seen = udp_whoami(&a, 40053, addr(FAR_IP6, 8081), T).unwrap();
+    assert_eq!(seen.to_string(), format!("[{UPLINK_IP6}]:40053"), "UDP source and kept port at the server");
+    let data = payload(9, 200_000);
+    assert_eq!(tcp_exchange(&a, addr(FAR_IP6, 8082), &data, T).unwrap(), data, "a bulk transfer both ways");
+    assert!(ping6(&sb, &a, FAR_IP6), "ping through IPv6 masquerade");
+    assert!(counter(&sb, "nat_out") > 0 && counter(&sb, "nat_in") > 0);
+    let conns = sb.bpfnet_ok(&["conntrack", "ls"]).unwrap();
+    assert!(conns.contains(&a6) && conns.contains(UPLINK_IP6), "conntrack ls shows IPv6 connections: {conns}");
+
+    // masquerade=false: untranslated, the outside has no route back.
+    assert!(tcp_connect(&plain, addr(FAR_IP6, 8080), BLOCKED).is_err(), "no masquerade, no answer");
+    // A host on the LAN cannot reach a container's IPv6 address through the host.
+    sb.exec(&outside.ext, &["ip", "-6", "route", "add", "fd00:227::/64", "via", UPLINK_IP6]).unwrap();
+    let before = counter(&sb, "drop_uplink_to_container");
+    assert!(!ping6(&sb, &outside.ext, &a6));
+    assert!(counter(&sb, "drop_uplink_to_container") > before);
 }

@@ -283,6 +283,9 @@ pub struct ConntrackUsage {
 pub struct Uplink {
     pub interface: String,
     pub address: String,
+    /// The global IPv6 address IPv6 masquerade gives traffic leaving by it, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
     /// The XDP program runs on it (`bpfnet daemon --xdp`).
     #[serde(default)]
     pub xdp: bool,

@@ -319,6 +319,25 @@ impl Netlink {
         }).collect())
     }
 
+    /// The global IPv6 addresses of interface `index` that may source traffic (not link-local,
+    /// not tentative, deprecated or failed duplicate address detection), first added first.
+    pub async fn interface_ipv6(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
+        let addresses = self.matching_addresses(index, None, None).await?;
+        let unusable = AddressFlags::Tentative | AddressFlags::Deprecated | AddressFlags::Dadfailed;
+        Ok(addresses
+            .iter()
+            .filter(|m| m.header.scope == rtnetlink::packet_route::address::AddressScope::Universe)
+            .filter(|m| {
+                !m.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(f) if f.intersects(unusable)))
+            })
+            .filter_map(address_of)
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(v6),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Destinations of the main routing table's routes (both families), except default routes and
     /// the host routes bpfnet adds for its own endpoints (`ours`): what a new subnet must not
     /// overlap.

@@ -12,11 +12,11 @@ use datapath_common::{
 use crate::{
     arp,
     ndp,
-    checksum::decrement_ttl,
+    checksum::{decrement_hop_limit, decrement_ttl},
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
     guard,
-    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
+    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     overlay,
@@ -92,9 +92,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 }
 
 /// A container's IPv6 packet: neighbour discovery answered, the source checked, delivery to a
-/// container of the same network (isolation, `icc` and `--internal` as for IPv4); the gateway's
-/// and what leaves the network are the host's (no NAT66 yet), except from an internal network.
-/// Same-network delivery is a bridge's: the hop limit stays.
+/// container of the same network (isolation, `icc` and `--internal` as for IPv4); what leaves
+/// the network is masqueraded ([`beyond_network_v6`]), or the host's, except from an internal
+/// network. Same-network delivery is a bridge's: the hop limit stays.
 #[inline(always)]
 fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32) -> i32 {
     if !iface.has_ipv6() {
@@ -144,7 +144,7 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
         if iface.flags & iface_flags::INTERNAL != 0 {
             return drop_packet(ctx, Counter::DropInternal);
         }
-        return to_host(ctx);
+        return beyond_network_v6(ctx, iface, ifindex);
     };
     if dest.network_id != iface.network_id {
         return drop_packet(ctx, Counter::DropIsolation);
@@ -157,6 +157,56 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
         return drop_packet(ctx, Counter::DropUnsupportedProtocol);
     }
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
+}
+
+/// A container's IPv6 packet to an address beyond its network (not its gateway): part of a
+/// masqueraded connection, or a new one to where the kernel would route it out of an uplink
+/// with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables rules),
+/// where the network has masquerade; else the host's. TCP, UDP and echo requests start a
+/// connection; fragments, other ICMPv6 and other protocols are the host's.
+#[inline(always)]
+fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32) -> i32 {
+    let Some(flow) = conntrack::parse_v6(ctx) else { return to_host(ctx) };
+    let len = ctx.len();
+    if let Some(tracked) = conntrack::lookup(&flow.key) {
+        // SAFETY: a map value, read before any packet helper runs.
+        let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return to_host(ctx) };
+        // Masquerade is the one IPv6 translation a container's packets start yet.
+        if translation.ifindex != 0 || translation.action != ct_action::REWRITE_SRC {
+            return to_host(ctx);
+        }
+        if !conntrack::ensure_reply(tracked, flow, ifindex, iface.mac) {
+            return drop_packet(ctx, Counter::DropCtReplyLost);
+        }
+        let now = now_ns();
+        let Some(route) = route::cached_lookup_v6(ctx, flow, tracked.entry, now) else { return to_host(ctx) };
+        if !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {
+            return to_host(ctx);
+        }
+        observe(tracked, flow, len, now);
+        return send_out(ctx, flow, translation, &route);
+    }
+    let starts = flow.starts_connection() || flow.icmp_type == ICMPV6_ECHO_REQUEST;
+    if iface.flags & iface_flags::MASQUERADE == 0 || !starts {
+        return to_host(ctx);
+    }
+    let Some(mut route) = route::lookup_v6(ctx, flow) else { return to_host(ctx) };
+    let Some(uplink) = route::uplink(&mut route) else { return to_host(ctx) };
+    if uplink.addr6 == IpKey::default() || !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {
+        return to_host(ctx);
+    }
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    new.original.action = ct_action::REWRITE_SRC;
+    new.original.src = uplink.addr6;
+    conntrack::masquerade_reply(&mut new.reply, flow, ifindex, iface.mac);
+    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr6, ..flow.key.reversed() };
+    route::cache(&mut new.original, &route, now_ns());
+    let port = Port::Allocate { preferred: flow.key.sport, ipv6: true };
+    if let Err(reason) = conntrack::track(ctx, flow, new, port, len) {
+        return drop_packet(ctx, reason);
+    }
+    let Some(translation) = nat::translation6_of(&new.original) else { return to_host(ctx) };
+    send_out(ctx, flow, translation, &route)
 }
 
 /// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key
@@ -280,7 +330,7 @@ fn beyond_network(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destin
     new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr, ..flow.key.reversed() };
     route::cache(&mut new.original, &route, now_ns());
     // Keep the container's port (an echo's identifier) where it is free.
-    let port = Port::Allocate { preferred: flow.key.sport };
+    let port = Port::Allocate { preferred: flow.key.sport, ipv6: false };
     if let Err(reason) = conntrack::track(ctx, &flow, new, port, len) {
         return drop_packet(ctx, reason);
     }

@@ -7,15 +7,15 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{ct_action, Counter, PortTarget};
 
 use crate::{
-    checksum::decrement_ttl,
+    checksum::{decrement_hop_limit, decrement_ttl},
     conntrack::{self, now_ns, observe, Flow},
     counters::{count, drop_packet},
     guard,
-    headers::{ETH_P_IP, ETH_P_IPV6, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
+    headers::{ETH_P_IP, ETH_P_IPV6, IPV6_SADDR_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
     overlay,
-    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_target, track_published, translate_icmp_error, Translation},
+    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_target, track_published, translate_icmp_error, Translation, Translation6},
     reject,
 };
 
@@ -24,15 +24,10 @@ use crate::{
 /// about a tracked connection likewise; the rest is the host's.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> i32 {
-    // IPv4 over Ethernet only (an uplink without an Ethernet header is not supported yet);
-    // IPv6 is screened and left to the host (no NAT66 yet).
+    // Over Ethernet only (an uplink without an Ethernet header is not supported yet).
     let ether_type = ctx.load::<u16>(12).ok();
     if ether_type == Some(ETH_P_IPV6.to_be()) {
-        let addrs = ctx.load::<[[u32; 4]; 2]>(IP_OFF + 8);
-        if let Some(reason) = addrs.ok().and_then(|[saddr, daddr]| guard::uplink_refusal_v6(saddr, daddr)) {
-            return drop_packet(ctx, reason);
-        }
-        return count_uplink_to_host(ctx);
+        return from_uplink_v6(ctx);
     }
     if ether_type != Some(ETH_P_IP.to_be()) {
         return count_uplink_to_host(ctx);
@@ -81,6 +76,37 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
         return drop_packet(ctx, Counter::DropMalformed);
     }
     deliver_anywhere(ctx, &translation, Counter::NatIn)
+}
+
+/// An IPv6 packet arriving on an uplink: the answer of a masqueraded connection is translated
+/// and delivered into its container; the rest is screened ([`guard::uplink_refusal_v6`]) and
+/// the host's.
+#[inline(always)]
+fn from_uplink_v6(ctx: &TcContext) -> i32 {
+    if let Some(flow) = conntrack::parse_v6(ctx) {
+        if let Some(tracked) = conntrack::lookup(&flow.key) {
+            // SAFETY: a map value, read before any packet helper runs.
+            let translation = Translation6::of(unsafe { &*tracked.entry });
+            if from_outside(&translation) {
+                if host_owns_answer(ctx, flow, &translation) {
+                    return count_uplink_to_host(ctx);
+                }
+                if !decrement_hop_limit(ctx) {
+                    return drop_packet(ctx, Counter::DropTtlExpired);
+                }
+                observe(tracked, flow, ctx.len(), now_ns());
+                if apply(ctx, flow, &translation).is_err() {
+                    return drop_packet(ctx, Counter::DropMalformed);
+                }
+                return deliver(ctx, &translation, Counter::NatIn);
+            }
+        }
+    }
+    let addrs = ctx.load::<[[u32; 4]; 2]>(IP_OFF + IPV6_SADDR_OFF);
+    if let Some(reason) = addrs.ok().and_then(|[saddr, daddr]| guard::uplink_refusal_v6(saddr, daddr)) {
+        return drop_packet(ctx, reason);
+    }
+    count_uplink_to_host(ctx)
 }
 
 /// A new connection from outside to a published port: to the container, keeping the client's

@@ -203,7 +203,10 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
             let uplinks: Vec<String> = stats
                 .uplinks
                 .iter()
-                .map(|u| format!("{} ({}, {}: {})", u.interface, u.address, if u.xdp { "XDP" } else { "TC" }, u.why))
+                .map(|u| {
+                    let v6 = u.ipv6_address.as_deref().map(|a| format!(", {a}")).unwrap_or_default();
+                    format!("{} ({}{v6}, {}: {})", u.interface, u.address, if u.xdp { "XDP" } else { "TC" }, u.why)
+                })
                 .collect();
             println!("uplinks: {}", if uplinks.is_empty() { "none".to_string() } else { uplinks.join(", ") });
             if let Some(c) = &stats.cluster {

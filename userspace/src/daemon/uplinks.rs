@@ -3,19 +3,20 @@
 //! uplink and tells the datapath the address masquerade gives traffic leaving by it. With `--xdp`
 //! auto (the default) an uplink whose driver runs XDP natively, other than a veth, also runs the
 //! XDP program, which takes the published path before the kernel allocates an skb.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{api, datapath::Datapath, plumbing::{self, Netlink}};
+use crate::{api, datapath::{Datapath, UplinkAddresses}, plumbing::{self, Netlink}};
 
-/// An uplink found (then attached).
-/// Its address is IPv4: the address IPv4 masquerade gives traffic leaving by it.
+/// An uplink found (then attached), with the addresses masquerade gives traffic leaving by it:
+/// an IPv4 one always, a global IPv6 one where it has one (for NAT66).
 #[derive(Debug, Clone)]
 pub(super) struct Found {
     name: String,
     pub(super) index: u32,
     addr: Ipv4Addr,
+    addr6: Option<Ipv6Addr>,
     veth: bool,
     /// The XDP program runs on it.
     xdp: bool,
@@ -64,8 +65,9 @@ pub(super) async fn find(netlink: &Netlink, names: &[String]) -> Result<Vec<Foun
             }
             bail!("--uplink {name}: the interface has no IPv4 address for masquerade to use");
         };
+        let addr6 = netlink.interface_ipv6(index).await?.first().copied();
         let veth = netlink.is_veth(index).await?;
-        found.push(Found { name, index, addr, veth, xdp: false, why: String::new() });
+        found.push(Found { name, index, addr, addr6, veth, xdp: false, why: String::new() });
     }
     Ok(found)
 }
@@ -116,12 +118,16 @@ pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetti
     if uplinks.is_empty() {
         log::warn!("no uplink (no default route here and no --uplink): containers cannot reach the outside");
     } else {
-        // The datapath routes through the FIB, which answers only where forwarding is on.
+        // The datapath routes through the FIB, which answers only where forwarding is on (for
+        // IPv6, per interface: on each dual-stack endpoint's host side, see the veth driver;
+        // the host's own `all.forwarding`, which would stop its uplinks taking router
+        // advertisements, stays as it is).
         plumbing::write_sysctl("net/ipv4/ip_forward", "1")?;
         for u in &uplinks {
             let path = if u.xdp { "XDP and TC" } else { "TC" };
+            let v6 = u.ipv6_address.as_deref().map(|a| format!(", {a}")).unwrap_or_default();
             log::info!(
-                "uplink {} ({}): masqueraded traffic leaves by it; traffic arriving takes the {path} path ({})",
+                "uplink {} ({}{v6}): masqueraded traffic leaves by it; traffic arriving takes the {path} path ({})",
                 u.interface,
                 u.address,
                 u.why
@@ -132,15 +138,21 @@ pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetti
 }
 
 /// What the datapath's `UPLINKS` holds for `found`.
-fn datapath_uplinks(found: &[Found]) -> Vec<(u32, IpAddr, bool)> {
-    found.iter().map(|f| (f.index, IpAddr::V4(f.addr), f.veth)).collect()
+fn datapath_uplinks(found: &[Found]) -> Vec<UplinkAddresses> {
+    found.iter().map(|f| UplinkAddresses { ifindex: f.index, ipv4: f.addr, ipv6: f.addr6, veth: f.veth }).collect()
 }
 
 /// The uplinks as `stats` shows them.
 pub(super) fn views(found: &[Found]) -> Vec<api::Uplink> {
     found
         .iter()
-        .map(|f| api::Uplink { interface: f.name.clone(), address: f.addr.to_string(), xdp: f.xdp, why: f.why.clone() })
+        .map(|f| api::Uplink {
+            interface: f.name.clone(),
+            address: f.addr.to_string(),
+            ipv6_address: f.addr6.map(|a| a.to_string()),
+            xdp: f.xdp,
+            why: f.why.clone(),
+        })
         .collect()
 }
 
@@ -162,6 +174,20 @@ pub(super) async fn refresh(netlink: &Netlink, datapath: &mut Datapath, found: &
             }
             None => log::warn!("uplink {} has no IPv4 address left; masquerade keeps {} until it has one", f.name, f.addr),
         }
+    }
+    for f in found.iter_mut() {
+        let current = netlink.interface_ipv6(f.index).await?;
+        // As for IPv4; an IPv6 address gone is no longer used (there may be none).
+        if f.addr6.is_some_and(|a| current.contains(&a)) || (f.addr6.is_none() && current.is_empty()) {
+            continue;
+        }
+        let now = current.first().copied();
+        match now {
+            Some(addr) => log::info!("uplink {} now has IPv6 address {addr}: IPv6 masquerade uses it", f.name),
+            None => log::warn!("uplink {} has no global IPv6 address left: IPv6 from containers is no longer masqueraded", f.name),
+        }
+        f.addr6 = now;
+        changed = true;
     }
     if changed {
         datapath.set_uplinks(&datapath_uplinks(found))?;

@@ -43,6 +43,8 @@ mod overlay;
 mod services;
 mod uplinks;
 
+pub use uplinks::UplinkAddresses;
+
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
     env!("CARGO_MANIFEST_DIR"),

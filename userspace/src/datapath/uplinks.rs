@@ -22,14 +22,26 @@ impl Datapath {
         Ok(HashMap::try_from(self.ebpf.map_mut(map_names::UPLINKS).context("UPLINKS map missing")?)?)
     }
 
-    /// Makes `UPLINKS` hold exactly `uplinks` (ifindex, masquerade address, is a veth).
-    pub fn set_uplinks(&mut self, uplinks: &[(u32, IpAddr, bool)]) -> Result<()> {
+    /// Makes `UPLINKS` hold exactly `uplinks`.
+    pub fn set_uplinks(&mut self, uplinks: &[UplinkAddresses]) -> Result<()> {
         let mut map = self.uplinks()?;
-        for (index, addr, veth) in uplinks {
-            let flags = if *veth { datapath_common::uplink_flags::VETH } else { 0 };
-            map.insert(index, UplinkInfo { addr: IpKey::from(*addr), flags }, 0).context("writing UPLINKS")?;
+        for u in uplinks {
+            let flags = if u.veth { datapath_common::uplink_flags::VETH } else { 0 };
+            let addr6 = u.ipv6.map_or(IpKey::default(), |a| IpKey::from(IpAddr::V6(a)));
+            let info = UplinkInfo { addr: IpKey::from(IpAddr::V4(u.ipv4)), addr6, flags };
+            map.insert(u.ifindex, info, 0).context("writing UPLINKS")?;
         }
-        let keep: HashSet<u32> = uplinks.iter().map(|(i, _, _)| *i).collect();
+        let keep: HashSet<u32> = uplinks.iter().map(|u| u.ifindex).collect();
         retain_keys(&mut map, &keep)
     }
+}
+
+/// An uplink as `UPLINKS` holds it: the addresses masquerade gives traffic leaving by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkAddresses {
+    pub ifindex: u32,
+    pub ipv4: std::net::Ipv4Addr,
+    /// None: IPv6 from containers is not masqueraded out of it.
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    pub veth: bool,
 }

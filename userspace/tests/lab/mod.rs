@@ -8,6 +8,7 @@ use bpfnet::{
     datapath::{Datapath, LoadOptions},
     maglev,
     netns,
+    datapath::UplinkAddresses,
     test_run::{run_tc, run_xdp, TestRunResult},
 };
 use datapath_common::{
@@ -45,6 +46,14 @@ pub const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+// IPv6: the container's address is `fd00:1::` and the last byte of its IPv4 address.
+pub const CONTAINER_IP6: &str = "fd00:1::2";
+pub const GATEWAY_IP6: &str = "fd00:1::1";
+pub const UPLINK_IP6: &str = "2001:db8:2::1";
+pub const ROUTER_IP6: &str = "2001:db8:2::fe";
+pub const SERVER_IP6: &str = "2001:db8:100::7";
 
 // ---- packets, with checksums computed from scratch ----
 
@@ -169,6 +178,57 @@ pub fn icmp_quote(ip: &Ip, segment: &[u8]) -> Vec<u8> {
     q
 }
 
+pub fn v6(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// The IPv6 address of the container whose IPv4 address is `ip` (see [`CONTAINER_IP6`]).
+pub fn v6_of(ip: [u8; 4]) -> String {
+    format!("fd00:1::{:x}", ip[3])
+}
+
+#[derive(Clone, Copy)]
+pub struct Ip6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The upper-layer protocol (no extension headers).
+    pub next: u8,
+    pub hop_limit: u8,
+}
+
+impl Ip6 {
+    pub fn new(src: &str, dst: &str, next: u8, hop_limit: u8) -> Self {
+        Ip6 { src: v6(src), dst: v6(dst), next, hop_limit }
+    }
+}
+
+/// A whole IPv6 packet: Ethernet, IPv6 and an L4 segment whose checksum (TCP, UDP and ICMPv6
+/// all over the pseudo-header) is computed here from scratch.
+pub fn packet6(dst: [u8; 6], src: [u8; 6], ip: Ip6, mut segment: Vec<u8>) -> Vec<u8> {
+    let csum_off = match ip.next {
+        TCP => 16,
+        UDP => 6,
+        _ => 2,
+    };
+    segment[csum_off..csum_off + 2].fill(0);
+    let pseudo = [&ip.src[..], &ip.dst[..], &(segment.len() as u32).to_be_bytes(), &[0, 0, 0, ip.next]].concat();
+    let c = checksum(&[&pseudo, &segment]);
+    segment[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    let mut p = Vec::new();
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    p.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[ip.next, ip.hop_limit]);
+    p.extend_from_slice(&ip.src);
+    p.extend_from_slice(&ip.dst);
+    p.extend_from_slice(&segment);
+    p
+}
+
+/// Where the L4 header of an IPv6 packet without extension headers starts.
+pub const L4_6: usize = 14 + 40;
+
 pub fn port_at(p: &[u8], offset: usize) -> u16 {
     u16::from_be_bytes([p[offset], p[offset + 1]])
 }
@@ -202,6 +262,9 @@ impl TestNetns {
         ip(&["-n", n, "addr", "add", "192.0.2.1/24", "dev", "up0"]);
         ip(&["-n", n, "neigh", "replace", "192.0.2.254", "lladdr", "02:00:00:00:fe:fe", "dev", "up0", "nud", "permanent"]);
         ip(&["-n", n, "route", "add", "default", "via", "192.0.2.254"]);
+        ip(&["-n", n, "addr", "add", "2001:db8:2::1/64", "dev", "up0", "nodad"]);
+        ip(&["-n", n, "-6", "neigh", "replace", ROUTER_IP6, "lladdr", "02:00:00:00:fe:fe", "dev", "up0", "nud", "permanent"]);
+        ip(&["-n", n, "-6", "route", "add", "default", "via", ROUTER_IP6]);
         let out = Command::new("ip").args(["-n", n, "-o", "link", "show", "up0"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let uplink_index = text.split(':').next().unwrap().trim().parse().unwrap();
@@ -224,15 +287,17 @@ impl TestNetns {
         let uplink_index = self.uplink_index;
         netns::run_in(file, move || async move {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            // The test packets' interface is loopback: IPv6 FIB lookups answer where it forwards.
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
             let mut dp = Datapath::load_unpinned(&options).expect("loading the datapath (run as root)");
-            dp.set_uplinks(&[(uplink_index, IpAddr::from(UPLINK_IP), false)])?;
+            dp.set_uplinks(&[UplinkAddresses { ifindex: uplink_index, ipv4: UPLINK_IP.into(), ipv6: Some(UPLINK_IP6.parse().unwrap()), veth: false }])?;
             // As the daemon does: the namespace's addresses, where ports published on every
             // address answer.
             dp.set_host_addrs(&[IpAddr::from(UPLINK_IP)])?;
             let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
             let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
             let uplink_xdp = dp.program_fd_of(program_names::XDP_FROM_UPLINK)?;
-            let mut lab = Lab { dp, container, uplink, uplink_xdp, flags };
+            let mut lab = Lab { dp, container, uplink, uplink_xdp, flags, uplink_index };
             lab.send_as(CONTAINER_IP, CONTAINER_MAC);
             f(&mut lab);
             Ok(())
@@ -253,12 +318,24 @@ pub struct Lab {
     pub uplink: i32,
     pub uplink_xdp: i32,
     pub flags: u32,
+    /// up0's.
+    pub uplink_index: u32,
 }
 
 impl Lab {
     /// The test interface now belongs to the container `ip`/`mac`.
     pub fn send_as(&mut self, ip: [u8; 4], mac: [u8; 6]) {
-        let info = IfaceInfo { network_id: 1, ipv4: ip, gateway_ipv4: GATEWAY_IP, flags: self.flags, mac, _pad: [0; 2], ..Default::default() };
+        let words = |text: &str| IpKey::from(text.parse::<IpAddr>().unwrap()).addr;
+        let info = IfaceInfo {
+            network_id: 1,
+            ipv4: ip,
+            gateway_ipv4: GATEWAY_IP,
+            flags: self.flags,
+            mac,
+            ipv6: words(&v6_of(ip)),
+            gateway_ipv6: words(GATEWAY_IP6),
+            ..Default::default()
+        };
         self.dp.set_iface(TEST_IFINDEX, info).unwrap();
     }
     pub fn from_container(&self, p: &[u8]) -> TestRunResult {

@@ -38,7 +38,8 @@ fn endpoint_info(net: &Network, ep: &Endpoint, host_ifindex: u32) -> EndpointInf
 /// IPv6 on an endpoint's host side: off on an IPv4-only network; on a dual-stack one on, but
 /// with no address of its own (no link-local, hence no router or neighbour solicitations of its
 /// own), no router advertisements taken (a container must not route the host), so that the
-/// host takes the container's packets to the gateway and routes to the container over it.
+/// host takes the container's packets to the gateway and routes to the container over it
+/// (forwarding: see [`Veth::program`]).
 fn host_side_ipv6(ifname: &str, dual_stack: bool) -> Result<()> {
     if !dual_stack {
         plumbing::write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").ok();
@@ -103,6 +104,10 @@ impl NetworkDriver for Veth {
         k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
         k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
         if let (Some(address6), Some(v6)) = (ep.address6, net.ipv6) {
+            // Forwarding on this interface only (the host's `all` setting stays): the datapath's
+            // FIB lookups for a container's IPv6 (NAT66) answer only where the packet's
+            // interface forwards. Here, not at creation: endpoints of an older version get it.
+            plumbing::write_sysctl(&format!("net/ipv6/conf/{}/forwarding", link.name), "1")?;
             k.netlink.replace_host_route(address6, link.index, v6.gateway).await?;
             k.netlink.replace_neighbour(link.index, address6, ep.mac).await?;
         }

@@ -1,0 +1,167 @@
+//! NAT66 (IPv6 masquerade, as Docker's ip6tables rules): the real programs on hand-made IPv6
+//! packets (BPF_PROG_TEST_RUN), every rewritten packet compared byte for byte with one built
+//! here from scratch, the L4 checksums (pseudo-header included) computed here independently of
+//! the kernel's incremental updates.
+//!
+//! The lab's namespace gives up0 2001:db8:2::1/64 too, with an IPv6 default route via
+//! 2001:db8:2::fe (a permanent neighbour at the router's MAC). Needs root.
+mod lab;
+
+use bpfnet::datapath::UplinkAddresses;
+use datapath_common::{iface_flags, Counter, EndpointInfo, GATEWAY_MAC};
+use lab::*;
+
+fn out6(next: u8, hop_limit: u8) -> Ip6 {
+    Ip6::new(CONTAINER_IP6, SERVER_IP6, next, hop_limit)
+}
+
+fn reply6(next: u8, hop_limit: u8) -> Ip6 {
+    Ip6::new(SERVER_IP6, UPLINK_IP6, next, hop_limit)
+}
+
+#[test]
+fn tcp_over_ipv6_is_masqueraded_to_the_uplinks_ipv6_address_and_answers_come_back() {
+    TestNetns::new("v6tcp").run(MASQ, |lab| {
+        let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(TCP, 64), tcp_segment(40000, 80, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert_eq!(out.verdict, REDIRECT, "sent out of the uplink");
+        assert_eq!(port_at(&out.packet, L4_6), 40000, "the container's port is kept where it is free");
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, TCP, 63), tcp_segment(40000, 80, 0x02, b""));
+        assert_eq!(out.packet, expected, "source address, hop limit, MACs and the TCP checksum exact");
+
+        let data = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(TCP, 64), tcp_segment(40000, 80, 0x18, b"GET / over IPv6"));
+        let out = lab.from_container(&data);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, TCP, 63), tcp_segment(40000, 80, 0x18, b"GET / over IPv6"));
+        assert_eq!(out.packet, expected, "the connection's next packet takes the same translation");
+
+        // The server's answer to the uplink's address goes back into the container.
+        let answer = packet6(UPLINK_MAC, ROUTER_MAC, reply6(TCP, 50), tcp_segment(80, 40000, 0x12, b"hello"));
+        let out = lab.from_uplink(&answer);
+        assert_eq!(out.verdict, REDIRECT, "delivered into the container");
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(SERVER_IP6, CONTAINER_IP6, TCP, 49), tcp_segment(80, 40000, 0x12, b"hello"));
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::NatOut), 2);
+        assert_eq!(lab.counter(Counter::NatIn), 1);
+
+        // Another container with the same source port to the same server gets another port.
+        lab.send_as(OTHER_CONTAINER_IP, OTHER_CONTAINER_MAC);
+        let other = v6_of(OTHER_CONTAINER_IP);
+        let syn = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, TCP, 64), tcp_segment(40000, 80, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert_eq!(out.verdict, REDIRECT);
+        let other_port = port_at(&out.packet, L4_6);
+        assert!(NAT_PORTS.contains(&other_port), "two connections never share a reply tuple: {other_port}");
+        let answer = packet6(UPLINK_MAC, ROUTER_MAC, reply6(TCP, 50), tcp_segment(80, other_port, 0x12, b""));
+        let out = lab.from_uplink(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(&out.packet[0..6], &OTHER_CONTAINER_MAC, "the answer reaches the other container");
+        assert_eq!(&out.packet[14 + 24..14 + 40], &v6(&other));
+
+        // An answer nobody asked for is the host's; one addressed to a container is dropped.
+        let endpoint = EndpointInfo { host_ifindex: 43, network_id: 1, mac: OTHER_CONTAINER_MAC, ..Default::default() };
+        lab.dp.set_endpoint(other.parse().unwrap(), endpoint).unwrap();
+        let stray = packet6(UPLINK_MAC, ROUTER_MAC, reply6(TCP, 50), tcp_segment(80, 1234, 0x12, b""));
+        let out = lab.from_uplink(&stray);
+        assert_eq!((out.verdict, out.packet), (PASS, stray));
+        let direct = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(SERVER_IP6, &other, TCP, 50), tcp_segment(80, 40000, 0x12, b""));
+        assert_eq!(lab.from_uplink(&direct).verdict, DROP);
+        assert_eq!(lab.counter(Counter::DropUplinkToContainer), 1);
+    });
+}
+
+#[test]
+fn udp_and_ping_over_ipv6_are_masqueraded_with_exact_checksums() {
+    TestNetns::new("v6udp").run(MASQ, |lab| {
+        let query = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 64), udp_datagram(5353, 53, b"query"));
+        let out = lab.from_container(&query);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, UDP, 63), udp_datagram(5353, 53, b"query"));
+        assert_eq!(out.packet, expected);
+        let answer = packet6(UPLINK_MAC, ROUTER_MAC, reply6(UDP, 60), udp_datagram(53, 5353, b"answer"));
+        let out = lab.from_uplink(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(SERVER_IP6, CONTAINER_IP6, UDP, 59), udp_datagram(53, 5353, b"answer"));
+        assert_eq!(out.packet, expected);
+
+        // An echo request by its identifier; ICMPv6's checksum covers the addresses.
+        let request = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), icmp_echo(128, 0x4242, 1));
+        let out = lab.from_container(&request);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, ICMPV6, 63), icmp_echo(128, 0x4242, 1));
+        assert_eq!(out.packet, expected);
+        let reply = packet6(UPLINK_MAC, ROUTER_MAC, reply6(ICMPV6, 60), icmp_echo(129, 0x4242, 1));
+        let out = lab.from_uplink(&reply);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(SERVER_IP6, CONTAINER_IP6, ICMPV6, 59), icmp_echo(129, 0x4242, 1));
+        assert_eq!(out.packet, expected);
+
+        // A second ping with the identifier another container holds: another identifier.
+        lab.send_as(OTHER_CONTAINER_IP, OTHER_CONTAINER_MAC);
+        let other = v6_of(OTHER_CONTAINER_IP);
+        let request = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, ICMPV6, 64), icmp_echo(128, 0x4242, 1));
+        let out = lab.from_container(&request);
+        assert_eq!(out.verdict, REDIRECT);
+        let id = port_at(&out.packet, L4_6 + 4);
+        assert_ne!(id, 0x4242);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, ICMPV6, 63), icmp_echo(128, id, 1));
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::NatOut), 3);
+        assert_eq!(lab.counter(Counter::NatIn), 2);
+    });
+}
+
+/// A UDP datagram's first fragment (a fragment header before the UDP header).
+fn first_fragment() -> Vec<u8> {
+    let mut datagram = udp_datagram(7000, 9000, &[1u8; 32]);
+    // Checksum left 0 here: the datapath must not look into it anyway.
+    let mut with_header = vec![UDP, 0, 0, 1, 0, 0, 0, 42];
+    with_header.append(&mut datagram);
+    let mut p = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(44, 64), vec![0; 8]);
+    p.truncate(L4_6);
+    p[18..20].copy_from_slice(&(with_header.len() as u16).to_be_bytes());
+    p.extend_from_slice(&with_header);
+    p
+}
+
+#[test]
+fn what_ipv6_masquerade_leaves_to_the_host_or_drops() {
+    let syn = || packet6(GATEWAY_MAC, CONTAINER_MAC, out6(TCP, 64), tcp_segment(40000, 80, 0x02, b""));
+    TestNetns::new("v6nomasq").run(0, move |lab| {
+        let out = lab.from_container(&syn());
+        assert_eq!((out.verdict, out.packet), (PASS, syn()), "masquerade=false: untouched, to the host");
+    });
+    TestNetns::new("v6internal").run(iface_flags::INTERNAL, move |lab| {
+        assert_eq!(lab.from_container(&syn()).verdict, DROP);
+        assert_eq!(lab.counter(Counter::DropInternal), 1);
+    });
+    TestNetns::new("v6edge").run(MASQ, move |lab| {
+        // The last hop: the host answers "time exceeded".
+        let last = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 1), udp_datagram(33434, 33434, b"traceroute"));
+        let out = lab.from_container(&last);
+        assert_eq!((out.verdict, out.packet), (PASS, last));
+        // Fragments are not tracked yet, the first neither.
+        let fragment = first_fragment();
+        let out = lab.from_container(&fragment);
+        assert_eq!((out.verdict, out.packet), (PASS, fragment));
+        // ICMPv6 other than echo (an error the container sends) is the host's.
+        let unreachable = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), vec![1, 4, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(lab.from_container(&unreachable).verdict, PASS);
+        assert_eq!(lab.counter(Counter::NatOut), 0);
+
+        // An uplink without an IPv6 address masquerades no IPv6.
+        let uplink = UplinkAddresses { ifindex: lab.uplink_index, ipv4: UPLINK_IP.into(), ipv6: None, veth: false };
+        lab.dp.set_uplinks(&[uplink]).unwrap();
+        let out = lab.from_container(&syn());
+        assert_eq!((out.verdict, out.packet), (PASS, syn()));
+        assert_eq!(lab.counter(Counter::NatOut), 0);
+    });
+    let ns = TestNetns::new("v6mtu");
+    ip(&["-n", &ns.name, "link", "set", "up0", "mtu", "1280"]);
+    ns.run(MASQ, |lab| {
+        let big = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 64), udp_datagram(5001, 53, &[7u8; 1300]));
+        let out = lab.from_container(&big);
+        assert_eq!((out.verdict, out.packet), (PASS, big), "untranslated, too big for the uplink");
+        let small = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 64), udp_datagram(5001, 53, &[7u8; 1000]));
+        assert_eq!(lab.from_container(&small).verdict, REDIRECT);
+    });
+}
