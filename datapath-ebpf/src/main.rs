@@ -39,6 +39,7 @@ mod conntrack;
 mod counters;
 mod guard;
 mod headers;
+mod icmpv6;
 mod lb;
 mod maps;
 mod mem;

@@ -372,7 +372,8 @@ impl Sandbox {
         }
         run_ok("ip", &["-n", &host, "-6", "route", "add", "default", "via", "2001:db8:2::2"])?;
         run_ok("ip", &["-n", far, "-6", "route", "add", "default", "via", "2001:db8:100::1"])?;
-        run_ok("ip", &["-n", ext, "-6", "route", "replace", "2001:db8:100::/64", "dev", "eth1", "mtu", "lock", "1280"])?;
+        // The metric of the connected route the address made: replaced, not shadowed.
+        run_ok("ip", &["-n", ext, "-6", "route", "replace", "2001:db8:100::/64", "dev", "eth1", "metric", "256", "mtu", "lock", "1280"])?;
         run_ok("ip", &["netns", "exec", ext, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         Ok(())
     }

@@ -236,9 +236,17 @@ fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
     assert_eq!(seen.ip().to_string(), UPLINK_IP6, "TCP source at the server");
     let seen = udp_whoami(&a, 40053, addr(FAR_IP6, 8081), T).unwrap();
     assert_eq!(seen.to_string(), format!("[{UPLINK_IP6}]:40053"), "UDP source and kept port at the server");
+    // Full-size segments meet the 1280-byte hop: the router's "packet too big" must reach the
+    // container's stack translated, or this transfer stalls.
     let data = payload(9, 200_000);
-    assert_eq!(tcp_exchange(&a, addr(FAR_IP6, 8082), &data, T).unwrap(), data, "a bulk transfer both ways");
+    assert_eq!(tcp_exchange(&a, addr(FAR_IP6, 8082), &data, Duration::from_secs(10)).unwrap(), data, "a bulk transfer both ways");
+    assert!(counter(&sb, "nat_icmp_error") > 0, "the ICMPv6 error was translated");
+    let route = sb.exec(&a, &["ip", "-6", "route", "get", FAR_IP6]).unwrap().stdout;
+    assert!(route.contains("mtu 1280"), "the container learnt the path MTU: {route}");
     assert!(ping6(&sb, &a, FAR_IP6), "ping through IPv6 masquerade");
+    // "Time exceeded" from the router reaches the container (traceroute through NAT66).
+    let out = sb.exec(&a, &["ping", "-6", "-c", "1", "-W", "1", "-t", "2", FAR_IP6]).unwrap();
+    assert!(out.stdout.contains("Time exceeded"), "{}", out.stdout);
     assert!(counter(&sb, "nat_out") > 0 && counter(&sb, "nat_in") > 0);
     let conns = sb.bpfnet_ok(&["conntrack", "ls"]).unwrap();
     assert!(conns.contains(&a6) && conns.contains(UPLINK_IP6), "conntrack ls shows IPv6 connections: {conns}");

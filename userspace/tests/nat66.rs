@@ -165,3 +165,57 @@ fn what_ipv6_masquerade_leaves_to_the_host_or_drops() {
         assert_eq!(lab.from_container(&small).verdict, REDIRECT);
     });
 }
+
+/// An ICMPv6 error of `kind` (with `info`: the MTU of "packet too big") from the router,
+/// quoting `quoted` (a whole frame; its Ethernet header is left out), sent to `to`.
+fn icmpv6_error(kind: u8, info: u32, quoted: &[u8], to: &str, hop_limit: u8) -> Ip6AndSegment {
+    let mut icmp = vec![kind, 0, 0, 0];
+    icmp.extend_from_slice(&info.to_be_bytes());
+    icmp.extend_from_slice(&quoted[14..]);
+    (Ip6::new(ROUTER_IP6, to, ICMPV6, hop_limit), icmp)
+}
+
+type Ip6AndSegment = (Ip6, Vec<u8>);
+
+#[test]
+fn icmpv6_errors_about_masqueraded_connections_reach_the_container_translated() {
+    TestNetns::new("v6icmperr").run(MASQ, |lab| {
+        // "Packet too big" about a full-size TCP segment: what the container sent, as it left.
+        let sent = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(TCP, 64), tcp_segment(40000, 443, 0x18, &[5u8; 1400]));
+        let left = lab.from_container(&sent);
+        assert_eq!(left.verdict, REDIRECT);
+        let (ip, icmp) = icmpv6_error(2, 1280, &left.packet, UPLINK_IP6, 64);
+        let error = packet6(UPLINK_MAC, ROUTER_MAC, ip, icmp);
+        let out = lab.from_uplink(&error);
+        assert_eq!(out.verdict, REDIRECT, "delivered into the container");
+        // The quote as the container sent it but for the hop it took.
+        let as_sent = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(TCP, 63), tcp_segment(40000, 443, 0x18, &[5u8; 1400]));
+        let (ip, icmp) = icmpv6_error(2, 1280, &as_sent, CONTAINER_IP6, 63);
+        assert_eq!(out.packet, packet6(CONTAINER_MAC, GATEWAY_MAC, ip, icmp), "every checksum exact");
+        assert_eq!(lab.counter(Counter::NatIcmpError), 1);
+
+        // "Time exceeded" about a ping whose identifier was translated (another container holds
+        // the first one's).
+        let first = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), icmp_echo(128, 0x4242, 1));
+        assert_eq!(lab.from_container(&first).verdict, REDIRECT);
+        lab.send_as(OTHER_CONTAINER_IP, OTHER_CONTAINER_MAC);
+        let other = v6_of(OTHER_CONTAINER_IP);
+        let ping = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, ICMPV6, 64), icmp_echo(128, 0x4242, 1));
+        let left = lab.from_container(&ping);
+        assert_ne!(port_at(&left.packet, L4_6 + 4), 0x4242);
+        let (ip, icmp) = icmpv6_error(3, 0, &left.packet, UPLINK_IP6, 64);
+        let out = lab.from_uplink(&packet6(UPLINK_MAC, ROUTER_MAC, ip, icmp));
+        assert_eq!(out.verdict, REDIRECT);
+        let as_sent = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, ICMPV6, 63), icmp_echo(128, 0x4242, 1));
+        let (ip, icmp) = icmpv6_error(3, 0, &as_sent, &other, 63);
+        assert_eq!(out.packet, packet6(OTHER_CONTAINER_MAC, GATEWAY_MAC, ip, icmp), "the identifier and its checksums back");
+
+        // About no tracked connection (a forged quote): the host's, untouched.
+        let forged_quote = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, TCP, 63), tcp_segment(40999, 443, 0x18, b""));
+        let (ip, icmp) = icmpv6_error(1, 0, &forged_quote, UPLINK_IP6, 64);
+        let forged = packet6(UPLINK_MAC, ROUTER_MAC, ip, icmp);
+        let out = lab.from_uplink(&forged);
+        assert_eq!((out.verdict, out.packet), (PASS, forged));
+        assert_eq!(lab.counter(Counter::NatIcmpError), 2);
+    });
+}

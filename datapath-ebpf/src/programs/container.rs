@@ -163,7 +163,7 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
 /// masqueraded connection, or a new one to where the kernel would route it out of an uplink
 /// with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables rules),
 /// where the network has masquerade; else the host's. TCP, UDP and echo requests start a
-/// connection; fragments, other ICMPv6 and other protocols are the host's.
+/// connection; fragments, echo replies, other ICMPv6 and other protocols are the host's.
 #[inline(always)]
 fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32) -> i32 {
     let Some(flow) = conntrack::parse_v6(ctx) else { return to_host(ctx) };
@@ -186,7 +186,8 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32) -> i32 {
         observe(tracked, flow, len, now);
         return send_out(ctx, flow, translation, &route);
     }
-    let starts = flow.starts_connection() || flow.icmp_type == ICMPV6_ECHO_REQUEST;
+    // As for IPv4, any TCP segment (a connection picked up mid-stream too), UDP, echo requests.
+    let starts = flow.key.proto != IPPROTO_ICMPV6 || flow.icmp_type == ICMPV6_ECHO_REQUEST;
     if iface.flags & iface_flags::MASQUERADE == 0 || !starts {
         return to_host(ctx);
     }

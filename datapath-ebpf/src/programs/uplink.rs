@@ -11,6 +11,7 @@ use crate::{
     conntrack::{self, now_ns, observe, Flow},
     counters::{count, drop_packet},
     guard,
+    icmpv6,
     headers::{ETH_P_IP, ETH_P_IPV6, IPV6_SADDR_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF},
     lb::{self, Choice},
     maps::ENDPOINTS,
@@ -78,12 +79,18 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     deliver_anywhere(ctx, &translation, Counter::NatIn)
 }
 
-/// An IPv6 packet arriving on an uplink: the answer of a masqueraded connection is translated
-/// and delivered into its container; the rest is screened ([`guard::uplink_refusal_v6`]) and
-/// the host's.
+/// An IPv6 packet arriving on an uplink: the answer of a masqueraded connection, or an ICMPv6
+/// error about one, is translated and delivered into its container; the rest is screened
+/// ([`guard::uplink_refusal_v6`]) and the host's.
 #[inline(always)]
 fn from_uplink_v6(ctx: &TcContext) -> i32 {
-    if let Some(flow) = conntrack::parse_v6(ctx) {
+    let flow = conntrack::parse_v6(ctx);
+    if flow.is_none() {
+        if let Some(translation) = icmpv6::translate_error_from_uplink(ctx) {
+            return deliver(ctx, translation, Counter::NatIcmpError);
+        }
+    }
+    if let Some(flow) = flow {
         if let Some(tracked) = conntrack::lookup(&flow.key) {
             // SAFETY: a map value, read before any packet helper runs.
             let translation = Translation6::of(unsafe { &*tracked.entry });

@@ -104,10 +104,15 @@ impl NetworkDriver for Veth {
         k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
         k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
         if let (Some(address6), Some(v6)) = (ep.address6, net.ipv6) {
-            // Forwarding on this interface only (the host's `all` setting stays): the datapath's
-            // FIB lookups for a container's IPv6 (NAT66) answer only where the packet's
-            // interface forwards. Here, not at creation: endpoints of an older version get it.
-            plumbing::write_sysctl(&format!("net/ipv6/conf/{}/forwarding", link.name), "1")?;
+            // Forwarding on this interface only (the host's `all` setting, which would stop its
+            // uplinks taking router advertisements, stays): the datapath's FIB lookups for a
+            // container's IPv6 (NAT66) answer only where the packet's interface forwards, and
+            // what the datapath leaves to the host (a packet too big for the uplink, a hop limit
+            // running out, a network without masquerade) is forwarded or answered as IPv4's is.
+            // Here, not at creation: endpoints of an older version get it.
+            for key in ["forwarding", "force_forwarding"] {
+                plumbing::write_sysctl(&format!("net/ipv6/conf/{}/{key}", link.name), "1")?;
+            }
             k.netlink.replace_host_route(address6, link.index, v6.gateway).await?;
             k.netlink.replace_neighbour(link.index, address6, ep.mac).await?;
         }
