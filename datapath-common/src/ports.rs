@@ -9,7 +9,8 @@ pub const MAX_PUBLISHED_PORTS: u32 = 65_536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
 pub struct PortKey {
-    /// The host address the port is published on; all zeros: every address of the host.
+    /// The host address the port is published on; the unspecified address of a family
+    /// (`0.0.0.0`, IPv4-mapped, or `::`): every address of the host of that family.
     pub addr: IpKey,
     /// Network order.
     pub port: u16,
@@ -20,8 +21,13 @@ pub struct PortKey {
 const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
 
 impl PortKey {
-    /// The key of a port published on every address.
-    pub const fn any_address(port: u16, proto: u8) -> Self {
+    /// The key of a port published on every IPv4 address of the host (`0.0.0.0`).
+    pub const fn any_ipv4_address(port: u16, proto: u8) -> Self {
+        Self { addr: IpKey::from_ipv4_word(0), port, proto, _pad: 0 }
+    }
+
+    /// The key of a port published on every IPv6 address of the host (`::`).
+    pub const fn any_ipv6_address(port: u16, proto: u8) -> Self {
         Self { addr: IpKey { addr: [0; 4] }, port, proto, _pad: 0 }
     }
 }

@@ -39,6 +39,14 @@ pub fn is_host_address(addr: &IpKey) -> bool {
     addr.ipv4_word().to_ne_bytes()[0] == 127 || unsafe { HOST_ADDRS.get(addr) }.is_some()
 }
 
+/// As [`is_host_address`] for an IPv6 address (`::1` included).
+#[inline(always)]
+pub fn is_host_address_v6(addr: &IpKey) -> bool {
+    const LOOPBACK: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+    // SAFETY: read-only lookup.
+    addr.addr == LOOPBACK || unsafe { HOST_ADDRS.get(addr) }.is_some()
+}
+
 /// Published ports: (host address or any, port, protocol) -> container address and port.
 #[map(name = "PORTS")]
 pub static PORTS: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(MAX_PUBLISHED_PORTS, 0);

@@ -16,7 +16,7 @@ use crate::{
         ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IPPROTO_ICMPV6, IPV6_DADDR_OFF, IPV6_SADDR_OFF,
         IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, UDP_CSUM_OFF,
     },
-    maps::{is_host_address, ENDPOINTS, IFACES, PORTS},
+    maps::{is_host_address, is_host_address_v6, ENDPOINTS, IFACES, PORTS},
     overlay,
     packet::Packet,
     route,
@@ -160,6 +160,17 @@ fn set_port(ctx: &impl Packet, proto: u8, l4_off: Option<usize>, source: bool, p
 /// `ctx`: the TC or XDP program's.
 #[inline(always)]
 pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
+    published_target_of::<C, false>(ctx, flow, local)
+}
+
+/// As [`published_target`] for an IPv6 flow: ports published on IPv6 host addresses.
+#[inline(always)]
+pub fn published_target_v6<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
+    published_target_of::<C, true>(ctx, flow, local)
+}
+
+#[inline(always)]
+fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
     if !flow.starts_connection() {
         return None;
     }
@@ -168,10 +179,14 @@ pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Op
     let target = match unsafe { PORTS.get(&exact) } {
         Some(target) => *target,
         None => {
-            let target = *unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto)) }?;
+            let (port, proto) = (flow.key.dport, flow.key.proto);
+            let any = if V6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
+            let target = *unsafe { PORTS.get(&any) }?;
             // Every address of the host, as Docker's `--dst-type LOCAL`: not broadcast or multicast.
-            let first = flow.key.daddr.ipv4_word().to_ne_bytes()[0];
-            if first >= 224 || !(local || is_host_address(&flow.key.daddr)) {
+            let first = flow.key.daddr.addr[if V6 { 0 } else { 3 }].to_ne_bytes()[0];
+            let group = if V6 { first == 0xff } else { first >= 224 };
+            let host = if V6 { is_host_address_v6(&flow.key.daddr) } else { is_host_address(&flow.key.daddr) };
+            if group || !(local || host) {
                 return None;
             }
             target
@@ -181,7 +196,7 @@ pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Op
     // that happens to be published, or a host service on it unless the publication wins over
     // listeners) stays the host's. A VIP is no address of the host's.
     let connected_only = target.flags & port_flags::OVER_HOST_LISTENERS != 0;
-    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key, connected_only, false) {
+    if target.network == 0 && conntrack::host_socket_owns(ctx, &flow.key, connected_only, V6) {
         return None;
     }
     Some(target)
@@ -312,9 +327,24 @@ fn published_connection(new: &mut conntrack::NewConnection, flow: &Flow, target:
 /// count; `None`: no scratch space (the packet goes on untranslated).
 #[inline(always)]
 pub fn track_published(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8, len: u32) -> Option<Result<Translation, Counter>> {
+    Some(track_published_entry(ctx, flow, target, server, action, len)?.map(Translation::of))
+}
+
+/// As [`track_published`] for IPv6 (the translation in this CPU's [`TRANSLATION6`]).
+#[inline(always)]
+pub fn track_published_v6(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, len: u32) -> Option<Result<&'static Translation6, Counter>> {
+    match track_published_entry(ctx, flow, target, server, ct_action::PUBLISHED, len)? {
+        Ok(original) => translation6_of(original).map(Ok),
+        Err(reason) => Some(Err(reason)),
+    }
+}
+
+/// The original entry of a new connection to a published port, tracked; see [`track_published`].
+#[inline(always)]
+fn track_published_entry(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8, len: u32) -> Option<Result<&'static CtEntry, Counter>> {
     let new = conntrack::new_connection()?;
     published_connection(new, flow, target, server, action);
-    Some(conntrack::track(ctx, flow, new, Port::Fixed, len).map(|()| Translation::of(&new.original)))
+    Some(conntrack::track(ctx, flow, new, Port::Fixed, len).map(|()| &new.original))
 }
 
 /// Whether packets from outside may match an entry with `translation`: only the answers of a

@@ -63,7 +63,7 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let published = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
         Some(t) => *t,
-        None => match unsafe { PORTS.get(&PortKey::any_address(port, proto)) } {
+        None => match unsafe { PORTS.get(&PortKey::any_ipv4_address(port, proto)) } {
             Some(t) if is_host_address(&asked) => *t,
             _ => return PROCEED,
         },

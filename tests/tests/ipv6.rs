@@ -259,3 +259,54 @@ fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
     assert!(!ping6(&sb, &outside.ext, &a6));
     assert!(counter(&sb, "drop_uplink_to_container") > before);
 }
+
+#[test]
+fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
+    let mut sb = Sandbox::new("v6pub").unwrap();
+    let outside = sb.add_outside().unwrap();
+    sb.add_ipv6_outside(&outside).unwrap();
+    sb.start_daemon().unwrap();
+    let web = sb.add_netns("web").unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.229.0.0/24", "--subnet", "fd00:229::/64"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.230.0.0/24"]).unwrap();
+    // -p 8080:80 is both families; [::] IPv6 only; an address of the uplink just that one.
+    let (_, web6) = connect(&sb, "dual", &web, &["-p", "8080:7000", "-p", "[::]:8081:7001/udp", "-p", &format!("[{UPLINK_IP6}]:8082:7002")]);
+    for (port, udp) in [(7000, false), (7001, true), (7002, false)] {
+        let at = addr(&web6, port);
+        if udp { udp_whoami_server(&web, at).unwrap() } else { tcp_whoami_server(&web, at).unwrap() }
+    }
+    tcp_whoami_server(&web, addr("10.229.0.2", 7000)).unwrap();
+
+    // The container sees the outside client's own address, over either family.
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP6, "the client's IPv6 address in the container");
+    let seen = tcp_whoami(&outside.far, addr(bpfnet_lab::sandbox::UPLINK_IP, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), bpfnet_lab::sandbox::FAR_IP, "-p 8080:80 takes IPv4 clients too");
+    let seen = udp_whoami(&outside.far, 41000, addr(UPLINK_IP6, 8081), T).unwrap();
+    assert_eq!(seen.to_string(), format!("[{FAR_IP6}]:41000"));
+    assert!(udp_whoami(&outside.far, 41001, addr(bpfnet_lab::sandbox::UPLINK_IP, 8081), BLOCKED).is_err(), "[::] is IPv6 only");
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8082), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP6);
+
+    // `port ls` shows a line per family the port reaches the container by.
+    let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
+    let hosts: Vec<&str> = ports.as_array().unwrap().iter().map(|p| p["host"].as_str().unwrap()).collect();
+    for expected in ["0.0.0.0:8080", "[::]:8080", "[::]:8081", &format!("[{UPLINK_IP6}]:8082")] {
+        assert!(hosts.contains(&expected), "{expected} in {hosts:?}");
+    }
+    assert_eq!(hosts.len(), 4, "{hosts:?}");
+
+    // Refused clearly, nothing changed: IPv6 on a network without, an address not the host's,
+    // a family's every address already taken.
+    let other = sb.add_netns("other").unwrap();
+    for (net, spec, says) in [
+        ("v4only", "[::]:9000:80", "has no IPv6 subnet"),
+        ("dual", "[2001:db8:2::99]:9000:80", "not an address of the daemon's namespace"),
+        ("dual", "[::]:8080:80", "is already published by"),
+    ] {
+        let out = sb.bpfnet(&["network", "connect", net, &other, "-p", spec]).unwrap();
+        assert!(!out.ok && out.stderr.contains(says), "{spec}: {out:?}");
+    }
+    // IPv4's every address beside IPv6's: no clash.
+    sb.bpfnet_ok(&["network", "connect", "dual", &other, "-p", "0.0.0.0:8081:7001/udp"]).unwrap();
+}

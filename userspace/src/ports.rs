@@ -1,6 +1,7 @@
-//! Published ports: parsing `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`,
-//! refusing clashes, and the `PORTS` entries a publication becomes.
-use std::{fmt, net::{IpAddr, Ipv4Addr}};
+//! Published ports: parsing `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]`
+//! (an IPv6 host address in brackets, as Docker's `-p [::1]:8080:80`), refusing clashes, and the
+//! `PORTS` entries a publication becomes.
+use std::{fmt, net::IpAddr};
 
 use anyhow::{bail, Result};
 use datapath_common::{
@@ -38,7 +39,9 @@ impl fmt::Display for Protocol {
 /// One `-p`: `count` consecutive host ports from `host_port` to as many container ports.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PublishedPort {
-    /// The one host address it is published on; `None`: every address of the daemon's namespace.
+    /// The host address it is published on: `None`, every address of the daemon's namespace,
+    /// IPv4 and IPv6 (Docker's `-p 8080:80`; IPv6 where the container has an IPv6 address);
+    /// `0.0.0.0` or `::`, every address of that family; any other, that one address.
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
@@ -49,7 +52,11 @@ pub struct PublishedPort {
 impl fmt::Display for PublishedPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let range = |start: u16| if self.count > 1 { format!("{start}-{}", start + (self.count - 1)) } else { start.to_string() };
-        let ip = self.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string());
+        let ip = match self.host_ip {
+            None => "0.0.0.0".to_string(),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+        };
         write!(f, "{ip}:{}->{}/{}", range(self.host_port), range(self.container_port), self.protocol)
     }
 }
@@ -106,23 +113,32 @@ fn parse_range(text: &str, spec: &str) -> Result<(u16, u16)> {
 
 /// Parses one `-p` value.
 pub fn parse(spec: &str) -> Result<PublishedPort> {
-    let usage = "expected [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80";
+    let usage = "expected [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80 or [::1]:8080:80";
     let (ports, protocol) = match spec.rsplit_once('/') {
         Some((p, "tcp")) => (p, Protocol::Tcp),
         Some((p, "udp")) => (p, Protocol::Udp),
         Some((_, other)) => bail!("unknown protocol {other:?} in {spec:?}: expected tcp or udp"),
         None => (spec, Protocol::Tcp),
     };
-    if ports.starts_with('[') {
-        bail!("invalid port publication {spec:?}: IPv6 host addresses are not supported yet");
-    }
+    // An IPv6 address in brackets, then the ports.
+    let (bracketed, ports) = match ports.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((ip, ports)) => (Some(ip), ports),
+            None => bail!("invalid port publication {spec:?}: {usage}"),
+        },
+        None => (None, ports),
+    };
     let parts: Vec<&str> = ports.split(':').collect();
-    let (host_ip, host, container) = match parts[..] {
-        [host, container] => (None, host, container),
-        [ip, host, container] => {
-            let ip: Ipv4Addr = ip.parse().map_err(|_| anyhow::anyhow!("invalid host address {ip:?} in {spec:?}: {usage}"))?;
-            (if ip.is_unspecified() { None } else { Some(IpAddr::V4(ip)) }, host, container)
-        }
+    let (host_ip, host, container) = match (bracketed, &parts[..]) {
+        (None, [host, container]) => (None, *host, *container),
+        (None, [ip, host, container]) => match ip.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => (Some(ip), *host, *container),
+            _ => bail!("invalid host address {ip:?} in {spec:?}: {usage}"),
+        },
+        (Some(ip), [host, container]) => match ip.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V6(_)) => (Some(ip), *host, *container),
+            _ => bail!("invalid IPv6 host address {ip:?} in {spec:?}: {usage}"),
+        },
         _ => bail!("invalid port publication {spec:?}: {usage}"),
     };
     let (host_port, host_count) = parse_range(host, spec)?;
@@ -137,9 +153,20 @@ pub fn parse(spec: &str) -> Result<PublishedPort> {
 }
 
 impl PublishedPort {
+    /// Whether it is published on IPv4 and on IPv6 addresses.
+    pub fn families(&self) -> (bool, bool) {
+        match self.host_ip {
+            None => (true, true),
+            Some(ip) => (ip.is_ipv4(), ip.is_ipv6()),
+        }
+    }
+
     /// Whether the two publications would claim a common (address, port, protocol).
     pub fn overlaps(&self, other: &PublishedPort) -> bool {
-        let same_address = self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip;
+        let same_address = match (self.host_ip, other.host_ip) {
+            (None, _) | (_, None) => true,
+            (Some(a), Some(b)) => a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified())),
+        };
         let (a, b) = (self.host_port as u32, other.host_port as u32);
         same_address
             && self.protocol == other.protocol
@@ -147,18 +174,35 @@ impl PublishedPort {
             && b < a + self.count as u32
     }
 
-    /// The `PORTS` entries of this publication for the container at `container`;
-    /// `over_host_listeners`: see `port_flags::OVER_HOST_LISTENERS`.
-    pub fn entries(&self, container: IpAddr, over_host_listeners: bool) -> Vec<(PortKey, PortTarget)> {
+    /// The `PORTS` entries of this publication for the container at `container` (IPv4) and
+    /// `container6` (its IPv6 address, if it has one): each family's host addresses lead to the
+    /// container's address of that family; IPv6 host addresses lead nowhere for a container
+    /// without one (none is written). `over_host_listeners`: see
+    /// `port_flags::OVER_HOST_LISTENERS`.
+    pub fn entries(&self, container: IpAddr, container6: Option<IpAddr>, over_host_listeners: bool) -> Vec<(PortKey, PortTarget)> {
         let flags = if over_host_listeners { port_flags::OVER_HOST_LISTENERS } else { 0 };
-        let addr = self.host_ip.map_or(IpKey { addr: [0; 4] }, IpKey::from);
-        (0..self.count)
-            .map(|i| {
-                let key = PortKey { addr, port: (self.host_port + i).to_be(), proto: self.protocol.number(), _pad: 0 };
-                let target = PortTarget { addr: IpKey::from(container), port: (self.container_port + i).to_be(), flags, ..PortTarget::default() };
-                (key, target)
-            })
-            .collect()
+        let proto = self.protocol.number();
+        let (v4, v6) = self.families();
+        let mut out = Vec::new();
+        let mut add = |host: Option<IpAddr>, ipv6: bool, to: IpAddr| {
+            for i in 0..self.count {
+                let port = (self.host_port + i).to_be();
+                let key = match host.filter(|ip| !ip.is_unspecified()) {
+                    Some(ip) => PortKey { addr: IpKey::from(ip), port, proto, _pad: 0 },
+                    None if ipv6 => PortKey::any_ipv6_address(port, proto),
+                    None => PortKey::any_ipv4_address(port, proto),
+                };
+                let target = PortTarget { addr: IpKey::from(to), port: (self.container_port + i).to_be(), flags, ..PortTarget::default() };
+                out.push((key, target));
+            }
+        };
+        if v4 {
+            add(self.host_ip, false, container);
+        }
+        if let (true, Some(container6)) = (v6, container6) {
+            add(self.host_ip, true, container6);
+        }
+        out
     }
 }
 
@@ -171,11 +215,17 @@ mod tests {
         let p = parse("8080:80").unwrap();
         assert_eq!(p, PublishedPort { host_ip: None, host_port: 8080, container_port: 80, count: 1, protocol: Protocol::Tcp });
         let p = parse("127.0.0.1:5353:53/udp").unwrap();
-        assert_eq!((p.host_ip, p.protocol), (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), Protocol::Udp));
+        assert_eq!((p.host_ip, p.protocol), (Some("127.0.0.1".parse().unwrap()), Protocol::Udp));
         let p = parse("9000-9002:7000-7002/tcp").unwrap();
         assert_eq!((p.host_port, p.container_port, p.count), (9000, 7000, 3));
         assert_eq!(p.to_string(), "0.0.0.0:9000-9002->7000-7002/tcp");
-        assert_eq!(parse("0.0.0.0:80:80").unwrap().host_ip, None);
+        // A family's every address, as Docker's forms.
+        assert_eq!(parse("0.0.0.0:80:80").unwrap().families(), (true, false));
+        assert_eq!(parse("[::]:80:80").unwrap().families(), (false, true));
+        assert_eq!(parse("80:80").unwrap().families(), (true, true));
+        let p = parse("[2001:db8::1]:8080:80/udp").unwrap();
+        assert_eq!((p.host_ip, p.protocol), (Some("2001:db8::1".parse().unwrap()), Protocol::Udp));
+        assert_eq!(p.to_string(), "[2001:db8::1]:8080->80/udp");
     }
 
     #[test]
@@ -189,7 +239,10 @@ mod tests {
             ("1.2.3:80:80", "invalid host address"),
             ("90-80:90-80", "ends before it starts"),
             ("a:80", "invalid port \"a\""),
-            ("[::1]:8080:80", "IPv6 host addresses are not supported yet"),
+            ("[::1]8080:80", "invalid port publication"),
+            ("[10.0.0.1]:8080:80", "invalid IPv6 host address"),
+            ("::1:8080:80", "invalid port publication"),
+            ("fd00::1:8080:80", "invalid port publication"),
         ] {
             let err = parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec}: {err}");
@@ -204,5 +257,29 @@ mod tests {
         assert!(!any.overlaps(&parse("8083:1").unwrap()));
         assert!(!any.overlaps(&parse("8080:80/udp").unwrap()));
         assert!(!parse("10.0.0.1:8080:80").unwrap().overlaps(&parse("10.0.0.2:8080:80").unwrap()));
+        // Every address of a family: that family's addresses only.
+        let v4 = parse("0.0.0.0:8080:80").unwrap();
+        let v6 = parse("[::]:8080:80").unwrap();
+        assert!(!v4.overlaps(&v6), "Docker publishes -p 8080:80 as both");
+        assert!(v4.overlaps(&parse("10.0.0.1:8080:1").unwrap()) && !v4.overlaps(&parse("[fd00::1]:8080:1").unwrap()));
+        assert!(v6.overlaps(&parse("[fd00::1]:8080:1").unwrap()) && v6.overlaps(&any));
+    }
+
+    #[test]
+    fn entries_lead_each_family_to_the_containers_address_of_that_family() {
+        let (c4, c6): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap());
+        let targets = |spec: &str, c6: Option<IpAddr>| -> Vec<(IpKey, IpKey)> {
+            parse(spec).unwrap().entries(c4, c6, false).iter().map(|(k, t)| (k.addr, t.addr)).collect()
+        };
+        let any4 = PortKey::any_ipv4_address(0, 0).addr;
+        let any6 = PortKey::any_ipv6_address(0, 0).addr;
+        assert_eq!(targets("8080:80", Some(c6)), vec![(any4, IpKey::from(c4)), (any6, IpKey::from(c6))]);
+        assert_eq!(targets("8080:80", None), vec![(any4, IpKey::from(c4))], "no IPv6 for a container without");
+        assert_eq!(targets("0.0.0.0:8080:80", Some(c6)), vec![(any4, IpKey::from(c4))]);
+        assert_eq!(targets("[::]:8080:80", Some(c6)), vec![(any6, IpKey::from(c6))]);
+        assert_eq!(targets("[::]:8080:80", None), vec![]);
+        let host6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(targets("[2001:db8::1]:8080:80", Some(c6)), vec![(IpKey::from(host6), IpKey::from(c6))]);
+        assert_ne!(any4, any6, "the two families' every-address keys differ");
     }
 }

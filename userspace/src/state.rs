@@ -197,7 +197,7 @@ impl Allocation {
     /// The `PORTS` entries of its publication `port`: whether they win over host listeners
     /// depends on its front-end (see [`Frontend::holds_port_reservations`]).
     pub fn port_entries(&self, port: &crate::ports::PublishedPort) -> Vec<(datapath_common::PortKey, datapath_common::PortTarget)> {
-        port.entries(self.address, self.frontend.holds_port_reservations())
+        port.entries(self.address, self.address6, self.frontend.holds_port_reservations())
     }
 }
 

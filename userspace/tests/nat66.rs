@@ -8,7 +8,7 @@
 mod lab;
 
 use bpfnet::datapath::UplinkAddresses;
-use datapath_common::{iface_flags, Counter, EndpointInfo, GATEWAY_MAC};
+use datapath_common::{iface_flags, Counter, EndpointInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC};
 use lab::*;
 
 fn out6(next: u8, hop_limit: u8) -> Ip6 {
@@ -217,5 +217,68 @@ fn icmpv6_errors_about_masqueraded_connections_reach_the_container_translated() 
         let out = lab.from_uplink(&forged);
         assert_eq!((out.verdict, out.packet), (PASS, forged));
         assert_eq!(lab.counter(Counter::NatIcmpError), 2);
+    });
+}
+
+const CLIENT_IP6: &str = "2001:db8:7::9";
+
+/// Publishes `host_port` (on every IPv6 address, or on `on`) to the container's IPv6 address,
+/// port 80; the container behind the test interface.
+fn publish6(lab: &mut Lab, on: Option<&str>, host_port: u16, proto: u8) {
+    let key = match on {
+        Some(ip) => PortKey { addr: IpKey::from(ip.parse::<std::net::IpAddr>().unwrap()), port: host_port.to_be(), proto, _pad: 0 },
+        None => PortKey::any_ipv6_address(host_port.to_be(), proto),
+    };
+    let target = PortTarget { addr: IpKey::from(CONTAINER_IP6.parse::<std::net::IpAddr>().unwrap()), port: 80u16.to_be(), ..Default::default() };
+    lab.dp.set_port(key, target).unwrap();
+    let endpoint = EndpointInfo { host_ifindex: TEST_IFINDEX, network_id: 1, mac: CONTAINER_MAC, ..Default::default() };
+    lab.dp.set_endpoint(CONTAINER_IP6.parse().unwrap(), endpoint).unwrap();
+}
+
+#[test]
+fn a_port_published_on_ipv6_takes_outside_clients_to_the_container_with_their_own_address() {
+    TestNetns::new("v6pub").run(MASQ, |lab| {
+        publish6(lab, None, 8000, TCP);
+        publish6(lab, Some(UPLINK_IP6), 8001, UDP);
+        // An IPv4-only publication takes no IPv6 client.
+        lab.publish(None, 8002, TCP, CONTAINER_IP, 80);
+
+        let syn = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, TCP, 50), tcp_segment(50000, 8000, 0x02, b""));
+        let out = lab.from_uplink(&syn);
+        assert_eq!(out.verdict, REDIRECT, "into the container");
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(CLIENT_IP6, CONTAINER_IP6, TCP, 49), tcp_segment(50000, 80, 0x02, b""));
+        assert_eq!(out.packet, expected, "the client's own address kept, the port translated, checksum exact");
+
+        // The container's answer leaves from the address and port the client used.
+        let answer = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, CLIENT_IP6, TCP, 64), tcp_segment(80, 50000, 0x12, b""));
+        let out = lab.from_container(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, CLIENT_IP6, TCP, 63), tcp_segment(8000, 50000, 0x12, b""));
+        assert_eq!(out.packet, expected);
+
+        // UDP on the one address it is published on.
+        let query = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, UDP, 50), udp_datagram(5000, 8001, b"ask"));
+        let out = lab.from_uplink(&query);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(CLIENT_IP6, CONTAINER_IP6, UDP, 49), udp_datagram(5000, 80, b"ask"));
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::NatIn), 2);
+
+        // Not published on IPv6, or not a new connection: the host's.
+        for stray in [
+            packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, TCP, 50), tcp_segment(50001, 8002, 0x02, b"")),
+            packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, TCP, 50), tcp_segment(50002, 8000, 0x10, b"")),
+            packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, "2001:db8:2::99", TCP, 50), tcp_segment(50003, 8000, 0x02, b"")),
+        ] {
+            let out = lab.from_uplink(&stray);
+            assert_eq!((out.verdict, out.packet), (PASS, stray));
+        }
+        assert_eq!(lab.counter(Counter::NatIn), 2);
+
+        // A host listener on the port keeps it (no publication flag says otherwise).
+        let _listener = std::net::TcpListener::bind("[::]:8003").unwrap();
+        publish6(lab, None, 8003, TCP);
+        let syn = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, TCP, 50), tcp_segment(50004, 8003, 0x02, b""));
+        assert_eq!(lab.from_uplink(&syn).verdict, PASS);
     });
 }

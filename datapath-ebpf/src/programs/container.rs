@@ -160,7 +160,7 @@ fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifind
 }
 
 /// A container's IPv6 packet to an address beyond its network (not its gateway): part of a
-/// masqueraded connection, or a new one to where the kernel would route it out of an uplink
+/// masqueraded connection or the answer of a published port's, or a new one to where the kernel would route it out of an uplink
 /// with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables rules),
 /// where the network has masquerade; else the host's. TCP, UDP and echo requests start a
 /// connection; fragments, echo replies, other ICMPv6 and other protocols are the host's.
@@ -171,11 +171,13 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32) -> i32 {
     if let Some(tracked) = conntrack::lookup(&flow.key) {
         // SAFETY: a map value, read before any packet helper runs.
         let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return to_host(ctx) };
-        // Masquerade is the one IPv6 translation a container's packets start yet.
-        if translation.ifindex != 0 || translation.action != ct_action::REWRITE_SRC {
+        // Routed out with a new source: masquerade, or the answers of a published port (the
+        // host address the client used). The one kind of IPv6 connection a container has yet.
+        let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
+        if translation.ifindex != 0 || translation.action & both != ct_action::REWRITE_SRC {
             return to_host(ctx);
         }
-        if !conntrack::ensure_reply(tracked, flow, ifindex, iface.mac) {
+        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(tracked, flow, ifindex, iface.mac) {
             return drop_packet(ctx, Counter::DropCtReplyLost);
         }
         let now = now_ns();

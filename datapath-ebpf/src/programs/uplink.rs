@@ -16,7 +16,7 @@ use crate::{
     lb::{self, Choice},
     maps::ENDPOINTS,
     overlay,
-    nat::{apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_target, track_published, translate_icmp_error, Translation, Translation6},
+    nat::{self, apply, deliver, deliver_anywhere, from_outside, host_owns_answer, published_target, published_target_v6, track_published, track_published_v6, translate_icmp_error, Translation},
     reject,
 };
 
@@ -79,36 +79,67 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     deliver_anywhere(ctx, &translation, Counter::NatIn)
 }
 
-/// An IPv6 packet arriving on an uplink: the answer of a masqueraded connection, or an ICMPv6
-/// error about one, is translated and delivered into its container; the rest is screened
+/// An IPv6 packet arriving on an uplink: the answer of a masqueraded connection, a packet of a
+/// connection to a port published on an IPv6 address, or an ICMPv6 error about either, is
+/// translated and delivered into its container; the rest is screened
 /// ([`guard::uplink_refusal_v6`]) and the host's.
 #[inline(always)]
 fn from_uplink_v6(ctx: &TcContext) -> i32 {
-    let flow = conntrack::parse_v6(ctx);
-    if flow.is_none() {
-        if let Some(translation) = icmpv6::translate_error_from_uplink(ctx) {
-            return deliver(ctx, translation, Counter::NatIcmpError);
-        }
+    let Some(flow) = conntrack::parse_v6(ctx) else {
+        return match icmpv6::translate_error_from_uplink(ctx) {
+            Some(translation) => deliver(ctx, translation, Counter::NatIcmpError),
+            None => screened_to_host_v6(ctx),
+        };
+    };
+    let Some(tracked) = conntrack::lookup(&flow.key) else {
+        // A new connection to a port published on an IPv6 address of the host.
+        return match published_target_v6(ctx, flow, false).filter(|t| t.network == 0 && t.service == 0) {
+            Some(target) => publish_v6(ctx, flow, &target),
+            None => screened_to_host_v6(ctx),
+        };
+    };
+    // SAFETY: a map value, read before any packet helper runs.
+    let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return screened_to_host_v6(ctx) };
+    if !from_outside(translation) {
+        return screened_to_host_v6(ctx);
     }
-    if let Some(flow) = flow {
-        if let Some(tracked) = conntrack::lookup(&flow.key) {
-            // SAFETY: a map value, read before any packet helper runs.
-            let translation = Translation6::of(unsafe { &*tracked.entry });
-            if from_outside(&translation) {
-                if host_owns_answer(ctx, flow, &translation) {
-                    return count_uplink_to_host(ctx);
-                }
-                if !decrement_hop_limit(ctx) {
-                    return drop_packet(ctx, Counter::DropTtlExpired);
-                }
-                observe(tracked, flow, ctx.len(), now_ns());
-                if apply(ctx, flow, &translation).is_err() {
-                    return drop_packet(ctx, Counter::DropMalformed);
-                }
-                return deliver(ctx, &translation, Counter::NatIn);
-            }
-        }
+    if host_owns_answer(ctx, flow, translation) {
+        return count_uplink_to_host(ctx);
     }
+    if !decrement_hop_limit(ctx) {
+        return drop_packet(ctx, Counter::DropTtlExpired);
+    }
+    observe(tracked, flow, ctx.len(), now_ns());
+    if apply(ctx, flow, translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, translation, Counter::NatIn)
+}
+
+/// A new IPv6 connection from outside to a published port: to the container's IPv6 address,
+/// keeping the client's (as [`publish`]).
+#[inline(always)]
+fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget) -> i32 {
+    // SAFETY: read-only lookup of a plain-old-data value, copied out.
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return screened_to_host_v6(ctx) };
+    if server.is_remote() || !decrement_hop_limit(ctx) {
+        return screened_to_host_v6(ctx);
+    }
+    let translation = match track_published_v6(ctx, flow, target, &server, ctx.len()) {
+        Some(Ok(translation)) => translation,
+        Some(Err(reason)) => return drop_packet(ctx, reason),
+        None => return count_uplink_to_host(ctx),
+    };
+    if apply(ctx, flow, translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, translation, Counter::NatIn)
+}
+
+/// An IPv6 packet from an uplink that nothing translates: the host's, unless
+/// [`guard::uplink_refusal_v6`] refuses it.
+#[inline(always)]
+fn screened_to_host_v6(ctx: &TcContext) -> i32 {
     let addrs = ctx.load::<[[u32; 4]; 2]>(IP_OFF + IPV6_SADDR_OFF);
     if let Some(reason) = addrs.ok().and_then(|[saddr, daddr]| guard::uplink_refusal_v6(saddr, daddr)) {
         return drop_packet(ctx, reason);

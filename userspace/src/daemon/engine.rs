@@ -118,9 +118,20 @@ impl Daemon {
         // The endpoint's own publications do not count: they are being replaced.
         let mut holders = publish::Holders::of(&self.state, Some(&ep.id));
         let mut chosen: Vec<PublishedPort> = Vec::new();
-        for request in requests {
+        // Every-IPv6-address requests last, so that those a both-families one covers are skipped.
+        let mut ordered: Vec<&PortRequest> = requests.iter().collect();
+        ordered.sort_by_key(|r| r.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_unspecified()));
+        for request in ordered {
             if let Some(ip) = request.host_ip {
                 publish::check_host_address(Some(ip), &local, &ip.to_string())?;
+            }
+            // Docker may ask for `::` beside the same port on every address, which covers it.
+            let covered = |p: &PublishedPort| {
+                p.host_ip.is_none() && p.protocol == request.protocol && p.container_port == request.container_port
+                    && (request.host_ports.0..=request.host_ports.1).contains(&p.host_port)
+            };
+            if request.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_unspecified()) && chosen.iter().any(covered) {
+                continue;
             }
             let mut refusal = None;
             let found = request.candidates().find(|port| match holders.holder(port) {

@@ -232,9 +232,7 @@ impl Daemon {
     /// Tells the socket programs the namespace's addresses (where a port published on every
     /// address answers). Run at start and when a network's gateway comes or goes.
     async fn refresh_host_addresses(&mut self) -> Result<()> {
-        // IPv4 only while the datapath forwards IPv4 only.
-        let addrs: Vec<std::net::IpAddr> =
-            self.netlink.host_addresses("").await?.into_iter().map(|a| a.ip).filter(|ip| ip.is_ipv4()).collect();
+        let addrs: Vec<std::net::IpAddr> = self.netlink.host_addresses("").await?.into_iter().map(|a| a.ip).collect();
         self.datapath.set_host_addrs(&addrs)
     }
 

@@ -22,10 +22,10 @@ pub(super) fn refuse_on_internal(net: &Network, what: &str) -> DaemonResult<()> 
 }
 
 /// Refuses a host address that is not one of the daemon's namespace (`local`); `spec`: the
-/// publication as the user wrote it.
+/// publication as the user wrote it. `0.0.0.0` and `::` stand for every address of a family.
 pub(super) fn check_host_address(ip: Option<IpAddr>, local: &[HostAddress], spec: &str) -> DaemonResult<()> {
     match ip {
-        Some(ip) if !local.iter().any(|a| a.ip == ip) => {
+        Some(ip) if !ip.is_unspecified() && !local.iter().any(|a| a.ip == ip) => {
             Err(Error::invalid(format!("cannot publish {spec:?}: {ip} is not an address of the daemon's namespace")))
         }
         _ => Ok(()),

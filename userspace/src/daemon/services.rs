@@ -156,7 +156,7 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
     let mut entries =
         vec![(vip, PortTarget { service: svc.datapath_id, network: net.datapath_id, ..PortTarget::default() })];
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(svc.vip, false) {
+        for (key, _) in p.entries(svc.vip, None, false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }

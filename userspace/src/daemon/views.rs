@@ -137,16 +137,27 @@ pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
     for ep in state.all_allocations() {
         let network = state.network_by_id(&ep.network_id).map_or_else(String::new, |n| n.name.clone());
         for p in &ep.ports {
-            for i in 0..p.count {
-                out.push(api::PortMapping {
-                    host: format!("{}:{}", p.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string()), p.host_port + i),
-                    protocol: p.protocol.to_string(),
-                    container: format!("{}:{}", ep.address, p.container_port + i),
-                    network: network.clone(),
-                    netns: ep.container_name.clone(),
-                    endpoint_id: ep.id.clone(),
-                    attached: attached.contains(ep.id.as_str()),
-                });
+            // One line per family it reaches the container by, as `docker port` shows them.
+            let (v4, v6) = p.families();
+            let mut families = Vec::new();
+            if v4 {
+                families.push((std::net::SocketAddr::from((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), 0)), ep.address));
+            }
+            if let (true, Some(address6)) = (v6, ep.address6) {
+                families.push((std::net::SocketAddr::from((p.host_ip.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()), 0)), address6));
+            }
+            for (host, container) in families {
+                for i in 0..p.count {
+                    out.push(api::PortMapping {
+                        host: std::net::SocketAddr::new(host.ip(), p.host_port + i).to_string(),
+                        protocol: p.protocol.to_string(),
+                        container: std::net::SocketAddr::new(container, p.container_port + i).to_string(),
+                        network: network.clone(),
+                        netns: ep.container_name.clone(),
+                        endpoint_id: ep.id.clone(),
+                        attached: attached.contains(ep.id.as_str()),
+                    });
+                }
             }
         }
     }

@@ -163,14 +163,11 @@ impl PortBinding {
             17 => Protocol::Udp,
             other => return Err(format!("cannot publish port {} of protocol {other}: bpfnet publishes TCP and UDP", self.port)),
         };
+        // "" and 0.0.0.0 (Docker's default binding address): every address, both families, as
+        // Docker's bridge publishes them; :: every IPv6 address.
         let host_ip = match self.host_ip.as_str() {
-            "" => None,
-            text => match text.parse::<std::net::IpAddr>() {
-                Ok(ip) if ip.is_unspecified() => None,
-                Ok(std::net::IpAddr::V4(ip)) => Some(std::net::IpAddr::V4(ip)),
-                Ok(_) => return Err(format!("cannot publish on {text}: IPv6 host addresses are not supported yet")),
-                Err(_) => return Err(format!("invalid host address {text:?}")),
-            },
+            "" | "0.0.0.0" => None,
+            text => Some(text.parse::<std::net::IpAddr>().map_err(|_| format!("invalid host address {text:?}"))?),
         };
         let host_ports = match (self.host_port, self.host_port_end) {
             (0, _) => DYNAMIC_PORTS,
@@ -212,6 +209,10 @@ mod tests {
         assert_eq!(requests[2].host_ports, DYNAMIC_PORTS);
         assert_eq!((requests[3].host_ip, requests[3].host_ports), (None, (7000, 7005)));
         assert!(port_map(None).unwrap().is_empty());
+        let v6 = PortBinding { proto: 6, ip: String::new(), port: 80, host_ip: "::".into(), host_port: 8080, host_port_end: 8080 };
+        assert_eq!(v6.request().unwrap().host_ip, Some("::".parse().unwrap()));
+        let v6 = PortBinding { host_ip: "2001:db8::1".into(), ..v6 };
+        assert_eq!(v6.request().unwrap().host_ip, Some("2001:db8::1".parse().unwrap()));
         let sctp = PortBinding { proto: 132, ip: String::new(), port: 1, host_ip: String::new(), host_port: 1, host_port_end: 1 };
         assert!(sctp.request().unwrap_err().contains("TCP and UDP"));
     }

@@ -293,7 +293,7 @@ impl TestNetns {
             dp.set_uplinks(&[UplinkAddresses { ifindex: uplink_index, ipv4: UPLINK_IP.into(), ipv6: Some(UPLINK_IP6.parse().unwrap()), veth: false }])?;
             // As the daemon does: the namespace's addresses, where ports published on every
             // address answer.
-            dp.set_host_addrs(&[IpAddr::from(UPLINK_IP)])?;
+            dp.set_host_addrs(&[IpAddr::from(UPLINK_IP), UPLINK_IP6.parse().unwrap()])?;
             let container = dp.program_fd_of(program_names::FROM_CONTAINER)?;
             let uplink = dp.program_fd_of(program_names::FROM_UPLINK)?;
             let uplink_xdp = dp.program_fd_of(program_names::XDP_FROM_UPLINK)?;
@@ -354,7 +354,7 @@ impl Lab {
     }
     /// [`Self::publish`] with `port_flags`.
     pub fn publish_with_flags(&mut self, on: Option<[u8; 4]>, host_port: u16, proto: u8, to: [u8; 4], container_port: u16, flags: u16) {
-        let addr = on.map_or(IpKey { addr: [0; 4] }, IpKey::from_ipv4_octets);
+        let addr = on.map_or(PortKey::any_ipv4_address(0, 0).addr, IpKey::from_ipv4_octets);
         let key = PortKey { addr, port: host_port.to_be(), proto, _pad: 0 };
         let target = PortTarget { addr: IpKey::from_ipv4_octets(to), port: container_port.to_be(), flags, ..PortTarget::default() };
         self.dp.set_port(key, target).unwrap();
@@ -410,7 +410,7 @@ pub fn install(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -
     lab.dp.set_service(SERVICE, info).unwrap();
     let vip = PortKey { addr: IpKey::from_ipv4_octets(VIP), port: VIP_PORT.to_be(), proto, _pad: 0 };
     lab.dp.set_port(vip, PortTarget { service: SERVICE, network: NETWORK, ..PortTarget::default() }).unwrap();
-    let published = PortKey::any_address(PUBLISHED_PORT.to_be(), proto);
+    let published = PortKey::any_ipv4_address(PUBLISHED_PORT.to_be(), proto);
     lab.dp.set_port(published, PortTarget { service: SERVICE, ..PortTarget::default() }).unwrap();
     lab.dp.set_vip(IpAddr::from(VIP), NETWORK).unwrap();
     table
