@@ -126,6 +126,10 @@ enum Config {
     DirectV6,
     BridgeV6,
     BpfnetV6,
+    BridgeOutV6,
+    BpfnetOutV6,
+    BridgeInV6,
+    BpfnetInV6,
     Control,
 }
 
@@ -144,6 +148,10 @@ impl Config {
             Config::DirectV6 => "IPv6: direct",
             Config::BridgeV6 => "IPv6: bridge+ip6tables",
             Config::BpfnetV6 => "IPv6: bpfnet",
+            Config::BridgeOutV6 => "IPv6 out: bridge+ip6tables MASQUERADE",
+            Config::BpfnetOutV6 => "IPv6 out: bpfnet masquerade",
+            Config::BridgeInV6 => "IPv6 in: bridge+ip6tables DNAT",
+            Config::BpfnetInV6 => "IPv6 in: bpfnet -p",
             Config::Control => "direct again (A/A control)",
         }
     }
@@ -167,6 +175,10 @@ impl Config {
                  (its ip6tables mirror of the IPv4 ones)"
             }
             Config::BpfnetV6 => "IPv6 container to container: bpfnet, the same network made dual-stack (`--subnet fd00:201::/64`)",
+            Config::BridgeOutV6 => "IPv6 container to a server behind the uplink: bridge, IPv6 forwarding, Docker's ip6tables MASQUERADE",
+            Config::BpfnetOutV6 => "IPv6 container to a server behind the uplink: bpfnet's NAT66 to the uplink's IPv6 address",
+            Config::BridgeInV6 => "IPv6 client behind the uplink to a port published on [::] (-p 8080:5202): Docker's ip6tables DNAT",
+            Config::BpfnetInV6 => "IPv6 client behind the uplink to a port published on [::]: `-p [::]:8080:5202`",
             Config::Control => "a second veth pair built like direct: the method's own noise",
         }
     }
@@ -174,11 +186,14 @@ impl Config {
     fn measures(self, mode: Mode) -> bool {
         mode != Mode::Stream
             || matches!(self, Config::Direct | Config::Bridge | Config::Bpfnet | Config::Control)
-            || self.is_ipv6()
+            || matches!(self, Config::DirectV6 | Config::BridgeV6 | Config::BpfnetV6)
     }
 
     fn is_ipv6(self) -> bool {
-        matches!(self, Config::DirectV6 | Config::BridgeV6 | Config::BpfnetV6)
+        matches!(
+            self,
+            Config::DirectV6 | Config::BridgeV6 | Config::BpfnetV6 | Config::BridgeOutV6 | Config::BpfnetOutV6 | Config::BridgeInV6 | Config::BpfnetInV6
+        )
     }
 
     /// The configuration this one's ratio is to: the direct pair of its address family.
@@ -711,20 +726,43 @@ pub(crate) const UPLINK: [u8; 4] = [192, 0, 2, 1];
 const PUBLISHED_PORT: u16 = 8080;
 
 /// Docker's rules for `-p 8080:5201` (tcp and udp) on the bridge container 10.202.0.3, with
-/// `userland-proxy: false`.
-fn docker_publish_rules() -> Vec<Vec<String>> {
+/// `userland-proxy: false`; with `ipv6`, its ip6tables rules for the IPv6 servers' port on
+/// fd00:202::3.
+fn docker_publish_rules(ipv6: bool) -> Vec<Vec<String>> {
+    let (to, dest, port) = if ipv6 { ("[fd00:202::3]", "fd00:202::3/128", PORT6) } else { ("10.202.0.3", "10.202.0.3/32", PORT) };
     let mut rules = vec![];
     for proto in ["tcp", "udp"] {
         let line = format!(
-            "-t nat -A DOCKER ! -i {BRIDGE} -p {proto} -m {proto} --dport {PUBLISHED_PORT} -j DNAT --to-destination 10.202.0.3:{PORT}"
+            "-t nat -A DOCKER ! -i {BRIDGE} -p {proto} -m {proto} --dport {PUBLISHED_PORT} -j DNAT --to-destination {to}:{port}"
         );
         rules.push(line.split_whitespace().map(String::from).collect());
-        let line = format!(
-            "-t filter -A DOCKER -d 10.202.0.3/32 ! -i {BRIDGE} -o {BRIDGE} -p {proto} -m {proto} --dport {PORT} -j ACCEPT"
-        );
+        let line = format!("-t filter -A DOCKER -d {dest} ! -i {BRIDGE} -o {BRIDGE} -p {proto} -m {proto} --dport {port} -j ACCEPT");
         rules.push(line.split_whitespace().map(String::from).collect());
     }
     rules
+}
+
+/// IPv6 on an uplink made by [`uplink_to_outside`]: host 2001:db8:2::1/64, outside
+/// 2001:db8:2::2/64, the host's IPv6 default route through it.
+fn uplink_v6(host: &str, ext: &str) -> Result<()> {
+    ipv6_on(ext)?;
+    ip(host, &["addr", "add", "2001:db8:2::1/64", "dev", "up0", "nodad"])?;
+    ip(ext, &["addr", "add", "2001:db8:2::2/64", "dev", "eth0", "nodad"])?;
+    ip(host, &["-6", "route", "add", "default", "via", "2001:db8:2::2"])
+}
+
+/// The IPv6 NAT rows' server behind the uplink, and the host address their clients reach.
+const OUTSIDE_SERVER6: &str = "2001:db8:2::2";
+const UPLINK6: &str = "2001:db8:2::1";
+
+/// The IPv6 NAT pairs (out and in) of a host with the uplink `ext` and the server `server_ns`.
+fn nat_pairs_v6(out: Config, inward: Config, client_ns: &str, server_ns: &str, ext: &str) -> [Pair; 2] {
+    let outside = SocketAddr::new(OUTSIDE_SERVER6.parse().unwrap(), PORT6);
+    let published = SocketAddr::new(UPLINK6.parse().unwrap(), PUBLISHED_PORT);
+    [
+        Pair { config: out, client_ns: client_ns.to_string(), server_ns: ext.to_string(), server: outside },
+        Pair { config: inward, client_ns: ext.to_string(), server_ns: server_ns.to_string(), server: published },
+    ]
 }
 
 /// (b) Docker's default datapath: a bridge in a host namespace with bridged traffic through iptables.
@@ -799,10 +837,21 @@ fn build_bridge(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<(Vec<Pair>, S
     }
     if nat {
         let ext = uplink_to_outside(sb, &host, "bridge-ext")?;
-        for rule in docker_publish_rules() {
+        for rule in docker_publish_rules(false) {
             let mut args = vec!["netns", "exec", &host, "iptables", "-w"];
             args.extend(rule.iter().map(String::as_str));
             run_ok("ip", &args)?;
+        }
+        if ipv6 {
+            // Docker turns IPv6 forwarding on for its IPv6 networks.
+            uplink_v6(&host, &ext)?;
+            sysctl(&host, &[("net.ipv6.conf.all.forwarding", "1")])?;
+            for rule in docker_publish_rules(true) {
+                let mut args = vec!["netns", "exec", &host, "ip6tables", "-w"];
+                args.extend(rule.iter().map(String::as_str));
+                run_ok("ip", &args)?;
+            }
+            pairs.extend(nat_pairs_v6(Config::BridgeOutV6, Config::BridgeInV6, &client_ns, &server_ns, &ext));
         }
         pairs.push(Pair {
             config: Config::BridgeOut,
@@ -847,8 +896,12 @@ fn build_bpfnet(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<Vec<Pair>> {
         // The IPv6 gateway goes on lo.
         ipv6_on(&host)?;
     }
-    // The uplink before the daemon starts: it takes the default route's interface.
+    // The uplink before the daemon starts: it takes the default route's interface (and its
+    // IPv6 address for NAT66).
     let ext = if nat { Some(uplink_to_outside(sb, &host, "bpfnet-ext")?) } else { None };
+    if let (Some(ext), true) = (&ext, ipv6) {
+        uplink_v6(&host, ext)?;
+    }
     sb.start_daemon()?;
     let c1 = container_ns(sb, "bpfnet-c1")?;
     let c2 = container_ns(sb, "bpfnet-c2")?;
@@ -858,13 +911,19 @@ fn build_bpfnet(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<Vec<Pair>> {
     }
     sb.bpfnet_ok(&create)?;
     sb.bpfnet_ok(&["network", "connect", "bench", &c1, "--ip", "10.201.0.2"])?;
-    let publish = [format!("{PUBLISHED_PORT}:{PORT}"), format!("{PUBLISHED_PORT}:{PORT}/udp")];
+    // Each family's servers have their own port: IPv4's on 0.0.0.0, IPv6's on [::].
+    let mut publish = vec![format!("0.0.0.0:{PUBLISHED_PORT}:{PORT}"), format!("0.0.0.0:{PUBLISHED_PORT}:{PORT}/udp")];
+    if ipv6 {
+        publish.extend([format!("[::]:{PUBLISHED_PORT}:{PORT6}"), format!("[::]:{PUBLISHED_PORT}:{PORT6}/udp")]);
+    }
     let mut args = vec!["network", "connect", "bench", c2.as_str(), "--ip", "10.201.0.3"];
     if ipv6 {
         args.extend(["--ip6", "fd00:201::3"]);
     }
     if nat {
-        args.extend(["-p", publish[0].as_str(), "-p", publish[1].as_str()]);
+        for p in &publish {
+            args.extend(["-p", p.as_str()]);
+        }
     }
     sb.bpfnet_ok(&args)?;
     let mut pairs = vec![Pair {
@@ -878,6 +937,9 @@ fn build_bpfnet(sb: &mut Sandbox, nat: bool, ipv6: bool) -> Result<Vec<Pair>> {
         pairs.push(Pair { config: Config::BpfnetV6, client_ns: c1.clone(), server_ns: c2.clone(), server });
     }
     if let Some(ext) = ext {
+        if ipv6 {
+            pairs.extend(nat_pairs_v6(Config::BpfnetOutV6, Config::BpfnetInV6, &c1, &c2, &ext));
+        }
         pairs.push(Pair { config: Config::BpfnetOut, client_ns: c1, server_ns: ext.clone(), server: SocketAddr::from((OUTSIDE_SERVER, PORT)) });
         pairs.push(Pair { config: Config::BpfnetIn, client_ns: ext, server_ns: c2, server: SocketAddr::from((UPLINK, PUBLISHED_PORT)) });
     }
@@ -1193,7 +1255,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             return Ok(f64::NAN);
         }
         flush_conntrack(&bridge_host);
-        if matches!(pair.config, Config::BpfnetOut | Config::BpfnetIn) {
+        if matches!(pair.config, Config::BpfnetOut | Config::BpfnetIn | Config::BpfnetOutV6 | Config::BpfnetInV6) {
             sb.bpfnet_ok(&["conntrack", "flush"])?;
         }
         client(&lab, &pair.client_ns, cpu, pair.server, mode, seconds)
