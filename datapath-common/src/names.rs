@@ -22,10 +22,11 @@ pub mod map_names {
     pub const MESH_BACKENDS: &str = "MESH_BACKENDS";
     pub const OVERLAY_NODE: &str = "OVERLAY_NODE";
     pub const OVERLAY_PROGS: &str = "OVERLAY_PROGS";
+    pub const CONTAINER_PROGS: &str = "CONTAINER_PROGS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
-        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS, OVERLAY_NODE, OVERLAY_PROGS,
+        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS, OVERLAY_NODE, OVERLAY_PROGS, CONTAINER_PROGS,
     ];
 }
 
@@ -40,6 +41,10 @@ pub mod program_names {
     /// TC ingress on the node's VXLAN device (clusters): packets from endpoints on other nodes,
     /// checked against what etcd says and delivered into their container.
     pub const FROM_OVERLAY: &str = "from_overlay";
+    /// Not attached: `from_container` tail-calls it (through `CONTAINER_PROGS`, slot 0) with a
+    /// container's IPv6 packet: a program of its own, with the verifier's budget and a stack of
+    /// its own.
+    pub const FROM_CONTAINER_V6: &str = "from_container_v6";
     /// Not attached: `from_uplink` tail-calls it (through `OVERLAY_PROGS`) with a packet whose
     /// VXLAN headers it took off.
     pub const FROM_UNDERLAY: &str = "from_underlay";

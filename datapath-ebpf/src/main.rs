@@ -63,6 +63,12 @@ pub fn from_container(ctx: TcContext) -> i32 {
     programs::container::from_container(&ctx)
 }
 
+/// Not attached: `from_container` tail-calls it with a container's IPv6 packet.
+#[classifier]
+pub fn from_container_v6(ctx: TcContext) -> i32 {
+    programs::container_v6::from_container_v6(&ctx)
+}
+
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     programs::uplink::from_uplink(&ctx)

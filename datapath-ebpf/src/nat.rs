@@ -9,7 +9,7 @@ use datapath_common::{
 };
 
 use crate::{
-    checksum::{decrement_ttl, set_ipv4_addr, set_ipv6_addr, set_l4_u16},
+    checksum::{decrement_hop_limit, decrement_ttl, set_ipv4_addr, set_ipv6_addr, set_l4_u16},
     conntrack::{self, now_ns, observe, Flow, Port},
     counters::{drop_packet, to_host},
     headers::{
@@ -160,28 +160,29 @@ fn set_port(ctx: &impl Packet, proto: u8, l4_off: Option<usize>, source: bool, p
 /// `ctx`: the TC or XDP program's.
 #[inline(always)]
 pub fn published_target<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
-    published_target_of::<C, false>(ctx, flow, local)
+    published_target_of::<C, false>(ctx, flow, local).copied()
 }
 
-/// As [`published_target`] for an IPv6 flow: ports published on IPv6 host addresses.
+/// As [`published_target`] for an IPv6 flow: ports published on IPv6 host addresses. The
+/// entry itself, read in place (the container program's stack has no room for a copy).
 #[inline(always)]
-pub fn published_target_v6<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
+pub fn published_target_v6<C: EbpfContext>(ctx: &C, flow: &Flow, local: bool) -> Option<&'static PortTarget> {
     published_target_of::<C, true>(ctx, flow, local)
 }
 
 #[inline(always)]
-fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, local: bool) -> Option<PortTarget> {
+fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, local: bool) -> Option<&'static PortTarget> {
     if !flow.starts_connection() {
         return None;
     }
     let exact = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let target = match unsafe { PORTS.get(&exact) } {
-        Some(target) => *target,
+        Some(target) => target,
         None => {
             let (port, proto) = (flow.key.dport, flow.key.proto);
             let any = if V6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
-            let target = *unsafe { PORTS.get(&any) }?;
+            let target = unsafe { PORTS.get(&any) }?;
             // Every address of the host, as Docker's `--dst-type LOCAL`: not broadcast or multicast.
             let first = flow.key.daddr.addr[if V6 { 0 } else { 3 }].to_ne_bytes()[0];
             let group = if V6 { first == 0xff } else { first >= 224 };
@@ -215,6 +216,49 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
     }
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    hairpin_connection(new, flow, iface, ifindex, target, &server, gateway, action);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: false }, len) {
+        return drop_packet(ctx, reason);
+    }
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::Hairpin })
+}
+
+/// As [`hairpin`] for IPv6: to the publishing container's IPv6 address, from its network's
+/// IPv6 gateway.
+#[inline(always)]
+pub fn hairpin_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, len: u32) -> i32 {
+    // SAFETY: read-only lookups of plain-old-data values, read in place (the container
+    // program's stack has no room for copies of the entries).
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }) else { return to_host(ctx) };
+    let Some(gateway) = (unsafe { IFACES.get(&server.host_ifindex) }).map(|i| IpKey { addr: i.gateway_ipv6 }) else { return to_host(ctx) };
+    if server.is_remote() {
+        return to_host(ctx);
+    }
+    if !decrement_hop_limit(ctx) {
+        return drop_packet(ctx, Counter::DropTtlExpired);
+    }
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    hairpin_connection(new, flow, iface, ifindex, target, server, gateway, ct_action::PUBLISHED);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: true }, len) {
+        return drop_packet(ctx, reason);
+    }
+    let Some(translation) = translation6_of(&new.original) else { return to_host(ctx) };
+    if apply(ctx, flow, translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, translation, Counter::Hairpin)
+}
+
+/// The entries of a hairpin connection (see [`hairpin`]): both addresses rewritten each way,
+/// delivered into the server and back into the client (`iface`, behind `ifindex`); the answers'
+/// tuple from the server to `gateway`, at a port allocated by `conntrack::track`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn hairpin_connection(new: &mut conntrack::NewConnection, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, server: &EndpointInfo, gateway: IpKey, action: u8) {
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST | action;
     new.original.action = both;
     new.original.src = gateway;
@@ -230,14 +274,6 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
     new.reply.ifindex = ifindex;
     new.reply.mac = iface.mac;
     new.reply_key = CtKey { saddr: target.addr, daddr: gateway, sport: target.port, dport: 0, proto: flow.key.proto, _pad: [0; 3] };
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: false }, len) {
-        return drop_packet(ctx, reason);
-    }
-    let translation = Translation::of(&new.original);
-    if apply(ctx, flow, &translation).is_err() {
-        return drop_packet(ctx, Counter::DropMalformed);
-    }
-    deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::Hairpin })
 }
 
 /// A container reaching a service VIP of its own network: only the destination becomes the

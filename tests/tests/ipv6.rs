@@ -288,6 +288,17 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8082), T).unwrap();
     assert_eq!(seen.ip().to_string(), FAR_IP6);
 
+    // Containers reach it through the host's IPv6 addresses too (hairpin): from the publisher's
+    // network's IPv6 gateway, so that the answers come back the same way.
+    let cli = sb.add_netns("cli").unwrap();
+    sb.bpfnet_ok(&["network", "create", "clients", "--subnet", "10.231.0.0/24", "--subnet", "fd00:231::/64"]).unwrap();
+    connect(&sb, "clients", &cli, &[]);
+    for through in [UPLINK_IP6, "fd00:231::1"] {
+        let seen = tcp_whoami(&cli, addr(through, 8080), T).unwrap();
+        assert_eq!(seen.ip().to_string(), "fd00:229::1", "hairpin through {through}");
+    }
+    assert!(counter(&sb, "hairpin") > 0);
+
     // `port ls` shows a line per family the port reaches the container by.
     let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
     let hosts: Vec<&str> = ports.as_array().unwrap().iter().map(|p| p["host"].as_str().unwrap()).collect();

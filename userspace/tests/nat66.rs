@@ -8,7 +8,7 @@
 mod lab;
 
 use bpfnet::datapath::UplinkAddresses;
-use datapath_common::{iface_flags, Counter, EndpointInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC};
+use datapath_common::{iface_flags, Counter, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget, GATEWAY_MAC};
 use lab::*;
 
 fn out6(next: u8, hop_limit: u8) -> Ip6 {
@@ -280,5 +280,58 @@ fn a_port_published_on_ipv6_takes_outside_clients_to_the_container_with_their_ow
         publish6(lab, None, 8003, TCP);
         let syn = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(CLIENT_IP6, UPLINK_IP6, TCP, 50), tcp_segment(50004, 8003, 0x02, b""));
         assert_eq!(lab.from_uplink(&syn).verdict, PASS);
+    });
+}
+
+#[test]
+fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
+    const PUBLISHER6: &str = "fd00:2::5";
+    const PUBLISHER_GATEWAY6: &str = "fd00:2::1";
+    TestNetns::new("v6hairpin").run(MASQ, |lab| {
+        let words = |text: &str| IpKey::from(text.parse::<std::net::IpAddr>().unwrap()).addr;
+        let publisher_iface = IfaceInfo {
+            network_id: 2,
+            ipv4: PUBLISHER_IP,
+            gateway_ipv4: PUBLISHER_GATEWAY,
+            flags: MASQ,
+            mac: PUBLISHER_MAC,
+            ipv6: words(PUBLISHER6),
+            gateway_ipv6: words(PUBLISHER_GATEWAY6),
+            ..Default::default()
+        };
+        lab.dp.set_iface(PUBLISHER_IFINDEX, publisher_iface).unwrap();
+        let endpoint = EndpointInfo { host_ifindex: PUBLISHER_IFINDEX, network_id: 2, mac: PUBLISHER_MAC, ..Default::default() };
+        lab.dp.set_endpoint(PUBLISHER6.parse().unwrap(), endpoint).unwrap();
+        let target = PortTarget { addr: IpKey::from(PUBLISHER6.parse::<std::net::IpAddr>().unwrap()), port: 80u16.to_be(), ..Default::default() };
+        lab.dp.set_port(PortKey::any_ipv6_address(8000u16.to_be(), TCP), target).unwrap();
+
+        // The container on network 1 asks the uplink's IPv6 address: to the publisher, from its
+        // network's IPv6 gateway, one hop.
+        let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, UPLINK_IP6, TCP, 64), tcp_segment(40000, 8000, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(PUBLISHER_MAC, GATEWAY_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(40000, 80, 0x02, b""));
+        assert_eq!(out.packet, expected);
+        // Through its own network's IPv6 gateway too, for the same port on every address.
+        let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, GATEWAY_IP6, TCP, 64), tcp_segment(40001, 8000, 0x02, b""));
+        let out = lab.from_container(&syn);
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(&out.packet[14 + 24..14 + 40], &v6(PUBLISHER6));
+
+        // The publisher's answer to its gateway goes back to the container, from the address and
+        // port it asked.
+        lab.dp.set_iface(TEST_IFINDEX, publisher_iface).unwrap();
+        let answer = packet6(GATEWAY_MAC, PUBLISHER_MAC, Ip6::new(PUBLISHER6, PUBLISHER_GATEWAY6, TCP, 64), tcp_segment(80, 40000, 0x12, b""));
+        let out = lab.from_container(&answer);
+        assert_eq!(out.verdict, REDIRECT);
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(UPLINK_IP6, CONTAINER_IP6, TCP, 63), tcp_segment(8000, 40000, 0x12, b""));
+        assert_eq!(out.packet, expected);
+        assert_eq!(lab.counter(Counter::Hairpin), 3);
+    });
+    TestNetns::new("v6hairpinint").run(iface_flags::INTERNAL, |lab| {
+        publish6(lab, None, 8000, TCP);
+        let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, GATEWAY_IP6, TCP, 64), tcp_segment(40000, 8000, 0x02, b""));
+        assert_eq!(lab.from_container(&syn).verdict, DROP, "an internal network reaches no published port");
+        assert_eq!(lab.counter(Counter::DropInternal), 1);
     });
 }

@@ -1,9 +1,9 @@
 //! The `from_container` program (TC ingress of every endpoint's host-side veth): the packets a
-//! container sends. ARP, anti-spoofing, isolation and delivery to a container of the same
+//! container sends (IPv6 in `container_v6`, tail-called). ARP, anti-spoofing, isolation and delivery to a container of the same
 //! network here; a destination beyond the network (the gateway, a VIP, a published port through
 //! a host address, the outside) by connection tracking and NAT (`nat`, `conntrack`, `lb`,
 //! `route`), or the host's.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::ProgramArray, programs::TcContext};
 use datapath_common::{
     conntrack::IPPROTO_ICMP,
     ct_action, iface_flags, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey,
@@ -11,18 +11,23 @@ use datapath_common::{
 
 use crate::{
     arp,
-    ndp,
-    checksum::{decrement_hop_limit, decrement_ttl},
+    checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
     guard,
-    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_ECHO_REQUEST},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     overlay,
     nat::{self, apply, deliver_anywhere, hairpin, icmp_error_from_container, published_target, send_out, via_vip, Translation},
     reject, route,
 };
+
+/// The programs `from_container` hands a packet to: `container_v6::from_container_v6` in
+/// [`FROM_CONTAINER_V6_SLOT`] (the daemon fills it at load).
+#[map(name = "CONTAINER_PROGS")]
+static CONTAINER_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+const FROM_CONTAINER_V6_SLOT: u32 = 0;
 
 #[inline(always)]
 pub fn from_container(ctx: &TcContext) -> i32 {
@@ -41,7 +46,11 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         return arp::handle(ctx, eth, iface, ifindex);
     }
     if ether_type == ETH_P_IPV6.to_be() {
-        return from_container_v6(ctx, eth, iface, ifindex);
+        // IPv6 is a program of its own (`container_v6`), with a verifier budget and a stack of
+        // its own: IPv4's paths take all of this one's.
+        // SAFETY: the tail call replaces this program run; it returns only if the slot is empty.
+        unsafe { CONTAINER_PROGS.tail_call(ctx, FROM_CONTAINER_V6_SLOT) };
+        return drop_packet(ctx, Counter::DropRedirectFailed);
     }
     if ether_type != ETH_P_IP.to_be() {
         return drop_packet(ctx, Counter::DropUnsupportedProtocol);
@@ -89,127 +98,6 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
     // may have addressed the gateway), straight into the receiver's namespace.
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
-}
-
-/// A container's IPv6 packet: neighbour discovery answered, the source checked, delivery to a
-/// container of the same network (isolation, `icc` and `--internal` as for IPv4); what leaves
-/// the network is masqueraded ([`beyond_network_v6`]), or the host's, except from an internal
-/// network. Same-network delivery is a bridge's: the hop limit stays.
-#[inline(always)]
-fn from_container_v6(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u32) -> i32 {
-    if !iface.has_ipv6() {
-        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
-    }
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
-        return drop_packet(ctx, Counter::DropMalformed);
-    };
-    // SAFETY: bounds-checked by `ptr_at`.
-    let (saddr, daddr, nexthdr, hop_limit) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).nexthdr, (*ip).hop_limit) };
-    let own = saddr == iface.ipv6;
-    if nexthdr == IPPROTO_ICMPV6 && ctx.load::<u8>(ETH_HDR_LEN + IPV6_HDR_LEN).ok() == Some(ndp::NEIGHBOUR_SOLICITATION) {
-        // Neighbour discovery may come from the sender's link-local address too.
-        if own || saddr == ndp::link_local_of(&iface.mac) {
-            return ndp::answer(ctx, iface, ifindex, saddr, hop_limit);
-        }
-        // Duplicate address detection (from ::) goes unanswered: the address is unique.
-        let reason = if saddr == [0; 4] { Counter::DropIpv6Multicast } else { Counter::DropSpoofedSource };
-        return drop_packet(ctx, reason);
-    }
-    // ff00::/8: router solicitations, MLD reports, anything a bridge would flood.
-    if daddr[0].to_ne_bytes()[0] == 0xff {
-        return drop_packet(ctx, Counter::DropIpv6Multicast);
-    }
-    if !own {
-        return drop_packet(ctx, Counter::DropSpoofedSource);
-    }
-    // ::/8 (unspecified, loopback, IPv4-mapped and -compatible): never a container's destination
-    // (and the IPv4-mapped keys are IPv4 endpoints').
-    if daddr[0].to_ne_bytes()[0] == 0 {
-        return drop_packet(ctx, Counter::DropMartian);
-    }
-    // The link's control is the datapath's: an advertisement, a redirect or a router's message
-    // from a container (also behind extension headers) would tell others where an address is.
-    match ipv6_upper_layer(ctx, ETH_HDR_LEN, nexthdr) {
-        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, ndp::is_link_control) => {
-            return drop_packet(ctx, Counter::DropNdpForbidden);
-        }
-        Some(_) => {}
-        None => return drop_packet(ctx, Counter::DropMalformed),
-    }
-    if daddr == iface.gateway_ipv6 {
-        return to_host(ctx);
-    }
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) }) else {
-        if iface.flags & iface_flags::INTERNAL != 0 {
-            return drop_packet(ctx, Counter::DropInternal);
-        }
-        return beyond_network_v6(ctx, iface, ifindex);
-    };
-    if dest.network_id != iface.network_id {
-        return drop_packet(ctx, Counter::DropIsolation);
-    }
-    if iface.flags & iface_flags::ICC_DISABLED != 0 {
-        return drop_packet(ctx, Counter::DropIcc);
-    }
-    if dest.is_remote() {
-        // Overlay networks carry IPv4 only for now.
-        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
-    }
-    route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
-}
-
-/// A container's IPv6 packet to an address beyond its network (not its gateway): part of a
-/// masqueraded connection or the answer of a published port's, or a new one to where the kernel would route it out of an uplink
-/// with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables rules),
-/// where the network has masquerade; else the host's. TCP, UDP and echo requests start a
-/// connection; fragments, echo replies, other ICMPv6 and other protocols are the host's.
-#[inline(always)]
-fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32) -> i32 {
-    let Some(flow) = conntrack::parse_v6(ctx) else { return to_host(ctx) };
-    let len = ctx.len();
-    if let Some(tracked) = conntrack::lookup(&flow.key) {
-        // SAFETY: a map value, read before any packet helper runs.
-        let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return to_host(ctx) };
-        // Routed out with a new source: masquerade, or the answers of a published port (the
-        // host address the client used). The one kind of IPv6 connection a container has yet.
-        let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
-        if translation.ifindex != 0 || translation.action & both != ct_action::REWRITE_SRC {
-            return to_host(ctx);
-        }
-        if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(tracked, flow, ifindex, iface.mac) {
-            return drop_packet(ctx, Counter::DropCtReplyLost);
-        }
-        let now = now_ns();
-        let Some(route) = route::cached_lookup_v6(ctx, flow, tracked.entry, now) else { return to_host(ctx) };
-        if !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {
-            return to_host(ctx);
-        }
-        observe(tracked, flow, len, now);
-        return send_out(ctx, flow, translation, &route);
-    }
-    // As for IPv4, any TCP segment (a connection picked up mid-stream too), UDP, echo requests.
-    let starts = flow.key.proto != IPPROTO_ICMPV6 || flow.icmp_type == ICMPV6_ECHO_REQUEST;
-    if iface.flags & iface_flags::MASQUERADE == 0 || !starts {
-        return to_host(ctx);
-    }
-    let Some(mut route) = route::lookup_v6(ctx, flow) else { return to_host(ctx) };
-    let Some(uplink) = route::uplink(&mut route) else { return to_host(ctx) };
-    if uplink.addr6 == IpKey::default() || !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {
-        return to_host(ctx);
-    }
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
-    new.original.action = ct_action::REWRITE_SRC;
-    new.original.src = uplink.addr6;
-    conntrack::masquerade_reply(&mut new.reply, flow, ifindex, iface.mac);
-    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr6, ..flow.key.reversed() };
-    route::cache(&mut new.original, &route, now_ns());
-    let port = Port::Allocate { preferred: flow.key.sport, ipv6: true };
-    if let Err(reason) = conntrack::track(ctx, flow, new, port, len) {
-        return drop_packet(ctx, reason);
-    }
-    let Some(translation) = nat::translation6_of(&new.original) else { return to_host(ctx) };
-    send_out(ctx, flow, translation, &route)
 }
 
 /// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key

@@ -94,7 +94,7 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
     let Some(tracked) = conntrack::lookup(&flow.key) else {
         // A new connection to a port published on an IPv6 address of the host.
         return match published_target_v6(ctx, flow, false).filter(|t| t.network == 0 && t.service == 0) {
-            Some(target) => publish_v6(ctx, flow, &target),
+            Some(target) => publish_v6(ctx, flow, target),
             None => screened_to_host_v6(ctx),
         };
     };

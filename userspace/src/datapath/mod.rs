@@ -164,8 +164,13 @@ impl LoadOptions {
 }
 
 /// The datapath's programs, each with where its links are pinned.
-const PROGRAMS: [&str; 4] =
-    [program_names::FROM_CONTAINER, program_names::FROM_UPLINK, program_names::FROM_OVERLAY, program_names::FROM_UNDERLAY];
+const PROGRAMS: [&str; 5] = [
+    program_names::FROM_CONTAINER,
+    program_names::FROM_CONTAINER_V6,
+    program_names::FROM_UPLINK,
+    program_names::FROM_OVERLAY,
+    program_names::FROM_UNDERLAY,
+];
 
 impl Datapath {
     /// Loads the datapath with its maps pinned under `root`, re-using maps already pinned there.
@@ -291,18 +296,24 @@ impl Datapath {
                 .collect();
             loads.into_iter().try_for_each(|load| load.join().map_err(|_| anyhow::anyhow!("loading a program panicked"))?)
         })?;
-        // `from_uplink` hands decapsulated overlay packets to `from_underlay` (a tail call).
-        let underlay = {
-            let entry = match reused.get(program_names::FROM_UNDERLAY) {
-                Some(p) => p,
-                None => ebpf.program(program_names::FROM_UNDERLAY).context("from_underlay missing")?,
+        // The tail calls: `from_uplink` hands decapsulated overlay packets to `from_underlay`,
+        // `from_container` a container's IPv6 packets to `from_container_v6`.
+        for (map, slot, name) in [
+            (map_names::OVERLAY_PROGS, 0, program_names::FROM_UNDERLAY),
+            (map_names::CONTAINER_PROGS, 0, program_names::FROM_CONTAINER_V6),
+        ] {
+            let fd = {
+                let entry = match reused.get(name) {
+                    Some(p) => p,
+                    None => ebpf.program(name).with_context(|| format!("{name} missing"))?,
+                };
+                let prog: &SchedClassifier = entry.try_into()?;
+                prog.fd()?.try_clone()?
             };
-            let prog: &SchedClassifier = entry.try_into()?;
-            prog.fd()?.try_clone()?
-        };
-        let mut progs: aya::maps::ProgramArray<&mut MapData> =
-            aya::maps::ProgramArray::try_from(ebpf.map_mut(map_names::OVERLAY_PROGS).context("OVERLAY_PROGS map missing")?)?;
-        progs.set(0, &underlay, 0).context("writing OVERLAY_PROGS")?;
+            let mut progs: aya::maps::ProgramArray<&mut MapData> =
+                aya::maps::ProgramArray::try_from(ebpf.map_mut(map).with_context(|| format!("{map} map missing"))?)?;
+            progs.set(slot, &fd, 0).with_context(|| format!("writing {map}"))?;
+        }
         let maglev = MappedArray::map(map_data(&ebpf, map_names::MAGLEV)?, std::mem::size_of::<datapath_common::MaglevPair>() / 4)?;
         Ok(Self { ebpf, reused, pins, maglev })
     }
@@ -483,7 +494,7 @@ impl Datapath {
 
 /// The programs a later start may take from their pins: the TC ones (the socket programs and
 /// the XDP one, small, are always loaded).
-const REUSABLE: [&str; 4] = PROGRAMS;
+const REUSABLE: [&str; 5] = PROGRAMS;
 
 /// What a loaded program depends on: the object's bytes, the load options (baked into its
 /// read-only data) and the identity of every pinned map it refers to (a map made anew, after a
