@@ -19,8 +19,9 @@
 //! Where the datapath does VXLAN itself, `from_uplink` takes the headers off and tail-calls
 //! `from_underlay`, which does the same.
 //!
-//! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` run at the cgroup root
-//! for sockets of the daemon's namespace only: a process of the host reaching a published port.
+//! `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4` and `sock_getpeername4` (and their IPv6
+//! twins) run at the cgroup root for sockets of the daemon's namespace only: a process of the
+//! host reaching a published port.
 //!
 //! The program bodies are in `programs` (`container`, `uplink`, `uplink_xdp`, `overlay`), thin
 //! compositions of one library module per concern, each owning its maps, written once for TC and
@@ -107,6 +108,26 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     socket::from_published(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    socket::to_published_v6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    socket::to_published_v6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    socket::from_published_v6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    socket::from_published_v6(&ctx)
 }
 
 #[cfg(not(test))]

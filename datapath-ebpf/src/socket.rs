@@ -2,9 +2,11 @@
 //! that act only on sockets of the daemon's network namespace. TC programs never see what the
 //! host sends itself, so a process connecting to `127.0.0.1:8080` or to the uplink's address is
 //! sent to the container when its socket connects (as Cilium's socket load balancer does):
-//! `connect4` and `sendmsg4` rewrite the destination, `getpeername4` and `recvmsg4` show the
-//! application the address it asked for. A host service listening on the address and port keeps
-//! its clients (unless the publication wins over listeners), as the TC path decides.
+//! `connect4`/`connect6` and `sendmsg4`/`sendmsg6` rewrite the destination,
+//! `getpeername4`/`getpeername6` and `recvmsg4`/`recvmsg6` show the application the address it
+//! asked for (`[::1]:8080` and the host's IPv6 addresses lead to the container's IPv6 address).
+//! A host service listening on the address and port keeps its clients (unless the publication
+//! wins over listeners), as the TC path decides.
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::map,
@@ -21,7 +23,7 @@ use datapath_common::{
 use crate::{
     conntrack::{self, now_ns},
     lb::{self, Choice},
-    maps::{is_host_address, PORTS},
+    maps::{is_host_address, is_host_address_v6, PORTS},
 };
 
 /// (socket, container address and port) -> what the application asked for.
@@ -50,21 +52,65 @@ fn ours(ctx: &SockAddrContext) -> bool {
 /// refuses (ECONNREFUSED).
 #[inline(always)]
 pub fn to_published(ctx: &SockAddrContext) -> i32 {
+    to_published_of::<false>(ctx)
+}
+
+/// As [`to_published`] for IPv6 sockets (`connect6`, `sendmsg6`).
+#[inline(always)]
+pub fn to_published_v6(ctx: &SockAddrContext) -> i32 {
+    to_published_of::<true>(ctx)
+}
+
+/// The address the socket call names, of the hook's family.
+#[inline(always)]
+fn user_address<const V6: bool>(ctx: &SockAddrContext) -> IpKey {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context's address fields are readable in these hooks, word by word.
+    unsafe {
+        if V6 {
+            IpKey { addr: [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] }
+        } else {
+            IpKey::from_ipv4_word((*sa).user_ip4)
+        }
+    }
+}
+
+/// Makes the socket call name `addr` and `port` (network order) instead.
+#[inline(always)]
+fn set_user_address<const V6: bool>(ctx: &SockAddrContext, addr: &IpKey, port: u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the address and port are writable in these hooks, word by word.
+    unsafe {
+        if V6 {
+            for i in 0..4 {
+                core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], addr.addr[i]);
+            }
+        } else {
+            (*sa).user_ip4 = addr.ipv4_word();
+        }
+        (*sa).user_port = port as u32;
+    }
+}
+
+#[inline(always)]
+fn to_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     if !ours(ctx) {
         return PROCEED;
     }
     let sa = ctx.sock_addr;
-    // SAFETY: the context's fields are readable and user_ip4/user_port writable in these hooks.
-    let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    // SAFETY: the context's fields are readable in these hooks.
+    let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return PROCEED;
     }
-    let asked = IpKey::from_ipv4_word(addr);
+    let asked = user_address::<V6>(ctx);
+    let any = if V6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
+    let host = if V6 { is_host_address_v6(&asked) } else { is_host_address(&asked) };
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let published = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
         Some(t) => *t,
-        None => match unsafe { PORTS.get(&PortKey::any_ipv4_address(port, proto)) } {
-            Some(t) if is_host_address(&asked) => *t,
+        None => match unsafe { PORTS.get(&any) } {
+            Some(t) if host => *t,
             _ => return PROCEED,
         },
     };
@@ -73,7 +119,7 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     let listening = CtKey { saddr: IpKey::default(), daddr: asked, sport: 0, dport: port, proto, _pad: [0; 3] };
     if published.network == 0
         && published.flags & port_flags::OVER_HOST_LISTENERS == 0
-        && conntrack::host_socket_owns(ctx, &listening, false, false)
+        && conntrack::host_socket_owns(ctx, &listening, false, V6)
     {
         return PROCEED;
     }
@@ -100,33 +146,35 @@ pub fn to_published(ctx: &SockAddrContext) -> i32 {
     };
     let key = SockRevKey { cookie, addr: target.addr, port: target.port, _pad: [0; 6] };
     let _ = SOCK_REVNAT.insert(&key, &SockRevValue { addr: asked, port, _pad: [0; 2] }, 0);
-    // SAFETY: as above.
-    unsafe {
-        (*sa).user_ip4 = target.addr.ipv4_word();
-        (*sa).user_port = target.port as u32;
-    }
+    set_user_address::<V6>(ctx, &target.addr, target.port);
     PROCEED
 }
 
 /// getpeername() and recvfrom(): the container shows as what the application asked for.
 #[inline(always)]
 pub fn from_published(ctx: &SockAddrContext) -> i32 {
+    from_published_of::<false>(ctx)
+}
+
+/// As [`from_published`] for IPv6 sockets (`getpeername6`, `recvmsg6`).
+#[inline(always)]
+pub fn from_published_v6(ctx: &SockAddrContext) -> i32 {
+    from_published_of::<true>(ctx)
+}
+
+#[inline(always)]
+fn from_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     if !ours(ctx) {
         return PROCEED;
     }
-    let sa = ctx.sock_addr;
     // SAFETY: as in `to_published`.
-    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    let port = unsafe { (*ctx.sock_addr).user_port as u16 };
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevKey { cookie, addr: IpKey::from_ipv4_word(addr), port, _pad: [0; 6] };
+    let key = SockRevKey { cookie, addr: user_address::<V6>(ctx), port, _pad: [0; 6] };
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     if let Some(asked) = unsafe { SOCK_REVNAT.get(&key) }.copied() {
-        // SAFETY: as above.
-        unsafe {
-            (*sa).user_ip4 = asked.addr.ipv4_word();
-            (*sa).user_port = asked.port as u32;
-        }
+        set_user_address::<V6>(ctx, &asked.addr, asked.port);
     }
     PROCEED
 }

@@ -299,6 +299,17 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     }
     assert!(counter(&sb, "hairpin") > 0);
 
+    // The host's own processes reach it through ::1 and its IPv6 addresses (socket programs),
+    // and see the address they asked for as their peer.
+    for through in ["::1", UPLINK_IP6] {
+        let stream = tcp_connect(&sb.host(), addr(through, 8080), T).unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr(through, 8080), "getpeername shows what was asked");
+        let seen = tcp_whoami(&sb.host(), addr(through, 8080), T).unwrap();
+        assert!(seen.is_ipv6(), "{seen}");
+        let seen = udp_whoami(&sb.host(), 0, addr(through, 8081), T).unwrap();
+        assert!(seen.is_ipv6(), "UDP, answered from the address asked: {seen}");
+    }
+
     // `port ls` shows a line per family the port reaches the container by.
     let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
     let hosts: Vec<&str> = ports.as_array().unwrap().iter().map(|p| p["host"].as_str().unwrap()).collect();
