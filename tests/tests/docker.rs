@@ -9,7 +9,7 @@ use serde_json::json;
 use bpfnet_lab::{
     checks::{addr, counter, json},
     engines::{docker_installed, Docker, BUSYBOX_IMAGE},
-    sandbox::{DaemonOptions, Outside, FAR_IP, UPLINK_IP},
+    sandbox::{DaemonOptions, Outside, FAR_IP, FAR_IP6, UPLINK_IP, UPLINK_IP6},
     traffic::{tcp_whoami, tcp_whoami_server, udp_whoami, udp_whoami_server},
     Sandbox,
 };
@@ -19,9 +19,17 @@ const T: Duration = Duration::from_secs(3);
 /// A sandbox with the outside world (a whoami server on far), the bpfnet daemon serving the
 /// plugin, dockerd, and the busybox image.
 fn docker_sandbox(tag: &str) -> (Sandbox, Outside, Docker) {
+    docker_sandbox_with(tag, false)
+}
+
+/// As [`docker_sandbox`]; with `ipv6`, the outside has IPv6 too ([`Sandbox::add_ipv6_outside`]).
+fn docker_sandbox_with(tag: &str, ipv6: bool) -> (Sandbox, Outside, Docker) {
     assert!(docker_installed(), "dockerd is missing: `cargo xtask setup` installs docker.io");
     let mut sb = Sandbox::new(tag).unwrap();
     let outside = sb.add_outside().unwrap();
+    if ipv6 {
+        sb.add_ipv6_outside(&outside).unwrap();
+    }
     tcp_whoami_server(&outside.far, addr(FAR_IP, 8000)).unwrap();
     let plugin = Docker::plugin_arg(&sb);
     sb.start_daemon_with(&DaemonOptions { args: &[&plugin], ..Default::default() }).unwrap();
@@ -230,7 +238,7 @@ fn bpfnet_ipam_keeps_docker_networks_clear_of_others() {
 
 #[test]
 fn docker_dual_stack_networks_carry_ipv6_with_either_ipam() {
-    let (sb, _outside, docker) = docker_sandbox("docker6");
+    let (sb, outside, docker) = docker_sandbox_with("docker6", true);
     // Docker's own IPAM, a given IPv6 subnet; bpfnet's IPAM, an IPv6 /64 of its pool.
     docker.ok(&["network", "create", "-d", "bpfnet", "--ipv6", "--subnet", "10.216.1.0/24", "--subnet", "fd00:216:1::/64", "dual"]).unwrap();
     docker.ok(&["network", "create", "-d", "bpfnet", "--ipam-driver", "bpfnet", "--ipv6", "--subnet", "10.216.2.0/24", "dualipam"]).unwrap();
@@ -258,7 +266,20 @@ fn docker_dual_stack_networks_carry_ipv6_with_either_ipam() {
     assert!(!ping6("d1", &p1), "not to another network's container");
     assert!(counter(&sb, "drop_isolation") > isolated);
 
-    docker.ok(&["rm", "-f", "d1", "d2", "p1"]).unwrap();
+    // -p 8090:7000 on a dual-stack network: published on both families, each to the container's
+    // address of that family, the client's own address kept.
+    run_idle(&docker, "w6", &["--network", "dual", "-p", "8090:7000"]);
+    tcp_whoami_server(&docker.pid("w6").unwrap(), addr("::", 7000)).unwrap();
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8090), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP6, "over IPv6");
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP, 8090), T).unwrap();
+    assert_eq!(seen.ip().to_canonical().to_string(), FAR_IP, "over IPv4");
+    // IPv6 out through NAT66 too.
+    tcp_whoami_server(&outside.far, addr(FAR_IP6, 8001)).unwrap();
+    let out = docker.run(&["exec", "w6", "nc", "-w", "2", FAR_IP6, "8001"]).unwrap();
+    assert!(out.stdout.contains(UPLINK_IP6), "the outside sees the uplink's IPv6 address: {out:?}");
+
+    docker.ok(&["rm", "-f", "d1", "d2", "p1", "w6"]).unwrap();
     docker.ok(&["network", "rm", "dual", "dualipam"]).unwrap();
     let state = json(&std::fs::read_to_string(sb.state_dir().join("state.json")).unwrap());
     assert_eq!((state["pools"].clone(), state["networks"].clone()), (json!([]), json!([])), "every pool and network released");
