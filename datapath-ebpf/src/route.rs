@@ -140,6 +140,12 @@ pub fn lookup_addrs(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Optio
     route_of(fib_of(ctx, Addresses::V4(saddr, daddr), proto, 0, 0)?)
 }
 
+/// As [`lookup_addrs`] for IPv6 (`saddr`/`daddr` in wire-order words).
+#[inline(always)]
+pub fn lookup_addrs_v6(ctx: &TcContext, saddr: &[u32; 4], daddr: &[u32; 4], proto: u8) -> Option<Route> {
+    route_of(fib_of(ctx, Addresses::V6(saddr, daddr), proto, 0, 0)?)
+}
+
 #[inline(always)]
 fn fib_of(ctx: &TcContext, addresses: Addresses, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use crate::{
     bench,
     svcbench,
-    sandbox::{Outside, FAR_IP, UPLINK_IP},
+    sandbox::{Outside, FAR_IP, FAR_IP6, UPLINK_IP, UPLINK_IP6},
     traffic::{
         payload, spread, tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, tcp_round_trip, tcp_whoami,
         tcp_whoami_server, udp_echo_server, udp_exchange,
@@ -243,30 +243,38 @@ fn endpoint_lifecycle(sb: &mut Sandbox, con1: &str) -> Result<Vec<String>> {
     Ok(failures)
 }
 
-/// Masquerade and published ports, observed from both ends. Returns what differed.
+/// Masquerade and published ports, observed from both ends, over IPv4 and IPv6. Returns what
+/// differed.
 fn outside_world(sb: &mut Sandbox, outside: &Outside) -> Result<Vec<String>> {
     let mut failures = vec![];
-    tcp_whoami_server(&outside.far, addr(FAR_IP, 8000))?;
-    println!("outside: a router (ext, 192.0.2.2) behind the host's uplink up0 (192.0.2.1), and a server far");
-    println!("({FAR_IP}) behind it; neither has a route to any container subnet.");
+    println!("outside: a router (ext, 192.0.2.2 and 2001:db8:2::2) behind the host's uplink up0 (192.0.2.1,");
+    println!("{UPLINK_IP6}), and a server far ({FAR_IP}, {FAR_IP6}) behind it; neither has a route to any");
+    println!("container subnet.");
     let con1 = sb.ns("con1");
-    let seen = tcp_whoami(&con1, addr(FAR_IP, 8000), WAIT)?;
-    println!("con1 (10.210.1.2) connects to {FAR_IP}:8000; the server sees the client as {seen}");
-    if seen.ip().to_string() != UPLINK_IP {
-        failures.push(format!("masquerade: the server saw {seen}, not the uplink's address"));
+    for (far, uplink, from) in [(FAR_IP, UPLINK_IP, "10.210.1.2"), (FAR_IP6, UPLINK_IP6, "fd00:210:1::2")] {
+        tcp_whoami_server(&outside.far, addr(far, 8000))?;
+        let seen = tcp_whoami(&con1, addr(far, 8000), WAIT)?;
+        println!("con1 ({from}) connects to {}; the server sees the client as {seen}", addr(far, 8000));
+        if seen.ip().to_string() != uplink {
+            failures.push(format!("masquerade: the server saw {seen}, not the uplink's address {uplink}"));
+        }
     }
     let web = sb.add_netns("web")?;
     cli(sb, &["network", "connect", "backend", &web, "-p", "8080:80"])?;
     tcp_whoami_server(&web, addr("10.210.1.4", 80))?;
+    tcp_whoami_server(&web, addr("fd00:210:1::4", 80))?;
     let host = sb.host();
     for (who, ns, to, expect) in [
         ("far", &outside.far, UPLINK_IP, FAR_IP),
         ("the host itself", &host, "127.0.0.1", "10.210.1.1"),
         ("con3 (frontend)", &sb.ns("con3"), UPLINK_IP, "10.210.1.1"),
+        ("far", &outside.far, UPLINK_IP6, FAR_IP6),
+        ("the host itself", &host, "::1", "fd00:210:1::1"),
+        ("con3 (frontend)", &sb.ns("con3"), UPLINK_IP6, "fd00:210:1::1"),
     ] {
         match tcp_whoami(ns, addr(to, 8080), WAIT) {
             Ok(seen) => {
-                println!("{who} connects to {to}:8080; web sees the client as {seen}");
+                println!("{who} connects to {}; web sees the client as {seen}", addr(to, 8080));
                 if seen.ip().to_string() != expect {
                     failures.push(format!("published port from {who}: web saw {seen}, expected {expect}"));
                 }
@@ -377,7 +385,16 @@ fn three_hosts() -> Result<Vec<String>> {
                 continue;
             }
             let target = format!("w{}", j + 1);
-            let ip = c.nodes[i].exec(&web[i], &["dig", "+short", "+time=1", "+tries=1", "@10.0.9.99", &target])?.stdout.trim().to_string();
+            // A node's resolver follows a network that reached it within 200 ms: asked at once
+            // after the connects, it may not listen yet.
+            let mut ip = String::new();
+            for _ in 0..10 {
+                ip = c.nodes[i].exec(&web[i], &["dig", "+short", "+time=1", "+tries=1", "@10.0.9.99", &target])?.stdout.trim().to_string();
+                if ip.parse::<std::net::IpAddr>().is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let reached = !ip.is_empty() && c.nodes[i].ping(&web[i], &ip)?;
             let mark = if reached { "ok" } else { "WRONG" };
             println!("  w{} (n{}) -> {target} = {ip:<12} pass/{} {mark}", i + 1, i + 1, if reached { "pass" } else { "blocked" });
@@ -462,8 +479,10 @@ pub fn run() -> Result<()> {
     println!("bpfnet demo: containers are network namespaces, the daemon runs in a private \"host\"");
     println!("namespace; nothing on this machine's own network is touched.");
     let mut sb = Sandbox::new("demo")?;
-    // The uplink first: the daemon takes the interface of the default route.
+    // The uplink first, both families: the daemon takes the interface of the default route and
+    // its addresses.
     let outside = sb.add_outside()?;
+    sb.add_ipv6_outside(&outside)?;
     sb.start_daemon()?;
     let con1 = sb.add_netns("con1")?;
     let con2 = sb.add_netns("con2")?;
@@ -526,7 +545,7 @@ pub fn run() -> Result<()> {
         Err(e) => failures.push(format!("endpoint lifecycle: {e:#}")),
     }
 
-    step("The outside: masquerade, and a published port (-p 8080:80) reached from outside, the host and another network");
+    step("The outside, IPv4 and IPv6: masquerade, and a published port (-p 8080:80) reached from outside, the host and another network");
     match outside_world(&mut sb, &outside) {
         Ok(f) => failures.extend(f),
         Err(e) => failures.push(format!("outside world: {e:#}")),

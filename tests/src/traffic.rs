@@ -81,8 +81,8 @@ pub fn tcp_whoami(ns: &str, to: SocketAddr, timeout: Duration) -> Result<SocketA
 
 /// Asks a UDP whoami server from `ns`, sending from local port `from_port` (0: any).
 pub fn udp_whoami(ns: &str, from_port: u16, to: SocketAddr, timeout: Duration) -> Result<SocketAddr> {
-    let any: std::net::IpAddr = if to.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
-    let socket = netns::within(ns, move || Ok(UdpSocket::bind((any, from_port))?))?;
+    let from = SocketAddr::new(any_of(&to).ip(), from_port);
+    let socket = netns::within(ns, move || Ok(UdpSocket::bind(from)?))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"who am i", to)?;
     let mut buf = [0u8; 256];

@@ -9,7 +9,7 @@ use bpfnet_lab::{
     sandbox::{FAR_IP6, UPLINK_IP6},
     traffic::{
         payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_whoami, tcp_whoami_server, udp_echo_server, udp_exchange,
-        udp_whoami, udp_whoami_server,
+        udp_refused, udp_whoami, udp_whoami_server,
     },
     Sandbox,
 };
@@ -270,7 +270,7 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.229.0.0/24", "--subnet", "fd00:229::/64"]).unwrap();
     sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.230.0.0/24"]).unwrap();
     // -p 8080:80 is both families; [::] IPv6 only; an address of the uplink just that one.
-    let (_, web6) = connect(&sb, "dual", &web, &["-p", "8080:7000", "-p", "[::]:8081:7001/udp", "-p", &format!("[{UPLINK_IP6}]:8082:7002")]);
+    let (_, web6) = connect(&sb, "dual", &web, &["-p", "8080:7000", "-p", "[::]:8081:7001/udp", "-p", &format!("[{UPLINK_IP6}]:8082:7002"), "-p", "[::]:8083:7003/udp"]);
     for (port, udp) in [(7000, false), (7001, true), (7002, false)] {
         let at = addr(&web6, port);
         if udp { udp_whoami_server(&web, at).unwrap() } else { tcp_whoami_server(&web, at).unwrap() }
@@ -287,6 +287,11 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     assert!(udp_whoami(&outside.far, 41001, addr(bpfnet_lab::sandbox::UPLINK_IP, 8081), BLOCKED).is_err(), "[::] is IPv6 only");
     let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8082), T).unwrap();
     assert_eq!(seen.ip().to_string(), FAR_IP6);
+    // Nobody listens behind 8083: the container's "port unreachable" reaches the client
+    // translated (from the address it asked, quoting what it sent).
+    let before = counter(&sb, "nat_icmp_error");
+    assert!(udp_refused(&outside.far, addr(UPLINK_IP6, 8083), T).unwrap(), "the client learns the port is closed");
+    assert!(counter(&sb, "nat_icmp_error") > before);
 
     // Containers reach it through the host's IPv6 addresses too (hairpin): from the publisher's
     // network's IPv6 gateway, so that the answers come back the same way.
@@ -313,10 +318,10 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     // `port ls` shows a line per family the port reaches the container by.
     let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
     let hosts: Vec<&str> = ports.as_array().unwrap().iter().map(|p| p["host"].as_str().unwrap()).collect();
-    for expected in ["0.0.0.0:8080", "[::]:8080", "[::]:8081", &format!("[{UPLINK_IP6}]:8082")] {
+    for expected in ["0.0.0.0:8080", "[::]:8080", "[::]:8081", &format!("[{UPLINK_IP6}]:8082"), "[::]:8083"] {
         assert!(hosts.contains(&expected), "{expected} in {hosts:?}");
     }
-    assert_eq!(hosts.len(), 4, "{hosts:?}");
+    assert_eq!(hosts.len(), 5, "{hosts:?}");
 
     // Refused clearly, nothing changed: IPv6 on a network without, an address not the host's,
     // a family's every address already taken.

@@ -335,3 +335,43 @@ fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
         assert_eq!(lab.counter(Counter::DropInternal), 1);
     });
 }
+
+#[test]
+fn icmpv6_errors_a_container_sends_about_translated_packets_leave_translated() {
+    TestNetns::new("v6icmpout").run(MASQ, |lab| {
+        // The other container's query takes another port: the first holds 5353 to the server.
+        let first = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 64), udp_datagram(5353, 53, b"query"));
+        assert_eq!(lab.from_container(&first).verdict, REDIRECT);
+        lab.send_as(OTHER_CONTAINER_IP, OTHER_CONTAINER_MAC);
+        let other = v6_of(OTHER_CONTAINER_IP);
+        let query = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, UDP, 64), udp_datagram(5353, 53, b"query"));
+        let left = lab.from_container(&query);
+        let port = port_at(&left.packet, L4_6);
+        assert_ne!(port, 5353);
+        // The answer comes in; the container's socket is gone: "port unreachable", quoting the
+        // answer as it arrived.
+        let answer = packet6(UPLINK_MAC, ROUTER_MAC, reply6(UDP, 60), udp_datagram(53, port, b"answer"));
+        let delivered = lab.from_uplink(&answer);
+        assert_eq!(delivered.verdict, REDIRECT);
+        let mut unreachable = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        unreachable.extend_from_slice(&delivered.packet[14..]);
+        let error = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, SERVER_IP6, ICMPV6, 64), unreachable);
+        let out = lab.from_container(&error);
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink");
+        // From the uplink's address, quoting what the server sent (but for the hop it took).
+        let mut expected_icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        expected_icmp.extend_from_slice(&packet6(UPLINK_MAC, ROUTER_MAC, reply6(UDP, 59), udp_datagram(53, port, b"answer"))[14..]);
+        let expected = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(UPLINK_IP6, SERVER_IP6, ICMPV6, 63), expected_icmp);
+        assert_eq!(out.packet, expected, "every checksum exact");
+        assert_eq!(lab.counter(Counter::NatIcmpError), 1);
+
+        // About another container's connection, or to someone else: the host's, untouched.
+        lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+        let mut forged = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        forged.extend_from_slice(&delivered.packet[14..]);
+        let forged = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), forged);
+        let out = lab.from_container(&forged);
+        assert_eq!((out.verdict, out.packet), (PASS, forged), "not its own connection");
+        assert_eq!(lab.counter(Counter::NatIcmpError), 1);
+    });
+}

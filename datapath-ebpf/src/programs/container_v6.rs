@@ -10,6 +10,7 @@ use crate::{
     checksum::decrement_hop_limit,
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
+    icmpv6,
     headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv6Hdr, ETH_HDR_LEN, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
     maps::{ENDPOINTS, IFACES},
     nat::{self, apply, send_out},
@@ -109,7 +110,8 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
 /// replies, other ICMPv6 and other protocols are the host's.
 #[inline(always)]
 fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: bool) -> i32 {
-    let Some(flow) = conntrack::parse_v6(ctx) else { return to_host(ctx) };
+    // Not a flow conntrack follows: an ICMPv6 error about a translated connection, or the host's.
+    let Some(flow) = conntrack::parse_v6(ctx) else { return icmpv6::error_from_container(ctx) };
     let len = ctx.len();
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
     if let Some(tracked) = conntrack::lookup(&flow.key) {

@@ -19,7 +19,9 @@ pub struct EndpointSpecArgs {
     aliases: Vec<String>,
     /// Publish a container port on the host (repeatable), as docker run -p:
     /// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]. Without HOST_IP the port is
-    /// published on every address of the daemon's namespace; tcp is the default. Clients
+    /// published on every address of the daemon's namespace, IPv4 and IPv6 (IPv6 where the
+    /// container has an IPv6 address); 0.0.0.0 means every IPv4 address, [::] every IPv6 one,
+    /// an IPv6 address goes in brackets ([2001:db8::1]:8080:80); tcp is the default. Clients
     /// outside reach the container through the uplink, other containers through any host
     /// address; the container sees the client's real address.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
