@@ -343,6 +343,7 @@ impl Sandbox {
         run_ok("ip", &["-n", &ext, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far])?;
         for (ns, dev, addr) in [(&ext, "eth1", "198.51.100.1/24"), (&far, "eth0", "198.51.100.7/24")] {
             run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
+            no_dad(ns, dev)?;
             run_ok("ip", &["-n", ns, "link", "set", dev, "up"])?;
         }
         run_ok("ip", &["-n", &far, "route", "add", "default", "via", "198.51.100.1"])?;
@@ -384,6 +385,7 @@ impl Sandbox {
         run_ok("ip", &["-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside])?;
         for (ns, dev, addr) in [(host, "up0", "192.0.2.1/24"), (outside, "eth0", "192.0.2.2/24")] {
             run_ok("ip", &["-n", ns, "addr", "add", addr, "dev", dev])?;
+            no_dad(ns, dev)?;
             run_ok("ip", &["-n", ns, "link", "set", dev, "up"])?;
         }
         run_ok("ip", &["-n", host, "route", "add", "default", "via", "192.0.2.2"])?;
@@ -432,6 +434,15 @@ fn unmount_below(dir: &Path) {
             }
         }
     }
+}
+
+/// No IPv6 duplicate address detection on `dev` in `ns` (before it comes up, so that its
+/// link-local address is usable at once): a link-local address still tentative cannot source
+/// the neighbour solicitations of forwarded packets (a router resolving the next hop for a
+/// client's packet), which stalls the first IPv6 connections across it for a second or two.
+fn no_dad(ns: &str, dev: &str) -> Result<()> {
+    run_ok("ip", &["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")])?;
+    Ok(())
 }
 
 /// Removes whatever interrupted runs left: daemons and tools started for sandboxes, their
