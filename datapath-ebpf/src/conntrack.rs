@@ -276,7 +276,8 @@ static FLOW6_SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reads the tuple of the IPv6 packet in `ctx`: TCP, UDP or ICMPv6 echo (the identifier as
 /// the port, as for IPv4), behind at most the extension headers `headers` walks. `None` for a
-/// fragment (not tracked yet), a chain too long, a truncated header, or another protocol. The
+/// fragment (not tracked yet), a chain too long, a truncated header, another protocol, or an
+/// IPv4-mapped address (which would name IPv4's connections). The
 /// flow is this CPU's [`FLOW6_SCRATCH`], valid until the program returns.
 #[inline(always)]
 pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
@@ -291,6 +292,10 @@ pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
         flow.key.daddr.addr = (*ip).daddr;
         ((*ip).nexthdr, u16::from_be((*ip).payload_len))
     };
+    // An IPv4-mapped address would name IPv4's connections, ports and endpoints.
+    if flow.key.saddr.is_ipv4() || flow.key.daddr.is_ipv4() {
+        return None;
+    }
     let (proto, l4_off) = ipv6_unfragmented_upper_layer(ctx, IP_OFF, nexthdr)?;
     flow.key.proto = proto;
     flow.key._pad = [0; 3];

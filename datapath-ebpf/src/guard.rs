@@ -50,12 +50,19 @@ pub fn uplink_refusal(saddr: u32, daddr: u32) -> Option<Counter> {
     None
 }
 
-/// As [`uplink_refusal`] for IPv6 (`saddr`/`daddr` in wire-order words): a container's address
-/// as source or destination. The host's own IPv6 addresses are its stack's to judge.
+/// As [`uplink_refusal`] for IPv6 (`saddr`/`daddr` in wire-order words): a martian source
+/// (`::/8` but the unspecified address, which duplicate address detection sends from; multicast)
+/// or destination (`::/8`: loopback, and the IPv4-mapped addresses, which would name IPv4's
+/// entries), a container's or the host's own address as source, a container's as destination.
 #[inline(always)]
 pub fn uplink_refusal_v6(saddr: [u32; 4], daddr: [u32; 4]) -> Option<Counter> {
+    let (src_first, dst_first) = (first_byte(saddr[0]), first_byte(daddr[0]));
+    if (src_first == 0 && saddr != [0; 4]) || src_first == 0xff || dst_first == 0 {
+        return Some(Counter::DropMartian);
+    }
+    let source = IpKey { addr: saddr };
     // SAFETY: read-only lookups.
-    if unsafe { ENDPOINTS.get(&IpKey { addr: saddr }).is_some() } {
+    if unsafe { ENDPOINTS.get(&source).is_some() || HOST_ADDRS.get(&source).is_some() } {
         return Some(Counter::DropUplinkSpoofed);
     }
     // SAFETY: as above.

@@ -57,6 +57,9 @@ fn quote_of(ctx: &TcContext) -> Option<Quote> {
     if ctx.load::<u8>(IP_OFF + NEXT_HEADER_OFF).ok()? != IPPROTO_ICMPV6 || !is_error(ctx.load::<u8>(ICMP).ok()?) {
         return None;
     }
+    if ctx.load::<u8>(QUOTE).ok()? >> 4 != 6 {
+        return None;
+    }
     let proto: u8 = ctx.load(QUOTE + NEXT_HEADER_OFF).ok()?;
     let l4 = QUOTE + IPV6_HDR_LEN;
     let head: [u16; 4] = ctx.load(l4).ok()?;
@@ -81,6 +84,10 @@ fn quote_of(ctx: &TcContext) -> Option<Quote> {
         proto,
         _pad: [0; 3],
     };
+    // An IPv4-mapped address would name IPv4's connections.
+    if reversed.saddr.is_ipv4() || reversed.daddr.is_ipv4() {
+        return None;
+    }
     Some(Quote { reversed, sport_off, dport_off, csum_off })
 }
 
@@ -126,7 +133,9 @@ pub fn translate_error_from_uplink(ctx: &TcContext) -> Option<&'static Translati
     let q = quote_of(ctx)?;
     // The quoted packet left; its answers' tuple is its own reversed.
     let t = nat::translation6_of(conntrack::get(&q.reversed)?)?;
-    if t.ifindex == 0 || t.action & ct_action::REWRITE_DST == 0 || t.action & ct_action::TUNNEL != 0 || !decrement_hop_limit(ctx) {
+    // Only the connections packets from outside may take (`nat::from_outside`): not a hairpin
+    // connection between containers, whose tuple a forged quote could name.
+    if !nat::from_outside(t) || t.action & ct_action::TUNNEL != 0 || !decrement_hop_limit(ctx) {
         return None;
     }
     set_ipv6_addr(ctx, IP_OFF + IPV6_DADDR_OFF, t.dst, IPPROTO_ICMPV6, Some(ICMP)).ok()?;

@@ -104,8 +104,10 @@ fn to_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
         return PROCEED;
     }
     let asked = user_address::<V6>(ctx);
-    let any = if V6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
-    let host = if V6 { is_host_address_v6(&asked) } else { is_host_address(&asked) };
+    // An IPv6 socket may name an IPv4 address, IPv4-mapped (::ffff:127.0.0.1): IPv4's ports.
+    let ipv6 = V6 && !asked.is_ipv4();
+    let any = if ipv6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
+    let host = if ipv6 { is_host_address_v6(&asked) } else { is_host_address(&asked) };
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let published = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
         Some(t) => *t,
@@ -119,7 +121,7 @@ fn to_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let listening = CtKey { saddr: IpKey::default(), daddr: asked, sport: 0, dport: port, proto, _pad: [0; 3] };
     if published.network == 0
         && published.flags & port_flags::OVER_HOST_LISTENERS == 0
-        && conntrack::host_socket_owns(ctx, &listening, false, V6)
+        && conntrack::host_socket_owns(ctx, &listening, false, ipv6)
     {
         return PROCEED;
     }

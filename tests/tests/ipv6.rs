@@ -251,8 +251,10 @@ fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
     let conns = sb.bpfnet_ok(&["conntrack", "ls"]).unwrap();
     assert!(conns.contains(&a6) && conns.contains(UPLINK_IP6), "conntrack ls shows IPv6 connections: {conns}");
 
-    // masquerade=false: untranslated, the outside has no route back.
+    // masquerade=false: untranslated (routed by the host), the outside has no route back.
+    let nat_out = counter(&sb, "nat_out");
     assert!(tcp_connect(&plain, addr(FAR_IP6, 8080), BLOCKED).is_err(), "no masquerade, no answer");
+    assert_eq!(counter(&sb, "nat_out"), nat_out, "nothing translated");
     // A host on the LAN cannot reach a container's IPv6 address through the host.
     sb.exec(&outside.ext, &["ip", "-6", "route", "add", "fd00:227::/64", "via", UPLINK_IP6]).unwrap();
     let before = counter(&sb, "drop_uplink_to_container");
@@ -284,6 +286,8 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     assert_eq!(seen.ip().to_string(), bpfnet_lab::sandbox::FAR_IP, "-p 8080:80 takes IPv4 clients too");
     let seen = udp_whoami(&outside.far, 41000, addr(UPLINK_IP6, 8081), T).unwrap();
     assert_eq!(seen.to_string(), format!("[{FAR_IP6}]:41000"));
+    // Something listens on the container's IPv4 address too: only the publication decides.
+    udp_whoami_server(&web, addr("10.229.0.2", 7001)).unwrap();
     assert!(udp_whoami(&outside.far, 41001, addr(bpfnet_lab::sandbox::UPLINK_IP, 8081), BLOCKED).is_err(), "[::] is IPv6 only");
     let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8082), T).unwrap();
     assert_eq!(seen.ip().to_string(), FAR_IP6);

@@ -319,12 +319,14 @@ impl Netlink {
         }).collect())
     }
 
-    /// The global IPv6 addresses of interface `index` that may source traffic (not link-local,
-    /// not tentative, deprecated or failed duplicate address detection), first added first.
+    /// The IPv6 addresses of interface `index` that masquerade may use, best first: global scope,
+    /// not link-local, not tentative, deprecated, failed duplicate address detection or temporary
+    /// (privacy addresses change); global unicast before unique local (fc00::/7).
     pub async fn interface_ipv6(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
         let addresses = self.matching_addresses(index, None, None).await?;
-        let unusable = AddressFlags::Tentative | AddressFlags::Deprecated | AddressFlags::Dadfailed;
-        Ok(addresses
+        // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit (an IPv6 address is never secondary).
+        let unusable = AddressFlags::Tentative | AddressFlags::Deprecated | AddressFlags::Dadfailed | AddressFlags::Secondary;
+        let mut found: Vec<Ipv6Addr> = addresses
             .iter()
             .filter(|m| m.header.scope == rtnetlink::packet_route::address::AddressScope::Universe)
             .filter(|m| {
@@ -335,7 +337,9 @@ impl Netlink {
                 IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(v6),
                 _ => None,
             })
-            .collect())
+            .collect();
+        found.sort_by_key(|a| a.is_unique_local());
+        Ok(found)
     }
 
     /// Destinations of the main routing table's routes (both families), except default routes and

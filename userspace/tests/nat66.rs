@@ -275,6 +275,22 @@ fn a_port_published_on_ipv6_takes_outside_clients_to_the_container_with_their_ow
         }
         assert_eq!(lab.counter(Counter::NatIn), 2);
 
+        // Spoofed or martian sources from the LAN open no connection: a container's address, the
+        // host's own, an IPv4-mapped one (which would name IPv4's entries); nor does an
+        // IPv4-mapped destination reach IPv4's publications.
+        for (src, dst, port, reason) in [
+            (CONTAINER_IP6, UPLINK_IP6, 8000, Counter::DropUplinkSpoofed),
+            (UPLINK_IP6, UPLINK_IP6, 8000, Counter::DropUplinkSpoofed),
+            ("::ffff:203.0.113.9", UPLINK_IP6, 8000, Counter::DropMartian),
+            (CLIENT_IP6, "::ffff:192.0.2.1", 8002, Counter::DropMartian),
+        ] {
+            let before = lab.counter(reason);
+            let forged = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(src, dst, TCP, 50), tcp_segment(50005, port, 0x02, b""));
+            assert_eq!(lab.from_uplink(&forged).verdict, DROP, "{src} -> {dst}");
+            assert_eq!(lab.counter(reason), before + 1, "{src} -> {dst}");
+        }
+        assert_eq!(lab.counter(Counter::NatIn), 2);
+
         // A host listener on the port keeps it (no publication flag says otherwise).
         let _listener = std::net::TcpListener::bind("[::]:8003").unwrap();
         publish6(lab, None, 8003, TCP);
@@ -327,6 +343,13 @@ fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
         let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(UPLINK_IP6, CONTAINER_IP6, TCP, 63), tcp_segment(8000, 40000, 0x12, b""));
         assert_eq!(out.packet, expected);
         assert_eq!(lab.counter(Counter::Hairpin), 3);
+
+        // An ICMPv6 error from outside quoting the hairpin connection's tuple is not delivered.
+        let quoted = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(40000, 80, 0x10, b""));
+        let (ip, icmp) = icmpv6_error(1, 0, &quoted, UPLINK_IP6, 64);
+        let error = packet6(UPLINK_MAC, ROUTER_MAC, ip, icmp);
+        let out = lab.from_uplink(&error);
+        assert_eq!((out.verdict, out.packet), (PASS, error), "a hairpin connection is no outside one");
     });
     TestNetns::new("v6hairpinint").run(iface_flags::INTERNAL, |lab| {
         publish6(lab, None, 8000, TCP);
@@ -372,6 +395,12 @@ fn icmpv6_errors_a_container_sends_about_translated_packets_leave_translated() {
         let forged = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), forged);
         let out = lab.from_container(&forged);
         assert_eq!((out.verdict, out.packet), (PASS, forged), "not its own connection");
+        lab.send_as(OTHER_CONTAINER_IP, OTHER_CONTAINER_MAC);
+        let mut elsewhere = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        elsewhere.extend_from_slice(&delivered.packet[14..]);
+        let elsewhere = packet6(GATEWAY_MAC, OTHER_CONTAINER_MAC, Ip6::new(&other, CLIENT_IP6, ICMPV6, 64), elsewhere);
+        let out = lab.from_container(&elsewhere);
+        assert_eq!((out.verdict, out.packet), (PASS, elsewhere), "only to whoever sent the quoted packet");
         assert_eq!(lab.counter(Counter::NatIcmpError), 1);
     });
 }

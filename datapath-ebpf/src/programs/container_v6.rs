@@ -163,9 +163,10 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: 
     }
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     new.original.action = ct_action::REWRITE_SRC;
+    // Read once: a concurrent update of the uplink must not split the two.
     new.original.src = uplink.addr6;
     conntrack::masquerade_reply(&mut new.reply, flow, ifindex, iface.mac);
-    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: uplink.addr6, ..flow.key.reversed() };
+    new.reply_key = CtKey { saddr: flow.key.daddr, daddr: new.original.src, ..flow.key.reversed() };
     route::cache(&mut new.original, &route, now_ns());
     let port = Port::Allocate { preferred: flow.key.sport, ipv6: true };
     if let Err(reason) = conntrack::track(ctx, flow, new, port, len) {

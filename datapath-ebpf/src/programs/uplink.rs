@@ -92,10 +92,14 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
         };
     };
     let Some(tracked) = conntrack::lookup(&flow.key) else {
+        // Screened first, as for IPv4: a spoofed or martian source opens no connection either.
+        if let Some(reason) = guard::uplink_refusal_v6(flow.key.saddr.addr, flow.key.daddr.addr) {
+            return drop_packet(ctx, reason);
+        }
         // A new connection to a port published on an IPv6 address of the host.
         return match published_target_v6(ctx, flow, false).filter(|t| t.network == 0 && t.service == 0) {
             Some(target) => publish_v6(ctx, flow, target),
-            None => screened_to_host_v6(ctx),
+            None => count_uplink_to_host(ctx),
         };
     };
     // SAFETY: a map value, read before any packet helper runs.

@@ -176,7 +176,14 @@ pub(super) async fn refresh(netlink: &Netlink, datapath: &mut Datapath, found: &
         }
     }
     for f in found.iter_mut() {
-        let current = netlink.interface_ipv6(f.index).await?;
+        // IPv4's change (above) must reach the datapath even if this lookup fails.
+        let current = match netlink.interface_ipv6(f.index).await {
+            Ok(current) => current,
+            Err(e) => {
+                log::warn!("uplink {}: its IPv6 addresses could not be read ({e:#}); masquerade keeps what it has", f.name);
+                continue;
+            }
+        };
         // As for IPv4; an IPv6 address gone is no longer used (there may be none).
         if f.addr6.is_some_and(|a| current.contains(&a)) || (f.addr6.is_none() && current.is_empty()) {
             continue;

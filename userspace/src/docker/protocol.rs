@@ -163,10 +163,10 @@ impl PortBinding {
             17 => Protocol::Udp,
             other => return Err(format!("cannot publish port {} of protocol {other}: bpfnet publishes TCP and UDP", self.port)),
         };
-        // "" and 0.0.0.0 (Docker's default binding address): every address, both families, as
-        // Docker's bridge publishes them; :: every IPv6 address.
+        // "": every address, both families, as Docker's bridge publishes `-p 8080:80`; 0.0.0.0
+        // and ::, every address of that family (Docker's `-p 0.0.0.0:8080:80` is IPv4 only).
         let host_ip = match self.host_ip.as_str() {
-            "" | "0.0.0.0" => None,
+            "" => None,
             text => Some(text.parse::<std::net::IpAddr>().map_err(|_| format!("invalid host address {text:?}"))?),
         };
         let host_ports = match (self.host_port, self.host_port_end) {
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(requests[1].host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!((requests[1].host_ports, requests[1].protocol), ((5353, 5353), Protocol::Udp));
         assert_eq!(requests[2].host_ports, DYNAMIC_PORTS);
-        assert_eq!((requests[3].host_ip, requests[3].host_ports), (None, (7000, 7005)));
+        assert_eq!((requests[3].host_ip, requests[3].host_ports), (Some("0.0.0.0".parse().unwrap()), (7000, 7005)));
         assert!(port_map(None).unwrap().is_empty());
         let v6 = PortBinding { proto: 6, ip: String::new(), port: 80, host_ip: "::".into(), host_port: 8080, host_port_end: 8080 };
         assert_eq!(v6.request().unwrap().host_ip, Some("::".parse().unwrap()));

@@ -110,8 +110,11 @@ impl NetworkDriver for Veth {
             // what the datapath leaves to the host (a packet too big for the uplink, a hop limit
             // running out, a network without masquerade) is forwarded or answered as IPv4's is.
             // Here, not at creation: endpoints of an older version get it.
-            for key in ["forwarding", "force_forwarding"] {
-                plumbing::write_sysctl(&format!("net/ipv6/conf/{}/{key}", link.name), "1")?;
+            plumbing::write_sysctl(&format!("net/ipv6/conf/{}/forwarding", link.name), "1")?;
+            // Linux 6.17 and later; before, what the datapath leaves to the host is forwarded
+            // only where the host forwards IPv6 (net.ipv6.conf.all.forwarding).
+            if let Err(e) = plumbing::write_sysctl(&format!("net/ipv6/conf/{}/force_forwarding", link.name), "1") {
+                log::debug!("{}: no force_forwarding ({e:#})", link.name);
             }
             k.netlink.replace_host_route(address6, link.index, v6.gateway).await?;
             k.netlink.replace_neighbour(link.index, address6, ep.mac).await?;
