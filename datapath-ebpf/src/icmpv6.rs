@@ -135,7 +135,7 @@ pub fn translate_error_from_uplink(ctx: &TcContext) -> Option<&'static Translati
     let t = nat::translation6_of(conntrack::get(&q.reversed)?)?;
     // Only the connections packets from outside may take (`nat::from_outside`): not a hairpin
     // connection between containers, whose tuple a forged quote could name.
-    if !nat::from_outside(t) || t.action & ct_action::TUNNEL != 0 || !decrement_hop_limit(ctx) {
+    if !nat::from_outside(&q.reversed.saddr, t) || t.action & ct_action::TUNNEL != 0 || !decrement_hop_limit(ctx) {
         return None;
     }
     set_ipv6_addr(ctx, IP_OFF + IPV6_DADDR_OFF, t.dst, IPPROTO_ICMPV6, Some(ICMP)).ok()?;

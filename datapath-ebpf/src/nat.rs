@@ -383,15 +383,21 @@ fn track_published_entry(ctx: &impl Packet, flow: &Flow, target: &PortTarget, se
     Some(conntrack::track(ctx, flow, new, Port::Fixed, len).map(|()| &new.original))
 }
 
-/// Whether packets from outside may match an entry with `translation`: only the answers of a
-/// masqueraded connection and the packets of a connection to a published port, which deliver
-/// into a container with only their destination rewritten. A hairpin entry (both sides
-/// rewritten) or the answer of a connection through a VIP (the source) is matched from
-/// containers only: a packet from outside that forges its tuple is not delivered.
+/// Whether a packet from outside with source `source` may match an entry with `translation`:
+/// only the answers of a masqueraded connection and the packets of a connection to a published
+/// port or service, which deliver into a container with only their destination rewritten. A
+/// hairpin entry (both sides rewritten) or the answer of a connection through a VIP (the
+/// source) is matched from containers only; so is a container's own connection through a VIP
+/// (a service's entry, whose client, the source, is a container): a packet from outside that
+/// forges such a tuple is not delivered.
 #[inline(always)]
-pub fn from_outside<A: Address>(translation: &Translated<A>) -> bool {
+pub fn from_outside<A: Address>(source: &IpKey, translation: &Translated<A>) -> bool {
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
-    translation.ifindex != 0 && translation.action & both == ct_action::REWRITE_DST
+    if translation.ifindex == 0 || translation.action & both != ct_action::REWRITE_DST {
+        return false;
+    }
+    // SAFETY: read-only lookup; paid by service connections only.
+    translation.action & ct_action::SERVICE == 0 || unsafe { ENDPOINTS.get(source) }.is_none()
 }
 
 /// Whether the answer of a masqueraded UDP flow belongs to a socket of the host bound to that
@@ -543,12 +549,15 @@ fn rewrite_quote(ctx: &TcContext, flow: &Flow, q: &Quote, addr_off: usize, new_a
 pub fn translate_icmp_error(ctx: &TcContext, flow: &Flow) -> Option<Translation> {
     let q = quote_of(ctx, flow)?;
     // The quoted packet left the host; a reply to it would be its tuple reversed.
+    let reversed = q.reversed_key();
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let translation = Translation::of(conntrack::get(&q.reversed_key())?);
-    // An error about a connection through the tunnel stays the host's: the node beyond it could
-    // not tell it from a forged one.
+    let translation = Translation::of(conntrack::get(&reversed)?);
+    // Only about connections packets from outside may take (a forged quote of a hairpin
+    // connection, or of a container's own through a VIP, is no error from outside). An error
+    // about a connection through the tunnel stays the host's: the node beyond it could not tell
+    // it from a forged one.
     let tunnelled = translation.action & ct_action::TUNNEL != 0;
-    if translation.ifindex == 0 || translation.action & ct_action::REWRITE_DST == 0 || tunnelled || !decrement_ttl(ctx) {
+    if !from_outside(&reversed.saddr, &translation) || tunnelled || !decrement_ttl(ctx) {
         return None;
     }
     // The outer destination: the IP checksum only (ICMP's checksum has no pseudo-header).

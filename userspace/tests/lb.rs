@@ -31,6 +31,14 @@ fn a_container_reaches_a_service_vip_and_the_backend_answers_from_the_vip() {
         );
         assert_eq!(out.packet, expected, "the backend Maglev chose, addresses, port and checksums exact");
 
+        // A LAN host that forges the connection's tuple (the container as source, to the VIP)
+        // reaches nobody: the connection is between two containers.
+        let forged = packet(UPLINK_MAC, ROUTER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x18, b"injected"));
+        let out = lab.from_uplink(&forged);
+        assert_eq!(out.verdict, DROP, "not delivered into the backend");
+        assert_eq!(lab.counter(Counter::DropUplinkSpoofed), 1);
+        assert_eq!(lab.from_uplink_xdp(&forged).verdict, XDP_PASS, "XDP leaves it to TC");
+
         // The backend's answer leaves with the VIP as its source.
         lab.flags |= iface_flags::SERVICE_BACKEND;
         lab.send_as(backend_ip(b), backend_mac(b));

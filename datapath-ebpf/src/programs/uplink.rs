@@ -62,7 +62,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     };
     // SAFETY: a map value, read before any packet helper runs.
     let translation = Translation::of(unsafe { &*tracked.entry });
-    if !from_outside(&translation) {
+    if !from_outside(&flow.key.saddr, &translation) {
         return screened_to_host(ctx);
     }
     if host_owns_answer(ctx, &flow, &translation) {
@@ -104,7 +104,7 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
     };
     // SAFETY: a map value, read before any packet helper runs.
     let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return screened_to_host_v6(ctx) };
-    if !from_outside(translation) {
+    if !from_outside(&flow.key.saddr, translation) {
         return screened_to_host_v6(ctx);
     }
     if host_owns_answer(ctx, flow, translation) {

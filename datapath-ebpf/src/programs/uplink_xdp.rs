@@ -103,7 +103,7 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
         // As at TC: only entries that take packets from outside, and not the answers a socket
         // of the host owns; none through the tunnel (TC's).
         let here = t.action & ct_action::TUNNEL == 0 && delivers(t.ifindex);
-        if !nat::from_outside(&t) || !here || nat::host_owns_answer(ctx, &flow, &t) {
+        if !nat::from_outside(&flow.key.saddr, &t) || !here || nat::host_owns_answer(ctx, &flow, &t) {
             return XDP_PASS;
         }
         observe(tracked, &flow, len, now);
