@@ -30,6 +30,12 @@ impl PortKey {
     pub const fn any_ipv6_address(port: u16, proto: u8) -> Self {
         Self { addr: IpKey { addr: [0; 4] }, port, proto, _pad: 0 }
     }
+
+    /// The key of a port published on every address of the host of one family.
+    #[inline(always)]
+    pub const fn any_address(port: u16, proto: u8, ipv6: bool) -> Self {
+        if ipv6 { Self::any_ipv6_address(port, proto) } else { Self::any_ipv4_address(port, proto) }
+    }
 }
 
 /// Flags of a [`PortTarget`] (0 in entries written before they existed: the defaults).

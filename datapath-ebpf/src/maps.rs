@@ -39,10 +39,13 @@ pub fn is_host_address(addr: &IpKey) -> bool {
     addr.ipv4_word().to_ne_bytes()[0] == 127 || unsafe { HOST_ADDRS.get(addr) }.is_some()
 }
 
-/// As [`is_host_address`] for an IPv6 address (`::1` included).
+/// As [`is_host_address`] for an address of either family (`ipv6`: `::1` is loopback).
 #[inline(always)]
-pub fn is_host_address_v6(addr: &IpKey) -> bool {
+pub fn is_host_address_of(addr: &IpKey, ipv6: bool) -> bool {
     const LOOPBACK: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+    if !ipv6 {
+        return is_host_address(addr);
+    }
     // SAFETY: read-only lookup.
     addr.addr == LOOPBACK || unsafe { HOST_ADDRS.get(addr) }.is_some()
 }

@@ -16,7 +16,7 @@ use crate::{
         ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_ERROR_QUOTE_OFF, ICMP_ID_OFF, IPPROTO_ICMPV6, IPV6_DADDR_OFF, IPV6_SADDR_OFF,
         IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, UDP_CSUM_OFF,
     },
-    maps::{is_host_address, is_host_address_v6, ENDPOINTS, IFACES, PORTS},
+    maps::{is_host_address_of, ENDPOINTS, IFACES, PORTS},
     overlay,
     packet::Packet,
     route,
@@ -180,14 +180,11 @@ fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, loc
     let target = match unsafe { PORTS.get(&exact) } {
         Some(target) => target,
         None => {
-            let (port, proto) = (flow.key.dport, flow.key.proto);
-            let any = if V6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
-            let target = unsafe { PORTS.get(&any) }?;
+            let target = unsafe { PORTS.get(&PortKey::any_address(flow.key.dport, flow.key.proto, V6)) }?;
             // Every address of the host, as Docker's `--dst-type LOCAL`: not broadcast or multicast.
             let first = flow.key.daddr.addr[if V6 { 0 } else { 3 }].to_ne_bytes()[0];
             let group = if V6 { first == 0xff } else { first >= 224 };
-            let host = if V6 { is_host_address_v6(&flow.key.daddr) } else { is_host_address(&flow.key.daddr) };
-            if group || !(local || host) {
+            if group || !(local || is_host_address_of(&flow.key.daddr, V6)) {
                 return None;
             }
             target

@@ -23,7 +23,7 @@ use datapath_common::{
 use crate::{
     conntrack::{self, now_ns},
     lb::{self, Choice},
-    maps::{is_host_address, is_host_address_v6, PORTS},
+    maps::{is_host_address_of, PORTS},
 };
 
 /// (socket, container address and port) -> what the application asked for.
@@ -106,13 +106,11 @@ fn to_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let asked = user_address::<V6>(ctx);
     // An IPv6 socket may name an IPv4 address, IPv4-mapped (::ffff:127.0.0.1): IPv4's ports.
     let ipv6 = V6 && !asked.is_ipv4();
-    let any = if ipv6 { PortKey::any_ipv6_address(port, proto) } else { PortKey::any_ipv4_address(port, proto) };
-    let host = if ipv6 { is_host_address_v6(&asked) } else { is_host_address(&asked) };
     // SAFETY: read-only lookups of plain-old-data values, copied out.
     let published = match unsafe { PORTS.get(&PortKey { addr: asked, port, proto, _pad: 0 }) } {
         Some(t) => *t,
-        None => match unsafe { PORTS.get(&any) } {
-            Some(t) if host => *t,
+        None => match unsafe { PORTS.get(&PortKey::any_address(port, proto, ipv6)) } {
+            Some(t) if is_host_address_of(&asked, ipv6) => *t,
             _ => return PROCEED,
         },
     };

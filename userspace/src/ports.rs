@@ -189,8 +189,7 @@ impl PublishedPort {
                 let port = (self.host_port + i).to_be();
                 let key = match host.filter(|ip| !ip.is_unspecified()) {
                     Some(ip) => PortKey { addr: IpKey::from(ip), port, proto, _pad: 0 },
-                    None if ipv6 => PortKey::any_ipv6_address(port, proto),
-                    None => PortKey::any_ipv4_address(port, proto),
+                    None => PortKey::any_address(port, proto, ipv6),
                 };
                 let target = PortTarget { addr: IpKey::from(to), port: (self.container_port + i).to_be(), flags, ..PortTarget::default() };
                 out.push((key, target));

@@ -139,17 +139,17 @@ pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
         for p in &ep.ports {
             // One line per family it reaches the container by, as `docker port` shows them.
             let (v4, v6) = p.families();
-            let mut families = Vec::new();
+            let mut families: Vec<(std::net::IpAddr, std::net::IpAddr)> = Vec::new();
             if v4 {
-                families.push((std::net::SocketAddr::from((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), 0)), ep.address));
+                families.push((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), ep.address));
             }
             if let (true, Some(address6)) = (v6, ep.address6) {
-                families.push((std::net::SocketAddr::from((p.host_ip.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()), 0)), address6));
+                families.push((p.host_ip.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()), address6));
             }
             for (host, container) in families {
                 for i in 0..p.count {
                     out.push(api::PortMapping {
-                        host: std::net::SocketAddr::new(host.ip(), p.host_port + i).to_string(),
+                        host: std::net::SocketAddr::new(host, p.host_port + i).to_string(),
                         protocol: p.protocol.to_string(),
                         container: std::net::SocketAddr::new(container, p.container_port + i).to_string(),
                         network: network.clone(),
