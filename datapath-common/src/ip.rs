@@ -32,6 +32,13 @@ impl IpKey {
         self.addr[3]
     }
 
+    /// One word standing for the address in a hash: an IPv4 key's is its address word (what
+    /// IPv4's hashes always took), an IPv6 key's all four words folded together. No branch.
+    #[inline(always)]
+    pub const fn hash_word(&self) -> u32 {
+        self.addr[0] ^ self.addr[1] ^ self.addr[2] ^ u32::from_ne_bytes([0, 0, 0xff, 0xff]) ^ self.addr[3]
+    }
+
     /// Whether this is an IPv4 address's key (IPv4-mapped), not an IPv6 address's.
     #[inline(always)]
     pub const fn is_ipv4(&self) -> bool {
@@ -85,6 +92,15 @@ mod tests {
         let key = IpKey::from_ipv4_octets([10, 1, 2, 3]);
         assert_eq!(key.octets(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
         assert_eq!(key, IpKey::from(IpAddr::from([10, 1, 2, 3])));
+    }
+
+    #[test]
+    fn an_ipv4_keys_hash_word_is_its_address() {
+        let key = IpKey::from_ipv4_octets([10, 1, 2, 3]);
+        assert_eq!(key.hash_word(), key.ipv4_word());
+        let a = IpKey::from("fd00::1".parse::<IpAddr>().unwrap());
+        let b = IpKey::from("fd00::2".parse::<IpAddr>().unwrap());
+        assert_ne!(a.hash_word(), b.hash_word());
     }
 
     #[test]

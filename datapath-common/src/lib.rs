@@ -34,7 +34,7 @@ pub use uplinks::{uplink_flags, UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
 /// daemon pins maps per version, so it never reuses maps of another layout.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 #[cfg(feature = "user")]
 mod user {

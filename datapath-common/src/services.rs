@@ -53,15 +53,30 @@ pub type MaglevPair = [u32; 2];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct BackendInfo {
+    /// Where the service's IPv4 connections go (its VIP's, and its IPv4 publications').
     pub addr: IpKey,
     /// Network order.
     pub port: u16,
     pub _pad: u16,
     /// The service the backend serves (0: the slot is unused).
     pub service: u32,
+    /// Where its IPv6 connections go (zero: none, on a network without IPv6).
+    pub addr6: IpKey,
 }
 
-const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
+
+impl BackendInfo {
+    /// The backend's address for a connection of that family (zero: it has none).
+    #[inline(always)]
+    pub fn address(&self, ipv6: bool) -> IpKey {
+        if ipv6 {
+            self.addr6
+        } else {
+            self.addr
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
@@ -84,8 +99,9 @@ pub struct AffinityValue {
 
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
-/// The hash a new connection's backend is chosen by: its 5-tuple (ports in network order, as
-/// in the packet), or only the client's address with affinity. The daemon uses the same function
+/// The hash a new connection's backend is chosen by: its 5-tuple (addresses as
+/// [`crate::IpKey::hash_word`], ports in network order, as in the packet), or only the client's
+/// address with affinity. The daemon uses the same function
 /// in tests to predict the datapath's choice.
 #[inline(always)]
 pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {

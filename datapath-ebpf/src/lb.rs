@@ -42,8 +42,10 @@ pub enum Choice {
 }
 
 /// The backend of a new connection whose first packet has tuple `key`, to `target` (a
-/// container's published port, or a service). `None`: the tables are being rewritten under this
-/// packet (a slot names a backend that is gone); the caller treats it as unpublished.
+/// container's published port, or a service): its address of the connection's family (an IPv6
+/// connection goes to the backend's IPv6 address). `None`: the tables are being rewritten under
+/// this packet (a slot names a backend that is gone), or the backend has no address of that
+/// family; the caller treats it as unpublished.
 #[inline(always)]
 pub fn choose(target: &PortTarget, key: &CtKey, now: u64) -> Option<Choice> {
     let id = target.service;
@@ -54,14 +56,15 @@ pub fn choose(target: &PortTarget, key: &CtKey, now: u64) -> Option<Choice> {
     if service.backends == 0 || service.table_size == 0 {
         return Some(Choice::Refuse);
     }
-    let saddr = key.saddr.ipv4_word();
+    let ipv6 = !key.daddr.is_ipv4();
+    let saddr = key.saddr.hash_word();
     let affinity = AffinityKey { service: id, _pad: 0, client: key.saddr };
     if service.affinity_ns != 0 {
         if let Some(last) = AFFINITY.get_ptr_mut(&affinity) {
             // SAFETY: a map value; a concurrent update only blurs `last_ns`.
             let last = unsafe { &mut *last };
             if now.wrapping_sub(last.last_ns) <= service.affinity_ns {
-                if let Some(backend) = backend_of(id, last.backend) {
+                if let Some(backend) = backend_of(id, last.backend, ipv6) {
                     last.last_ns = now;
                     return Some(Choice::Backend(backend));
                 }
@@ -73,24 +76,25 @@ pub fn choose(target: &PortTarget, key: &CtKey, now: u64) -> Option<Choice> {
     let hash = if service.affinity_ns != 0 {
         flow_hash(saddr, 0, 0, 0, 0)
     } else {
-        flow_hash(saddr, key.daddr.ipv4_word(), key.sport, key.dport, key.proto)
+        flow_hash(saddr, key.daddr.hash_word(), key.sport, key.dport, key.proto)
     };
     let slot = service.table_base.wrapping_add(hash % service.table_size);
     let backend_id = MAGLEV.get(slot / 2)?[(slot % 2) as usize];
-    let backend = backend_of(id, backend_id)?;
+    let backend = backend_of(id, backend_id, ipv6)?;
     if service.affinity_ns != 0 {
         let _ = AFFINITY.insert(&affinity, &AffinityValue { backend: backend_id, _pad: 0, last_ns: now }, 0);
     }
     Some(Choice::Backend(backend))
 }
 
-/// Backend `id` as a target, if it (still) serves `service`.
+/// Backend `id` as a target for a connection of that family (`ipv6`), if it (still) serves
+/// `service` and has an address of the family.
 #[inline(always)]
-fn backend_of(service: u32, id: u32) -> Option<PortTarget> {
-    let b = *BACKENDS.get(id)?;
-    (b.service == service).then_some(PortTarget { addr: b.addr, port: b.port, flags: 0, service: 0, network: 0 })
+fn backend_of(service: u32, id: u32, ipv6: bool) -> Option<PortTarget> {
+    let b = BACKENDS.get(id)?;
+    let addr = b.address(ipv6);
+    (b.service == service && addr != IpKey::default()).then_some(PortTarget { addr, port: b.port, flags: 0, service: 0, network: 0 })
 }
-
 /// The network a VIP belongs to, if `addr` is one.
 #[inline(always)]
 pub fn vip_network(addr: &IpKey) -> Option<u32> {

@@ -200,6 +200,14 @@ fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, loc
     Some(target)
 }
 
+/// A hairpin connection's port on the gateway's address, a host address: always one of the NAT
+/// range, never the client's own (masquerade's preference). The client's port comes from the
+/// same ephemeral range as the host's own connections, which the datapath does not see: a host
+/// connection from the gateway to the server on a port a hairpin entry holds (live, or closed
+/// and not yet expired) would have its answers taken into the hairpin's client.
+const HAIRPIN_PORT: Port = Port::Allocate { preferred: 0, ipv6: false };
+const HAIRPIN_PORT6: Port = Port::Allocate { preferred: 0, ipv6: true };
+
 /// A container reaching a published port through a host address: translated to the publishing
 /// container, and from the address of that container's gateway, so that its answers come back
 /// through the datapath (a container reaching its own port, too).
@@ -214,7 +222,7 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     hairpin_connection(new, flow, iface, ifindex, target, &server, gateway, action);
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: false }, len) {
+    if let Err(reason) = conntrack::track(ctx, flow, new, HAIRPIN_PORT, len) {
         return drop_packet(ctx, reason);
     }
     let translation = Translation::of(&new.original);
@@ -224,10 +232,10 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
     deliver(ctx, &translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::Hairpin })
 }
 
-/// As [`hairpin`] for IPv6: to the publishing container's IPv6 address, from its network's
-/// IPv6 gateway.
+/// As [`hairpin`] for IPv6: to the publishing container's (or the service backend's) IPv6
+/// address, from its network's IPv6 gateway.
 #[inline(always)]
-pub fn hairpin_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, len: u32) -> i32 {
+pub fn hairpin_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, read in place (the container
     // program's stack has no room for copies of the entries).
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }) else { return to_host(ctx) };
@@ -239,15 +247,15 @@ pub fn hairpin_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32,
         return drop_packet(ctx, Counter::DropTtlExpired);
     }
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
-    hairpin_connection(new, flow, iface, ifindex, target, server, gateway, ct_action::PUBLISHED);
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Allocate { preferred: flow.key.sport, ipv6: true }, len) {
+    hairpin_connection(new, flow, iface, ifindex, target, server, gateway, action);
+    if let Err(reason) = conntrack::track(ctx, flow, new, HAIRPIN_PORT6, len) {
         return drop_packet(ctx, reason);
     }
     let Some(translation) = translation6_of(&new.original) else { return to_host(ctx) };
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, translation, Counter::Hairpin)
+    deliver(ctx, translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::Hairpin })
 }
 
 /// The entries of a hairpin connection (see [`hairpin`]): both addresses rewritten each way,
@@ -281,6 +289,43 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return to_host(ctx) };
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    via_vip_connection(new, flow, iface, ifindex, backend, &server);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    let translation = Translation::of(&new.original);
+    if apply(ctx, flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver_anywhere(ctx, &translation, Counter::ServiceBalanced)
+}
+
+/// As [`via_vip`] for IPv6: to the backend's IPv6 address (on this node: overlay networks carry
+/// IPv4 only).
+#[inline(always)]
+pub fn via_vip_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
+    // SAFETY: read-only lookup of a plain-old-data value, read in place (see `hairpin_v6`).
+    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }) else { return to_host(ctx) };
+    if server.is_remote() {
+        return to_host(ctx);
+    }
+    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    via_vip_connection(new, flow, iface, ifindex, backend, server);
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
+        return drop_packet(ctx, reason);
+    }
+    let Some(translation) = translation6_of(&new.original) else { return to_host(ctx) };
+    if apply(ctx, flow, translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    deliver(ctx, translation, Counter::ServiceBalanced)
+}
+
+/// The entries of a connection through a VIP (see [`via_vip`]): the client's packets to the
+/// backend (`server` behind it), the backend's answers from the VIP back into the client
+/// (`iface`, behind `ifindex`).
+#[inline(always)]
+fn via_vip_connection(new: &mut conntrack::NewConnection, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, server: &EndpointInfo) {
     new.original.action = ct_action::REWRITE_DST | ct_action::SERVICE;
     new.original.dst = backend.addr;
     new.original.dst_port = backend.port;
@@ -293,15 +338,14 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     new.reply.mac = iface.mac;
     new.reply_key =
         CtKey { saddr: backend.addr, daddr: flow.key.saddr, sport: backend.port, dport: flow.key.sport, proto: flow.key.proto, _pad: [0; 3] };
-    through_tunnel_if_remote(&mut new.original, &mut new.reply, &server);
-    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
-        return drop_packet(ctx, reason);
-    }
-    let translation = Translation::of(&new.original);
-    if apply(ctx, flow, &translation).is_err() {
-        return drop_packet(ctx, Counter::DropMalformed);
-    }
-    deliver_anywhere(ctx, &translation, Counter::ServiceBalanced)
+    through_tunnel_if_remote(&mut new.original, &mut new.reply, server);
+}
+
+/// Whether `entry` is the backend's side of a connection a container of its network made
+/// through a VIP (its answers leave with the VIP as their source).
+#[inline(always)]
+fn answers_via_vip(entry: &CtEntry) -> bool {
+    entry.action == ct_action::REWRITE_SRC | ct_action::SERVICE && entry.ifindex != 0
 }
 
 /// A backend's packet to a container of its network: the answer of a connection that container
@@ -312,15 +356,34 @@ pub fn answer_via_vip(ctx: &TcContext) -> Option<i32> {
     let flow = conntrack::parse(ctx)?;
     let tracked = conntrack::lookup(&flow.key)?;
     // SAFETY: a map value, read before any packet helper runs.
-    let translation = Translation::of(unsafe { &*tracked.entry });
-    if translation.action != ct_action::REWRITE_SRC | ct_action::SERVICE || translation.ifindex == 0 {
+    let entry = unsafe { &*tracked.entry };
+    if !answers_via_vip(entry) {
         return None;
     }
+    let translation = Translation::of(entry);
     observe(tracked, &flow, ctx.len(), now_ns());
     if apply(ctx, &flow, &translation).is_err() {
         return Some(drop_packet(ctx, Counter::DropMalformed));
     }
     Some(deliver(ctx, &translation, Counter::ViaVip))
+}
+
+/// As [`answer_via_vip`] for a backend's IPv6 packet.
+#[inline(always)]
+pub fn answer_via_vip_v6(ctx: &TcContext) -> Option<i32> {
+    let flow = conntrack::parse_v6(ctx)?;
+    let tracked = conntrack::lookup(&flow.key)?;
+    // SAFETY: a map value, read before any packet helper runs.
+    let entry = unsafe { &*tracked.entry };
+    if !answers_via_vip(entry) {
+        return None;
+    }
+    let translation = translation6_of(entry)?;
+    observe(tracked, flow, ctx.len(), now_ns());
+    if apply(ctx, flow, translation).is_err() {
+        return Some(drop_packet(ctx, Counter::DropMalformed));
+    }
+    Some(deliver(ctx, translation, Counter::ViaVip))
 }
 
 #[inline(always)]
@@ -365,8 +428,8 @@ pub fn track_published(ctx: &impl Packet, flow: &Flow, target: &PortTarget, serv
 
 /// As [`track_published`] for IPv6 (the translation in this CPU's [`TRANSLATION6`]).
 #[inline(always)]
-pub fn track_published_v6(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, len: u32) -> Option<Result<&'static Translation6, Counter>> {
-    match track_published_entry(ctx, flow, target, server, ct_action::PUBLISHED, len)? {
+pub fn track_published_v6(ctx: &impl Packet, flow: &Flow, target: &PortTarget, server: &EndpointInfo, action: u8, len: u32) -> Option<Result<&'static Translation6, Counter>> {
+    match track_published_entry(ctx, flow, target, server, action, len)? {
         Ok(original) => translation6_of(original).map(Ok),
         Err(reason) => Some(Err(reason)),
     }

@@ -1,6 +1,6 @@
 //! Neighbour discovery responder (RFC 4861), IPv6's ARP: with no bridge there is nobody to
 //! flood a solicitation to, so the datapath answers for every address the sender may reach on
-//! its network (the gateway and the network's containers) with an advertisement built in place
+//! its network (the gateway, the network's containers and its services' VIPs) with an advertisement built in place
 //! of the solicitation and sent back into the asking container.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use datapath_common::{Counter, IfaceInfo, IpKey, GATEWAY_MAC};
@@ -79,6 +79,9 @@ pub fn answer(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, src: [u32; 4], h
         // SAFETY: read-only lookup of a plain-old-data value.
         match unsafe { ENDPOINTS.get(&IpKey { addr: target }) } {
             Some(ep) if ep.network_id == iface.network_id && !ep.is_remote() => (ep.mac, SOLICITED | OVERRIDE),
+            // A service VIP of the network is the gateway's to answer (the datapath takes its
+            // connections there), as ARP does for IPv4's.
+            None if crate::lb::vip_network(&IpKey { addr: target }) == Some(iface.network_id) => (GATEWAY_MAC, SOLICITED | OVERRIDE),
             _ => return drop_packet(ctx, Counter::DropNdpUnknownTarget),
         }
     };

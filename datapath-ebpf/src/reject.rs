@@ -1,8 +1,9 @@
 //! Refusing a new connection to a service without backends, as kube-proxy's REJECT does: a TCP
 //! SYN is answered with a reset, a UDP datagram with ICMP port unreachable, both built in place
-//! from the packet and sent back out of the interface it came in by. The client learns at once
-//! (ECONNREFUSED) instead of retrying into a silent drop.
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+//! from the packet and sent back out of the interface it came in by (IPv6: a reset, or ICMPv6
+//! port unreachable). The client learns at once (ECONNREFUSED) instead of retrying into a
+//! silent drop.
+use aya_ebpf::{helpers::bpf_redirect, macros::map, maps::PerCpuArray, programs::TcContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     Counter,
@@ -12,7 +13,7 @@ use crate::{
     checksum::{fold, sum16},
     conntrack::Flow,
     counters::{count, drop_packet},
-    headers::{ICMP_DEST_UNREACH, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{ICMP_DEST_UNREACH, IPPROTO_ICMPV6, IPV6_HDR_LEN, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const IPV4_HDR: usize = 20;
@@ -31,6 +32,12 @@ pub fn refuse(ctx: &TcContext, flow: &Flow) -> i32 {
         IPPROTO_UDP => port_unreachable(ctx, flow),
         _ => None,
     };
+    send_back(ctx, built)
+}
+
+/// The refusal built in place (`Some`) goes back out of the interface the packet came in by.
+#[inline(always)]
+fn send_back(ctx: &TcContext, built: Option<()>) -> i32 {
     if built.is_none() || swap_macs(ctx).is_none() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -118,6 +125,150 @@ fn port_unreachable(ctx: &TcContext, flow: &Flow) -> Option<()> {
     ctx.store(L4_OFF, &icmp, 0).ok()?;
     ctx.store(quote_off, &ip, 0).ok()?;
     ctx.store(quote_off + IPV4_HDR, &udp, 0).ok()
+}
+
+const L4_OFF6: usize = IP_OFF + IPV6_HDR_LEN;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACH: u8 = 4;
+/// Where an IPv6 refusal is built in [`REFUSAL6`]: a reset's original headers at 0, the answer
+/// (IPv6 header and L4) from [`ANSWER`]. An ICMPv6 error's quote is loaded straight into its
+/// place in the answer.
+const ANSWER: usize = 64;
+const RESET6_LEN: usize = IPV6_HDR_LEN + TCP_HDR;
+const QUOTE6_LEN: usize = IPV6_HDR_LEN + UDP_HDR;
+const UNREACH6_LEN: usize = IPV6_HDR_LEN + ICMP_HDR + QUOTE6_LEN;
+const SCRATCH6_LEN: usize = ANSWER + UNREACH6_LEN;
+
+/// Per-CPU room where an IPv6 refusal is built: its headers do not fit on the stack beside the
+/// uplink program's frame.
+#[map(name = "REFUSAL6")]
+static REFUSAL6: PerCpuArray<[u8; SCRATCH6_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet's first `LEN` bytes from its IPv6 header into `b` at `at` (`None`: it is
+/// shorter). The helper itself, with a constant length: `load_bytes` would clamp it.
+#[inline(always)]
+fn load_headers<const LEN: usize>(ctx: &TcContext, b: &mut [u8; SCRATCH6_LEN], at: usize) -> Option<()> {
+    if at + LEN > SCRATCH6_LEN {
+        return None;
+    }
+    // SAFETY: `at + LEN` is within `b` (checked above).
+    let r = unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, IP_OFF as u32, b.as_mut_ptr().add(at).cast(), LEN as u32) };
+    (r == 0).then_some(())
+}
+
+/// The one's-complement sum of `b[at..at + LEN]` (`LEN` a multiple of 4), by the kernel's
+/// `bpf_csum_diff`: byte loops would spill every byte to the stack.
+#[inline(always)]
+fn sum_of<const LEN: usize>(b: &mut [u8; SCRATCH6_LEN], at: usize) -> u64 {
+    if at + LEN > SCRATCH6_LEN {
+        return 0;
+    }
+    // SAFETY: `at + LEN` is within `b` (checked above); nothing is written.
+    let sum = unsafe { aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, b.as_mut_ptr().add(at).cast(), LEN as u32, 0) };
+    sum as u32 as u64
+}
+
+/// Writes the answer's IPv6 header at [`ANSWER`]: `len` bytes of `proto`, from `src` to `dst`
+/// (offsets in `b` of the original's addresses, swapped); returns the sum of its pseudo-header
+/// (RFC 8200 8.1).
+#[inline(always)]
+fn answer_header_v6(b: &mut [u8; SCRATCH6_LEN], src: usize, dst: usize, proto: u8, len: u16) -> u64 {
+    let l = len.to_be_bytes();
+    let head = [0x60, 0, 0, 0, l[0], l[1], proto, TTL];
+    if src + 16 > SCRATCH6_LEN || dst + 16 > SCRATCH6_LEN {
+        return 0;
+    }
+    // SAFETY: all within `b` (checked above); the ranges do not overlap the answer's header.
+    unsafe {
+        let p = b.as_mut_ptr();
+        core::ptr::copy_nonoverlapping(head.as_ptr(), p.add(ANSWER), 8);
+        core::ptr::copy_nonoverlapping(p.add(src), p.add(ANSWER + 8), 16);
+        core::ptr::copy_nonoverlapping(p.add(dst), p.add(ANSWER + 24), 16);
+    }
+    sum_of::<32>(b, ANSWER + 8) + sum16(&[0, 0, l[0], l[1], 0, 0, 0, proto]) as u64
+}
+
+/// `sum` folded to the 16-bit one's-complement checksum, stored at `b[at]`.
+#[inline(always)]
+fn set_checksum(b: &mut [u8; SCRATCH6_LEN], at: usize, sum: u64) {
+    // Down to 32 bits; `fold` takes it on to 16.
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let csum = fold(sum as u32).to_ne_bytes();
+    if at + 2 <= SCRATCH6_LEN {
+        b[at] = csum[0];
+        b[at + 1] = csum[1];
+    }
+}
+
+/// As [`refuse`] for an IPv6 flow (a first packet right behind the IPv6 header: one behind
+/// extension headers is dropped instead), built in [`REFUSAL6`]. A function of its own in the
+/// object (not inlined), which IPv4's programs do not carry.
+#[inline(never)]
+pub fn refuse_v6(ctx: &TcContext, flow: &Flow) -> i32 {
+    let built = if flow.l4_off as usize != L4_OFF6 || flow.later_fragment {
+        None
+    } else {
+        match flow.key.proto {
+            IPPROTO_TCP => tcp_reset_v6(ctx),
+            IPPROTO_UDP => port_unreachable_v6(ctx),
+            _ => None,
+        }
+    };
+    send_back(ctx, built)
+}
+
+/// As [`tcp_reset`] over IPv6.
+#[inline(always)]
+fn tcp_reset_v6(ctx: &TcContext) -> Option<()> {
+    // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
+    let b = unsafe { &mut *REFUSAL6.get_ptr_mut(0)? };
+    load_headers::<RESET6_LEN>(ctx, b, 0)?;
+    let tcp = IPV6_HDR_LEN;
+    let payload = u16::from_be_bytes([b[4], b[5]]) as u32;
+    let header = ((b[tcp + 12] >> 4) as u32) * 4;
+    let flags = b[tcp + 13];
+    let occupied = payload.saturating_sub(header) + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+    let seq = u32::from_be_bytes([b[tcp + 4], b[tcp + 5], b[tcp + 6], b[tcp + 7]]);
+    let ack = u32::from_be_bytes([b[tcp + 8], b[tcp + 9], b[tcp + 10], b[tcp + 11]]);
+    let (rst_seq, rst_ack, rst_flags) =
+        if flags & TCP_ACK != 0 { (ack, 0, TCP_RST) } else { (0, seq.wrapping_add(occupied), TCP_RST | TCP_ACK) };
+    let s = rst_seq.to_be_bytes();
+    let a = rst_ack.to_be_bytes();
+    let rst = [
+        b[tcp + 2], b[tcp + 3], b[tcp], b[tcp + 1], s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], 0x50, rst_flags, 0, 0, 0, 0, 0, 0,
+    ];
+    let at = ANSWER + IPV6_HDR_LEN;
+    // SAFETY: `at + TCP_HDR` is within `b` (constants).
+    unsafe { core::ptr::copy_nonoverlapping(rst.as_ptr(), b.as_mut_ptr().add(at), TCP_HDR) };
+    let pseudo = answer_header_v6(b, 24, 8, IPPROTO_TCP, TCP_HDR as u16);
+    let sum = pseudo + sum_of::<TCP_HDR>(b, at);
+    set_checksum(b, at + 16, sum);
+    resize(ctx, IP_OFF + RESET6_LEN)?;
+    // SAFETY: in bounds of the slot (`ANSWER + RESET6_LEN` <= its length).
+    let answer = unsafe { &*(b.as_ptr().add(ANSWER) as *const [u8; RESET6_LEN]) };
+    ctx.store(IP_OFF, answer, 0).ok()
+}
+
+/// ICMPv6 port unreachable (RFC 4443 3.1) for a UDP datagram, quoting its IPv6 header and UDP
+/// header: what the client's stack needs to find its socket.
+#[inline(always)]
+fn port_unreachable_v6(ctx: &TcContext) -> Option<()> {
+    // SAFETY: as in `tcp_reset_v6`.
+    let b = unsafe { &mut *REFUSAL6.get_ptr_mut(0)? };
+    let icmp = ANSWER + IPV6_HDR_LEN;
+    let quote = icmp + ICMP_HDR;
+    load_headers::<QUOTE6_LEN>(ctx, b, quote)?;
+    let head = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+    // SAFETY: `icmp + ICMP_HDR` is within `b` (constants).
+    unsafe { core::ptr::copy_nonoverlapping(head.as_ptr(), b.as_mut_ptr().add(icmp), ICMP_HDR) };
+    let pseudo = answer_header_v6(b, quote + 24, quote + 8, IPPROTO_ICMPV6, (UNREACH6_LEN - IPV6_HDR_LEN) as u16);
+    let sum = pseudo + sum_of::<{ ICMP_HDR + QUOTE6_LEN }>(b, icmp);
+    set_checksum(b, icmp + 2, sum);
+    resize(ctx, IP_OFF + UNREACH6_LEN)?;
+    // SAFETY: in bounds of the slot (`ANSWER + UNREACH6_LEN` is its length).
+    let answer = unsafe { &*(b.as_ptr().add(ANSWER) as *const [u8; UNREACH6_LEN]) };
+    ctx.store(IP_OFF, answer, 0).ok()
 }
 
 #[inline(always)]

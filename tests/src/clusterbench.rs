@@ -393,6 +393,7 @@ fn install_services(w: &World, count: usize) -> Result<(usize, f64, f64)> {
                 network: "bench".into(),
                 port: format!("{}", 10_000 + k),
                 vip: None,
+                vip6: None,
                 publish: None,
                 affinity: None,
                 backends: vec![format!("filler-{}", k % 100)],

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use bpfnet_lab::{
     checks::{addr, assert_even, json},
     netns,
-    sandbox::{Outside, FAR_IP, UPLINK_IP},
+    sandbox::{Outside, FAR_IP, FAR_IP6, UPLINK_IP, UPLINK_IP6},
     traffic::{spread, tcp_connect, tcp_name_server, udp_name_server, udp_refused, NameClient},
     Sandbox,
 };
@@ -273,4 +273,96 @@ fn udp_affinity_refusals_and_clear_errors() {
     assert_eq!(left.as_array().unwrap().len(), 1);
     // A removed service's port answers no more (the host has nothing there either).
     refused(&sb.host(), addr("127.0.0.1", 9000));
+}
+
+#[test]
+fn a_dual_stack_service_balances_ipv6_from_outside_from_containers_and_from_the_host() {
+    let mut sb = Sandbox::new("svc-v6").unwrap();
+    let outside = sb.add_outside().unwrap();
+    sb.add_ipv6_outside(&outside).unwrap();
+    sb.start_daemon().unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.223.0.0/24", "--subnet", "fd00:223::/64"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "v4only", "--subnet", "10.224.0.0/24"]).unwrap();
+    let client = sb.add_netns("client").unwrap();
+    sb.bpfnet_ok(&["network", "connect", "dual", &client]).unwrap(); // 10.223.0.2, fd00:223::2
+    let mut replicas = Vec::new();
+    for i in 1..=3 {
+        let name = format!("web{i}");
+        let ns = sb.add_netns(&name).unwrap();
+        sb.bpfnet_ok(&["network", "connect", "dual", &ns]).unwrap();
+        // One socket for both families (IPV6_V6ONLY off).
+        tcp_name_server(&ns, addr("::", 80), &name).unwrap();
+        replicas.push(ns);
+    }
+    let mut args = vec!["service", "create", "web", "--network", "dual", "--port", "80", "--publish", "8080", "--json"];
+    for ns in &replicas {
+        args.extend(["--backend", ns.as_str()]);
+    }
+    let created = json(&sb.bpfnet_ok(&args).unwrap());
+    let vips: Vec<&str> = created["Endpoint"]["VirtualIPs"].as_array().unwrap().iter().map(|v| v["Addr"].as_str().unwrap()).collect();
+    assert_eq!(vips, ["10.223.0.6/24", "fd00:223::6/64"], "a VIP of each family, each the next free address");
+    let table = sb.bpfnet_ok(&["service", "ls"]).unwrap();
+    assert!(table.contains("10.223.0.6:80/tcp [fd00:223::6]:80/tcp"), "{table}");
+    let vip6 = addr("fd00:223::6", 80);
+
+    // From outside over IPv6, through the published port: the replica sees the client's address.
+    let seen = spread(&outside.far, addr(UPLINK_IP6, 8080), 3000, T).unwrap();
+    assert_even(&seen, 3, 3000, "outside -> [uplink]:8080");
+    let (_, seen_as) = NameClient::connect(&outside.far, addr(UPLINK_IP6, 8080), T).unwrap().ask().unwrap();
+    assert_eq!(seen_as, FAR_IP6);
+    // And over IPv4, the same replicas.
+    let seen = spread(&outside.far, addr(UPLINK_IP, 8080), 300, T).unwrap();
+    assert_eq!(seen.values().sum::<usize>(), 300, "outside -> IPv4 published port: {seen:?}");
+
+    // From a container through the IPv6 VIP (neighbour discovery answered by the datapath).
+    let seen = spread(&client, vip6, 3000, T).unwrap();
+    assert_even(&seen, 3, 3000, "container -> [VIP6]");
+    let (_, seen_as) = NameClient::connect(&client, vip6, T).unwrap().ask().unwrap();
+    assert_eq!(seen_as, "fd00:223::2", "east-west, the backend sees the client's IPv6 address");
+    // A replica reaching its own service over IPv6: from the gateway's IPv6 address when it lands
+    // on itself.
+    for _ in 0..30 {
+        let (name, seen_as) = NameClient::connect(&replicas[0], vip6, T).unwrap().ask().unwrap();
+        let expected = if name == "web1" { "fd00:223::1" } else { "fd00:223::3" };
+        assert_eq!(seen_as, expected, "web1 -> [VIP6] answered by {name}");
+    }
+
+    // From the host: [::1]:8080 and the IPv6 VIP (socket programs).
+    let seen = spread(&sb.host(), addr("::1", 8080), 3000, T).unwrap();
+    assert_even(&seen, 3, 3000, "host -> [::1]:8080");
+    let seen = spread(&sb.host(), vip6, 300, T).unwrap();
+    assert_eq!(seen.values().sum::<usize>(), 300, "host -> [VIP6]: {seen:?}");
+
+    // The service's name resolves to both VIPs.
+    let aaaa = sb.exec(&client, &["dig", "+short", "+time=1", "+tries=2", "@10.223.0.1", "web", "AAAA"]).unwrap().stdout;
+    assert_eq!(aaaa.trim(), "fd00:223::6");
+
+    // A restart keeps the IPv6 VIP and its backends.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    let seen = spread(&client, vip6, 300, T).unwrap();
+    assert_eq!(seen.len(), 3, "every backend after a restart: {seen:?}");
+
+    // Bad input, refused with nothing made: an IPv6 VIP on a network without IPv6, an IPv6
+    // publication of a service there, a VIP6 an endpoint holds.
+    let refusals: [(&[&str], &str); 3] = [
+        (&["service", "create", "a", "--network", "v4only", "--port", "80", "--vip6", "fd00:224::9"], "has no IPv6 subnet"),
+        (&["service", "create", "b", "--network", "v4only", "--port", "80", "--publish", "[::]:9090"], "has no IPv6 subnet"),
+        (&["service", "create", "c", "--network", "dual", "--port", "81", "--vip6", "fd00:223::3"], "already in use"),
+    ];
+    for (args, why) in refusals {
+        let out = sb.bpfnet(args).unwrap();
+        assert!(!out.ok && out.stderr.contains(why), "{args:?}: {}", out.stderr);
+    }
+    let names: Vec<String> = json(&sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap())
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["web"], "nothing half-made");
+
+    // Removed, the IPv6 VIP leads nowhere.
+    sb.bpfnet_ok(&["service", "rm", "web"]).unwrap();
+    assert!(tcp_connect(&client, vip6, Duration::from_millis(700)).is_err(), "the VIP6 answers no more");
 }

@@ -63,8 +63,10 @@ fn the_published_path_runs_in_xdp_and_passes_the_rest_to_tc() {
     let web = addr(UPLINK_IP, 8080);
     let seen = spread(&outside.ext, web, 3000, T).unwrap();
     assert_even(&seen, 3, 3000, "outside -> :8080 in XDP");
-    assert!(counter(&sb, "xdp_service_balanced") >= 3000, "new connections balanced in XDP");
-    assert_eq!(counter(&sb, "service_balanced"), 0, "none of them took the TC path");
+    // A frame whose checksum happens to equal what an offloading sender leaves there (the
+    // pseudo-header's sum: 1 in 65,536) is passed to TC, which balances it: a few may go there.
+    let (in_xdp, in_tc) = (counter(&sb, "xdp_service_balanced"), counter(&sb, "service_balanced"));
+    assert!(in_xdp + in_tc >= 3000 && in_tc <= 3, "new connections balanced in XDP: {in_xdp} (TC: {in_tc})");
     let (_, seen_as) = NameClient::connect(&outside.ext, web, T).unwrap().ask().unwrap();
     assert_eq!(seen_as, "192.0.2.2", "the backend sees the client");
     assert!(counter(&sb, "xdp_nat_in") >= 6000, "the clients' later packets are delivered in XDP too");

@@ -347,6 +347,10 @@ pub struct CreateService {
     pub port: String,
     /// The VIP (default: the network's next free address).
     pub vip: Option<String>,
+    /// The IPv6 VIP, on a network with IPv6 (default: the next free address of its IPv6
+    /// subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<String>,
     /// `[HOST_IP:]HOST_PORT`: also published on the host.
     pub publish: Option<String>,
     /// `client-ip[:SECONDS]`: a client's new connections go to its last backend.
@@ -384,6 +388,9 @@ pub struct ServiceSummary {
     pub network: String,
     /// `VIP:PORT/PROTO`.
     pub vip: String,
+    /// `[VIP6]:PORT/PROTO`, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<String>,
     /// `HOST_IP:PORT->PORT/PROTO`, if published.
     pub published: Option<String>,
     pub backends: usize,
@@ -462,6 +469,9 @@ pub struct BackendView {
     pub endpoint_id: String,
     /// `ADDRESS:PORT`.
     pub address: String,
+    /// `[ADDRESS6]:PORT`, where the service has an IPv6 VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     /// `active` (takes new connections) or `draining`.
     pub state: String,
     /// The node it lives on, for a cluster service's backend on another node.

@@ -309,7 +309,11 @@ impl<'a> AddressPool<'a> {
     pub fn new6(state: &'a State, network_id: &str) -> Option<Self> {
         let net = state.network_by_id(network_id).expect("caller checked the network");
         let v6 = net.ipv6?;
-        let held = state.allocations_of(network_id).filter_map(|a| Some((a.address6?, a.container_name.clone()))).collect();
+        let mut held: std::collections::HashMap<IpAddr, String> =
+            state.allocations_of(network_id).filter_map(|a| Some((a.address6?, a.container_name.clone()))).collect();
+        for s in state.services.values().filter(|s| s.network_id == network_id) {
+            held.extend(s.vip6.map(|vip6| (vip6, format!("service {}", s.name))));
+        }
         Some(Self { name: &net.name, subnet: v6.subnet, gateway: v6.gateway, range: None, held, next: 0 })
     }
 

@@ -276,6 +276,9 @@ pub struct Service {
     pub name: String,
     pub network_id: String,
     pub vip: IpAddr,
+    /// Its IPv6 VIP, on a network with IPv6 (IPv6 clients reach the backends' IPv6 addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<IpAddr>,
     pub port: u16,
     pub protocol: crate::ports::Protocol,
     /// The host port it is published on (`--publish`): `container_port` is the service port.
@@ -298,6 +301,9 @@ pub struct Backend {
     pub endpoint_id: String,
     pub container_name: String,
     pub address: IpAddr,
+    /// Its IPv6 address, where the service has an IPv6 VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<IpAddr>,
     pub port: u16,
     /// Index in the datapath's `BACKENDS` (from 1).
     pub datapath_id: u32,
@@ -310,9 +316,22 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// What Maglev hashes: the same backend gets the same slots on every restart.
+    /// What Maglev hashes: the same backend gets the same slots on every restart (and both
+    /// families the same table).
     pub fn maglev_name(&self) -> String {
         format!("{}:{}", self.address, self.port)
+    }
+
+    /// Its addresses: IPv4, and IPv6 where it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.address).chain(self.address6)
+    }
+}
+
+impl Service {
+    /// Its VIPs: IPv4, and IPv6 where it has one.
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.vip).chain(self.vip6)
     }
 }
 
@@ -649,6 +668,7 @@ mod tests {
             name: name.into(),
             network_id: "n1".into(),
             vip: "10.1.0.100".parse().unwrap(),
+            vip6: None,
             port: 80,
             protocol: crate::ports::Protocol::Tcp,
             publish: None,
@@ -658,6 +678,7 @@ mod tests {
                     endpoint_id: format!("e{i}"),
                     container_name: format!("web{i}"),
                     address: format!("10.1.0.{}", i + 2).parse().unwrap(),
+                    address6: None,
                     port: 80,
                     datapath_id: i as u32 + 1,
                     draining: false,

@@ -80,16 +80,19 @@ fn a_backend_reaching_its_own_service_goes_through_the_gateway_address() {
         let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), to_vip, tcp_segment(40000, VIP_PORT, 0x02, b"")));
         assert_eq!(out.verdict, REDIRECT);
         // From the gateway, so that the answer comes back through the datapath (not looped
-        // inside the backend's own stack).
+        // inside the backend's own stack), at a port of the NAT range (the gateway's address is
+        // the host's).
+        let gw_port = port_at(&out.packet, L4);
+        assert!(NAT_PORTS.contains(&gw_port), "{gw_port}");
         let expected = packet(
             backend_mac(0),
             GATEWAY_MAC,
             Ip { src: GATEWAY_IP, dst: backend_ip(0), ttl: 63, ..to_vip },
-            tcp_segment(40000, BACKEND_PORT, 0x02, b""),
+            tcp_segment(gw_port, BACKEND_PORT, 0x02, b""),
         );
         assert_eq!(out.packet, expected);
         let answer = Ip { src: backend_ip(0), dst: GATEWAY_IP, proto: TCP, ttl: 64, id: 6, frag: 0x4000 };
-        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), answer, tcp_segment(BACKEND_PORT, 40000, 0x12, b"")));
+        let out = lab.from_container(&packet(GATEWAY_MAC, backend_mac(0), answer, tcp_segment(BACKEND_PORT, gw_port, 0x12, b"")));
         assert_eq!(out.verdict, REDIRECT);
         let expected = packet(
             backend_mac(0),

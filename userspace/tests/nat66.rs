@@ -326,7 +326,10 @@ fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
         let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, UPLINK_IP6, TCP, 64), tcp_segment(40000, 8000, 0x02, b""));
         let out = lab.from_container(&syn);
         assert_eq!(out.verdict, REDIRECT);
-        let expected = packet6(PUBLISHER_MAC, GATEWAY_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(40000, 80, 0x02, b""));
+        // At a port of the NAT range (the gateway's address is the host's).
+        let gw_port = port_at(&out.packet, L4_6);
+        assert!(NAT_PORTS.contains(&gw_port), "{gw_port}");
+        let expected = packet6(PUBLISHER_MAC, GATEWAY_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(gw_port, 80, 0x02, b""));
         assert_eq!(out.packet, expected);
         // Through its own network's IPv6 gateway too, for the same port on every address.
         let syn = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, GATEWAY_IP6, TCP, 64), tcp_segment(40001, 8000, 0x02, b""));
@@ -337,7 +340,7 @@ fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
         // The publisher's answer to its gateway goes back to the container, from the address and
         // port it asked.
         lab.dp.set_iface(TEST_IFINDEX, publisher_iface).unwrap();
-        let answer = packet6(GATEWAY_MAC, PUBLISHER_MAC, Ip6::new(PUBLISHER6, PUBLISHER_GATEWAY6, TCP, 64), tcp_segment(80, 40000, 0x12, b""));
+        let answer = packet6(GATEWAY_MAC, PUBLISHER_MAC, Ip6::new(PUBLISHER6, PUBLISHER_GATEWAY6, TCP, 64), tcp_segment(80, gw_port, 0x12, b""));
         let out = lab.from_container(&answer);
         assert_eq!(out.verdict, REDIRECT);
         let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(UPLINK_IP6, CONTAINER_IP6, TCP, 63), tcp_segment(8000, 40000, 0x12, b""));
@@ -345,7 +348,7 @@ fn containers_reach_ports_published_on_ipv6_through_host_addresses() {
         assert_eq!(lab.counter(Counter::Hairpin), 3);
 
         // An ICMPv6 error from outside quoting the hairpin connection's tuple is not delivered.
-        let quoted = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(40000, 80, 0x10, b""));
+        let quoted = packet6(ROUTER_MAC, UPLINK_MAC, Ip6::new(PUBLISHER_GATEWAY6, PUBLISHER6, TCP, 63), tcp_segment(gw_port, 80, 0x10, b""));
         let (ip, icmp) = icmpv6_error(1, 0, &quoted, UPLINK_IP6, 64);
         let error = packet6(UPLINK_MAC, ROUTER_MAC, ip, icmp);
         let out = lab.from_uplink(&error);

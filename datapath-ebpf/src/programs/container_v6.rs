@@ -2,7 +2,8 @@
 //! (a program of its own: the verifier's budget and the 512-byte stack are each program's).
 //! Neighbour discovery answered, the source checked, delivery to a container of the same
 //! network (isolation, `icc` and `--internal` as for IPv4); beyond the network masquerade
-//! (NAT66), published ports through host addresses (hairpin), or the host's.
+//! (NAT66), services through their IPv6 VIP, published ports through host addresses (hairpin),
+//! or the host's.
 use aya_ebpf::programs::TcContext;
 use datapath_common::{ct_action, iface_flags, Counter, CtKey, IfaceInfo, IpKey};
 
@@ -12,9 +13,10 @@ use crate::{
     counters::{drop_packet, to_host},
     icmpv6,
     headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv6Hdr, ETH_HDR_LEN, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
+    lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     nat::{self, apply, send_out},
-    ndp, route,
+    ndp, reject, route,
 };
 
 #[inline(always)]
@@ -83,13 +85,15 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
     let dest = if gateway { None } else { unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) } };
     // One call, inlined once: two would double the verifier's work on the NAT paths.
     let Some(dest) = dest else {
-        if !gateway && iface.flags & iface_flags::INTERNAL != 0 {
-            return drop_packet(ctx, Counter::DropInternal);
-        }
         return beyond_network_v6(ctx, iface, ifindex, gateway);
     };
     if dest.network_id != iface.network_id {
         return drop_packet(ctx, Counter::DropIsolation);
+    }
+    if iface.flags & iface_flags::SERVICE_BACKEND != 0 {
+        if let Some(verdict) = nat::answer_via_vip_v6(ctx) {
+            return verdict;
+        }
     }
     if iface.flags & iface_flags::ICC_DISABLED != 0 {
         return drop_packet(ctx, Counter::DropIcc);
@@ -102,36 +106,51 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
 }
 
 /// A container's IPv6 packet to an address beyond its network, or to its gateway (`gateway`):
-/// part of a tracked connection (masquerade, the answers of a published port's, hairpin), or a
-/// new connection to a port published on a host address (hairpin, as for IPv4), or a new one
-/// to where the kernel would route it out of an uplink with an IPv6 address, masqueraded to
-/// that address (NAT66, as Docker's ip6tables rules), where the network has masquerade; else
-/// the host's. TCP, UDP and echo requests start a masqueraded connection; fragments, echo
-/// replies, other ICMPv6 and other protocols are the host's.
+/// part of a tracked connection (masquerade, through a VIP, the answers of a published port's,
+/// hairpin), or a new connection to a service VIP of its network or to a port published on a
+/// host address (hairpin, as for IPv4), or a new one to where the kernel would route it out of
+/// an uplink with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables
+/// rules), where the network has masquerade; else the host's. From an `--internal` network
+/// only its gateway and its services' VIPs are reachable. TCP, UDP and echo requests start a
+/// masqueraded connection; fragments, echo replies, other ICMPv6 and other protocols are the
+/// host's.
 #[inline(always)]
 fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: bool) -> i32 {
+    let internal = iface.flags & iface_flags::INTERNAL != 0;
+    let elsewhere_from_internal = internal && !gateway;
     // Not a flow conntrack follows: an ICMPv6 error about a translated connection, or the host's.
-    let Some(flow) = conntrack::parse_v6(ctx) else { return icmpv6::error_from_container(ctx) };
+    let Some(flow) = conntrack::parse_v6(ctx) else {
+        if elsewhere_from_internal {
+            return drop_packet(ctx, Counter::DropInternal);
+        }
+        return icmpv6::error_from_container(ctx);
+    };
     let len = ctx.len();
     let both = ct_action::REWRITE_SRC | ct_action::REWRITE_DST;
     if let Some(tracked) = conntrack::lookup(&flow.key) {
         // SAFETY: a map value, read before any packet helper runs.
         let Some(translation) = nat::translation6_of(unsafe { &*tracked.entry }) else { return to_host(ctx) };
         let now = now_ns();
-        if translation.ifindex != 0 && translation.action & both == both {
-            // Between two containers through a published port: one host hop, as for IPv4.
-            if !decrement_hop_limit(ctx) {
+        if translation.ifindex != 0 {
+            // Into a container: between two containers through a published port, one host hop
+            // (as for IPv4); through a VIP of the sender's network (only the destination
+            // rewritten), none.
+            let hop = translation.action & both == both;
+            if hop && !decrement_hop_limit(ctx) {
                 return drop_packet(ctx, Counter::DropTtlExpired);
             }
             observe(tracked, flow, len, now);
             if apply(ctx, flow, translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
             }
-            return nat::deliver(ctx, translation, Counter::Hairpin);
+            return nat::deliver(ctx, translation, if hop { Counter::Hairpin } else { Counter::ViaVip });
         }
         // Routed out with a new source: masquerade, or the answers of a published port (the
         // host address the client used).
-        if translation.ifindex != 0 || translation.action & both != ct_action::REWRITE_SRC {
+        if elsewhere_from_internal {
+            return drop_packet(ctx, Counter::DropInternal);
+        }
+        if translation.action & both != ct_action::REWRITE_SRC {
             return to_host(ctx);
         }
         if translation.action == ct_action::REWRITE_SRC && !conntrack::ensure_reply(tracked, flow, ifindex, iface.mac) {
@@ -144,12 +163,34 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: 
         observe(tracked, flow, len, now);
         return send_out(ctx, flow, translation, &route);
     }
-    if let Some(target) = nat::published_target_v6(ctx, flow, gateway).filter(|t| t.network == 0 && t.service == 0) {
+    if let Some(target) = nat::published_target_v6(ctx, flow, gateway) {
+        let vip = target.network != 0;
+        if vip && target.network != iface.network_id {
+            // Another network's service: isolated like its containers.
+            return drop_packet(ctx, Counter::DropIsolation);
+        }
         // An internal network reaches no published port, through its gateway neither.
-        if iface.flags & iface_flags::INTERNAL != 0 {
+        if internal && !vip {
             return drop_packet(ctx, Counter::DropInternal);
         }
-        return nat::hairpin_v6(ctx, flow, iface, ifindex, target, len);
+        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
+        return match lb::choose(target, &flow.key, now_ns()) {
+            Some(Choice::Backend(backend)) if vip && backend.addr != flow.key.saddr => {
+                if iface.flags & iface_flags::ICC_DISABLED != 0 {
+                    return drop_packet(ctx, Counter::DropIcc);
+                }
+                nat::via_vip_v6(ctx, flow, iface, ifindex, &backend, len)
+            }
+            // Through a host address, or a backend reaching its own service: from the gateway's
+            // address, so that the answers come back through the datapath.
+            Some(Choice::Backend(backend)) => nat::hairpin_v6(ctx, flow, iface, ifindex, &backend, action, len),
+            Some(Choice::Refuse) => reject::refuse_v6(ctx, flow),
+            None if elsewhere_from_internal => drop_packet(ctx, Counter::DropInternal),
+            None => to_host(ctx),
+        };
+    }
+    if elsewhere_from_internal {
+        return drop_packet(ctx, Counter::DropInternal);
     }
     // As for IPv4, any TCP segment (a connection picked up mid-stream too), UDP, echo requests.
     let starts = flow.key.proto != IPPROTO_ICMPV6 || flow.icmp_type == ICMPV6_ECHO_REQUEST;

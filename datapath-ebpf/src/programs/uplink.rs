@@ -96,9 +96,15 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
         if let Some(reason) = guard::uplink_refusal_v6(flow.key.saddr.addr, flow.key.daddr.addr) {
             return drop_packet(ctx, reason);
         }
-        // A new connection to a port published on an IPv6 address of the host.
-        return match published_target_v6(ctx, flow, false).filter(|t| t.network == 0 && t.service == 0) {
-            Some(target) => publish_v6(ctx, flow, target),
+        // A new connection to a port (a container's or a service's) published on an IPv6
+        // address of the host; a VIP is reached from its network and the host only.
+        let Some(target) = published_target_v6(ctx, flow, false).filter(|t| t.network == 0) else {
+            return count_uplink_to_host(ctx);
+        };
+        let action = if target.service != 0 { ct_action::SERVICE } else { ct_action::PUBLISHED };
+        return match lb::choose(target, &flow.key, now_ns()) {
+            Some(Choice::Backend(backend)) => publish_v6(ctx, flow, &backend, action),
+            Some(Choice::Refuse) => reject::refuse_v6(ctx, flow),
             None => count_uplink_to_host(ctx),
         };
     };
@@ -120,16 +126,16 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
     deliver(ctx, translation, Counter::NatIn)
 }
 
-/// A new IPv6 connection from outside to a published port: to the container's IPv6 address,
-/// keeping the client's (as [`publish`]).
+/// A new IPv6 connection from outside to a published port: to the container's (or the
+/// service backend's) IPv6 address, keeping the client's (as [`publish`]).
 #[inline(always)]
-fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget) -> i32 {
+fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return screened_to_host_v6(ctx) };
     if server.is_remote() || !decrement_hop_limit(ctx) {
         return screened_to_host_v6(ctx);
     }
-    let translation = match track_published_v6(ctx, flow, target, &server, ctx.len()) {
+    let translation = match track_published_v6(ctx, flow, target, &server, action, ctx.len()) {
         Some(Ok(translation)) => translation,
         Some(Err(reason)) => return drop_packet(ctx, reason),
         None => return count_uplink_to_host(ctx),
@@ -137,7 +143,7 @@ fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget) -> i32 {
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, translation, Counter::NatIn)
+    deliver(ctx, translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 /// An IPv6 packet from an uplink that nothing translates: the host's, unless

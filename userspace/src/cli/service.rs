@@ -23,6 +23,11 @@ pub enum ServiceCommand {
         /// The VIP (default: the network's next free address, as Swarm allocates one).
         #[arg(long)]
         vip: Option<String>,
+        /// The IPv6 VIP. A service on a network with IPv6 has one (default: the next free
+        /// address of the network's IPv6 subnet); IPv6 clients reach the replicas' IPv6
+        /// addresses, and --publish covers both families as -p does.
+        #[arg(long)]
+        vip6: Option<String>,
         /// [HOST_IP:]HOST_PORT: also reachable from outside (and the host) on this port.
         #[arg(long)]
         publish: Option<String>,
@@ -98,6 +103,9 @@ fn print_service(s: &api::ServiceInspect) {
     let port = &s.endpoint.ports[0];
     println!("service {} (id {})", s.spec.name, &s.id[..12]);
     println!("  vip       {} on network {}, port {}/{}", vip.addr, vip.network, port.target_port, port.protocol);
+    for vip6 in &s.endpoint.virtual_ips[1..] {
+        println!("  vip       {}", vip6.addr);
+    }
     if let (Some(p), Some(ip)) = (port.published_port, &port.published_ip) {
         println!("  published {ip}:{p}");
     }
@@ -105,16 +113,19 @@ fn print_service(s: &api::ServiceInspect) {
     let rows: Vec<Vec<String>> = s
         .backends
         .iter()
-        .map(|b| vec![b.name.clone(), b.address.clone(), b.node.clone().unwrap_or_else(|| "(this node)".into()), b.state.clone()])
+        .map(|b| {
+            let address = b.address6.as_ref().map_or_else(|| b.address.clone(), |a6| format!("{} {a6}", b.address));
+            vec![b.name.clone(), address, b.node.clone().unwrap_or_else(|| "(this node)".into()), b.state.clone()]
+        })
         .collect();
     print_table(&["BACKEND", "ADDRESS", "NODE", "STATE"], &rows);
 }
 
 pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
     match cmd {
-        ServiceCommand::Create { name, network, port, vip, publish, affinity, backends, json } => {
+        ServiceCommand::Create { name, network, port, vip, vip6, publish, affinity, backends, json } => {
             let backends = backends.into_iter().map(absolute_backend).collect::<Result<Vec<_>>>()?;
-            let req = api::CreateService { name, network, port, vip, publish, affinity, backends };
+            let req = api::CreateService { name, network, port, vip, vip6, publish, affinity, backends };
             let s: api::ServiceInspect = client.post("/services", &req).await?;
             if json {
                 return print_json(&s);
@@ -156,7 +167,7 @@ pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
                     vec![
                         s.name.clone(),
                         s.network.clone(),
-                        s.vip.clone(),
+                        s.vip6.as_ref().map_or_else(|| s.vip.clone(), |v6| format!("{} {v6}", s.vip)),
                         s.published.clone().unwrap_or_else(|| "-".into()),
                         backends,
                         s.affinity.clone().unwrap_or_else(|| "-".into()),

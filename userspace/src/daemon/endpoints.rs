@@ -328,12 +328,7 @@ impl Daemon {
         let mut ports: Vec<PublishedPort> = Vec::new();
         for spec in specs {
             let port = ports::parse(spec).map_err(Error::invalid)?;
-            if port.host_ip.is_some_and(|ip| ip.is_ipv6()) && net.ipv6.is_none() {
-                return Err(Error::invalid(format!(
-                    "cannot publish {spec:?} on IPv6: network {:?} has no IPv6 subnet, so its containers have no IPv6 address",
-                    net.name
-                )));
-            }
+            publish::refuse_ipv6_without(net, &port, spec, "its containers")?;
             publish::check_host_address(port.host_ip, &local, spec)?;
             if let Some(holder) = holders.holder(&port) {
                 return Err(holder.refusal(spec));

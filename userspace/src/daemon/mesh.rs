@@ -301,7 +301,7 @@ impl Daemon {
             .iter()
             .filter_map(|b| {
                 let (endpoint_id, container_name, node) = holders.get(&(record.network_id.clone(), b.address))?.clone();
-                Some(Backend { endpoint_id, container_name, address: b.address, port: b.port, datapath_id: 0, draining: false, node })
+                Some(Backend { endpoint_id, container_name, address: b.address, address6: None, port: b.port, datapath_id: 0, draining: false, node })
             })
             .collect()
     }
@@ -394,6 +394,8 @@ impl Daemon {
             name: record.name.clone(),
             network_id: record.network_id.clone(),
             vip: record.vip,
+            // Overlay networks carry IPv4 only.
+            vip6: None,
             port: record.port,
             protocol: record.protocol,
             publish,

@@ -63,6 +63,7 @@ impl Daemon {
         if let Some(net) = self.state.networks.iter().find(|n| n.ipv6.is_some_and(|v6| v6.subnet == subnet)) {
             held.extend(net.ipv6.map(|v6| v6.gateway));
             held.extend(self.state.allocations_of(&net.id).filter_map(|a| a.address6));
+            held.extend(self.state.services.values().filter(|s| s.network_id == net.id).filter_map(|s| s.vip6));
         }
         let network = self.state.networks.iter().find(|n| n.subnet == subnet);
         if let Some(net) = network {

@@ -21,6 +21,18 @@ pub(super) fn refuse_on_internal(net: &Network, what: &str) -> DaemonResult<()> 
     Err(Error::invalid(format!("network {:?} is internal: nothing reaches it from outside, so {what} cannot be published", net.name)))
 }
 
+/// Refuses a publication on an IPv6 host address (`spec`, as the user wrote it) on a network
+/// without IPv6; `what`: who would have no IPv6 address ("its containers", "its services").
+pub(super) fn refuse_ipv6_without(net: &Network, port: &PublishedPort, spec: &str, what: &str) -> DaemonResult<()> {
+    if port.host_ip.is_some_and(|ip| ip.is_ipv6()) && net.ipv6.is_none() {
+        return Err(Error::invalid(format!(
+            "cannot publish {spec:?} on IPv6: network {:?} has no IPv6 subnet, so {what} have no IPv6 address",
+            net.name
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a host address that is not one of the daemon's namespace (`local`); `spec`: the
 /// publication as the user wrote it. `0.0.0.0` and `::` stand for every address of a family.
 pub(super) fn check_host_address(ip: Option<IpAddr>, local: &[HostAddress], spec: &str) -> DaemonResult<()> {

@@ -122,12 +122,11 @@ pub(super) struct ServiceBasics {
     pub affinity_secs: Option<u64>,
 }
 
-/// The service's `PORTS` entries: its VIP (reachable from its network and the host), and its
-/// published host port (from anywhere).
 /// A service's `--publish [HOST_IP:]HOST_PORT` of its `port`/`protocol`, within the publication
 /// policy (`holders`: what is held, the batch's earlier services too).
 fn service_publication(
     spec: &str,
+    net: &Network,
     port: u16,
     protocol: Protocol,
     local: &[ipam::HostAddress],
@@ -143,6 +142,7 @@ fn service_publication(
     if published.count != 1 {
         return Err(Error::invalid(format!("--publish {spec:?}: a service is published on one port")));
     }
+    publish::refuse_ipv6_without(net, &published, spec, "its services")?;
     publish::check_host_address(published.host_ip, local, spec)?;
     if let Some(holder) = holders.holder(&published) {
         return Err(holder.refusal(spec));
@@ -150,13 +150,19 @@ fn service_publication(
     Ok(published)
 }
 
+/// The service's `PORTS` entries: its VIPs (reachable from its network and the host), and its
+/// published host port (from anywhere; each family where the service has it).
 fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
     let proto = svc.protocol.number();
-    let vip = PortKey { addr: IpKey::from(svc.vip), port: svc.port.to_be(), proto, _pad: 0 };
-    let mut entries =
-        vec![(vip, PortTarget { service: svc.datapath_id, network: net.datapath_id, ..PortTarget::default() })];
+    let mut entries: Vec<(PortKey, PortTarget)> = svc
+        .vips()
+        .map(|vip| {
+            let key = PortKey { addr: IpKey::from(vip), port: svc.port.to_be(), proto, _pad: 0 };
+            (key, PortTarget { service: svc.datapath_id, network: net.datapath_id, ..PortTarget::default() })
+        })
+        .collect();
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(svc.vip, None, false) {
+        for (key, _) in p.entries(svc.vip, svc.vip6, false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }
@@ -314,6 +320,9 @@ impl Daemon {
         if req.publish.is_some() {
             publish::refuse_on_internal(&net, "its services")?;
         }
+        if let (Some(vip6), None) = (&req.vip6, net.ipv6) {
+            return Err(Error::invalid(format!("--vip6 {vip6}: network {:?} has no IPv6 subnet", net.name)));
+        }
         Ok(ServiceBasics { net, port, protocol, affinity_secs })
     }
 
@@ -350,6 +359,7 @@ impl Daemon {
         let mut names: HashSet<&str> = HashSet::new();
         let state = self.state.clone();
         let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
+        let mut pools6: HashMap<String, Option<ipam::AddressPool>> = HashMap::new();
         // Indexed by port: a batch of 10,000 checks each one against a few entries, not against
         // every service (which took 0.4 s at that size).
         let mut holders = publish::Holders::of(&self.state, None);
@@ -364,7 +374,7 @@ impl Daemon {
                     if local.is_none() {
                         local = Some(self.netlink.host_addresses("").await.map_err(Error::internal)?);
                     }
-                    let published = service_publication(spec, port, protocol, local.as_deref().unwrap_or_default(), &holders)?;
+                    let published = service_publication(spec, &net, port, protocol, local.as_deref().unwrap_or_default(), &holders)?;
                     holders.take(published, Some(&req.name));
                     Some(published)
                 }
@@ -372,7 +382,13 @@ impl Daemon {
             // The VIP is held like an endpoint's address (one of a service made earlier in this
             // batch too).
             let pool = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
-            let vip = pool.take_for(req.vip.as_deref(), &format!("service {}", req.name)).map_err(Error::refused)?;
+            let holder = format!("service {}", req.name);
+            let vip = pool.take_for(req.vip.as_deref(), &holder).map_err(Error::refused)?;
+            // On a network with IPv6, an IPv6 VIP too.
+            let vip6 = match pools6.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new6(&state, &net.id)) {
+                Some(pool6) => Some(pool6.take_for(req.vip6.as_deref(), &holder).map_err(Error::refused)?),
+                None => None,
+            };
             let datapath_id = take_free(&mut used_ids, &mut service_cursor, self.lb.max_services).ok_or_else(|| {
                 Error::conflict(format!("the datapath holds {} services (bpfnet daemon --max-services)", self.lb.max_services))
             })?;
@@ -381,6 +397,7 @@ impl Daemon {
                 name: req.name.clone(),
                 network_id: net.id.clone(),
                 vip,
+                vip6,
                 port,
                 protocol,
                 publish,
@@ -422,9 +439,10 @@ impl Daemon {
         }
         for svc in made {
             log::info!(
-                "service {} created: {}:{}/{} on network {}, {} backend(s){}",
+                "service {} created: {}{}:{}/{} on network {}, {} backend(s){}",
                 svc.name,
                 svc.vip,
+                svc.vip6.map(|v| format!(" and [{v}]")).unwrap_or_default(),
                 svc.port,
                 svc.protocol,
                 self.state.network_by_id(&svc.network_id).map_or("?", |n| n.name.as_str()),
@@ -452,11 +470,17 @@ impl Daemon {
         if svc.backends.iter().any(|b| b.endpoint_id == ep.id && b.port == port) {
             return Err(Error::conflict(format!("{} is already a backend of service {:?}", arg.arg, svc.name)));
         }
+        // An IPv6 VIP's connections go to the backends' IPv6 addresses.
+        let address6 = if svc.vip6.is_some() {
+            Some(ep.address6.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv6 address on network {:?}", arg.netns, net.name)))?)
+        } else {
+            None
+        };
         let (endpoint_id, container_name, address) = (ep.id.clone(), ep.container_name.clone(), ep.address);
         let id = self.backend_ids.take().ok_or_else(|| {
             Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))
         })?;
-        Ok(Backend { endpoint_id, container_name, address, port, datapath_id: id, draining: false, node: None })
+        Ok(Backend { endpoint_id, container_name, address, address6, port, datapath_id: id, draining: false, node: None })
     }
 
     /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
@@ -481,7 +505,13 @@ impl Daemon {
                 let info = if b.draining {
                     BackendInfo::default()
                 } else {
-                    BackendInfo { addr: IpKey::from(b.address), port: b.port.to_be(), _pad: 0, service: svc.datapath_id }
+                    BackendInfo {
+                        addr: IpKey::from(b.address),
+                        port: b.port.to_be(),
+                        _pad: 0,
+                        service: svc.datapath_id,
+                        addr6: b.address6.map(IpKey::from).unwrap_or_default(),
+                    }
                 };
                 backends.push((b.datapath_id, info));
             }
@@ -491,7 +521,7 @@ impl Daemon {
             let (size, active) = (maglev::table_size_for(active, m), active as u32);
             headers.push((svc.datapath_id, ServiceInfo { table_base: base, table_size: size, backends: active, _pad: 0, affinity_ns }));
             ports.extend(port_entries(svc, net));
-            vips.push((IpKey::from(svc.vip), net.datapath_id));
+            vips.extend(svc.vips().map(|vip| (IpKey::from(vip), net.datapath_id)));
             if let Some(tables) = &tables {
                 self.datapath.write_maglev(base, &tables[i])?;
             }
@@ -508,7 +538,9 @@ impl Daemon {
                 result = result.and(self.datapath.remove_port_if(key, target));
             }
         }
-        result = result.and(self.datapath.remove_vip(svc.vip));
+        for vip in svc.vips() {
+            result = result.and(self.datapath.remove_vip(vip));
+        }
         result = result.and(self.datapath.set_service(svc.datapath_id, ServiceInfo::default()));
         for b in &svc.backends {
             result = result.and(self.datapath.set_backend(b.datapath_id, BackendInfo::default()));
@@ -597,7 +629,7 @@ impl Daemon {
         for b in &gone {
             // Only a UDP service has flows to purge (the walk of the table is not free).
             if udp {
-                let purged = self.conntrack.forget_udp_flows_to(b.address, b.port);
+                let purged: usize = b.addresses().map(|a| self.conntrack.forget_udp_flows_to(a, b.port)).sum();
                 log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
             } else {
                 log::info!("service {name}: backend {} ({}:{}) removed", b.container_name, b.address, b.port);
@@ -623,7 +655,9 @@ impl Daemon {
         self.unprogram_service(&svc);
         if svc.protocol == Protocol::Udp {
             for b in &svc.backends {
-                self.conntrack.forget_udp_flows_to(b.address, b.port);
+                for a in b.addresses() {
+                    self.conntrack.forget_udp_flows_to(a, b.port);
+                }
             }
         }
         self.state.services.remove(name);
@@ -684,7 +718,7 @@ impl Daemon {
         }
         let busy = self.conntrack.service_backends_in_use();
         for (name, b) in draining {
-            if busy.contains(&(IpKey::from(b.address), b.port.to_be())) {
+            if b.addresses().any(|a| busy.contains(&(IpKey::from(a), b.port.to_be()))) {
                 continue;
             }
             let Some(svc) = self.state.services.get(&name) else { continue };
@@ -736,7 +770,7 @@ impl Daemon {
                 continue;
             }
             keys.extend(port_entries(svc, net).into_iter().map(|(k, _)| k));
-            vips.insert(IpKey::from(svc.vip));
+            vips.extend(svc.vips().map(IpKey::from));
             ids.insert(svc.datapath_id);
             backends.extend(svc.backends.iter().filter(|b| !b.draining).map(|b| b.datapath_id));
             programmed.push(svc.as_ref());

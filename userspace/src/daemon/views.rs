@@ -1,5 +1,5 @@
 //! What reads show, rendered from a committed state (never from a change in progress).
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{DaemonResult, Error};
 use crate::{
@@ -187,6 +187,7 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             name: s.name.clone(),
             network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
             vip: format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            vip6: s.vip6.map(|v| format!("[{v}]:{}/{}", s.port, s.protocol)),
             published: s.publish.map(|p| p.to_string()),
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
@@ -209,11 +210,20 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
         },
         endpoint: api::ServiceEndpoint {
             ports: service_ports(svc),
-            virtual_ips: vec![api::VirtualIp {
-                network_id: svc.network_id.clone(),
-                network: net.map_or("?".into(), |n| n.name.clone()),
-                addr: format!("{}/{}", svc.vip, net.map_or(32, |n| n.subnet.prefix())),
-            }],
+            virtual_ips: svc
+                .vips()
+                .map(|vip| {
+                    let prefix = match vip {
+                        IpAddr::V4(_) => net.map_or(32, |n| n.subnet.prefix()),
+                        IpAddr::V6(_) => net.and_then(|n| n.ipv6).map_or(128, |v6| v6.subnet.prefix()),
+                    };
+                    api::VirtualIp {
+                        network_id: svc.network_id.clone(),
+                        network: net.map_or("?".into(), |n| n.name.clone()),
+                        addr: format!("{vip}/{prefix}"),
+                    }
+                })
+                .collect(),
         },
         backends: svc
             .backends
@@ -222,6 +232,7 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
                 name: b.container_name.clone(),
                 endpoint_id: b.endpoint_id.clone(),
                 address: format!("{}:{}", b.address, b.port),
+                address6: b.address6.map(|a| format!("[{a}]:{}", b.port)),
                 state: if b.draining { "draining" } else { "active" }.into(),
                 node: b.node.clone(),
             })

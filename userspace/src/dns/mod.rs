@@ -320,7 +320,7 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
     found.extend(
         state.remote_endpoints.iter().filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases)).map(|e| e.address),
     );
-    found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).map(|s| s.vip));
+    found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).flat_map(|s| s.vips()));
     found.sort();
     found.dedup();
     found
@@ -334,7 +334,7 @@ fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
     if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && e.address == ip) {
         return Some(ep.container_name.clone());
     }
-    state.services.values().find(|s| s.network_id == net.id && s.vip == ip).map(|s| s.name.clone())
+    state.services.values().find(|s| s.network_id == net.id && s.vips().any(|v| v == ip)).map(|s| s.name.clone())
 }
 
 /// Relays `query` to the upstream resolvers in turn; the first answer with the query's id.

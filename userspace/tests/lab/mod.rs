@@ -401,7 +401,8 @@ pub fn install(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -
         lab.flags |= iface_flags::SERVICE_BACKEND;
         lab.add_container(backend_ip(i), backend_mac(i), backend_ifindex(i), NETWORK, GATEWAY_IP);
         lab.flags = flags;
-        let info = BackendInfo { addr: IpKey::from_ipv4_octets(backend_ip(i)), port: BACKEND_PORT.to_be(), _pad: 0, service: SERVICE };
+        let addr6 = IpKey::from(backend_ip6(i).parse::<IpAddr>().unwrap());
+        let info = BackendInfo { addr: IpKey::from_ipv4_octets(backend_ip(i)), port: BACKEND_PORT.to_be(), _pad: 0, service: SERVICE, addr6 };
         lab.dp.set_backend(i as u32 + 1, info).unwrap();
     }
     let table = table_of(backends);
@@ -414,6 +415,55 @@ pub fn install(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -
     lab.dp.set_port(published, PortTarget { service: SERVICE, ..PortTarget::default() }).unwrap();
     lab.dp.set_vip(IpAddr::from(VIP), NETWORK).unwrap();
     table
+}
+
+/// The service's IPv6 VIP (on network 1's IPv6 subnet, see [`GATEWAY_IP6`]).
+pub const VIP6: &str = "fd00:1::64";
+
+/// Backend `i`'s IPv6 address.
+pub fn backend_ip6(i: usize) -> String {
+    v6_of(backend_ip(i))
+}
+
+/// As [`install`], dual stack: the backends' IPv6 addresses are endpoints too, the service has
+/// an IPv6 VIP, and its published port covers IPv6's every address.
+pub fn install6(lab: &mut Lab, proto: u8, backends: &[usize], affinity_ns: u64) -> Vec<u32> {
+    let table = install(lab, proto, backends, affinity_ns);
+    let words = |text: &str| IpKey::from(text.parse::<IpAddr>().unwrap()).addr;
+    for &i in backends {
+        let info = EndpointInfo { host_ifindex: backend_ifindex(i), network_id: NETWORK, mac: backend_mac(i), ..Default::default() };
+        lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), info).unwrap();
+        let iface = IfaceInfo {
+            network_id: NETWORK,
+            ipv4: backend_ip(i),
+            gateway_ipv4: GATEWAY_IP,
+            flags: lab.flags | iface_flags::SERVICE_BACKEND,
+            mac: backend_mac(i),
+            ipv6: words(&backend_ip6(i)),
+            gateway_ipv6: words(GATEWAY_IP6),
+            ..Default::default()
+        };
+        lab.dp.set_iface(backend_ifindex(i), iface).unwrap();
+    }
+    let vip6: IpAddr = VIP6.parse().unwrap();
+    let key = PortKey { addr: IpKey::from(vip6), port: VIP_PORT.to_be(), proto, _pad: 0 };
+    lab.dp.set_port(key, PortTarget { service: SERVICE, network: NETWORK, ..PortTarget::default() }).unwrap();
+    let published = PortKey::any_ipv6_address(PUBLISHED_PORT.to_be(), proto);
+    lab.dp.set_port(published, PortTarget { service: SERVICE, ..PortTarget::default() }).unwrap();
+    lab.dp.set_vip(vip6, NETWORK).unwrap();
+    table
+}
+
+/// The backend (index) the datapath must choose for this IPv6 tuple.
+pub fn predicted6(table: &[u32], src: &str, dst: &str, sport: u16, dport: u16, proto: u8) -> usize {
+    let word = |a: &str| IpKey::from(a.parse::<IpAddr>().unwrap()).hash_word();
+    let hash = flow_hash(word(src), word(dst), sport.to_be(), dport.to_be(), proto);
+    table[(hash % M) as usize] as usize - 1
+}
+
+/// Which backend an IPv6 packet was delivered to.
+pub fn which_backend6(p: &[u8]) -> usize {
+    (0..8).find(|&i| p[14 + 24..14 + 40] == v6(&backend_ip6(i))).expect("delivered to a backend")
 }
 
 /// The Maglev table over backends `backends`, as backend ids (what the daemon builds).
