@@ -217,7 +217,8 @@ impl Default for CtConfig {
 pub struct FragKey {
     pub saddr: IpKey,
     pub daddr: IpKey,
-    /// The IPv4 identification field (network order), widened.
+    /// IPv4's identification field (network order), widened, or the identification of IPv6's
+    /// fragment header (network order).
     pub id: u32,
     pub proto: u8,
     pub _pad: [u8; 3],

@@ -17,7 +17,7 @@ use datapath_common::{
 use crate::{
     counters::bump,
     headers::{
-        ipv6_unfragmented_upper_layer, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
+        ipv6_tracked_upper_layer, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
         IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     packet::Packet,
@@ -275,10 +275,11 @@ pub fn parse(ctx: &impl Packet) -> Option<Flow> {
 static FLOW6_SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reads the tuple of the IPv6 packet in `ctx`: TCP, UDP or ICMPv6 echo (the identifier as
-/// the port, as for IPv4), behind at most the extension headers `headers` walks. `None` for a
-/// fragment (not tracked yet), a chain too long, a truncated header, another protocol, or an
-/// IPv4-mapped address (which would name IPv4's connections). The
-/// flow is this CPU's [`FLOW6_SCRATCH`], valid until the program returns.
+/// the port, as for IPv4), behind at most the extension headers `headers` walks; a fragment
+/// after the first takes the ports its first one left in `FRAGMENTS`, as for IPv4. `None` for
+/// a later fragment whose first was not seen, a chain too long, a truncated header, another
+/// protocol, or an IPv4-mapped address (which would name IPv4's connections). The flow is this
+/// CPU's [`FLOW6_SCRATCH`], valid until the program returns.
 #[inline(always)]
 pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
     let slot = FLOW6_SCRATCH.get_ptr_mut(0)?;
@@ -296,7 +297,8 @@ pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
     if flow.key.saddr.is_ipv4() || flow.key.daddr.is_ipv4() {
         return None;
     }
-    let (proto, l4_off) = ipv6_unfragmented_upper_layer(ctx, IP_OFF, nexthdr)?;
+    let upper = ipv6_tracked_upper_layer(ctx, IP_OFF, nexthdr)?;
+    let (proto, l4_off) = (upper.proto, upper.off);
     flow.key.proto = proto;
     flow.key._pad = [0; 3];
     flow.key.sport = 0;
@@ -306,7 +308,18 @@ pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
     flow.tcp_ack = 0;
     flow.tcp_seq_end = 0;
     flow.icmp_type = 0;
-    flow.later_fragment = false;
+    flow.later_fragment = upper.later;
+    if upper.later {
+        if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+            return None;
+        }
+        let fragment = FragKey { saddr: flow.key.saddr, daddr: flow.key.daddr, id: upper.fragment_id?, proto, _pad: [0; 3] };
+        // SAFETY: read-only lookup of a plain-old-data value.
+        let ports = unsafe { FRAGMENTS.get(&fragment) }?;
+        flow.key.sport = ports.sport;
+        flow.key.dport = ports.dport;
+        return Some(flow);
+    }
     match proto {
         IPPROTO_TCP => {
             let tcp: TcpHead = ctx.load(l4_off).ok()?;
@@ -331,6 +344,11 @@ pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
             }
         }
         _ => return None,
+    }
+    if let Some(id) = upper.fragment_id {
+        let fragment = FragKey { saddr: flow.key.saddr, daddr: flow.key.daddr, id, proto, _pad: [0; 3] };
+        // A full table only costs the later fragments of this datagram their translation.
+        let _ = FRAGMENTS.insert(&fragment, &FragPorts { sport: flow.key.sport, dport: flow.key.dport }, 0);
     }
     Some(flow)
 }

@@ -78,18 +78,63 @@ const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// header in it), `None` for a chain longer than [`IPV6_MAX_EXTENSION_HEADERS`] or cut short.
 #[inline(always)]
 pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, next: u8) -> Option<(u8, usize)> {
-    walk_ipv6_extensions::<false>(ctx, ip_off, next)
+    walk_ipv6_extensions(ctx, ip_off, next)
 }
 
-/// As [`ipv6_upper_layer`], for a packet connection tracking can follow: `None` also for any
-/// fragment, the first included (IPv6 fragments are not tracked yet: the host's).
+/// Where the upper layer of an IPv6 packet connection tracking follows lies (see
+/// [`ipv6_tracked_upper_layer`]).
+#[derive(Clone, Copy)]
+pub struct Ipv6Upper {
+    /// The upper-layer protocol (a later fragment's as its fragment header names it).
+    pub proto: u8,
+    /// Where its header starts (in a later fragment: where the fragment's data starts).
+    pub off: usize,
+    /// The fragment header's identification (wire order), for a fragment of a datagram that
+    /// has others (an atomic fragment, first and last, is a whole datagram: `None`).
+    pub fragment_id: Option<u32>,
+    /// A fragment after the first: no upper-layer header in it.
+    pub later: bool,
+}
+
+/// As [`ipv6_upper_layer`], for connection tracking, which follows fragments: the first one's
+/// ports serve the later ones (see `conntrack::parse_v6`). `None` also for a second fragment
+/// header.
 #[inline(always)]
-pub fn ipv6_unfragmented_upper_layer(ctx: &impl Packet, ip_off: usize, next: u8) -> Option<(u8, usize)> {
-    walk_ipv6_extensions::<true>(ctx, ip_off, next)
+pub fn ipv6_tracked_upper_layer(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<Ipv6Upper> {
+    let mut off = ip_off + IPV6_HDR_LEN;
+    let mut fragment_id = None;
+    let mut fragmented = false;
+    for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
+                let [following, len]: [u8; 2] = ctx.load(off).ok()?;
+                next = following;
+                off += (len as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT if fragmented => return None,
+            IPV6_FRAGMENT => {
+                // Next header, reserved, offset (13 bits) and flags (M: more fragments), id.
+                let h: [u8; 8] = ctx.load(off).ok()?;
+                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+                let id = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+                off += 8;
+                fragmented = true;
+                if offset_flags & !0x7 != 0 {
+                    return Some(Ipv6Upper { proto: h[0], off, fragment_id: Some(id), later: true });
+                }
+                if offset_flags & 1 != 0 {
+                    fragment_id = Some(id);
+                }
+                next = h[0];
+            }
+            upper => return Some(Ipv6Upper { proto: upper, off, fragment_id, later: false }),
+        }
+    }
+    None
 }
 
 #[inline(always)]
-fn walk_ipv6_extensions<const NO_FRAGMENTS: bool>(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
+fn walk_ipv6_extensions(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
     let mut off = ip_off + IPV6_HDR_LEN;
     for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
         match next {
@@ -98,7 +143,6 @@ fn walk_ipv6_extensions<const NO_FRAGMENTS: bool>(ctx: &impl Packet, ip_off: usi
                 next = following;
                 off += (len as usize + 1) * 8;
             }
-            IPV6_FRAGMENT if NO_FRAGMENTS => return None,
             IPV6_FRAGMENT => {
                 let [following, _, offset_hi, offset_lo]: [u8; 4] = ctx.load(off).ok()?;
                 if u16::from_be_bytes([offset_hi, offset_lo]) & !0x7 != 0 {

@@ -243,6 +243,15 @@ fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
     assert!(counter(&sb, "nat_icmp_error") > 0, "the ICMPv6 error was translated");
     let route = sb.exec(&a, &["ip", "-6", "route", "get", FAR_IP6]).unwrap().stdout;
     assert!(route.contains("mtu 1280"), "the container learnt the path MTU: {route}");
+    // A 4000-byte datagram leaves in fragments and its answer comes back in fragments, each
+    // translated (the later ones by the first one's ports).
+    udp_echo_server(&outside.far, addr(FAR_IP6, 8083)).unwrap();
+    let data = payload(10, 4000);
+    let (out_before, in_before) = (counter(&sb, "nat_out"), counter(&sb, "nat_in"));
+    assert_eq!(udp_exchange(&a, addr(FAR_IP6, 8083), &data, T).unwrap(), data, "a fragmented datagram both ways");
+    let (out, back) = (counter(&sb, "nat_out") - out_before, counter(&sb, "nat_in") - in_before);
+    // 4000 bytes are 3 fragments at 1500 bytes (more at the container's learnt 1280).
+    assert!(out >= 3 && back >= 3, "every fragment translated: {out} out, {back} back");
     assert!(ping6(&sb, &a, FAR_IP6), "ping through IPv6 masquerade");
     // "Time exceeded" from the router reaches the container (traceroute through NAT66).
     let out = sb.exec(&a, &["ping", "-6", "-c", "1", "-W", "1", "-t", "2", FAR_IP6]).unwrap();

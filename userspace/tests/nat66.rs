@@ -110,17 +110,65 @@ fn udp_and_ping_over_ipv6_are_masqueraded_with_exact_checksums() {
     });
 }
 
-/// A UDP datagram's first fragment (a fragment header before the UDP header).
-fn first_fragment() -> Vec<u8> {
-    let mut datagram = udp_datagram(7000, 9000, &[1u8; 32]);
-    // Checksum left 0 here: the datapath must not look into it anyway.
-    let mut with_header = vec![UDP, 0, 0, 1, 0, 0, 0, 42];
-    with_header.append(&mut datagram);
-    let mut p = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(44, 64), vec![0; 8]);
-    p.truncate(L4_6);
-    p[18..20].copy_from_slice(&(with_header.len() as u16).to_be_bytes());
-    p.extend_from_slice(&with_header);
-    p
+/// An IPv6 UDP datagram (`payload`, 8-byte aligned pieces) whose checksum is computed here over
+/// the whole datagram, cut into two fragments of identification `id`: the UDP header and the
+/// payload's first 24 bytes, then the rest (the fragment header's offset in 8-byte units).
+fn udp_fragments(macs: ([u8; 6], [u8; 6]), ip: Ip6, ports: (u16, u16), payload: &[u8], id: u32) -> (Vec<u8>, Vec<u8>) {
+    let whole = packet6(macs.0, macs.1, ip, udp_datagram(ports.0, ports.1, payload));
+    let datagram = &whole[L4_6..];
+    let fragment = |data: &[u8], offset: usize, more: bool| {
+        let mut p = whole[..L4_6].to_vec();
+        p[18..20].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        p[20] = 44; // a fragment header follows
+        let offset_flags = (offset as u16) | more as u16;
+        p.extend_from_slice(&[UDP, 0]);
+        p.extend_from_slice(&offset_flags.to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(data);
+        p
+    };
+    (fragment(&datagram[..32], 0, true), fragment(&datagram[32..], 32, false))
+}
+
+#[test]
+fn fragmented_datagrams_are_masqueraded_fragment_by_fragment_both_ways() {
+    TestNetns::new("v6frag").run(MASQ, |lab| {
+        let question: Vec<u8> = (0..64u8).collect();
+        let (first, later) = udp_fragments((GATEWAY_MAC, CONTAINER_MAC), out6(UDP, 64), (7000, 9000), &question, 0x4242);
+        // The first fragment opens the connection (the container's port kept): its UDP checksum,
+        // which covers the whole datagram, follows the new source address.
+        let out = lab.from_container(&first);
+        assert_eq!(out.verdict, REDIRECT, "sent out of the uplink");
+        let out_ip = Ip6::new(UPLINK_IP6, SERVER_IP6, UDP, 63);
+        let (expected_first, expected_later) = udp_fragments((ROUTER_MAC, UPLINK_MAC), out_ip, (7000, 9000), &question, 0x4242);
+        assert_eq!(out.packet, expected_first, "the first fragment, translated with an exact checksum");
+        // The later one (no UDP header) takes the first one's ports: its source only.
+        let out = lab.from_container(&later);
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(out.packet, expected_later);
+
+        // The answer comes back in fragments too, into the container.
+        let answer: Vec<u8> = (100..164u8).collect();
+        let back_ip = Ip6::new(SERVER_IP6, UPLINK_IP6, UDP, 50);
+        let (first, later) = udp_fragments((UPLINK_MAC, ROUTER_MAC), back_ip, (9000, 7000), &answer, 0x77);
+        let in_ip = Ip6::new(SERVER_IP6, CONTAINER_IP6, UDP, 49);
+        let (expected_first, expected_later) = udp_fragments((CONTAINER_MAC, GATEWAY_MAC), in_ip, (9000, 7000), &answer, 0x77);
+        let out = lab.from_uplink(&first);
+        assert_eq!((out.verdict, out.packet), (REDIRECT, expected_first));
+        let out = lab.from_uplink(&later);
+        assert_eq!((out.verdict, out.packet), (REDIRECT, expected_later));
+        assert_eq!(lab.counter(Counter::NatOut), 2);
+        assert_eq!(lab.counter(Counter::NatIn), 2);
+
+        // A later fragment whose first was not seen, or of another datagram, is the host's.
+        let (_, stray) = udp_fragments((UPLINK_MAC, ROUTER_MAC), back_ip, (9000, 7000), &answer, 0x78);
+        let out = lab.from_uplink(&stray);
+        assert_eq!((out.verdict, out.packet), (PASS, stray));
+        let (_, stray) = udp_fragments((GATEWAY_MAC, CONTAINER_MAC), out6(UDP, 64), (7000, 9000), &question, 0x4243);
+        let out = lab.from_container(&stray);
+        assert_eq!((out.verdict, out.packet), (PASS, stray));
+        assert_eq!(lab.counter(Counter::NatOut), 2);
+    });
 }
 
 #[test]
@@ -139,10 +187,6 @@ fn what_ipv6_masquerade_leaves_to_the_host_or_drops() {
         let last = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(UDP, 1), udp_datagram(33434, 33434, b"traceroute"));
         let out = lab.from_container(&last);
         assert_eq!((out.verdict, out.packet), (PASS, last));
-        // Fragments are not tracked yet, the first neither.
-        let fragment = first_fragment();
-        let out = lab.from_container(&fragment);
-        assert_eq!((out.verdict, out.packet), (PASS, fragment));
         // ICMPv6 other than echo (an error the container sends) is the host's.
         let unreachable = packet6(GATEWAY_MAC, CONTAINER_MAC, out6(ICMPV6, 64), vec![1, 4, 0, 0, 0, 0, 0, 0]);
         assert_eq!(lab.from_container(&unreachable).verdict, PASS);
