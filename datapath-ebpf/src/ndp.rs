@@ -78,7 +78,8 @@ pub fn answer(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, src: [u32; 4], h
     } else {
         // SAFETY: read-only lookup of a plain-old-data value.
         match unsafe { ENDPOINTS.get(&IpKey { addr: target }) } {
-            Some(ep) if ep.network_id == iface.network_id && !ep.is_remote() => (ep.mac, SOLICITED | OVERRIDE),
+            // On another node too (an overlay network): answered here, nothing floods the tunnel.
+            Some(ep) if ep.network_id == iface.network_id => (ep.mac, SOLICITED | OVERRIDE),
             // A service VIP of the network is the gateway's to answer (the datapath takes its
             // connections there), as ARP does for IPv4's.
             None if crate::lb::vip_network(&IpKey { addr: target }) == Some(iface.network_id) => (GATEWAY_MAC, SOLICITED | OVERRIDE),

@@ -7,7 +7,7 @@
 //! check of what arrives.
 use aya_ebpf::{
     bindings::{
-        __sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        __sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT,
     },
     helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
@@ -22,7 +22,7 @@ use datapath_common::{
 use crate::{
     checksum,
     counters::{bump, count, drop_packet},
-    headers::{ptr_at, read_at, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IP_OFF},
+    headers::{ptr_at, read_at, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IP_OFF},
     mem::zero,
     route,
 };
@@ -154,8 +154,10 @@ fn through_device(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel)
 #[inline(never)]
 fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> bool {
     let inner_len = ctx.len().saturating_sub(ETH_HDR_LEN as u32);
-    // Entropy for the underlay's ECMP: the inner addresses.
+    // Entropy for the underlay's ECMP: the inner addresses (IPv4's; of IPv6's, bytes of the
+    // source's middle). The inner frame's own type (IPv4 or IPv6) goes in its new header.
     let (Ok(inner_src), Ok(inner_dst)) = (ctx.load::<u32>(IP_OFF + 12), ctx.load::<u32>(IP_OFF + 16)) else { return false };
+    let Ok(inner_type) = ctx.load::<u16>(12) else { return false };
     let hash = datapath_common::services::flow_hash(inner_src, inner_dst, 0, 0, 0);
     let remote = tunnel.remote.to_be();
     let Some(h) = ENCAP_SCRATCH.get_ptr_mut(0) else { return false };
@@ -171,7 +173,7 @@ fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> b
     let [u0, u1] = udp_len.to_be_bytes();
     let [s0, s1] = sport.to_be_bytes();
     let [p0, p1] = VXLAN_PORT.to_be_bytes();
-    let [e0, e1] = ETH_P_IP.to_be_bytes();
+    let [e0, e1] = inner_type.to_ne_bytes();
     *h = [
         // Outer IPv4: version 4, 20 bytes, DF, TTL 64, UDP; checksum below.
         0x45, 0, t0, t1, 0, 0, 0x40, 0, TUNNEL_TTL, 17, 0, 0, l0, l1, l2, l3, r0, r1, r2, r3,
@@ -195,6 +197,11 @@ fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> b
         return false;
     }
     if ctx.store(IP_OFF, h, 0).is_err() {
+        return false;
+    }
+    // The outer Ethernet header is the frame's own: its type is the inner packet's (IPv6's
+    // would announce an IPv4 header as IPv6).
+    if inner_type != ETH_P_IP.to_be() && ctx.store(12, &ETH_P_IP.to_be(), 0).is_err() {
         return false;
     }
     let Some(mut route) = route::lookup_addrs(ctx, local, remote, 17) else { return false };
@@ -230,11 +237,21 @@ pub fn decapsulate(ctx: &TcContext) -> Option<Tunnel> {
     let vni: [u8; 4] = ctx.load(VXLAN_OFF + 4).ok()?;
     let remote: u32 = ctx.load(IP_OFF + 12).ok()?;
     let inner_type: u16 = ctx.load(VXLAN_OFF + 8 + 12).ok()?;
-    if flags & VXLAN_VNI_VALID == 0 || inner_type != ETH_P_IP.to_be() {
+    // The inner packet's family, for the kernel's view of the frame once the outer headers go.
+    let inner_family = match inner_type {
+        t if t == ETH_P_IP.to_be() => BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        t if t == ETH_P_IPV6.to_be() => BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
+        _ => return None,
+    };
+    if flags & VXLAN_VNI_VALID == 0 {
         return None;
     }
-    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO | inner_family;
     ctx.adjust_room(-(VXLAN_HEADERS as i32), BPF_ADJ_ROOM_MAC, flags as u64).ok()?;
+    // The outer Ethernet header stays: its type becomes the inner packet's.
+    if inner_type != ETH_P_IP.to_be() {
+        ctx.store(12, &inner_type, 0).ok()?;
+    }
     Some(Tunnel { vni: vni_of([vni[0], vni[1], vni[2]]), remote: u32::from_be(remote) })
 }
 

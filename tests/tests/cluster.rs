@@ -415,6 +415,98 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     Ok(())
 }
 
+/// As [`send_vxlan`], with an inner IPv6 echo request from `src` to `dst`.
+fn send_vxlan6(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<()> {
+    let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse()?, dst.parse()?);
+    let echo = [128u8, 0, 0, 0, 0, 1, 0, 1, 0xbe, 0xef];
+    let mut inner = vec![0x60, 0, 0, 0, 0, echo.len() as u8, 58, 64];
+    inner.extend_from_slice(&src.octets());
+    inner.extend_from_slice(&dst.octets());
+    inner.extend_from_slice(&echo);
+    let mut datagram = vec![0x08, 0, 0, 0];
+    datagram.extend_from_slice(&(vni << 8).to_be_bytes());
+    datagram.extend_from_slice(&[0x02, 0x42, 1, 2, 3, 4, 0x02, 0x42, 5, 6, 7, 8, 0x86, 0xdd]);
+    datagram.extend_from_slice(&inner);
+    let to: std::net::SocketAddr = format!("{to}:4789").parse()?;
+    bpfnet_lab::netns::within(from, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..5 {
+            socket.send_to(&datagram, to)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
+    let mut c = Cluster::new("cl-ov6", 2)?;
+    c.start_etcd_cluster()?;
+    // n1 does VXLAN in the datapath, n2 through its VXLAN device: both ways over IPv6 too.
+    c.start_daemon(0, "4s", &[])?;
+    c.start_daemon(1, "4s", &["--overlay-encap", "device"])?;
+    // An overlay network's IPv6 addresses pair with its IPv4 ones: its IPv6 subnet must be as
+    // large, its IPv6 gateway the pair of its IPv4 gateway.
+    let refusals: [(&[&str], &str); 2] = [
+        (&["network", "create", "small", "-d", "overlay", "--subnet", "10.31.0.0/16", "--subnet", "fd00:31::/120"], "smaller than"),
+        (&["network", "create", "gw", "-d", "overlay", "--subnet", "10.0.32.0/24", "--subnet", "fd00:32::/64", "--gateway", "fd00:32::99"], "pair"),
+    ];
+    for (args, why) in refusals {
+        let ran = c.bpfnet(0, args)?;
+        ensure!(!ran.ok && ran.stderr.contains(why), "{args:?}: {ran:?}");
+    }
+    c.nodes[0].bpfnet_ok(&["network", "create", "dual", "-d", "overlay", "--subnet", "10.0.30.0/24", "--subnet", "fd00:30::/64"])?;
+    within(Duration::from_secs(5), || {
+        let out = c.nodes[1].bpfnet_ok(&["network", "inspect", "dual"]);
+        Ok(out.is_ok_and(|o| o.contains("fd00:30::/64") && o.contains("\"EnableIPv6\": true")))
+    })
+    .context("n2 did not make the dual-stack overlay network")?;
+
+    let a1 = c.nodes[0].add_netns("a1")?;
+    let a2 = c.nodes[1].add_netns("a2")?;
+    let x2 = c.nodes[1].add_netns("x2")?;
+    let connect6 = |i: usize, ns: &str, extra: &[&str]| -> Result<(String, String)> {
+        let mut args = vec!["network", "connect", "dual", ns, "--json"];
+        args.extend_from_slice(extra);
+        let out: serde_json::Value = serde_json::from_str(&c.nodes[i].bpfnet_ok(&args)?)?;
+        let bare = |key: &str| out[key].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+        Ok((bare("ipv4_address"), bare("ipv6_address")))
+    };
+    ensure!(connect6(0, &a1, &[])? == ("10.0.30.2".into(), "fd00:30::2".into()));
+    ensure!(connect6(1, &a2, &["--alias", "web2"])? == ("10.0.30.3".into(), "fd00:30::3".into()), "the pair of the address n2 claimed");
+    let refused = c.bpfnet(1, &["network", "connect", "dual", &x2, "--ip6", "fd00:30::77"])?;
+    ensure!(!refused.ok && refused.stderr.contains("pairs with the IPv4 one"), "{refused:?}");
+
+    // IPv6 across the nodes, both ways: ping, and a bulk transfer at the overlay's MTU.
+    let ping6 = |i: usize, ns: &str, ip: &str| -> Result<bool> { Ok(c.nodes[i].exec(ns, &["ping", "-6", "-c", "1", "-W", "1", "-q", ip])?.ok) };
+    within(Duration::from_secs(5), || ping6(0, &a1, "fd00:30::3")).context("a1 -> a2 over IPv6")?;
+    ensure!(ping6(1, &a2, "fd00:30::2")?, "a2 -> a1 over IPv6");
+    use bpfnet_lab::traffic::{payload, tcp_echo_server, tcp_exchange, tcp_whoami, tcp_whoami_server};
+    let t = Duration::from_secs(5);
+    tcp_echo_server(&a2, "[fd00:30::3]:7000".parse()?)?;
+    let data = payload(6, 300_000);
+    ensure!(tcp_exchange(&a1, "[fd00:30::3]:7000".parse()?, &data, t)? == data, "a bulk transfer over IPv6 between nodes");
+    tcp_whoami_server(&a2, "[fd00:30::3]:80".parse()?)?;
+    let seen = tcp_whoami(&a1, "[fd00:30::3]:80".parse()?, t)?;
+    ensure!(seen.ip().to_string() == "fd00:30::2", "a2 saw a1 as {seen}: the sender's address kept");
+    ensure!(bpfnet_lab::checks::counter(&c.nodes[0], "ndp_replied") > 0, "neighbour discovery answered on the node");
+
+    // Names: n1's resolver gives n2's container's IPv6 address.
+    // The resolver follows the networks within a moment of their creation.
+    let dig = || -> Result<String> { Ok(c.nodes[0].exec(&a1, &["dig", "+short", "+time=1", "+tries=1", "@10.0.30.1", "web2", "AAAA"])?.stdout) };
+    within(Duration::from_secs(10), || Ok(dig()?.trim() == "fd00:30::3")).context("web2 AAAA from n1")?;
+
+    // Forged tunnels with inner IPv6: from a LAN host with a genuine inner source, from a
+    // genuine node with the receiving node's own container as inner source.
+    let vni: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", "/bpfnet/v1/networks/dual", "--print-value-only"])?.stdout)?;
+    let vni = vni["vni"].as_u64().context("vni")? as u32;
+    let spoofed = bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed");
+    send_vxlan6(c.underlay(), "10.250.0.1", vni, "fd00:30::3", "fd00:30::2")?;
+    send_vxlan6(&c.nodes[1].host(), "10.250.0.1", vni, "fd00:30::2", "fd00:30::2")?;
+    within(Duration::from_secs(2), || Ok(bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed") >= spoofed + 10))
+        .context("forged IPv6 VXLAN datagrams were not all dropped and counted")?;
+    Ok(())
+}
+
 #[test]
 fn nodes_allocating_at_the_same_moment_never_share_an_address() -> Result<()> {
     let mut c = Cluster::new("cl-ipam", 3)?;

@@ -30,6 +30,21 @@ pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
 
+/// The IPv6 address that goes with IPv4 address `v4` of subnet `subnet` in IPv6 subnet
+/// `subnet6`: the same offset from the subnet's start (10.0.9.5 of 10.0.9.0/24 is fd00:9::5 of
+/// fd00:9::/64). An overlay network's IPv6 addresses follow its IPv4 ones so: the cluster's
+/// claim of the IPv4 address makes the IPv6 one unique too, and every node knows another's
+/// endpoints' IPv6 addresses from the claims. `None` where the offset does not fit.
+pub fn paired_address6(subnet: &IpNetwork, subnet6: &IpNetwork, v4: IpAddr) -> Option<IpAddr> {
+    let (IpAddr::V4(v4), IpAddr::V4(start), IpAddr::V6(start6)) = (v4, subnet.network(), subnet6.network()) else { return None };
+    let offset = u32::from(v4).checked_sub(u32::from(start))? as u128;
+    let host_bits = 128 - subnet6.prefix() as u32;
+    if host_bits < 128 && offset >> host_bits != 0 {
+        return None;
+    }
+    Some(IpAddr::V6(std::net::Ipv6Addr::from(u128::from(start6) | offset)))
+}
+
 /// Docker's rule for object names.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -423,6 +438,19 @@ mod tests {
 
     use super::*;
     use crate::state::{Allocation, Endpoint, Network};
+
+    #[test]
+    fn an_overlay_networks_ipv6_address_pairs_with_its_ipv4_one() {
+        let (v4, v6): (IpNetwork, IpNetwork) = ("10.0.9.0/24".parse().unwrap(), "fd00:9::/64".parse().unwrap());
+        let pair = |ip: &str| paired_address6(&v4, &v6, ip.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(pair("10.0.9.5").as_deref(), Some("fd00:9::5"));
+        assert_eq!(pair("10.0.9.255").as_deref(), Some("fd00:9::ff"));
+        assert_eq!(pair("10.0.8.5"), None, "outside the subnet");
+        // A /120 holds 256 addresses: a /16's offsets beyond do not fit.
+        let (big, small): (IpNetwork, IpNetwork) = ("10.1.0.0/16".parse().unwrap(), "fd00:1::/120".parse().unwrap());
+        assert_eq!(paired_address6(&big, &small, "10.1.0.200".parse().unwrap()).map(|a| a.to_string()).as_deref(), Some("fd00:1::c8"));
+        assert_eq!(paired_address6(&big, &small, "10.1.1.0".parse().unwrap()), None);
+    }
 
     fn state_with(subnet: &str) -> State {
         let subnet: IpNetwork = subnet.parse().unwrap();

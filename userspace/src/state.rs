@@ -251,6 +251,8 @@ pub struct State {
 pub struct RemoteEndpoint {
     pub network_id: String,
     pub address: IpAddr,
+    /// Its IPv6 address, on a dual-stack overlay network (see `ipam::paired_address6`).
+    pub address6: Option<IpAddr>,
     pub container_name: String,
     pub aliases: Vec<String>,
     pub node: String,

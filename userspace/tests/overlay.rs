@@ -106,11 +106,16 @@ fn datapath_vxlan(lab: &mut Lab) {
 
 /// `inner` (an IPv4 packet) in VXLAN with `vni`, from `from` to the lab node's uplink.
 fn vxlan_frame(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_of(from, vni, inner_eth, 0x0800, inner)
+}
+
+/// As [`vxlan_frame`], with an inner packet of Ethernet type `inner_type`.
+fn vxlan_frame_of(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner_type: u16, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(&inner_eth.0);
     payload.extend_from_slice(&inner_eth.1);
-    payload.extend_from_slice(&[0x08, 0x00]);
+    payload.extend_from_slice(&inner_type.to_be_bytes());
     payload.extend_from_slice(inner);
     let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
     udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
@@ -205,5 +210,85 @@ fn vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         lab.dp.set_overlay_node(None).unwrap();
         let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
         assert_eq!(out.verdict, PASS);
+    });
+}
+
+const REMOTE_IP6: &str = "fd00:1::9";
+
+/// The lab node does VXLAN itself (see [`datapath_vxlan`]), dual stack: the container behind
+/// the test interface has `CONTAINER_IP6` (an endpoint here), `REMOTE_IP6` is on node 2.
+fn datapath_vxlan6(lab: &mut Lab) {
+    datapath_vxlan(lab);
+    lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+    let here = EndpointInfo { host_ifindex: TEST_IFINDEX, network_id: NETWORK, mac: CONTAINER_MAC, ..Default::default() };
+    lab.dp.set_endpoint(CONTAINER_IP6.parse().unwrap(), here).unwrap();
+    let there = EndpointInfo { host_ifindex: VXLAN_IFINDEX, network_id: NETWORK, mac: REMOTE_MAC, underlay: NODE2, vni: VNI, ..Default::default() };
+    lab.dp.set_endpoint(REMOTE_IP6.parse().unwrap(), there).unwrap();
+}
+
+#[test]
+fn ipv6_to_another_nodes_endpoint_is_wrapped_in_vxlan_byte_for_byte() {
+    TestNetns::new("ov6-wrap").run(MASQ, |lab| {
+        datapath_vxlan6(lab);
+        let sent = packet6(GATEWAY_MAC, CONTAINER_MAC, Ip6::new(CONTAINER_IP6, REMOTE_IP6, TCP, 64), tcp_segment(40000, 80, 0x02, b"v6"));
+        let out = lab.from_container(&sent);
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink");
+        // Outer IPv4 (the underlay is IPv4): its Ethernet type IPv4's, the inner frame's IPv6's;
+        // the UDP source port from the words where an IPv4 header's addresses would be.
+        let word = |off: usize| u32::from_ne_bytes([sent[off], sent[off + 1], sent[off + 2], sent[off + 3]]);
+        let sport = (49_152 + flow_hash(word(14 + 12), word(14 + 16), 0, 0, 0) % 16_384) as u16;
+        let mut vxlan = vec![0x08, 0, 0, 0];
+        vxlan.extend_from_slice(&(VNI << 8).to_be_bytes());
+        vxlan.extend_from_slice(&REMOTE_MAC);
+        vxlan.extend_from_slice(&GATEWAY_MAC);
+        vxlan.extend_from_slice(&[0x86, 0xdd]);
+        vxlan.extend_from_slice(&sent[14..]);
+        let mut udp = sport.to_be_bytes().to_vec();
+        udp.extend_from_slice(&4789u16.to_be_bytes());
+        udp.extend_from_slice(&((8 + vxlan.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&vxlan);
+        let outer = Ip { src: UPLINK_IP, dst: NODE2, proto: UDP, ttl: 64, id: 0, frag: 0x4000 };
+        let mut expected = ROUTER_MAC.to_vec();
+        expected.extend_from_slice(&UPLINK_MAC);
+        expected.extend_from_slice(&[0x08, 0x00]);
+        expected.extend_from_slice(&ip_header(&outer, udp.len()));
+        expected.extend_from_slice(&udp);
+        assert_eq!(out.packet, expected, "outer Ethernet (IPv4's type), IPv4, UDP, VXLAN, the inner IPv6 frame");
+
+        // Where the node leaves VXLAN to its device: to the device, addressed to the endpoint.
+        lab.dp.set_overlay_node(None).unwrap();
+        let out = lab.from_container(&sent);
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(out.packet, packet6(REMOTE_MAC, GATEWAY_MAC, Ip6::new(CONTAINER_IP6, REMOTE_IP6, TCP, 64), tcp_segment(40000, 80, 0x02, b"v6")));
+        assert_eq!(lab.counter(Counter::ToOverlay), 2);
+    });
+}
+
+#[test]
+fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
+    TestNetns::new("ov6-unwrap").run(MASQ, |lab| {
+        datapath_vxlan6(lab);
+        let inner = packet6([0; 6], [0; 6], Ip6::new(REMOTE_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
+        assert_eq!(out.verdict, REDIRECT, "into the container");
+        let mut expected = CONTAINER_MAC.to_vec();
+        expected.extend_from_slice(&GATEWAY_MAC);
+        expected.extend_from_slice(&[0x86, 0xdd]);
+        expected.extend_from_slice(&inner);
+        assert_eq!(out.packet, expected, "an IPv6 frame again, the inner packet untouched");
+        assert_eq!(lab.counter(Counter::FromOverlay), 1);
+
+        // Node 3 speaking for node 2's endpoint; node 2 speaking for this node's own container;
+        // a destination that is not here.
+        let out = lab.from_uplink(&vxlan_frame_of([10, 250, 0, 3], VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 1));
+        let forged = packet6([0; 6], [0; 6], Ip6::new(CONTAINER_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &forged));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 2));
+        let elsewhere = packet6([0; 6], [0; 6], Ip6::new(REMOTE_IP6, "fd00:1::77", TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &elsewhere));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayDestination)), (DROP, 1));
+        assert_eq!(lab.counter(Counter::FromOverlay), 1);
     });
 }

@@ -16,7 +16,7 @@ use crate::{
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     nat::{self, apply, send_out},
-    ndp, reject, route,
+    ndp, overlay, reject, route,
 };
 
 #[inline(always)]
@@ -99,8 +99,9 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
         return drop_packet(ctx, Counter::DropIcc);
     }
     if dest.is_remote() {
-        // Overlay networks carry IPv4 only for now.
-        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
+        // An endpoint of the (overlay) network on another node: through the tunnel.
+        let tunnel = overlay::Tunnel { vni: dest.vni, remote: overlay::underlay_of(dest) };
+        return overlay::send(ctx, &dest.mac, dest.host_ifindex, &tunnel, Counter::ToOverlay);
     }
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
 }

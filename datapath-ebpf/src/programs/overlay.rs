@@ -22,7 +22,7 @@ use crate::{
     checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
     counters::drop_packet,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6},
     maps::{ENDPOINTS, IFACES},
     nat::{self, Translation},
     overlay::{self, network_of, tunnel_of, underlay_of, Tunnel},
@@ -59,7 +59,11 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
         return drop_packet(ctx, Counter::DropMalformed);
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    if unsafe { (*eth).ether_type } != ETH_P_IP.to_be() {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_IPV6.to_be() {
+        return arrived_v6(ctx, eth, &tunnel, network_id);
+    }
+    if ether_type != ETH_P_IP.to_be() {
         // ARP is answered on each node: none crosses the tunnel.
         return drop_packet(ctx, Counter::DropOverlayDestination);
     }
@@ -95,6 +99,41 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
         if let Some(verdict) = nat::answer_via_vip(ctx) {
             return verdict;
         }
+    }
+    // SAFETY: read-only lookup of a plain-old-data value.
+    let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);
+    if icc_off {
+        return drop_packet(ctx, Counter::DropIcc);
+    }
+    route::into_container(ctx, eth, &dest.mac, &GATEWAY_MAC, dest.host_ifindex, Counter::FromOverlay)
+}
+
+/// An IPv6 packet another node sent by `tunnel` on overlay network `network_id`: only between
+/// endpoints, checked as IPv4's (the inner source an endpoint of that network on the sending
+/// node, the destination one of that network here, `icc`); neighbour discovery is answered on
+/// each node and multicast goes nowhere: neither crosses the tunnel. The routing mesh and
+/// cluster services are IPv4's.
+#[inline(always)]
+fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u32) -> i32 {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
+        return drop_packet(ctx, Counter::DropMalformed);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    // SAFETY: read-only lookups of plain-old-data values.
+    let Some(sender) = (unsafe { ENDPOINTS.get(&IpKey { addr: saddr }) }) else {
+        return drop_packet(ctx, Counter::DropOverlaySpoofed);
+    };
+    // ::/8 holds IPv4's keys: an IPv6 packet naming one is no endpoint's.
+    let mapped = saddr[0].to_ne_bytes()[0] == 0 || daddr[0].to_ne_bytes()[0] == 0;
+    if mapped || !sender.is_remote() || sender.network_id != network_id || underlay_of(sender) != tunnel.remote {
+        return drop_packet(ctx, Counter::DropOverlaySpoofed);
+    }
+    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) }) else {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    };
+    if dest.is_remote() || dest.network_id != network_id {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
     }
     // SAFETY: read-only lookup of a plain-old-data value.
     let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);

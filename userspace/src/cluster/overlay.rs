@@ -56,6 +56,10 @@ impl Membership {
                     record.subnet, other.name, other.subnet
                 )));
             }
+            let v6_overlap = |n: &NetworkRecord| matches!((n.ipv6, record.ipv6), (Some(a), Some(b)) if crate::ipam::overlaps(&a.subnet, &b.subnet));
+            if let Some(other) = existing.iter().find(|n| v6_overlap(n)) {
+                return Err(SharedError::Conflict(format!("its IPv6 subnet overlaps overlay network {:?} of the cluster", other.name)));
+            }
             record.vni = existing.iter().map(|n| n.vni + 1).max().unwrap_or(FIRST_VNI).max(FIRST_VNI);
             if record.vni > MAX_VNI {
                 return Err(SharedError::Conflict("no VXLAN id is left (24 bits)".into()));

@@ -235,7 +235,22 @@ impl Daemon {
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
         };
-        allocation.address6 = ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?;
+        allocation.address6 = match (net.driver.is_overlay(), net.ipv6) {
+            // An overlay network's IPv6 address pairs with the IPv4 one the cluster gave.
+            (true, Some(v6)) => {
+                let paired = ipam::paired_address6(&net.subnet, &v6.subnet, allocation.address);
+                if let (Some(text), Some(paired)) = (req.ip6.as_deref(), paired) {
+                    if text.parse::<std::net::IpAddr>().ok() != Some(paired) {
+                        return Err(Error::invalid(format!(
+                            "--ip6 {text}: on overlay network {:?} the IPv6 address pairs with the IPv4 one: {paired} for {}",
+                            net.name, allocation.address
+                        )));
+                    }
+                }
+                paired
+            }
+            _ => ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?,
+        };
         allocation.mac = ipam::mac_for(allocation.address);
         Ok(allocation)
     }

@@ -1,6 +1,8 @@
 //! Creating and removing networks.
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
 use crate::{
     api, ids,
@@ -45,9 +47,6 @@ impl Daemon {
             Some(other) => return Err(Error::invalid(format!("unknown network driver {other:?}: bpfnet (this host's) or overlay (the cluster's)"))),
         };
         let ipv6 = if req.ipv6 || req.subnet6.is_some() {
-            if overlay {
-                return Err(Error::invalid("overlay networks carry IPv4 only for now: drop --ipv6 and the IPv6 --subnet"));
-            }
             // The IPv6 gateway goes on lo: a namespace with IPv6 off cannot hold it.
             let lo = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6").unwrap_or_else(|_| "1".into());
             if lo.trim() != "0" {
@@ -58,13 +57,17 @@ impl Daemon {
             let pool = ipam::DEFAULT_IPV6_POOL.parse().expect("a valid prefix");
             // A /64 of the default pool: none Docker's IPAM holds either.
             let host = self.host_networks(req.subnet6.is_none()).await?;
-            let subnet = ipam::choose_subnet6(&self.state, req.subnet6.as_deref(), &host, &pool).map_err(Error::refused)?;
+            let subnet6 = ipam::choose_subnet6(&self.state, req.subnet6.as_deref(), &host, &pool).map_err(Error::refused)?;
             // A pool Docker's IPAM holds is for the Docker network made on exactly it.
-            if let Some(held) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {
-                return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", held.subnet)));
+            if let Some(held) = self.state.pools.iter().find(|p| p.subnet != subnet6 && ipam::overlaps(&p.subnet, &subnet6)) {
+                return Err(Error::conflict(format!("subnet {subnet6} overlaps with {}, an address pool Docker holds", held.subnet)));
             }
-            let gateway = ipam::choose_gateway(&subnet, req.gateway6.as_deref()).map_err(Error::invalid)?;
-            Some(Ipv6Subnet { subnet, gateway })
+            let gateway6 = if overlay {
+                overlay_gateway6(&subnet, gateway, &subnet6, req.gateway6.as_deref())?
+            } else {
+                ipam::choose_gateway(&subnet6, req.gateway6.as_deref()).map_err(Error::invalid)?
+            };
+            Some(Ipv6Subnet { subnet: subnet6, gateway: gateway6 })
         } else if let Some(gateway6) = &req.gateway6 {
             return Err(Error::invalid(format!("gateway {gateway6} is IPv6 but the network has no IPv6 subnet: add --ipv6 or an IPv6 --subnet")));
         } else {
@@ -190,5 +193,24 @@ impl Daemon {
 
     pub(super) fn network(&self, name: &str) -> DaemonResult<&Network> {
         self.state.network_by_name(name).ok_or_else(|| Error::not_found(format!("network {name:?} not found")))
+    }
+}
+
+/// An overlay network's IPv6 gateway: the address paired with its IPv4 gateway (see
+/// `ipam::paired_address6`), as every IPv6 address of it is; `--gateway` may name it, no other.
+fn overlay_gateway6(subnet: &IpNetwork, gateway: IpAddr, subnet6: &IpNetwork, requested: Option<&str>) -> DaemonResult<IpAddr> {
+    let host_bits = |n: &IpNetwork| if n.is_ipv4() { 32 } else { 128 } - n.prefix() as u32;
+    if host_bits(subnet6) < host_bits(subnet) {
+        return Err(Error::invalid(format!(
+            "IPv6 subnet {subnet6} is smaller than {subnet}: an overlay network's IPv6 addresses pair with its IPv4 ones (one each), \
+             so its IPv6 subnet needs at least as many addresses"
+        )));
+    }
+    let paired = ipam::paired_address6(subnet, subnet6, gateway).ok_or_else(|| Error::invalid(format!("no IPv6 address pairs with gateway {gateway}")))?;
+    match requested {
+        Some(text) if text.parse::<IpAddr>().ok() != Some(paired) => Err(Error::invalid(format!(
+            "gateway {text}: an overlay network's IPv6 addresses pair with its IPv4 ones, so its IPv6 gateway is {paired} (that of {gateway})"
+        ))),
+        _ => Ok(paired),
     }
 }

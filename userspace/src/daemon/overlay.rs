@@ -72,6 +72,7 @@ fn record_of(net: &Network, vni: u32) -> NetworkRecord {
         vni,
         created: net.created.clone(),
         ip_range: net.ip_range,
+        ipv6: net.ipv6,
     }
 }
 
@@ -351,6 +352,11 @@ impl Daemon {
         if let Some(local) = self.state.networks.iter().find(|n| ipam::overlaps(&n.subnet, &record.subnet)) {
             return Err(Error::conflict(format!("its subnet {} overlaps {} of network {:?} here", record.subnet, local.subnet, local.name)));
         }
+        if let Some(v6) = record.ipv6 {
+            if let Some(local) = self.state.networks.iter().find(|n| n.ipv6.is_some_and(|l| ipam::overlaps(&l.subnet, &v6.subnet))) {
+                return Err(Error::conflict(format!("its IPv6 subnet {} overlaps network {:?} here", v6.subnet, local.name)));
+            }
+        }
         let mtu = self.overlay.as_ref().expect("overlay enabled").mtu;
         let net = Network {
             id: record.id.clone(),
@@ -365,7 +371,7 @@ impl Daemon {
             created: record.created.clone(),
             driver: Driver::Overlay { vni: record.vni, mtu },
             ip_range: record.ip_range,
-            ipv6: None,
+            ipv6: record.ipv6,
         };
         self.install_network(&net).await?;
         log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.subnet, net.gateway);
@@ -391,26 +397,29 @@ impl Daemon {
             let Driver::Overlay { vni, .. } = net.driver else { continue };
             vnis.push((vni, net.datapath_id));
             for e in overlay.remote_of(&net.id).filter(|e| !e.is_reservation()) {
+                let address6 = net.ipv6.and_then(|v6| ipam::paired_address6(&net.subnet, &v6.subnet, e.address));
                 names.push(RemoteEndpoint {
                     network_id: e.network_id.clone(),
                     address: e.address,
+                    address6,
                     container_name: e.container_name.clone(),
                     aliases: e.aliases.clone(),
                     node: e.node.clone(),
                 });
                 let IpAddr::V4(underlay) = e.underlay else { continue };
-                remote.insert(
-                    IpKey::from(e.address),
-                    EndpointInfo {
-                        host_ifindex: overlay.vxlan_ifindex,
-                        network_id: net.datapath_id,
-                        mac: e.mac,
-                        flags: if backends.contains(&(net.id.as_str(), e.address)) { endpoint_flags::SERVICE_BACKEND } else { 0 },
-                        _pad: 0,
-                        underlay: underlay.octets(),
-                        vni,
-                    },
-                );
+                let info = EndpointInfo {
+                    host_ifindex: overlay.vxlan_ifindex,
+                    network_id: net.datapath_id,
+                    mac: e.mac,
+                    flags: if backends.contains(&(net.id.as_str(), e.address)) { endpoint_flags::SERVICE_BACKEND } else { 0 },
+                    _pad: 0,
+                    underlay: underlay.octets(),
+                    vni,
+                };
+                remote.insert(IpKey::from(e.address), info);
+                if let Some(address6) = address6 {
+                    remote.insert(IpKey::from(address6), info);
+                }
             }
         }
         if names != self.state.remote_endpoints {

@@ -318,7 +318,11 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
     let mut found: Vec<IpAddr> =
         state.endpoints_of(&net.id).filter(|e| named(&e.container_name, &e.aliases)).flat_map(|e| e.addresses()).collect();
     found.extend(
-        state.remote_endpoints.iter().filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases)).map(|e| e.address),
+        state
+            .remote_endpoints
+            .iter()
+            .filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases))
+            .flat_map(|e| std::iter::once(e.address).chain(e.address6)),
     );
     found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).flat_map(|s| s.vips()));
     found.sort();
@@ -331,7 +335,7 @@ fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
     if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.addresses().any(|a| a == ip)) {
         return Some(ep.container_name.clone());
     }
-    if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && e.address == ip) {
+    if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && (e.address == ip || e.address6 == Some(ip))) {
         return Some(ep.container_name.clone());
     }
     state.services.values().find(|s| s.network_id == net.id && s.vips().any(|v| v == ip)).map(|s| s.name.clone())
