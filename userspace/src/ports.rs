@@ -61,6 +61,19 @@ impl fmt::Display for PublishedPort {
     }
 }
 
+impl PublishedPort {
+    /// How it shows in listings, as `docker ps` shows ports: a publication on every address of
+    /// both families (no host address) once per family where the target has IPv6 (`ipv6`),
+    /// else as [`Display`](fmt::Display).
+    pub fn shown(&self, ipv6: bool) -> Vec<String> {
+        let mut forms = vec![self.to_string()];
+        if self.host_ip.is_none() && ipv6 {
+            forms.push(PublishedPort { host_ip: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), ..*self }.to_string());
+        }
+        forms
+    }
+}
+
 /// A port a container engine asks to publish where any host port of a range will do (Docker's
 /// `-p 8000-8010:80`, or `-p 80`, which leaves the choice to the driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +221,15 @@ impl PublishedPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_families_show_once_each_where_the_target_has_ipv6() {
+        let p = parse("8080:80").unwrap();
+        assert_eq!(p.shown(true), ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]);
+        assert_eq!(p.shown(false), ["0.0.0.0:8080->80/tcp"]);
+        assert_eq!(parse("0.0.0.0:8080:80").unwrap().shown(true), ["0.0.0.0:8080->80/tcp"]);
+        assert_eq!(parse("[::]:8080:80").unwrap().shown(true), ["[::]:8080->80/tcp"]);
+    }
 
     #[test]
     fn parses_docker_forms() {

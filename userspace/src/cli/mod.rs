@@ -205,7 +205,9 @@ async fn run_client(command: Command, socket: PathBuf) -> Result<()> {
                 .iter()
                 .map(|u| {
                     let v6 = u.ipv6_address.as_deref().map(|a| format!(", {a}")).unwrap_or_default();
-                    format!("{} ({}{v6}, {}: {})", u.interface, u.address, if u.xdp { "XDP" } else { "TC" }, u.why)
+                    // XDP takes IPv4's published path; IPv6 goes on to TC, which does all of it.
+                    let path = if u.xdp { "XDP (IPv6 in TC)" } else { "TC" };
+                    format!("{} ({}{v6}, {path}: {})", u.interface, u.address, u.why)
                 })
                 .collect();
             println!("uplinks: {}", if uplinks.is_empty() { "none".to_string() } else { uplinks.join(", ") });

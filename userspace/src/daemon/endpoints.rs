@@ -326,7 +326,7 @@ impl Daemon {
             ipv4_address: format!("{}/{}", ep.address, net.subnet.prefix()),
             ipv6_address: views::address6_of(net, ep.address6),
             mac_address: ipam::format_mac(&ep.mac),
-            ports: ep.ports.iter().map(|p| p.to_string()).collect(),
+            ports: ep.ports.iter().flat_map(|p| p.shown(ep.address6.is_some())).collect(),
             resolver: self.dns.then(|| net.gateway.to_string()),
         })
     }

@@ -46,7 +46,7 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
                 host_interface: e.host_interface.clone(),
                 netns: e.netns_path.display().to_string(),
                 aliases: e.aliases.clone(),
-                ports: e.ports.iter().map(|p| p.to_string()).collect(),
+                ports: e.ports.iter().flat_map(|p| p.shown(e.address6.is_some())).collect(),
             })
         })
         .collect();
@@ -95,7 +95,7 @@ pub fn allocation_view(state: &State, a: &Allocation, attached: Option<&Endpoint
         ipv6_address: net.map(|n| address6_of(n, a.address6)).unwrap_or_default(),
         mac_address: ipam::format_mac(&a.mac),
         aliases: a.aliases.clone(),
-        ports: a.ports.iter().map(|p| p.to_string()).collect(),
+        ports: a.ports.iter().flat_map(|p| p.shown(a.address6.is_some())).collect(),
         attachment: attached.map(|e| api::AttachmentView {
             netns: e.netns_path.display().to_string(),
             interface: e.interface.clone(),
@@ -188,7 +188,7 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
             vip: format!("{}:{}/{}", s.vip, s.port, s.protocol),
             vip6: s.vip6.map(|v| format!("[{v}]:{}/{}", s.port, s.protocol)),
-            published: s.publish.map(|p| p.to_string()),
+            published: s.publish.map(|p| p.shown(s.vip6.is_some()).join(", ")),
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
             affinity: affinity(s),
