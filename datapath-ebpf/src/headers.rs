@@ -75,10 +75,12 @@ const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// The upper-layer protocol of the IPv6 packet whose header starts at `ip_off` (next header
 /// `next`) and where its header starts, past hop-by-hop, routing, destination options and
 /// fragment headers: `Some((IPV6_FRAGMENT, _))` for a fragment after the first (no upper-layer
-/// header in it), `None` for a chain longer than [`IPV6_MAX_EXTENSION_HEADERS`] or cut short.
+/// header in it), `None` for a chain longer than [`IPV6_MAX_EXTENSION_HEADERS`], cut short, or
+/// with two fragment headers.
 #[inline(always)]
 pub fn ipv6_upper_layer(ctx: &impl Packet, ip_off: usize, next: u8) -> Option<(u8, usize)> {
-    walk_ipv6_extensions(ctx, ip_off, next)
+    let upper = ipv6_tracked_upper_layer(ctx, ip_off, next)?;
+    Some(if upper.later { (IPV6_FRAGMENT, upper.off - 8) } else { (upper.proto, upper.off) })
 }
 
 /// Where the upper layer of an IPv6 packet connection tracking follows lies (see
@@ -128,30 +130,6 @@ pub fn ipv6_tracked_upper_layer(ctx: &impl Packet, ip_off: usize, mut next: u8) 
                 next = h[0];
             }
             upper => return Some(Ipv6Upper { proto: upper, off, fragment_id, later: false }),
-        }
-    }
-    None
-}
-
-#[inline(always)]
-fn walk_ipv6_extensions(ctx: &impl Packet, ip_off: usize, mut next: u8) -> Option<(u8, usize)> {
-    let mut off = ip_off + IPV6_HDR_LEN;
-    for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
-        match next {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
-                let [following, len]: [u8; 2] = ctx.load(off).ok()?;
-                next = following;
-                off += (len as usize + 1) * 8;
-            }
-            IPV6_FRAGMENT => {
-                let [following, _, offset_hi, offset_lo]: [u8; 4] = ctx.load(off).ok()?;
-                if u16::from_be_bytes([offset_hi, offset_lo]) & !0x7 != 0 {
-                    return Some((IPV6_FRAGMENT, off));
-                }
-                next = following;
-                off += 8;
-            }
-            upper => return Some((upper, off)),
         }
     }
     None

@@ -200,11 +200,19 @@ fn connect(c: &Cluster, i: usize, net: &str, ns: &str, extra: &[&str]) -> Result
 /// A VXLAN datagram (VNI `vni`) carrying an ICMP echo from `src` to `dst`, sent from namespace
 /// `from` to `to`:4789 with an ordinary UDP socket (what any LAN host can do).
 fn send_vxlan(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<()> {
-    use bpfnet_lab::frames::{ethernet, Ip};
+    use bpfnet_lab::frames::Ip;
     let inner = Ip::new(src.parse()?, dst.parse()?, 1).icmp(8, 0, &[0, 1, 0, 1, 0xbe, 0xef]);
+    send_vxlan_of(from, to, vni, 0x0800, &inner)
+}
+
+/// `inner` (a packet of Ethernet type `inner_type`) in five VXLAN datagrams (VNI `vni`) from
+/// namespace `from` to `to`:4789.
+fn send_vxlan_of(from: &str, to: &str, vni: u32, inner_type: u16, inner: &[u8]) -> Result<()> {
     let mut datagram = vec![0x08, 0, 0, 0];
     datagram.extend_from_slice(&(vni << 8).to_be_bytes());
-    datagram.extend_from_slice(&ethernet([0x02, 0x42, 1, 2, 3, 4], [0x02, 0x42, 5, 6, 7, 8], &inner));
+    datagram.extend_from_slice(&[0x02, 0x42, 1, 2, 3, 4, 0x02, 0x42, 5, 6, 7, 8]);
+    datagram.extend_from_slice(&inner_type.to_be_bytes());
+    datagram.extend_from_slice(inner);
     let to: std::net::SocketAddr = format!("{to}:4789").parse()?;
     bpfnet_lab::netns::within(from, move || {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -423,18 +431,7 @@ fn send_vxlan6(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<(
     inner.extend_from_slice(&src.octets());
     inner.extend_from_slice(&dst.octets());
     inner.extend_from_slice(&echo);
-    let mut datagram = vec![0x08, 0, 0, 0];
-    datagram.extend_from_slice(&(vni << 8).to_be_bytes());
-    datagram.extend_from_slice(&[0x02, 0x42, 1, 2, 3, 4, 0x02, 0x42, 5, 6, 7, 8, 0x86, 0xdd]);
-    datagram.extend_from_slice(&inner);
-    let to: std::net::SocketAddr = format!("{to}:4789").parse()?;
-    bpfnet_lab::netns::within(from, move || {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        for _ in 0..5 {
-            socket.send_to(&datagram, to)?;
-        }
-        Ok(())
-    })
+    send_vxlan_of(from, to, vni, 0x86dd, &inner)
 }
 
 #[test]

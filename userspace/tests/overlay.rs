@@ -130,6 +130,32 @@ fn inner_tcp(ip: Ip, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     packet([0; 6], [0; 6], ip, tcp_segment(sport, dport, flags, b"hi"))[14..].to_vec()
 }
 
+/// What the lab node sends node 2 for `inner` (a packet of Ethernet type `inner_type`), built
+/// here from scratch: the outer headers to node 2 (the underlay route: the uplink's router),
+/// UDP from the port `hash` (of the inner addresses) chooses, VXLAN with the network's VNI, the
+/// inner frame to the endpoint from the gateway.
+fn wrapped_for_node2(hash: u32, inner_type: u16, inner: &[u8]) -> Vec<u8> {
+    let sport = (49_152 + hash % 16_384) as u16;
+    let mut vxlan = vec![0x08, 0, 0, 0];
+    vxlan.extend_from_slice(&(VNI << 8).to_be_bytes());
+    vxlan.extend_from_slice(&REMOTE_MAC);
+    vxlan.extend_from_slice(&GATEWAY_MAC);
+    vxlan.extend_from_slice(&inner_type.to_be_bytes());
+    vxlan.extend_from_slice(inner);
+    let mut udp = sport.to_be_bytes().to_vec();
+    udp.extend_from_slice(&4789u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + vxlan.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&vxlan);
+    let outer = Ip { src: UPLINK_IP, dst: NODE2, proto: UDP, ttl: 64, id: 0, frag: 0x4000 };
+    let mut expected = ROUTER_MAC.to_vec();
+    expected.extend_from_slice(&UPLINK_MAC);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&ip_header(&outer, udp.len()));
+    expected.extend_from_slice(&udp);
+    expected
+}
+
 #[test]
 fn the_datapath_wraps_a_packet_to_another_node_in_vxlan_byte_for_byte() {
     TestNetns::new("ov-wrap").run(MASQ, |lab| {
@@ -139,28 +165,8 @@ fn the_datapath_wraps_a_packet_to_another_node_in_vxlan_byte_for_byte() {
         let out = lab.from_container(&sent);
         assert_eq!(out.verdict, REDIRECT, "out of the uplink");
 
-        // Built here from scratch: the outer headers to node 2 (the underlay route: the uplink's
-        // router), UDP from a port the inner addresses choose, VXLAN with the network's VNI, the
-        // inner frame to the endpoint from the gateway.
         let hash = flow_hash(u32::from_ne_bytes(CONTAINER_IP), u32::from_ne_bytes(REMOTE_IP), 0, 0, 0);
-        let sport = (49_152 + hash % 16_384) as u16;
-        let mut vxlan = vec![0x08, 0, 0, 0];
-        vxlan.extend_from_slice(&(VNI << 8).to_be_bytes());
-        vxlan.extend_from_slice(&REMOTE_MAC);
-        vxlan.extend_from_slice(&GATEWAY_MAC);
-        vxlan.extend_from_slice(&[0x08, 0x00]);
-        vxlan.extend_from_slice(&sent[14..]);
-        let mut udp = sport.to_be_bytes().to_vec();
-        udp.extend_from_slice(&4789u16.to_be_bytes());
-        udp.extend_from_slice(&((8 + vxlan.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(&vxlan);
-        let outer = Ip { src: UPLINK_IP, dst: NODE2, proto: UDP, ttl: 64, id: 0, frag: 0x4000 };
-        let mut expected = ROUTER_MAC.to_vec();
-        expected.extend_from_slice(&UPLINK_MAC);
-        expected.extend_from_slice(&[0x08, 0x00]);
-        expected.extend_from_slice(&ip_header(&outer, udp.len()));
-        expected.extend_from_slice(&udp);
+        let expected = wrapped_for_node2(hash, 0x0800, &sent[14..]);
         assert_eq!(out.packet, expected, "outer Ethernet, IPv4 (checksum), UDP, VXLAN, inner frame");
         assert_eq!(lab.counter(Counter::ToOverlay), 1);
     });
@@ -236,24 +242,7 @@ fn ipv6_to_another_nodes_endpoint_is_wrapped_in_vxlan_byte_for_byte() {
         // Outer IPv4 (the underlay is IPv4): its Ethernet type IPv4's, the inner frame's IPv6's;
         // the UDP source port from the words where an IPv4 header's addresses would be.
         let word = |off: usize| u32::from_ne_bytes([sent[off], sent[off + 1], sent[off + 2], sent[off + 3]]);
-        let sport = (49_152 + flow_hash(word(14 + 12), word(14 + 16), 0, 0, 0) % 16_384) as u16;
-        let mut vxlan = vec![0x08, 0, 0, 0];
-        vxlan.extend_from_slice(&(VNI << 8).to_be_bytes());
-        vxlan.extend_from_slice(&REMOTE_MAC);
-        vxlan.extend_from_slice(&GATEWAY_MAC);
-        vxlan.extend_from_slice(&[0x86, 0xdd]);
-        vxlan.extend_from_slice(&sent[14..]);
-        let mut udp = sport.to_be_bytes().to_vec();
-        udp.extend_from_slice(&4789u16.to_be_bytes());
-        udp.extend_from_slice(&((8 + vxlan.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
-        udp.extend_from_slice(&vxlan);
-        let outer = Ip { src: UPLINK_IP, dst: NODE2, proto: UDP, ttl: 64, id: 0, frag: 0x4000 };
-        let mut expected = ROUTER_MAC.to_vec();
-        expected.extend_from_slice(&UPLINK_MAC);
-        expected.extend_from_slice(&[0x08, 0x00]);
-        expected.extend_from_slice(&ip_header(&outer, udp.len()));
-        expected.extend_from_slice(&udp);
+        let expected = wrapped_for_node2(flow_hash(word(14 + 12), word(14 + 16), 0, 0, 0), 0x86dd, &sent[14..]);
         assert_eq!(out.packet, expected, "outer Ethernet (IPv4's type), IPv4, UDP, VXLAN, the inner IPv6 frame");
 
         // Where the node leaves VXLAN to its device: to the device, addressed to the endpoint.
