@@ -300,8 +300,8 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     deliver_anywhere(ctx, &translation, Counter::ServiceBalanced)
 }
 
-/// As [`via_vip`] for IPv6: to the backend's IPv6 address (on this node: overlay networks carry
-/// IPv4 only).
+/// As [`via_vip`] for IPv6: to the backend's IPv6 address, on this node (the cluster's services,
+/// whose backends may be on other nodes, are IPv4 for now).
 #[inline(always)]
 pub fn via_vip_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, read in place (see `hairpin_v6`).

@@ -154,10 +154,12 @@ fn through_device(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel)
 #[inline(never)]
 fn encapsulate(ctx: &TcContext, mac: &[u8; 6], tunnel: &Tunnel, local: u32) -> bool {
     let inner_len = ctx.len().saturating_sub(ETH_HDR_LEN as u32);
-    // Entropy for the underlay's ECMP: the inner addresses (IPv4's; of IPv6's, bytes of the
-    // source's middle). The inner frame's own type (IPv4 or IPv6) goes in its new header.
-    let (Ok(inner_src), Ok(inner_dst)) = (ctx.load::<u32>(IP_OFF + 12), ctx.load::<u32>(IP_OFF + 16)) else { return false };
+    // The inner frame's own type (IPv4 or IPv6) goes in its new header.
     let Ok(inner_type) = ctx.load::<u16>(12) else { return false };
+    // Entropy for the underlay's ECMP: the inner addresses (of IPv6's, their last words, where
+    // the endpoints of a network differ).
+    let (src_off, dst_off) = if inner_type == ETH_P_IPV6.to_be() { (IP_OFF + 20, IP_OFF + 36) } else { (IP_OFF + 12, IP_OFF + 16) };
+    let (Ok(inner_src), Ok(inner_dst)) = (ctx.load::<u32>(src_off), ctx.load::<u32>(dst_off)) else { return false };
     let hash = datapath_common::services::flow_hash(inner_src, inner_dst, 0, 0, 0);
     let remote = tunnel.remote.to_be();
     let Some(h) = ENCAP_SCRATCH.get_ptr_mut(0) else { return false };

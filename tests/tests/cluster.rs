@@ -470,8 +470,13 @@ fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
     };
     ensure!(connect6(0, &a1, &[])? == ("10.0.30.2".into(), "fd00:30::2".into()));
     ensure!(connect6(1, &a2, &["--alias", "web2"])? == ("10.0.30.3".into(), "fd00:30::3".into()), "the pair of the address n2 claimed");
-    let refused = c.bpfnet(1, &["network", "connect", "dual", &x2, "--ip6", "fd00:30::77"])?;
-    ensure!(!refused.ok && refused.stderr.contains("pairs with the IPv4 one"), "{refused:?}");
+    // --ip6 names the IPv4 address too; a pair that is not one, or no pair, is refused (before
+    // anything is claimed).
+    let refused = c.bpfnet(1, &["network", "connect", "dual", &x2, "--ip", "10.0.30.50", "--ip6", "fd00:30::77"])?;
+    ensure!(!refused.ok && refused.stderr.contains("fd00:30::77 goes with 10.0.30.119"), "{refused:?}");
+    let refused = c.bpfnet(1, &["network", "connect", "dual", &x2, "--ip6", "fd00:30::1:0"])?;
+    ensure!(!refused.ok && refused.stderr.contains("has none"), "{refused:?}");
+    ensure!(connect6(1, &x2, &["--ip6", "fd00:30::77"])? == ("10.0.30.119".into(), "fd00:30::77".into()), "--ip6 alone");
 
     // IPv6 across the nodes, both ways: ping, and a bulk transfer at the overlay's MTU.
     let ping6 = |i: usize, ns: &str, ip: &str| -> Result<bool> { Ok(c.nodes[i].exec(ns, &["ping", "-6", "-c", "1", "-W", "1", "-q", ip])?.ok) };

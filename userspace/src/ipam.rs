@@ -45,6 +45,21 @@ pub fn paired_address6(subnet: &IpNetwork, subnet6: &IpNetwork, v4: IpAddr) -> O
     Some(IpAddr::V6(std::net::Ipv6Addr::from(u128::from(start6) | offset)))
 }
 
+/// The IPv4 address of `subnet` that IPv6 address `v6` of `subnet6` pairs with (see
+/// [`paired_address6`]); `None` where its offset is not one of `subnet`'s.
+pub fn paired_address4(subnet: &IpNetwork, subnet6: &IpNetwork, v6: IpAddr) -> Option<IpAddr> {
+    let (IpAddr::V6(v6), IpAddr::V4(start), IpAddr::V6(start6)) = (v6, subnet.network(), subnet6.network()) else { return None };
+    if !subnet6.contains(IpAddr::V6(v6)) {
+        return None;
+    }
+    let offset = u128::from(v6) - u128::from(start6);
+    let host_bits = 32 - subnet.prefix() as u32;
+    if offset >> host_bits != 0 {
+        return None;
+    }
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from(start) + offset as u32)))
+}
+
 /// Docker's rule for object names.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -450,6 +465,11 @@ mod tests {
         let (big, small): (IpNetwork, IpNetwork) = ("10.1.0.0/16".parse().unwrap(), "fd00:1::/120".parse().unwrap());
         assert_eq!(paired_address6(&big, &small, "10.1.0.200".parse().unwrap()).map(|a| a.to_string()).as_deref(), Some("fd00:1::c8"));
         assert_eq!(paired_address6(&big, &small, "10.1.1.0".parse().unwrap()), None);
+        // And back.
+        let back = |ip: &str| paired_address4(&v4, &v6, ip.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(back("fd00:9::5").as_deref(), Some("10.0.9.5"));
+        assert_eq!(back("fd00:9::100"), None, "beyond the IPv4 subnet");
+        assert_eq!(back("fd00:8::5"), None, "outside the IPv6 subnet");
     }
 
     fn state_with(subnet: &str) -> State {

@@ -167,6 +167,13 @@ fn fragmented_datagrams_are_masqueraded_fragment_by_fragment_both_ways() {
         let (_, stray) = udp_fragments((GATEWAY_MAC, CONTAINER_MAC), out6(UDP, 64), (7000, 9000), &question, 0x4243);
         let out = lab.from_container(&stray);
         assert_eq!((out.verdict, out.packet), (PASS, stray));
+        // A later fragment whose first was seen but not translated (its last hop: the host's)
+        // opens no connection of its own.
+        let (first, _) = udp_fragments((GATEWAY_MAC, CONTAINER_MAC), out6(UDP, 1), (7001, 9000), &question, 0x4244);
+        assert_eq!(lab.from_container(&first).verdict, PASS);
+        let later = udp_fragments((GATEWAY_MAC, CONTAINER_MAC), out6(UDP, 64), (7001, 9000), &question, 0x4244).1;
+        let out = lab.from_container(&later);
+        assert_eq!((out.verdict, out.packet), (PASS, later), "the host's, untranslated");
         assert_eq!(lab.counter(Counter::NatOut), 2);
     });
 }

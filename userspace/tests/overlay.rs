@@ -240,9 +240,9 @@ fn ipv6_to_another_nodes_endpoint_is_wrapped_in_vxlan_byte_for_byte() {
         let out = lab.from_container(&sent);
         assert_eq!(out.verdict, REDIRECT, "out of the uplink");
         // Outer IPv4 (the underlay is IPv4): its Ethernet type IPv4's, the inner frame's IPv6's;
-        // the UDP source port from the words where an IPv4 header's addresses would be.
+        // the UDP source port from the last words of the inner addresses.
         let word = |off: usize| u32::from_ne_bytes([sent[off], sent[off + 1], sent[off + 2], sent[off + 3]]);
-        let expected = wrapped_for_node2(flow_hash(word(14 + 12), word(14 + 16), 0, 0, 0), 0x86dd, &sent[14..]);
+        let expected = wrapped_for_node2(flow_hash(word(14 + 20), word(14 + 36), 0, 0, 0), 0x86dd, &sent[14..]);
         assert_eq!(out.packet, expected, "outer Ethernet (IPv4's type), IPv4, UDP, VXLAN, the inner IPv6 frame");
 
         // Where the node leaves VXLAN to its device: to the device, addressed to the endpoint.

@@ -113,8 +113,8 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
 /// an uplink with an IPv6 address, masqueraded to that address (NAT66, as Docker's ip6tables
 /// rules), where the network has masquerade; else the host's. From an `--internal` network
 /// only its gateway and its services' VIPs are reachable. TCP, UDP and echo requests start a
-/// masqueraded connection; fragments, echo replies, other ICMPv6 and other protocols are the
-/// host's.
+/// masqueraded connection (a datagram's first fragment too); later fragments (which belong to
+/// their first's connection), echo replies, other ICMPv6 and other protocols are the host's.
 #[inline(always)]
 fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: bool) -> i32 {
     let internal = iface.flags & iface_flags::INTERNAL != 0;
@@ -194,7 +194,8 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: 
         return drop_packet(ctx, Counter::DropInternal);
     }
     // As for IPv4, any TCP segment (a connection picked up mid-stream too), UDP, echo requests.
-    let starts = flow.key.proto != IPPROTO_ICMPV6 || flow.icmp_type == ICMPV6_ECHO_REQUEST;
+    // A later fragment belongs to its first one's connection: it starts none.
+    let starts = !flow.later_fragment && (flow.key.proto != IPPROTO_ICMPV6 || flow.icmp_type == ICMPV6_ECHO_REQUEST);
     if gateway || iface.flags & iface_flags::MASQUERADE == 0 || !starts {
         return to_host(ctx);
     }

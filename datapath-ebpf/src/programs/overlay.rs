@@ -22,9 +22,10 @@ use crate::{
     checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
     counters::drop_packet,
-    headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6},
+    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6},
     maps::{ENDPOINTS, IFACES},
     nat::{self, Translation},
+    ndp,
     overlay::{self, network_of, tunnel_of, underlay_of, Tunnel},
     route,
 };
@@ -134,6 +135,17 @@ fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u3
     };
     if dest.is_remote() || dest.network_id != network_id {
         return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    // The link's control is each node's datapath's, as from a local container: no advertisement
+    // or redirect crosses the tunnel (the sending node drops them too).
+    // SAFETY: bounds-checked by `ptr_at`.
+    let nexthdr = unsafe { (*ip).nexthdr };
+    match ipv6_upper_layer(ctx, ETH_HDR_LEN, nexthdr) {
+        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, ndp::is_link_control) => {
+            return drop_packet(ctx, Counter::DropNdpForbidden);
+        }
+        Some(_) => {}
+        None => return drop_packet(ctx, Counter::DropMalformed),
     }
     // SAFETY: read-only lookup of a plain-old-data value.
     let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);

@@ -231,24 +231,14 @@ impl Daemon {
         };
         // An overlay network's address is the cluster's to give: claimed in etcd for this node.
         allocation.address = if net.driver.is_overlay() {
-            self.claim_overlay_address(net, &allocation, req.ip.as_deref()).await?
+            let requested = overlay_requested_address(net, req.ip.as_deref(), req.ip6.as_deref())?;
+            self.claim_overlay_address(net, &allocation, requested.as_deref()).await?
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
         };
         allocation.address6 = match (net.driver.is_overlay(), net.ipv6) {
             // An overlay network's IPv6 address pairs with the IPv4 one the cluster gave.
-            (true, Some(v6)) => {
-                let paired = ipam::paired_address6(&net.subnet, &v6.subnet, allocation.address);
-                if let (Some(text), Some(paired)) = (req.ip6.as_deref(), paired) {
-                    if text.parse::<std::net::IpAddr>().ok() != Some(paired) {
-                        return Err(Error::invalid(format!(
-                            "--ip6 {text}: on overlay network {:?} the IPv6 address pairs with the IPv4 one: {paired} for {}",
-                            net.name, allocation.address
-                        )));
-                    }
-                }
-                paired
-            }
+            (true, Some(v6)) => ipam::paired_address6(&net.subnet, &v6.subnet, allocation.address),
             _ => ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?,
         };
         allocation.mac = ipam::mac_for(allocation.address);
@@ -540,4 +530,30 @@ impl Daemon {
             Err(e) => log::warn!("could not move the default route of {}: {e:#}", gone.container_name),
         }
     }
+}
+
+/// The IPv4 address to claim on overlay network `net` for `--ip`/`--ip6`: an overlay network's
+/// IPv6 address pairs with its IPv4 one (`ipam::paired_address6`), so `--ip6` names the IPv4
+/// address too; both given, they must be a pair. Checked before anything is claimed.
+fn overlay_requested_address(net: &Network, ip: Option<&str>, ip6: Option<&str>) -> DaemonResult<Option<String>> {
+    let Some(text6) = ip6 else { return Ok(ip.map(str::to_string)) };
+    let Some(v6) = net.ipv6 else {
+        return Err(Error::invalid(format!("network {:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet", net.name)));
+    };
+    let address6: std::net::IpAddr = text6.parse().map_err(|_| Error::invalid(format!("invalid --ip6 {text6:?}: not an IPv6 address")))?;
+    let Some(address) = ipam::paired_address4(&net.subnet, &v6.subnet, address6) else {
+        return Err(Error::invalid(format!(
+            "--ip6 {text6}: on overlay network {:?} an IPv6 address pairs with an IPv4 one of {} (the same offset in {}), and {text6} has none",
+            net.name, net.subnet, v6.subnet
+        )));
+    };
+    if let Some(text) = ip {
+        if text.parse::<std::net::IpAddr>().ok() != Some(address) {
+            return Err(Error::invalid(format!(
+                "--ip {text} --ip6 {text6}: on overlay network {:?} the IPv6 address pairs with the IPv4 one: {text6} goes with {address}",
+                net.name
+            )));
+        }
+    }
+    Ok(Some(address.to_string()))
 }

@@ -323,6 +323,9 @@ impl Daemon {
         if let (Some(vip6), None) = (&req.vip6, net.ipv6) {
             return Err(Error::invalid(format!("--vip6 {vip6}: network {:?} has no IPv6 subnet", net.name)));
         }
+        if let (Some(vip6), true) = (&req.vip6, net.driver.is_overlay()) {
+            return Err(Error::invalid(format!("--vip6 {vip6}: the cluster's services (of overlay network {:?}) are IPv4 for now", net.name)));
+        }
         Ok(ServiceBasics { net, port, protocol, affinity_secs })
     }
 
