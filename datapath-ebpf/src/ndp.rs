@@ -8,7 +8,7 @@ use datapath_common::{Counter, IfaceInfo, IpKey, GATEWAY_MAC};
 use crate::{
     checksum::{fold, sum16},
     counters::{count, drop_packet},
-    headers::{IPPROTO_ICMPV6, IPV6_HDR_LEN, IP_OFF},
+    headers::{ipv6_upper_layer, IPPROTO_ICMPV6, IPV6_HDR_LEN, IP_OFF},
     maps::ENDPOINTS,
 };
 
@@ -20,6 +20,18 @@ pub const NEIGHBOUR_SOLICITATION: u8 = 135;
 #[inline(always)]
 pub fn is_link_control(icmp_type: u8) -> bool {
     matches!(icmp_type, 133..=137 | 148 | 149)
+}
+/// Why an IPv6 packet with next header `nexthdr` may not pass: ICMPv6 of the link's own control
+/// (see [`is_link_control`]), also behind extension headers, or a chain the datapath cannot
+/// walk. Only the datapath speaks for the link: such a message from a container (or from
+/// another node's, through the tunnel) would tell others where an address is.
+#[inline(always)]
+pub fn link_control_refusal(ctx: &TcContext, nexthdr: u8) -> Option<Counter> {
+    match ipv6_upper_layer(ctx, IP_OFF, nexthdr) {
+        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, is_link_control) => Some(Counter::DropNdpForbidden),
+        Some(_) => None,
+        None => Some(Counter::DropMalformed),
+    }
 }
 const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 /// Advertisement flags (first byte after the checksum): router, solicited, override.

@@ -136,6 +136,14 @@ pub fn send(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel, count
     TC_ACT_REDIRECT as i32
 }
 
+/// To `dest`, an endpoint of the sender's (overlay) network on another node: by the tunnel of
+/// that node and the network's VNI.
+#[inline(always)]
+pub fn to_other_node(ctx: &TcContext, dest: &EndpointInfo) -> i32 {
+    let tunnel = Tunnel { vni: dest.vni, remote: underlay_of(dest) };
+    send(ctx, &dest.mac, dest.host_ifindex, &tunnel, Counter::ToOverlay)
+}
+
 /// Through the node's VXLAN device (external mode), with the tunnel key set.
 #[inline(always)]
 fn through_device(ctx: &TcContext, mac: &[u8; 6], ifindex: u32, tunnel: &Tunnel) -> bool {

@@ -258,6 +258,13 @@ pub struct RemoteEndpoint {
     pub node: String,
 }
 
+impl RemoteEndpoint {
+    /// Its addresses: IPv4, and IPv6 where it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.address).chain(self.address6)
+    }
+}
+
 /// A subnet reserved for Docker's IPAM, and the addresses given out of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Pool {

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::map, maps::ProgramArray, programs::TcContext};
 use datapath_common::{
     conntrack::IPPROTO_ICMP,
-    ct_action, iface_flags, Counter, CtKey, EndpointInfo, IfaceInfo, IpKey,
+    ct_action, iface_flags, Counter, CtKey, IfaceInfo, IpKey,
 };
 
 use crate::{
@@ -92,20 +92,12 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     }
 
     if dest.is_remote() {
-        return to_other_node(ctx, dest);
+        return overlay::to_other_node(ctx, dest);
     }
 
     // Same network: deliver as a bridge would, with the receiver's MAC as destination (the sender
     // may have addressed the gateway), straight into the receiver's namespace.
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
-}
-
-/// To an endpoint of the network on another node: through the VXLAN device, with the tunnel key
-/// of the endpoint's node and network.
-#[inline(always)]
-fn to_other_node(ctx: &TcContext, dest: &EndpointInfo) -> i32 {
-    let tunnel = overlay::Tunnel { vni: dest.vni, remote: overlay::underlay_of(dest) };
-    overlay::send(ctx, &dest.mac, dest.host_ifindex, &tunnel, Counter::ToOverlay)
 }
 
 /// Where a container's packet that is not for a container of its network is going.

@@ -12,7 +12,7 @@ use crate::{
     conntrack::{self, now_ns, observe, Port},
     counters::{drop_packet, to_host},
     icmpv6,
-    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv6Hdr, ETH_HDR_LEN, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
+    headers::{ptr_at, EthHdr, Ipv6Hdr, ETH_HDR_LEN, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN},
     lb::{self, Choice},
     maps::{ENDPOINTS, IFACES},
     nat::{self, apply, send_out},
@@ -69,14 +69,8 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
     if daddr[0].to_ne_bytes()[0] == 0 {
         return drop_packet(ctx, Counter::DropMartian);
     }
-    // The link's control is the datapath's: an advertisement, a redirect or a router's message
-    // from a container (also behind extension headers) would tell others where an address is.
-    match ipv6_upper_layer(ctx, ETH_HDR_LEN, nexthdr) {
-        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, ndp::is_link_control) => {
-            return drop_packet(ctx, Counter::DropNdpForbidden);
-        }
-        Some(_) => {}
-        None => return drop_packet(ctx, Counter::DropMalformed),
+    if let Some(reason) = ndp::link_control_refusal(ctx, nexthdr) {
+        return drop_packet(ctx, reason);
     }
     // The gateway: the host, or a published port through the gateway's address, or the answer
     // to a container that reached this one through a published port.
@@ -99,9 +93,7 @@ fn ipv6_packet(ctx: &TcContext, eth: *mut EthHdr, iface: &IfaceInfo, ifindex: u3
         return drop_packet(ctx, Counter::DropIcc);
     }
     if dest.is_remote() {
-        // An endpoint of the (overlay) network on another node: through the tunnel.
-        let tunnel = overlay::Tunnel { vni: dest.vni, remote: overlay::underlay_of(dest) };
-        return overlay::send(ctx, &dest.mac, dest.host_ifindex, &tunnel, Counter::ToOverlay);
+        return overlay::to_other_node(ctx, dest);
     }
     route::into_container(ctx, eth, &dest.mac, &iface.mac, dest.host_ifindex, Counter::Redirected)
 }

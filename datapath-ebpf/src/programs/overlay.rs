@@ -22,7 +22,7 @@ use crate::{
     checksum::decrement_ttl,
     conntrack::{self, now_ns, observe, Port},
     counters::drop_packet,
-    headers::{ipv6_upper_layer, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6},
+    headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6},
     maps::{ENDPOINTS, IFACES},
     nat::{self, Translation},
     ndp,
@@ -101,9 +101,7 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
             return verdict;
         }
     }
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);
-    if icc_off {
+    if icc_disabled(&dest) {
         return drop_packet(ctx, Counter::DropIcc);
     }
     route::into_container(ctx, eth, &dest.mac, &GATEWAY_MAC, dest.host_ifindex, Counter::FromOverlay)
@@ -136,23 +134,24 @@ fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u3
     if dest.is_remote() || dest.network_id != network_id {
         return drop_packet(ctx, Counter::DropOverlayDestination);
     }
-    // The link's control is each node's datapath's, as from a local container: no advertisement
-    // or redirect crosses the tunnel (the sending node drops them too).
+    // The link's control is each node's datapath's, as from a local container (the sending node
+    // drops it too).
     // SAFETY: bounds-checked by `ptr_at`.
-    let nexthdr = unsafe { (*ip).nexthdr };
-    match ipv6_upper_layer(ctx, ETH_HDR_LEN, nexthdr) {
-        Some((IPPROTO_ICMPV6, l4_off)) if ctx.load::<u8>(l4_off).map_or(true, ndp::is_link_control) => {
-            return drop_packet(ctx, Counter::DropNdpForbidden);
-        }
-        Some(_) => {}
-        None => return drop_packet(ctx, Counter::DropMalformed),
+    if let Some(reason) = ndp::link_control_refusal(ctx, unsafe { (*ip).nexthdr }) {
+        return drop_packet(ctx, reason);
     }
-    // SAFETY: read-only lookup of a plain-old-data value.
-    let icc_off = unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0);
-    if icc_off {
+    if icc_disabled(dest) {
         return drop_packet(ctx, Counter::DropIcc);
     }
     route::into_container(ctx, eth, &dest.mac, &GATEWAY_MAC, dest.host_ifindex, Counter::FromOverlay)
+}
+
+/// Whether `dest`'s network has `icc=false` here (checked at the receiver: across nodes as on one
+/// host).
+#[inline(always)]
+fn icc_disabled(dest: &EndpointInfo) -> bool {
+    // SAFETY: read-only lookup of a plain-old-data value.
+    unsafe { IFACES.get(&dest.host_ifindex) }.is_some_and(|i| i.flags & iface_flags::ICC_DISABLED != 0)
 }
 
 /// A packet from a client outside the cluster to `dest`, a backend here, through the node that

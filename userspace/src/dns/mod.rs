@@ -322,7 +322,7 @@ fn addresses_of(state: &State, net: &Network, name: &str) -> Vec<IpAddr> {
             .remote_endpoints
             .iter()
             .filter(|e| e.network_id == net.id && named(&e.container_name, &e.aliases))
-            .flat_map(|e| std::iter::once(e.address).chain(e.address6)),
+            .flat_map(|e| e.addresses()),
     );
     found.extend(state.services.values().filter(|s| s.network_id == net.id && s.name.eq_ignore_ascii_case(name)).flat_map(|s| s.vips()));
     found.sort();
@@ -335,7 +335,7 @@ fn name_of(state: &State, net: &Network, ip: IpAddr) -> Option<String> {
     if let Some(ep) = state.endpoints_of(&net.id).find(|e| e.addresses().any(|a| a == ip)) {
         return Some(ep.container_name.clone());
     }
-    if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && (e.address == ip || e.address6 == Some(ip))) {
+    if let Some(ep) = state.remote_endpoints.iter().find(|e| e.network_id == net.id && e.addresses().any(|a| a == ip)) {
         return Some(ep.container_name.clone());
     }
     state.services.values().find(|s| s.network_id == net.id && s.vips().any(|v| v == ip)).map(|s| s.name.clone())
