@@ -28,7 +28,8 @@ pub mod iface_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct IfaceInfo {
     pub network_id: u32,
-    /// The endpoint's IPv4 address (network order): anything else from it is spoofed.
+    /// The endpoint's IPv4 address (network order): anything else from it is spoofed. All zero
+    /// on an IPv6-only network: then nothing of IPv4 (ARP included) from it is taken.
     pub ipv4: [u8; 4],
     /// The network's gateway, owned by the host.
     pub gateway_ipv4: [u8; 4],
@@ -45,6 +46,12 @@ pub struct IfaceInfo {
 }
 
 impl IfaceInfo {
+    /// The endpoint has an IPv4 address (its network is not IPv6-only).
+    #[inline(always)]
+    pub fn has_ipv4(&self) -> bool {
+        self.ipv4 != [0; 4]
+    }
+
     /// The endpoint has an IPv6 address.
     #[inline(always)]
     pub fn has_ipv6(&self) -> bool {

@@ -123,3 +123,32 @@ fn cni_plugin_add_check_del_and_errors() {
     let names: Vec<&str> = eps.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["c0ffee04"], "c0ffee02 collected, c0ffee04 kept");
 }
+
+#[test]
+fn cni_add_on_an_ipv6_only_network_gives_ipv6_alone() {
+    let mut sb = Sandbox::new("cni6").unwrap();
+    sb.start_daemon().unwrap();
+    sb.bpfnet_ok(&["network", "create", "only6", "--ipv4=false", "--subnet", "fd00:215:6::/64"]).unwrap();
+    let c1 = sb.add_netns("c1").unwrap();
+    let c2 = sb.add_netns("c2").unwrap();
+    let (p1, p2) = (format!("/run/netns/{c1}"), format!("/run/netns/{c2}"));
+    let runtime = j!({"ips": ["fd00:215:6::50/64"], "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    let (ok, added) = cni("ADD", &attachment("c0ffee61", &p1, "eth0"), &config(&sb, "1.0.0", "only6", runtime));
+    assert!(ok, "{added}");
+    assert_eq!(added["ips"], j!([{"interface": 0, "address": "fd00:215:6::50/64", "gateway": "fd00:215:6::1"}]), "{added}");
+    assert_eq!(added["routes"], j!([{"dst": "::/0", "gw": "fd00:215:6::1"}]), "no IPv4 route: {added}");
+    assert_eq!(added["dns"], j!({"nameservers": ["fd00:215:6::1"]}), "the resolver on the IPv6 gateway");
+    let (ok, added2) = cni("ADD", &attachment("c0ffee62", &p2, "eth0"), &config(&sb, "1.0.0", "only6", j!({})));
+    assert!(ok, "{added2}");
+    let ping = sb.exec(&c2, &["ping", "-6", "-c", "1", "-W", "1", "-q", "fd00:215:6::50"]).unwrap();
+    assert!(ping.ok, "the two attachments talk: {ping:?}");
+    let ports = sb.bpfnet_ok(&["port", "ls"]).unwrap();
+    assert!(ports.contains("[::]:8080") && !ports.contains("0.0.0.0:8080"), "IPv6's half only: {ports}");
+    // An IPv4 address asked for: refused, nothing left.
+    let (ok, err) = cni("ADD", &attachment("c0ffee63", &p2, "eth1"), &config(&sb, "1.0.0", "only6", j!({"ips": ["10.215.6.5/24"]})));
+    assert!(!ok && err["details"].as_str().unwrap().contains("IPv6-only"), "{err}");
+    for (id, p) in [("c0ffee61", &p1), ("c0ffee62", &p2)] {
+        assert!(cni("DEL", &attachment(id, p, "eth0"), &config(&sb, "1.0.0", "only6", j!({}))).0);
+    }
+    assert_eq!(json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap()), j!([]));
+}

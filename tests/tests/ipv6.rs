@@ -350,3 +350,114 @@ fn ports_published_on_ipv6_take_outside_clients_with_their_own_address() {
     // IPv4's every address beside IPv6's: no clash.
     sb.bpfnet_ok(&["network", "connect", "dual", &other, "-p", "0.0.0.0:8081:7001/udp"]).unwrap();
 }
+
+#[test]
+fn ipv6_only_networks_carry_ipv6_alone() {
+    let mut sb = Sandbox::new("v6only").unwrap();
+    let outside = sb.add_outside().unwrap();
+    sb.add_ipv6_outside(&outside).unwrap();
+    sb.start_daemon().unwrap();
+    let a = sb.add_netns("a").unwrap();
+    let b = sb.add_netns("b").unwrap();
+    let d = sb.add_netns("d").unwrap();
+    // What cannot be an IPv6-only network is refused, with nothing made.
+    for (args, expected) in [
+        (vec!["network", "create", "x", "--ipv4=false"], "needs IPv4 or IPv6"),
+        (vec!["network", "create", "x", "--ipv4=false", "--ipv6", "--subnet", "10.232.0.0/24"], "--subnet 10.232.0.0/24 is IPv4, but the network is IPv6-only"),
+        (vec!["network", "create", "x", "--ipv4=false", "--ipv6", "--gateway", "10.232.0.1"], "is IPv4, but the network is IPv6-only"),
+        (vec!["network", "create", "x", "--ipv4=false", "--ipv6", "--ip-range", "10.232.0.0/25"], "is IPv4, but the network is IPv6-only"),
+    ] {
+        let out = sb.bpfnet(&args).unwrap();
+        assert!(!out.ok && out.stderr.contains(expected), "{args:?}: {out:?}");
+    }
+    assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap().trim(), "[]");
+    sb.bpfnet_ok(&["network", "create", "only6", "--ipv4=false", "--subnet", "fd00:232::/64"]).unwrap();
+    sb.bpfnet_ok(&["network", "create", "dual", "--subnet", "10.233.0.0/24", "--subnet", "fd00:233::/64"]).unwrap();
+    assert_eq!(connect(&sb, "only6", &a, &[]), (String::new(), "fd00:232::2".into()));
+    assert_eq!(connect(&sb, "only6", &b, &["-p", "8080:7001"]), (String::new(), "fd00:232::3".into()));
+    let (_, d6) = connect(&sb, "dual", &d, &[]);
+
+    // The container side: IPv6 alone, its default route through the IPv6 gateway.
+    let v4 = sb.exec(&a, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap().stdout;
+    assert!(v4.trim().is_empty(), "no IPv4 address: {v4}");
+    let routes4 = sb.exec(&a, &["ip", "-4", "route"]).unwrap().stdout;
+    assert!(routes4.trim().is_empty(), "no IPv4 route: {routes4}");
+    let routes = sb.exec(&a, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00:232::1 dev eth0"), "{routes}");
+
+    // Between its containers, to its gateway, from the host; isolated from other networks.
+    tcp_echo_server(&b, addr("fd00:232::3", 7000)).unwrap();
+    tcp_echo_server(&d, addr(&d6, 7000)).unwrap();
+    let data = payload(3, 3000);
+    assert_eq!(tcp_exchange(&a, addr("fd00:232::3", 7000), &data, T).unwrap(), data);
+    assert!(ping6(&sb, &a, "fd00:232::1"));
+    assert!(ping6(&sb, &sb.host(), "fd00:232::3"));
+    let isolated = counter(&sb, "drop_isolation");
+    assert!(tcp_exchange(&a, addr(&d6, 7000), b"x", BLOCKED).is_err());
+    assert!(counter(&sb, "drop_isolation") > isolated);
+
+    // To the outside through NAT66, and from it through -p 8080 (IPv6's half of it: IPv4's
+    // has no address to go to, so the uplink's IPv4 address publishes nothing).
+    tcp_whoami_server(&outside.far, addr(FAR_IP6, 8080)).unwrap();
+    let seen = tcp_whoami(&a, addr(FAR_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), UPLINK_IP6, "masqueraded to the uplink's IPv6 address");
+    tcp_whoami_server(&b, addr("fd00:232::3", 7001)).unwrap();
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP6, "the client's own address in the container");
+    assert!(tcp_connect(&outside.far, addr(bpfnet_lab::sandbox::UPLINK_IP, 8080), BLOCKED).is_err(), "nothing on IPv4");
+    let ports = json(&sb.bpfnet_ok(&["port", "ls", "--json"]).unwrap());
+    let hosts: Vec<&str> = ports.as_array().unwrap().iter().map(|p| p["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["[::]:8080"], "one line, IPv6's");
+
+    // IPv4 the container makes up itself goes nowhere: dropped and counted.
+    sb.exec(&a, &["ip", "addr", "add", "10.233.0.99/24", "dev", "eth0"]).unwrap();
+    let dropped = counter(&sb, "drop_unsupported_protocol");
+    assert!(!sb.exec(&a, &["ping", "-c", "1", "-W", "1", "-q", "10.233.0.2"]).unwrap().ok);
+    assert!(counter(&sb, "drop_unsupported_protocol") > dropped, "its ARP and IPv4 dropped");
+    sb.exec(&a, &["ip", "addr", "del", "10.233.0.99/24", "dev", "eth0"]).unwrap();
+
+    // Names: AAAA (no A) on the IPv6 gateway.
+    std::thread::sleep(Duration::from_millis(500));
+    let dig = |args: &[&str]| {
+        let mut all = vec!["dig", "+time=1", "+tries=3", "+short", "@fd00:232::1"];
+        all.extend_from_slice(args);
+        sb.exec(&a, &all).unwrap().stdout.trim().to_string()
+    };
+    assert_eq!(dig(&["AAAA", &b]), "fd00:232::3");
+    assert_eq!(dig(&["A", &b]), "");
+
+    // Listings: Docker-shaped inspect with one IPAM config, IPv6's; `network ls` shows it.
+    let net = &json(&sb.bpfnet_ok(&["network", "inspect", "only6"]).unwrap())[0];
+    assert_eq!(net["EnableIPv6"], true);
+    assert_eq!(net["IPAM"]["Config"], serde_json::json!([{"Subnet": "fd00:232::/64", "Gateway": "fd00:232::1"}]));
+    let ca = net["Containers"].as_object().unwrap().values().find(|e| e["Name"] == a.as_str()).unwrap();
+    assert_eq!((ca["IPv4Address"].as_str(), ca["IPv6Address"].as_str()), (Some(""), Some("fd00:232::2/64")));
+    let ls = sb.bpfnet_ok(&["network", "ls"]).unwrap();
+    assert!(ls.lines().any(|l| l.contains("only6") && l.contains("fd00:232::/64") && l.contains("fd00:232::1")), "{ls}");
+
+    // What needs IPv4 is refused clearly, nothing changed.
+    let networks = sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap();
+    let c = sb.add_netns("c").unwrap();
+    for (args, expected) in [
+        (vec!["network", "connect", "only6", &c, "--ip", "10.0.0.5"], "is IPv6-only"),
+        (vec!["network", "connect", "only6", &c, "-p", "0.0.0.0:9000:80"], "is IPv6-only"),
+        (vec!["service", "create", "web", "--network", "only6", "--port", "80"], "is IPv6-only"),
+    ] {
+        let out = sb.bpfnet(&args).unwrap();
+        assert!(!out.ok && out.stderr.contains(expected), "{args:?}: {out:?}");
+    }
+    assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap(), networks, "nothing changed");
+    assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone()]);
+
+    // A restart keeps it all.
+    sb.stop_daemon(libc::SIGTERM).unwrap();
+    sb.start_daemon().unwrap();
+    assert_eq!(tcp_exchange(&a, addr("fd00:232::3", 7000), b"again", T).unwrap(), b"again");
+    let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), FAR_IP6, "published after the restart");
+    for ns in [&a, &b] {
+        sb.bpfnet_ok(&["network", "disconnect", "only6", ns]).unwrap();
+    }
+    sb.bpfnet_ok(&["network", "rm", "only6"]).unwrap();
+    assert_consistent(&sb, &[a, b, c, d]);
+}

@@ -30,6 +30,9 @@ pub struct CreateNetwork {
     /// `--ipv6`: dual stack; without `subnet6`, a /64 of the daemon's IPv6 pool.
     #[serde(default)]
     pub ipv6: bool,
+    /// `--ipv4=false`: no IPv4 side (an IPv6-only network); absent means IPv4 too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<bool>,
 }
 
 /// What an endpoint asks for on its network (`connect` and `endpoint create`).
@@ -121,11 +124,14 @@ pub struct NetworkSummary {
     pub id: String,
     pub name: String,
     pub driver: String,
+    /// The IPv4 subnet and gateway (empty on an IPv6-only network).
     pub subnet: String,
     pub gateway: String,
-    /// The IPv6 subnet of a dual-stack network.
+    /// The IPv6 subnet and gateway of a network with IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     pub internal: bool,
     pub icc: bool,
     #[serde(default)]

@@ -86,7 +86,7 @@ pub fn validate_interface_name(name: &str) -> Result<()> {
 /// Parses and checks a user-given subnet.
 pub fn parse_subnet(text: &str) -> Result<IpNetwork> {
     if text.contains(':') {
-        bail!("invalid subnet {text:?}: an IPv6 subnet goes beside an IPv4 one (dual stack; IPv6-only networks are not supported yet)");
+        bail!("invalid subnet {text:?}: expected an IPv4 CIDR here; an IPv6 subnet is the network's IPv6 --subnet (with an IPv4 one for dual stack, alone with --ipv4=false)");
     }
     let Ok(net) = text.parse::<Ipv4Network>() else {
         bail!("invalid subnet {text:?}: expected an IPv4 CIDR such as 10.10.0.0/24");
@@ -250,8 +250,8 @@ pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks
     match requested {
         Some(text) => {
             let net = parse_subnet(text)?;
-            if let Some(other) = state.networks.iter().find(|n| overlaps(&n.subnet, &net)) {
-                return Err(InUse(format!("subnet {net} overlaps with network {:?} ({})", other.name, other.subnet)).into());
+            if let Some((other, theirs)) = state.networks.iter().find_map(|n| Some((n, n.ipv4.filter(|v4| overlaps(&v4.subnet, &net))?))) {
+                return Err(InUse(format!("subnet {net} overlaps with network {:?} ({})", other.name, theirs.subnet)).into());
             }
             if let Some(why) = host_clash(&net, host) {
                 return Err(InUse(why).into());
@@ -259,7 +259,7 @@ pub fn choose_subnet(state: &State, requested: Option<&str>, host: &HostNetworks
             Ok(net)
         }
         None => default_pool()
-            .find(|c| !state.networks.iter().any(|n| overlaps(&n.subnet, c)) && host_clash(c, host).is_none())
+            .find(|c| !state.networks.iter().filter_map(|n| n.ipv4).any(|v4| overlaps(&v4.subnet, c)) && host_clash(c, host).is_none())
             .ok_or_else(|| anyhow::anyhow!("the default address pool is exhausted: give --subnet")),
     }
 }
@@ -302,10 +302,18 @@ pub fn parse_ip_range(text: &str, subnet: &IpNetwork) -> Result<IpNetwork> {
     Ok(range)
 }
 
-/// Picks an endpoint's address: the user's (checked), or the lowest free one. Every allocation of
-/// the network holds its address, attached or not, and every service its VIP.
-pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) -> Result<IpAddr> {
-    AddressPool::new(state, network_id).take(requested)
+/// Picks an endpoint's IPv4 address: the user's (checked), or the lowest free one. Every
+/// allocation of the network holds its address, attached or not, and every service its VIP.
+/// `None` on an IPv6-only network (where asking for one is an error).
+pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) -> Result<Option<IpAddr>> {
+    match AddressPool::new(state, network_id) {
+        Some(pool) => pool.take(requested).map(Some),
+        None if requested.is_some() => {
+            let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
+            bail!("network {name:?} is IPv6-only: --ip needs an IPv4 subnet (use --ip6)")
+        }
+        None => Ok(None),
+    }
 }
 
 /// The free addresses of one network in one address family, for handing out several (a batch
@@ -324,15 +332,16 @@ pub struct AddressPool<'a> {
 }
 
 impl<'a> AddressPool<'a> {
-    /// The network's IPv4 addresses.
-    pub fn new(state: &'a State, network_id: &str) -> Self {
+    /// The network's IPv4 addresses (`None`: it is IPv6-only).
+    pub fn new(state: &'a State, network_id: &str) -> Option<Self> {
         let net = state.network_by_id(network_id).expect("caller checked the network");
+        let v4 = net.ipv4?;
         let mut held: std::collections::HashMap<IpAddr, String> =
-            state.allocations_of(network_id).map(|a| (a.address, a.container_name.clone())).collect();
+            state.allocations_of(network_id).filter_map(|a| Some((a.address4?, a.container_name.clone()))).collect();
         for s in state.services.values().filter(|s| s.network_id == network_id) {
             held.insert(s.vip, format!("service {}", s.name));
         }
-        Self { name: &net.name, subnet: net.subnet, gateway: net.gateway, range: net.ip_range, held, next: 0 }
+        Some(Self { name: &net.name, subnet: v4.subnet, gateway: v4.gateway, range: net.ip_range, held, next: 0 })
     }
 
     /// The network's IPv6 addresses (`None`: it has no IPv6 subnet).
@@ -452,7 +461,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::state::{Allocation, Endpoint, Network};
+    use crate::state::{Allocation, Endpoint, Network, Subnet};
 
     #[test]
     fn an_overlay_networks_ipv6_address_pairs_with_its_ipv4_one() {
@@ -479,8 +488,7 @@ mod tests {
             networks: vec![Network {
                 id: "n1".into(),
                 name: "backend".into(),
-                subnet,
-                gateway: nth_address(&subnet, 1).unwrap(),
+                ipv4: Some(Subnet { subnet, gateway: nth_address(&subnet, 1).unwrap() }),
                 internal: false,
                 icc: true,
                 masquerade: true,
@@ -507,7 +515,7 @@ mod tests {
             network_id: "n1".into(),
             container_id: "c".into(),
             container_name: "con".into(),
-            address: ip.parse().unwrap(),
+            address4: Some(ip.parse().unwrap()),
             address6: None,
             mac: [0; 6],
             aliases: vec![],
@@ -593,7 +601,7 @@ mod tests {
     #[test]
     fn address_allocation() {
         let mut s = state_with("10.0.0.0/30"); // .1 gateway, .2 the only host
-        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(choose_address(&s, "n1", None).unwrap().unwrap(), Ipv4Addr::new(10, 0, 0, 2));
         s.endpoints.push(endpoint("10.0.0.2"));
         let err = choose_address(&s, "n1", None).unwrap_err().to_string();
         assert!(err.contains("no free address"), "{err}");
@@ -629,7 +637,7 @@ mod tests {
         // The pool's first /64 the host routes already: the next one.
         let first = choose_subnet6(&s, None, &host, &pool).unwrap();
         assert_eq!(first.to_string(), "fd62:7066:0:1::/64");
-        s.networks[0].ipv6 = Some(crate::state::Ipv6Subnet { subnet: first, gateway: choose_gateway(&first, None).unwrap() });
+        s.networks[0].ipv6 = Some(crate::state::Subnet { subnet: first, gateway: choose_gateway(&first, None).unwrap() });
         assert_eq!(choose_subnet6(&s, None, &host, &pool).unwrap().to_string(), "fd62:7066:0:2::/64");
         let err = choose_subnet6(&s, Some("fd62:7066:0:1:8000::/80"), &HostNetworks::default(), &pool).unwrap_err();
         assert!(err.downcast_ref::<InUse>().is_some() && err.to_string().contains("\"backend\""), "{err}");
@@ -658,13 +666,13 @@ mod tests {
         let mut s = state_with("10.0.0.0/24");
         s.networks[0].ip_range = Some(parse_ip_range("10.0.0.252/30", &subnet).unwrap());
         // .252-.254 (.255 is the subnet's broadcast), then none left.
-        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 252));
+        assert_eq!(choose_address(&s, "n1", None).unwrap().unwrap(), Ipv4Addr::new(10, 0, 0, 252));
         for ip in ["10.0.0.252", "10.0.0.253", "10.0.0.254"] {
             s.endpoints.push(endpoint(ip));
         }
         let err = choose_address(&s, "n1", None).unwrap_err().to_string();
         assert!(err.contains("no free address left") && err.contains("10.0.0.252/30"), "{err}");
-        assert_eq!(choose_address(&s, "n1", Some("10.0.0.7")).unwrap(), Ipv4Addr::new(10, 0, 0, 7), "--ip anywhere in the subnet");
+        assert_eq!(choose_address(&s, "n1", Some("10.0.0.7")).unwrap().unwrap(), Ipv4Addr::new(10, 0, 0, 7), "--ip anywhere in the subnet");
         for (bad, why) in [("10.1.0.0/25", "not inside"), ("10.0.0.0/16", "not inside"), ("10.0.0.1/25", "host bits"), ("x", "invalid")] {
             let err = parse_ip_range(bad, &subnet).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
@@ -676,7 +684,7 @@ mod tests {
         let mut s = state_with("10.0.0.0/29"); // .1 gateway, .2-.6 hosts
         s.endpoints.push(endpoint("10.0.0.2"));
         s.allocations.push(allocation("10.0.0.3"));
-        assert_eq!(choose_address(&s, "n1", None).unwrap(), Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(choose_address(&s, "n1", None).unwrap().unwrap(), Ipv4Addr::new(10, 0, 0, 4));
         let err = choose_address(&s, "n1", Some("10.0.0.3")).unwrap_err().to_string();
         assert!(err.contains("already in use"), "{err}");
     }

@@ -425,13 +425,13 @@ pub fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("setting sysctl {path}"))
 }
 
-/// Configures the container's side of an endpoint: `ip/prefix`, and on a dual-stack network
-/// `ipv6` (address, prefix, and the gateway of a default route unless the namespace has one). Runs inside the container's namespace. Returns whether the
+/// Configures the container's side of an endpoint: `ipv4` (address and prefix) where the network
+/// has IPv4, `ipv6` (address, prefix, and the gateway of a default route unless the namespace
+/// has one) where it has IPv6. Runs inside the container's namespace. Returns whether the
 /// (IPv4) default route now goes through this endpoint.
 pub async fn configure_container_side(
     ifname: String,
-    ip: IpAddr,
-    prefix: u8,
+    ipv4: Option<(IpAddr, u8)>,
     ipv6: Option<(IpAddr, u8, Option<IpAddr>)>,
     default_gateway: Option<IpAddr>,
 ) -> Result<bool> {
@@ -450,7 +450,9 @@ pub async fn configure_container_side(
             Some(())
         }
     };
-    nl.add_address(index, ip, prefix).await?;
+    if let Some((ip, prefix)) = ipv4 {
+        nl.add_address(index, ip, prefix).await?;
+    }
     if let Some((ip6, prefix6, _)) = ipv6 {
         nl.add_address(index, ip6, prefix6).await?;
     }

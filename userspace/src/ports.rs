@@ -63,14 +63,16 @@ impl fmt::Display for PublishedPort {
 
 impl PublishedPort {
     /// How it shows in listings, as `docker ps` shows ports: a publication on every address of
-    /// both families (no host address) once per family where the target has IPv6 (`ipv6`),
-    /// else as [`Display`](fmt::Display).
-    pub fn shown(&self, ipv6: bool) -> Vec<String> {
-        let mut forms = vec![self.to_string()];
-        if self.host_ip.is_none() && ipv6 {
-            forms.push(PublishedPort { host_ip: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), ..*self }.to_string());
+    /// both families (no host address) once per family the target has an address of (`ipv4`,
+    /// `ipv6`), one on a host address as [`Display`](fmt::Display).
+    pub fn shown(&self, ipv4: bool, ipv6: bool) -> Vec<String> {
+        match self.host_ip {
+            Some(_) => vec![self.to_string()],
+            None => {
+                let any6 = PublishedPort { host_ip: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), ..*self };
+                [(ipv4, self.to_string()), (ipv6, any6.to_string())].into_iter().filter(|(shown, _)| *shown).map(|(_, form)| form).collect()
+            }
         }
-        forms
     }
 }
 
@@ -192,7 +194,7 @@ impl PublishedPort {
     /// container's address of that family; IPv6 host addresses lead nowhere for a container
     /// without one (none is written). `over_host_listeners`: see
     /// `port_flags::OVER_HOST_LISTENERS`.
-    pub fn entries(&self, container: IpAddr, container6: Option<IpAddr>, over_host_listeners: bool) -> Vec<(PortKey, PortTarget)> {
+    pub fn entries(&self, container: Option<IpAddr>, container6: Option<IpAddr>, over_host_listeners: bool) -> Vec<(PortKey, PortTarget)> {
         let flags = if over_host_listeners { port_flags::OVER_HOST_LISTENERS } else { 0 };
         let proto = self.protocol.number();
         let (v4, v6) = self.families();
@@ -208,7 +210,7 @@ impl PublishedPort {
                 out.push((key, target));
             }
         };
-        if v4 {
+        if let (true, Some(container)) = (v4, container) {
             add(self.host_ip, false, container);
         }
         if let (true, Some(container6)) = (v6, container6) {
@@ -225,10 +227,11 @@ mod tests {
     #[test]
     fn both_families_show_once_each_where_the_target_has_ipv6() {
         let p = parse("8080:80").unwrap();
-        assert_eq!(p.shown(true), ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]);
-        assert_eq!(p.shown(false), ["0.0.0.0:8080->80/tcp"]);
-        assert_eq!(parse("0.0.0.0:8080:80").unwrap().shown(true), ["0.0.0.0:8080->80/tcp"]);
-        assert_eq!(parse("[::]:8080:80").unwrap().shown(true), ["[::]:8080->80/tcp"]);
+        assert_eq!(p.shown(true, true), ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]);
+        assert_eq!(p.shown(true, false), ["0.0.0.0:8080->80/tcp"]);
+        assert_eq!(p.shown(false, true), ["[::]:8080->80/tcp"], "an IPv6-only target");
+        assert_eq!(parse("0.0.0.0:8080:80").unwrap().shown(true, true), ["0.0.0.0:8080->80/tcp"]);
+        assert_eq!(parse("[::]:8080:80").unwrap().shown(true, true), ["[::]:8080->80/tcp"]);
     }
 
     #[test]
@@ -290,7 +293,7 @@ mod tests {
     fn entries_lead_each_family_to_the_containers_address_of_that_family() {
         let (c4, c6): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap());
         let targets = |spec: &str, c6: Option<IpAddr>| -> Vec<(IpKey, IpKey)> {
-            parse(spec).unwrap().entries(c4, c6, false).iter().map(|(k, t)| (k.addr, t.addr)).collect()
+            parse(spec).unwrap().entries(Some(c4), c6, false).iter().map(|(k, t)| (k.addr, t.addr)).collect()
         };
         let any4 = PortKey::any_ipv4_address(0, 0).addr;
         let any6 = PortKey::any_ipv6_address(0, 0).addr;

@@ -29,8 +29,10 @@ fn yes() -> bool {
 pub struct Network {
     pub id: String,
     pub name: String,
-    pub subnet: IpNetwork,
-    pub gateway: IpAddr,
+    /// The network's IPv4 side (stored flat as `subnet` and `gateway`); none on an IPv6-only
+    /// network (`--ipv4=false`).
+    #[serde(flatten)]
+    pub ipv4: Option<Subnet>,
     pub internal: bool,
     /// Containers of the network may talk to each other (`-o icc=false` turns it off).
     pub icc: bool,
@@ -49,21 +51,48 @@ pub struct Network {
     /// may still ask for any address of the subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<IpNetwork>,
-    /// The network's IPv6 side (dual stack), if it has one.
+    /// The network's IPv6 side (dual stack or IPv6-only), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<Ipv6Subnet>,
+    pub ipv6: Option<Subnet>,
 }
 
 impl Network {
-    /// Its gateway addresses (the host's): the IPv4 one, and the IPv6 one of a dual-stack network.
+    /// Its gateway addresses (the host's): IPv4's and IPv6's, where it has them.
     pub fn gateways(&self) -> impl Iterator<Item = IpAddr> {
-        std::iter::once(self.gateway).chain(self.ipv6.map(|v6| v6.gateway))
+        self.ipv4.map(|v4| v4.gateway).into_iter().chain(self.ipv6.map(|v6| v6.gateway))
+    }
+
+    /// Its subnets: IPv4's and IPv6's, where it has them.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> {
+        self.ipv4.map(|v4| v4.subnet).into_iter().chain(self.ipv6.map(|v6| v6.subnet))
+    }
+
+    /// Its first subnet (IPv4's, else IPv6's), the one listings name first.
+    pub fn subnet(&self) -> IpNetwork {
+        self.subnets().next().expect("a network has a subnet")
+    }
+
+    /// Its first gateway (IPv4's, else IPv6's).
+    pub fn gateway(&self) -> IpAddr {
+        self.gateways().next().expect("a network has a gateway")
+    }
+
+    /// The IPv4 side of an overlay network, which every one has: its IPv6 addresses pair with
+    /// IPv4 ones the cluster claims (creation refuses an IPv6-only overlay network, and the
+    /// cluster's record of one always holds an IPv4 subnet).
+    pub fn overlay_ipv4(&self) -> Subnet {
+        self.ipv4.expect("an overlay network has an IPv4 subnet")
+    }
+
+    /// Its side of `address`'s family.
+    pub fn side_of(&self, address: IpAddr) -> Option<Subnet> {
+        if address.is_ipv4() { self.ipv4 } else { self.ipv6 }
     }
 }
 
-/// An IPv6 subnet of a network and its gateway (owned by the host, as the IPv4 one).
+/// A subnet of a network and its gateway (owned by the host).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Ipv6Subnet {
+pub struct Subnet {
     pub subnet: IpNetwork,
     pub gateway: IpAddr,
 }
@@ -107,8 +136,9 @@ pub struct Allocation {
     pub container_id: String,
     /// The container as the user named it (the namespace's name, path or PID for `connect`).
     pub container_name: String,
-    #[serde(alias = "ipv4")]
-    pub address: IpAddr,
+    /// The IPv4 address, on a network with an IPv4 subnet (all but IPv6-only ones).
+    #[serde(rename = "address", alias = "ipv4", default, skip_serializing_if = "Option::is_none")]
+    pub address4: Option<IpAddr>,
     /// The IPv6 address, on a network with an IPv6 subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<IpAddr>,
@@ -189,15 +219,20 @@ pub struct Endpoint {
 }
 
 impl Allocation {
-    /// Its addresses: the IPv4 one, and the IPv6 one if it has one.
+    /// Its addresses: IPv4's and IPv6's, where it has them.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
-        std::iter::once(self.address).chain(self.address6)
+        self.address4.into_iter().chain(self.address6)
+    }
+
+    /// Its first address (IPv4's, else IPv6's): the one listings and messages name it by.
+    pub fn address(&self) -> IpAddr {
+        self.addresses().next().expect("an endpoint has an address")
     }
 
     /// The `PORTS` entries of its publication `port`: whether they win over host listeners
     /// depends on its front-end (see [`Frontend::holds_port_reservations`]).
     pub fn port_entries(&self, port: &crate::ports::PublishedPort) -> Vec<(datapath_common::PortKey, datapath_common::PortTarget)> {
-        port.entries(self.address, self.address6, self.frontend.holds_port_reservations())
+        port.entries(self.address4, self.address6, self.frontend.holds_port_reservations())
     }
 }
 
@@ -615,8 +650,7 @@ mod tests {
             networks: vec![Network {
                 id: "n1".into(),
                 name: "backend".into(),
-                subnet: "10.1.0.0/24".parse().unwrap(),
-                gateway: "10.1.0.1".parse().unwrap(),
+                ipv4: Some(Subnet { subnet: "10.1.0.0/24".parse().unwrap(), gateway: "10.1.0.1".parse().unwrap() }),
                 internal: false,
                 icc: true,
                 masquerade: true,
@@ -662,13 +696,48 @@ mod tests {
             "mac": [2, 66, 10, 1, 0, 2], "aliases": ["db"], "default_route": true, "ports": []}]}"#;
         let state: State = serde_json::from_str(old).unwrap();
         let ep = &state.endpoints[0];
-        assert_eq!(ep.address, "10.1.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(ep.address4, Some("10.1.0.2".parse::<IpAddr>().unwrap()));
         assert_eq!((ep.interface.as_str(), ep.host_ifindex, ep.aliases.as_slice()), ("eth0", 7, &["db".to_string()][..]));
         assert!(!ep.kept_when_detached && state.allocations.is_empty());
         // And what is written now reads back the same, still flat.
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains(r#""address":"10.1.0.2""#) && text.contains(r#""netns_inode":4026532000"#), "{text}");
         assert_eq!(serde_json::from_str::<State>(&text).unwrap(), state);
+    }
+
+    #[test]
+    fn an_ipv6_only_network_and_endpoint_round_trip_and_older_records_keep_their_ipv4() {
+        // Written before IPv6-only networks: the IPv4 side flat, always there.
+        let old = r#"{"version": 2, "networks": [{"id": "n1", "name": "web", "subnet": "10.1.0.0/24",
+            "gateway": "10.1.0.1", "internal": false, "icc": true, "options": {}, "datapath_id": 1,
+            "created": ""}], "endpoints": []}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        let v4 = Subnet { subnet: "10.1.0.0/24".parse().unwrap(), gateway: "10.1.0.1".parse().unwrap() };
+        assert_eq!((state.networks[0].ipv4, state.networks[0].ipv6), (Some(v4), None));
+        let mut state = sample();
+        let v6 = Subnet { subnet: "fd00:6::/64".parse().unwrap(), gateway: "fd00:6::1".parse().unwrap() };
+        state.networks[0].ipv4 = None;
+        state.networks[0].ipv6 = Some(v6);
+        state.allocations.push(Allocation {
+            id: "e1".into(),
+            network_id: "n1".into(),
+            container_id: "c1".into(),
+            container_name: "con1".into(),
+            address4: None,
+            address6: Some("fd00:6::2".parse().unwrap()),
+            mac: [2, 0x42, 0, 0, 0, 2],
+            aliases: vec![],
+            ports: vec![],
+            kept_when_detached: false,
+            frontend: Frontend::Api,
+        });
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(!text.contains(r#""subnet":"10"#) && !text.contains(r#""address":"#), "no IPv4 written: {text}");
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state);
+        let net = &back.networks[0];
+        assert_eq!((net.subnet(), net.gateway()), (v6.subnet, v6.gateway), "the first side is IPv6's");
+        assert_eq!(back.allocations[0].address().to_string(), "fd00:6::2");
     }
 
     fn service(name: &str, backends: usize) -> Service {

@@ -328,3 +328,67 @@ fn the_uplink_drops_ipv6_to_or_from_containers_and_leaves_the_rest_to_the_host()
     assert_eq!((out.verdict, out.packet), (PASS, to_host));
     assert_eq!(counter(&mut dp, Counter::UplinkToHost), 1);
 }
+
+/// Ethernet + IPv4 + UDP (checksum none) from `src` to `dst`, header checksum filled in.
+fn udp4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let payload = b"from an IPv6-only container";
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut p = Vec::new();
+    p.extend_from_slice(&GATEWAY_MAC);
+    p.extend_from_slice(&SENDER_MAC);
+    p.extend_from_slice(&[0x08, 0x00]);
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&[0x9c, 0x40, 0x00, 0x35]);
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An ARP request from the sender's MAC: who has `target`, tell `sender`.
+fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0xff; 6];
+    p.extend_from_slice(&SENDER_MAC);
+    p.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    p.extend_from_slice(&SENDER_MAC);
+    p.extend_from_slice(&sender);
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&target);
+    p
+}
+
+#[test]
+fn an_endpoint_of_an_ipv6_only_network_speaks_ipv6_and_nothing_of_ipv4() {
+    let mut dp = datapath(iface_flags::MASQUERADE);
+    // The sender's network has no IPv4 side: its interface entry's IPv4 fields are zero.
+    let mut iface = dp.iface(TEST_IFINDEX).unwrap().unwrap();
+    (iface.ipv4, iface.gateway_ipv4) = ([0; 4], [0; 4]);
+    dp.set_iface(TEST_IFINDEX, iface).unwrap();
+    let fd = dp.program_fd().unwrap();
+    // IPv6 as before: its gateway answered, a container of the network reached.
+    let out = run_tc(fd, &solicitation(SENDER, GATEWAY, true, 255)).unwrap();
+    assert_eq!(out.packet, advertisement(SENDER, GATEWAY, GATEWAY_MAC, ROUTER | SOLICITED | OVERRIDE));
+    assert_eq!(run_tc(fd, &tcp(GATEWAY_MAC, SENDER, PEER)).unwrap().verdict, REDIRECT);
+    // IPv4 from the all-zero address the entry holds (which a plain source check would take as
+    // its own): to a container of the same network id, to the gateway's zero address, to the
+    // outside through masquerade; and ARP, also for the zero "gateway". All dropped, counted.
+    let forged = [
+        udp4([0; 4], [10, 0, 0, 3]),
+        udp4([0; 4], [0; 4]),
+        udp4([0; 4], [192, 0, 2, 1]),
+        udp4([10, 0, 0, 9], [10, 0, 0, 3]),
+        arp_request([0; 4], [0; 4]),
+        arp_request([0; 4], [10, 0, 0, 3]),
+    ];
+    for (i, packet) in forged.iter().enumerate() {
+        assert_eq!(run_tc(fd, packet).unwrap().verdict, DROP, "IPv4 frame {i}");
+    }
+    assert_eq!(counter(&mut dp, Counter::DropUnsupportedProtocol), forged.len() as u64);
+    assert_eq!(counter(&mut dp, Counter::ArpReplied), 0);
+}

@@ -42,15 +42,20 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == ETH_P_ARP.to_be() {
-        return arp::handle(ctx, eth, iface, ifindex);
-    }
     if ether_type == ETH_P_IPV6.to_be() {
         // IPv6 is a program of its own (`container_v6`), with a verifier budget and a stack of
         // its own: IPv4's paths take all of this one's.
         // SAFETY: the tail call replaces this program run; it returns only if the slot is empty.
         unsafe { CONTAINER_PROGS.tail_call(ctx, FROM_CONTAINER_V6_SLOT) };
         return drop_packet(ctx, Counter::DropRedirectFailed);
+    }
+    // An endpoint of an IPv6-only network has no IPv4 address to send from (its IFACES entry's
+    // is all zero, which the source check below would let through).
+    if !iface.has_ipv4() {
+        return drop_packet(ctx, Counter::DropUnsupportedProtocol);
+    }
+    if ether_type == ETH_P_ARP.to_be() {
+        return arp::handle(ctx, eth, iface, ifindex);
     }
     if ether_type != ETH_P_IP.to_be() {
         return drop_packet(ctx, Counter::DropUnsupportedProtocol);

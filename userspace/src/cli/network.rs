@@ -10,6 +10,7 @@ pub enum NetworkCommand {
     /// Create a network. Without an IPv4 --subnet a free /16 is taken from 172.17-31.0.0 (then
     /// 192.168.0.0/20 blocks), as Docker does; the gateway defaults to the first address.
     /// Dual stack: give an IPv6 --subnet too, or --ipv6 for a free /64 of fd62:7066::/48.
+    /// IPv6-only: --ipv4=false with --ipv6 or an IPv6 --subnet.
     Create {
         /// Network name: letters, digits, '_', '.', '-'.
         name: String,
@@ -24,6 +25,10 @@ pub enum NetworkCommand {
         /// IPv6 too (dual stack): with no IPv6 --subnet, the first free /64 of fd62:7066::/48.
         #[arg(long)]
         ipv6: bool,
+        /// --ipv4=false: no IPv4 at all, an IPv6-only network (needs --ipv6 or an IPv6
+        /// --subnet; not for overlay networks).
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+        ipv4: bool,
         /// Hand out addresses from this prefix of the subnet only (e.g. 10.10.0.128/25); --ip
         /// may still ask for any address of the subnet.
         #[arg(long, value_name = "PREFIX")]
@@ -97,13 +102,18 @@ fn by_family(option: &str, values: Vec<String>) -> Result<[Option<String>; 2]> {
     Ok(found)
 }
 
+/// A listing's cell for a value of each family: `v4, v6`, or the one there is.
+fn both_families(v4: &str, v6: &Option<String>) -> String {
+    [Some(v4), v6.as_deref()].into_iter().flatten().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")
+}
+
 pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
     match cmd {
-        NetworkCommand::Create { name, subnet, gateway, ipv6, ip_range, internal, options, driver } => {
+        NetworkCommand::Create { name, subnet, gateway, ipv6, ipv4, ip_range, internal, options, driver } => {
             let [subnet, subnet6] = by_family("--subnet", subnet)?;
             let [gateway, gateway6] = by_family("--gateway", gateway)?;
             let options = parse_options(&options)?;
-            let req = api::CreateNetwork { name, subnet, gateway, internal, options, driver, ip_range, subnet6, gateway6, ipv6 };
+            let req = api::CreateNetwork { name, subnet, gateway, internal, options, driver, ip_range, subnet6, gateway6, ipv6, ipv4: (!ipv4).then_some(false) };
             let net: api::NetworkInspect = client.post("/networks", &req).await?;
             println!("{}", net.id);
         }
@@ -119,8 +129,8 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
                         n.id[..12].to_string(),
                         n.name.clone(),
                         n.driver.clone(),
-                        n.subnet6.as_ref().map_or_else(|| n.subnet.clone(), |v6| format!("{}, {v6}", n.subnet)),
-                        n.gateway.clone(),
+                        both_families(&n.subnet, &n.subnet6),
+                        both_families(&n.gateway, &n.gateway6),
                         if n.internal { "yes" } else { "no" }.into(),
                         if n.icc { "yes" } else { "no" }.into(),
                         n.endpoints.to_string(),

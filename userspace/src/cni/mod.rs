@@ -245,12 +245,13 @@ impl Cni for BpfnetCni {
     }
 }
 
-/// The ADD result: the interface in the container, its addresses (IPv4, and IPv6 on a
-/// dual-stack network), the default routes (unless the network is internal), and the network's
+/// The ADD result: the interface in the container, its addresses (IPv4 and IPv6, where the
+/// network has them), the default routes (unless the network is internal), and the network's
 /// resolver.
 fn result(net: &api::NetworkInspect, created: &api::EndpointCreated, netns: &str) -> CNIResult {
-    let gateway: Option<IpAddr> = net.ipam.config.first().and_then(|c| c.gateway.parse().ok());
-    let gateway6: Option<IpAddr> = net.ipam.config.get(1).and_then(|c| c.gateway.parse().ok());
+    let gateways = net.ipam.config.iter().filter_map(|c| c.gateway.parse::<IpAddr>().ok());
+    let gateway = gateways.clone().find(IpAddr::is_ipv4);
+    let gateway6 = gateways.clone().find(IpAddr::is_ipv6);
     let address: Option<IpNet> = created.ipv4_address.parse().ok();
     let address6: Option<IpNet> = created.ipv6_address.parse().ok();
     let default = |dst: &str, gw: IpAddr| Route {
@@ -345,6 +346,26 @@ mod tests {
         ]);
         let internal = api::NetworkInspect { internal: true, ..net };
         assert!(result(&internal, &created, "/run/netns/x").routes.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_only_result_has_no_ipv4_address_or_route() {
+        let net: api::NetworkInspect = serde_json::from_value(serde_json::json!({
+            "Name": "v6", "Id": "n", "Created": "", "Scope": "local", "Driver": "bpfnet", "EnableIPv6": true,
+            "IPAM": {"Driver": "default", "Options": {}, "Config": [{"Subnet": "fd00:6::/64", "Gateway": "fd00:6::1"}]},
+            "Internal": false, "Attachable": true, "Containers": {}, "Options": {}, "Labels": {}
+        }))
+        .unwrap();
+        let created: api::EndpointCreated = serde_json::from_value(serde_json::json!({
+            "endpoint_id": "e", "network": "v6", "interface": "eth0", "host_interface": "bn-e",
+            "ipv4_address": "", "ipv6_address": "fd00:6::2/64", "mac_address": "02:42:00:00:00:02"
+        }))
+        .unwrap();
+        let r = result(&net, &created, "/run/netns/x");
+        let ips: Vec<(String, Option<IpAddr>)> = r.ips.iter().map(|c| (c.address.to_string(), c.gateway)).collect();
+        assert_eq!(ips, vec![("fd00:6::2/64".to_string(), Some("fd00:6::1".parse().unwrap()))]);
+        let routes: Vec<(String, Option<IpAddr>)> = r.routes.iter().map(|r| (r.dst.to_string(), r.gw)).collect();
+        assert_eq!(routes, vec![("::/0".to_string(), Some("fd00:6::1".parse().unwrap()))], "no IPv4 route through an IPv6 gateway");
     }
 
     #[test]

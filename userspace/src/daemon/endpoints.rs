@@ -53,8 +53,8 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
     };
     Ok(IfaceInfo {
         network_id: net.datapath_id,
-        ipv4: datapath_ipv4(ep.address)?,
-        gateway_ipv4: datapath_ipv4(net.gateway)?,
+        ipv4: datapath_ipv4(ep.address4),
+        gateway_ipv4: datapath_ipv4(net.ipv4.map(|v4| v4.gateway)),
         flags,
         mac: ep.mac,
         _pad: [0; 2],
@@ -113,11 +113,10 @@ impl Daemon {
             return Err(Error::internal(e));
         }
         log::info!(
-            "endpoint {} allocated: {} {}/{} on network {}",
+            "endpoint {} allocated: {} {} on network {}",
             &allocation.id[..12],
             allocation.container_name,
-            allocation.address,
-            net.subnet.prefix(),
+            views::addresses_of(&net, &allocation),
             net.name
         );
         Ok(views::allocation_view(&self.state, &allocation, None))
@@ -154,7 +153,7 @@ impl Daemon {
             Found::Allocated(a) => return Err(Error::conflict(format!("endpoint {} is not attached", &a.id[..12]))),
         };
         self.remove_endpoint(&ep, true).await?;
-        log::info!("endpoint {} detached: {} {} {}", &ep.id[..12], ep.container_name, ep.interface, ep.address);
+        log::info!("endpoint {} detached: {} {} {}", &ep.id[..12], ep.container_name, ep.interface, ep.address());
         Ok(views::allocation_view(&self.state, &ep.allocation, None))
     }
 
@@ -164,7 +163,7 @@ impl Daemon {
             Found::Attached(ep) => {
                 let ep = ep.clone();
                 self.remove_endpoint(&ep, false).await?;
-                log::info!("endpoint {} detached and released: {} {}", &ep.id[..12], ep.container_name, ep.address);
+                log::info!("endpoint {} detached and released: {} {}", &ep.id[..12], ep.container_name, ep.address());
             }
             Found::Allocated(a) => {
                 let a = a.clone();
@@ -174,7 +173,7 @@ impl Daemon {
                     self.state = before;
                     return Err(Error::internal(e));
                 }
-                log::info!("endpoint {} released: {} {}", &a.id[..12], a.container_name, a.address);
+                log::info!("endpoint {} released: {} {}", &a.id[..12], a.container_name, a.address());
             }
         }
         Ok(())
@@ -221,7 +220,7 @@ impl Daemon {
             network_id: net.id.clone(),
             container_id: ids::random_id(),
             container_name: name,
-            address: net.gateway,
+            address4: None,
             address6: None,
             mac: [0; 6],
             aliases: req.aliases,
@@ -230,18 +229,18 @@ impl Daemon {
             frontend,
         };
         // An overlay network's address is the cluster's to give: claimed in etcd for this node.
-        allocation.address = if net.driver.is_overlay() {
+        allocation.address4 = if net.driver.is_overlay() {
             let requested = overlay_requested_address(net, req.ip.as_deref(), req.ip6.as_deref())?;
-            self.claim_overlay_address(net, &allocation, requested.as_deref()).await?
+            Some(self.claim_overlay_address(net, &allocation, requested.as_deref()).await?)
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
         };
-        allocation.address6 = match (net.driver.is_overlay(), net.ipv6) {
+        allocation.address6 = match (net.driver.is_overlay(), net.ipv4, net.ipv6, allocation.address4) {
             // An overlay network's IPv6 address pairs with the IPv4 one the cluster gave.
-            (true, Some(v6)) => ipam::paired_address6(&net.subnet, &v6.subnet, allocation.address),
+            (true, Some(v4), Some(v6), Some(address4)) => ipam::paired_address6(&v4.subnet, &v6.subnet, address4),
             _ => ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?,
         };
-        allocation.mac = ipam::mac_for(allocation.address);
+        allocation.mac = ipam::mac_for(allocation.address());
         Ok(allocation)
     }
 
@@ -299,12 +298,11 @@ impl Daemon {
         }
         self.commit_attached(&ep).await?;
         log::info!(
-            "endpoint {} {verb}: {} {} {}/{} on network {} (host side {})",
+            "endpoint {} {verb}: {} {} {} on network {} (host side {})",
             &ep.id[..12],
             ep.container_name,
             ep.interface,
-            ep.address,
-            net.subnet.prefix(),
+            views::addresses_of(net, &ep),
             net.name,
             ep.host_interface
         );
@@ -313,11 +311,11 @@ impl Daemon {
             network: net.name.clone(),
             interface: ep.interface.clone(),
             host_interface: ep.host_interface.clone(),
-            ipv4_address: format!("{}/{}", ep.address, net.subnet.prefix()),
-            ipv6_address: views::address6_of(net, ep.address6),
+            ipv4_address: views::address_of(net, ep.address4),
+            ipv6_address: views::address_of(net, ep.address6),
             mac_address: ipam::format_mac(&ep.mac),
-            ports: ep.ports.iter().flat_map(|p| p.shown(ep.address6.is_some())).collect(),
-            resolver: self.dns.then(|| net.gateway.to_string()),
+            ports: ep.ports.iter().flat_map(|p| p.shown(ep.address4.is_some(), ep.address6.is_some())).collect(),
+            resolver: self.dns.then(|| net.gateway().to_string()),
         })
     }
 
@@ -333,7 +331,7 @@ impl Daemon {
         let mut ports: Vec<PublishedPort> = Vec::new();
         for spec in specs {
             let port = ports::parse(spec).map_err(Error::invalid)?;
-            publish::refuse_ipv6_without(net, &port, spec, "its containers")?;
+            publish::refuse_family_without(net, &port, spec, "its containers")?;
             publish::check_host_address(port.host_ip, &local, spec)?;
             if let Some(holder) = holders.holder(&port) {
                 return Err(holder.refusal(spec));
@@ -451,7 +449,7 @@ impl Daemon {
             .cloned()
             .ok_or_else(|| Error::not_found(format!("{netns_arg} is not connected to network {:?}", net.name)))?;
         self.remove_endpoint(&ep, false).await?;
-        log::info!("endpoint {} disconnected: {} {} {} from network {}", &ep.id[..12], ep.container_name, ep.interface, ep.address, net.name);
+        log::info!("endpoint {} disconnected: {} {} {} from network {}", &ep.id[..12], ep.container_name, ep.interface, ep.address(), net.name);
         Ok(())
     }
 
@@ -504,7 +502,7 @@ impl Daemon {
                 && state.network_by_id(&e.network_id).is_some_and(|n| !n.internal)
         };
         let next4 = if gone.default_route { state.endpoints.iter().position(routed) } else { None };
-        let gateway4 = next4.and_then(|i| state.network_by_id(&state.endpoints[i].network_id)).map(|n| n.gateway);
+        let gateway4 = next4.and_then(|i| state.network_by_id(&state.endpoints[i].network_id)?.ipv4).map(|v4| v4.gateway);
         let gateway6 = match gone.address6 {
             Some(_) => state
                 .endpoints
@@ -541,10 +539,11 @@ fn overlay_requested_address(net: &Network, ip: Option<&str>, ip6: Option<&str>)
         return Err(Error::invalid(format!("network {:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet", net.name)));
     };
     let address6: std::net::IpAddr = text6.parse().map_err(|_| Error::invalid(format!("invalid --ip6 {text6:?}: not an IPv6 address")))?;
-    let Some(address) = ipam::paired_address4(&net.subnet, &v6.subnet, address6) else {
+    let v4 = net.overlay_ipv4();
+    let Some(address) = ipam::paired_address4(&v4.subnet, &v6.subnet, address6) else {
         return Err(Error::invalid(format!(
             "--ip6 {text6}: on overlay network {:?} an IPv6 address pairs with an IPv4 one of {} (the same offset in {}), and {text6} has none",
-            net.name, net.subnet, v6.subnet
+            net.name, v4.subnet, v6.subnet
         )));
     };
     if let Some(text) = ip {

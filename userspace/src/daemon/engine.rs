@@ -22,16 +22,17 @@ use crate::{
 pub struct Handover {
     /// The container's side of the veth pair, in the daemon's namespace until the engine moves it.
     pub interface: String,
-    /// The network's gateway; `None` on an internal network (no default route).
+    /// The network's IPv4 gateway; `None` on an internal or IPv6-only network (no default route).
     pub gateway: Option<IpAddr>,
-    /// The network's IPv6 gateway, on a dual-stack network that is not internal.
+    /// The network's IPv6 gateway, on a network with IPv6 that is not internal.
     pub gateway6: Option<IpAddr>,
 }
 
 impl Handover {
     fn of(interface: String, net: &crate::state::Network) -> Self {
         let routed = !net.internal;
-        Handover { interface, gateway: routed.then_some(net.gateway), gateway6: net.ipv6.filter(|_| routed).map(|v6| v6.gateway) }
+        let gateway = |side: Option<crate::state::Subnet>| side.filter(|_| routed).map(|side| side.gateway);
+        Handover { interface, gateway: gateway(net.ipv4), gateway6: gateway(net.ipv6) }
     }
 }
 
@@ -90,12 +91,11 @@ impl Daemon {
         }
         self.commit_attached(&ep).await?;
         log::info!(
-            "endpoint {} attached for {}: {} {}/{} on network {} (host side {}, handed over as {peer})",
+            "endpoint {} attached for {}: {} {} on network {} (host side {}, handed over as {peer})",
             &ep.id[..12],
             ep.frontend.name(),
             ep.container_name,
-            ep.address,
-            net.subnet.prefix(),
+            super::views::addresses_of(&net, &ep),
             net.name,
             ep.host_interface
         );

@@ -189,7 +189,7 @@ impl Daemon {
             // seen here; one of that name without an endpoint falls through to the names).
             let ep = self.state.endpoints_in_netns(arg.dev, arg.inode).find(|e| e.network_id == net.id);
             if let Some(ep) = ep {
-                return Ok(BackendRecord { address: ep.address, port });
+                return Ok(BackendRecord { address: ep.address(), port });
             }
         }
         let found = self.endpoints_named(net, &arg.netns);
@@ -209,7 +209,7 @@ impl Daemon {
     /// The backends of `svc` that `arg` names (with `:PORT`, only that port).
     fn mesh_backends_named(&self, net: &Network, svc: &Service, arg: &BackendArg) -> DaemonResult<Vec<BackendRecord>> {
         let mut addresses: Vec<IpAddr> = if arg.unresolved.is_none() {
-            self.state.endpoints_in_netns(arg.dev, arg.inode).filter(|e| e.network_id == net.id).map(|e| e.address).collect()
+            self.state.endpoints_in_netns(arg.dev, arg.inode).filter(|e| e.network_id == net.id).map(|e| e.address()).collect()
         } else {
             vec![]
         };
@@ -236,7 +236,7 @@ impl Daemon {
             .state
             .allocations_of(&net.id)
             .filter(|a| a.container_name == name || a.aliases.iter().any(|x| x == name))
-            .map(|a| a.address)
+            .map(|a| a.address())
             .collect();
         if let Some(view) = self.overlay.as_ref().and_then(|o| o.view.as_ref()) {
             let remote = view.endpoints.iter().filter(|e| e.network_id == net.id);
@@ -287,7 +287,7 @@ impl Daemon {
         }
         for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {
             for a in self.state.allocations_of(&net.id) {
-                held.insert((net.id.clone(), a.address), (a.id.clone(), a.container_name.clone(), None));
+                held.insert((net.id.clone(), a.address()), (a.id.clone(), a.container_name.clone(), None));
             }
         }
         held
@@ -368,7 +368,7 @@ impl Daemon {
             }
             None => None,
         };
-        if let Some(holder) = self.state.all_allocations().find(|a| a.network_id == net.id && a.address == record.vip) {
+        if let Some(holder) = self.state.all_allocations().find(|a| a.network_id == net.id && a.address4 == Some(record.vip)) {
             return Err(Error::conflict(format!("its VIP {} is {}'s address here", record.vip, holder.container_name)));
         }
         let mut used: HashSet<u32> = self.state.services.values().map(|s| s.datapath_id).collect();

@@ -7,7 +7,7 @@ use super::{views, Daemon, Error, DaemonResult, GATEWAY_LABEL};
 use crate::{
     api, ids,
     ipam::{self, HostNetworks},
-    state::{Driver, Ipv6Subnet, Network},
+    state::{Driver, Network, Subnet},
 };
 
 impl Daemon {
@@ -27,25 +27,42 @@ impl Daemon {
         if self.state.network_by_name(&req.name).is_some() {
             return Err(Error::conflict(format!("network with name {:?} already exists", req.name)));
         }
-        // A subnet of the default pool: none Docker's IPAM holds.
-        let host = self.host_networks(req.subnet.is_none()).await?;
-        let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
-        // A pool Docker's IPAM holds is for the Docker network made on exactly it.
-        if let Some(pool) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {
-            return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", pool.subnet)));
-        }
-        let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
-        let ip_range = match req.ip_range.as_deref() {
-            Some(r) => Some(ipam::parse_ip_range(r, &subnet).map_err(Error::invalid)?),
-            // A Docker network takes the range of the pool Docker's IPAM reserved for it.
-            None => self.state.pools.iter().find(|p| p.subnet == subnet).and_then(|p| p.ip_range),
-        };
-        let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let overlay = match req.driver.as_deref() {
             None | Some("bpfnet") => false,
             Some("overlay") => true,
             Some(other) => return Err(Error::invalid(format!("unknown network driver {other:?}: bpfnet (this host's) or overlay (the cluster's)"))),
         };
+        let ipv4 = if req.ipv4.unwrap_or(true) {
+            // A subnet of the default pool: none Docker's IPAM holds.
+            let host = self.host_networks(req.subnet.is_none()).await?;
+            let subnet = ipam::choose_subnet(&self.state, req.subnet.as_deref(), &host).map_err(Error::refused)?;
+            // A pool Docker's IPAM holds is for the Docker network made on exactly it.
+            if let Some(pool) = self.state.pools.iter().find(|p| p.subnet != subnet && ipam::overlaps(&p.subnet, &subnet)) {
+                return Err(Error::conflict(format!("subnet {subnet} overlaps with {}, an address pool Docker holds", pool.subnet)));
+            }
+            let gateway = ipam::choose_gateway(&subnet, req.gateway.as_deref()).map_err(Error::invalid)?;
+            Some(Subnet { subnet, gateway })
+        } else {
+            let ipv4_given = [("--subnet", &req.subnet), ("--gateway", &req.gateway), ("--ip-range", &req.ip_range)];
+            if let Some((flag, Some(value))) = ipv4_given.iter().find(|(_, v)| v.is_some()) {
+                return Err(Error::invalid(format!("{flag} {value} is IPv4, but the network is IPv6-only (--ipv4=false)")));
+            }
+            if !req.ipv6 && req.subnet6.is_none() {
+                return Err(Error::invalid("a network needs IPv4 or IPv6: with --ipv4=false give --ipv6 or an IPv6 --subnet"));
+            }
+            if overlay {
+                return Err(Error::invalid(
+                    "an overlay network needs an IPv4 subnet: its IPv6 addresses pair with the IPv4 ones the cluster claims",
+                ));
+            }
+            None
+        };
+        let ip_range = match (req.ip_range.as_deref(), ipv4) {
+            (Some(r), Some(v4)) => Some(ipam::parse_ip_range(r, &v4.subnet).map_err(Error::invalid)?),
+            // A Docker network takes the range of the pool Docker's IPAM reserved for it.
+            (_, v4) => v4.and_then(|v4| self.state.pools.iter().find(|p| p.subnet == v4.subnet)).and_then(|p| p.ip_range),
+        };
+        let options = ipam::parse_options(&req.options).map_err(Error::invalid)?;
         let ipv6 = if req.ipv6 || req.subnet6.is_some() {
             // The IPv6 gateway goes on lo: a namespace with IPv6 off cannot hold it.
             let lo = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6").unwrap_or_else(|_| "1".into());
@@ -62,12 +79,12 @@ impl Daemon {
             if let Some(held) = self.state.pools.iter().find(|p| p.subnet != subnet6 && ipam::overlaps(&p.subnet, &subnet6)) {
                 return Err(Error::conflict(format!("subnet {subnet6} overlaps with {}, an address pool Docker holds", held.subnet)));
             }
-            let gateway6 = if overlay {
-                overlay_gateway6(&subnet, gateway, &subnet6, req.gateway6.as_deref())?
+            let gateway6 = if let (true, Some(v4)) = (overlay, ipv4) {
+                overlay_gateway6(&v4.subnet, v4.gateway, &subnet6, req.gateway6.as_deref())?
             } else {
                 ipam::choose_gateway(&subnet6, req.gateway6.as_deref()).map_err(Error::invalid)?
             };
-            Some(Ipv6Subnet { subnet: subnet6, gateway: gateway6 })
+            Some(Subnet { subnet: subnet6, gateway: gateway6 })
         } else if let Some(gateway6) = &req.gateway6 {
             return Err(Error::invalid(format!("gateway {gateway6} is IPv6 but the network has no IPv6 subnet: add --ipv6 or an IPv6 --subnet")));
         } else {
@@ -76,8 +93,7 @@ impl Daemon {
         let net = Network {
             id: ids::random_id(),
             name: req.name,
-            subnet,
-            gateway,
+            ipv4,
             internal: req.internal,
             icc: options.icc,
             masquerade: options.masquerade,
@@ -92,14 +108,14 @@ impl Daemon {
             self.install_network(&net).await?;
             net
         };
-        let v6 = net.ipv6.map(|v6| format!(", IPv6 subnet {}, gateway {}", v6.subnet, v6.gateway)).unwrap_or_default();
-        log::info!("network {} created: subnet {}, gateway {}{v6} (id {}, driver {})", net.name, net.subnet, net.gateway, &net.id[..12], net.driver.name());
+        let sides: Vec<String> = net.ipv4.iter().chain(&net.ipv6).map(|side| format!("subnet {}, gateway {}", side.subnet, side.gateway)).collect();
+        log::info!("network {} created: {} (id {}, driver {})", net.name, sides.join("; "), &net.id[..12], net.driver.name());
         Ok(views::inspect_network(&self.state, &net))
     }
 
     /// Makes `net` on this host: its gateway addresses, then its record.
     pub(super) async fn install_network(&mut self, net: &Network) -> DaemonResult<()> {
-        let gateway = net.gateway;
+        let gateway = net.gateway();
         // The addresses first: a crash before the save leaves a labelled gateway of no network,
         // which the reconciler removes.
         for address in net.gateways() {
@@ -172,7 +188,7 @@ impl Daemon {
         // Committed: a failure from here on is the reconciler's to finish, not the user's error.
         self.remove_gateways(net).await;
         if let Err(e) = self.refresh_host_addresses().await {
-            log::warn!("telling the socket programs that gateway {} is gone: {e:#}", net.gateway);
+            log::warn!("telling the socket programs that gateway {} is gone: {e:#}", net.gateway());
         }
         if net.driver.is_overlay() {
             if let Err(e) = self.program_overlay() {

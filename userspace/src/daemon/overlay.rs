@@ -16,7 +16,7 @@ use datapath_common::{endpoint_flags, EndpointInfo, IpKey};
 use super::{Daemon, DaemonResult, Error};
 use crate::{
     ipam,
-    state::{Allocation, Driver, Network, RemoteEndpoint},
+    state::{Allocation, Driver, Network, RemoteEndpoint, Subnet},
     store::shared::{ClusterView, EndpointRecord, NetworkRecord, SharedError, SharedStore, RESERVATION_PREFIX},
 };
 
@@ -63,8 +63,8 @@ fn record_of(net: &Network, vni: u32) -> NetworkRecord {
     NetworkRecord {
         id: net.id.clone(),
         name: net.name.clone(),
-        subnet: net.subnet,
-        gateway: net.gateway,
+        subnet: net.overlay_ipv4().subnet,
+        gateway: net.overlay_ipv4().gateway,
         internal: net.internal,
         icc: net.icc,
         masquerade: net.masquerade,
@@ -156,7 +156,7 @@ impl Daemon {
         let mut pool = self.cluster_pool(net);
         for _ in 0..CLAIM_TRIES {
             let address = pool.take_for(requested, &allocation.container_name).map_err(Error::refused)?;
-            let record = self.endpoint_record(net, &Allocation { address, mac: ipam::mac_for(address), ..allocation.clone() });
+            let record = self.endpoint_record(net, &Allocation { address4: Some(address), mac: ipam::mac_for(address), ..allocation.clone() });
             match overlay.store.claim(record).await {
                 Ok(()) => return Ok(address),
                 Err(SharedError::Conflict(held)) if requested.is_none() => pool.hold(address, held),
@@ -170,7 +170,7 @@ impl Daemon {
     /// allocations and services, other nodes' claims (their endpoints and reservations), and the
     /// cluster's service VIPs.
     pub(super) fn cluster_pool<'a>(&'a self, net: &Network) -> ipam::AddressPool<'a> {
-        let mut pool = ipam::AddressPool::new(&self.state, &net.id);
+        let mut pool = ipam::AddressPool::new(&self.state, &net.id).expect("an overlay network has an IPv4 subnet");
         if let Some(overlay) = self.overlay.as_ref() {
             for remote in overlay.remote_of(&net.id) {
                 pool.hold(remote.address, format!("{} on node {}", remote.container_name, remote.node));
@@ -190,16 +190,16 @@ impl Daemon {
         if !net.driver.is_overlay() {
             return Err(Error::invalid(format!("network {overlay:?} is not an overlay network (bpfnet.overlay names one of the cluster's)")));
         }
-        if pool != net.subnet.to_string() || !from_bpfnet_ipam {
+        if pool != net.overlay_ipv4().subnet.to_string() || !from_bpfnet_ipam {
             return Err(Error::invalid(format!(
                 "a Docker network for overlay network {overlay:?} takes its addresses from the cluster: create it with \
                  --ipam-driver bpfnet --subnet {}",
-                net.subnet
+                net.overlay_ipv4().subnet
             )));
         }
         if let Some(gw) = gateway {
-            if gw != net.gateway.to_string() {
-                return Err(Error::invalid(format!("overlay network {overlay:?} has gateway {}, not {gw}", net.gateway)));
+            if gw != net.overlay_ipv4().gateway.to_string() {
+                return Err(Error::invalid(format!("overlay network {overlay:?} has gateway {}, not {gw}", net.overlay_ipv4().gateway)));
             }
         }
         if let Some((other, _)) = self.state.docker_overlays.iter().find(|(_, id)| **id == net.id) {
@@ -240,9 +240,9 @@ impl Daemon {
         self.state
             .pools
             .iter()
-            .filter(|p| overlays.iter().any(|n| n.subnet == p.subnet))
+            .filter(|p| overlays.iter().any(|n| n.overlay_ipv4().subnet == p.subnet))
             .flat_map(|p| p.addresses.iter().copied())
-            .filter(|a| !overlays.iter().any(|n| n.gateway == *a))
+            .filter(|a| !overlays.iter().any(|n| n.overlay_ipv4().gateway == *a))
             .map(|a| (a, format!("{RESERVATION_PREFIX}{a}")))
             .collect()
     }
@@ -290,7 +290,7 @@ impl Daemon {
             id: a.id.clone(),
             network_id: net.id.clone(),
             network: net.name.clone(),
-            address: a.address,
+            address: a.address(),
             mac: a.mac,
             node: store.node().to_string(),
             underlay: store.underlay(),
@@ -349,8 +349,9 @@ impl Daemon {
         if let Some(local) = self.state.network_by_name(&record.name) {
             return Err(Error::conflict(format!("network {:?} of this node has that name", local.name)));
         }
-        if let Some(local) = self.state.networks.iter().find(|n| ipam::overlaps(&n.subnet, &record.subnet)) {
-            return Err(Error::conflict(format!("its subnet {} overlaps {} of network {:?} here", record.subnet, local.subnet, local.name)));
+        let overlapping = |subnet: &ipnetwork::IpNetwork| self.state.networks.iter().find_map(|n| Some((n, n.subnets().find(|s| ipam::overlaps(s, subnet))?)));
+        if let Some((local, theirs)) = overlapping(&record.subnet) {
+            return Err(Error::conflict(format!("its subnet {} overlaps {theirs} of network {:?} here", record.subnet, local.name)));
         }
         if let Some(v6) = record.ipv6 {
             if let Some(local) = self.state.networks.iter().find(|n| n.ipv6.is_some_and(|l| ipam::overlaps(&l.subnet, &v6.subnet))) {
@@ -361,8 +362,7 @@ impl Daemon {
         let net = Network {
             id: record.id.clone(),
             name: record.name.clone(),
-            subnet: record.subnet,
-            gateway: record.gateway,
+            ipv4: Some(Subnet { subnet: record.subnet, gateway: record.gateway }),
             internal: record.internal,
             icc: record.icc,
             masquerade: record.masquerade,
@@ -374,7 +374,7 @@ impl Daemon {
             ipv6: record.ipv6,
         };
         self.install_network(&net).await?;
-        log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.subnet, net.gateway);
+        log::info!("overlay network {} (VNI {}) made here: subnet {}, gateway {}", net.name, record.vni, net.overlay_ipv4().subnet, net.overlay_ipv4().gateway);
         Ok(())
     }
 
@@ -397,7 +397,7 @@ impl Daemon {
             let Driver::Overlay { vni, .. } = net.driver else { continue };
             vnis.push((vni, net.datapath_id));
             for e in overlay.remote_of(&net.id).filter(|e| !e.is_reservation()) {
-                let address6 = net.ipv6.and_then(|v6| ipam::paired_address6(&net.subnet, &v6.subnet, e.address));
+                let address6 = net.ipv6.and_then(|v6| ipam::paired_address6(&net.overlay_ipv4().subnet, &v6.subnet, e.address));
                 names.push(RemoteEndpoint {
                     network_id: e.network_id.clone(),
                     address: e.address,
@@ -455,14 +455,14 @@ impl Daemon {
         let reserved = self.docker_reservations();
         for net in self.state.networks.iter().filter(|n| n.driver.is_overlay()) {
             for a in self.state.allocations_of(&net.id) {
-                held.insert((net.id.as_str(), a.address, a.id.as_str()));
-                if !claimed.contains(&(net.id.as_str(), a.address, a.id.as_str())) {
+                held.insert((net.id.as_str(), a.address(), a.id.as_str()));
+                if !claimed.contains(&(net.id.as_str(), a.address(), a.id.as_str())) {
                     wanted.push(self.endpoint_record(net, a));
                 }
             }
             // Addresses Docker's IPAM gave out here for endpoints Docker has not made yet.
-            for (address, id) in reserved.iter().filter(|(a, _)| net.subnet.contains(*a)) {
-                if self.state.allocations_of(&net.id).any(|a| a.address == *address) {
+            for (address, id) in reserved.iter().filter(|(a, _)| net.overlay_ipv4().subnet.contains(*a)) {
+                if self.state.allocations_of(&net.id).any(|a| a.address() == *address) {
                     continue;
                 }
                 held.insert((net.id.as_str(), *address, id.as_str()));

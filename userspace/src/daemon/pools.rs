@@ -27,8 +27,8 @@ impl Daemon {
         let overlay = requested
             .filter(|_| !v6)
             .and_then(|text| ipam::parse_subnet(text).ok())
-            .and_then(|net| self.state.networks.iter().find(|n| n.driver.is_overlay() && n.subnet == net))
-            .map(|n| n.subnet);
+            .and_then(|net| self.state.networks.iter().filter(|n| n.driver.is_overlay()).filter_map(|n| n.ipv4).find(|v4| v4.subnet == net))
+            .map(|v4| v4.subnet);
         let subnet = match overlay {
             Some(subnet) => subnet,
             None => {
@@ -65,15 +65,15 @@ impl Daemon {
             held.extend(self.state.allocations_of(&net.id).filter_map(|a| a.address6));
             held.extend(self.state.services.values().filter(|s| s.network_id == net.id).filter_map(|s| s.vip6));
         }
-        let network = self.state.networks.iter().find(|n| n.subnet == subnet);
-        if let Some(net) = network {
-            held.push(net.gateway);
-            held.extend(self.state.allocations_of(&net.id).map(|a| a.address));
+        let network = self.state.networks.iter().find_map(|n| Some((n, n.ipv4.filter(|v4| v4.subnet == subnet)?)));
+        if let Some((net, v4)) = network {
+            held.push(v4.gateway);
+            held.extend(self.state.allocations_of(&net.id).filter_map(|a| a.address4));
             held.extend(self.state.services.values().filter(|s| s.network_id == net.id).map(|s| s.vip));
             if net.driver.is_overlay() {
-                if gateway && requested.is_none_or(|ip| ip == net.gateway) {
+                if gateway && requested.is_none_or(|ip| ip == v4.gateway) {
                     // Every node is the overlay network's gateway, at the same address.
-                    return Ok((net.gateway, subnet.prefix()));
+                    return Ok((v4.gateway, subnet.prefix()));
                 }
                 // The cluster's address: claimed in etcd for this node now (the endpoint's
                 // claim takes the reservation's place when Docker makes it).

@@ -21,16 +21,21 @@ pub(super) fn refuse_on_internal(net: &Network, what: &str) -> DaemonResult<()> 
     Err(Error::invalid(format!("network {:?} is internal: nothing reaches it from outside, so {what} cannot be published", net.name)))
 }
 
-/// Refuses a publication on an IPv6 host address (`spec`, as the user wrote it) on a network
-/// without IPv6; `what`: who would have no IPv6 address ("its containers", "its services").
-pub(super) fn refuse_ipv6_without(net: &Network, port: &PublishedPort, spec: &str, what: &str) -> DaemonResult<()> {
-    if port.host_ip.is_some_and(|ip| ip.is_ipv6()) && net.ipv6.is_none() {
-        return Err(Error::invalid(format!(
+/// Refuses a publication on a host address of a family (`spec`, as the user wrote it) the
+/// network lacks: IPv6 on a network without IPv6, IPv4 on an IPv6-only one; `what`: who would
+/// have no address of that family ("its containers", "its services").
+pub(super) fn refuse_family_without(net: &Network, port: &PublishedPort, spec: &str, what: &str) -> DaemonResult<()> {
+    match port.host_ip {
+        Some(ip) if ip.is_ipv6() && net.ipv6.is_none() => Err(Error::invalid(format!(
             "cannot publish {spec:?} on IPv6: network {:?} has no IPv6 subnet, so {what} have no IPv6 address",
             net.name
-        )));
+        ))),
+        Some(ip) if ip.is_ipv4() && net.ipv4.is_none() => Err(Error::invalid(format!(
+            "cannot publish {spec:?} on IPv4: network {:?} is IPv6-only, so {what} have no IPv4 address",
+            net.name
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuses a host address that is not one of the daemon's namespace (`local`); `spec`: the

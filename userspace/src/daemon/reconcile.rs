@@ -62,11 +62,18 @@ impl Daemon {
     /// Makes the kernel match the desired state. Idempotent: safe after a crash at any point.
     pub(super) async fn reconcile(&mut self) -> Result<()> {
         for net in self.state.networks.clone() {
-            self.netlink.add_labelled_local_address(self.gateway_ifindex, net.gateway, GATEWAY_LABEL).await?;
-            // Without its IPv6 gateway (IPv6 turned off here since) a network still serves IPv4.
+            if let Some(v4) = net.ipv4 {
+                self.netlink.add_labelled_local_address(self.gateway_ifindex, v4.gateway, GATEWAY_LABEL).await?;
+            }
+            // Without its IPv6 gateway (IPv6 turned off here since) a dual-stack network still
+            // serves IPv4 (an IPv6-only one nothing: the start fails, saying why).
             if let Some(v6) = net.ipv6 {
                 if let Err(e) = self.netlink.add_labelled_local_address(self.gateway_ifindex, v6.gateway, GATEWAY_LABEL).await {
-                    log::warn!("network {}: its IPv6 gateway {}: {e:#} (is IPv6 off on lo?)", net.name, v6.gateway);
+                    let e = e.context(format!("network {}: its IPv6 gateway {} (is IPv6 off on lo?)", net.name, v6.gateway));
+                    if net.ipv4.is_none() {
+                        return Err(e);
+                    }
+                    log::warn!("{e:#}");
                 }
             }
         }
@@ -166,7 +173,7 @@ impl Daemon {
                 &ep.id[..12],
                 ep.container_name,
                 ep.interface,
-                ep.address
+                ep.address()
             );
             self.drop_backends_of(&ep.id);
             if let Err(e) = self.teardown_endpoint(ep, None).await {

@@ -142,7 +142,7 @@ fn service_publication(
     if published.count != 1 {
         return Err(Error::invalid(format!("--publish {spec:?}: a service is published on one port")));
     }
-    publish::refuse_ipv6_without(net, &published, spec, "its services")?;
+    publish::refuse_family_without(net, &published, spec, "its services")?;
     publish::check_host_address(published.host_ip, local, spec)?;
     if let Some(holder) = holders.holder(&published) {
         return Err(holder.refusal(spec));
@@ -162,7 +162,7 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
         })
         .collect();
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(svc.vip, svc.vip6, false) {
+        for (key, _) in p.entries(Some(svc.vip), svc.vip6, false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }
@@ -317,6 +317,12 @@ impl Daemon {
         let net = self.network(&req.network)?.clone();
         let (port, protocol) = parse_service_port(&req.port)?;
         let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
+        if net.ipv4.is_none() {
+            return Err(Error::invalid(format!(
+                "network {:?} is IPv6-only: a service has an IPv4 VIP (and an IPv6 one beside it), so services need a network with IPv4 for now",
+                net.name
+            )));
+        }
         if req.publish.is_some() {
             publish::refuse_on_internal(&net, "its services")?;
         }
@@ -361,7 +367,7 @@ impl Daemon {
         let mut service_cursor = 1;
         let mut names: HashSet<&str> = HashSet::new();
         let state = self.state.clone();
-        let mut pools: HashMap<String, ipam::AddressPool> = HashMap::new();
+        let mut pools: HashMap<String, Option<ipam::AddressPool>> = HashMap::new();
         let mut pools6: HashMap<String, Option<ipam::AddressPool>> = HashMap::new();
         // Indexed by port: a batch of 10,000 checks each one against a few entries, not against
         // every service (which took 0.4 s at that size).
@@ -385,6 +391,7 @@ impl Daemon {
             // The VIP is held like an endpoint's address (one of a service made earlier in this
             // batch too).
             let pool = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
+            let pool = pool.as_mut().expect("service_basics refused an IPv6-only network");
             let holder = format!("service {}", req.name);
             let vip = pool.take_for(req.vip.as_deref(), &holder).map_err(Error::refused)?;
             // On a network with IPv6, an IPv6 VIP too.
@@ -479,7 +486,8 @@ impl Daemon {
         } else {
             None
         };
-        let (endpoint_id, container_name, address) = (ep.id.clone(), ep.container_name.clone(), ep.address);
+        let address = ep.address4.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv4 address on network {:?}", arg.netns, net.name)))?;
+        let (endpoint_id, container_name) = (ep.id.clone(), ep.container_name.clone());
         let id = self.backend_ids.take().ok_or_else(|| {
             Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))
         })?;

@@ -15,9 +15,10 @@ pub fn list_networks(state: &State) -> Vec<api::NetworkSummary> {
             id: n.id.clone(),
             name: n.name.clone(),
             driver: n.driver.name().into(),
-            subnet: n.subnet.to_string(),
-            gateway: n.gateway.to_string(),
+            subnet: n.ipv4.map(|v4| v4.subnet.to_string()).unwrap_or_default(),
+            gateway: n.ipv4.map(|v4| v4.gateway.to_string()).unwrap_or_default(),
             subnet6: n.ipv6.map(|v6| v6.subnet.to_string()),
+            gateway6: n.ipv6.map(|v6| v6.gateway.to_string()),
             internal: n.internal,
             icc: n.icc,
             masquerade: n.masquerade && !n.internal,
@@ -40,13 +41,13 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
                 name: e.container_name.clone(),
                 endpoint_id: e.id.clone(),
                 mac_address: ipam::format_mac(&e.mac),
-                ipv4_address: format!("{}/{}", e.address, net.subnet.prefix()),
-                ipv6_address: address6_of(net, e.address6),
+                ipv4_address: address_of(net, e.address4),
+                ipv6_address: address_of(net, e.address6),
                 interface: e.interface.clone(),
                 host_interface: e.host_interface.clone(),
                 netns: e.netns_path.display().to_string(),
                 aliases: e.aliases.clone(),
-                ports: e.ports.iter().flat_map(|p| p.shown(e.address6.is_some())).collect(),
+                ports: e.ports.iter().flat_map(|p| p.shown(e.address4.is_some(), e.address6.is_some())).collect(),
             })
         })
         .collect();
@@ -60,12 +61,15 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
         ipam: api::Ipam {
             driver: "default".into(),
             options: BTreeMap::new(),
-            config: std::iter::once(api::IpamConfig {
-                subnet: net.subnet.to_string(),
-                gateway: net.gateway.to_string(),
-                ip_range: net.ip_range.map(|r| r.to_string()),
-            })
-            .chain(net.ipv6.map(|v6| api::IpamConfig { subnet: v6.subnet.to_string(), gateway: v6.gateway.to_string(), ip_range: None }))
+            config: net
+                .ipv4
+                .map(|v4| api::IpamConfig {
+                    subnet: v4.subnet.to_string(),
+                    gateway: v4.gateway.to_string(),
+                    ip_range: net.ip_range.map(|r| r.to_string()),
+                })
+                .into_iter()
+                .chain(net.ipv6.map(|v6| api::IpamConfig { subnet: v6.subnet.to_string(), gateway: v6.gateway.to_string(), ip_range: None }))
             .collect(),
         },
         internal: net.internal,
@@ -76,12 +80,17 @@ pub fn inspect_network(state: &State, net: &Network) -> api::NetworkInspect {
     }
 }
 
-/// `ADDRESS/PREFIX` of an endpoint's IPv6 address on `net`, or empty.
-pub fn address6_of(net: &Network, address6: Option<std::net::IpAddr>) -> String {
-    match (address6, net.ipv6) {
-        (Some(ip), Some(v6)) => format!("{ip}/{}", v6.subnet.prefix()),
-        _ => String::new(),
+/// `ADDRESS/PREFIX` of an endpoint's address on `net` (of either family), or empty.
+pub fn address_of(net: &Network, address: Option<IpAddr>) -> String {
+    match address.and_then(|ip| Some((ip, net.side_of(ip)?))) {
+        Some((ip, side)) => format!("{ip}/{}", side.subnet.prefix()),
+        None => address.map(|ip| ip.to_string()).unwrap_or_default(),
     }
+}
+
+/// An allocation's addresses with their prefixes, for messages: `10.1.0.2/24 fd00:1::2/64`.
+pub fn addresses_of(net: &Network, a: &Allocation) -> String {
+    a.addresses().map(|ip| address_of(net, Some(ip))).collect::<Vec<_>>().join(" ")
 }
 
 /// One endpoint as `endpoint ls` shows it; `attached`: where it is attached, if it is.
@@ -91,11 +100,11 @@ pub fn allocation_view(state: &State, a: &Allocation, attached: Option<&Endpoint
         endpoint_id: a.id.clone(),
         network: net.map_or_else(String::new, |n| n.name.clone()),
         name: a.container_name.clone(),
-        ipv4_address: net.map_or_else(|| a.address.to_string(), |n| format!("{}/{}", a.address, n.subnet.prefix())),
-        ipv6_address: net.map(|n| address6_of(n, a.address6)).unwrap_or_default(),
+        ipv4_address: net.map_or_else(|| a.address4.map(|ip| ip.to_string()).unwrap_or_default(), |n| address_of(n, a.address4)),
+        ipv6_address: net.map(|n| address_of(n, a.address6)).unwrap_or_default(),
         mac_address: ipam::format_mac(&a.mac),
         aliases: a.aliases.clone(),
-        ports: a.ports.iter().flat_map(|p| p.shown(a.address6.is_some())).collect(),
+        ports: a.ports.iter().flat_map(|p| p.shown(a.address4.is_some(), a.address6.is_some())).collect(),
         attachment: attached.map(|e| api::AttachmentView {
             netns: e.netns_path.display().to_string(),
             interface: e.interface.clone(),
@@ -140,8 +149,8 @@ pub fn list_ports(state: &State) -> Vec<api::PortMapping> {
             // One line per family it reaches the container by, as `docker port` shows them.
             let (v4, v6) = p.families();
             let mut families: Vec<(std::net::IpAddr, std::net::IpAddr)> = Vec::new();
-            if v4 {
-                families.push((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), ep.address));
+            if let (true, Some(address4)) = (v4, ep.address4) {
+                families.push((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), address4));
             }
             if let (true, Some(address6)) = (v6, ep.address6) {
                 families.push((p.host_ip.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()), address6));
@@ -188,7 +197,7 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
             vip: format!("{}:{}/{}", s.vip, s.port, s.protocol),
             vip6: s.vip6.map(|v| format!("[{v}]:{}/{}", s.port, s.protocol)),
-            published: s.publish.map(|p| p.shown(s.vip6.is_some()).join(", ")),
+            published: s.publish.map(|p| p.shown(true, s.vip6.is_some()).join(", ")),
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
             affinity: affinity(s),
@@ -214,7 +223,7 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
                 .vips()
                 .map(|vip| {
                     let prefix = match vip {
-                        IpAddr::V4(_) => net.map_or(32, |n| n.subnet.prefix()),
+                        IpAddr::V4(_) => net.and_then(|n| n.ipv4).map_or(32, |v4| v4.subnet.prefix()),
                         IpAddr::V6(_) => net.and_then(|n| n.ipv6).map_or(128, |v6| v6.subnet.prefix()),
                     };
                     api::VirtualIp {

@@ -99,7 +99,7 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
             let state = published.get();
             // Networks gone (or with another gateway): stop their servers.
             served.retain(|id, (gateway, tasks)| {
-                let keep = state.network_by_id(id).is_some_and(|n| n.gateway == *gateway);
+                let keep = state.network_by_id(id).is_some_and(|n| n.gateway() == *gateway);
                 if !keep {
                     tasks.iter().for_each(JoinHandle::abort);
                 }
@@ -108,7 +108,7 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
             let now = tokio::time::Instant::now();
             // A failed bind is tried again a while later (an address not ready yet), and at once
             // when the gateway changes.
-            failed.retain(|id, (gateway, retry)| now < *retry && state.network_by_id(id).is_some_and(|n| n.gateway == *gateway));
+            failed.retain(|id, (gateway, retry)| now < *retry && state.network_by_id(id).is_some_and(|n| n.gateway() == *gateway));
             for net in &state.networks {
                 if served.contains_key(&net.id) || failed.contains_key(&net.id) {
                     continue;
@@ -118,13 +118,13 @@ pub fn spawn(published: Published, config: DnsConfig) -> JoinHandle<()> {
                         reported.remove(&net.id);
                         let on: Vec<String> = net.gateways().map(|g| SocketAddr::new(g, PORT).to_string()).collect();
                         log::info!("DNS for network {} on {} (UDP and TCP)", net.name, on.join(" and "));
-                        served.insert(net.id.clone(), (net.gateway, tasks));
+                        served.insert(net.id.clone(), (net.gateway(), tasks));
                     }
                     Err(e) => {
                         if reported.insert(net.id.clone()) {
-                            log::warn!("no DNS for network {} on {}:{PORT} yet: {e} (tried again every {RETRY_BIND:?})", net.name, net.gateway);
+                            log::warn!("no DNS for network {} on {}:{PORT} yet: {e} (tried again every {RETRY_BIND:?})", net.name, net.gateway());
                         }
-                        failed.insert(net.id.clone(), (net.gateway, now + RETRY_BIND));
+                        failed.insert(net.id.clone(), (net.gateway(), now + RETRY_BIND));
                     }
                 }
             }
@@ -296,7 +296,7 @@ pub fn answer(state: &State, net: &Network, client: IpAddr, request: &Message) -
 
 /// Whether `ip` is in one of `net`'s subnets.
 fn in_network(net: &Network, ip: IpAddr) -> bool {
-    net.subnet.contains(ip) || net.ipv6.is_some_and(|v6| v6.subnet.contains(ip))
+    net.subnets().any(|subnet| subnet.contains(ip))
 }
 
 /// A name the network does not know: forwarded upstream (`None`), except from an internal
@@ -379,7 +379,7 @@ mod tests {
             network_id: "n".into(),
             container_id: "c".into(),
             container_name: name.into(),
-            address: ip.parse().unwrap(),
+            address4: Some(ip.parse().unwrap()),
             address6: ip6.map(|a| a.parse().unwrap()),
             mac: [0; 6],
             aliases: vec![],
@@ -405,8 +405,7 @@ mod tests {
         crate::state::Network {
             id: "n".into(),
             name: "web".into(),
-            subnet: "10.1.0.0/24".parse().unwrap(),
-            gateway: "10.1.0.1".parse().unwrap(),
+            ipv4: Some(crate::state::Subnet { subnet: "10.1.0.0/24".parse().unwrap(), gateway: "10.1.0.1".parse().unwrap() }),
             internal: false,
             icc: true,
             masquerade: true,
@@ -429,7 +428,7 @@ mod tests {
     #[test]
     fn a_dual_stack_network_answers_aaaa_and_ip6_arpa_to_its_ipv6_clients() {
         let mut net = web();
-        net.ipv6 = Some(crate::state::Ipv6Subnet { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() });
+        net.ipv6 = Some(crate::state::Subnet { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() });
         let state = State { networks: vec![net.clone()], endpoints: vec![member("api", "10.1.0.2", Some("fd00:1::2"))], ..Default::default() };
         let client: IpAddr = "fd00:1::2".parse().unwrap();
         let answers = |name: &str, kind| answer(&state, &net, client, &query(name, kind)).unwrap().answers;

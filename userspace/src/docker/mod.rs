@@ -259,7 +259,7 @@ async fn handle(plugin: &Plugin, name: &str, body: &Bytes) -> Result<Answer, Ans
                 return ok(json!({ "Interface": {} }));
             }
             let mut out = serde_json::Map::new();
-            if address.is_none() {
+            if address.is_none() && !view.ipv4_address.is_empty() {
                 out.insert("Address".into(), json!(view.ipv4_address));
             }
             if address6.is_none() && !view.ipv6_address.is_empty() {
@@ -378,8 +378,8 @@ fn overlay_binding(req: &protocol::CreateNetwork) -> Result<Option<OverlayBindin
 fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, String> {
     let pools = req.ipv4_data.as_deref().unwrap_or_default();
     let pool = match pools {
-        [] => return Err("the network has no IPv4 pool (IPv6-only networks are not supported yet)".into()),
-        [one] => one,
+        [] => None,
+        [one] => Some(one),
         _ => return Err("bpfnet networks have one IPv4 subnet; this one has several".into()),
     };
     let pool6 = match req.ipv6_data.as_deref().unwrap_or_default() {
@@ -387,6 +387,9 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
         [one] => Some(one),
         _ => return Err("bpfnet networks have one IPv6 subnet; this one has several".into()),
     };
+    if pool.is_none() && pool6.is_none() {
+        return Err("the network has no address pool: bpfnet networks have an IPv4 subnet, an IPv6 one, or both".into());
+    }
     let bare = |gateway: &Option<String>| gateway.as_ref().map(|g| g.split_once('/').map_or(g.as_str(), |(a, _)| a).to_string());
     let options = req.options.clone().unwrap_or_default();
     let internal = options.get(INTERNAL_OPTION).is_some_and(|v| v == &Value::Bool(true));
@@ -404,14 +407,16 @@ fn network_request(req: &protocol::CreateNetwork) -> Result<api::CreateNetwork, 
     Ok(api::CreateNetwork {
         driver: None,
         name: network_name(&req.network_id),
-        subnet: Some(pool.pool.clone()),
-        gateway: bare(&pool.gateway),
+        subnet: pool.map(|p| p.pool.clone()),
+        gateway: pool.and_then(|p| bare(&p.gateway)),
         internal,
         options: driver_options,
         ip_range: None,
         subnet6: pool6.map(|p| p.pool.clone()),
         gateway6: pool6.and_then(|p| bare(&p.gateway)),
         ipv6: pool6.is_some(),
+        // `docker network create --ipv4=false` (Docker 28 and later): no IPv4 pool.
+        ipv4: pool.is_none().then_some(false),
     })
 }
 
@@ -452,6 +457,9 @@ mod tests {
         assert_eq!((create.subnet6.as_deref(), create.gateway6.as_deref(), create.ipv6), (Some("fd00::/64"), Some("fd00::1"), true));
         let v6_only: protocol::CreateNetwork =
             serde_json::from_str(r#"{"NetworkID":"ab","IPv4Data":[],"IPv6Data":[{"Pool":"fd00::/64"}]}"#).unwrap();
-        assert!(network_request(&v6_only).unwrap_err().contains("IPv6-only"));
+        let create = network_request(&v6_only).unwrap();
+        assert_eq!((create.subnet.as_deref(), create.subnet6.as_deref(), create.ipv4), (None, Some("fd00::/64"), Some(false)), "IPv6-only");
+        let none: protocol::CreateNetwork = serde_json::from_str(r#"{"NetworkID":"ab","IPv4Data":[],"IPv6Data":[]}"#).unwrap();
+        assert!(network_request(&none).unwrap_err().contains("no address pool"));
     }
 }

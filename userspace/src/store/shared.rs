@@ -28,7 +28,7 @@ pub struct NetworkRecord {
     /// Its IPv6 subnet and gateway (dual stack): endpoints' IPv6 addresses pair with their
     /// IPv4 ones (`ipam::paired_address6`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<crate::state::Ipv6Subnet>,
+    pub ipv6: Option<crate::state::Subnet>,
 }
 
 /// An address of an overlay network claimed by a node for one of its endpoints (it lives as long

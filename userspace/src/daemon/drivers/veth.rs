@@ -101,8 +101,10 @@ impl NetworkDriver for Veth {
         }
         k.datapath.attach_endpoint(&link.name)?;
         k.netlink.set_up(link.index).await?;
-        k.netlink.replace_host_route(ep.address, link.index, net.gateway).await?;
-        k.netlink.replace_neighbour(link.index, ep.address, ep.mac).await?;
+        if let (Some(address4), Some(v4)) = (ep.address4, net.ipv4) {
+            k.netlink.replace_host_route(address4, link.index, v4.gateway).await?;
+            k.netlink.replace_neighbour(link.index, address4, ep.mac).await?;
+        }
         if let (Some(address6), Some(v6)) = (ep.address6, net.ipv6) {
             // Forwarding on this interface only (the host's `all` setting, which would stop its
             // uplinks taking router advertisements, stays): the datapath's FIB lookups for a
@@ -123,13 +125,14 @@ impl NetworkDriver for Veth {
     }
 
     async fn configure_container(&self, k: Kernel<'_>, net: &Network, ep: &mut Endpoint, backend: bool, ns: &NetnsRef, default_route: bool) -> Result<()> {
-        let (ifname, ip, prefix) = (ep.interface.clone(), ep.address, net.subnet.prefix());
-        // An IPv6 default route from every dual-stack network that is not internal, unless the
+        let ifname = ep.interface.clone();
+        let ipv4 = ep.address4.zip(net.ipv4).map(|(ip, v4)| (ip, v4.subnet.prefix()));
+        // An IPv6 default route from every network with IPv6 that is not internal, unless the
         // namespace has one already (IPv4's goes with `default_route`).
         let ipv6 = ep.address6.zip(net.ipv6).map(|(ip6, v6)| (ip6, v6.subnet.prefix(), (!net.internal).then_some(v6.gateway)));
-        let gateway = default_route.then_some(net.gateway);
+        let gateway = net.ipv4.filter(|_| default_route).map(|v4| v4.gateway);
         ep.default_route =
-            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ip, prefix, ipv6, gateway))
+            in_netns(ns.file.clone(), move || plumbing::configure_container_side(ifname, ipv4, ipv6, gateway))
                 .await
                 .context("configuring the container side")?;
         // GRO is on in the container's side now: XDP may deliver into it.
@@ -149,7 +152,7 @@ impl NetworkDriver for Veth {
         if ep.host_ifindex != 0 {
             indexes.push(ep.host_ifindex);
         }
-        match k.datapath.endpoint(ep.address) {
+        match k.datapath.endpoint(ep.address()) {
             Ok(Some(info)) if info.mac == ep.mac => indexes.push(info.host_ifindex),
             Ok(_) => {}
             Err(e) => errors.push(e),
@@ -158,7 +161,7 @@ impl NetworkDriver for Veth {
         indexes.dedup();
         for &index in &indexes {
             match k.datapath.iface(index) {
-                Ok(Some(info)) if Some(info.ipv4) == datapath_ipv4(ep.address).ok() => {
+                Ok(Some(info)) if info.ipv4 == datapath_ipv4(ep.address4) && info.mac == ep.mac => {
                     if let Err(e) = k.datapath.remove_iface(index) {
                         errors.push(e);
                     }
@@ -191,7 +194,7 @@ impl NetworkDriver for Veth {
         }
         // Its connections, once nothing can add one: a later endpoint with the same address must
         // not inherit them (but an endpoint that holds the address already keeps its own).
-        let addr = (!taken.contains(&ep.address)).then_some(ep.address);
+        let addr = Some(ep.address()).filter(|a| !taken.contains(a));
         k.conntrack.forget_endpoint(&indexes, addr);
         match errors.len() {
             0 => Ok(()),
