@@ -8,8 +8,8 @@ use bpfnet_lab::{
     checks::{addr, assert_consistent, counter, json},
     sandbox::{FAR_IP6, UPLINK_IP6},
     traffic::{
-        payload, tcp_connect, tcp_echo_server, tcp_exchange, tcp_whoami, tcp_whoami_server, udp_echo_server, udp_exchange,
-        udp_refused, udp_whoami, udp_whoami_server,
+        payload, spread, tcp_connect, tcp_echo_server, tcp_exchange, tcp_name_server, tcp_whoami, tcp_whoami_server, udp_echo_server,
+        udp_exchange, udp_refused, udp_whoami, udp_whoami_server,
     },
     Sandbox,
 };
@@ -360,6 +360,8 @@ fn ipv6_only_networks_carry_ipv6_alone() {
     let a = sb.add_netns("a").unwrap();
     let b = sb.add_netns("b").unwrap();
     let d = sb.add_netns("d").unwrap();
+    let c = sb.add_netns("c").unwrap();
+    let e = sb.add_netns("e").unwrap();
     // What cannot be an IPv6-only network is refused, with nothing made.
     for (args, expected) in [
         (vec!["network", "create", "x", "--ipv4=false"], "needs IPv4 or IPv6"),
@@ -435,19 +437,36 @@ fn ipv6_only_networks_carry_ipv6_alone() {
     let ls = sb.bpfnet_ok(&["network", "ls"]).unwrap();
     assert!(ls.lines().any(|l| l.contains("only6") && l.contains("fd00:232::/64") && l.contains("fd00:232::1")), "{ls}");
 
+    // A service: an IPv6 VIP alone, balanced over both replicas from the network, from the
+    // outside through --publish (IPv6's half), by name (AAAA, no A).
+    for (ns, ip) in [(&a, "fd00:232::2"), (&b, "fd00:232::3")] {
+        tcp_name_server(ns, addr(ip, 7080), ns).unwrap();
+    }
+    sb.bpfnet_ok(&["service", "create", "web6", "--network", "only6", "--port", "7080", "--vip6", "fd00:232::80", "--publish", "9090", "--backend", &a, "--backend", &b]).unwrap();
+    connect(&sb, "only6", &e, &[]);
+    let both = |seen: std::collections::BTreeMap<String, usize>| seen.keys().cloned().collect::<Vec<_>>() == [a.clone(), b.clone()] && seen.values().all(|n| *n > 20);
+    let seen = spread(&e, addr("fd00:232::80", 7080), 200, T).unwrap();
+    assert!(both(seen.clone()), "through the VIP6: {seen:?}");
+    let seen = spread(&outside.far, addr(UPLINK_IP6, 9090), 200, T).unwrap();
+    assert!(both(seen.clone()), "from the outside: {seen:?}");
+    assert!(tcp_connect(&outside.far, addr(bpfnet_lab::sandbox::UPLINK_IP, 9090), BLOCKED).is_err(), "nothing on IPv4");
+    assert_eq!(dig(&["AAAA", "web6"]), "fd00:232::80");
+    assert_eq!(dig(&["A", "web6"]), "");
+    let svc = json(&sb.bpfnet_ok(&["service", "ls", "--json"]).unwrap());
+    assert_eq!((svc[0]["vip"].as_str(), svc[0]["vip6"].as_str()), (Some(""), Some("[fd00:232::80]:7080/tcp")), "{svc}");
+
     // What needs IPv4 is refused clearly, nothing changed.
     let networks = sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap();
-    let c = sb.add_netns("c").unwrap();
     for (args, expected) in [
         (vec!["network", "connect", "only6", &c, "--ip", "10.0.0.5"], "is IPv6-only"),
         (vec!["network", "connect", "only6", &c, "-p", "0.0.0.0:9000:80"], "is IPv6-only"),
-        (vec!["service", "create", "web", "--network", "only6", "--port", "80"], "is IPv6-only"),
+        (vec!["service", "create", "web", "--network", "only6", "--port", "80", "--vip", "10.0.0.5"], "is IPv6-only"),
     ] {
         let out = sb.bpfnet(&args).unwrap();
         assert!(!out.ok && out.stderr.contains(expected), "{args:?}: {out:?}");
     }
     assert_eq!(sb.bpfnet_ok(&["network", "ls", "--json"]).unwrap(), networks, "nothing changed");
-    assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone()]);
+    assert_consistent(&sb, &[a.clone(), b.clone(), c.clone(), d.clone(), e.clone()]);
 
     // A restart keeps it all.
     sb.stop_daemon(libc::SIGTERM).unwrap();
@@ -455,9 +474,12 @@ fn ipv6_only_networks_carry_ipv6_alone() {
     assert_eq!(tcp_exchange(&a, addr("fd00:232::3", 7000), b"again", T).unwrap(), b"again");
     let seen = tcp_whoami(&outside.far, addr(UPLINK_IP6, 8080), T).unwrap();
     assert_eq!(seen.ip().to_string(), FAR_IP6, "published after the restart");
-    for ns in [&a, &b] {
+    let seen = spread(&outside.far, addr(UPLINK_IP6, 9090), 200, T).unwrap();
+    assert!(both(seen.clone()), "the service after the restart: {seen:?}");
+    sb.bpfnet_ok(&["service", "rm", "web6"]).unwrap();
+    for ns in [&a, &b, &e] {
         sb.bpfnet_ok(&["network", "disconnect", "only6", ns]).unwrap();
     }
     sb.bpfnet_ok(&["network", "rm", "only6"]).unwrap();
-    assert_consistent(&sb, &[a, b, c, d]);
+    assert_consistent(&sb, &[a, b, c, d, e]);
 }

@@ -392,7 +392,7 @@ pub struct ServiceSummary {
     pub id: String,
     pub name: String,
     pub network: String,
-    /// `VIP:PORT/PROTO`.
+    /// `VIP:PORT/PROTO` of the IPv4 VIP (empty on an IPv6-only network).
     pub vip: String,
     /// `[VIP6]:PORT/PROTO`, on a network with IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -473,7 +473,7 @@ pub struct BackendView {
     pub name: String,
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
-    /// `ADDRESS:PORT`.
+    /// `ADDRESS:PORT` of its IPv4 address (empty on an IPv6-only network).
     pub address: String,
     /// `[ADDRESS6]:PORT`, where the service has an IPv6 VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]

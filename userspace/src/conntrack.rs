@@ -237,12 +237,12 @@ impl Conntrack {
         }
     }
 
-    /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or,
-    /// unless another endpoint holds the address now (`addr` is `None`), whose tuple or
-    /// translation names `addr` (an endpoint that leaves): both entries of each, in one walk.
-    pub fn forget_endpoint(&mut self, ifindexes: &[u32], addr: Option<IpAddr>) -> usize {
-        let key = addr.map(IpKey::from);
-        let names = |a: &IpKey| key.as_ref() == Some(a);
+    /// Removes the connections that deliver into one of the host-side veths `ifindexes`, or
+    /// whose tuple or translation names one of `addresses` (those of an endpoint that leaves
+    /// which no other endpoint holds now): both entries of each, in one walk.
+    pub fn forget_endpoint(&mut self, ifindexes: &[u32], addresses: &[IpAddr]) -> usize {
+        let keys: Vec<IpKey> = addresses.iter().copied().map(IpKey::from).collect();
+        let names = |a: &IpKey| keys.contains(a);
         let mut doomed = HashSet::new();
         for (k, e, _) in self.entries() {
             if (e.ifindex != 0 && ifindexes.contains(&e.ifindex)) || names(&e.src) || names(&e.dst) || names(&k.saddr) || names(&k.daddr) {

@@ -339,7 +339,7 @@ impl<'a> AddressPool<'a> {
         let mut held: std::collections::HashMap<IpAddr, String> =
             state.allocations_of(network_id).filter_map(|a| Some((a.address4?, a.container_name.clone()))).collect();
         for s in state.services.values().filter(|s| s.network_id == network_id) {
-            held.insert(s.vip, format!("service {}", s.name));
+            held.extend(s.vip4.map(|vip| (vip, format!("service {}", s.name))));
         }
         Some(Self { name: &net.name, subnet: v4.subnet, gateway: v4.gateway, range: net.ip_range, held, next: 0 })
     }

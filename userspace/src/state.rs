@@ -16,9 +16,10 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
-/// 2: allocations (endpoints not attached), addresses under "address" (1 had "ipv4"). Version 1
-/// files are read and rewritten as 2.
-const FORMAT_VERSION: u32 = 2;
+/// 2: allocations (endpoints not attached), addresses under "address" (1 had "ipv4"). 3: a
+/// network's IPv4 side and an endpoint's IPv4 address may be absent (IPv6-only networks), which
+/// a reader of 2 would take for damage. Older files are read and rewritten as 3.
+const FORMAT_VERSION: u32 = 3;
 const OLDEST_READABLE: u32 = 1;
 
 fn yes() -> bool {
@@ -319,7 +320,9 @@ pub struct Service {
     pub id: String,
     pub name: String,
     pub network_id: String,
-    pub vip: IpAddr,
+    /// Its IPv4 VIP, on a network with IPv4 (all but IPv6-only ones).
+    #[serde(rename = "vip", default, skip_serializing_if = "Option::is_none")]
+    pub vip4: Option<IpAddr>,
     /// Its IPv6 VIP, on a network with IPv6 (IPv6 clients reach the backends' IPv6 addresses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip6: Option<IpAddr>,
@@ -344,7 +347,9 @@ pub struct Backend {
     /// The endpoint (on the service's network) that serves.
     pub endpoint_id: String,
     pub container_name: String,
-    pub address: IpAddr,
+    /// Its IPv4 address, where the service has an IPv4 VIP.
+    #[serde(rename = "address", default, skip_serializing_if = "Option::is_none")]
+    pub address4: Option<IpAddr>,
     /// Its IPv6 address, where the service has an IPv6 VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<IpAddr>,
@@ -363,19 +368,29 @@ impl Backend {
     /// What Maglev hashes: the same backend gets the same slots on every restart (and both
     /// families the same table).
     pub fn maglev_name(&self) -> String {
-        format!("{}:{}", self.address, self.port)
+        format!("{}:{}", self.address(), self.port)
     }
 
-    /// Its addresses: IPv4, and IPv6 where it has one.
+    /// Its addresses: IPv4's and IPv6's, where it has them.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
-        std::iter::once(self.address).chain(self.address6)
+        self.address4.into_iter().chain(self.address6)
+    }
+
+    /// Its first address (IPv4's, else IPv6's), which messages and Maglev name it by.
+    pub fn address(&self) -> IpAddr {
+        self.addresses().next().expect("a backend has an address")
     }
 }
 
 impl Service {
-    /// Its VIPs: IPv4, and IPv6 where it has one.
+    /// Its VIPs: IPv4's and IPv6's, where it has them.
     pub fn vips(&self) -> impl Iterator<Item = IpAddr> {
-        std::iter::once(self.vip).chain(self.vip6)
+        self.vip4.into_iter().chain(self.vip6)
+    }
+
+    /// Its first VIP (IPv4's, else IPv6's).
+    pub fn vip(&self) -> IpAddr {
+        self.vips().next().expect("a service has a VIP")
     }
 }
 
@@ -581,6 +596,16 @@ impl Store {
                     path.display(),
                     state.version
                 );
+                // A network with neither side, an endpoint with no address: a record cut short
+                // (a flattened IPv4 side that does not parse reads as none).
+                let damaged = |what: String| anyhow::anyhow!("{} is damaged: {what}; restore it from a backup, or start afresh with `bpfnet daemon --cleanup`", path.display());
+                if let Some(net) = state.networks.iter().find(|n| n.ipv4.is_none() && n.ipv6.is_none()) {
+                    return Err(damaged(format!("network {:?} has no subnet", net.name)));
+                }
+                let allocations = state.endpoints.iter().chain(&state.connecting).map(|e| &e.allocation).chain(&state.allocations);
+                if let Some(a) = allocations.clone().find(|a| a.address4.is_none() && a.address6.is_none()) {
+                    return Err(damaged(format!("endpoint {} has no address", a.id)));
+                }
                 Ok(Some(state))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -738,6 +763,13 @@ mod tests {
         let net = &back.networks[0];
         assert_eq!((net.subnet(), net.gateway()), (v6.subnet, v6.gateway), "the first side is IPv6's");
         assert_eq!(back.allocations[0].address().to_string(), "fd00:6::2");
+        // An IPv4 side cut short (no gateway) on a network without IPv6: damage, said so.
+        let dir = std::env::temp_dir().join(format!("bpfnet-state-v6only-test-{}", std::process::id()));
+        let store = Store::new(&dir).unwrap();
+        fs::write(store.path(), old.replace(r#""gateway": "10.1.0.1", "#, "")).unwrap();
+        let err = format!("{:#}", store.load().unwrap_err());
+        assert!(err.contains("is damaged: network \"web\" has no subnet"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     fn service(name: &str, backends: usize) -> Service {
@@ -745,7 +777,7 @@ mod tests {
             id: format!("id-{name}"),
             name: name.into(),
             network_id: "n1".into(),
-            vip: "10.1.0.100".parse().unwrap(),
+            vip4: Some("10.1.0.100".parse().unwrap()),
             vip6: None,
             port: 80,
             protocol: crate::ports::Protocol::Tcp,
@@ -755,7 +787,7 @@ mod tests {
                 .map(|i| Backend {
                     endpoint_id: format!("e{i}"),
                     container_name: format!("web{i}"),
-                    address: format!("10.1.0.{}", i + 2).parse().unwrap(),
+                    address4: Some(format!("10.1.0.{}", i + 2).parse().unwrap()),
                     address6: None,
                     port: 80,
                     datapath_id: i as u32 + 1,

@@ -108,10 +108,13 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
-            let v6 = if ep.ipv6_address.is_empty() { String::new() } else { format!(" {}", ep.ipv6_address) };
             println!(
-                "{netns} joined {}: {} {}{v6} mac {} (host side {})",
-                ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
+                "{netns} joined {}: {} {} mac {} (host side {})",
+                ep.network,
+                ep.interface,
+                super::joined(&[&ep.ipv4_address, &ep.ipv6_address], " "),
+                ep.mac_address,
+                ep.host_interface
             );
         }
         EndpointCommand::Detach { endpoint } => {
@@ -134,7 +137,7 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
                         e.endpoint_id[..12].to_string(),
                         e.name.clone(),
                         e.network.clone(),
-                        if e.ipv6_address.is_empty() { e.ipv4_address.clone() } else { format!("{}, {}", e.ipv4_address, e.ipv6_address) },
+                        super::joined(&[&e.ipv4_address, &e.ipv6_address], ", "),
                         if e.attachment.is_some() { "attached" } else { "allocated" }.into(),
                         netns,
                         interface,

@@ -97,6 +97,11 @@ enum ConntrackCommand {
     Flush,
 }
 
+/// The non-empty ones of `parts` (values of each address family, say), joined by `sep`.
+fn joined(parts: &[&str], sep: &str) -> String {
+    parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(sep)
+}
+
 pub fn main() -> ExitCode {
     // Like other CLIs, end quietly when the reader of our output goes away (`bpfnet stats | head`).
     // SAFETY: restoring the default disposition of one signal before any thread exists.

@@ -102,11 +102,6 @@ fn by_family(option: &str, values: Vec<String>) -> Result<[Option<String>; 2]> {
     Ok(found)
 }
 
-/// A listing's cell for a value of each family: `v4, v6`, or the one there is.
-fn both_families(v4: &str, v6: &Option<String>) -> String {
-    [Some(v4), v6.as_deref()].into_iter().flatten().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")
-}
-
 pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
     match cmd {
         NetworkCommand::Create { name, subnet, gateway, ipv6, ipv4, ip_range, internal, options, driver } => {
@@ -129,8 +124,8 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
                         n.id[..12].to_string(),
                         n.name.clone(),
                         n.driver.clone(),
-                        both_families(&n.subnet, &n.subnet6),
-                        both_families(&n.gateway, &n.gateway6),
+                        super::joined(&[&n.subnet, n.subnet6.as_deref().unwrap_or_default()], ", "),
+                        super::joined(&[&n.gateway, n.gateway6.as_deref().unwrap_or_default()], ", "),
                         if n.internal { "yes" } else { "no" }.into(),
                         if n.icc { "yes" } else { "no" }.into(),
                         n.endpoints.to_string(),
@@ -148,10 +143,13 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
-            let v6 = if ep.ipv6_address.is_empty() { String::new() } else { format!(" {}", ep.ipv6_address) };
             println!(
-                "{netns} joined {}: {} {}{v6} mac {} (host side {})",
-                ep.network, ep.interface, ep.ipv4_address, ep.mac_address, ep.host_interface
+                "{netns} joined {}: {} {} mac {} (host side {})",
+                ep.network,
+                ep.interface,
+                super::joined(&[&ep.ipv4_address, &ep.ipv6_address], " "),
+                ep.mac_address,
+                ep.host_interface
             );
             for port in &ep.ports {
                 println!("published {port}");

@@ -20,7 +20,8 @@ pub enum ServiceCommand {
         /// PORT[/tcp|/udp]: the port the service answers on its VIP.
         #[arg(long)]
         port: String,
-        /// The VIP (default: the network's next free address, as Swarm allocates one).
+        /// The IPv4 VIP, on a network with IPv4 (default: the network's next free address, as
+        /// Swarm allocates one).
         #[arg(long)]
         vip: Option<String>,
         /// The IPv6 VIP. A service on a network with IPv6 has one (default: the next free
@@ -114,7 +115,7 @@ fn print_service(s: &api::ServiceInspect) {
         .backends
         .iter()
         .map(|b| {
-            let address = b.address6.as_ref().map_or_else(|| b.address.clone(), |a6| format!("{} {a6}", b.address));
+            let address = super::joined(&[&b.address, b.address6.as_deref().unwrap_or_default()], " ");
             vec![b.name.clone(), address, b.node.clone().unwrap_or_else(|| "(this node)".into()), b.state.clone()]
         })
         .collect();
@@ -167,7 +168,7 @@ pub async fn run(client: &Client<'_>, cmd: ServiceCommand) -> Result<()> {
                     vec![
                         s.name.clone(),
                         s.network.clone(),
-                        s.vip6.as_ref().map_or_else(|| s.vip.clone(), |v6| format!("{} {v6}", s.vip)),
+                        super::joined(&[&s.vip, s.vip6.as_deref().unwrap_or_default()], " "),
                         s.published.clone().unwrap_or_else(|| "-".into()),
                         backends,
                         s.affinity.clone().unwrap_or_else(|| "-".into()),

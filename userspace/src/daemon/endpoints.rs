@@ -12,7 +12,7 @@
 //! An attach is write-ahead logged: its record goes into `State::connecting` before the first
 //! kernel change and the endpoint's record replaces it when everything is in place, so a crash
 //! at any point leaves a record of what to remove (see `reconcile`).
-use datapath_common::{iface_flags, IfaceInfo, IpKey};
+use datapath_common::{iface_flags, IfaceInfo};
 
 use anyhow::Result;
 
@@ -20,7 +20,7 @@ use super::{crash_point, drivers::{self, NetworkDriver}, in_netns, publish, reco
 pub(super) use drivers::host_veth_name;
 use crate::{
     api,
-    datapath::datapath_ipv4,
+    datapath::{datapath_ipv4, datapath_ipv6},
     ids, ipam,
     netns::{self, NetnsRef},
     plumbing::{self, LinkInfo},
@@ -47,10 +47,7 @@ pub(super) fn iface_info(net: &Network, ep: &Endpoint, backend: bool) -> Result<
     if ep.gro {
         flags |= iface_flags::XDP_DELIVERY;
     }
-    let (ipv6, gateway_ipv6) = match (ep.address6, net.ipv6) {
-        (Some(address6), Some(v6)) => (IpKey::from(address6).addr, IpKey::from(v6.gateway).addr),
-        _ => Default::default(),
-    };
+    let (ipv6, gateway_ipv6) = (datapath_ipv6(ep.address6), datapath_ipv6(net.ipv6.map(|v6| v6.gateway)));
     Ok(IfaceInfo {
         network_id: net.datapath_id,
         ipv4: datapath_ipv4(ep.address4),
@@ -501,7 +498,8 @@ impl Daemon {
             (e.netns_dev, e.netns_inode) == (gone.netns_dev, gone.netns_inode)
                 && state.network_by_id(&e.network_id).is_some_and(|n| !n.internal)
         };
-        let next4 = if gone.default_route { state.endpoints.iter().position(routed) } else { None };
+        // (IPv4's through an endpoint with IPv4: not one of an IPv6-only network.)
+        let next4 = if gone.default_route { state.endpoints.iter().position(|e| routed(e) && e.address4.is_some()) } else { None };
         let gateway4 = next4.and_then(|i| state.network_by_id(&state.endpoints[i].network_id)?.ipv4).map(|v4| v4.gateway);
         let gateway6 = match gone.address6 {
             Some(_) => state

@@ -123,6 +123,13 @@ impl Daemon {
         ordered.sort_by_key(|r| r.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_unspecified()));
         for request in ordered {
             if let Some(ip) = request.host_ip {
+                // Docker asks for each family (`0.0.0.0` and `::`) whatever the network has: a
+                // family the container has no address of has nothing to publish (as Docker's
+                // own bridge does), and would only hold the port.
+                if net.side_of(ip).is_none() {
+                    log::debug!("endpoint {}: {ip} skipped, network {} has no {}", &ep.id[..12], net.name, if ip.is_ipv4() { "IPv4" } else { "IPv6" });
+                    continue;
+                }
                 publish::check_host_address(Some(ip), &local, &ip.to_string())?;
             }
             // Docker may ask for `::` beside the same port on every address, which covers it.

@@ -301,7 +301,7 @@ impl Daemon {
             .iter()
             .filter_map(|b| {
                 let (endpoint_id, container_name, node) = holders.get(&(record.network_id.clone(), b.address))?.clone();
-                Some(Backend { endpoint_id, container_name, address: b.address, address6: None, port: b.port, datapath_id: 0, draining: false, node })
+                Some(Backend { endpoint_id, container_name, address4: Some(b.address), address6: None, port: b.port, datapath_id: 0, draining: false, node })
             })
             .collect()
     }
@@ -317,7 +317,7 @@ impl Daemon {
         match current {
             Some(local) if !local.cluster => Err(Error::conflict(format!("service {:?} of this node has that name", local.name))),
             Some(local) if local.id == record.id => {
-                let same = |a: &Backend, b: &Backend| a.address == b.address && a.port == b.port;
+                let same = |a: &Backend, b: &Backend| a.address4 == b.address4 && a.port == b.port;
                 for b in &mut backends {
                     match local.backends.iter().find(|l| same(l, b)) {
                         Some(l) => b.datapath_id = l.datapath_id,
@@ -393,8 +393,8 @@ impl Daemon {
             id: record.id.clone(),
             name: record.name.clone(),
             network_id: record.network_id.clone(),
-            vip: record.vip,
-            // Overlay networks carry IPv4 only.
+            vip4: Some(record.vip),
+            // The cluster's services are IPv4 for now.
             vip6: None,
             port: record.port,
             protocol: record.protocol,
@@ -422,7 +422,7 @@ impl Daemon {
         log::info!(
             "cluster service {} made here: {}:{}/{} on network {}, {} backend(s) serving{}",
             svc.name,
-            svc.vip,
+            svc.vip(),
             svc.port,
             svc.protocol,
             net.name,
@@ -442,7 +442,7 @@ impl Daemon {
         let mut here: HashMap<PortKey, u32> = HashMap::new();
         for svc in self.state.services.values().filter(|s| s.cluster) {
             for b in svc.backends.iter().filter(|b| b.node.is_none() && !b.draining) {
-                let key = PortKey { addr: IpKey::from(b.address), port: b.port.to_be(), proto: svc.protocol.number(), _pad: 0 };
+                let key = PortKey { addr: IpKey::from(b.address()), port: b.port.to_be(), proto: svc.protocol.number(), _pad: 0 };
                 here.insert(key, svc.datapath_id);
             }
         }

@@ -69,7 +69,7 @@ impl Daemon {
         if let Some((net, v4)) = network {
             held.push(v4.gateway);
             held.extend(self.state.allocations_of(&net.id).filter_map(|a| a.address4));
-            held.extend(self.state.services.values().filter(|s| s.network_id == net.id).map(|s| s.vip));
+            held.extend(self.state.services.values().filter(|s| s.network_id == net.id).filter_map(|s| s.vip4));
             if net.driver.is_overlay() {
                 if gateway && requested.is_none_or(|ip| ip == v4.gateway) {
                     // Every node is the overlay network's gateway, at the same address.

@@ -66,14 +66,15 @@ impl Daemon {
                 self.netlink.add_labelled_local_address(self.gateway_ifindex, v4.gateway, GATEWAY_LABEL).await?;
             }
             // Without its IPv6 gateway (IPv6 turned off here since) a dual-stack network still
-            // serves IPv4 (an IPv6-only one nothing: the start fails, saying why).
+            // serves IPv4, an IPv6-only one nothing (said loudly; the other networks go on).
             if let Some(v6) = net.ipv6 {
                 if let Err(e) = self.netlink.add_labelled_local_address(self.gateway_ifindex, v6.gateway, GATEWAY_LABEL).await {
                     let e = e.context(format!("network {}: its IPv6 gateway {} (is IPv6 off on lo?)", net.name, v6.gateway));
                     if net.ipv4.is_none() {
-                        return Err(e);
+                        log::error!("{e:#}: the IPv6-only network is cut off until its gateway can be added (at the next start)");
+                    } else {
+                        log::warn!("{e:#}");
                     }
-                    log::warn!("{e:#}");
                 }
             }
         }

@@ -162,7 +162,7 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
         })
         .collect();
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(Some(svc.vip), svc.vip6, false) {
+        for (key, _) in p.entries(svc.vip4, svc.vip6, false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }
@@ -317,11 +317,8 @@ impl Daemon {
         let net = self.network(&req.network)?.clone();
         let (port, protocol) = parse_service_port(&req.port)?;
         let affinity_secs = req.affinity.as_deref().map(parse_affinity).transpose()?;
-        if net.ipv4.is_none() {
-            return Err(Error::invalid(format!(
-                "network {:?} is IPv6-only: a service has an IPv4 VIP (and an IPv6 one beside it), so services need a network with IPv4 for now",
-                net.name
-            )));
+        if let (Some(vip), None) = (&req.vip, net.ipv4) {
+            return Err(Error::invalid(format!("--vip {vip}: network {:?} is IPv6-only (give --vip6)", net.name)));
         }
         if req.publish.is_some() {
             publish::refuse_on_internal(&net, "its services")?;
@@ -390,11 +387,12 @@ impl Daemon {
             };
             // The VIP is held like an endpoint's address (one of a service made earlier in this
             // batch too).
-            let pool = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
-            let pool = pool.as_mut().expect("service_basics refused an IPv6-only network");
             let holder = format!("service {}", req.name);
-            let vip = pool.take_for(req.vip.as_deref(), &holder).map_err(Error::refused)?;
-            // On a network with IPv6, an IPv6 VIP too.
+            // An IPv4 VIP on a network with IPv4, an IPv6 one on a network with IPv6.
+            let vip4 = match pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id)) {
+                Some(pool) => Some(pool.take_for(req.vip.as_deref(), &holder).map_err(Error::refused)?),
+                None => None,
+            };
             let vip6 = match pools6.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new6(&state, &net.id)) {
                 Some(pool6) => Some(pool6.take_for(req.vip6.as_deref(), &holder).map_err(Error::refused)?),
                 None => None,
@@ -406,7 +404,7 @@ impl Daemon {
                 id: ids::random_id(),
                 name: req.name.clone(),
                 network_id: net.id.clone(),
-                vip,
+                vip4,
                 vip6,
                 port,
                 protocol,
@@ -449,10 +447,9 @@ impl Daemon {
         }
         for svc in made {
             log::info!(
-                "service {} created: {}{}:{}/{} on network {}, {} backend(s){}",
+                "service {} created: {}:{}/{} on network {}, {} backend(s){}",
                 svc.name,
-                svc.vip,
-                svc.vip6.map(|v| format!(" and [{v}]")).unwrap_or_default(),
+                svc.vips().map(|v| if v.is_ipv6() { format!("[{v}]") } else { v.to_string() }).collect::<Vec<_>>().join(" and "),
                 svc.port,
                 svc.protocol,
                 self.state.network_by_id(&svc.network_id).map_or("?", |n| n.name.as_str()),
@@ -486,12 +483,17 @@ impl Daemon {
         } else {
             None
         };
-        let address = ep.address4.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv4 address on network {:?}", arg.netns, net.name)))?;
+        // An IPv4 VIP's to their IPv4 addresses.
+        let address4 = if svc.vip4.is_some() {
+            Some(ep.address4.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv4 address on network {:?}", arg.netns, net.name)))?)
+        } else {
+            None
+        };
         let (endpoint_id, container_name) = (ep.id.clone(), ep.container_name.clone());
         let id = self.backend_ids.take().ok_or_else(|| {
             Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))
         })?;
-        Ok(Backend { endpoint_id, container_name, address, address6, port, datapath_id: id, draining: false, node: None })
+        Ok(Backend { endpoint_id, container_name, address4, address6, port, datapath_id: id, draining: false, node: None })
     }
 
     /// Writes a service into the datapath with its Maglev `table`: backends, then the table,
@@ -517,7 +519,7 @@ impl Daemon {
                     BackendInfo::default()
                 } else {
                     BackendInfo {
-                        addr: IpKey::from(b.address),
+                        addr: b.address4.map(IpKey::from).unwrap_or_default(),
                         port: b.port.to_be(),
                         _pad: 0,
                         service: svc.datapath_id,
@@ -602,7 +604,7 @@ impl Daemon {
         let net = self.state.network_by_id(&svc.network_id).cloned().expect("a service's network exists");
         let backend = self.new_backend(&svc, &net, &arg)?;
         let id = backend.datapath_id;
-        log::info!("service {name}: backend {} ({}:{}) added", backend.container_name, backend.address, backend.port);
+        log::info!("service {name}: backend {} ({}:{}) added", backend.container_name, backend.address(), backend.port);
         svc.backends.push(backend);
         if let Err(e) = self.change_service(svc, &[]) {
             self.backend_ids.release(id);
@@ -641,9 +643,9 @@ impl Daemon {
             // Only a UDP service has flows to purge (the walk of the table is not free).
             if udp {
                 let purged: usize = b.addresses().map(|a| self.conntrack.forget_udp_flows_to(a, b.port)).sum();
-                log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address, b.port);
+                log::info!("service {name}: backend {} ({}:{}) removed; {purged} UDP flows purged", b.container_name, b.address(), b.port);
             } else {
-                log::info!("service {name}: backend {} ({}:{}) removed", b.container_name, b.address, b.port);
+                log::info!("service {name}: backend {} ({}:{}) removed", b.container_name, b.address(), b.port);
             }
         }
         if drain {
@@ -736,7 +738,7 @@ impl Daemon {
             let mut svc = Service::clone(svc);
             svc.backends.retain(|x| x.datapath_id != b.datapath_id);
             match self.change_service(svc, &[&b]) {
-                Ok(()) => log::info!("service {name}: drained backend {} ({}:{}) removed", b.container_name, b.address, b.port),
+                Ok(()) => log::info!("service {name}: drained backend {} ({}:{}) removed", b.container_name, b.address(), b.port),
                 Err(e) => log::warn!("service {name}: removing drained backend {}: {e}", b.container_name),
             }
         }

@@ -179,7 +179,8 @@ fn service_ports(svc: &crate::state::Service) -> Vec<api::ServicePort> {
         target_port: svc.port,
         published_port: svc.publish.map(|p| p.host_port),
         publish_mode: if svc.publish.is_some() { "ingress" } else { "vip" }.into(),
-        published_ip: svc.publish.map(|p| p.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string())),
+        // Every address: of IPv4 (and IPv6 too, as `-p`), or of IPv6 on an IPv6-only network.
+        published_ip: svc.publish.map(|p| p.host_ip.map_or(if svc.vip4.is_some() { "0.0.0.0" } else { "::" }.to_string(), |ip| ip.to_string())),
     }]
 }
 
@@ -195,9 +196,9 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             id: s.id.clone(),
             name: s.name.clone(),
             network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
-            vip: format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            vip: s.vip4.map(|v| format!("{v}:{}/{}", s.port, s.protocol)).unwrap_or_default(),
             vip6: s.vip6.map(|v| format!("[{v}]:{}/{}", s.port, s.protocol)),
-            published: s.publish.map(|p| p.shown(true, s.vip6.is_some()).join(", ")),
+            published: s.publish.map(|p| p.shown(s.vip4.is_some(), s.vip6.is_some()).join(", ")),
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
             affinity: affinity(s),
@@ -240,7 +241,7 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
             .map(|b| api::BackendView {
                 name: b.container_name.clone(),
                 endpoint_id: b.endpoint_id.clone(),
-                address: format!("{}:{}", b.address, b.port),
+                address: b.address4.map(|a| format!("{a}:{}", b.port)).unwrap_or_default(),
                 address6: b.address6.map(|a| format!("[{a}]:{}", b.port)),
                 state: if b.draining { "draining" } else { "active" }.into(),
                 node: b.node.clone(),

@@ -116,6 +116,14 @@ pub fn datapath_ipv4(ip: Option<IpAddr>) -> [u8; 4] {
     }
 }
 
+/// An IPv6 field of `IfaceInfo` (wire order): all zero for none.
+pub fn datapath_ipv6(ip: Option<IpAddr>) -> [u32; 4] {
+    match ip {
+        Some(ip @ IpAddr::V6(_)) => IpKey::from(ip).addr,
+        _ => [0; 4],
+    }
+}
+
 /// What is fixed when the datapath is loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
@@ -246,6 +254,11 @@ impl Datapath {
             .map_max_entries(map_names::SERVICES, options.max_services + 1)
             .map_max_entries(map_names::MAGLEV, options.maglev_slots().unwrap_or(0).div_ceil(2))
             .map_max_entries(map_names::BACKENDS, options.max_backends)
+            // Room for every service's addresses whatever the --max-services: a dual-stack
+            // service has two VIPs and up to four port entries (a VIP port and a publication
+            // per family), beside the endpoints' published ports.
+            .map_max_entries(map_names::VIPS, datapath_common::services::MAX_VIPS.max(options.max_services.saturating_mul(2)))
+            .map_max_entries(map_names::PORTS, datapath_common::ports::MAX_PUBLISHED_PORTS.saturating_add(options.max_services.saturating_mul(4)))
     }
 
     /// The reader of the packet trace, writing to `logger` whenever it is flushed.

@@ -4,9 +4,14 @@ use super::*;
 
 impl Datapath {
     /// How many services and backends the loaded tables hold, and the Maglev slots (a pinned
-    /// table keeps the size it was created with).
+    /// table keeps the size it was created with). Services also by what `VIPS` and `PORTS` hold
+    /// (two VIPs and four port entries each at most): pinned by an earlier version, they may be
+    /// smaller than the services table asks.
     pub fn service_capacity(&self) -> Result<(u32, u32, u32)> {
-        Ok((self.max_entries(map_names::SERVICES)?.saturating_sub(1), self.max_entries(map_names::BACKENDS)?, self.maglev.len as u32))
+        let by_vips = self.max_entries(map_names::VIPS)? / 2;
+        let by_ports = self.max_entries(map_names::PORTS)? / 4;
+        let services = self.max_entries(map_names::SERVICES)?.saturating_sub(1).min(by_vips).min(by_ports);
+        Ok((services, self.max_entries(map_names::BACKENDS)?, self.maglev.len as u32))
     }
 
     fn max_entries(&self, name: &str) -> Result<u32> {

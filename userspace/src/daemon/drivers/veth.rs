@@ -11,7 +11,7 @@ use datapath_common::{EndpointInfo, GATEWAY_MAC};
 use super::{Kernel, NetworkDriver};
 use crate::{
     daemon::{crash_point, endpoint_alias, endpoints::iface_info, in_netns, reconcile::endpoint_link, HOST_VETH_PREFIX},
-    datapath::datapath_ipv4,
+    datapath::{datapath_ipv4, datapath_ipv6},
     netns::NetnsRef,
     plumbing::{self, LinkInfo, Netlink},
     state::{Endpoint, Network},
@@ -161,7 +161,7 @@ impl NetworkDriver for Veth {
         indexes.dedup();
         for &index in &indexes {
             match k.datapath.iface(index) {
-                Ok(Some(info)) if info.ipv4 == datapath_ipv4(ep.address4) && info.mac == ep.mac => {
+                Ok(Some(info)) if info.ipv4 == datapath_ipv4(ep.address4) && info.ipv6 == datapath_ipv6(ep.address6) && info.mac == ep.mac => {
                     if let Err(e) = k.datapath.remove_iface(index) {
                         errors.push(e);
                     }
@@ -194,8 +194,8 @@ impl NetworkDriver for Veth {
         }
         // Its connections, once nothing can add one: a later endpoint with the same address must
         // not inherit them (but an endpoint that holds the address already keeps its own).
-        let addr = Some(ep.address()).filter(|a| !taken.contains(a));
-        k.conntrack.forget_endpoint(&indexes, addr);
+        let untaken: Vec<IpAddr> = ep.addresses().filter(|a| !taken.contains(a)).collect();
+        k.conntrack.forget_endpoint(&indexes, &untaken);
         match errors.len() {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!(errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "))),
