@@ -300,15 +300,12 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
     deliver_anywhere(ctx, &translation, Counter::ServiceBalanced)
 }
 
-/// As [`via_vip`] for IPv6: to the backend's IPv6 address, on this node (the cluster's services,
-/// whose backends may be on other nodes, are IPv4 for now).
+/// As [`via_vip`] for IPv6: to the backend's IPv6 address, on this node or (a service of the
+/// cluster) through the tunnel to another.
 #[inline(always)]
 pub fn via_vip_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, read in place (see `hairpin_v6`).
     let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }) else { return to_host(ctx) };
-    if server.is_remote() {
-        return to_host(ctx);
-    }
     let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
     via_vip_connection(new, flow, iface, ifindex, backend, server);
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
@@ -318,7 +315,7 @@ pub fn via_vip_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32,
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, translation, Counter::ServiceBalanced)
+    deliver_anywhere(ctx, translation, Counter::ServiceBalanced)
 }
 
 /// The entries of a connection through a VIP (see [`via_vip`]): the client's packets to the

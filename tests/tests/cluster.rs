@@ -461,6 +461,8 @@ fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
     let a1 = c.nodes[0].add_netns("a1")?;
     let a2 = c.nodes[1].add_netns("a2")?;
     let x2 = c.nodes[1].add_netns("x2")?;
+    let y1 = c.nodes[0].add_netns("y1")?;
+    let y2 = c.nodes[1].add_netns("y2")?;
     let connect6 = |i: usize, ns: &str, extra: &[&str]| -> Result<(String, String)> {
         let mut args = vec!["network", "connect", "dual", ns, "--json"];
         args.extend_from_slice(extra);
@@ -496,6 +498,26 @@ fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
     // The resolver follows the networks within a moment of their creation.
     let dig = || -> Result<String> { Ok(c.nodes[0].exec(&a1, &["dig", "+short", "+time=1", "+tries=1", "@10.0.30.1", "web2", "AAAA"])?.stdout) };
     within(Duration::from_secs(10), || Ok(dig()?.trim() == "fd00:30::3")).context("web2 AAAA from n1")?;
+
+    // A service of the cluster over IPv6: its VIP6 pairs with its VIP (--vip6 names the VIP to
+    // claim), its backends' IPv6 addresses with theirs; a container on either node reaches
+    // both backends, one on its node, one on the other (through the datapath's VXLAN from n1,
+    // the device's from n2), and sees the answers come from the VIP6.
+    for ns in [&a1, &a2] {
+        bpfnet_lab::traffic::tcp_name_server(ns, "[::]:8080".parse()?, ns)?;
+    }
+    c.nodes[0].bpfnet_ok(&["service", "create", "api", "--network", "dual", "--port", "8080", "--vip6", "fd00:30::80", "--backend", &a1, "--backend", "web2"])?;
+    let listed: serde_json::Value = serde_json::from_str(&c.nodes[0].bpfnet_ok(&["service", "ls", "--json"])?)?;
+    ensure!(listed[0]["vip"] == "10.0.30.128:8080/tcp" && listed[0]["vip6"] == "[fd00:30::80]:8080/tcp", "{listed}");
+    within(Duration::from_secs(5), || Ok(c.nodes[1].bpfnet_ok(&["service", "ls"])?.contains("[fd00:30::80]:8080/tcp"))).context("n2 made the service with its VIP6")?;
+    connect6(0, &y1, &[])?;
+    connect6(1, &y2, &[])?;
+    for (i, ns) in [(0, &y1), (1, &y2)] {
+        let seen = bpfnet_lab::traffic::spread(ns, "[fd00:30::80]:8080".parse()?, 100, t)?;
+        ensure!(seen.len() == 2 && seen.values().all(|n| *n > 10), "n{} through the VIP6: {seen:?}", i + 1);
+    }
+    let aaaa = c.nodes[0].exec(&y1, &["dig", "+short", "+time=1", "+tries=3", "@10.0.30.1", "api", "AAAA"])?.stdout;
+    ensure!(aaaa.trim() == "fd00:30::80", "api AAAA: {aaaa}");
 
     // Forged tunnels with inner IPv6: from a LAN host with a genuine inner source, from a
     // genuine node with the receiving node's own container as inner source.

@@ -85,6 +85,13 @@ impl Network {
         self.ipv4.expect("an overlay network has an IPv4 subnet")
     }
 
+    /// The IPv6 address paired with IPv4 address `v4` of an overlay network (see
+    /// `ipam::paired_address6`): every IPv6 address of one is; `None` without IPv6.
+    pub fn overlay_pair6(&self, v4: IpAddr) -> Option<IpAddr> {
+        let (v4_side, v6_side) = (self.ipv4?, self.ipv6?);
+        crate::ipam::paired_address6(&v4_side.subnet, &v6_side.subnet, v4)
+    }
+
     /// Its side of `address`'s family.
     pub fn side_of(&self, address: IpAddr) -> Option<Subnet> {
         if address.is_ipv4() { self.ipv4 } else { self.ipv6 }
@@ -391,6 +398,12 @@ impl Service {
     /// Its first VIP (IPv4's, else IPv6's).
     pub fn vip(&self) -> IpAddr {
         self.vips().next().expect("a service has a VIP")
+    }
+
+    /// The IPv6 VIP its publication (`--publish`) covers: none for a service of the cluster,
+    /// whose routing mesh from outside is IPv4's.
+    pub fn published_vip6(&self) -> Option<IpAddr> {
+        self.vip6.filter(|_| !self.cluster)
     }
 }
 

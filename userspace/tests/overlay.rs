@@ -13,7 +13,7 @@ mod lab;
 
 use std::{collections::HashMap, net::IpAddr};
 
-use datapath_common::{program_names, services::flow_hash, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC};
+use datapath_common::{endpoint_flags, program_names, services::flow_hash, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC};
 use lab::*;
 
 /// The node's VXLAN device, as remote endpoints' entries name it.
@@ -279,5 +279,56 @@ fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &elsewhere));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayDestination)), (DROP, 1));
         assert_eq!(lab.counter(Counter::FromOverlay), 1);
+    });
+}
+
+#[test]
+fn a_container_reaches_a_cluster_services_vip6_whose_backend_is_on_another_node() {
+    TestNetns::new("ov6-vip").run(MASQ, |lab| {
+        let table = install6(lab, TCP, &[0, 1, 2], 0);
+        datapath_vxlan6(lab);
+        // The service's backends live on node 2, as the daemon writes them there: remote, and
+        // backends of a cluster service (their answers are translated here).
+        for i in 0..3 {
+            let there = EndpointInfo {
+                host_ifindex: VXLAN_IFINDEX,
+                network_id: NETWORK,
+                mac: backend_mac(i),
+                flags: endpoint_flags::SERVICE_BACKEND,
+                underlay: NODE2,
+                vni: VNI,
+                ..Default::default()
+            };
+            lab.dp.set_endpoint(IpAddr::from(backend_ip(i)), there).unwrap();
+            lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), there).unwrap();
+        }
+        let to_vip = Ip6::new(CONTAINER_IP6, VIP6, TCP, 64);
+        let out = lab.from_container(&packet6(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x02, b"")));
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink, wrapped for node 2");
+        let b = predicted6(&table, CONTAINER_IP6, VIP6, 40000, VIP_PORT, TCP);
+        // Outer Ethernet, IPv4, UDP and VXLAN (50 bytes, as for any packet to node 2), then the
+        // translated frame: to the backend Maglev chose, only the destination rewritten.
+        let to_backend = |flags: u8, data: &[u8]| {
+            packet6(backend_mac(b), GATEWAY_MAC, Ip6::new(CONTAINER_IP6, &backend_ip6(b), TCP, 64), tcp_segment(40000, BACKEND_PORT, flags, data))
+        };
+        assert_eq!(&out.packet[..12], &[ROUTER_MAC, UPLINK_MAC].concat()[..], "to the underlay's router");
+        assert_eq!(&out.packet[14 + 16..14 + 20], &NODE2, "to node 2");
+        assert_eq!(&out.packet[50..], &to_backend(0x02, b"")[..], "the inner frame, port and checksum exact");
+        // The connection's next packet goes the same way (tracked).
+        let out = lab.from_container(&packet6(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x10, b"GET /")));
+        assert_eq!((out.verdict, &out.packet[50..]), (REDIRECT, &to_backend(0x10, b"GET /")[..]));
+        assert_eq!((lab.counter(Counter::ServiceBalanced), lab.counter(Counter::ToOverlay)), (1, 2));
+
+        // The backend's answer comes back from node 2 and reaches the client from the VIP6.
+        let answer = packet6([0; 6], [0; 6], Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(BACKEND_PORT, 40000, 0x12, b""))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, backend_mac(b)), 0x86dd, &answer));
+        assert_eq!(out.verdict, REDIRECT, "into the client");
+        let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(VIP6, CONTAINER_IP6, TCP, 64), tcp_segment(VIP_PORT, 40000, 0x12, b""));
+        assert_eq!(out.packet, expected, "from [VIP6]:80, as the client expects");
+        assert_eq!(lab.counter(Counter::ViaVip), 2, "the client's second packet and the answer");
+        // Other traffic of that backend to the client is plain traffic between endpoints.
+        let other = packet6([0; 6], [0; 6], Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(5000, 40000, 0x12, b""))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, backend_mac(b)), 0x86dd, &other));
+        assert_eq!((out.verdict, &out.packet[14..]), (REDIRECT, &other[..]), "untranslated");
     });
 }

@@ -136,7 +136,7 @@ fn beyond_network_v6(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, gateway: 
             if apply(ctx, flow, translation).is_err() {
                 return drop_packet(ctx, Counter::DropMalformed);
             }
-            return nat::deliver(ctx, translation, if hop { Counter::Hairpin } else { Counter::ViaVip });
+            return nat::deliver_anywhere(ctx, translation, if hop { Counter::Hairpin } else { Counter::ViaVip });
         }
         // Routed out with a new source: masquerade, or the answers of a published port (the
         // host address the client used).

@@ -110,8 +110,9 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
 /// An IPv6 packet another node sent by `tunnel` on overlay network `network_id`: only between
 /// endpoints, checked as IPv4's (the inner source an endpoint of that network on the sending
 /// node, the destination one of that network here, `icc`); neighbour discovery is answered on
-/// each node and multicast goes nowhere: neither crosses the tunnel. The routing mesh and
-/// cluster services are IPv4's.
+/// each node and multicast goes nowhere: neither crosses the tunnel. A backend's answer to a
+/// connection this node balanced to it through a service's VIP6 leaves here from the VIP6; the
+/// routing mesh (from outside) is IPv4's.
 #[inline(always)]
 fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u32) -> i32 {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
@@ -139,6 +140,11 @@ fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u3
     // SAFETY: bounds-checked by `ptr_at`.
     if let Some(reason) = ndp::link_control_refusal(ctx, unsafe { (*ip).nexthdr }) {
         return drop_packet(ctx, reason);
+    }
+    if sender.flags & endpoint_flags::SERVICE_BACKEND != 0 {
+        if let Some(verdict) = nat::answer_via_vip_v6(ctx) {
+            return verdict;
+        }
     }
     if icc_disabled(dest) {
         return drop_packet(ctx, Counter::DropIcc);

@@ -227,7 +227,7 @@ impl Daemon {
         };
         // An overlay network's address is the cluster's to give: claimed in etcd for this node.
         allocation.address4 = if net.driver.is_overlay() {
-            let requested = overlay_requested_address(net, req.ip.as_deref(), req.ip6.as_deref())?;
+            let requested = overlay_requested_address(net, req.ip.as_deref(), req.ip6.as_deref(), ("--ip", "--ip6"))?;
             Some(self.claim_overlay_address(net, &allocation, requested.as_deref()).await?)
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
@@ -528,26 +528,28 @@ impl Daemon {
     }
 }
 
-/// The IPv4 address to claim on overlay network `net` for `--ip`/`--ip6`: an overlay network's
-/// IPv6 address pairs with its IPv4 one (`ipam::paired_address6`), so `--ip6` names the IPv4
-/// address too; both given, they must be a pair. Checked before anything is claimed.
-fn overlay_requested_address(net: &Network, ip: Option<&str>, ip6: Option<&str>) -> DaemonResult<Option<String>> {
+/// The IPv4 address to claim on overlay network `net` for `--ip`/`--ip6` (`flags`: their names,
+/// `--vip`/`--vip6` for a service): an overlay network's IPv6 address pairs with its IPv4 one
+/// (`ipam::paired_address6`), so the IPv6 one names the IPv4 address too; both given, they must
+/// be a pair. Checked before anything is claimed.
+pub(super) fn overlay_requested_address(net: &Network, ip: Option<&str>, ip6: Option<&str>, flags: (&str, &str)) -> DaemonResult<Option<String>> {
+    let (f4, f6) = flags;
     let Some(text6) = ip6 else { return Ok(ip.map(str::to_string)) };
     let Some(v6) = net.ipv6 else {
-        return Err(Error::invalid(format!("network {:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet", net.name)));
+        return Err(Error::invalid(format!("network {:?} has no IPv6 subnet: {f6} needs a network made with --ipv6 or an IPv6 --subnet", net.name)));
     };
-    let address6: std::net::IpAddr = text6.parse().map_err(|_| Error::invalid(format!("invalid --ip6 {text6:?}: not an IPv6 address")))?;
+    let address6: std::net::IpAddr = text6.parse().map_err(|_| Error::invalid(format!("invalid {f6} {text6:?}: not an IPv6 address")))?;
     let v4 = net.overlay_ipv4();
     let Some(address) = ipam::paired_address4(&v4.subnet, &v6.subnet, address6) else {
         return Err(Error::invalid(format!(
-            "--ip6 {text6}: on overlay network {:?} an IPv6 address pairs with an IPv4 one of {} (the same offset in {}), and {text6} has none",
+            "{f6} {text6}: on overlay network {:?} an IPv6 address pairs with an IPv4 one of {} (the same offset in {}), and {text6} has none",
             net.name, v4.subnet, v6.subnet
         )));
     };
     if let Some(text) = ip {
         if text.parse::<std::net::IpAddr>().ok() != Some(address) {
             return Err(Error::invalid(format!(
-                "--ip {text} --ip6 {text6}: on overlay network {:?} the IPv6 address pairs with the IPv4 one: {text6} goes with {address}",
+                "{f4} {text} {f6} {text6}: on overlay network {:?} the IPv6 address pairs with the IPv4 one: {text6} goes with {address}",
                 net.name
             )));
         }

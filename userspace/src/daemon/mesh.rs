@@ -96,17 +96,20 @@ impl Daemon {
             backends,
             created: ids::now_rfc3339(),
         };
+        // Its VIP6 pairs with its VIP (as every IPv6 address of an overlay network): --vip6 names
+        // the VIP to claim.
+        let requested = super::endpoints::overlay_requested_address(&net, req.vip.as_deref(), req.vip6.as_deref(), ("--vip", "--vip6"))?;
         let mut pool = self.cluster_pool(&net);
         let mut revision = None;
         for _ in 0..VIP_TRIES {
-            record.vip = pool.take_for(req.vip.as_deref(), &format!("service {}", req.name)).map_err(Error::refused)?;
+            record.vip = pool.take_for(requested.as_deref(), &format!("service {}", req.name)).map_err(Error::refused)?;
             match store.create_service(record.clone()).await {
                 Ok(r) => {
                     revision = Some(r);
                     break;
                 }
                 // The VIP went to another node meanwhile: the next one.
-                Err(SharedError::Conflict(held)) if req.vip.is_none() && !held.starts_with("a service named") => {
+                Err(SharedError::Conflict(held)) if requested.is_none() && !held.starts_with("a service named") => {
                     pool.hold(record.vip, held)
                 }
                 Err(e) => return Err(e.into()),
@@ -230,7 +233,12 @@ impl Daemon {
     /// name, an alias, or its address).
     fn endpoints_named(&self, net: &Network, name: &str) -> Vec<IpAddr> {
         if let Ok(ip) = name.parse::<IpAddr>() {
-            return vec![ip];
+            // An IPv6 address names the endpoint of the IPv4 address it pairs with.
+            let paired = match (ip, net.ipv4, net.ipv6) {
+                (IpAddr::V6(_), Some(v4), Some(v6)) => crate::ipam::paired_address4(&v4.subnet, &v6.subnet, ip),
+                _ => None,
+            };
+            return vec![paired.unwrap_or(ip)];
         }
         let mut found: Vec<IpAddr> = self
             .state
@@ -295,13 +303,15 @@ impl Daemon {
 
     /// The backends of `record` that serve now: those whose address an endpoint holds, on this
     /// node or another (in the record's order, the same on every node).
-    fn serving_backends(record: &ServiceRecord, holders: &Holders) -> Vec<Backend> {
+    /// Each has the IPv6 address paired with its IPv4 one on a dual-stack network (`net`).
+    fn serving_backends(record: &ServiceRecord, holders: &Holders, net: &Network) -> Vec<Backend> {
         record
             .backends
             .iter()
             .filter_map(|b| {
                 let (endpoint_id, container_name, node) = holders.get(&(record.network_id.clone(), b.address))?.clone();
-                Some(Backend { endpoint_id, container_name, address4: Some(b.address), address6: None, port: b.port, datapath_id: 0, draining: false, node })
+                let address6 = net.overlay_pair6(b.address);
+                Some(Backend { endpoint_id, container_name, address4: Some(b.address), address6, port: b.port, datapath_id: 0, draining: false, node })
             })
             .collect()
     }
@@ -312,7 +322,9 @@ impl Daemon {
             // Not made here (refused, or not seen yet): nor are its services.
             return Ok(());
         };
-        let mut backends = Self::serving_backends(record, holders);
+        let mut backends = Self::serving_backends(record, holders, &net);
+        // A service made by a version without VIP6s gets its own here.
+        let vip6 = net.overlay_pair6(record.vip);
         let current = self.state.services.get(&record.name).cloned();
         match current {
             Some(local) if !local.cluster => Err(Error::conflict(format!("service {:?} of this node has that name", local.name))),
@@ -328,7 +340,8 @@ impl Daemon {
                         }
                     }
                 }
-                let unchanged = backends.len() == local.backends.len()
+                let unchanged = local.vip6 == vip6
+                    && backends.len() == local.backends.len()
                     && backends.iter().zip(&local.backends).all(|(a, b)| a == b);
                 if unchanged {
                     return Ok(());
@@ -336,7 +349,7 @@ impl Daemon {
                 let gone: Vec<Backend> = local.backends.iter().filter(|l| !backends.iter().any(|b| same(l, b))).cloned().collect();
                 let new_ids: Vec<u32> =
                     backends.iter().filter(|b| !local.backends.iter().any(|l| same(l, b))).map(|b| b.datapath_id).collect();
-                let svc = Service { backends, ..Service::clone(&local) };
+                let svc = Service { backends, vip6, ..Service::clone(&local) };
                 let gone_refs: Vec<&Backend> = gone.iter().collect();
                 if let Err(e) = self.change_service(svc, &gone_refs) {
                     for id in new_ids {
@@ -394,8 +407,8 @@ impl Daemon {
             name: record.name.clone(),
             network_id: record.network_id.clone(),
             vip4: Some(record.vip),
-            // The cluster's services are IPv4 for now.
-            vip6: None,
+            // Its VIP6 (on a dual-stack network): the pair of its VIP, claimed with it.
+            vip6: net.overlay_pair6(record.vip),
             port: record.port,
             protocol: record.protocol,
             publish,

@@ -162,7 +162,7 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
         })
         .collect();
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(svc.vip4, svc.vip6, false) {
+        for (key, _) in p.entries(svc.vip4, svc.published_vip6(), false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }
@@ -325,9 +325,6 @@ impl Daemon {
         }
         if let (Some(vip6), None) = (&req.vip6, net.ipv6) {
             return Err(Error::invalid(format!("--vip6 {vip6}: network {:?} has no IPv6 subnet", net.name)));
-        }
-        if let (Some(vip6), true) = (&req.vip6, net.driver.is_overlay()) {
-            return Err(Error::invalid(format!("--vip6 {vip6}: the cluster's services (of overlay network {:?}) are IPv4 for now", net.name)));
         }
         Ok(ServiceBasics { net, port, protocol, affinity_secs })
     }
