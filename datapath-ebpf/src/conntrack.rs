@@ -279,8 +279,11 @@ static FLOW6_SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 /// after the first takes the ports its first one left in `FRAGMENTS`, as for IPv4. `None` for
 /// a later fragment whose first was not seen, a chain too long, a truncated header, another
 /// protocol, or an IPv4-mapped address (which would name IPv4's connections). The flow is this
-/// CPU's [`FLOW6_SCRATCH`], valid until the program returns.
-#[inline(always)]
+/// CPU's [`FLOW6_SCRATCH`], valid until the program returns. A function of its own (not
+/// inlined): inlined into the overlay program beside its other paths, LLVM spilled a map pointer
+/// as 32 bits into the fragment key, which the verifier refuses ("invalid size of register
+/// spill").
+#[inline(never)]
 pub fn parse_v6(ctx: &impl Packet) -> Option<&'static Flow> {
     let slot = FLOW6_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.

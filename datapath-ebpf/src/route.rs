@@ -72,6 +72,18 @@ pub fn cached_lookup_v6(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_n
     cached_or(entry, now_ns, || lookup_v6(ctx, flow))
 }
 
+/// As [`cached_lookup_v6`] for a packet the host sends as its own (the routing mesh's answer,
+/// from a published address): entering by lo, which the daemon lets forward IPv6, as the
+/// interface it arrived on (an uplink, the VXLAN device) does not.
+#[inline(always)]
+pub fn cached_lookup_v6_as_host(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
+    let k = &flow.key;
+    cached_or(entry, now_ns, || route_of(fib_from(ctx, LOOPBACK_IFINDEX, Addresses::V6(&k.saddr.addr, &k.daddr.addr), k.proto, k.sport, k.dport)?))
+}
+
+/// The loopback interface's index (always 1).
+const LOOPBACK_IFINDEX: u32 = 1;
+
 #[inline(always)]
 fn cached_or(entry: *mut CtEntry, now_ns: u64, fresh: impl FnOnce() -> Option<Route>) -> Option<Route> {
     // SAFETY: a map value; concurrent refreshes write the same answer.
@@ -148,6 +160,14 @@ pub fn lookup_addrs_v6(ctx: &TcContext, saddr: &[u32; 4], daddr: &[u32; 4], prot
 
 #[inline(always)]
 fn fib_of(ctx: &TcContext, addresses: Addresses, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
+    // SAFETY: `skb` points at the program's context for the whole run.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    fib_from(ctx, ingress, addresses, proto, sport, dport)
+}
+
+/// As [`fib_of`], entering by the interface `ingress`.
+#[inline(always)]
+fn fib_from(ctx: &TcContext, ingress: u32, addresses: Addresses, proto: u8, sport: u16, dport: u16) -> Option<(i64, &'static bpf_fib_lookup)> {
     let slot = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let params = unsafe { &mut *slot };
@@ -158,8 +178,7 @@ fn fib_of(ctx: &TcContext, addresses: Addresses, proto: u8, sport: u16, dport: u
     params.dport = dport;
     // tot_len stays 0: no MTU check here, as a GSO super-packet is longer than any MTU; the
     // device segments it.
-    // SAFETY: `skb` points at the program's context for the whole run.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.ifindex = ingress;
     match addresses {
         Addresses::V4(saddr, daddr) => {
             params.family = AF_INET;

@@ -437,6 +437,11 @@ fn send_vxlan6(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<(
 #[test]
 fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
     let mut c = Cluster::new("cl-ov6", 2)?;
+    // IPv6 on the underlay's link too, for a client outside reaching the routing mesh over IPv6.
+    run_ok_in(c.underlay(), &["ip", "addr", "add", "fd00:250::fe/64", "dev", "br0", "nodad"])?;
+    for i in 0..2 {
+        run_ok_in(&c.nodes[i].host(), &["ip", "addr", "add", &format!("fd00:250::{}/64", i + 1), "dev", "up0", "nodad"])?;
+    }
     c.start_etcd_cluster()?;
     // n1 does VXLAN in the datapath, n2 through its VXLAN device: both ways over IPv6 too.
     c.start_daemon(0, "4s", &[])?;
@@ -518,6 +523,20 @@ fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
     }
     let aaaa = c.nodes[0].exec(&y1, &["dig", "+short", "+time=1", "+tries=3", "@10.0.30.1", "api", "AAAA"])?.stdout;
     ensure!(aaaa.trim() == "fd00:30::80", "api AAAA: {aaaa}");
+
+    // The routing mesh over IPv6: a client outside reaches a published cluster service on
+    // every node's IPv6 address; n1 (VXLAN in its datapath) balances to the backend on n2 (VXLAN
+    // by its device) through the tunnel, n2 to its own; the backend sees the client's address.
+    c.nodes[0].bpfnet_ok(&["service", "create", "pub", "--network", "dual", "--port", "8080", "--publish", "9090", "--backend", "web2"])?;
+    within(Duration::from_secs(5), || Ok(c.nodes[1].bpfnet_ok(&["service", "ls"])?.contains("pub"))).context("n2 made the published service")?;
+    for node in ["fd00:250::1", "fd00:250::2"] {
+        let to: std::net::SocketAddr = format!("[{node}]:9090").parse()?;
+        let (name, seen_as) = within_answer(|| bpfnet_lab::traffic::NameClient::connect(c.underlay(), to, t)?.ask())
+            .with_context(|| format!("no answer through {to}\nn1: {}\nn2: {}", c.nodes[0].bpfnet(&["stats"]).map(|o| o.stdout).unwrap_or_default(), c.nodes[1].bpfnet(&["stats"]).map(|o| o.stdout).unwrap_or_default()))?;
+        ensure!(name == a2 && seen_as == "fd00:250::fe", "through {to}: {name} saw the client as {seen_as}");
+    }
+    ensure!(bpfnet_lab::checks::counter(&c.nodes[0], "mesh_out") > 0, "n1 sent the answers out");
+    ensure!(bpfnet_lab::checks::counter(&c.nodes[1], "mesh_in") > 0, "n2 took the connection from n1");
 
     // Forged tunnels with inner IPv6: from a LAN host with a genuine inner source, from a
     // genuine node with the receiving node's own container as inner source.
@@ -928,6 +947,19 @@ fn docker_and_podman_on_two_nodes_put_containers_on_an_overlay_network() -> Resu
 }
 
 /// `ip netns exec NS ARGS` that must succeed.
+/// The first answer of `ask` within 5 seconds (a service another node just made, its first
+/// connection's neighbour resolution).
+fn within_answer<T>(mut ask: impl FnMut() -> Result<T>) -> Result<T> {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match ask() {
+            Ok(answer) => return Ok(answer),
+            Err(e) if std::time::Instant::now() > until => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 fn run_ok_in(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);

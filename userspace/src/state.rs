@@ -400,11 +400,6 @@ impl Service {
         self.vips().next().expect("a service has a VIP")
     }
 
-    /// The IPv6 VIP its publication (`--publish`) covers: none for a service of the cluster,
-    /// whose routing mesh from outside is IPv4's.
-    pub fn published_vip6(&self) -> Option<IpAddr> {
-        self.vip6.filter(|_| !self.cluster)
-    }
 }
 
 /// Where services live on disk: a snapshot (`services.json`) and a journal of the changes made

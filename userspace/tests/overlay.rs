@@ -332,3 +332,46 @@ fn a_container_reaches_a_cluster_services_vip6_whose_backend_is_on_another_node(
         assert_eq!((out.verdict, &out.packet[14..]), (REDIRECT, &other[..]), "untranslated");
     });
 }
+
+#[test]
+fn the_routing_mesh_carries_ipv6_to_a_backend_on_another_node_and_takes_it_only_to_a_backend_port() {
+    TestNetns::new("ov6-mesh").run(MASQ, |lab| {
+        let table = install6(lab, TCP, &[0, 1, 2], 0);
+        datapath_vxlan6(lab);
+        for i in 0..3 {
+            let there = EndpointInfo { host_ifindex: VXLAN_IFINDEX, network_id: NETWORK, mac: backend_mac(i), underlay: NODE2, vni: VNI, ..Default::default() };
+            lab.dp.set_endpoint(IpAddr::from(backend_ip(i)), there).unwrap();
+            lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), there).unwrap();
+        }
+        // This node takes the client's connection on its published port and balances it to a
+        // backend on node 2: translated as for a local one (one hop), wrapped for node 2.
+        let client6 = "2001:db8:7::9";
+        let syn = packet6(UPLINK_MAC, ROUTER_MAC, Ip6::new(client6, UPLINK_IP6, TCP, 50), tcp_segment(50000, PUBLISHED_PORT, 0x02, b""));
+        let out = lab.from_uplink(&syn);
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink, to node 2");
+        let b = predicted6(&table, client6, UPLINK_IP6, 50000, PUBLISHED_PORT, TCP);
+        let inner = packet6(backend_mac(b), GATEWAY_MAC, Ip6::new(client6, &backend_ip6(b), TCP, 49), tcp_segment(50000, BACKEND_PORT, 0x02, b""));
+        assert_eq!(&out.packet[14 + 16..14 + 20], &NODE2, "to node 2");
+        assert_eq!(&out.packet[50..], &inner[..], "the client's address kept, the backend's, the port, checksum exact");
+        assert_eq!((lab.counter(Counter::ServiceBalanced), lab.counter(Counter::ToOverlay)), (1, 1));
+
+        // Node 2's side, played by this node: a client's connection balanced here by node 2 to
+        // a backend port of this node's container is taken untranslated; another port is not.
+        let mesh = HashMap::from([(PortKey { addr: IpKey::from(CONTAINER_IP6.parse::<IpAddr>().unwrap()), port: 8080u16.to_be(), proto: TCP, _pad: 0 }, 1)]);
+        lab.dp.set_mesh_backends(&mesh).unwrap();
+        let to_backend = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50001, 8080, 0x02, b""))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &to_backend));
+        assert_eq!(out.verdict, REDIRECT, "to the backend");
+        assert_eq!(&out.packet[14..], &to_backend[..], "untranslated: the client's address kept");
+        assert_eq!(lab.counter(Counter::MeshIn), 1);
+        let other_port = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50002, 22, 0x02, b""))[14..].to_vec();
+        let spoofed = lab.counter(Counter::DropOverlaySpoofed);
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &other_port));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, spoofed + 1), "no other port of it");
+        // Nor a packet of no connection that does not start one.
+        let stray = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50003, 8080, 0x10, b"x"))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &stray));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, spoofed + 2));
+        assert_eq!(lab.counter(Counter::MeshIn), 1);
+    });
+}

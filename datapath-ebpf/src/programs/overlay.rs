@@ -19,7 +19,7 @@ use datapath_common::{
 };
 
 use crate::{
-    checksum::decrement_ttl,
+    checksum::{decrement_hop_limit, decrement_ttl},
     conntrack::{self, now_ns, observe, Port},
     counters::drop_packet,
     headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6},
@@ -78,7 +78,10 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
     let Some(sender) = (unsafe { ENDPOINTS.get(&IpKey::from_ipv4_octets(saddr)) }).copied() else {
         // Not an endpoint: only a mesh connection from outside, to a backend here.
         return match dest {
-            Some(dest) if !dest.is_remote() && dest.network_id == network_id => mesh_in(ctx, &tunnel, &dest),
+            Some(dest) if !dest.is_remote() && dest.network_id == network_id => match conntrack::parse(ctx) {
+                Some(flow) => mesh_in(ctx, &tunnel, &dest, &flow),
+                None => drop_packet(ctx, Counter::DropMalformed),
+            },
             _ => drop_packet(ctx, Counter::DropOverlaySpoofed),
         };
     };
@@ -112,7 +115,7 @@ pub fn arrived(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
 /// node, the destination one of that network here, `icc`); neighbour discovery is answered on
 /// each node and multicast goes nowhere: neither crosses the tunnel. A backend's answer to a
 /// connection this node balanced to it through a service's VIP6 leaves here from the VIP6; the
-/// routing mesh (from outside) is IPv4's.
+/// routing mesh (from outside) as IPv4's.
 #[inline(always)]
 fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u32) -> i32 {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HDR_LEN) else {
@@ -120,16 +123,27 @@ fn arrived_v6(ctx: &TcContext, eth: *mut EthHdr, tunnel: &Tunnel, network_id: u3
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    // SAFETY: read-only lookups of plain-old-data values.
-    let Some(sender) = (unsafe { ENDPOINTS.get(&IpKey { addr: saddr }) }) else {
-        return drop_packet(ctx, Counter::DropOverlaySpoofed);
-    };
     // ::/8 holds IPv4's keys: an IPv6 packet naming one is no endpoint's.
-    let mapped = saddr[0].to_ne_bytes()[0] == 0 || daddr[0].to_ne_bytes()[0] == 0;
-    if mapped || !sender.is_remote() || sender.network_id != network_id || underlay_of(sender) != tunnel.remote {
+    if saddr[0].to_ne_bytes()[0] == 0 || daddr[0].to_ne_bytes()[0] == 0 {
         return drop_packet(ctx, Counter::DropOverlaySpoofed);
     }
-    let Some(dest) = (unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) }) else {
+    // SAFETY: read-only lookups of plain-old-data values.
+    let dest = unsafe { ENDPOINTS.get(&IpKey { addr: daddr }) };
+    let Some(sender) = (unsafe { ENDPOINTS.get(&IpKey { addr: saddr }) }) else {
+        // Not an endpoint: only a mesh connection from outside, to a backend here.
+        return match dest {
+            Some(dest) if !dest.is_remote() && dest.network_id == network_id => mesh_in_v6(ctx, tunnel, dest),
+            _ => drop_packet(ctx, Counter::DropOverlaySpoofed),
+        };
+    };
+    if !sender.is_remote() || sender.network_id != network_id || underlay_of(sender) != tunnel.remote {
+        return drop_packet(ctx, Counter::DropOverlaySpoofed);
+    }
+    let Some(dest) = dest else {
+        // Beyond the network: the answer of a connection this node balanced to that backend.
+        if sender.flags & endpoint_flags::SERVICE_BACKEND != 0 {
+            return mesh_out_v6(ctx, tunnel);
+        }
         return drop_packet(ctx, Counter::DropOverlayDestination);
     };
     if dest.is_remote() || dest.network_id != network_id {
@@ -163,10 +177,10 @@ fn icc_disabled(dest: &EndpointInfo) -> bool {
 /// A packet from a client outside the cluster to `dest`, a backend here, through the node that
 /// balanced it: a packet of a connection that node started here, or the first packet of a new
 /// one to a backend port of a cluster service. Delivered untranslated (the backend sees the
-/// client); the answers are tracked to go back through the same node.
+/// client); the answers are tracked to go back through the same node. `flow`: the packet's, of
+/// either family.
 #[inline(always)]
-fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
-    let Some(flow) = conntrack::parse(ctx) else { return drop_packet(ctx, Counter::DropMalformed) };
+fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo, flow: &conntrack::Flow) -> i32 {
     let len = ctx.len();
     let came_by = tunnel.remote.to_be_bytes();
     let backend = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };
@@ -192,7 +206,8 @@ fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
             }
             entry.tunnel_underlay = came_by;
         }
-        observe(tracked, &flow, len, now_ns());
+        observe(tracked, flow, len, now_ns());
+        // Untranslated: only its MACs and where it goes (the same for either family).
         return nat::deliver(ctx, &Translation::of(entry), Counter::MeshIn);
     }
     if !starts {
@@ -210,7 +225,7 @@ fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
     new.reply.tunnel_underlay = came_by;
     new.reply.tunnel_vni = overlay::vni_bytes(tunnel.vni);
     new.reply_key = flow.key.reversed();
-    if let Err(reason) = conntrack::track(ctx, &flow, new, Port::Fixed, len) {
+    if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
     nat::deliver(ctx, &Translation::of(&new.original), Counter::MeshIn)
@@ -239,6 +254,41 @@ fn mesh_out(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
     }
     observe(tracked, &flow, ctx.len(), now);
     if nat::apply(ctx, &flow, &translation).is_err() {
+        return drop_packet(ctx, Counter::DropMalformed);
+    }
+    nat::leave(ctx, &route, Counter::MeshOut)
+}
+
+/// [`mesh_in`] for an IPv6 packet.
+#[inline(always)]
+fn mesh_in_v6(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo) -> i32 {
+    match conntrack::parse_v6(ctx) {
+        Some(flow) => mesh_in(ctx, tunnel, dest, flow),
+        None => drop_packet(ctx, Counter::DropMalformed),
+    }
+}
+
+/// As [`mesh_out`] for an IPv6 answer (its translation in per-CPU scratch, the hop limit down).
+#[inline(always)]
+fn mesh_out_v6(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
+    let Some(flow) = conntrack::parse_v6(ctx) else { return drop_packet(ctx, Counter::DropMalformed) };
+    let Some(tracked) = conntrack::lookup(&flow.key) else { return drop_packet(ctx, Counter::DropOverlayDestination) };
+    // SAFETY: a map value, read before any packet helper runs.
+    let entry = unsafe { &*tracked.entry };
+    let answer = ct_action::REWRITE_SRC | ct_action::SERVICE;
+    if entry.action != answer || entry.ifindex != 0 || entry.tunnel_underlay != tunnel.remote.to_be_bytes() {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    let Some(translation) = nat::translation6_of(entry) else { return drop_packet(ctx, Counter::DropOverlayDestination) };
+    let now = now_ns();
+    let Some(route) = route::cached_lookup_v6_as_host(ctx, flow, tracked.entry, now) else {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    };
+    if !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {
+        return drop_packet(ctx, Counter::DropOverlayDestination);
+    }
+    observe(tracked, flow, ctx.len(), now);
+    if nat::apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
     nat::leave(ctx, &route, Counter::MeshOut)

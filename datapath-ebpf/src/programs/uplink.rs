@@ -123,7 +123,7 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, translation, Counter::NatIn)
+    deliver_anywhere(ctx, translation, Counter::NatIn)
 }
 
 /// A new IPv6 connection from outside to a published port: to the container's (or the
@@ -132,7 +132,7 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
 fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
     let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return screened_to_host_v6(ctx) };
-    if server.is_remote() || !decrement_hop_limit(ctx) {
+    if !decrement_hop_limit(ctx) {
         return screened_to_host_v6(ctx);
     }
     let translation = match track_published_v6(ctx, flow, target, &server, action, ctx.len()) {
@@ -143,7 +143,8 @@ fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8) -> 
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
-    deliver(ctx, translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
+    // A cluster service's backend may be on another node (the routing mesh).
+    deliver_anywhere(ctx, translation, if action == ct_action::SERVICE { Counter::ServiceBalanced } else { Counter::NatIn })
 }
 
 /// An IPv6 packet from an uplink that nothing translates: the host's, unless

@@ -455,8 +455,11 @@ impl Daemon {
         let mut here: HashMap<PortKey, u32> = HashMap::new();
         for svc in self.state.services.values().filter(|s| s.cluster) {
             for b in svc.backends.iter().filter(|b| b.node.is_none() && !b.draining) {
-                let key = PortKey { addr: IpKey::from(b.address()), port: b.port.to_be(), proto: svc.protocol.number(), _pad: 0 };
-                here.insert(key, svc.datapath_id);
+                // Each of its addresses: the routing mesh carries both families.
+                for address in b.addresses() {
+                    let key = PortKey { addr: IpKey::from(address), port: b.port.to_be(), proto: svc.protocol.number(), _pad: 0 };
+                    here.insert(key, svc.datapath_id);
+                }
             }
         }
         if let Err(e) = self.datapath.set_mesh_backends(&here) {

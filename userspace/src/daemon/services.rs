@@ -162,7 +162,7 @@ fn port_entries(svc: &Service, net: &Network) -> Vec<(PortKey, PortTarget)> {
         })
         .collect();
     if let Some(p) = &svc.publish {
-        for (key, _) in p.entries(svc.vip4, svc.published_vip6(), false) {
+        for (key, _) in p.entries(svc.vip4, svc.vip6, false) {
             entries.push((key, PortTarget { service: svc.datapath_id, ..PortTarget::default() }));
         }
     }

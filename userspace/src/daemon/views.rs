@@ -198,7 +198,7 @@ pub fn list_services(state: &State) -> Vec<api::ServiceSummary> {
             network: state.network_by_id(&s.network_id).map_or("?".into(), |n| n.name.clone()),
             vip: s.vip4.map(|v| format!("{v}:{}/{}", s.port, s.protocol)).unwrap_or_default(),
             vip6: s.vip6.map(|v| format!("[{v}]:{}/{}", s.port, s.protocol)),
-            published: s.publish.map(|p| p.shown(s.vip4.is_some(), s.published_vip6().is_some()).join(", ")),
+            published: s.publish.map(|p| p.shown(s.vip4.is_some(), s.vip6.is_some()).join(", ")),
             backends: s.backends.iter().filter(|b| !b.draining).count(),
             draining: s.backends.iter().filter(|b| b.draining).count(),
             affinity: affinity(s),
