@@ -72,13 +72,13 @@ pub fn cached_lookup_v6(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_n
     cached_or(entry, now_ns, || lookup_v6(ctx, flow))
 }
 
-/// As [`cached_lookup_v6`] for a packet the host sends as its own (the routing mesh's answer,
-/// from a published address): entering by lo, which the daemon lets forward IPv6, as the
-/// interface it arrived on (an uplink, the VXLAN device) does not.
+/// As [`cached_lookup_v6`] for a packet the host sends as its own from `saddr` (the routing
+/// mesh's answer, from a published address): entering by lo, which the daemon lets forward
+/// IPv6, as the interface it arrived on (an uplink, the VXLAN device) does not.
 #[inline(always)]
-pub fn cached_lookup_v6_as_host(ctx: &TcContext, flow: &Flow, entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
+pub fn cached_lookup_v6_as_host(ctx: &TcContext, flow: &Flow, saddr: &[u32; 4], entry: *mut CtEntry, now_ns: u64) -> Option<Route> {
     let k = &flow.key;
-    cached_or(entry, now_ns, || route_of(fib_from(ctx, LOOPBACK_IFINDEX, Addresses::V6(&k.saddr.addr, &k.daddr.addr), k.proto, k.sport, k.dport)?))
+    cached_or(entry, now_ns, || route_of(fib_from(ctx, LOOPBACK_IFINDEX, Addresses::V6(saddr, &k.daddr.addr), k.proto, k.sport, k.dport)?))
 }
 
 /// The loopback interface's index (always 1).

@@ -946,7 +946,6 @@ fn docker_and_podman_on_two_nodes_put_containers_on_an_overlay_network() -> Resu
     Ok(())
 }
 
-/// `ip netns exec NS ARGS` that must succeed.
 /// The first answer of `ask` within 5 seconds (a service another node just made, its first
 /// connection's neighbour resolution).
 fn within_answer<T>(mut ask: impl FnMut() -> Result<T>) -> Result<T> {
@@ -960,6 +959,7 @@ fn within_answer<T>(mut ask: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// `ip netns exec NS ARGS` that must succeed.
 fn run_ok_in(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);

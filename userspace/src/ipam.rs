@@ -306,12 +306,18 @@ pub fn parse_ip_range(text: &str, subnet: &IpNetwork) -> Result<IpNetwork> {
 /// allocation of the network holds its address, attached or not, and every service its VIP.
 /// `None` on an IPv6-only network (where asking for one is an error).
 pub fn choose_address(state: &State, network_id: &str, requested: Option<&str>) -> Result<Option<IpAddr>> {
-    match AddressPool::new(state, network_id) {
+    take_from(AddressPool::new(state, network_id), requested, || {
+        let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
+        format!("network {name:?} is IPv6-only: --ip needs an IPv4 subnet (use --ip6)")
+    })
+}
+
+/// The address `requested` (or the lowest free one) of `pool`, the family's; without one, an
+/// error (`refusal`) if an address was asked for, else none.
+fn take_from(pool: Option<AddressPool>, requested: Option<&str>, refusal: impl FnOnce() -> String) -> Result<Option<IpAddr>> {
+    match pool {
         Some(pool) => pool.take(requested).map(Some),
-        None if requested.is_some() => {
-            let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
-            bail!("network {name:?} is IPv6-only: --ip needs an IPv4 subnet (use --ip6)")
-        }
+        None if requested.is_some() => bail!("{}", refusal()),
         None => Ok(None),
     }
 }
@@ -403,14 +409,10 @@ impl<'a> AddressPool<'a> {
 /// Picks an endpoint's IPv6 address on a dual-stack network: the user's (checked), or the
 /// lowest free one. `None` on a network without IPv6 (where asking for one is an error).
 pub fn choose_address6(state: &State, network_id: &str, requested: Option<&str>) -> Result<Option<IpAddr>> {
-    match AddressPool::new6(state, network_id) {
-        Some(pool) => pool.take(requested).map(Some),
-        None if requested.is_some() => {
-            let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
-            bail!("network {name:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet")
-        }
-        None => Ok(None),
-    }
+    take_from(AddressPool::new6(state, network_id), requested, || {
+        let name = state.network_by_id(network_id).map_or("", |n| n.name.as_str());
+        format!("network {name:?} has no IPv6 subnet: --ip6 needs a network made with --ipv6 or an IPv6 --subnet")
+    })
 }
 
 /// Stable MAC for an address, as Docker does: 02:42 followed by the four address bytes (of an

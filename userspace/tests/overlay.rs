@@ -8,7 +8,10 @@
 //! a spoofed inner source, an unknown VNI, a destination not here, and a routing-mesh packet to
 //! anything but a backend port dropped and counted. (The VXLAN device's own program,
 //! `from_overlay`, reads the tunnel key, which BPF_PROG_TEST_RUN cannot give a packet: it drops a
-//! frame without one; tests/tests/cluster.rs forges VXLAN end to end.) Needs root.
+//! frame without one; tests/tests/cluster.rs forges VXLAN end to end.) Over IPv6 too: a
+//! container's connection to a cluster service's VIP6 balanced to a backend on another node and
+//! its answer translated back; the routing mesh's IPv6 connection from outside sent to node 2,
+//! and taken there only to a backend port. Needs root.
 mod lab;
 
 use std::{collections::HashMap, net::IpAddr};
@@ -282,6 +285,23 @@ fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
     });
 }
 
+/// The service's backends 0..3 (both addresses) live on node 2, backends of a cluster service.
+fn backends_on_node2(lab: &mut Lab) {
+    for i in 0..3 {
+        let there = EndpointInfo {
+            host_ifindex: VXLAN_IFINDEX,
+            network_id: NETWORK,
+            mac: backend_mac(i),
+            flags: endpoint_flags::SERVICE_BACKEND,
+            underlay: NODE2,
+            vni: VNI,
+            ..Default::default()
+        };
+        lab.dp.set_endpoint(IpAddr::from(backend_ip(i)), there).unwrap();
+        lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), there).unwrap();
+    }
+}
+
 #[test]
 fn a_container_reaches_a_cluster_services_vip6_whose_backend_is_on_another_node() {
     TestNetns::new("ov6-vip").run(MASQ, |lab| {
@@ -289,19 +309,7 @@ fn a_container_reaches_a_cluster_services_vip6_whose_backend_is_on_another_node(
         datapath_vxlan6(lab);
         // The service's backends live on node 2, as the daemon writes them there: remote, and
         // backends of a cluster service (their answers are translated here).
-        for i in 0..3 {
-            let there = EndpointInfo {
-                host_ifindex: VXLAN_IFINDEX,
-                network_id: NETWORK,
-                mac: backend_mac(i),
-                flags: endpoint_flags::SERVICE_BACKEND,
-                underlay: NODE2,
-                vni: VNI,
-                ..Default::default()
-            };
-            lab.dp.set_endpoint(IpAddr::from(backend_ip(i)), there).unwrap();
-            lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), there).unwrap();
-        }
+        backends_on_node2(lab);
         let to_vip = Ip6::new(CONTAINER_IP6, VIP6, TCP, 64);
         let out = lab.from_container(&packet6(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40000, VIP_PORT, 0x02, b"")));
         assert_eq!(out.verdict, REDIRECT, "out of the uplink, wrapped for node 2");
@@ -338,11 +346,7 @@ fn the_routing_mesh_carries_ipv6_to_a_backend_on_another_node_and_takes_it_only_
     TestNetns::new("ov6-mesh").run(MASQ, |lab| {
         let table = install6(lab, TCP, &[0, 1, 2], 0);
         datapath_vxlan6(lab);
-        for i in 0..3 {
-            let there = EndpointInfo { host_ifindex: VXLAN_IFINDEX, network_id: NETWORK, mac: backend_mac(i), underlay: NODE2, vni: VNI, ..Default::default() };
-            lab.dp.set_endpoint(IpAddr::from(backend_ip(i)), there).unwrap();
-            lab.dp.set_endpoint(backend_ip6(i).parse().unwrap(), there).unwrap();
-        }
+        backends_on_node2(lab);
         // This node takes the client's connection on its published port and balances it to a
         // backend on node 2: translated as for a local one (one hop), wrapped for node 2.
         let client6 = "2001:db8:7::9";

@@ -281,7 +281,8 @@ fn mesh_out_v6(ctx: &TcContext, tunnel: &Tunnel) -> i32 {
     }
     let Some(translation) = nat::translation6_of(entry) else { return drop_packet(ctx, Counter::DropOverlayDestination) };
     let now = now_ns();
-    let Some(route) = route::cached_lookup_v6_as_host(ctx, flow, tracked.entry, now) else {
+    // From the address it leaves with (a route may depend on it).
+    let Some(route) = route::cached_lookup_v6_as_host(ctx, flow, &translation.src, tracked.entry, now) else {
         return drop_packet(ctx, Counter::DropOverlayDestination);
     };
     if !route::fits(ctx, &route) || !decrement_hop_limit(ctx) {

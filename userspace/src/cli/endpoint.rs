@@ -108,14 +108,7 @@ pub async fn run(client: &Client<'_>, cmd: EndpointCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
-            println!(
-                "{netns} joined {}: {} {} mac {} (host side {})",
-                ep.network,
-                ep.interface,
-                super::joined(&[&ep.ipv4_address, &ep.ipv6_address], " "),
-                ep.mac_address,
-                ep.host_interface
-            );
+            super::print_joined(&netns, &ep);
         }
         EndpointCommand::Detach { endpoint } => {
             let _: api::EndpointView = client.post(&format!("/endpoints/{}/detach", segment(&endpoint)), &()).await?;

@@ -102,6 +102,18 @@ fn joined(parts: &[&str], sep: &str) -> String {
     parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join(sep)
 }
 
+/// What `connect` and `endpoint attach` say of the endpoint made in `netns`.
+fn print_joined(netns: &str, ep: &crate::api::EndpointCreated) {
+    println!(
+        "{netns} joined {}: {} {} mac {} (host side {})",
+        ep.network,
+        ep.interface,
+        joined(&[&ep.ipv4_address, &ep.ipv6_address], " "),
+        ep.mac_address,
+        ep.host_interface
+    );
+}
+
 pub fn main() -> ExitCode {
     // Like other CLIs, end quietly when the reader of our output goes away (`bpfnet stats | head`).
     // SAFETY: restoring the default disposition of one signal before any thread exists.

@@ -143,14 +143,7 @@ pub async fn run(client: &Client<'_>, cmd: NetworkCommand) -> Result<()> {
             if json {
                 return print_json(&ep);
             }
-            println!(
-                "{netns} joined {}: {} {} mac {} (host side {})",
-                ep.network,
-                ep.interface,
-                super::joined(&[&ep.ipv4_address, &ep.ipv6_address], " "),
-                ep.mac_address,
-                ep.host_interface
-            );
+            super::print_joined(&netns, &ep);
             for port in &ep.ports {
                 println!("published {port}");
             }

@@ -233,12 +233,13 @@ impl Daemon {
     /// name, an alias, or its address).
     fn endpoints_named(&self, net: &Network, name: &str) -> Vec<IpAddr> {
         if let Ok(ip) = name.parse::<IpAddr>() {
-            // An IPv6 address names the endpoint of the IPv4 address it pairs with.
-            let paired = match (ip, net.ipv4, net.ipv6) {
-                (IpAddr::V6(_), Some(v4), Some(v6)) => crate::ipam::paired_address4(&v4.subnet, &v6.subnet, ip),
-                _ => None,
+            // An IPv6 address names the endpoint of the IPv4 address it pairs with (one that
+            // pairs with none names nobody).
+            return match (ip, net.ipv4, net.ipv6) {
+                (IpAddr::V4(_), _, _) => vec![ip],
+                (IpAddr::V6(_), Some(v4), Some(v6)) => crate::ipam::paired_address4(&v4.subnet, &v6.subnet, ip).into_iter().collect(),
+                _ => vec![],
             };
-            return vec![paired.unwrap_or(ip)];
         }
         let mut found: Vec<IpAddr> = self
             .state

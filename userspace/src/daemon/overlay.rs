@@ -97,7 +97,9 @@ impl Daemon {
         // entered by forwards. On lo that changes nothing else (no router advertisements, no
         // neighbours); the uplinks keep theirs (forwarding there would stop them taking
         // router advertisements). Without IPv6 in the namespace there is nothing to route.
-        crate::plumbing::write_sysctl("net/ipv6/conf/lo/forwarding", "1").ok();
+        if let Err(e) = crate::plumbing::write_sysctl("net/ipv6/conf/lo/forwarding", "1") {
+            log::warn!("the routing mesh cannot answer IPv6 clients: {e:#}");
+        }
         self.datapath.attach_overlay(VXLAN_DEVICE).context("attaching the overlay program")?;
         // VXLAN in the datapath needs an IPv4 underlay address of this node's own.
         let native = match store.underlay() {

@@ -571,6 +571,16 @@ impl Daemon {
             self.store.put_services(&[&new])
         });
         if let Err(e) = applied {
+            // What the change added (a VIP6 a cluster service gains) goes; the rest is the old one's.
+            if let Some(net) = self.state.network_by_id(&new.network_id).cloned() {
+                let kept = port_entries(&old, &net);
+                for (key, target) in port_entries(&new, &net).into_iter().filter(|e| !kept.contains(e)) {
+                    let _ = self.datapath.remove_port_if(key, target);
+                }
+            }
+            for vip in new.vips().filter(|v| !old.vips().any(|o| o == *v)) {
+                let _ = self.datapath.remove_vip(vip);
+            }
             let table = build_table(&old, self.lb.table_size).map_err(Error::internal)?;
             if let Err(undo) = self.program_service(&old, table) {
                 log::error!("restoring service {} after a failed change: {undo:#}", old.name);
