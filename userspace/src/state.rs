@@ -68,11 +68,6 @@ impl Network {
         self.ipv4.map(|v4| v4.subnet).into_iter().chain(self.ipv6.map(|v6| v6.subnet))
     }
 
-    /// Its first subnet (IPv4's, else IPv6's), the one listings name first.
-    pub fn subnet(&self) -> IpNetwork {
-        self.subnets().next().expect("a network has a subnet")
-    }
-
     /// Its first gateway (IPv4's, else IPv6's).
     pub fn gateway(&self) -> IpAddr {
         self.gateways().next().expect("a network has a gateway")
@@ -90,6 +85,13 @@ impl Network {
     pub fn overlay_pair6(&self, v4: IpAddr) -> Option<IpAddr> {
         let (v4_side, v6_side) = (self.ipv4?, self.ipv6?);
         crate::ipam::paired_address6(&v4_side.subnet, &v6_side.subnet, v4)
+    }
+
+    /// The IPv4 address of an overlay network that IPv6 address `v6` pairs with (see
+    /// `ipam::paired_address4`); `None` where it pairs with none.
+    pub fn overlay_pair4(&self, v6: IpAddr) -> Option<IpAddr> {
+        let (v4_side, v6_side) = (self.ipv4?, self.ipv6?);
+        crate::ipam::paired_address4(&v4_side.subnet, &v6_side.subnet, v6)
     }
 
     /// Its side of `address`'s family.
@@ -399,7 +401,6 @@ impl Service {
     pub fn vip(&self) -> IpAddr {
         self.vips().next().expect("a service has a VIP")
     }
-
 }
 
 /// Where services live on disk: a snapshot (`services.json`) and a journal of the changes made
@@ -610,8 +611,8 @@ impl Store {
                 if let Some(net) = state.networks.iter().find(|n| n.ipv4.is_none() && n.ipv6.is_none()) {
                     return Err(damaged(format!("network {:?} has no subnet", net.name)));
                 }
-                let allocations = state.endpoints.iter().chain(&state.connecting).map(|e| &e.allocation).chain(&state.allocations);
-                if let Some(a) = allocations.clone().find(|a| a.address4.is_none() && a.address6.is_none()) {
+                let mut allocations = state.endpoints.iter().chain(&state.connecting).map(|e| &e.allocation).chain(&state.allocations);
+                if let Some(a) = allocations.find(|a| a.address4.is_none() && a.address6.is_none()) {
                     return Err(damaged(format!("endpoint {} has no address", a.id)));
                 }
                 Ok(Some(state))
@@ -769,7 +770,7 @@ mod tests {
         let back: State = serde_json::from_str(&text).unwrap();
         assert_eq!(back, state);
         let net = &back.networks[0];
-        assert_eq!((net.subnet(), net.gateway()), (v6.subnet, v6.gateway), "the first side is IPv6's");
+        assert_eq!((net.subnets().next(), net.gateway()), (Some(v6.subnet), v6.gateway), "the first side is IPv6's");
         assert_eq!(back.allocations[0].address().to_string(), "fd00:6::2");
         // An IPv4 side cut short (no gateway) on a network without IPv6: damage, said so.
         let dir = std::env::temp_dir().join(format!("bpfnet-state-v6only-test-{}", std::process::id()));

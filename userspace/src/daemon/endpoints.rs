@@ -232,9 +232,9 @@ impl Daemon {
         } else {
             ipam::choose_address(&self.state, &net.id, req.ip.as_deref()).map_err(Error::refused)?
         };
-        allocation.address6 = match (net.driver.is_overlay(), net.ipv4, net.ipv6, allocation.address4) {
+        allocation.address6 = match (net.driver.is_overlay(), allocation.address4) {
             // An overlay network's IPv6 address pairs with the IPv4 one the cluster gave.
-            (true, Some(v4), Some(v6), Some(address4)) => ipam::paired_address6(&v4.subnet, &v6.subnet, address4),
+            (true, Some(address4)) => net.overlay_pair6(address4),
             _ => ipam::choose_address6(&self.state, &net.id, req.ip6.as_deref()).map_err(Error::refused)?,
         };
         allocation.mac = ipam::mac_for(allocation.address());
@@ -540,7 +540,7 @@ pub(super) fn overlay_requested_address(net: &Network, ip: Option<&str>, ip6: Op
     };
     let address6: std::net::IpAddr = text6.parse().map_err(|_| Error::invalid(format!("invalid {f6} {text6:?}: not an IPv6 address")))?;
     let v4 = net.overlay_ipv4();
-    let Some(address) = ipam::paired_address4(&v4.subnet, &v6.subnet, address6) else {
+    let Some(address) = net.overlay_pair4(address6) else {
         return Err(Error::invalid(format!(
             "{f6} {text6}: on overlay network {:?} an IPv6 address pairs with an IPv4 one of {} (the same offset in {}), and {text6} has none",
             net.name, v4.subnet, v6.subnet

@@ -235,10 +235,9 @@ impl Daemon {
         if let Ok(ip) = name.parse::<IpAddr>() {
             // An IPv6 address names the endpoint of the IPv4 address it pairs with (one that
             // pairs with none names nobody).
-            return match (ip, net.ipv4, net.ipv6) {
-                (IpAddr::V4(_), _, _) => vec![ip],
-                (IpAddr::V6(_), Some(v4), Some(v6)) => crate::ipam::paired_address4(&v4.subnet, &v6.subnet, ip).into_iter().collect(),
-                _ => vec![],
+            return match ip {
+                IpAddr::V4(_) => vec![ip],
+                IpAddr::V6(_) => net.overlay_pair4(ip).into_iter().collect(),
             };
         }
         let mut found: Vec<IpAddr> = self

@@ -405,7 +405,7 @@ impl Daemon {
             let Driver::Overlay { vni, .. } = net.driver else { continue };
             vnis.push((vni, net.datapath_id));
             for e in overlay.remote_of(&net.id).filter(|e| !e.is_reservation()) {
-                let address6 = net.ipv6.and_then(|v6| ipam::paired_address6(&net.overlay_ipv4().subnet, &v6.subnet, e.address));
+                let address6 = net.overlay_pair6(e.address);
                 names.push(RemoteEndpoint {
                     network_id: e.network_id.clone(),
                     address: e.address,

@@ -386,14 +386,10 @@ impl Daemon {
             // batch too).
             let holder = format!("service {}", req.name);
             // An IPv4 VIP on a network with IPv4, an IPv6 one on a network with IPv6.
-            let vip4 = match pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id)) {
-                Some(pool) => Some(pool.take_for(req.vip.as_deref(), &holder).map_err(Error::refused)?),
-                None => None,
-            };
-            let vip6 = match pools6.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new6(&state, &net.id)) {
-                Some(pool6) => Some(pool6.take_for(req.vip6.as_deref(), &holder).map_err(Error::refused)?),
-                None => None,
-            };
+            let pool4 = pools.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new(&state, &net.id));
+            let vip4 = pool4.as_mut().map(|pool| pool.take_for(req.vip.as_deref(), &holder)).transpose().map_err(Error::refused)?;
+            let pool6 = pools6.entry(net.id.clone()).or_insert_with(|| ipam::AddressPool::new6(&state, &net.id));
+            let vip6 = pool6.as_mut().map(|pool| pool.take_for(req.vip6.as_deref(), &holder)).transpose().map_err(Error::refused)?;
             let datapath_id = take_free(&mut used_ids, &mut service_cursor, self.lb.max_services).ok_or_else(|| {
                 Error::conflict(format!("the datapath holds {} services (bpfnet daemon --max-services)", self.lb.max_services))
             })?;
@@ -474,18 +470,13 @@ impl Daemon {
         if svc.backends.iter().any(|b| b.endpoint_id == ep.id && b.port == port) {
             return Err(Error::conflict(format!("{} is already a backend of service {:?}", arg.arg, svc.name)));
         }
-        // An IPv6 VIP's connections go to the backends' IPv6 addresses.
-        let address6 = if svc.vip6.is_some() {
-            Some(ep.address6.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv6 address on network {:?}", arg.netns, net.name)))?)
-        } else {
-            None
+        // A VIP's connections go to the backends' addresses of its family.
+        let address_for = |vip: Option<std::net::IpAddr>, address: Option<std::net::IpAddr>, family: &str| match vip {
+            Some(_) => address.map(Some).ok_or_else(|| Error::invalid(format!("backend {:?} has no {family} address on network {:?}", arg.netns, net.name))),
+            None => Ok(None),
         };
-        // An IPv4 VIP's to their IPv4 addresses.
-        let address4 = if svc.vip4.is_some() {
-            Some(ep.address4.ok_or_else(|| Error::invalid(format!("backend {:?} has no IPv4 address on network {:?}", arg.netns, net.name)))?)
-        } else {
-            None
-        };
+        let address6 = address_for(svc.vip6, ep.address6, "IPv6")?;
+        let address4 = address_for(svc.vip4, ep.address4, "IPv4")?;
         let (endpoint_id, container_name) = (ep.id.clone(), ep.container_name.clone());
         let id = self.backend_ids.take().ok_or_else(|| {
             Error::conflict(format!("the datapath holds {} backends (bpfnet daemon --max-backends)", self.lb.max_backends - 1))

@@ -223,10 +223,7 @@ pub fn inspect_service(state: &State, name: &str) -> DaemonResult<api::ServiceIn
             virtual_ips: svc
                 .vips()
                 .map(|vip| {
-                    let prefix = match vip {
-                        IpAddr::V4(_) => net.and_then(|n| n.ipv4).map_or(32, |v4| v4.subnet.prefix()),
-                        IpAddr::V6(_) => net.and_then(|n| n.ipv6).map_or(128, |v6| v6.subnet.prefix()),
-                    };
+                    let prefix = net.and_then(|n| n.side_of(vip)).map_or(crate::plumbing::full_prefix(vip), |side| side.subnet.prefix());
                     api::VirtualIp {
                         network_id: svc.network_id.clone(),
                         network: net.map_or("?".into(), |n| n.name.clone()),
