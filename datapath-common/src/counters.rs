@@ -144,6 +144,10 @@ counters! {
     /// redirect, a router's message): the datapath answers for the link; a container may not
     /// tell another where an address is.
     DropNdpForbidden = 42, "drop_ndp_forbidden", drop;
+    /// Arrived by the tunnel from an address that is no live node of the cluster (the outer
+    /// source), for a backend here as the routing mesh's packets are: only another node may
+    /// hand this node a client's connection (and so choose where its answers go).
+    DropOverlayStranger = 43, "drop_overlay_stranger", drop;
 }
 
 #[cfg(test)]
@@ -155,10 +159,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 43);
+        assert_eq!(Counter::COUNT, 44);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 22);
+        assert_eq!(drops, 23);
     }
 }

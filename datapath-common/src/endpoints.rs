@@ -44,6 +44,10 @@ pub mod endpoint_flags {
 /// connections from outside to.
 pub const MAX_MESH_BACKENDS: u32 = 65_536;
 
+/// The other live nodes of the cluster (`OVERLAY_PEERS`: underlay address, network order -> 1),
+/// the only senders a routing-mesh packet is taken from.
+pub const MAX_OVERLAY_PEERS: u32 = 4096;
+
 /// `OVERLAY_NODE`: one entry, this node's underlay address (network order) when the datapath
 /// encapsulates and decapsulates VXLAN itself (0: it leaves that to the node's VXLAN device).
 pub const OVERLAY_NODE_ENTRIES: u32 = 1;

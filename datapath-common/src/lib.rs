@@ -23,7 +23,7 @@ pub mod uplinks;
 
 pub use conntrack::{ct_action, ct_state, route_flags, CtConfig, CtEntry, CtKey, FragKey, FragPorts};
 pub use counters::Counter;
-pub use endpoints::{endpoint_flags, EndpointInfo, MAX_ENDPOINTS, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, OVERLAY_NODE_ENTRIES, VXLAN_PORT};
+pub use endpoints::{endpoint_flags, EndpointInfo, MAX_ENDPOINTS, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, MAX_OVERLAY_PEERS, OVERLAY_NODE_ENTRIES, VXLAN_PORT};
 pub use ifaces::{iface_flags, IfaceInfo, GATEWAY_MAC};
 pub use ip::IpKey;
 pub use names::{global_names, map_names, program_names};
@@ -34,7 +34,7 @@ pub use uplinks::{uplink_flags, UplinkInfo, MAX_UPLINKS};
 
 /// Version of the map layouts. Bump it with any change to a key, a value or a map's size: the
 /// daemon pins maps per version, so it never reuses maps of another layout.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 #[cfg(feature = "user")]
 mod user {

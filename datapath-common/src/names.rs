@@ -21,12 +21,13 @@ pub mod map_names {
     pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
     pub const MESH_BACKENDS: &str = "MESH_BACKENDS";
     pub const OVERLAY_NODE: &str = "OVERLAY_NODE";
+    pub const OVERLAY_PEERS: &str = "OVERLAY_PEERS";
     pub const OVERLAY_PROGS: &str = "OVERLAY_PROGS";
     pub const CONTAINER_PROGS: &str = "CONTAINER_PROGS";
     /// Every map the datapath pins, in a stable order.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         ENDPOINTS, IFACES, COUNTERS, UPLINKS, CONNTRACK, CT_PENDING, CT_QUOTA, FRAGMENTS, PORTS, HOST_ADDRS, SOCK_REVNAT, SERVICES, BACKENDS, MAGLEV,
-        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS, OVERLAY_NODE, OVERLAY_PROGS, CONTAINER_PROGS,
+        AFFINITY, VIPS, OVERLAY_VNIS, MESH_BACKENDS, OVERLAY_NODE, OVERLAY_PEERS, OVERLAY_PROGS, CONTAINER_PROGS,
     ];
 }
 

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    Counter, EndpointInfo, PortKey, GATEWAY_MAC, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, OVERLAY_NODE_ENTRIES, VXLAN_PORT,
+    Counter, EndpointInfo, PortKey, GATEWAY_MAC, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, MAX_OVERLAY_PEERS, OVERLAY_NODE_ENTRIES, VXLAN_PORT,
 };
 
 use crate::{
@@ -71,6 +71,12 @@ pub static OVERLAY_VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_OVERL
 /// not an endpoint.
 #[map(name = "MESH_BACKENDS")]
 pub static MESH_BACKENDS: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_MESH_BACKENDS, 0);
+
+/// The underlay addresses (network order) of the cluster's other live nodes, as etcd lists them:
+/// whoever else sends VXLAN here is a stranger. An endpoint's packets are checked against its
+/// own node instead (`EndpointInfo::underlay`).
+#[map(name = "OVERLAY_PEERS")]
+static OVERLAY_PEERS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(MAX_OVERLAY_PEERS, 0);
 
 /// The outer header's TTL (the underlay is routed).
 const TUNNEL_TTL: u8 = 64;
@@ -302,6 +308,13 @@ pub fn vni_of(bytes: [u8; 3]) -> u32 {
 pub fn is_mesh_backend(key: &PortKey) -> bool {
     // SAFETY: read-only lookup of a plain-old-data value.
     unsafe { MESH_BACKENDS.get(key) }.is_some()
+}
+
+/// Whether `underlay` (host order, as [`Tunnel::remote`]) is another live node of the cluster.
+#[inline(always)]
+pub fn is_peer(underlay: u32) -> bool {
+    // SAFETY: read-only lookup of a plain-old-data value.
+    unsafe { OVERLAY_PEERS.get(&underlay.to_be_bytes()) }.is_some()
 }
 
 /// The datapath network of `vni`, if this node holds that overlay network.

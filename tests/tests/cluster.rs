@@ -774,6 +774,24 @@ fn the_routing_mesh_answers_on_every_node_with_the_clients_address() -> Result<(
     }
     ensure!(bpfnet_lab::checks::counter(&c.nodes[2], "mesh_in") > 0 && bpfnet_lab::checks::counter(&c.nodes[0], "mesh_out") > 0);
 
+    // A stranger on the LAN (the underlay's router, no node) wraps a SYN to a backend port as the
+    // routing mesh does: were it taken, the backend's answer would come back to the stranger in
+    // VXLAN (the answers go to whoever handed the connection over). Neither on a node doing VXLAN
+    // in its datapath (n1) nor on one leaving it to its device (n3).
+    let listener = bpfnet_lab::frames::UdpRecorder::start(c.underlay(), "10.250.0.254:4789".parse()?)?;
+    let out: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", "/bpfnet/v1/networks/ov", "--print-value-only"])?.stdout)?;
+    let vni = out["vni"].as_u64().context("vni")? as u32;
+    for (i, replica, sport) in [(0, "w1", 45_001u16), (2, "w3", 45_003)] {
+        let before = bpfnet_lab::checks::counter(&c.nodes[i], "drop_overlay_stranger");
+        let syn = bpfnet_lab::frames::Ip::new("10.250.0.254".parse()?, replicas[replica].2.parse()?, 6).tcp_syn(sport, 80);
+        send_vxlan_of(c.underlay(), &format!("10.250.0.{}", i + 1), vni, 0x0800, &syn)?;
+        // The backend's SYN-ACK would carry these ports: from 80 to the stranger's.
+        let answer = [&80u16.to_be_bytes()[..], &sport.to_be_bytes()].concat();
+        ensure!(!listener.wait_for(&answer, Duration::from_secs(1)), "n{}'s backend {replica} answered the stranger through the tunnel", i + 1);
+        within(Duration::from_secs(2), || Ok(bpfnet_lab::checks::counter(&c.nodes[i], "drop_overlay_stranger") >= before + 5))
+            .with_context(|| format!("n{}: a stranger's routing-mesh datagrams were not all dropped and counted", i + 1))?;
+    }
+
     // Every node has the same table: a flow keeps its replica whichever node it lands on. An
     // address of all three nodes, routed to one and then another (as a load balancer in front
     // would), datagrams from the same ports.

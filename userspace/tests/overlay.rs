@@ -5,8 +5,9 @@
 //! connection from outside balanced to a backend on another node is translated exactly as for a
 //! local one and sent through the tunnel (XDP leaves it to TC), its later packets too. VXLAN
 //! arriving on the uplink is unwrapped and checked: the genuine packet delivered byte for byte,
-//! a spoofed inner source, an unknown VNI, a destination not here, and a routing-mesh packet to
-//! anything but a backend port dropped and counted. (The VXLAN device's own program,
+//! a spoofed inner source, an unknown VNI, a destination not here, a routing-mesh packet to
+//! anything but a backend port, and one from a stranger on the LAN (no live node: it would take
+//! the answers) dropped and counted. (The VXLAN device's own program,
 //! `from_overlay`, reads the tunnel key, which BPF_PROG_TEST_RUN cannot give a packet: it drops a
 //! frame without one; tests/tests/cluster.rs forges VXLAN end to end.) Over IPv6 too: a
 //! container's connection to a cluster service's VIP6 balanced to a backend on another node and
@@ -14,7 +15,10 @@
 //! and taken there only to a backend port. Needs root.
 mod lab;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use datapath_common::{endpoint_flags, program_names, services::flow_hash, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC};
 use lab::*;
@@ -22,6 +26,9 @@ use lab::*;
 /// The node's VXLAN device, as remote endpoints' entries name it.
 const VXLAN_IFINDEX: u32 = 77;
 const NODE2: [u8; 4] = [10, 250, 0, 2];
+const NODE3: [u8; 4] = [10, 250, 0, 3];
+/// A host on the underlay's LAN that is no node of the cluster.
+const STRANGER: [u8; 4] = [10, 250, 0, 200];
 const VNI: u32 = 4097;
 const REMOTE_IP: [u8; 4] = [10, 0, 0, 9];
 const REMOTE_MAC: [u8; 6] = [0x02, 0x42, 10, 0, 0, 9];
@@ -102,6 +109,7 @@ fn what_arrives_by_the_tunnel_without_its_key_is_dropped() {
 /// `NETWORK` is VNI `VNI` here, with the container here and `REMOTE_IP` on node 2.
 fn datapath_vxlan(lab: &mut Lab) {
     lab.dp.set_overlay_node(Some(UPLINK_IP.into())).unwrap();
+    lab.dp.set_overlay_peers(&HashSet::from([NODE2.into(), NODE3.into()])).unwrap();
     lab.dp.set_overlay_vnis(&[(VNI, NETWORK)]).unwrap();
     lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, NETWORK, GATEWAY_IP);
     on_node2(lab, REMOTE_IP, REMOTE_MAC, NETWORK);
@@ -193,7 +201,7 @@ fn vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         assert_eq!(lab.counter(Counter::FromOverlay), 1);
 
         // Node 3 speaking for node 2's endpoint; an unknown VNI; an endpoint not here.
-        let out = lab.from_uplink(&vxlan_frame([10, 250, 0, 3], VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
+        let out = lab.from_uplink(&vxlan_frame(NODE3, VNI, (GATEWAY_MAC, REMOTE_MAC), &inner));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 1));
         let out = lab.from_uplink(&vxlan_frame(NODE2, 999, (GATEWAY_MAC, REMOTE_MAC), &inner));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayUnknownVni)), (DROP, 1));
@@ -214,6 +222,30 @@ fn vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         let other_port = inner_tcp(from_client, 33001, 22, 0x02);
         let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &other_port));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 2), "no other port of it");
+
+        // A stranger on the LAN (no node of the cluster) is never handed a connection: not a
+        // new one, and not the client's live one (whose answers would then go to it).
+        let out = lab.from_uplink(&vxlan_frame(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), &inner_tcp(from_client, 33002, 8080, 0x02)));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 1), "a new connection from a stranger");
+        let out = lab.from_uplink(&vxlan_frame(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), &syn));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 2), "the live connection's tuple from a stranger");
+        assert_eq!(lab.counter(Counter::MeshIn), 1);
+        // The backend's answer still goes back through node 2, wrapped for it.
+        lab.send_as(CONTAINER_IP, CONTAINER_MAC);
+        let answer = Ip { src: CONTAINER_IP, dst: CLIENT_IP, proto: TCP, ttl: 64, id: 5, frag: 0x4000 };
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, answer, tcp_segment(8080, 33000, 0x12, b"")));
+        assert_eq!(out.verdict, REDIRECT, "out of the uplink, wrapped");
+        assert_eq!(&out.packet[14 + 16..14 + 20], &NODE2, "to node 2, which balanced it");
+        // Node 3, a node, may take the tuple over (the client's traffic moved to it): the
+        // answers follow it there.
+        let out = lab.from_uplink(&vxlan_frame(NODE3, VNI, (CONTAINER_MAC, GATEWAY_MAC), &syn));
+        assert_eq!((out.verdict, lab.counter(Counter::MeshIn)), (REDIRECT, 2));
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, answer, tcp_segment(8080, 33000, 0x12, b"")));
+        assert_eq!((out.verdict, &out.packet[14 + 16..14 + 20]), (REDIRECT, &NODE3[..]), "to node 3 now");
+        // A node that left the cluster is a stranger again.
+        lab.dp.set_overlay_peers(&HashSet::from([NODE3.into()])).unwrap();
+        let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &inner_tcp(from_client, 33003, 8080, 0x02)));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 3), "node 2 gone from the cluster");
 
         // Where the node leaves VXLAN to its device, the datagram is the host's (its socket).
         lab.dp.set_overlay_node(None).unwrap();
@@ -273,7 +305,7 @@ fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
 
         // Node 3 speaking for node 2's endpoint; node 2 speaking for this node's own container;
         // a destination that is not here.
-        let out = lab.from_uplink(&vxlan_frame_of([10, 250, 0, 3], VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
+        let out = lab.from_uplink(&vxlan_frame_of(NODE3, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 1));
         let forged = packet6([0; 6], [0; 6], Ip6::new(CONTAINER_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &forged));
@@ -376,6 +408,12 @@ fn the_routing_mesh_carries_ipv6_to_a_backend_on_another_node_and_takes_it_only_
         let stray = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50003, 8080, 0x10, b"x"))[14..].to_vec();
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &stray));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, spoofed + 2));
+        // Nor from a stranger on the LAN, the live connection's tuple or a new one.
+        let out = lab.from_uplink(&vxlan_frame_of(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &to_backend));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 1));
+        let fresh = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50004, 8080, 0x02, b""))[14..].to_vec();
+        let out = lab.from_uplink(&vxlan_frame_of(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &fresh));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 2));
         assert_eq!(lab.counter(Counter::MeshIn), 1);
     });
 }

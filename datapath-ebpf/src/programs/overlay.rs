@@ -8,7 +8,8 @@
 //!   straight into the receiver's namespace (the answer of a connection made through a service
 //!   VIP to a backend there has the VIP restored first);
 //! - routing mesh, from a client outside the cluster to a backend here of a cluster service, that
-//!   the sending node took on its published port and balanced here: only to a backend address
+//!   the sending node (a live node of the cluster: `OVERLAY_PEERS`) took on its published port
+//!   and balanced here: only to a backend address
 //!   and port in `MESH_BACKENDS`, the connection tracked with the node it came through, so that
 //!   the backend's answers go back through it (the backend sees the client's own address);
 //! - the answers of such a connection this node balanced to a backend there: sent out to the
@@ -181,6 +182,11 @@ fn icc_disabled(dest: &EndpointInfo) -> bool {
 /// either family.
 #[inline(always)]
 fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo, flow: &conntrack::Flow) -> i32 {
+    // Only a node hands over a client's connection: the outer source becomes where the answers
+    // go, so a stranger's datagram could otherwise take a backend's answers for itself.
+    if !overlay::is_peer(tunnel.remote) {
+        return drop_packet(ctx, Counter::DropOverlayStranger);
+    }
     let len = ctx.len();
     let came_by = tunnel.remote.to_be_bytes();
     let backend = PortKey { addr: flow.key.daddr, port: flow.key.dport, proto: flow.key.proto, _pad: 0 };

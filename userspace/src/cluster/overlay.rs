@@ -181,6 +181,7 @@ impl Membership {
                 TxnOp::get(keys::networks(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(keys::endpoints(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(keys::services(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(keys::alive_nodes(), Some(GetOptions::new().with_prefix())),
             ]))
             .await?;
         let revision = read.header().map(|h| h.revision()).unwrap_or(0);
@@ -193,10 +194,11 @@ impl Membership {
         Ok((all, revision))
     }
 
-    /// Keeps `view` equal to what etcd holds of overlay networks and endpoints: reads it all, then
-    /// follows the changes from the next revision; after a broken watch, resumes from the last
-    /// revision seen, and reads it all again when that revision has been compacted away. While
-    /// etcd is out of reach `view` keeps the last state (forwarding goes on with it).
+    /// Keeps `view` equal to what etcd holds of overlay networks, endpoints, services and live
+    /// nodes: reads it all, then follows the changes from the next revision; after a broken
+    /// watch, resumes from the last revision seen, and reads it all again when that revision has
+    /// been compacted away. While etcd is out of reach `view` keeps the last state (forwarding
+    /// goes on with it).
     pub async fn watch(self: Arc<Self>, view: tokio::sync::watch::Sender<Option<ClusterView>>) {
         let mut known: Option<(BTreeMap<String, Vec<u8>>, i64)> = None;
         // After a failure: soon (a dead member's stream is resumed on another at once), then
@@ -278,7 +280,7 @@ impl Membership {
 
 /// Whether a key is part of what [`ClusterView`] shows.
 fn viewed(key: &str) -> bool {
-    [keys::networks(), keys::endpoints(), keys::services()].iter().any(|prefix| key.starts_with(prefix))
+    [keys::networks(), keys::endpoints(), keys::services(), keys::alive_nodes()].iter().any(|prefix| key.starts_with(prefix))
 }
 
 fn view_of(all: &BTreeMap<String, Vec<u8>>, revision: i64) -> ClusterView {
@@ -298,6 +300,10 @@ fn view_of(all: &BTreeMap<String, Vec<u8>>, revision: i64) -> ClusterView {
         } else if key.starts_with(&keys::services()) {
             if let Ok(s) = serde_json::from_slice(value) {
                 view.services.push(s);
+            }
+        } else if key.starts_with(&keys::alive_nodes()) {
+            if let Ok(n) = serde_json::from_slice::<keys::NodeRecord>(value) {
+                view.nodes.insert(n.name, n.underlay);
             }
         }
     }

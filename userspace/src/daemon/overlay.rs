@@ -386,8 +386,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes `OVERLAY_VNIS` and the endpoints of other nodes on the overlay networks here, and
-    /// gives their names to the resolvers (`State::remote_endpoints`).
+    /// Writes `OVERLAY_VNIS`, the other live nodes (`OVERLAY_PEERS`) and the endpoints of other
+    /// nodes on the overlay networks here, and gives their names to the resolvers
+    /// (`State::remote_endpoints`).
     pub(super) fn program_overlay(&mut self) -> Result<()> {
         let Some(overlay) = self.overlay.as_ref() else { return Ok(()) };
         let mut vnis = Vec::new();
@@ -430,10 +431,23 @@ impl Daemon {
                 }
             }
         }
+        // The other live nodes: the only senders of the routing mesh's connections. (The
+        // underlay is IPv4.)
+        let peers: HashSet<std::net::Ipv4Addr> = overlay
+            .view
+            .iter()
+            .flat_map(|v| &v.nodes)
+            .filter(|(name, _)| name.as_str() != overlay.store.node())
+            .filter_map(|(_, underlay)| match underlay {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         if names != self.state.remote_endpoints {
             self.state.remote_endpoints = names;
             self.publish_state();
         }
+        self.datapath.set_overlay_peers(&peers)?;
         self.datapath.set_overlay_vnis(&vnis)?;
         self.datapath.set_remote_endpoints(&remote)
     }

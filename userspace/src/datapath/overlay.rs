@@ -1,6 +1,6 @@
 //! Overlay networks (clusters): the writer of `OVERLAY_VNIS` (VNI -> datapath network), of the
 //! `ENDPOINTS` entries of endpoints on other nodes, of `MESH_BACKENDS` (the backends here of the
-//! cluster's services), and the attachment of `from_overlay` to the
+//! cluster's services), of `OVERLAY_PEERS` (the other live nodes), and the attachment of `from_overlay` to the
 //! node's VXLAN device (pinned under `<bpffs>/overlay/<interface>`).
 use super::*;
 
@@ -50,6 +50,18 @@ impl Datapath {
             map.insert(key, service, 0).context("writing MESH_BACKENDS")?;
         }
         let keep: HashSet<PortKey> = backends.keys().copied().collect();
+        retain_keys(&mut map, &keep)
+    }
+
+    /// Makes `OVERLAY_PEERS` hold exactly `peers`: the underlay addresses of the cluster's other
+    /// live nodes, the only senders the routing mesh takes a client's connection from.
+    pub fn set_overlay_peers(&mut self, peers: &HashSet<std::net::Ipv4Addr>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, [u8; 4], u8> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::OVERLAY_PEERS).context("OVERLAY_PEERS map missing")?)?;
+        for peer in peers {
+            map.insert(peer.octets(), 1, 0).context("writing OVERLAY_PEERS")?;
+        }
+        let keep: HashSet<[u8; 4]> = peers.iter().map(|p| p.octets()).collect();
         retain_keys(&mut map, &keep)
     }
 

@@ -97,6 +97,8 @@ pub struct ClusterView {
     pub networks: Vec<NetworkRecord>,
     pub endpoints: Vec<EndpointRecord>,
     pub services: Vec<ServiceRecord>,
+    /// The live nodes (those whose lease holds), by name: where their tunnels end.
+    pub nodes: BTreeMap<String, IpAddr>,
     /// The store's revision this view shows (a view older than a change of this node's own does
     /// not show that change yet).
     pub revision: i64,
