@@ -148,6 +148,13 @@ counters! {
     /// source), for a backend here as the routing mesh's packets are: only another node may
     /// hand this node a client's connection (and so choose where its answers go).
     DropOverlayStranger = 43, "drop_overlay_stranger", drop;
+    /// A container's UDP datagram to another node's VXLAN port: masquerade would send it from
+    /// this node's underlay address, which that node trusts as this node's tunnel.
+    DropForgedTunnel = 44, "drop_forged_tunnel", drop;
+    /// A new connection to a published port or a service whose answers' tuple is a connection
+    /// the backend made itself (from that port to that peer): refused, as Linux's conntrack
+    /// refuses the clash, rather than take that connection's packets.
+    DropCtTupleTaken = 45, "drop_ct_tuple_taken", drop;
 }
 
 #[cfg(test)]
@@ -159,10 +166,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "Counter::ALL is in index order");
         }
-        assert_eq!(Counter::COUNT, 44);
+        assert_eq!(Counter::COUNT, 46);
         assert!(Counter::DropIsolation.is_drop() && !Counter::Redirected.is_drop());
         assert_eq!(Counter::DropArpUnknownTarget.name(), "drop_arp_unknown_target");
         let drops = Counter::ALL.iter().filter(|c| c.is_drop()).count();
-        assert_eq!(drops, 23);
+        assert_eq!(drops, 25);
     }
 }

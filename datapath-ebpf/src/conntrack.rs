@@ -660,10 +660,18 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
         }
         new.original.src_port = new.reply_key.dport;
     } else {
-        // The answers' tuple of a connection that came another way before (through another
-        // node of a cluster, say) and is over: the client reuses its tuple only then. Its
-        // established entry would shadow the new one (looked up first); it goes (the daemon's
-        // recount corrects the endpoint's share).
+        // The answers' tuple may be a connection the container made itself (its own source
+        // port to this very peer): a packet spoofed from that peer must not take it over. Linux
+        // refuses such a clash too.
+        // SAFETY: read-only lookups.
+        let own = |e: Option<&CtEntry>| e.is_some_and(|e| e.state & ct_state::REPLY == 0);
+        if own(unsafe { CONNTRACK.get(&new.reply_key) }) || own(unsafe { CT_PENDING.get(&new.reply_key) }) {
+            return Err(Counter::DropCtTupleTaken);
+        }
+        // Else the answers' tuple of a connection that came another way before (through
+        // another node of a cluster, say) and is over: the client reuses its tuple only then.
+        // Its established entry would shadow the new one (looked up first); it goes (the
+        // daemon's recount corrects the endpoint's share).
         let _ = CONNTRACK.remove(&new.reply_key);
         if CT_PENDING.insert(&new.reply_key, &new.reply, 0).is_err() {
             return Err(Counter::DropCtInsertFailed);

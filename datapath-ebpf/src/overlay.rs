@@ -16,13 +16,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
+    conntrack::IPPROTO_UDP,
     Counter, EndpointInfo, PortKey, GATEWAY_MAC, MAX_MESH_BACKENDS, MAX_OVERLAY_NETWORKS, MAX_OVERLAY_PEERS, OVERLAY_NODE_ENTRIES, VXLAN_PORT,
 };
 
 use crate::{
     checksum,
+    conntrack,
     counters::{bump, count, drop_packet},
-    headers::{ptr_at, read_at, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IP_OFF},
+    headers::{ptr_at, read_at, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPV4_MF, IPV4_OFFSET_MASK, IP_OFF},
     mem::zero,
     route,
 };
@@ -237,9 +239,12 @@ pub fn is_vxlan_here(ctx: &TcContext) -> bool {
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, IP_OFF) else { return false };
     // SAFETY: bounds-checked by `ptr_at`.
-    let (version_ihl, proto, daddr) = unsafe { ((*ip).version_ihl, (*ip).protocol, (*ip).daddr) };
+    let (version_ihl, proto, daddr, frag_off) = unsafe { ((*ip).version_ihl, (*ip).protocol, (*ip).daddr, (*ip).frag_off) };
+    // A fragment is the kernel's to reassemble (its VXLAN device then takes the datagram): a
+    // later one's payload could pose as a UDP header to port 4789.
     version_ihl == 0x45
-        && proto == 17
+        && proto == IPPROTO_UDP
+        && u16::from_be(frag_off) & (IPV4_MF | IPV4_OFFSET_MASK) == 0
         && u32::from_ne_bytes(daddr) == local
         && read_at::<u16>(ctx, OUTER_UDP_OFF + 2).ok() == Some(VXLAN_PORT.to_be())
 }
@@ -315,6 +320,19 @@ pub fn is_mesh_backend(key: &PortKey) -> bool {
 pub fn is_peer(underlay: u32) -> bool {
     // SAFETY: read-only lookup of a plain-old-data value.
     unsafe { OVERLAY_PEERS.get(&underlay.to_be_bytes()) }.is_some()
+}
+
+/// Whether a container's `flow` is a datagram to another node's VXLAN port. Masquerade would
+/// send it from this node's underlay address, which that node trusts as this node's tunnel
+/// (a forged endpoint's packet, or a routing-mesh connection whose answers this node would be
+/// sent): never sent. (A fragment after the first has its first's ports here.)
+#[inline(always)]
+pub fn is_datagram_to_peer_tunnel(flow: &conntrack::Flow) -> bool {
+    flow.key.proto == IPPROTO_UDP
+        && flow.key.dport == VXLAN_PORT.to_be()
+        && flow.key.daddr.is_ipv4()
+        // SAFETY: read-only lookup of a plain-old-data value.
+        && unsafe { OVERLAY_PEERS.get(&flow.key.daddr.ipv4_word().to_ne_bytes()) }.is_some()
 }
 
 /// The datapath network of `vni`, if this node holds that overlay network.

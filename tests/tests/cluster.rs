@@ -342,6 +342,26 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
             && bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_unknown_vni") >= unknown + 5)
     })
     .context("forged VXLAN datagrams were not all dropped and counted")?;
+    // From a container of n1 (of a local network, and of the overlay network itself): VXLAN to
+    // n2, masqueraded, would leave from n1's underlay address, which n2 trusts as n1's tunnel,
+    // with a1 (an endpoint on n1) as the inner source. Never sent.
+    let vni_ov = vni("ov")?;
+    c.nodes[0].bpfnet_ok(&["network", "create", "loc", "--subnet", "10.0.77.0/24"])?;
+    let x1 = c.nodes[0].add_netns("x1")?;
+    connect(&c, 0, "loc", &x1, &[])?;
+    let listener = bpfnet_lab::frames::UdpRecorder::start(&addr["a2"].1, "0.0.0.0:7777".parse()?)?;
+    let inner = bpfnet_lab::frames::Ip::new(addr["a1"].2.parse()?, addr["a2"].2.parse()?, 17).udp(5555, 7777, b"forged-tunnel");
+    let forged = bpfnet_lab::checks::counter(&c.nodes[0], "drop_forged_tunnel");
+    for sender in [&x1, &addr["a1"].1] {
+        send_vxlan_of(sender, "10.250.0.2", vni_ov, 0x0800, &inner)?;
+    }
+    ensure!(!listener.wait_for(b"forged-tunnel", Duration::from_secs(1)), "a container's VXLAN reached a2 as n1's tunnel");
+    within(Duration::from_secs(2), || Ok(bpfnet_lab::checks::counter(&c.nodes[0], "drop_forged_tunnel") >= forged + 10))
+        .context("containers' VXLAN to another node was not all dropped and counted")?;
+    // The listener hears: a1's own datagram to a2 arrives.
+    let to_a2 = format!("{}:7777", addr["a2"].2);
+    bpfnet_lab::netns::within(&addr["a1"].1, move || Ok(std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(b"forged-tunnel", to_a2)?))?;
+    ensure!(listener.wait_for(b"forged-tunnel", Duration::from_secs(2)), "a1's own datagram did not reach a2");
 
     // Names across nodes: n1's resolver knows n2's container by its alias, and its address.
     let a1 = addr["a1"].1.clone();

@@ -368,6 +368,32 @@ fn a_published_port_takes_only_new_connections_the_host_does_not_hold() {
 }
 
 #[test]
+fn a_published_port_never_takes_over_a_connection_the_container_made() {
+    TestNetns::new("clash").run(MASQ, |lab| {
+        // The container asks SERVER_IP:53 from its port 5353 (masqueraded) and publishes that
+        // port as 5354/udp.
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
+        lab.publish(None, 5354, UDP, CONTAINER_IP, 5353);
+        let query = packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(5353, 53, b"query"));
+        let out = lab.from_container(&query);
+        assert_eq!(out.verdict, REDIRECT);
+        let nat_port = port_at(&out.packet, L4);
+        // A datagram spoofed from SERVER_IP:53 to the published port: its answers' tuple
+        // (10.0.0.2:5353 -> SERVER_IP:53) is the container's own connection. Refused.
+        let spoofed = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: SERVER_IP, dst: UPLINK_IP, proto: UDP, ttl: 60, id: 3, frag: 0 }, udp_datagram(53, 5354, b"spoof"));
+        let out = lab.from_uplink(&spoofed);
+        assert_eq!((out.verdict, lab.counter(Counter::DropCtTupleTaken)), (DROP, 1));
+        // The container's connection is untouched: its next query leaves masqueraded as before.
+        let out = lab.from_container(&query);
+        let expected = packet(ROUTER_MAC, UPLINK_MAC, Ip { src: UPLINK_IP, ttl: 63, ..from_container(CONTAINER_IP, UDP, 64) }, udp_datagram(nat_port, 53, b"query"));
+        assert_eq!((out.verdict, out.packet), (REDIRECT, expected));
+        // Another client's datagram to the published port is taken as ever.
+        let other = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: CLIENT_IP, dst: UPLINK_IP, proto: UDP, ttl: 60, id: 4, frag: 0 }, udp_datagram(53, 5354, b"hello"));
+        assert_eq!(lab.from_uplink(&other).verdict, REDIRECT);
+    });
+}
+
+#[test]
 fn a_published_port_takes_outside_clients_to_the_container_with_their_own_address() {
     TestNetns::new("dnat").run(MASQ, |lab| {
         // 10.0.0.2 (on the test interface) publishes 8080 -> 80 on every address.

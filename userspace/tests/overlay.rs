@@ -91,6 +91,32 @@ fn a_connection_from_outside_is_balanced_to_a_backend_on_another_node_through_th
 }
 
 #[test]
+fn a_container_cannot_send_vxlan_to_another_node_from_this_nodes_address() {
+    TestNetns::new("ov-forge").run(MASQ, |lab| {
+        datapath_vxlan(lab);
+        // Masqueraded, a datagram to node 2's VXLAN port would leave from this node's underlay
+        // address: node 2 would take its inner packet as this node's (an endpoint here, or a
+        // routing-mesh connection whose answers come here).
+        let forged = vxlan_frame(UPLINK_IP, VNI, (REMOTE_MAC, GATEWAY_MAC), &inner_tcp(Ip { src: CONTAINER_IP, dst: REMOTE_IP, proto: TCP, ttl: 64, id: 1, frag: 0x4000 }, 40000, 80, 0x02));
+        let as_sent = |dst: [u8; 4], dport: u16, frag: u16| {
+            let udp = [&40000u16.to_be_bytes()[..], &dport.to_be_bytes(), &forged[14 + 20 + 4..]].concat();
+            packet(GATEWAY_MAC, CONTAINER_MAC, Ip { src: CONTAINER_IP, dst, proto: UDP, ttl: 64, id: 9, frag }, udp)
+        };
+        let out = lab.from_container(&as_sent(NODE2, 4789, 0x4000));
+        assert_eq!((out.verdict, lab.counter(Counter::DropForgedTunnel)), (DROP, 1), "to node 2's VXLAN port");
+        let out = lab.from_container(&as_sent(NODE3, 4789, 0x2000));
+        assert_eq!((out.verdict, lab.counter(Counter::DropForgedTunnel)), (DROP, 2), "a first fragment to node 3's");
+        // Another port of a node, and VXLAN to an address that is no node: masqueraded as ever.
+        for (dst, dport) in [(NODE2, 4790), (STRANGER, 4789)] {
+            let out = lab.from_container(&as_sent(dst, dport, 0x4000));
+            assert_eq!(out.verdict, REDIRECT, "{dst:?}:{dport}");
+            assert_eq!(&out.packet[14 + 12..14 + 16], &UPLINK_IP, "masqueraded");
+        }
+        assert_eq!(lab.counter(Counter::DropForgedTunnel), 2);
+    });
+}
+
+#[test]
 fn what_arrives_by_the_tunnel_without_its_key_is_dropped() {
     TestNetns::new("ov-key").run(MASQ, |lab| {
         lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, NETWORK, GATEWAY_IP);
@@ -122,6 +148,11 @@ fn vxlan_frame(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner: &[
 
 /// As [`vxlan_frame`], with an inner packet of Ethernet type `inner_type`.
 fn vxlan_frame_of(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner_type: u16, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_fragment(from, 0x4000, vni, inner_eth, inner_type, inner)
+}
+
+/// As [`vxlan_frame_of`], the outer IPv4 header's flags and fragment offset `frag`.
+fn vxlan_frame_fragment(from: [u8; 4], frag: u16, vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner_type: u16, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(&inner_eth.0);
@@ -132,13 +163,18 @@ fn vxlan_frame_of(from: [u8; 4], vni: u32, inner_eth: ([u8; 6], [u8; 6]), inner_
     udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(&payload);
-    let outer = Ip { src: from, dst: UPLINK_IP, proto: UDP, ttl: 63, id: 0, frag: 0x4000 };
+    let outer = Ip { src: from, dst: UPLINK_IP, proto: UDP, ttl: 63, id: 0, frag };
     frame(UPLINK_MAC, ROUTER_MAC, &outer, &udp)
 }
 
 /// An inner TCP packet (IP header and segment, checksums exact).
 fn inner_tcp(ip: Ip, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     packet([0; 6], [0; 6], ip, tcp_segment(sport, dport, flags, b"hi"))[14..].to_vec()
+}
+
+/// As [`inner_tcp`], with no payload and sequence number `seq`.
+fn inner_tcp_at(ip: Ip, sport: u16, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    packet([0; 6], [0; 6], ip, tcp_segment_at(sport, dport, flags, seq, 0, b""))[14..].to_vec()
 }
 
 /// What the lab node sends node 2 for `inner` (a packet of Ethernet type `inner_type`), built
@@ -236,16 +272,32 @@ fn vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, answer, tcp_segment(8080, 33000, 0x12, b"")));
         assert_eq!(out.verdict, REDIRECT, "out of the uplink, wrapped");
         assert_eq!(&out.packet[14 + 16..14 + 20], &NODE2, "to node 2, which balanced it");
-        // Node 3, a node, may take the tuple over (the client's traffic moved to it): the
-        // answers follow it there.
+        // Node 3, a node, takes over the tuple of an open connection neither: a SYN spoofed with
+        // the client's address through it would move the answers away.
         let out = lab.from_uplink(&vxlan_frame(NODE3, VNI, (CONTAINER_MAC, GATEWAY_MAC), &syn));
-        assert_eq!((out.verdict, lab.counter(Counter::MeshIn)), (REDIRECT, 2));
+        assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 3), "an open connection stays with node 2");
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, answer, tcp_segment(8080, 33000, 0x12, b"")));
+        assert_eq!((out.verdict, &out.packet[14 + 16..14 + 20]), (REDIRECT, &NODE2[..]), "still to node 2");
+        // Once it closes (the client's reset, in its window, through node 2), a new connection
+        // on its port through node 3 is node 3's, and its answers follow it there.
+        let reset = inner_tcp_at(from_client, 33000, 8080, 0x04, 0x1004);
+        assert_eq!(lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &reset)).verdict, REDIRECT);
+        let out = lab.from_uplink(&vxlan_frame(NODE3, VNI, (CONTAINER_MAC, GATEWAY_MAC), &syn));
+        assert_eq!((out.verdict, lab.counter(Counter::MeshIn)), (REDIRECT, 3));
         let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, answer, tcp_segment(8080, 33000, 0x12, b"")));
         assert_eq!((out.verdict, &out.packet[14 + 16..14 + 20]), (REDIRECT, &NODE3[..]), "to node 3 now");
         // A node that left the cluster is a stranger again.
         lab.dp.set_overlay_peers(&HashSet::from([NODE3.into()])).unwrap();
         let out = lab.from_uplink(&vxlan_frame(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), &inner_tcp(from_client, 33003, 8080, 0x02)));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 3), "node 2 gone from the cluster");
+
+        // A fragment of VXLAN is the kernel's to reassemble (a later one's payload could pose as
+        // a UDP header to port 4789): not unwrapped here, whatever it says.
+        for frag in [0x2000, 0x0010] {
+            let out = lab.from_uplink(&vxlan_frame_fragment(NODE2, frag, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x0800, &inner));
+            assert_eq!(out.verdict, PASS, "fragment {frag:#06x}");
+        }
+        assert_eq!(lab.counter(Counter::FromOverlay), 1);
 
         // Where the node leaves VXLAN to its device, the datagram is the host's (its socket).
         lab.dp.set_overlay_node(None).unwrap();

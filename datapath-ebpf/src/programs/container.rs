@@ -129,6 +129,9 @@ fn beyond_network(ctx: &TcContext, iface: &IfaceInfo, ifindex: u32, dest: Destin
     if dest == Destination::Internal && flow.key.proto == IPPROTO_ICMP && flow.icmp_type != ICMP_ECHO_REQUEST {
         return drop_packet(ctx, Counter::DropInternal);
     }
+    if overlay::is_datagram_to_peer_tunnel(&flow) {
+        return drop_packet(ctx, Counter::DropForgedTunnel);
+    }
     if flow.is_icmp_error() {
         return icmp_error_from_container(ctx, &flow);
     }

@@ -16,7 +16,8 @@
 //!   client with this node's published address and port restored.
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
-    ct_action, endpoint_flags, iface_flags, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC,
+    conntrack::IPPROTO_TCP,
+    ct_action, ct_state, endpoint_flags, iface_flags, Counter, EndpointInfo, IpKey, PortKey, GATEWAY_MAC,
 };
 
 use crate::{
@@ -200,8 +201,11 @@ fn mesh_in(ctx: &TcContext, tunnel: &Tunnel, dest: &EndpointInfo, flow: &conntra
         }
         if entry.tunnel_underlay != came_by {
             // Another node balanced the same tuple here: the client's traffic moved to it (a
-            // datagram, or a new connection on a reused port). Its answers go back that way.
-            if !starts {
+            // datagram, or a new connection on the port of a closing one). Its answers go back
+            // that way. Not an open TCP connection's: a SYN spoofed with the client's address
+            // through another node would take its answers away (and a reset would follow).
+            let open_tcp = flow.key.proto == IPPROTO_TCP && entry.state & (ct_state::CLOSING | ct_state::FIN_SENT) == 0;
+            if !starts || open_tcp {
                 return drop_packet(ctx, Counter::DropOverlaySpoofed);
             }
             let Some(reply) = conntrack::peer_of(tracked) else { return drop_packet(ctx, Counter::DropOverlaySpoofed) };
