@@ -16,6 +16,8 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
+/// Write-ahead records of attaches under way (see [`Store::write_ahead`]).
+const WRITE_AHEAD_FILE: &str = "connecting.json";
 /// 2: allocations (endpoints not attached), addresses under "address" (1 had "ipv4"). 3: a
 /// network's IPv4 side and an endpoint's IPv4 address may be absent (IPv6-only networks), which
 /// a reader of 2 would take for damage. Older files are read and rewritten as 3.
@@ -611,6 +613,12 @@ impl Store {
                 if let Some(net) = state.networks.iter().find(|n| n.ipv4.is_none() && n.ipv6.is_none()) {
                     return Err(damaged(format!("network {:?} has no subnet", net.name)));
                 }
+                let mut state = state;
+                for ep in self.load_write_ahead() {
+                    if !state.endpoints.iter().chain(&state.connecting).any(|e| e.id == ep.id) {
+                        state.connecting.push(ep);
+                    }
+                }
                 let mut allocations = state.endpoints.iter().chain(&state.connecting).map(|e| &e.allocation).chain(&state.allocations);
                 if let Some(a) = allocations.find(|a| a.address4.is_none() && a.address6.is_none()) {
                     return Err(damaged(format!("endpoint {} has no address", a.id)));
@@ -629,7 +637,48 @@ impl Store {
         write_atomically(&self.dir, STATE_FILE, &serde_json::to_vec_pretty(&state)?)
     }
 
+    /// Records `connecting` (`State::connecting`: the attaches under way) before an attach's
+    /// first kernel change, in a file of its own and without waiting for the disk: what these
+    /// records are for (veths, filters, map entries left by a crash in the middle of an attach)
+    /// does not outlive a power loss either, and a daemon's crash cannot lose a written file. The
+    /// next [`Store::save`] makes the state file say what they said (an attach finished or
+    /// undone, or its record kept in `State::connecting`) and removes this file.
+    pub fn write_ahead(&self, connecting: &[Endpoint]) -> Result<()> {
+        let path = self.dir.join(WRITE_AHEAD_FILE);
+        let tmp = self.dir.join(format!("{WRITE_AHEAD_FILE}.tmp"));
+        let bytes = serde_json::to_vec(connecting)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    }
+
+    /// Removes the write-ahead file: the state file, just saved, holds what it said.
+    pub fn forget_write_ahead(&self) -> Result<()> {
+        remove_if_present(&self.dir.join(WRITE_AHEAD_FILE))
+    }
+
+    /// The write-ahead file's records; a damaged file (the daemon's crash while it was replaced
+    /// cannot make one, a disk's failure can) is reported and read as none: bpfnet's aliased
+    /// veths without a record are removed at start all the same.
+    fn load_write_ahead(&self) -> Vec<Endpoint> {
+        let path = self.dir.join(WRITE_AHEAD_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                log::warn!("{} is damaged ({e}): its records of interrupted connects are not read", path.display());
+                vec![]
+            }),
+            Err(_) => vec![],
+        }
+    }
+
     pub fn remove(&self) -> Result<()> {
+        self.forget_write_ahead()?;
         remove_if_present(&self.path())
     }
 }
@@ -716,6 +765,40 @@ mod tests {
         let err = format!("{:#}", store.load().unwrap_err());
         assert!(err.contains("is damaged") && err.contains("--cleanup"), "{err}");
         assert!(!dir.join("state.json.tmp").exists(), "temporary file renamed away");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_ahead_records_are_read_back_until_the_state_says_what_they_said() {
+        let dir = std::env::temp_dir().join(format!("bpfnet-write-ahead-test-{}", std::process::id()));
+        let store = Store::new(&dir).unwrap();
+        let ep: Endpoint = serde_json::from_str(
+            r#"{"id": "e1", "network_id": "n1", "container_id": "c1", "container_name": "con1",
+            "netns_path": "/run/netns/con1", "netns_dev": 4, "netns_inode": 4026532000,
+            "interface": "eth0", "host_interface": "bne1", "host_ifindex": 7, "ipv4": "10.1.0.2",
+            "mac": [2, 66, 10, 1, 0, 2], "aliases": [], "default_route": true, "ports": []}"#,
+        )
+        .unwrap();
+        store.save(&sample()).unwrap();
+        // An attach under way (the daemon crashed in it): its record comes back with the state.
+        store.write_ahead(std::slice::from_ref(&ep)).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().connecting, vec![ep.clone()]);
+        // The attach finished and saved, the file not removed yet: the endpoint is no leftover.
+        let mut attached = sample();
+        attached.endpoints.push(ep.clone());
+        store.save(&attached).unwrap();
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!((loaded.endpoints.len(), loaded.connecting.len()), (1, 0));
+        // Folded into the state, and gone.
+        store.forget_write_ahead().unwrap();
+        assert!(!dir.join(WRITE_AHEAD_FILE).exists());
+        store.save(&sample()).unwrap();
+        assert_eq!(store.load().unwrap(), Some(sample()));
+        // A damaged file is read as no record; the state still loads.
+        fs::write(dir.join(WRITE_AHEAD_FILE), b"[{\"id\": ").unwrap();
+        assert_eq!(store.load().unwrap(), Some(sample()));
+        store.remove().unwrap();
+        assert!(!dir.join(WRITE_AHEAD_FILE).exists() && !store.path().exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -340,10 +340,11 @@ impl Daemon {
     }
 
     /// Write ahead: records `ep` in `State::connecting` before its first kernel change, so that a
-    /// crash from then on leaves a record of what its attach made.
+    /// crash from then on leaves a record of what its attach made (in the store's write-ahead
+    /// record, which the attach's commit folds into the state).
     pub(super) fn write_ahead(&mut self, ep: &Endpoint) -> DaemonResult<()> {
         self.state.connecting.push(ep.clone());
-        if let Err(e) = self.store.commit(&self.state) {
+        if let Err(e) = self.store.write_ahead(&self.state.connecting) {
             self.state.connecting.retain(|c| c.id != ep.id);
             return Err(Error::internal(e));
         }

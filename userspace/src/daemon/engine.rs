@@ -178,6 +178,12 @@ impl Daemon {
                 }
             }
         }
+        let shown: Vec<String> = chosen.iter().map(|p| p.to_string()).collect();
+        if chosen == ep.ports {
+            // Nothing changed, nothing to record (Docker calls this for a container's gateway
+            // endpoint whether or not it publishes anything).
+            return Ok(shown);
+        }
         let before = self.state.clone();
         if let Some(stored) = self.state.endpoints.iter_mut().find(|e| e.id == ep.id) {
             stored.ports = chosen.clone();
@@ -186,7 +192,6 @@ impl Daemon {
             self.state = before;
             return Err(Error::internal(e));
         }
-        let shown: Vec<String> = chosen.iter().map(|p| p.to_string()).collect();
         if !(chosen.is_empty() && ep.ports.is_empty()) {
             log::info!("endpoint {} ({}) publishes: [{}]", &ep.id[..12], ep.container_name, shown.join(", "));
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::state::{Service, ServiceStore, State, Store as StateFile};
+use crate::state::{Endpoint, Service, ServiceStore, State, Store as StateFile};
 
 /// `Send + Sync`: the daemon holding it is shared with the worker and held across awaits.
 pub trait Store: Send + Sync {
@@ -19,6 +19,10 @@ pub trait Store: Send + Sync {
     /// Records `state`'s networks, endpoints and allocations (services are recorded by
     /// themselves, below). A failure records nothing.
     fn commit(&mut self, state: &State) -> Result<()>;
+    /// Records `connecting` (`State::connecting`) before an attach's first kernel change; read
+    /// back by `load` until the next `commit`. Need not outlive a power loss (the kernel objects
+    /// it accounts for do not), only the daemon's crash: cheaper than a `commit`.
+    fn write_ahead(&mut self, connecting: &[Endpoint]) -> Result<()>;
     /// Records `services` as they now are (new or changed), as one change.
     fn put_services(&mut self, services: &[&Service]) -> Result<()>;
     /// Records that the services `names` are gone.
@@ -36,12 +40,14 @@ pub trait Store: Send + Sync {
 pub struct FileStore {
     state: StateFile,
     services: ServiceStore,
+    /// Whether a write-ahead file may exist (the next commit removes it).
+    write_ahead: bool,
 }
 
 impl FileStore {
     /// The store in `dir` (made private, 0700, if it is new).
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self { state: StateFile::new(dir)?, services: ServiceStore::new(dir) })
+        Ok(Self { state: StateFile::new(dir)?, services: ServiceStore::new(dir), write_ahead: true })
     }
 }
 
@@ -53,7 +59,21 @@ impl Store for FileStore {
     }
 
     fn commit(&mut self, state: &State) -> Result<()> {
-        self.state.save(state)
+        self.state.save(state)?;
+        if self.write_ahead {
+            // Said by the state file now; a file left behind is read again with it (harmless:
+            // records of finished attaches are skipped), so a failure is only reported.
+            match self.state.forget_write_ahead() {
+                Ok(()) => self.write_ahead = false,
+                Err(e) => log::warn!("removing the write-ahead file: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_ahead(&mut self, connecting: &[Endpoint]) -> Result<()> {
+        self.write_ahead = true;
+        self.state.write_ahead(connecting)
     }
 
     fn put_services(&mut self, services: &[&Service]) -> Result<()> {
