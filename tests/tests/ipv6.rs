@@ -260,6 +260,26 @@ fn containers_reach_the_outside_over_ipv6_masqueraded_to_the_uplinks_address() {
     let conns = sb.bpfnet_ok(&["conntrack", "ls"]).unwrap();
     assert!(conns.contains(&a6) && conns.contains(UPLINK_IP6), "conntrack ls shows IPv6 connections: {conns}");
 
+    // A rewrite of net.ipv6.conf.all.forwarding (to 0, by `sysctl -p` or another manager) turns
+    // off every interface's, lo's and the endpoints' host sides': the daemon notices (lo) within
+    // its 2-s tick and turns them on again; NAT66 goes on.
+    let host = sb.host();
+    sb.exec(&host, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]).unwrap();
+    let forwarding = |dev: &str| sb.exec(&host, &["cat", &format!("/proc/sys/net/ipv6/conf/{dev}/forwarding")]).unwrap().stdout.trim() == "1";
+    let endpoints = json(&sb.bpfnet_ok(&["endpoint", "ls", "--json"]).unwrap());
+    let of_a = endpoints.as_array().unwrap().iter().find(|e| e["ipv6_address"].as_str().is_some_and(|ip| ip.starts_with(&a6)));
+    let host_side = of_a.and_then(|e| e["attachment"]["host_interface"].as_str()).expect("a's endpoint and its host side").to_string();
+    assert!(!forwarding("lo") && !forwarding(&host_side), "the rewrite turned them off");
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while !(forwarding("lo") && forwarding(&host_side)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(forwarding("lo") && forwarding(&host_side), "IPv6 forwarding not turned on again");
+    let seen = tcp_whoami(&a, addr(FAR_IP6, 8080), T).unwrap();
+    assert_eq!(seen.ip().to_string(), UPLINK_IP6, "NAT66 after the rewrite");
+    let log = std::fs::read_to_string(sb.daemon_log()).unwrap();
+    assert!(log.contains("turned on again on lo and on 2 endpoint(s)"), "the daemon says so");
+
     // masquerade=false: untranslated (routed by the host), the outside has no route back.
     let nat_out = counter(&sb, "nat_out");
     assert!(tcp_connect(&plain, addr(FAR_IP6, 8080), BLOCKED).is_err(), "no masquerade, no answer");

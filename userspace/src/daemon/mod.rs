@@ -216,6 +216,7 @@ impl Daemon {
             overlay: None,
         };
         let attached = began.elapsed();
+        uplinks::lo_forwards_ipv6();
         daemon.reconcile().await?;
         daemon.refresh_host_addresses().await?;
         log::info!(
@@ -245,7 +246,27 @@ impl Daemon {
     /// published on every address answers. Run every few seconds by the server.
     pub async fn refresh_addresses(&mut self) -> Result<()> {
         uplinks::refresh(&self.netlink, &mut self.datapath, &mut self.uplinks).await?;
+        if uplinks::lo_forwards_ipv6() == Some(true) {
+            self.forward_ipv6_again();
+        }
         self.refresh_host_addresses().await
+    }
+
+    /// Lets every IPv6 endpoint's host side forward IPv6 again, after a rewrite of
+    /// `net.ipv6.conf.all.forwarding` turned it off (see `uplinks::lo_forwards_ipv6`): without
+    /// it their NAT66 and published IPv6 ports stop.
+    fn forward_ipv6_again(&self) {
+        let mut restored = 0;
+        for ep in self.state.endpoints.iter().filter(|e| e.address6.is_some()) {
+            match drivers::forward_ipv6(&ep.host_interface) {
+                Ok(()) => restored += 1,
+                Err(e) => log::warn!("endpoint {} ({}): {e:#}", &ep.id[..12], ep.container_name),
+            }
+        }
+        log::warn!(
+            "IPv6 forwarding was turned off on this namespace's interfaces (net.ipv6.conf.all.forwarding rewritten?): \
+             turned on again on lo and on {restored} endpoint(s)"
+        );
     }
 
     /// The handle readers use to see the last committed state.

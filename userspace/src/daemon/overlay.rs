@@ -92,14 +92,6 @@ impl Daemon {
         };
         let vxlan_ifindex = self.netlink.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
         crate::plumbing::write_sysctl(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1").ok();
-        // The routing mesh's IPv6 answers leave as the host's own (the datapath's route lookup
-        // enters by lo): the kernel answers an IPv6 route lookup only where the interface
-        // entered by forwards. On lo that changes nothing else (no router advertisements, no
-        // neighbours); the uplinks keep theirs (forwarding there would stop them taking
-        // router advertisements). Without IPv6 in the namespace there is nothing to route.
-        if let Err(e) = crate::plumbing::write_sysctl("net/ipv6/conf/lo/forwarding", "1") {
-            log::warn!("the routing mesh cannot answer IPv6 clients: {e:#}");
-        }
         self.datapath.attach_overlay(VXLAN_DEVICE).context("attaching the overlay program")?;
         // VXLAN in the datapath needs an IPv4 underlay address of this node's own.
         let native = match store.underlay() {

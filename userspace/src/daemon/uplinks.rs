@@ -137,6 +137,29 @@ pub(super) fn attach(datapath: &mut Datapath, found: &mut [Found], xdp: XdpSetti
     Ok(uplinks)
 }
 
+/// `lo`'s IPv6 forwarding setting.
+const LO_FORWARDING: &str = "net/ipv6/conf/lo/forwarding";
+
+/// Lets `lo` forward IPv6: the routing mesh's IPv6 answers leave as the host's own (the
+/// datapath's route lookup enters by `lo`), and the kernel answers an IPv6 route lookup only
+/// where the interface entered by forwards; on `lo` it changes nothing else (no router
+/// advertisements, no neighbours). The uplinks keep theirs (forwarding there would stop them
+/// taking router advertisements). It is also the sentinel of the endpoints' host sides, which
+/// forward IPv6 one by one: a rewrite of `net.ipv6.conf.all.forwarding` (`sysctl -p`, another
+/// network manager) sets every interface's, and when it turns `lo`'s off it turned theirs off
+/// too. Returns whether `lo` had stopped forwarding (it forwards again); `None` without IPv6
+/// here.
+pub(super) fn lo_forwards_ipv6() -> Option<bool> {
+    let now = std::fs::read_to_string(format!("/proc/sys/{LO_FORWARDING}")).ok()?;
+    if now.trim() == "1" {
+        return Some(false);
+    }
+    if let Err(e) = plumbing::write_sysctl(LO_FORWARDING, "1") {
+        log::warn!("the routing mesh cannot answer IPv6 clients: {e:#}");
+    }
+    Some(true)
+}
+
 /// What the datapath's `UPLINKS` holds for `found`.
 fn datapath_uplinks(found: &[Found]) -> Vec<UplinkAddresses> {
     found.iter().map(|f| UplinkAddresses { ifindex: f.index, ipv4: f.addr, ipv6: f.addr6, veth: f.veth }).collect()

@@ -10,7 +10,7 @@ use std::{fs::File, net::IpAddr};
 
 use anyhow::Result;
 
-pub(super) use veth::{host_veth_name, InterfaceExists};
+pub(super) use veth::{forward_ipv6, host_veth_name, InterfaceExists};
 use crate::{
     conntrack::Conntrack,
     datapath::Datapath,

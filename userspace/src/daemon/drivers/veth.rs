@@ -51,6 +51,18 @@ fn host_side_ipv6(ifname: &str, dual_stack: bool) -> Result<()> {
     Ok(())
 }
 
+/// Lets an endpoint's host side `ifname` forward IPv6 (see [`Veth::program`]); again after a
+/// rewrite of `net.ipv6.conf.all.forwarding` turned it off (see `uplinks::lo_forwards_ipv6`).
+pub(in crate::daemon) fn forward_ipv6(ifname: &str) -> Result<()> {
+    plumbing::write_sysctl(&format!("net/ipv6/conf/{ifname}/forwarding"), "1")?;
+    // Linux 6.17 and later; before, what the datapath leaves to the host is forwarded only where
+    // the host forwards IPv6 (net.ipv6.conf.all.forwarding).
+    if let Err(e) = plumbing::write_sysctl(&format!("net/ipv6/conf/{ifname}/force_forwarding"), "1") {
+        log::debug!("{ifname}: no force_forwarding ({e:#})");
+    }
+    Ok(())
+}
+
 /// The driver (no state of its own: the kernel and the state say everything). `mtu`: the
 /// endpoints' (an overlay network's leaves room for the encapsulation); `None`: the kernel's.
 pub(in crate::daemon) struct Veth {
@@ -112,12 +124,7 @@ impl NetworkDriver for Veth {
             // what the datapath leaves to the host (a packet too big for the uplink, a hop limit
             // running out, a network without masquerade) is forwarded or answered as IPv4's is.
             // Here, not at creation: endpoints of an older version get it.
-            plumbing::write_sysctl(&format!("net/ipv6/conf/{}/forwarding", link.name), "1")?;
-            // Linux 6.17 and later; before, what the datapath leaves to the host is forwarded
-            // only where the host forwards IPv6 (net.ipv6.conf.all.forwarding).
-            if let Err(e) = plumbing::write_sysctl(&format!("net/ipv6/conf/{}/force_forwarding", link.name), "1") {
-                log::debug!("{}: no force_forwarding ({e:#})", link.name);
-            }
+            forward_ipv6(&link.name)?;
             k.netlink.replace_host_route(address6, link.index, v6.gateway).await?;
             k.netlink.replace_neighbour(link.index, address6, ep.mac).await?;
         }
