@@ -11,11 +11,12 @@ use aya_ebpf::{
 };
 use datapath_common::{
     conntrack::{pending_entries, share_owner, DEFAULT_CT_ENTRIES, FRAGMENT_ENTRIES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_TRACK_WINDOW},
-    ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey, MAX_ENDPOINTS,
+    ct_action, ct_state, Counter, CtConfig, CtEntry, CtKey, FragKey, FragPorts, IpKey, PortKey, MAX_ENDPOINTS,
 };
 
 use crate::{
     counters::bump,
+    maps::PORTS,
     headers::{
         ipv6_tracked_upper_layer, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
         IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -135,9 +136,14 @@ pub fn new_connection() -> Option<&'static mut NewConnection> {
     Some(slot)
 }
 
-/// The socket lookup's tuple (internal scratch space, off the stack).
+/// The socket lookup's tuple (internal scratch space, off the stack): entry 0 for the TC and
+/// XDP programs (softirq), entry 1 for the socket programs, which run in a process's context,
+/// where a softirq on the same CPU may run the others between the tuple's writing and its
+/// lookup.
 #[map(name = "SOCK_TUPLE")]
-static SOCK_TUPLE: PerCpuArray<bpf_sock_tuple> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_TUPLE: PerCpuArray<bpf_sock_tuple> = PerCpuArray::with_max_entries(2, 0);
+const PACKET_PROGRAM_SLOT: u32 = 0;
+const SOCKET_PROGRAM_SLOT: u32 = 1;
 
 /// Named by `datapath_common::global_names::CT_CONFIG`; set by the daemon at load.
 #[unsafe(no_mangle)]
@@ -556,7 +562,18 @@ pub fn ensure_reply(t: Tracked, flow: &Flow, ifindex: u32, mac: [u8; 6]) -> bool
 /// double the paths the verifier walks through every caller).
 #[inline(always)]
 pub fn host_socket_owns<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool, ipv6: bool) -> bool {
-    let Some(slot) = SOCK_TUPLE.get_ptr_mut(0) else { return false };
+    socket_lookup(ctx, key, connected_only, ipv6, PACKET_PROGRAM_SLOT)
+}
+
+/// [`host_socket_owns`] for a socket program (its own scratch slot: see [`SOCK_TUPLE`]).
+#[inline(always)]
+pub fn host_socket_owns_for_socket_program<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool, ipv6: bool) -> bool {
+    socket_lookup(ctx, key, connected_only, ipv6, SOCKET_PROGRAM_SLOT)
+}
+
+#[inline(always)]
+fn socket_lookup<C: EbpfContext>(ctx: &C, key: &CtKey, connected_only: bool, ipv6: bool, slot: u32) -> bool {
+    let Some(slot) = SOCK_TUPLE.get_ptr_mut(slot) else { return false };
     // SAFETY: a per-CPU slot: only this program run, on this CPU, uses it until it returns.
     let tuple = unsafe { &mut *slot };
     let size = if !ipv6 {
@@ -616,8 +633,23 @@ pub enum Port {
     /// The port translated to: `preferred` (network order) if it is free, as iptables keeps a
     /// connection's source port when it can (a client that reuses its ports then reuses its
     /// translations), else one drawn from the masquerade range. A port is free when no tracked
-    /// connection and no socket of the host has the reply tuple. `ipv6`: the connection's family.
+    /// connection and no socket of the host has the reply tuple; `preferred` also only if it is
+    /// not published on the address (the daemon refuses publications in the masquerade range, so
+    /// a port drawn from it never is). A well-known source port (below 16384) to an ephemeral one (32768 and above) is
+    /// never kept, as Linux's NAT does since CVE-2021-3773: it would shadow a connection the peer
+    /// makes to that port of the host. `ipv6`: the connection's family.
     Allocate { preferred: u16, ipv6: bool },
+}
+
+/// Whether the reply tuple `key`'s destination (the host's address and port) is a published
+/// port: a masqueraded connection there would take the peer's connections to it (the tracked
+/// connection is looked up first). Not inlined: its two keys would take room on
+/// `from_container`'s stack, near the 512-byte limit.
+#[inline(never)]
+fn is_published(key: &CtKey, ipv6: bool) -> bool {
+    let exact = PortKey { addr: key.daddr, port: key.dport, proto: key.proto, _pad: 0 };
+    // SAFETY: read-only lookups.
+    unsafe { PORTS.get(&exact).is_some() || PORTS.get(&PortKey::any_address(key.dport, key.proto, ipv6)).is_some() }
 }
 
 /// Tracks a new connection whose first packet is `flow`, in `CT_PENDING` until it is assured
@@ -634,8 +666,12 @@ pub fn track<C: EbpfContext>(ctx: &C, flow: &Flow, new: &mut NewConnection, port
         let (port_min, port_max): (u16, u16) = (ct_config!(nat_port_min), ct_config!(nat_port_max));
         let span = (port_max as u32).saturating_sub(port_min as u32) + 1;
         let mut claimed = false;
+        let ports = flow.key.proto == IPPROTO_TCP || flow.key.proto == IPPROTO_UDP;
+        let shadows = ports && u16::from_be(flow.key.sport) < 16_384 && u16::from_be(flow.key.dport) >= 32_768;
+        new.reply_key.dport = preferred;
+        let keep = preferred != 0 && !shadows && !(ports && is_published(&new.reply_key, ipv6));
         for attempt in 0..NAT_PORT_TRIES {
-            let candidate = if attempt == 0 && preferred != 0 {
+            let candidate = if attempt == 0 && keep {
                 preferred
             } else {
                 // SAFETY: helper without arguments.

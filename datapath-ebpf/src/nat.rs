@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, macros::map, maps::PerCpuArray, programs::TcContext, EbpfContext};
 use datapath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ct_action, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
+    ct_action, iface_flags, port_flags, Counter, CtEntry, CtKey, EndpointInfo, IfaceInfo, IpKey, PortKey, PortTarget,
 };
 
 use crate::{
@@ -208,19 +208,30 @@ fn published_target_of<C: EbpfContext, const V6: bool>(ctx: &C, flow: &Flow, loc
 const HAIRPIN_PORT: Port = Port::Allocate { preferred: 0, ipv6: false };
 const HAIRPIN_PORT6: Port = Port::Allocate { preferred: 0, ipv6: true };
 
+/// A container's packet to a VIP or a published port that cannot be translated after all (its
+/// backend just left, no scratch space): the host's, but never from an internal network, whose
+/// packets the host would forward.
+#[inline(always)]
+fn untranslatable(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+    if iface.flags & iface_flags::INTERNAL != 0 {
+        return drop_packet(ctx, Counter::DropInternal);
+    }
+    to_host(ctx)
+}
+
 /// A container reaching a published port through a host address: translated to the publishing
 /// container, and from the address of that container's gateway, so that its answers come back
 /// through the datapath (a container reaching its own port, too).
 #[inline(always)]
 pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, copied out.
-    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return to_host(ctx) };
-    let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return to_host(ctx) };
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }).copied() else { return untranslatable(ctx, iface) };
+    let Some(server_iface) = (unsafe { IFACES.get(&server.host_ifindex) }).copied() else { return untranslatable(ctx, iface) };
     if !decrement_ttl(ctx) {
         return drop_packet(ctx, Counter::DropTtlExpired);
     }
     let gateway = IpKey::from_ipv4_octets(server_iface.gateway_ipv4);
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    let Some(new) = conntrack::new_connection() else { return untranslatable(ctx, iface) };
     hairpin_connection(new, flow, iface, ifindex, target, &server, gateway, action);
     if let Err(reason) = conntrack::track(ctx, flow, new, HAIRPIN_PORT, len) {
         return drop_packet(ctx, reason);
@@ -238,20 +249,20 @@ pub fn hairpin(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ta
 pub fn hairpin_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, target: &PortTarget, action: u8, len: u32) -> i32 {
     // SAFETY: read-only lookups of plain-old-data values, read in place (the container
     // program's stack has no room for copies of the entries).
-    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }) else { return to_host(ctx) };
-    let Some(gateway) = (unsafe { IFACES.get(&server.host_ifindex) }).map(|i| IpKey { addr: i.gateway_ipv6 }) else { return to_host(ctx) };
+    let Some(server) = (unsafe { ENDPOINTS.get(&target.addr) }) else { return untranslatable(ctx, iface) };
+    let Some(gateway) = (unsafe { IFACES.get(&server.host_ifindex) }).map(|i| IpKey { addr: i.gateway_ipv6 }) else { return untranslatable(ctx, iface) };
     if server.is_remote() {
-        return to_host(ctx);
+        return untranslatable(ctx, iface);
     }
     if !decrement_hop_limit(ctx) {
         return drop_packet(ctx, Counter::DropTtlExpired);
     }
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    let Some(new) = conntrack::new_connection() else { return untranslatable(ctx, iface) };
     hairpin_connection(new, flow, iface, ifindex, target, server, gateway, action);
     if let Err(reason) = conntrack::track(ctx, flow, new, HAIRPIN_PORT6, len) {
         return drop_packet(ctx, reason);
     }
-    let Some(translation) = translation6_of(&new.original) else { return to_host(ctx) };
+    let Some(translation) = translation6_of(&new.original) else { return untranslatable(ctx, iface) };
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }
@@ -287,8 +298,8 @@ fn hairpin_connection(new: &mut conntrack::NewConnection, flow: &Flow, iface: &I
 #[inline(always)]
 pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, copied out.
-    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return to_host(ctx) };
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }).copied() else { return untranslatable(ctx, iface) };
+    let Some(new) = conntrack::new_connection() else { return untranslatable(ctx, iface) };
     via_vip_connection(new, flow, iface, ifindex, backend, &server);
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
@@ -305,13 +316,13 @@ pub fn via_vip(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, ba
 #[inline(always)]
 pub fn via_vip_v6(ctx: &TcContext, flow: &Flow, iface: &IfaceInfo, ifindex: u32, backend: &PortTarget, len: u32) -> i32 {
     // SAFETY: read-only lookup of a plain-old-data value, read in place (see `hairpin_v6`).
-    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }) else { return to_host(ctx) };
-    let Some(new) = conntrack::new_connection() else { return to_host(ctx) };
+    let Some(server) = (unsafe { ENDPOINTS.get(&backend.addr) }) else { return untranslatable(ctx, iface) };
+    let Some(new) = conntrack::new_connection() else { return untranslatable(ctx, iface) };
     via_vip_connection(new, flow, iface, ifindex, backend, server);
     if let Err(reason) = conntrack::track(ctx, flow, new, Port::Fixed, len) {
         return drop_packet(ctx, reason);
     }
-    let Some(translation) = translation6_of(&new.original) else { return to_host(ctx) };
+    let Some(translation) = translation6_of(&new.original) else { return untranslatable(ctx, iface) };
     if apply(ctx, flow, translation).is_err() {
         return drop_packet(ctx, Counter::DropMalformed);
     }

@@ -119,7 +119,7 @@ fn to_published_of<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     let listening = CtKey { saddr: IpKey::default(), daddr: asked, sport: 0, dport: port, proto, _pad: [0; 3] };
     if published.network == 0
         && published.flags & port_flags::OVER_HOST_LISTENERS == 0
-        && conntrack::host_socket_owns(ctx, &listening, false, ipv6)
+        && conntrack::host_socket_owns_for_socket_program(ctx, &listening, false, ipv6)
     {
         return PROCEED;
     }

@@ -232,5 +232,12 @@ fn an_internal_network_reaches_its_services_vip_and_nothing_else() {
         let other_port = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40002, 81, 0x02, b"")));
         assert_eq!(other_port.verdict, DROP, "a port the VIP does not serve");
         assert_eq!(lab.counter(Counter::DropInternal), 2);
+        // A backend the table still names but whose endpoint is gone (a moment of a change):
+        // not left to the host, which would forward the packet out of the internal network.
+        for i in 0..3 {
+            lab.dp.remove_endpoint(std::net::IpAddr::from(backend_ip(i))).unwrap();
+        }
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, to_vip, tcp_segment(40003, VIP_PORT, 0x02, b"")));
+        assert_eq!((out.verdict, lab.counter(Counter::DropInternal)), (DROP, 3), "no backend endpoint, no way out");
     });
 }

@@ -202,6 +202,17 @@ fn icmp_errors_about_a_masqueraded_connection_reach_the_container() {
         let p = packet(UPLINK_MAC, ROUTER_MAC, Ip { src: ROUTER_IP, dst: UPLINK_IP, proto: ICMP, ttl: 64, id: 2, frag: 0 }, unknown);
         let out = lab.from_uplink(&p);
         assert_eq!((out.verdict, out.packet), (PASS, p));
+
+        // The genuine error again, from the LAN but with another container's address as its
+        // source: screened as any packet from outside, never delivered.
+        let other = [10, 0, 0, 3];
+        lab.dp.set_endpoint(std::net::IpAddr::from(other), datapath_common::EndpointInfo { host_ifindex: 99, network_id: 1, ..Default::default() }).unwrap();
+        let mut error = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        error.extend_from_slice(&quote(UPLINK_IP, nat_port));
+        let forged = Ip { src: other, dst: UPLINK_IP, proto: ICMP, ttl: 64, id: 3, frag: 0 };
+        let out = lab.from_uplink(&packet(UPLINK_MAC, ROUTER_MAC, forged, error));
+        assert_eq!((out.verdict, lab.counter(Counter::DropUplinkSpoofed)), (DROP, 1));
+        assert_eq!(lab.counter(Counter::NatIcmpError), 2);
     });
 }
 
@@ -364,6 +375,32 @@ fn a_published_port_takes_only_new_connections_the_host_does_not_hold() {
         lab.publish_with_flags(None, 8054, UDP, CONTAINER_IP, 54, port_flags::OVER_HOST_LISTENERS);
         let answer = packet(UPLINK_MAC, ROUTER_MAC, Ip { proto: UDP, ..client }, udp_datagram(5561, 8054, b"a"));
         assert_eq!(lab.from_uplink(&answer).verdict, PASS, "the host's own flow");
+    });
+}
+
+#[test]
+fn masquerade_never_keeps_a_source_port_that_would_shadow_a_publication() {
+    TestNetns::new("shadow").run(MASQ, |lab| {
+        // Another container (behind another veth) publishes 8080/tcp on every address.
+        lab.add_container(CONTAINER_IP, CONTAINER_MAC, TEST_IFINDEX, 1, GATEWAY_IP);
+        lab.publish(None, 8080, TCP, [10, 0, 0, 3], 80);
+        // A container's connection from port 8080 to a client's port: kept, the tuple
+        // (client -> uplink:8080) would be the masquerade's, and the client's connections to
+        // the publication would reach this container. Another port is drawn.
+        let syn = |sport: u16, dport: u16| packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, TCP, 64), tcp_segment(sport, dport, 0x02, b""));
+        let out = lab.from_container(&syn(8080, 51000));
+        assert_eq!(out.verdict, REDIRECT);
+        assert_ne!(port_at(&out.packet, L4), 8080, "the published port is not the masquerade's");
+        // A well-known source port to an ephemeral one is never kept (Linux's CVE-2021-3773
+        // rule): it would shadow a connection the peer makes to that port of the host.
+        let out = lab.from_container(&syn(443, 40000));
+        assert_ne!(port_at(&out.packet, L4), 443);
+        // A source port kept as ever otherwise: an unprivileged port, or a well-known one to a
+        // well-known one.
+        let out = lab.from_container(&syn(45000, 443));
+        assert_eq!(port_at(&out.packet, L4), 45000);
+        let out = lab.from_container(&packet(GATEWAY_MAC, CONTAINER_MAC, from_container(CONTAINER_IP, UDP, 64), udp_datagram(123, 123, b"ntp")));
+        assert_eq!(port_at(&out.packet, L4), 123);
     });
 }
 

@@ -86,6 +86,10 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn from_uplink_v6(ctx: &TcContext) -> i32 {
     let Some(flow) = conntrack::parse_v6(ctx) else {
+        // An ICMPv6 error (or what is not tracked), screened first as any packet from outside.
+        if let Some(reason) = refusal_v6(ctx) {
+            return drop_packet(ctx, reason);
+        }
         return match icmpv6::translate_error_from_uplink(ctx) {
             Some(translation) => deliver(ctx, translation, Counter::NatIcmpError),
             None => screened_to_host_v6(ctx),
@@ -151,11 +155,17 @@ fn publish_v6(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8) -> 
 /// [`guard::uplink_refusal_v6`] refuses it.
 #[inline(always)]
 fn screened_to_host_v6(ctx: &TcContext) -> i32 {
-    let addrs = ctx.load::<[[u32; 4]; 2]>(IP_OFF + IPV6_SADDR_OFF);
-    if let Some(reason) = addrs.ok().and_then(|[saddr, daddr]| guard::uplink_refusal_v6(saddr, daddr)) {
+    if let Some(reason) = refusal_v6(ctx) {
         return drop_packet(ctx, reason);
     }
     count_uplink_to_host(ctx)
+}
+
+/// [`guard::uplink_refusal_v6`] of the packet's (outer) addresses.
+#[inline(always)]
+fn refusal_v6(ctx: &TcContext) -> Option<Counter> {
+    let [saddr, daddr] = ctx.load::<[[u32; 4]; 2]>(IP_OFF + IPV6_SADDR_OFF).ok()?;
+    guard::uplink_refusal_v6(saddr, daddr)
 }
 
 /// A new connection from outside to a published port: to the container, keeping the client's
@@ -182,13 +192,17 @@ fn publish(ctx: &TcContext, flow: &Flow, target: &PortTarget, action: u8, len: u
 /// refuses it.
 #[inline(always)]
 fn screened_to_host(ctx: &TcContext) -> i32 {
-    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_OFF + IP_SADDR_OFF), ctx.load::<u32>(IP_OFF + IP_DADDR_OFF)) else {
-        return count_uplink_to_host(ctx);
-    };
-    match guard::uplink_refusal(saddr, daddr) {
+    match refusal(ctx) {
         Some(reason) => drop_packet(ctx, reason),
         None => count_uplink_to_host(ctx),
     }
+}
+
+/// [`guard::uplink_refusal`] of the packet's (outer) addresses.
+#[inline(always)]
+fn refusal(ctx: &TcContext) -> Option<Counter> {
+    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_OFF + IP_SADDR_OFF), ctx.load::<u32>(IP_OFF + IP_DADDR_OFF)) else { return None };
+    guard::uplink_refusal(saddr, daddr)
 }
 
 #[inline(always)]
@@ -204,6 +218,10 @@ fn count_uplink_to_host(ctx: &TcContext) -> i32 {
 /// discovery, "connection refused").
 #[inline(always)]
 fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
+    // Screened as any packet from outside: a container's or the host's address is no source.
+    if let Some(reason) = refusal(ctx) {
+        return drop_packet(ctx, reason);
+    }
     match translate_icmp_error(ctx, flow) {
         Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
         None => screened_to_host(ctx),

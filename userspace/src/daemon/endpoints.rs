@@ -324,7 +324,7 @@ impl Daemon {
         }
         publish::refuse_on_internal(net, "its containers' ports")?;
         let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
-        let mut holders = publish::Holders::of(&self.state, None);
+        let mut holders = publish::Holders::of(&self.state, None, self.nat_ports);
         let mut ports: Vec<PublishedPort> = Vec::new();
         for spec in specs {
             let port = ports::parse(spec).map_err(Error::invalid)?;

@@ -116,7 +116,7 @@ impl Daemon {
         }
         let local = self.netlink.host_addresses("").await.map_err(Error::internal)?;
         // The endpoint's own publications do not count: they are being replaced.
-        let mut holders = publish::Holders::of(&self.state, Some(&ep.id));
+        let mut holders = publish::Holders::of(&self.state, Some(&ep.id), self.nat_ports);
         let mut chosen: Vec<PublishedPort> = Vec::new();
         // Every-IPv6-address requests last, so that those a both-families one covers are skipped.
         let mut ordered: Vec<&PortRequest> = requests.iter().collect();

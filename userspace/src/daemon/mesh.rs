@@ -69,7 +69,7 @@ impl Daemon {
             None => None,
             Some(spec) => {
                 let host_port = mesh_publish(spec)?;
-                if let Some(holder) = publish::Holders::of(&self.state, None).holder(&publication(host_port, port, protocol)?) {
+                if let Some(holder) = publish::Holders::of(&self.state, None, self.nat_ports).holder(&publication(host_port, port, protocol)?) {
                     return Err(holder.refusal(spec));
                 }
                 Some(host_port)
@@ -374,7 +374,7 @@ impl Daemon {
         let publish = match record.publish {
             Some(host_port) => {
                 let p = publication(host_port, record.port, record.protocol)?;
-                if let Some(holder) = publish::Holders::of(&self.state, None).holder(&p) {
+                if let Some(holder) = publish::Holders::of(&self.state, None, self.nat_ports).holder(&p) {
                     return Err(Error::conflict(format!("it cannot be published here: {holder}")));
                 }
                 Some(p)

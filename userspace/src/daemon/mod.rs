@@ -116,6 +116,8 @@ pub struct Daemon {
     uplinks: Vec<uplinks::Found>,
     /// Networks have a DNS resolver on their gateway (`--dns`).
     dns: bool,
+    /// The masquerade's port range (`--nat-ports`), which no publication may overlap.
+    nat_ports: (u16, u16),
     /// Overlay networks (a cluster node's): `None` on a single host.
     overlay: Option<overlay::OverlayNode>,
 }
@@ -213,6 +215,7 @@ impl Daemon {
             conntrack,
             uplinks,
             dns: config.dns.enabled,
+            nat_ports: (config.datapath.ct_config.nat_port_min, config.datapath.ct_config.nat_port_max),
             overlay: None,
         };
         let attached = began.elapsed();

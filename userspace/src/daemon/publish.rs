@@ -55,6 +55,10 @@ pub(super) enum Holder {
     Service { held: PublishedPort, name: String },
     /// An earlier publication of the same request.
     SameRequest { held: PublishedPort },
+    /// The masquerade's port range (`bpfnet daemon --nat-ports`), from which containers'
+    /// connections take their source ports: a connection there would take the publication's
+    /// clients.
+    Masquerade { first: u16, last: u16 },
 }
 
 impl fmt::Display for Holder {
@@ -65,6 +69,10 @@ impl fmt::Display for Holder {
             }
             Holder::Service { held, name } => write!(f, "{held} is already published by service {name}"),
             Holder::SameRequest { held } => write!(f, "it overlaps {held}, published by the same request"),
+            Holder::Masquerade { first, last } => write!(
+                f,
+                "host ports {first}-{last} are the masquerade's (`bpfnet daemon --nat-ports`): containers' outgoing connections take their source ports there"
+            ),
         }
     }
 }
@@ -73,7 +81,7 @@ impl Holder {
     /// The refusal to return: bad input within one request, else a conflict with what exists.
     pub(super) fn refusal(&self, spec: &str) -> Error {
         match self {
-            Holder::SameRequest { .. } => Error::invalid(format!("cannot publish {spec:?}: {self}")),
+            Holder::SameRequest { .. } | Holder::Masquerade { .. } => Error::invalid(format!("cannot publish {spec:?}: {self}")),
             _ => Error::conflict(format!("cannot publish {spec:?}: {self}")),
         }
     }
@@ -88,14 +96,17 @@ pub(super) struct Holders {
     /// Endpoints' publications (ranges), with (container, network, short id); `None`: this
     /// request's.
     ranges: Vec<(PublishedPort, Option<(String, String, String)>)>,
+    /// The masquerade's port range (see [`Holder::Masquerade`]).
+    masquerade: (u16, u16),
 }
 
 impl Holders {
     /// What `state` holds, but the publications of endpoint `except` (which it is replacing).
     /// Docker publishes an endpoint's ports at every start of its container: a detached
     /// endpoint of Docker's holds none (one Docker forgot, after a crash, must not either).
-    pub(super) fn of(state: &State, except: Option<&str>) -> Self {
-        let mut holders = Holders { single: HashMap::new(), ranges: Vec::new() };
+    /// `masquerade`: the masquerade's port range, which no publication may overlap.
+    pub(super) fn of(state: &State, except: Option<&str>, masquerade: (u16, u16)) -> Self {
+        let mut holders = Holders { single: HashMap::new(), ranges: Vec::new(), masquerade };
         for s in state.services.values() {
             if let Some(p) = s.publish {
                 holders.single.entry((p.protocol, p.host_port)).or_default().push((p, Some(s.name.clone())));
@@ -114,6 +125,11 @@ impl Holders {
 
     /// Who holds a port of `port`, if anyone does.
     pub(super) fn holder(&self, port: &PublishedPort) -> Option<Holder> {
+        let (first, last) = self.masquerade;
+        let port_last = port.host_port.saturating_add(port.count.saturating_sub(1));
+        if port.host_port <= last && first <= port_last {
+            return Some(Holder::Masquerade { first, last });
+        }
         for host_port in port.host_port..=port.host_port.saturating_add(port.count.saturating_sub(1)) {
             let found = self.single.get(&(port.protocol, host_port)).into_iter().flatten().find(|(q, _)| q.overlaps(port));
             if let Some((held, name)) = found {
@@ -136,5 +152,20 @@ impl Holders {
             Some(name) => self.single.entry((port.protocol, port.host_port)).or_default().push((port, Some(name.to_string()))),
             None => self.ranges.push((port, None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_publication_overlaps_the_masquerade_range() {
+        let holders = Holders::of(&State::default(), None, (61_000, 65_535));
+        let refused = holders.holder(&crate::ports::parse("61000:80").unwrap()).expect("in the range");
+        assert!(refused.to_string().contains("--nat-ports"), "{refused}");
+        assert!(matches!(refused.refusal("61000:80"), Error::Invalid(_)));
+        assert!(holders.holder(&crate::ports::parse("60999-61000:80-81").unwrap()).is_some(), "a range reaching into it");
+        assert!(holders.holder(&crate::ports::parse("60990-60999:80-89").unwrap()).is_none());
     }
 }

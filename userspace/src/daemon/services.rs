@@ -365,7 +365,7 @@ impl Daemon {
         let mut pools6: HashMap<String, Option<ipam::AddressPool>> = HashMap::new();
         // Indexed by port: a batch of 10,000 checks each one against a few entries, not against
         // every service (which took 0.4 s at that size).
-        let mut holders = publish::Holders::of(&self.state, None);
+        let mut holders = publish::Holders::of(&self.state, None, self.nat_ports);
         for (req, backends) in &reqs {
             let ServiceBasics { net, port, protocol, affinity_secs } = self.service_basics(req)?;
             if self.state.services.contains_key(&req.name) || !names.insert(&req.name) {
