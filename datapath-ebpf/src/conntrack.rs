@@ -16,11 +16,11 @@ use datapath_common::{
 
 use crate::{
     counters::bump,
-    maps::PORTS,
     headers::{
         ipv6_tracked_upper_layer, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_HDR_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_ECHO_REQUEST, ICMP_ID_OFF, IPV4_MF,
         IPV4_OFFSET_MASK, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
+    maps::PORTS,
     packet::Packet,
 };
 
@@ -634,10 +634,11 @@ pub enum Port {
     /// connection's source port when it can (a client that reuses its ports then reuses its
     /// translations), else one drawn from the masquerade range. A port is free when no tracked
     /// connection and no socket of the host has the reply tuple; `preferred` also only if it is
-    /// not published on the address (the daemon refuses publications in the masquerade range, so
-    /// a port drawn from it never is). A well-known source port (below 16384) to an ephemeral one (32768 and above) is
-    /// never kept, as Linux's NAT does since CVE-2021-3773: it would shadow a connection the peer
-    /// makes to that port of the host. `ipv6`: the connection's family.
+    /// not published on the address (the daemon refuses publications in the masquerade range,
+    /// so a port drawn from it never is). A well-known source port (below 16384) to an
+    /// ephemeral one (32768 and above) is never kept, as Linux's NAT does since CVE-2021-3773:
+    /// it would shadow a connection the peer makes to that port of the host. `ipv6`: the
+    /// connection's family.
     Allocate { preferred: u16, ipv6: bool },
 }
 

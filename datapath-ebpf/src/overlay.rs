@@ -3,8 +3,8 @@
 //! tunnel key (the network's VNI, the node's underlay address) set here; a packet arriving by it
 //! carries the key it came with. Endpoints on other nodes are in `ENDPOINTS` like local ones, with
 //! their node's underlay address and VNI (see `EndpointInfo`), so ARP, isolation and `icc` treat
-//! them alike; this module owns `OVERLAY_VNIS` (VNI -> datapath network), the tunnel keys and the
-//! check of what arrives.
+//! them alike; this module owns `OVERLAY_VNIS` (VNI -> datapath network), `OVERLAY_PEERS` (the
+//! other live nodes), the tunnel keys and the check of what arrives.
 use aya_ebpf::{
     bindings::{
         __sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
@@ -318,8 +318,14 @@ pub fn is_mesh_backend(key: &PortKey) -> bool {
 /// Whether `underlay` (host order, as [`Tunnel::remote`]) is another live node of the cluster.
 #[inline(always)]
 pub fn is_peer(underlay: u32) -> bool {
+    is_peer_address(underlay.to_be_bytes())
+}
+
+/// Whether `octets` (network order) is another live node's underlay address.
+#[inline(always)]
+fn is_peer_address(octets: [u8; 4]) -> bool {
     // SAFETY: read-only lookup of a plain-old-data value.
-    unsafe { OVERLAY_PEERS.get(&underlay.to_be_bytes()) }.is_some()
+    unsafe { OVERLAY_PEERS.get(&octets) }.is_some()
 }
 
 /// Whether a container's `flow` is a datagram to another node's VXLAN port. Masquerade would
@@ -331,8 +337,7 @@ pub fn is_datagram_to_peer_tunnel(flow: &conntrack::Flow) -> bool {
     flow.key.proto == IPPROTO_UDP
         && flow.key.dport == VXLAN_PORT.to_be()
         && flow.key.daddr.is_ipv4()
-        // SAFETY: read-only lookup of a plain-old-data value.
-        && unsafe { OVERLAY_PEERS.get(&flow.key.daddr.ipv4_word().to_ne_bytes()) }.is_some()
+        && is_peer_address(flow.key.daddr.ipv4_word().to_ne_bytes())
 }
 
 /// The datapath network of `vni`, if this node holds that overlay network.

@@ -197,6 +197,12 @@ fn connect(c: &Cluster, i: usize, net: &str, ns: &str, extra: &[&str]) -> Result
     Ok(cidr.split('/').next().unwrap_or_default().to_string())
 }
 
+/// The VNI the cluster gave overlay network `name` (as etcd holds it).
+fn vni_of(c: &Cluster, name: &str) -> Result<u32> {
+    let out: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", &format!("/bpfnet/v1/networks/{name}"), "--print-value-only"])?.stdout)?;
+    out["vni"].as_u64().map(|v| v as u32).context("vni")
+}
+
 /// A VXLAN datagram (VNI `vni`) carrying an ICMP echo from `src` to `dst`, sent from namespace
 /// `from` to `to`:4789 with an ordinary UDP socket (what any LAN host can do).
 fn send_vxlan(from: &str, to: &str, vni: u32, src: &str, dst: &str) -> Result<()> {
@@ -329,13 +335,10 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
 
     // Forged tunnels: from a LAN host (the underlay router) with a genuine inner packet, from a
     // genuine node with another node's container as inner source, and with an unknown VNI.
-    let vni = |name: &str| -> Result<u32> {
-        let out: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", &format!("/bpfnet/v1/networks/{name}"), "--print-value-only"])?.stdout)?;
-        out["vni"].as_u64().map(|v| v as u32).context("vni")
-    };
+    let vni = vni_of(&c, "ov")?;
     let (spoofed, unknown) = (bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed"), bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_unknown_vni"));
-    send_vxlan(c.underlay(), "10.250.0.1", vni("ov")?, &addr["a2"].2, &addr["a1"].2)?;
-    send_vxlan(&c.nodes[1].host(), "10.250.0.1", vni("ov")?, &addr["a3"].2, &addr["a1"].2)?;
+    send_vxlan(c.underlay(), "10.250.0.1", vni, &addr["a2"].2, &addr["a1"].2)?;
+    send_vxlan(&c.nodes[1].host(), "10.250.0.1", vni, &addr["a3"].2, &addr["a1"].2)?;
     send_vxlan(&c.nodes[1].host(), "10.250.0.1", 999, &addr["a2"].2, &addr["a1"].2)?;
     within(Duration::from_secs(2), || {
         Ok(bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed") >= spoofed + 10
@@ -345,7 +348,6 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     // From a container of n1 (of a local network, and of the overlay network itself): VXLAN to
     // n2, masqueraded, would leave from n1's underlay address, which n2 trusts as n1's tunnel,
     // with a1 (an endpoint on n1) as the inner source. Never sent.
-    let vni_ov = vni("ov")?;
     c.nodes[0].bpfnet_ok(&["network", "create", "loc", "--subnet", "10.0.77.0/24"])?;
     let x1 = c.nodes[0].add_netns("x1")?;
     connect(&c, 0, "loc", &x1, &[])?;
@@ -353,7 +355,7 @@ fn overlay_networks_span_nodes_with_isolation_and_checked_tunnels() -> Result<()
     let inner = bpfnet_lab::frames::Ip::new(addr["a1"].2.parse()?, addr["a2"].2.parse()?, 17).udp(5555, 7777, b"forged-tunnel");
     let forged = bpfnet_lab::checks::counter(&c.nodes[0], "drop_forged_tunnel");
     for sender in [&x1, &addr["a1"].1] {
-        send_vxlan_of(sender, "10.250.0.2", vni_ov, 0x0800, &inner)?;
+        send_vxlan_of(sender, "10.250.0.2", vni, 0x0800, &inner)?;
     }
     ensure!(!listener.wait_for(b"forged-tunnel", Duration::from_secs(1)), "a container's VXLAN reached a2 as n1's tunnel");
     within(Duration::from_secs(2), || Ok(bpfnet_lab::checks::counter(&c.nodes[0], "drop_forged_tunnel") >= forged + 10))
@@ -560,8 +562,7 @@ fn dual_stack_overlay_networks_carry_ipv6_between_nodes() -> Result<()> {
 
     // Forged tunnels with inner IPv6: from a LAN host with a genuine inner source, from a
     // genuine node with the receiving node's own container as inner source.
-    let vni: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", "/bpfnet/v1/networks/dual", "--print-value-only"])?.stdout)?;
-    let vni = vni["vni"].as_u64().context("vni")? as u32;
+    let vni = vni_of(&c, "dual")?;
     let spoofed = bpfnet_lab::checks::counter(&c.nodes[0], "drop_overlay_spoofed");
     send_vxlan6(c.underlay(), "10.250.0.1", vni, "fd00:30::3", "fd00:30::2")?;
     send_vxlan6(&c.nodes[1].host(), "10.250.0.1", vni, "fd00:30::2", "fd00:30::2")?;
@@ -799,8 +800,7 @@ fn the_routing_mesh_answers_on_every_node_with_the_clients_address() -> Result<(
     // VXLAN (the answers go to whoever handed the connection over). Neither on a node doing VXLAN
     // in its datapath (n1) nor on one leaving it to its device (n3).
     let listener = bpfnet_lab::frames::UdpRecorder::start(c.underlay(), "10.250.0.254:4789".parse()?)?;
-    let out: serde_json::Value = serde_json::from_str(&c.etcdctl(&["get", "/bpfnet/v1/networks/ov", "--print-value-only"])?.stdout)?;
-    let vni = out["vni"].as_u64().context("vni")? as u32;
+    let vni = vni_of(&c, "ov")?;
     for (i, replica, sport) in [(0, "w1", 45_001u16), (2, "w3", 45_003)] {
         let before = bpfnet_lab::checks::counter(&c.nodes[i], "drop_overlay_stranger");
         let syn = bpfnet_lab::frames::Ip::new("10.250.0.254".parse()?, replicas[replica].2.parse()?, 6).tcp_syn(sport, 80);

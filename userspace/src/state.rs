@@ -594,7 +594,7 @@ impl Store {
         let path = self.path();
         match fs::read(&path) {
             Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes).with_context(|| {
+                let mut state: State = serde_json::from_slice(&bytes).with_context(|| {
                     format!(
                         "{} is damaged; restore it from a backup, or remove everything bpfnet made with \
                          `bpfnet daemon --cleanup` and start afresh",
@@ -613,7 +613,6 @@ impl Store {
                 if let Some(net) = state.networks.iter().find(|n| n.ipv4.is_none() && n.ipv6.is_none()) {
                     return Err(damaged(format!("network {:?} has no subnet", net.name)));
                 }
-                let mut state = state;
                 for ep in self.load_write_ahead() {
                     if !state.endpoints.iter().chain(&state.connecting).any(|e| e.id == ep.id) {
                         state.connecting.push(ep);
@@ -644,18 +643,7 @@ impl Store {
     /// next [`Store::save`] makes the state file say what they said (an attach finished or
     /// undone, or its record kept in `State::connecting`) and removes this file.
     pub fn write_ahead(&self, connecting: &[Endpoint]) -> Result<()> {
-        let path = self.dir.join(WRITE_AHEAD_FILE);
-        let tmp = self.dir.join(format!("{WRITE_AHEAD_FILE}.tmp"));
-        let bytes = serde_json::to_vec(connecting)?;
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+        replace_file(&self.dir, WRITE_AHEAD_FILE, &serde_json::to_vec(connecting)?, Durability::CrashOnly)
     }
 
     /// Removes the write-ahead file: the state file, just saved, holds what it said.
@@ -688,6 +676,22 @@ impl Store {
 /// A failed write (a full disk) leaves no temporary file behind. Files are root's only (0600):
 /// they name every container, network and address.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    replace_file(dir, name, bytes, Durability::PowerLoss)
+}
+
+/// What a replaced file must survive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// A power loss: the file and the directory are fsynced.
+    PowerLoss,
+    /// The daemon's crash only (what the file accounts for does not outlive a power loss): no
+    /// fsync, the kernel's page cache keeps it.
+    CrashOnly,
+}
+
+/// Replaces `dir/name` with `bytes` by a temporary file renamed over it (see
+/// [`write_atomically`]), as durable as `durability` says.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8], durability: Durability) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let written = (|| -> Result<()> {
@@ -699,14 +703,18 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        if durability == Durability::PowerLoss {
+            file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        }
         fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     written?;
-    fs::File::open(dir)?.sync_all()?;
+    if durability == Durability::PowerLoss {
+        fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

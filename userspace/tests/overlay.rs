@@ -172,6 +172,11 @@ fn inner_tcp(ip: Ip, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     packet([0; 6], [0; 6], ip, tcp_segment(sport, dport, flags, b"hi"))[14..].to_vec()
 }
 
+/// An inner IPv6 packet (IP header and `segment`, its checksum made exact).
+fn inner6(ip: Ip6, segment: Vec<u8>) -> Vec<u8> {
+    packet6([0; 6], [0; 6], ip, segment)[14..].to_vec()
+}
+
 /// As [`inner_tcp`], with no payload and sequence number `seq`.
 fn inner_tcp_at(ip: Ip, sport: u16, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
     packet([0; 6], [0; 6], ip, tcp_segment_at(sport, dport, flags, seq, 0, b""))[14..].to_vec()
@@ -345,7 +350,7 @@ fn ipv6_to_another_nodes_endpoint_is_wrapped_in_vxlan_byte_for_byte() {
 fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
     TestNetns::new("ov6-unwrap").run(MASQ, |lab| {
         datapath_vxlan6(lab);
-        let inner = packet6([0; 6], [0; 6], Ip6::new(REMOTE_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let inner = inner6(Ip6::new(REMOTE_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
         assert_eq!(out.verdict, REDIRECT, "into the container");
         let mut expected = CONTAINER_MAC.to_vec();
@@ -359,10 +364,10 @@ fn ipv6_vxlan_on_the_uplink_is_unwrapped_checked_and_delivered() {
         // a destination that is not here.
         let out = lab.from_uplink(&vxlan_frame_of(NODE3, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &inner));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 1));
-        let forged = packet6([0; 6], [0; 6], Ip6::new(CONTAINER_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let forged = inner6(Ip6::new(CONTAINER_IP6, CONTAINER_IP6, TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &forged));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, 2));
-        let elsewhere = packet6([0; 6], [0; 6], Ip6::new(REMOTE_IP6, "fd00:1::77", TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"))[14..].to_vec();
+        let elsewhere = inner6(Ip6::new(REMOTE_IP6, "fd00:1::77", TCP, 64), tcp_segment(80, 40000, 0x12, b"v6"));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, REMOTE_MAC), 0x86dd, &elsewhere));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayDestination)), (DROP, 1));
         assert_eq!(lab.counter(Counter::FromOverlay), 1);
@@ -412,14 +417,14 @@ fn a_container_reaches_a_cluster_services_vip6_whose_backend_is_on_another_node(
         assert_eq!((lab.counter(Counter::ServiceBalanced), lab.counter(Counter::ToOverlay)), (1, 2));
 
         // The backend's answer comes back from node 2 and reaches the client from the VIP6.
-        let answer = packet6([0; 6], [0; 6], Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(BACKEND_PORT, 40000, 0x12, b""))[14..].to_vec();
+        let answer = inner6(Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(BACKEND_PORT, 40000, 0x12, b""));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, backend_mac(b)), 0x86dd, &answer));
         assert_eq!(out.verdict, REDIRECT, "into the client");
         let expected = packet6(CONTAINER_MAC, GATEWAY_MAC, Ip6::new(VIP6, CONTAINER_IP6, TCP, 64), tcp_segment(VIP_PORT, 40000, 0x12, b""));
         assert_eq!(out.packet, expected, "from [VIP6]:80, as the client expects");
         assert_eq!(lab.counter(Counter::ViaVip), 2, "the client's second packet and the answer");
         // Other traffic of that backend to the client is plain traffic between endpoints.
-        let other = packet6([0; 6], [0; 6], Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(5000, 40000, 0x12, b""))[14..].to_vec();
+        let other = inner6(Ip6::new(&backend_ip6(b), CONTAINER_IP6, TCP, 64), tcp_segment(5000, 40000, 0x12, b""));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (GATEWAY_MAC, backend_mac(b)), 0x86dd, &other));
         assert_eq!((out.verdict, &out.packet[14..]), (REDIRECT, &other[..]), "untranslated");
     });
@@ -447,23 +452,23 @@ fn the_routing_mesh_carries_ipv6_to_a_backend_on_another_node_and_takes_it_only_
         // a backend port of this node's container is taken untranslated; another port is not.
         let mesh = HashMap::from([(PortKey { addr: IpKey::from(CONTAINER_IP6.parse::<IpAddr>().unwrap()), port: 8080u16.to_be(), proto: TCP, _pad: 0 }, 1)]);
         lab.dp.set_mesh_backends(&mesh).unwrap();
-        let to_backend = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50001, 8080, 0x02, b""))[14..].to_vec();
+        let to_backend = inner6(Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50001, 8080, 0x02, b""));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &to_backend));
         assert_eq!(out.verdict, REDIRECT, "to the backend");
         assert_eq!(&out.packet[14..], &to_backend[..], "untranslated: the client's address kept");
         assert_eq!(lab.counter(Counter::MeshIn), 1);
-        let other_port = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50002, 22, 0x02, b""))[14..].to_vec();
+        let other_port = inner6(Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50002, 22, 0x02, b""));
         let spoofed = lab.counter(Counter::DropOverlaySpoofed);
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &other_port));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, spoofed + 1), "no other port of it");
         // Nor a packet of no connection that does not start one.
-        let stray = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50003, 8080, 0x10, b"x"))[14..].to_vec();
+        let stray = inner6(Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50003, 8080, 0x10, b"x"));
         let out = lab.from_uplink(&vxlan_frame_of(NODE2, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &stray));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlaySpoofed)), (DROP, spoofed + 2));
         // Nor from a stranger on the LAN, the live connection's tuple or a new one.
         let out = lab.from_uplink(&vxlan_frame_of(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &to_backend));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 1));
-        let fresh = packet6([0; 6], [0; 6], Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50004, 8080, 0x02, b""))[14..].to_vec();
+        let fresh = inner6(Ip6::new(client6, CONTAINER_IP6, TCP, 49), tcp_segment(50004, 8080, 0x02, b""));
         let out = lab.from_uplink(&vxlan_frame_of(STRANGER, VNI, (CONTAINER_MAC, GATEWAY_MAC), 0x86dd, &fresh));
         assert_eq!((out.verdict, lab.counter(Counter::DropOverlayStranger)), (DROP, 2));
         assert_eq!(lab.counter(Counter::MeshIn), 1);

@@ -9,9 +9,9 @@
 //!   VIP to a backend there has the VIP restored first);
 //! - routing mesh, from a client outside the cluster to a backend here of a cluster service, that
 //!   the sending node (a live node of the cluster: `OVERLAY_PEERS`) took on its published port
-//!   and balanced here: only to a backend address
-//!   and port in `MESH_BACKENDS`, the connection tracked with the node it came through, so that
-//!   the backend's answers go back through it (the backend sees the client's own address);
+//!   and balanced here: only to a backend address and port in `MESH_BACKENDS`, the connection
+//!   tracked with the node it came through, so that the backend's answers go back through it
+//!   (the backend sees the client's own address);
 //! - the answers of such a connection this node balanced to a backend there: sent out to the
 //!   client with this node's published address and port restored.
 use aya_ebpf::programs::TcContext;

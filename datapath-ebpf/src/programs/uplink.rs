@@ -92,7 +92,7 @@ fn from_uplink_v6(ctx: &TcContext) -> i32 {
         }
         return match icmpv6::translate_error_from_uplink(ctx) {
             Some(translation) => deliver(ctx, translation, Counter::NatIcmpError),
-            None => screened_to_host_v6(ctx),
+            None => count_uplink_to_host(ctx),
         };
     };
     let Some(tracked) = conntrack::lookup(&flow.key) else {
@@ -224,6 +224,6 @@ fn icmp_error_from_uplink(ctx: &TcContext, flow: &Flow) -> i32 {
     }
     match translate_icmp_error(ctx, flow) {
         Some(translation) => deliver(ctx, &translation, Counter::NatIcmpError),
-        None => screened_to_host(ctx),
+        None => count_uplink_to_host(ctx),
     }
 }

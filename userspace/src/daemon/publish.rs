@@ -130,7 +130,7 @@ impl Holders {
         if port.host_port <= last && first <= port_last {
             return Some(Holder::Masquerade { first, last });
         }
-        for host_port in port.host_port..=port.host_port.saturating_add(port.count.saturating_sub(1)) {
+        for host_port in port.host_port..=port_last {
             let found = self.single.get(&(port.protocol, host_port)).into_iter().flatten().find(|(q, _)| q.overlaps(port));
             if let Some((held, name)) = found {
                 return Some(match name {
